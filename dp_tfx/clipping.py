@@ -1,0 +1,421 @@
+"""Per-example gradient norms and clipped sums, from one forward and one backward pass.
+
+For Dense, Conv1D/Conv2D and Embedding layers we record each layer's input and pre-activation
+output during the forward pass and take the gradient of the summed per-example loss with respect
+to the pre-activations only. From those two tensors, per layer:
+
+* the per-example squared gradient norm, either as a "ghost norm" (Gram matrices of inputs and
+  output gradients, never building a per-example gradient; cost ~ T^2 for T positions) or from
+  the per-example gradient built by one batched einsum (cost ~ parameters), whichever is cheaper;
+* the clipped sum sum_b f_b * G_b as one contraction of the inputs with the re-weighted output
+  gradients ("book-keeping"), so no second backward pass is needed.
+
+Every other trainable variable falls back to vectorised per-example gradients (tape.jacobian).
+`reference_clipped_sum` is the slow, obvious loop over single examples that tests, and users with
+their own models, compare against.
+
+Models whose layers mix examples (BatchNormalization) have no per-example gradients and are refused.
+"""
+
+from __future__ import annotations
+
+import abc
+import contextlib
+from typing import Callable, List, Optional, Sequence
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+# Guards the division C / norm for an all-zero gradient (padded slots).
+_NORM_EPSILON = 1e-12
+
+LossFn = Callable[[tf.Tensor, tf.Tensor], tf.Tensor]
+
+
+def _flatten_positions(tensor: tf.Tensor, last_dim: int) -> tf.Tensor:
+  """[B, ..., last_dim] -> [B, T, last_dim] where T is the product of the middle axes."""
+  return tf.reshape(tensor, [tf.shape(tensor)[0], -1, last_dim])
+
+
+class _LayerTap(abc.ABC):
+  """Records one layer's inputs and pre-activations; turns output gradients into per-example facts.
+
+  Subclasses implement `_forward` (the layer's own maths, recording what is needed) and the three
+  per-example operations on the recorded tensors and their output gradients.
+  """
+
+  def __init__(self, layer: keras.layers.Layer):
+    self.layer = layer
+    self.records: List[tuple] = []
+
+  @property
+  def variables(self) -> list:
+    return [v for v in (self._kernel(), self._bias()) if v is not None]
+
+  @abc.abstractmethod
+  def _kernel(self):
+    """The layer's main weight variable."""
+
+  def _bias(self):
+    return self.layer.bias if getattr(self.layer, "use_bias", False) else None
+
+  @abc.abstractmethod
+  def _forward(self, inputs, *args, **kwargs):
+    """The layer's own forward maths, recording (inputs, pre-activation outputs)."""
+
+  @abc.abstractmethod
+  def squared_norms(self, output_grads) -> tf.Tensor:
+    """[B] squared norms of the per-example gradients of this layer's variables."""
+
+  @abc.abstractmethod
+  def weighted_sum(self, output_grads, weights) -> list:
+    """sum_b weights[b] * (per-example gradient b), per variable of this layer."""
+
+  @abc.abstractmethod
+  def per_example(self, output_grads) -> list:
+    """[B, *variable.shape] per-example gradients, per variable of this layer."""
+
+  def install(self):
+    # An instance attribute shadows the class's `call`; Keras's __call__ looks it up per call.
+    self.layer.__dict__["call"] = self._forward
+    self.records = []
+
+  def uninstall(self):
+    self.layer.__dict__.pop("call", None)
+
+  def outputs(self) -> List[tf.Tensor]:
+    return [record[-1] for record in self.records]
+
+
+class _LinearTap(_LayerTap):
+  """Dense and convolutions: z = unfold(x) @ W + b, per position."""
+
+  def _kernel(self):
+    return self.layer.kernel
+
+  @abc.abstractmethod
+  def _unfold(self, inputs: tf.Tensor) -> tf.Tensor:
+    """Inputs as [B, T, k] rows, one per output position, matching the kernel's [k, j] layout."""
+
+  def _activations_and_grads(self, output_grads):
+    """Concatenates all recorded calls along positions: [B, T, k] inputs, [B, T, j] grads."""
+    units = self.layer.kernel.shape[-1]
+    activations = [self._unfold(record[0]) for record in self.records]
+    grads = [_flatten_positions(g, units) for g in output_grads]
+    if len(activations) == 1:
+      return activations[0], grads[0]
+    return tf.concat(activations, axis=1), tf.concat(grads, axis=1)
+
+  def squared_norms(self, output_grads) -> tf.Tensor:
+    a, g = self._activations_and_grads(output_grads)
+    positions = a.shape[1]
+    k, j = a.shape[-1], g.shape[-1]
+    if positions is not None and positions * (k + j) <= k * j:
+      # Ghost norm: ||sum_t a_t g_t^T||^2 = sum_{t,s} (a_t . a_s)(g_t . g_s).
+      kernel_sq = tf.reduce_sum(tf.einsum("btk,bsk->bts", a, a) * tf.einsum("btj,bsj->bts", g, g),
+                                axis=[1, 2])
+    else:
+      kernel_sq = tf.reduce_sum(tf.square(tf.einsum("btk,btj->bkj", a, g)), axis=[1, 2])
+    if self._bias() is None:
+      return kernel_sq
+    return kernel_sq + tf.reduce_sum(tf.square(tf.reduce_sum(g, axis=1)), axis=1)
+
+  def weighted_sum(self, output_grads, weights) -> list:
+    a, g = self._activations_and_grads(output_grads)
+    weighted = g * weights[:, None, None]
+    kernel = tf.reshape(tf.einsum("btk,btj->kj", a, weighted), self.layer.kernel.shape)
+    if self._bias() is None:
+      return [kernel]
+    return [kernel, tf.reduce_sum(weighted, axis=[0, 1])]
+
+  def per_example(self, output_grads) -> list:
+    a, g = self._activations_and_grads(output_grads)
+    batch = tf.shape(a)[0]
+    kernel = tf.reshape(tf.einsum("btk,btj->bkj", a, g),
+                        tf.concat([[batch], self.layer.kernel.shape], axis=0))
+    if self._bias() is None:
+      return [kernel]
+    return [kernel, tf.reduce_sum(g, axis=1)]
+
+
+class _DenseTap(_LinearTap):
+
+  def _forward(self, inputs, *args, **kwargs):
+    layer = self.layer
+    z = keras.ops.matmul(inputs, layer.kernel)
+    if layer.bias is not None:
+      z = keras.ops.add(z, layer.bias)
+    self.records.append((inputs, z))
+    return layer.activation(z) if layer.activation is not None else z
+
+  def _unfold(self, inputs):
+    return _flatten_positions(inputs, self.layer.kernel.shape[0])
+
+
+class _ConvTap(_LinearTap):
+  """Conv1D/Conv2D, channels_last, groups=1: per-example gradients via image patches."""
+
+  def _forward(self, inputs, *args, **kwargs):
+    layer = self.layer
+    z = layer.convolution_op(inputs, layer.kernel)
+    if layer.use_bias:
+      z = keras.ops.add(z, layer.bias)
+    self.records.append((inputs, z))
+    return layer.activation(z) if layer.activation is not None else z
+
+  def _unfold(self, inputs):
+    layer = self.layer
+    kernel_size, strides, dilation = layer.kernel_size, layer.strides, layer.dilation_rate
+    if layer.rank == 1:  # a 1-D convolution is a 2-D one of height 1
+      inputs = inputs[:, None]
+      kernel_size, strides, dilation = (1, *kernel_size), (1, *strides), (1, *dilation)
+    patches = tf.image.extract_patches(
+        inputs, sizes=[1, *kernel_size, 1], strides=[1, *strides, 1], rates=[1, *dilation, 1],
+        padding=layer.padding.upper())
+    return _flatten_positions(patches, int(np.prod(layer.kernel.shape[:-1])))
+
+
+class _EmbeddingTap(_LayerTap):
+  """Embedding: the per-example gradient is the output gradients scattered onto the used rows."""
+
+  def _kernel(self):
+    return self.layer.embeddings
+
+  def _bias(self):
+    return None
+
+  def _forward(self, inputs, *args, **kwargs):
+    layer = self.layer
+    ids = inputs if inputs.dtype in (tf.int32, tf.int64) else tf.cast(inputs, tf.int32)
+    z = keras.ops.take(layer.embeddings, ids, axis=0)
+    self.records.append((ids, z))
+    return keras.ops.cast(z, layer.compute_dtype)
+
+  def _ids_and_grads(self, output_grads):
+    dim = self.layer.embeddings.shape[-1]
+    ids = [tf.reshape(tf.cast(record[0], tf.int32), [tf.shape(record[0])[0], -1])
+           for record in self.records]
+    grads = [_flatten_positions(g, dim) for g in output_grads]
+    return tf.concat(ids, axis=1), tf.concat(grads, axis=1)
+
+  def squared_norms(self, output_grads):
+    ids, g = self._ids_and_grads(output_grads)
+    same_row = tf.cast(tf.equal(ids[:, :, None], ids[:, None, :]), g.dtype)
+    return tf.reduce_sum(same_row * tf.einsum("btd,bsd->bts", g, g), axis=[1, 2])
+
+  def weighted_sum(self, output_grads, weights):
+    ids, g = self._ids_and_grads(output_grads)
+    vocab, dim = self.layer.embeddings.shape
+    rows = tf.reshape(g * weights[:, None, None], [-1, dim])
+    return [tf.math.unsorted_segment_sum(rows, tf.reshape(ids, [-1]), vocab)]
+
+  def per_example(self, output_grads):
+    ids, g = self._ids_and_grads(output_grads)
+    vocab, dim = self.layer.embeddings.shape
+    batch = tf.shape(ids)[0]
+    offsets = ids + tf.range(batch)[:, None] * vocab
+    sums = tf.math.unsorted_segment_sum(tf.reshape(g, [-1, dim]), tf.reshape(offsets, [-1]),
+                                        batch * vocab)
+    return [tf.reshape(sums, [batch, vocab, dim])]
+
+
+def _tap_for(layer) -> Optional[_LayerTap]:
+  """The fast-path tap for a layer, or None when it must use the generic fallback."""
+  if not layer.trainable or not layer.trainable_variables:
+    return None
+  if getattr(layer, "quantization_mode", None) or getattr(layer, "lora_enabled", False):
+    return None
+  kind = type(layer)
+  if kind is keras.layers.Dense:
+    return _DenseTap(layer)
+  if kind in (keras.layers.Conv1D, keras.layers.Conv2D):
+    if layer.groups == 1 and layer.data_format == "channels_last" and layer.padding != "causal":
+      return _ConvTap(layer)
+    return None
+  if kind is keras.layers.Embedding:
+    return _EmbeddingTap(layer)
+  return None
+
+
+class PerExampleGradients:
+  """The per-example gradients of one physical batch, kept implicit where a tap allows it.
+
+  Attributes:
+    losses: [B] per-example losses (padded slots included; mask them yourself).
+    predictions: the model's outputs for the batch.
+  """
+
+  def __init__(self, taps, tap_grads, fallback_jacobians, variables, losses, predictions):
+    self._taps = taps
+    self._tap_grads = tap_grads
+    self._fallback = fallback_jacobians
+    self._variables = variables
+    self.losses = losses
+    self.predictions = predictions
+
+  def _fallback_flat(self):
+    return [tf.reshape(j, [tf.shape(j)[0], -1]) for j in self._fallback]
+
+  def squared_norms(self) -> tf.Tensor:
+    """[B] squared L2 norms of the per-example gradients over all trainable variables."""
+    total = tf.zeros_like(self.losses)
+    for tap, grads in zip(self._taps, self._tap_grads):
+      total += tap.squared_norms(grads)
+    for flat in self._fallback_flat():
+      total += tf.reduce_sum(tf.square(flat), axis=1)
+    return total
+
+  def _assemble(self, tap_parts, fallback_parts) -> list:
+    by_variable = {}
+    for tap, parts in zip(self._taps, tap_parts):
+      for variable, part in zip(tap.variables, parts):
+        by_variable[id(variable)] = part
+    fallback_variables = [v for v in self._variables if id(v) not in by_variable]
+    for variable, part in zip(fallback_variables, fallback_parts):
+      by_variable[id(variable)] = part
+    return [by_variable[id(v)] for v in self._variables]
+
+  def weighted_sum(self, weights: tf.Tensor) -> list:
+    """sum_b weights[b] * g_b for every trainable variable (the clipped sum for clip factors)."""
+    tap_parts = [tap.weighted_sum(grads, weights) for tap, grads in zip(self._taps,
+                                                                        self._tap_grads)]
+    fallback_parts = [tf.tensordot(weights, j, axes=1) for j in self._fallback]
+    return self._assemble(tap_parts, fallback_parts)
+
+  def materialize(self) -> list:
+    """[B, *variable.shape] per-example gradients for every trainable variable."""
+    tap_parts = [tap.per_example(grads) for tap, grads in zip(self._taps, self._tap_grads)]
+    return self._assemble(tap_parts, list(self._fallback))
+
+
+class GradientTaps:
+  """Per-example gradients of a Keras model, by fast per-layer taps and a vectorised fallback.
+
+  Args:
+    model: a built Keras model whose per-example losses do not depend on other examples.
+
+  Raises:
+    ValueError: for models with layers that mix examples (BatchNormalization).
+  """
+
+  def __init__(self, model: keras.Model):
+    if not model.built:
+      raise ValueError("build the model (call it on a batch) before making it private")
+    layers = list(model._flatten_layers(include_self=False, recursive=True))
+    mixing = [layer.name for layer in layers if isinstance(
+        layer, keras.layers.BatchNormalization) and layer.trainable]
+    if mixing:
+      raise ValueError(f"BatchNormalization layers {mixing} mix examples within a batch, so "
+                       "per-example gradients (and DP-SGD) are undefined; use LayerNormalization "
+                       "or GroupNormalization instead")
+    self.model = model
+    self.variables = list(model.trainable_variables)
+    self.taps = [tap for tap in map(_tap_for, layers) if tap is not None]
+    covered = {id(v) for tap in self.taps for v in tap.variables}
+    self.fallback_variables = [v for v in self.variables if id(v) not in covered]
+
+  @contextlib.contextmanager
+  def _recording(self):
+    for tap in self.taps:
+      tap.install()
+    try:
+      yield
+    finally:
+      for tap in self.taps:
+        tap.uninstall()
+
+  def backward(self, x, y, loss_fn: LossFn, mask: tf.Tensor,
+               training: bool = True) -> PerExampleGradients:
+    """One forward and one backward pass over a physical batch.
+
+    Args:
+      x, y: the batch's features and labels.
+      loss_fn: maps (y, predictions) to [B] per-example losses.
+      mask: [B] 1 for real examples, 0 for padding; padded slots get zero gradients.
+      training: passed to the model call.
+    """
+    with tf.GradientTape(persistent=bool(self.fallback_variables)) as tape:
+      with self._recording():
+        predictions = self.model(x, training=training)
+      losses = loss_fn(y, predictions)
+      masked = losses * tf.cast(mask, losses.dtype)
+      total = tf.reduce_sum(masked)
+    outputs = [tap.outputs() for tap in self.taps]
+    flat_outputs = [z for group in outputs for z in group]
+    flat_grads = tape.gradient(total, flat_outputs,
+                               unconnected_gradients=tf.UnconnectedGradients.ZERO)
+    tap_grads, start = [], 0
+    for group in outputs:
+      tap_grads.append(flat_grads[start:start + len(group)])
+      start += len(group)
+    fallback = []
+    if self.fallback_variables:
+      fallback = tape.jacobian(masked, self.fallback_variables,
+                               unconnected_gradients=tf.UnconnectedGradients.ZERO)
+      del tape
+    return PerExampleGradients(self.taps, tap_grads, fallback, self.variables, losses,
+                               predictions)
+
+
+def clip_factors(squared_norms: tf.Tensor, l2_norm_clip: float) -> tf.Tensor:
+  """min(1, C / ||g||): scales each gradient to norm at most C."""
+  norms = tf.sqrt(squared_norms)
+  return tf.minimum(1.0, l2_norm_clip / tf.maximum(norms, _NORM_EPSILON))
+
+
+def per_example_clipped_sum(grads: PerExampleGradients, mask: tf.Tensor,
+                            l2_norm_clip: float) -> list:
+  """sum_b mask_b * clip(g_b, C) for every trainable variable."""
+  factors = clip_factors(grads.squared_norms(), l2_norm_clip) * tf.cast(mask, grads.losses.dtype)
+  return grads.weighted_sum(factors)
+
+
+def microbatch_sums(grads: PerExampleGradients, mask: tf.Tensor, microbatch_ids: tf.Tensor,
+                    num_microbatches: int):
+  """Per-microbatch gradient sums [K, ...] and example counts [K] of one physical batch."""
+  weights = tf.cast(mask, grads.losses.dtype)
+  sums = [tf.math.unsorted_segment_sum(g * tf.reshape(weights, [-1] + [1] * (g.shape.rank - 1)),
+                                       microbatch_ids, num_microbatches)
+          for g in grads.materialize()]
+  counts = tf.math.unsorted_segment_sum(weights, microbatch_ids, num_microbatches)
+  return sums, counts
+
+
+def clipped_microbatch_sum(sums: Sequence[tf.Tensor], counts: tf.Tensor,
+                           l2_norm_clip: float) -> list:
+  """sum_k clip(mean gradient of microbatch k, C); empty microbatches contribute nothing."""
+  inverse = tf.math.divide_no_nan(tf.ones_like(counts), counts)
+  means = [s * tf.reshape(inverse, [-1] + [1] * (s.shape.rank - 1)) for s in sums]
+  squared = tf.add_n([tf.reduce_sum(tf.reshape(tf.square(m), [tf.shape(m)[0], -1]), axis=1)
+                      for m in means])
+  factors = clip_factors(squared, l2_norm_clip)
+  return [tf.tensordot(factors, m, axes=1) for m in means]
+
+
+def reference_clipped_sum(model: keras.Model, loss_fn: LossFn, x, y, l2_norm_clip: float,
+                          mask=None, microbatch_ids=None, num_microbatches=None) -> list:
+  """The slow, obvious clipped gradient sum: one example (or microbatch) at a time, eagerly.
+
+  Use it to check that a model's DP gradients are right. Examples with mask 0 are skipped.
+  Returns numpy arrays in the order of `model.trainable_variables`.
+  """
+  batch = len(y)
+  mask = np.ones(batch) if mask is None else np.asarray(mask)
+  if num_microbatches is None:
+    groups = [[b] for b in range(batch) if mask[b]]
+  else:
+    ids = np.asarray(microbatch_ids)
+    groups = [[b for b in range(batch) if mask[b] and ids[b] == k] for k in range(num_microbatches)]
+    groups = [group for group in groups if group]
+  take = lambda data, rows: tf.nest.map_structure(lambda t: tf.gather(t, rows), data)
+  total = [np.zeros(v.shape, np.float64) for v in model.trainable_variables]
+  for rows in groups:
+    with tf.GradientTape() as tape:
+      loss = tf.reduce_mean(loss_fn(take(y, rows), model(take(x, rows), training=True)))
+    grads = [np.asarray(tf.convert_to_tensor(g), np.float64)
+             for g in tape.gradient(loss, model.trainable_variables)]
+    norm = np.sqrt(sum(np.sum(g * g) for g in grads))
+    factor = min(1.0, l2_norm_clip / max(norm, _NORM_EPSILON))
+    total = [t + factor * g for t, g in zip(total, grads)]
+  return total

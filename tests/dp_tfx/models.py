@@ -1,0 +1,51 @@
+"""Small models of every layer kind the clipping code handles, shared by the tests."""
+
+import keras
+import numpy as np
+
+VOCAB = 20
+
+
+def dense_model():
+  return keras.Sequential([keras.Input((6,)), keras.layers.Dense(5, activation="tanh"),
+                           keras.layers.Dense(3)])
+
+
+def conv2d_model():
+  return keras.Sequential([
+      keras.Input((9, 9, 2)),
+      keras.layers.Conv2D(4, 3, strides=2, padding="same", activation="relu"),
+      keras.layers.Conv2D(3, 2, padding="valid", dilation_rate=1),
+      keras.layers.Flatten(), keras.layers.Dense(3)])
+
+
+def conv1d_model():
+  return keras.Sequential([keras.Input((7, 3)), keras.layers.Conv1D(4, 3, strides=2, padding="same"),
+                           keras.layers.GlobalAveragePooling1D(), keras.layers.Dense(3)])
+
+
+def embedding_model():
+  return keras.Sequential([keras.Input((5,), dtype="int32"), keras.layers.Embedding(VOCAB, 4),
+                           keras.layers.Dense(4, activation="relu"),
+                           keras.layers.GlobalAveragePooling1D(), keras.layers.Dense(3)])
+
+
+def fallback_model():
+  """LayerNormalization has no fast tap: its variables take the vectorised fallback."""
+  return keras.Sequential([keras.Input((6,)), keras.layers.Dense(5),
+                           keras.layers.LayerNormalization(), keras.layers.Dense(3)])
+
+
+MODELS = {"dense": dense_model, "conv2d": conv2d_model, "conv1d": conv1d_model,
+          "embedding": embedding_model, "fallback": fallback_model}
+
+
+def batch_for(kind, size, seed=0):
+  rng = np.random.default_rng(seed)
+  shapes = {"dense": (6,), "conv2d": (9, 9, 2), "conv1d": (7, 3), "fallback": (6,)}
+  if kind == "embedding":
+    x = rng.integers(0, VOCAB, size=(size, 5)).astype("int32")
+  else:
+    x = rng.normal(size=(size, *shapes[kind])).astype("float32")
+  y = rng.integers(0, 3, size=size).astype("int32")
+  return x, y
