@@ -1,0 +1,258 @@
+"""The Keras 3 entry point: `make_private(model, config)` returns a model that trains with DP-SGD.
+
+    dp_model = dp_tfx.make_private(model, dp_tfx.DPConfig(l2_norm_clip=1.0, noise_multiplier=1.1,
+                                                          batch_size=256, epochs=15))
+    dp_model.compile(optimizer=keras.optimizers.SGD(0.25), loss="sparse_categorical_crossentropy",
+                     metrics=["accuracy"], jit_compile=True)
+    dp_model.fit(x_train, y_train, validation_data=(x_test, y_test))
+    dp_model.epsilon()                # from the ledger of what actually ran
+    dp_model.model.export("serving")  # the trained model itself, with no dp_tfx inside
+
+One `fit` step is one logical DP-SGD step: a Poisson sample of the data (padded physical batches
+with a mask), per-example (or per-microbatch) gradients clipped to C and summed, N(0, sigma^2 C^2)
+noise added once, the sum divided by the expected batch size, and the user's optimizer applied.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import warnings
+from typing import Any, Optional
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from dp_tfx import accounting, clipping, noise, sampling
+from dp_tfx.config import DPConfig
+from dp_tfx.ledger import PrivacyLedger, dataset_fingerprint
+from dp_tfx.plan import TrainingPlan
+
+EPSILON_LOG_KEY = "epsilon"
+_RAN_OUT_OF_DATA = ".*Your input ran out of data.*"
+
+
+class PrivacyBudgetExhaustedError(RuntimeError):
+  """Training would run past the planned noisy steps, i.e. spend more privacy than planned."""
+
+
+def per_example_loss(loss: Any):
+  """A function (y_true, y_pred) -> [B] per-example losses, from any single Keras loss.
+
+  Losses with more than one value per example (e.g. per token) are averaged per example.
+  """
+  if loss is None or isinstance(loss, (list, tuple, dict)):
+    raise ValueError("DP training needs one loss (a Keras loss name, function or Loss object); "
+                     f"got {loss!r}")
+  loss_object = keras.losses.get(loss) if isinstance(loss, str) else loss
+  unreduced = loss_object.call if isinstance(loss_object, keras.losses.Loss) else loss_object
+
+  def losses(y_true, y_pred):
+    values = tf.convert_to_tensor(unreduced(y_true, y_pred))
+    if values.shape.rank > 1:
+      values = tf.reduce_mean(values, axis=list(range(1, values.shape.rank)))
+    return tf.cast(values, tf.float32)
+
+  return losses
+
+
+def _materialize(x, y):
+  """In-memory features and labels from arrays, dicts of arrays, or a dataset of examples."""
+  if isinstance(x, tf.data.Dataset):
+    if y is not None:
+      raise ValueError("give labels inside the dataset, as (features, label) examples")
+    parts = list(x.batch(4096).as_numpy_iterator())
+    if not parts or not isinstance(parts[0], tuple) or len(parts[0]) != 2:
+      raise ValueError("a tf.data.Dataset for DP training must yield unbatched (features, label)")
+    x = tf.nest.map_structure(lambda *a: np.concatenate(a), *[p[0] for p in parts])
+    y = np.concatenate([p[1] for p in parts])
+  if y is None:
+    raise ValueError("DP training needs labels: fit(x, y) or a dataset of (features, label)")
+  x = tf.nest.map_structure(np.asarray, x)
+  y = np.asarray(y)
+  sizes = {len(a) for a in tf.nest.flatten(x)} | {len(y)}
+  if len(sizes) != 1:
+    raise ValueError(f"features and labels hold different numbers of examples: {sorted(sizes)}")
+  return x, y
+
+
+class _LedgerCallback(keras.callbacks.Callback):
+  """Counts each noisy step in the ledger before it runs; logs epsilon after each epoch."""
+
+  def __init__(self, dp_model: "DPModel"):
+    super().__init__()
+    self._dp_model = dp_model
+
+  def on_train_batch_begin(self, batch, logs=None):
+    self._dp_model.privacy_ledger.record_step()
+
+  def on_epoch_end(self, epoch, logs=None):
+    if logs is not None:
+      logs[EPSILON_LOG_KEY] = self._dp_model.epsilon()
+
+
+class DPModel(keras.Model):
+  """Wraps a Keras model so that compile/fit train it with DP-SGD; `model` is the trained model.
+
+  Args:
+    model: the Keras model to train (built or buildable on the training data).
+    config: the DP-SGD configuration.
+    ledger_path: where to keep the privacy ledger; it is flushed at every step. An existing
+      ledger for the same data is continued (its steps count), never overwritten.
+    accountant: "pld" (default) or "rdp", for epsilon in logs and sigma calibration.
+  """
+
+  def __init__(self, model: keras.Model, config: DPConfig, ledger_path: Optional[str] = None,
+               accountant: str = accounting.PLD, **kwargs):
+    super().__init__(name=kwargs.pop("name", f"dp_{model.name}"), **kwargs)
+    if not isinstance(config, DPConfig):
+      raise TypeError(f"config must be a dp_tfx.DPConfig; got {type(config).__name__}")
+    accounting.make_accountant(accountant)  # validates the name early
+    self.model = model
+    self.dp_config = config
+    self.accountant = accountant
+    self.privacy_ledger: Optional[PrivacyLedger] = None
+    self.plan: Optional[TrainingPlan] = None
+    self._ledger_path = os.fspath(ledger_path) if ledger_path is not None else None
+    self._loss_fn = None
+    self._taps = None
+    self._key = noise.run_key(config.seed)
+    self.noisy_steps = self.add_weight(name="noisy_steps", shape=(), dtype="int64",
+                                       initializer="zeros", trainable=False)
+
+  def call(self, inputs, training=None):
+    return self.model(inputs, training=training)
+
+  def compile(self, optimizer="rmsprop", loss=None, **kwargs):
+    self._loss_fn = per_example_loss(loss)
+    super().compile(optimizer=optimizer, loss=loss, **kwargs)
+
+  # -- privacy facts -------------------------------------------------------------------------------
+
+  def epsilon(self, delta: Optional[float] = None) -> float:
+    """epsilon(delta) of everything recorded in the ledger (delta defaults to the plan's)."""
+    if self.privacy_ledger is None or self.plan is None:
+      raise RuntimeError("nothing has been trained yet")
+    return self.privacy_ledger.epsilon(delta or self.plan.delta, self.accountant)
+
+  # -- training ------------------------------------------------------------------------------------
+
+  def fit(self, x=None, y=None, epochs: Optional[int] = None, verbose="auto", callbacks=None,
+          validation_data=None, validation_batch_size=None, validation_freq=1, **kwargs):
+    """Runs DP-SGD for `epochs` epochs of ceil(N / B) logical steps (default: the whole plan).
+
+    Raises:
+      PrivacyBudgetExhaustedError: if the request goes past the planned noisy steps.
+      ValueError: for arguments that would break the guarantee (batch_size, sample weights...).
+    """
+    refused = sorted(k for k in kwargs if k in (
+        "batch_size", "steps_per_epoch", "shuffle", "sample_weight", "class_weight",
+        "validation_split", "initial_epoch"))
+    if refused:
+      raise ValueError(f"DP fit does not take {refused}: batch size, sampling and steps come from "
+                       "the DPConfig (sample weights would change each example's sensitivity)")
+    if kwargs:
+      raise TypeError(f"unexpected fit arguments {sorted(kwargs)}")
+    if self._loss_fn is None:
+      raise RuntimeError("compile the DP model (optimizer, loss) before fit")
+    features, labels = _materialize(x, y)
+    self._prepare(features, labels)
+    done = int(self.noisy_steps.numpy())
+    remaining = self.plan.steps - done
+    if remaining <= 0:
+      raise PrivacyBudgetExhaustedError(
+          f"out of privacy budget: all {self.plan.steps} planned noisy steps have run")
+    per_epoch = self.plan.steps_per_epoch
+    epochs_left = math.ceil(remaining / per_epoch)
+    epochs = epochs_left if epochs is None else epochs
+    if not isinstance(epochs, int) or epochs < 1:
+      raise ValueError(f"epochs must be an integer >= 1; got {epochs!r}")
+    if epochs > epochs_left:
+      raise PrivacyBudgetExhaustedError(
+          f"out of privacy budget: {epochs} epochs of {per_epoch} steps were asked for, but only "
+          f"{remaining} of the {self.plan.steps} planned noisy steps are left ({epochs_left} "
+          "epochs); plan more steps in the DPConfig to spend more privacy")
+    steps = min(remaining, epochs * per_epoch)
+    dataset = sampling.logical_batches(features, labels, self.plan, self._key, done, done + steps)
+    self.privacy_ledger.start_segment(self.plan)
+    callbacks = list(callbacks or []) + [_LedgerCallback(self)]
+    with warnings.catch_warnings():
+      # The sample stream ends exactly where the plan does, inside the last epoch.
+      warnings.filterwarnings("ignore", message=_RAN_OUT_OF_DATA)
+      return super().fit(dataset, epochs=epochs, steps_per_epoch=per_epoch, verbose=verbose,
+                         callbacks=callbacks, validation_data=validation_data,
+                         validation_batch_size=validation_batch_size or self.plan.batch_size,
+                         validation_freq=validation_freq, shuffle=False)
+
+  def _prepare(self, features, labels):
+    """Fixes the plan and the ledger on the first fit; later fits must use the same data."""
+    fingerprint = dataset_fingerprint(features, labels)
+    size = len(labels)
+    if self.plan is None:
+      self.plan = TrainingPlan.from_config(self.dp_config, size, self.accountant)
+      self.privacy_ledger = PrivacyLedger.open_for(self._ledger_path, size, fingerprint)
+    elif self.privacy_ledger.dataset_fingerprint != fingerprint:
+      raise ValueError("this DP model was trained on other data; its plan and ledger describe "
+                       "that data. Make a new DP model (and ledger) for new data")
+    if not self.model.built:
+      self.model(tf.nest.map_structure(lambda a: a[:1], features))
+    if self._taps is None:
+      self._taps = clipping.GradientTaps(self.model)
+
+  def train_step(self, data):
+    features, labels, slots = data
+    plan = self.plan
+    variables = self.trainable_variables
+    mask, microbatch_ids = slots[sampling.MASK], slots[sampling.MICROBATCH]
+    physical = plan.physical_batch_size
+    chunks = tf.shape(mask)[0] // physical
+
+    if plan.num_microbatches is None:
+      initial = [tf.zeros(v.shape, v.dtype) for v in variables]
+    else:
+      initial = ([tf.zeros([plan.num_microbatches, *v.shape], v.dtype) for v in variables] +
+                 [tf.zeros([plan.num_microbatches])])
+
+    def accumulate(chunk, sums, loss_sum):
+      window = lambda t: t[chunk * physical:(chunk + 1) * physical]
+      x, y = tf.nest.map_structure(window, features), window(labels)
+      chunk_mask = window(mask)
+      grads = self._taps.backward(x, y, self._loss_fn, chunk_mask)
+      self.compute_metrics(x, y, grads.predictions, sample_weight=chunk_mask)
+      loss_sum += tf.reduce_sum(grads.losses * chunk_mask)
+      if plan.num_microbatches is None:
+        parts = clipping.per_example_clipped_sum(grads, chunk_mask, plan.l2_norm_clip)
+      else:
+        part_sums, counts = clipping.microbatch_sums(grads, chunk_mask, window(microbatch_ids),
+                                                     plan.num_microbatches)
+        parts = part_sums + [counts]
+      return chunk + 1, [s + p for s, p in zip(sums, parts)], loss_sum
+
+    _, sums, loss_sum = tf.while_loop(lambda chunk, *_: chunk < chunks, accumulate,
+                                      (tf.constant(0), initial, tf.constant(0.0)))
+    if plan.num_microbatches is not None:
+      sums = clipping.clipped_microbatch_sum(sums[:-1], sums[-1], plan.l2_norm_clip)
+    noisy = noise.add_gaussian_noise(sums, plan.noise_multiplier * plan.l2_norm_clip, self._key,
+                                     self.noisy_steps)
+    gradients = [g / plan.expected_clipping_units for g in noisy]
+    self.optimizer.apply_gradients(zip(gradients, variables))
+    self.noisy_steps.assign_add(1)
+    examples = tf.reduce_sum(mask)
+    self._loss_tracker.update_state(tf.math.divide_no_nan(loss_sum, examples),
+                                    sample_weight=examples)
+    return self.get_metrics_result()
+
+
+def make_private(model: keras.Model, config: DPConfig, *, ledger_path: Optional[str] = None,
+                 accountant: str = accounting.PLD) -> DPModel:
+  """Returns a Keras model whose compile(optimizer, loss) + fit(x, y) run DP-SGD on `model`.
+
+  Args:
+    model: any Keras 3 model without layers that mix examples (BatchNormalization).
+    config: the DP-SGD configuration (clip norm, noise or target epsilon, batch, steps...).
+    ledger_path: where to keep the privacy ledger (flushed every step); None keeps it in memory
+      (`dp_model.privacy_ledger`, which you can `.save(path)`).
+    accountant: "pld" (default) or "rdp".
+  """
+  return DPModel(model, config, ledger_path=ledger_path, accountant=accountant)

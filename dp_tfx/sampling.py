@@ -1,0 +1,78 @@
+"""Batch selection for DP-SGD: Poisson sampling (the default) or shuffled fixed-size batches.
+
+Each logical step is one element of a tf.data pipeline: the selected examples gathered from
+in-memory tensors, padded to a whole number of physical batches, with a mask (1 = real example,
+0 = padding) and a microbatch assignment per slot. Padding keeps shapes static for XLA; the mask
+makes padded slots contribute exactly nothing. A sample larger than one physical batch simply
+spans several (the trainer accumulates them); nothing is truncated.
+
+Selection uses stateless RNGs keyed by (run key, step), so resuming at step s draws exactly what
+an uninterrupted run would have drawn, and no two steps share randomness.
+"""
+
+from __future__ import annotations
+
+import tensorflow as tf
+
+from dp_tfx import noise
+from dp_tfx.config import POISSON
+
+MASK = "mask"
+MICROBATCH = "microbatch"
+
+
+def poisson_indices(key: tf.Tensor, step: tf.Tensor, dataset_size: int,
+                    sampling_rate: float) -> tf.Tensor:
+  """Indices of the examples in step `step`: each included independently with probability q."""
+  uniform = tf.random.stateless_uniform([dataset_size], seed=noise.stream_key(
+      key, noise.SAMPLING_STREAM, step), dtype=tf.float64)
+  return tf.cast(tf.where(uniform < sampling_rate)[:, 0], tf.int32)
+
+
+def shuffled_indices(key: tf.Tensor, step: tf.Tensor, dataset_size: int,
+                     batch_size: int) -> tf.Tensor:
+  """Fixed-size batches of a fresh random permutation per epoch (not what the accountant assumes)."""
+  steps_per_epoch = dataset_size // batch_size
+  epoch = step // steps_per_epoch
+  position = step % steps_per_epoch
+  permutation = tf.random.experimental.stateless_shuffle(
+      tf.range(dataset_size), seed=noise.stream_key(key, noise.SAMPLING_STREAM, epoch))
+  return permutation[position * batch_size:(position + 1) * batch_size]
+
+
+def pad_to_physical_batches(indices: tf.Tensor, physical_batch_size: int):
+  """Pads indices to a multiple of the physical batch size (at least one): (indices, mask)."""
+  count = tf.shape(indices)[0]
+  chunks = tf.maximum(1, (count + physical_batch_size - 1) // physical_batch_size)
+  padding = chunks * physical_batch_size - count
+  padded = tf.concat([indices, tf.zeros([padding], tf.int32)], axis=0)
+  mask = tf.concat([tf.ones([count]), tf.zeros([padding])], axis=0)
+  return padded, mask
+
+
+def logical_batches(features, labels, plan, key: tf.Tensor, first_step: int,
+                    last_step: int) -> tf.data.Dataset:
+  """The dataset of logical steps [first_step, last_step) for `plan` (a TrainingPlan).
+
+  Elements are (features, labels, {MASK: [L], MICROBATCH: [L]}) with L a multiple of
+  plan.physical_batch_size.
+  """
+  features = tf.nest.map_structure(tf.convert_to_tensor, features)
+  labels = tf.convert_to_tensor(labels)
+
+  def select(step):
+    if plan.sampling == POISSON:
+      indices = poisson_indices(key, step, plan.dataset_size, plan.sampling_rate)
+    else:
+      indices = shuffled_indices(key, step, plan.dataset_size, plan.batch_size)
+    indices, mask = pad_to_physical_batches(indices, plan.physical_batch_size)
+    microbatches = tf.random.stateless_uniform(
+        tf.shape(indices), seed=noise.stream_key(key, noise.MICROBATCH_STREAM, step),
+        maxval=plan.num_microbatches or 1, dtype=tf.int32)
+    gather = lambda tensor: tf.gather(tensor, indices)
+    return (tf.nest.map_structure(gather, features), gather(labels),
+            {MASK: mask, MICROBATCH: microbatches})
+
+  return (tf.data.Dataset.range(first_step, last_step)
+          .map(select, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+          .prefetch(tf.data.AUTOTUNE))
