@@ -129,12 +129,18 @@ def calibrate_noise_multiplier(*, target_epsilon: float, delta: float, sampling_
     return rdp_sigma
   if accountant != PLD:
     raise ValueError(f"accountant must be one of {ACCOUNTANTS}; got {accountant!r}")
-  lower = max(_SMALLEST_PLD_SIGMA, rdp_sigma / 2)
-  if lower >= rdp_sigma or compute_epsilon(
+  # PLD's sigma is a little below RDP's: step the lower end down until it brackets the target.
+  upper = rdp_sigma
+  if upper <= _SMALLEST_PLD_SIGMA:
+    return upper  # safe: PLD's epsilon at RDP's sigma is no larger than RDP's
+  lower = max(_SMALLEST_PLD_SIGMA, 0.85 * upper)
+  while lower < upper and compute_epsilon(
       sampling_rate=sampling_rate, noise_multiplier=lower, steps=steps, delta=delta,
       num_microbatches=num_microbatches) <= target_epsilon:
-    return min(lower, rdp_sigma)
-  return search(PLD, dp_accounting.ExplicitBracketInterval(lower, rdp_sigma))
+    if lower == _SMALLEST_PLD_SIGMA:
+      return lower
+    upper, lower = lower, max(_SMALLEST_PLD_SIGMA, 0.85 * lower)
+  return search(PLD, dp_accounting.ExplicitBracketInterval(lower, upper))
 
 
 def compose(events: Sequence[dp_accounting.DpEvent]) -> dp_accounting.DpEvent:
