@@ -1,0 +1,186 @@
+"""make_private / DPModel: one DP step equals the obvious computation; the ledger counts honestly."""
+
+import json
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import dp_tfx
+from dp_tfx import clipping, sampling
+from dp_tfx.keras import per_example_loss
+from tests.dp_tfx import models
+
+N = 40
+LOSS = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+PER_EXAMPLE_LOSS = per_example_loss(LOSS)
+
+
+def _data(kind="dense"):
+  return models.batch_for(kind, N, seed=3)
+
+
+def _dp_model(kind="dense", jit_compile=False, learning_rate=1.0, ledger_path=None, **config):
+  values = dict(l2_norm_clip=0.3, noise_multiplier=0.0, batch_size=8, steps=1, seed=21,
+                delta=1e-5)
+  values.update(config)
+  dp_model = dp_tfx.make_private(models.MODELS[kind](), dp_tfx.DPConfig(**values),
+                                 ledger_path=ledger_path)
+  dp_model.compile(optimizer=keras.optimizers.SGD(learning_rate), loss=LOSS, metrics=["accuracy"],
+                   jit_compile=jit_compile)
+  return dp_model
+
+
+def _sampled_batch(dp_model, x, y, step=0):
+  """The examples the model's own sampler chose for `step` (same run key)."""
+  (bx, by, slots), = sampling.logical_batches(x, y, dp_model.plan, dp_model._key, step, step + 1)
+  real = slots[sampling.MASK].numpy() == 1
+  return (bx.numpy()[real], by.numpy()[real], slots[sampling.MICROBATCH].numpy()[real])
+
+
+@pytest.mark.parametrize("kind", ["dense", "conv2d", "embedding"])
+@pytest.mark.parametrize("jit_compile", [False, True])
+@pytest.mark.parametrize("physical_batch_size", [None, 3])  # 3 forces several physical batches
+def test_one_step_is_the_clipped_mean_gradient(kind, jit_compile, physical_batch_size):
+  x, y = _data(kind)
+  dp_model = _dp_model(kind, jit_compile, physical_batch_size=physical_batch_size)
+  dp_model._prepare(x, y)
+  before = [v.numpy().copy() for v in dp_model.trainable_variables]
+  bx, by, _ = _sampled_batch(dp_model, x, y)
+  expected_sum = clipping.reference_clipped_sum(dp_model.model, PER_EXAMPLE_LOSS, bx, by, 0.3)
+  dp_model.fit(x, y, verbose=0)
+  for b, a, s in zip(before, dp_model.trainable_variables, expected_sum):
+    # SGD with learning rate 1: w' = w - clipped_sum / expected batch size (8).
+    np.testing.assert_allclose(b - a.numpy(), s / 8, rtol=1e-4, atol=1e-6)
+
+
+def test_one_microbatched_step_is_the_mean_of_clipped_microbatch_means():
+  x, y = _data()
+  dp_model = _dp_model(num_microbatches=4, physical_batch_size=3)
+  dp_model._prepare(x, y)
+  before = [v.numpy().copy() for v in dp_model.trainable_variables]
+  bx, by, ids = _sampled_batch(dp_model, x, y)
+  expected_sum = clipping.reference_clipped_sum(dp_model.model, PER_EXAMPLE_LOSS, bx, by, 0.3,
+                                                microbatch_ids=ids, num_microbatches=4)
+  dp_model.fit(x, y, verbose=0)
+  for b, a, s in zip(before, dp_model.trainable_variables, expected_sum):
+    np.testing.assert_allclose(b - a.numpy(), s / 4, rtol=1e-4, atol=1e-6)
+
+
+def test_noise_added_to_the_step_has_std_sigma_c_over_b():
+  x, y = _data()
+  updates = {}
+  for sigma in (0.0, 2.0):
+    dp_model = _dp_model(noise_multiplier=sigma, jit_compile=True)
+    start = [v.numpy().copy() for v in dp_model.model.trainable_variables]
+    dp_model.fit(x, y, verbose=0)
+    updates[sigma] = np.concatenate([(s - v.numpy()).ravel() for s, v in
+                                     zip(start, dp_model.model.trainable_variables)])
+  noise = updates[2.0] - updates[0.0]  # same seed: same sample, same clipped sum
+  # 53 parameters: the sample std's relative standard error is ~10%; allow 35%.
+  assert noise.size == 53
+  assert abs(noise.std() / (2.0 * 0.3 / 8) - 1) < 0.35
+
+
+def test_ledger_counts_every_step_and_fit_stops_at_the_plan(tmp_path):
+  x, y = _data()
+  path = tmp_path / "ledger.json"
+  dp_model = _dp_model(noise_multiplier=1.0, steps=7, ledger_path=path)
+  history = dp_model.fit(x, y, verbose=0)
+  ledger = dp_tfx.PrivacyLedger.load(path)
+  assert ledger.noisy_steps == 7 == int(dp_model.noisy_steps.numpy())
+  assert history.history["epsilon"][-1] == pytest.approx(ledger.epsilon(1e-5))
+  assert np.isfinite(dp_model.epsilon())
+  with pytest.raises(dp_tfx.PrivacyBudgetExhaustedError, match="out of privacy budget"):
+    dp_model.fit(x, y, verbose=0)
+  assert dp_tfx.PrivacyLedger.load(path).noisy_steps == 7
+
+
+def test_asking_for_more_epochs_than_planned_is_refused_before_training(tmp_path):
+  x, y = _data()
+  dp_model = _dp_model(noise_multiplier=1.0, steps=5)  # steps_per_epoch = ceil(40/8) = 5
+  with pytest.raises(dp_tfx.PrivacyBudgetExhaustedError, match="only 5 of the 5"):
+    dp_model.fit(x, y, epochs=2, verbose=0)
+  assert dp_model.privacy_ledger.noisy_steps == 0
+
+
+class _Crash(keras.callbacks.Callback):
+  def on_train_batch_end(self, batch, logs=None):
+    if batch == 2:
+      raise KeyboardInterrupt("killed")
+
+
+def test_a_crashed_run_leaves_a_ledger_with_every_step_it_took(tmp_path):
+  x, y = _data()
+  path = tmp_path / "ledger.json"
+  dp_model = _dp_model(noise_multiplier=1.0, steps=10, ledger_path=path)
+  with pytest.raises(KeyboardInterrupt):
+    dp_model.fit(x, y, verbose=0, callbacks=[_Crash()])
+  assert int(dp_model.noisy_steps.numpy()) == 3
+  assert dp_tfx.PrivacyLedger.load(path).noisy_steps == 3
+  # Starting over on the same data adds to what was spent.
+  again = _dp_model(noise_multiplier=1.0, steps=10, ledger_path=path)
+  again.fit(x, y, verbose=0)
+  assert dp_tfx.PrivacyLedger.load(path).noisy_steps == 13
+
+
+def test_refuses_arguments_that_would_break_the_guarantee():
+  x, y = _data()
+  dp_model = _dp_model()
+  for bad in (dict(batch_size=4), dict(sample_weight=np.ones(N)), dict(shuffle=True)):
+    with pytest.raises(ValueError, match="DP fit does not take"):
+      dp_model.fit(x, y, verbose=0, **bad)
+
+
+def test_fit_on_other_data_is_refused():
+  x, y = _data()
+  dp_model = _dp_model(noise_multiplier=1.0, steps=2)
+  dp_model.fit(x, y, epochs=1, verbose=0)
+  with pytest.raises(ValueError, match="other data"):
+    dp_model.fit(x + 1, y, verbose=0)
+
+
+def test_a_dataset_of_examples_trains_like_arrays():
+  x, y = _data()
+  dp_model = _dp_model(noise_multiplier=1.0, steps=2)
+  dp_model.fit(tf.data.Dataset.from_tensor_slices((x, y)), verbose=0)
+  assert dp_model.privacy_ledger.dataset_size == N
+
+
+@pytest.mark.parametrize("loss", ["sparse_categorical_crossentropy",
+                                  keras.losses.sparse_categorical_crossentropy,
+                                  keras.losses.SparseCategoricalCrossentropy()])
+def test_per_example_losses_from_any_keras_loss(loss):
+  y = tf.constant([0, 1])
+  probabilities = tf.constant([[0.9, 0.1], [0.2, 0.8]])
+  np.testing.assert_allclose(per_example_loss(loss)(y, probabilities), -np.log([0.9, 0.8]),
+                             rtol=1e-5)
+
+
+def test_sequence_losses_are_averaged_per_example():
+  y = tf.constant([[0, 1], [1, 1]])
+  probabilities = tf.constant([[[0.9, 0.1], [0.5, 0.5]], [[0.2, 0.8], [0.2, 0.8]]])
+  np.testing.assert_allclose(per_example_loss("sparse_categorical_crossentropy")(y, probabilities),
+                             [-(np.log(0.9) + np.log(0.5)) / 2, -np.log(0.8)], rtol=1e-5)
+
+
+def test_trained_model_exports_for_serving(tmp_path):
+  x, y = _data()
+  dp_model = _dp_model(noise_multiplier=1.0, steps=2)
+  dp_model.fit(x, y, verbose=0)
+  dp_model.model.export(str(tmp_path / "serving"), verbose=False)
+  reloaded = tf.saved_model.load(str(tmp_path / "serving"))
+  np.testing.assert_allclose(reloaded.serve(tf.constant(x)), dp_model.model.predict(x, verbose=0),
+                             rtol=1e-5, atol=1e-6)
+
+
+def test_ledger_file_names_the_facts_of_the_run(tmp_path):
+  x, y = _data()
+  dp_model = _dp_model(noise_multiplier=1.5, steps=3, ledger_path=tmp_path / "l.json")
+  dp_model.fit(x, y, verbose=0)
+  segment = json.loads((tmp_path / "l.json").read_text())["body"]["segments"][0]
+  assert segment["sampling"] == "poisson"
+  assert segment["sampling_rate"] == pytest.approx(8 / N)
+  assert segment["noise_multiplier"] == 1.5 and segment["l2_norm_clip"] == 0.3
+  assert segment["noisy_steps"] == 3
