@@ -72,7 +72,7 @@ def test_noise_added_to_the_step_has_std_sigma_c_over_b():
   x, y = _data()
   updates = {}
   for sigma in (0.0, 2.0):
-    dp_model = _dp_model(noise_multiplier=sigma, jit_compile=True)
+    dp_model = _dp_model(noise_multiplier=sigma)
     start = [v.numpy().copy() for v in dp_model.model.trainable_variables]
     dp_model.fit(x, y, verbose=0)
     updates[sigma] = np.concatenate([(s - v.numpy()).ravel() for s, v in
