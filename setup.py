@@ -19,7 +19,12 @@ setuptools.setup(
     long_description=(_HERE / "README.md").read_text(),
     long_description_content_type="text/markdown",
     python_requires=">=3.11,<3.12",
-    packages=setuptools.find_packages(include=["dp_tfx", "dp_tfx.*"]),
+    # components/ and pipelines/ sit at the top level of the repository (see DESIGN.md) and are
+    # installed as dp_tfx.components and dp_tfx.pipelines, so a Kubeflow container imports them.
+    packages=(setuptools.find_packages(include=["dp_tfx", "dp_tfx.*"]) +
+              ["dp_tfx." + p for p in setuptools.find_packages(include=[
+                  "components", "components.*", "pipelines", "pipelines.*"])]),
+    package_dir={"dp_tfx.components": "components", "dp_tfx.pipelines": "pipelines"},
     install_requires=[
         # TFX 1.21 is the only TFX release for Python 3.11; it fixes TF 2.21 and Beam.
         "tfx[kfp]==1.21.0",

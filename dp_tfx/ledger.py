@@ -65,6 +65,21 @@ def dataset_fingerprint(*arrays: Any) -> str:
   return "sha256:" + digest.hexdigest()
 
 
+def directory_digest(directory: os.PathLike | str) -> str:
+  """SHA-256 over the relative paths and bytes of every file under `directory` (an exported model).
+
+  The ledger records it, so a ledger paired with any other model is a detectable mismatch.
+  """
+  root = pathlib.Path(directory)
+  if not root.is_dir():
+    raise LedgerError(f"no model directory at {root}")
+  digest = hashlib.sha256()
+  for path in sorted(p for p in root.rglob("*") if p.is_file()):
+    digest.update(path.relative_to(root).as_posix().encode() + b"\0")
+    digest.update(path.read_bytes())
+  return "sha256:" + digest.hexdigest()
+
+
 @dataclasses.dataclass
 class Segment:
   """One training run on the data: the facts the accountant needs, and how many steps ran."""
@@ -81,8 +96,10 @@ class Segment:
   started_at: str = dataclasses.field(default_factory=_now)
   updated_at: str = dataclasses.field(default_factory=_now)
 
-  def dp_event(self) -> dp_accounting.DpEvent:
-    return accounting.dp_sgd_event(self.sampling_rate, self.noise_multiplier, self.noisy_steps,
+  def dp_event(self, steps: Optional[int] = None) -> dp_accounting.DpEvent:
+    """The event of this segment's first `steps` noisy steps (default: all that ran)."""
+    return accounting.dp_sgd_event(self.sampling_rate, self.noise_multiplier,
+                                   self.noisy_steps if steps is None else steps,
                                    self.num_microbatches)
 
 
@@ -163,6 +180,22 @@ class PrivacyLedger:
 
   def epsilon(self, delta: float, accountant: str = accounting.PLD) -> float:
     return accounting.epsilon_of_event(self.dp_event(), delta, accountant)
+
+  def dp_event_after(self, steps: int) -> dp_accounting.DpEvent:
+    """The cost of the first `steps` noisy steps across segments, in the order they ran."""
+    events, left = [], steps
+    for segment in self.segments:
+      taken = min(left, segment.noisy_steps)
+      events.append(segment.dp_event(taken))
+      left -= taken
+    return accounting.compose(events)
+
+  def epsilon_curve(self, delta: float, accountant: str = accounting.PLD,
+                    points: int = 20) -> list:
+    """[(step, epsilon)] at about `points` evenly spaced steps up to the last one recorded."""
+    total = self.noisy_steps
+    steps = sorted({max(1, round(total * i / points)) for i in range(1, points + 1)}) if total else []
+    return accounting.epsilon_curve(self.dp_event_after, steps, delta, accountant)
 
   @property
   def rigorous(self) -> bool:
@@ -305,5 +338,8 @@ class PrivacyLedger:
 
 
 def _hash_body(body: dict) -> str:
-  canonical = json.dumps(body, sort_keys=True, separators=(",", ":"), allow_nan=False)
+  try:
+    canonical = json.dumps(body, sort_keys=True, separators=(",", ":"), allow_nan=False)
+  except ValueError as error:  # NaN or infinity smuggled into the facts
+    raise LedgerError(f"the ledger holds a value JSON cannot represent: {error}") from None
   return "sha256:" + hashlib.sha256(canonical.encode()).hexdigest()

@@ -1,0 +1,1 @@
+"""TFX components for DP training: DPTrainer and PrivacyEvaluator (installed as dp_tfx.components)."""

@@ -1,0 +1,123 @@
+"""DPTrainer executor: read the examples, train with dp_tfx.make_private, export, seal the ledger.
+
+The user module (module_file or module_path, the TFX way) provides:
+
+  feature_spec(context) -> dict     tf.io.parse_example spec of the stored tf.Examples
+  decode(parsed, context) -> (inputs, labels)   parsed feature batch -> model inputs and labels
+  build_model(context) -> keras.Model           an uncompiled model
+  compile_kwargs(context) -> dict               optimizer, loss and metrics for compile()
+
+`context` is a `TrainerContext`: hyperparameters (custom_config, updated by a HyperParameters
+artifact), and the URIs of the optional schema and transform graph.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from typing import Any, Dict, List, Optional
+
+import keras
+import numpy as np
+import tensorflow as tf
+from absl import logging
+from tfx import types
+from tfx.components.util import udf_utils
+from tfx.dsl.components.base import base_executor
+from tfx.types import artifact_utils
+from tfx.utils import io_utils, path_utils
+
+from dp_tfx.components import artifacts
+from dp_tfx.components import specs
+from dp_tfx.config import DPConfig
+from dp_tfx.keras import make_private
+from dp_tfx.ledger import LEDGER_FILE_NAME, directory_digest
+
+TRAIN_SPLIT = "train"
+EVAL_SPLIT = "eval"
+SERVING_EXAMPLES_KEY = "examples"
+_HYPERPARAMETERS_FILE = "best_hyperparameters.txt"
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainerContext:
+  """What the user module's functions receive (like TFX's FnArgs)."""
+
+  hyperparameters: Dict[str, Any]
+  schema_uri: Optional[str] = None
+  transform_graph_uri: Optional[str] = None
+
+
+class Executor(base_executor.BaseExecutor):
+  """Trains with DP-SGD; writes model, model_run and privacy_ledger."""
+
+  def Do(self, input_dict: Dict[str, List[types.Artifact]],
+         output_dict: Dict[str, List[types.Artifact]], exec_properties: Dict[str, Any]) -> None:
+    config = DPConfig.from_json(exec_properties[specs.DP_CONFIG_KEY])
+    context = self._context(input_dict, exec_properties)
+    module = {name: udf_utils.get_fn(exec_properties, name)
+              for name in ("feature_spec", "decode", "build_model", "compile_kwargs")}
+    examples = artifact_utils.get_single_instance(input_dict[specs.EXAMPLES_KEY])
+    spec = module["feature_spec"](context)
+    x_train, y_train = self._read_split(examples, TRAIN_SPLIT, spec, module["decode"], context)
+    x_eval, y_eval = self._read_split(examples, EVAL_SPLIT, spec, module["decode"], context)
+    logging.info("DPTrainer: %d training examples, %d eval examples", len(y_train), len(y_eval))
+
+    ledger_artifact = artifact_utils.get_single_instance(output_dict[specs.PRIVACY_LEDGER_KEY])
+    model_run = artifact_utils.get_single_instance(output_dict[specs.MODEL_RUN_KEY])
+    model_artifact = artifact_utils.get_single_instance(output_dict[specs.MODEL_KEY])
+    keras_model = module["build_model"](context)
+    dp_model = make_private(keras_model, config,
+                            ledger_path=os.path.join(ledger_artifact.uri, LEDGER_FILE_NAME))
+    dp_model.compile(**module["compile_kwargs"](context))
+    dp_model.fit(x_train, y_train, validation_data=(x_eval, y_eval), verbose=2,
+                 callbacks=[keras.callbacks.TensorBoard(log_dir=model_run.uri)])
+
+    serving_dir = path_utils.serving_model_dir(model_artifact.uri)
+    self._export(keras_model, spec, module["decode"], context, serving_dir)
+    ledger = dp_model.privacy_ledger
+    ledger.set_model_digest(directory_digest(serving_dir))
+    ledger_artifact.set_string_custom_property(artifacts.LEDGER_HASH_PROPERTY,
+                                               ledger.content_hash())
+    logging.info("DPTrainer: %d noisy steps, epsilon %.4f at delta %.3g; ledger %s",
+                 ledger.noisy_steps, dp_model.epsilon(), dp_model.plan.delta, ledger.path)
+
+  @staticmethod
+  def _context(input_dict, exec_properties) -> TrainerContext:
+    hyperparameters = json.loads(exec_properties.get(specs.CUSTOM_CONFIG_KEY) or "{}") or {}
+    tuned = input_dict.get(specs.HYPERPARAMETERS_KEY)
+    if tuned:
+      path = os.path.join(artifact_utils.get_single_uri(tuned), _HYPERPARAMETERS_FILE)
+      hyperparameters.update(json.loads(io_utils.read_string_file(path)).get("values", {}))
+    uri = lambda key: artifact_utils.get_single_uri(input_dict[key]) if input_dict.get(key) else None
+    return TrainerContext(hyperparameters=hyperparameters, schema_uri=uri(specs.SCHEMA_KEY),
+                          transform_graph_uri=uri(specs.TRANSFORM_GRAPH_KEY))
+
+  @staticmethod
+  def _read_split(examples, split, spec, decode, context):
+    """All examples of a split, parsed and decoded into in-memory arrays."""
+    split_dir = artifact_utils.get_split_uri([examples], split)
+    files = tf.io.gfile.glob(os.path.join(split_dir, "*"))
+    if not files:
+      raise ValueError(f"the examples artifact has no files in split {split!r} ({split_dir})")
+    compression = "GZIP" if all(f.endswith(".gz") for f in files) else None
+    dataset = (tf.data.TFRecordDataset(files, compression_type=compression).batch(1024)
+               .map(lambda serialized: decode(tf.io.parse_example(serialized, spec), context)))
+    parts = list(dataset.as_numpy_iterator())
+    inputs = tf.nest.map_structure(lambda *a: np.concatenate(a), *[p[0] for p in parts])
+    return inputs, np.concatenate([p[1] for p in parts])
+
+  @staticmethod
+  def _export(model, spec, decode, context, serving_dir):
+    """SavedModel whose serving_default parses tf.Examples (for Pusher and the TFX Evaluator)."""
+    archive = keras.export.ExportArchive()
+    archive.track(model)
+
+    def serve_examples(serialized):
+      inputs, _ = decode(tf.io.parse_example(serialized, spec), context)
+      return {"outputs": model(inputs, training=False)}
+
+    archive.add_endpoint("serving_default", serve_examples, input_signature=[
+        tf.TensorSpec([None], tf.string, name=SERVING_EXAMPLES_KEY)])
+    archive.write_out(serving_dir, verbose=False)

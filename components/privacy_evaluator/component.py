@@ -1,0 +1,52 @@
+"""PrivacyEvaluator: computes epsilon from the DPTrainer's ledger and blesses only within policy.
+
+Inputs:
+  model: the Model the DPTrainer exported (its digest must match the ledger's).
+  privacy_ledger: the DPTrainer's ledger (its hash is verified).
+  model_blessing: optional upstream blessing (e.g. the TFX Evaluator's); NOT blessed upstream
+    means NOT blessed here, so accuracy and privacy gates combine.
+Parameters:
+  privacy_policy: a dp_tfx.policy.PrivacyPolicy, validated when the pipeline is built.
+Outputs:
+  blessing: ModelBlessing with custom properties blessed (1/0, what Pusher reads), epsilon, delta,
+    reason, current_model and current_model_id; and a BLESSED or NOT_BLESSED file.
+  privacy_report: report.json, epsilon.png, summary.txt.
+
+Example:
+  evaluator = PrivacyEvaluator(model=trainer.outputs["model"],
+                               privacy_ledger=trainer.outputs["privacy_ledger"],
+                               privacy_policy=PrivacyPolicy(max_epsilon=3.0, delta=1e-5))
+  pusher = Pusher(model=trainer.outputs["model"], model_blessing=evaluator.outputs["blessing"],
+                  push_destination=...)
+"""
+
+from typing import Optional
+
+from tfx import types
+from tfx.dsl.components.base import base_component, executor_spec
+from tfx.types import standard_artifacts
+
+from dp_tfx.components import artifacts
+from dp_tfx.components.privacy_evaluator import executor
+from dp_tfx.components.specs import PrivacyEvaluatorSpec
+from dp_tfx.policy import PrivacyPolicy
+
+
+class PrivacyEvaluator(base_component.BaseComponent):
+  """A TFX component that gates deployment on the privacy actually spent. See module doc."""
+
+  SPEC_CLASS = PrivacyEvaluatorSpec
+  EXECUTOR_SPEC = executor_spec.ExecutorClassSpec(executor.Executor)
+
+  def __init__(self, model: types.BaseChannel, privacy_ledger: types.BaseChannel,
+               privacy_policy: PrivacyPolicy,
+               model_blessing: Optional[types.BaseChannel] = None):
+    if not isinstance(privacy_policy, PrivacyPolicy):
+      raise TypeError("privacy_policy must be a dp_tfx.policy.PrivacyPolicy; got "
+                      f"{type(privacy_policy).__name__}")
+    spec = PrivacyEvaluatorSpec(
+        model=model, privacy_ledger=privacy_ledger, model_blessing=model_blessing,
+        privacy_policy=privacy_policy.to_json(),
+        blessing=types.Channel(type=standard_artifacts.ModelBlessing),
+        privacy_report=types.Channel(type=artifacts.PrivacyReport))
+    super().__init__(spec=spec)

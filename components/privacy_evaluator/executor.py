@@ -1,0 +1,96 @@
+"""PrivacyEvaluator executor: verify the ledger, decide against the policy, write blessing and report.
+
+Fails closed: every input problem (missing or edited ledger, impossible facts, a ledger for another
+model, an unreadable policy, ...) becomes a NOT blessed verdict with the reason in the blessing,
+the report and the log; an unexpected error still writes NOT blessed before it propagates.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from typing import Any, Dict, List, Optional
+
+from absl import logging
+from tfx import types
+from tfx.components.evaluator import constants as evaluator_constants
+from tfx.dsl.components.base import base_executor
+from tfx.types import artifact_utils
+from tfx.utils import io_utils, path_utils
+
+from dp_tfx.components import specs
+from dp_tfx.ledger import LEDGER_FILE_NAME, LedgerError, PrivacyLedger, directory_digest
+from dp_tfx.policy import PrivacyDecision, PrivacyPolicy, decide
+from dp_tfx.report import write_report
+
+EPSILON_PROPERTY = "epsilon"
+DELTA_PROPERTY = "delta"
+REASON_PROPERTY = "reason"
+
+
+class Executor(base_executor.BaseExecutor):
+  """Decides the blessing from the verified ledger only; never blesses by default."""
+
+  def Do(self, input_dict: Dict[str, List[types.Artifact]],
+         output_dict: Dict[str, List[types.Artifact]], exec_properties: Dict[str, Any]) -> None:
+    blessing = artifact_utils.get_single_instance(output_dict[specs.BLESSING_KEY])
+    report = artifact_utils.get_single_instance(output_dict[specs.PRIVACY_REPORT_KEY])
+    model = artifact_utils.get_single_instance(input_dict[specs.MODEL_KEY])
+    policy = ledger = None
+    curve: list = []
+    decision = PrivacyDecision()
+    try:
+      policy = PrivacyPolicy.from_json(exec_properties.get(specs.PRIVACY_POLICY_KEY))
+      ledger = self._ledger(input_dict)
+      decision = decide(policy, ledger, model_digest=self._model_digest(model),
+                        upstream_blessed=self._upstream_blessed(input_dict))
+      if ledger.noisy_steps and decision.epsilon is not None and math.isfinite(decision.epsilon):
+        curve = ledger.epsilon_curve(decision.delta, policy.accountant)
+    except (LedgerError, ValueError) as error:
+      decision.blessed = False
+      decision.reasons.append(str(error))
+    finally:
+      self._write_blessing(blessing, model, decision)
+    write_report(report.uri, decision, policy, ledger, curve)
+    log = logging.info if decision.blessed else logging.warning
+    log("PrivacyEvaluator: %s (report: %s)", decision.summary, report.uri)
+
+  @staticmethod
+  def _ledger(input_dict) -> PrivacyLedger:
+    artifact = artifact_utils.get_single_instance(input_dict[specs.PRIVACY_LEDGER_KEY])
+    return PrivacyLedger.load(os.path.join(artifact.uri, LEDGER_FILE_NAME))
+
+  @staticmethod
+  def _model_digest(model) -> str:
+    return directory_digest(path_utils.serving_model_dir(model.uri))
+
+  @staticmethod
+  def _upstream_blessed(input_dict) -> Optional[bool]:
+    upstream = input_dict.get(specs.MODEL_BLESSING_KEY)
+    if not upstream:
+      return None
+    artifact = artifact_utils.get_single_instance(upstream)
+    key = evaluator_constants.ARTIFACT_PROPERTY_BLESSED_KEY
+    if not artifact.has_custom_property(key):
+      return False  # an upstream verdict we cannot read counts as NOT blessed
+    return artifact.get_int_custom_property(key) == evaluator_constants.BLESSED_VALUE
+
+  @staticmethod
+  def _write_blessing(blessing, model, decision: PrivacyDecision) -> None:
+    """The standard ModelBlessing Pusher reads, with epsilon, delta and reasons alongside."""
+    blessed = bool(decision.blessed)
+    name = (evaluator_constants.BLESSED_FILE_NAME if blessed
+            else evaluator_constants.NOT_BLESSED_FILE_NAME)
+    io_utils.write_string_file(os.path.join(blessing.uri, name), "")
+    blessing.set_int_custom_property(
+        evaluator_constants.ARTIFACT_PROPERTY_BLESSED_KEY,
+        evaluator_constants.BLESSED_VALUE if blessed else evaluator_constants.NOT_BLESSED_VALUE)
+    blessing.set_string_custom_property(
+        evaluator_constants.ARTIFACT_PROPERTY_CURRENT_MODEL_URI_KEY, model.uri)
+    blessing.set_int_custom_property(
+        evaluator_constants.ARTIFACT_PROPERTY_CURRENT_MODEL_ID_KEY, model.id)
+    if decision.epsilon is not None and math.isfinite(decision.epsilon):
+      blessing.set_float_custom_property(EPSILON_PROPERTY, decision.epsilon)
+    if decision.delta is not None:
+      blessing.set_float_custom_property(DELTA_PROPERTY, decision.delta)
+    blessing.set_string_custom_property(REASON_PROPERTY, decision.summary)

@@ -1,0 +1,65 @@
+"""Component specs and their keys, defined once (as TFX's standard_component_specs does).
+
+Executors and tests index input_dict / output_dict / exec_properties only through these keys.
+"""
+
+from tfx.types import standard_artifacts
+from tfx.types import standard_component_specs as std
+from tfx.types.component_spec import ChannelParameter, ComponentSpec, ExecutionParameter
+
+from dp_tfx.components import artifacts
+
+# TFX's own keys, re-exported so that our code has one place to look.
+EXAMPLES_KEY = std.EXAMPLES_KEY
+SCHEMA_KEY = std.SCHEMA_KEY
+TRANSFORM_GRAPH_KEY = std.TRANSFORM_GRAPH_KEY
+HYPERPARAMETERS_KEY = std.HYPERPARAMETERS_KEY
+MODULE_FILE_KEY = std.MODULE_FILE_KEY
+MODULE_PATH_KEY = std.MODULE_PATH_KEY
+CUSTOM_CONFIG_KEY = std.CUSTOM_CONFIG_KEY
+MODEL_KEY = std.MODEL_KEY
+MODEL_RUN_KEY = std.MODEL_RUN_KEY
+MODEL_BLESSING_KEY = std.MODEL_BLESSING_KEY
+BLESSING_KEY = std.BLESSING_KEY
+
+# Ours.
+DP_CONFIG_KEY = "dp_config"
+PRIVACY_LEDGER_KEY = "privacy_ledger"
+PRIVACY_POLICY_KEY = "privacy_policy"
+PRIVACY_REPORT_KEY = "privacy_report"
+
+
+class DPTrainerSpec(ComponentSpec):
+  PARAMETERS = {
+      MODULE_FILE_KEY: ExecutionParameter(type=str, optional=True),
+      MODULE_PATH_KEY: ExecutionParameter(type=str, optional=True),
+      DP_CONFIG_KEY: ExecutionParameter(type=str),
+      CUSTOM_CONFIG_KEY: ExecutionParameter(type=str, optional=True),
+  }
+  INPUTS = {
+      EXAMPLES_KEY: ChannelParameter(type=standard_artifacts.Examples),
+      SCHEMA_KEY: ChannelParameter(type=standard_artifacts.Schema, optional=True),
+      TRANSFORM_GRAPH_KEY: ChannelParameter(type=standard_artifacts.TransformGraph, optional=True),
+      HYPERPARAMETERS_KEY: ChannelParameter(type=standard_artifacts.HyperParameters,
+                                            optional=True),
+  }
+  OUTPUTS = {
+      MODEL_KEY: ChannelParameter(type=standard_artifacts.Model),
+      MODEL_RUN_KEY: ChannelParameter(type=standard_artifacts.ModelRun),
+      PRIVACY_LEDGER_KEY: ChannelParameter(type=artifacts.PrivacyLedger),
+  }
+
+
+class PrivacyEvaluatorSpec(ComponentSpec):
+  PARAMETERS = {
+      PRIVACY_POLICY_KEY: ExecutionParameter(type=str),
+  }
+  INPUTS = {
+      MODEL_KEY: ChannelParameter(type=standard_artifacts.Model),
+      PRIVACY_LEDGER_KEY: ChannelParameter(type=artifacts.PrivacyLedger),
+      MODEL_BLESSING_KEY: ChannelParameter(type=standard_artifacts.ModelBlessing, optional=True),
+  }
+  OUTPUTS = {
+      BLESSING_KEY: ChannelParameter(type=standard_artifacts.ModelBlessing),
+      PRIVACY_REPORT_KEY: ChannelParameter(type=artifacts.PrivacyReport),
+  }

@@ -1,0 +1,128 @@
+"""Helpers for unit-testing pipelines that use the PrivacyEvaluator, without training anything.
+
+    from dp_tfx.components import testing
+    from dp_tfx.policy import PrivacyPolicy
+
+    def test_my_policy_refuses_weak_noise(tmp_path):
+      ledger = testing.make_ledger(dataset_size=60000, batch_size=256, noise_multiplier=0.5,
+                                   steps=10000)
+      result = testing.run_privacy_evaluator(ledger, PrivacyPolicy(max_epsilon=3, delta=1e-5),
+                                             tmp_path)
+      testing.assert_not_blessed(result, reason="exceeds the policy's max_epsilon")
+
+`run_privacy_evaluator` builds real TFX artifacts (Model, PrivacyLedger, ModelBlessing,
+PrivacyReport) in a directory and calls the real executor, exactly as a pipeline would.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import pathlib
+from typing import Callable, Optional
+
+from tfx.components.evaluator import constants as evaluator_constants
+from tfx.types import standard_artifacts
+from tfx.utils import path_utils
+
+from dp_tfx.components import artifacts, specs
+from dp_tfx.components.privacy_evaluator import executor as privacy_evaluator_executor
+from dp_tfx.config import DPConfig
+from dp_tfx.ledger import LEDGER_FILE_NAME, PrivacyLedger, directory_digest
+from dp_tfx.plan import TrainingPlan
+from dp_tfx.policy import PrivacyPolicy
+from dp_tfx.report import REPORT_FILE
+
+
+def make_ledger(*, dataset_size: int, batch_size: int, noise_multiplier: float, steps: int,
+                l2_norm_clip: float = 1.0, sampling: str = "poisson",
+                num_microbatches: Optional[int] = None) -> PrivacyLedger:
+  """A ledger recording `steps` noisy steps of a run with these facts, as the trainer would."""
+  plan = TrainingPlan.from_config(DPConfig(
+      l2_norm_clip=l2_norm_clip, noise_multiplier=noise_multiplier, batch_size=batch_size,
+      steps=steps, sampling=sampling, num_microbatches=num_microbatches), dataset_size)
+  ledger = PrivacyLedger(dataset_size=dataset_size, dataset_fingerprint="sha256:test-data")
+  ledger.start_segment(plan)
+  ledger.segments[-1].noisy_steps = steps
+  return ledger
+
+
+@dataclasses.dataclass
+class EvaluationResult:
+  """What the PrivacyEvaluator produced: the blessing artifact and the parsed report."""
+
+  blessing: standard_artifacts.ModelBlessing
+  report: dict
+  report_dir: str
+
+  @property
+  def blessed(self) -> bool:
+    return self.blessing.get_int_custom_property(
+        evaluator_constants.ARTIFACT_PROPERTY_BLESSED_KEY) == evaluator_constants.BLESSED_VALUE
+
+  @property
+  def reasons(self) -> list:
+    return self.report["decision"]["reasons"]
+
+
+def _artifact(kind, uri, artifact_id=1):
+  artifact = kind()
+  artifact.uri = str(uri)
+  artifact.id = artifact_id
+  os.makedirs(artifact.uri, exist_ok=True)
+  return artifact
+
+
+def run_privacy_evaluator(ledger: PrivacyLedger, policy: PrivacyPolicy, directory,
+                          upstream_blessed: Optional[bool] = None,
+                          tamper: Optional[Callable[[pathlib.Path], None]] = None
+                          ) -> EvaluationResult:
+  """Runs the real PrivacyEvaluator executor on `ledger`, paired with a stand-in model.
+
+  Args:
+    ledger: the ledger to judge; its model digest is set to the stand-in model's.
+    policy: the privacy policy.
+    directory: where the artifacts are created.
+    upstream_blessed: None for no upstream blessing, else its verdict.
+    tamper: called with the written ledger file's path before the evaluator runs (to delete or
+      edit it, as a test of failing closed).
+  """
+  root = pathlib.Path(directory)
+  model = _artifact(standard_artifacts.Model, root / "model", artifact_id=7)
+  serving_dir = pathlib.Path(path_utils.serving_model_dir(model.uri))
+  serving_dir.mkdir(parents=True, exist_ok=True)
+  (serving_dir / "saved_model.pb").write_bytes(b"stand-in model")
+  ledger.model_digest = directory_digest(serving_dir)
+  ledger_artifact = _artifact(artifacts.PrivacyLedger, root / "ledger")
+  ledger_path = pathlib.Path(ledger_artifact.uri) / LEDGER_FILE_NAME
+  ledger.save(ledger_path)
+  if tamper is not None:
+    tamper(ledger_path)
+  input_dict = {specs.MODEL_KEY: [model], specs.PRIVACY_LEDGER_KEY: [ledger_artifact]}
+  if upstream_blessed is not None:
+    upstream = _artifact(standard_artifacts.ModelBlessing, root / "upstream")
+    upstream.set_int_custom_property(evaluator_constants.ARTIFACT_PROPERTY_BLESSED_KEY,
+                                     int(upstream_blessed))
+    input_dict[specs.MODEL_BLESSING_KEY] = [upstream]
+  blessing = _artifact(standard_artifacts.ModelBlessing, root / "blessing")
+  report = _artifact(artifacts.PrivacyReport, root / "report")
+  privacy_evaluator_executor.Executor().Do(
+      input_dict, {specs.BLESSING_KEY: [blessing], specs.PRIVACY_REPORT_KEY: [report]},
+      {specs.PRIVACY_POLICY_KEY: policy.to_json()})
+  return EvaluationResult(blessing=blessing, report_dir=report.uri,
+                          report=json.loads((pathlib.Path(report.uri) / REPORT_FILE).read_text()))
+
+
+def assert_blessed(result: EvaluationResult) -> None:
+  assert result.blessed, f"expected BLESSED, got: {result.reasons}"
+  assert os.path.exists(os.path.join(result.blessing.uri, evaluator_constants.BLESSED_FILE_NAME))
+
+
+def assert_not_blessed(result: EvaluationResult, reason: str = "") -> None:
+  """Asserts NOT blessed, and that some reason contains `reason`."""
+  assert not result.blessed, "expected NOT BLESSED, but the model was blessed"
+  assert os.path.exists(os.path.join(result.blessing.uri,
+                                     evaluator_constants.NOT_BLESSED_FILE_NAME))
+  assert any(reason in r for r in result.reasons), (
+      f"no reason mentions {reason!r}: {result.reasons}")

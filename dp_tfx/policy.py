@@ -1,0 +1,138 @@
+"""Privacy policy and its decision: bless a model only if what training did is within policy.
+
+The decision reads only the verified ledger (invariant 1) and fails closed (invariant 6): it starts
+from "not blessed" and blesses only when every check has run and passed. Each failed check adds a
+readable reason.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from typing import Any, Optional, Union
+
+from dp_tfx import accounting
+from dp_tfx.ledger import PrivacyLedger
+
+ONE_OVER_N = "1/N"
+
+
+def _policy_error(field: str, allowed: str, value: Any) -> ValueError:
+  return ValueError(f"PrivacyPolicy.{field} must be {allowed}; got {value!r}")
+
+
+@dataclasses.dataclass(frozen=True)
+class PrivacyPolicy:
+  """What a deployable model must satisfy.
+
+  Attributes:
+    max_epsilon: the largest epsilon allowed (at `delta`).
+    delta: the delta at which epsilon is computed: a number in (0, 1), or "1/N" for one over the
+      ledger's dataset size.
+    delta_rule: "1/N" (default) refuses any delta above 1/N, the usual ceiling; None disables it.
+    accountant: "pld" (default) or "rdp".
+    require_poisson: refuse runs that used shuffled fixed-size batches, whose epsilon is not a
+      rigorous bound (default True).
+  """
+
+  max_epsilon: float
+  delta: Union[float, str] = ONE_OVER_N
+  delta_rule: Optional[str] = ONE_OVER_N
+  accountant: str = accounting.PLD
+  require_poisson: bool = True
+
+  def __post_init__(self):
+    if not (isinstance(self.max_epsilon, (int, float)) and not isinstance(self.max_epsilon, bool)
+            and 0 < self.max_epsilon < math.inf):
+      raise _policy_error("max_epsilon", "a finite number > 0", self.max_epsilon)
+    if self.delta != ONE_OVER_N and not (
+        isinstance(self.delta, (int, float)) and not isinstance(self.delta, bool)
+        and 0 < self.delta < 1):
+      raise _policy_error("delta", f'a number in (0, 1) or "{ONE_OVER_N}"', self.delta)
+    if self.delta_rule not in (ONE_OVER_N, None):
+      raise _policy_error("delta_rule", f'"{ONE_OVER_N}" or null', self.delta_rule)
+    if self.accountant not in accounting.ACCOUNTANTS:
+      raise _policy_error("accountant", f"one of {accounting.ACCOUNTANTS}", self.accountant)
+    if not isinstance(self.require_poisson, bool):
+      raise _policy_error("require_poisson", "true or false", self.require_poisson)
+
+  def delta_for(self, dataset_size: int) -> float:
+    return 1.0 / dataset_size if self.delta == ONE_OVER_N else float(self.delta)
+
+  def to_json(self) -> str:
+    return json.dumps(dataclasses.asdict(self), sort_keys=True)
+
+  @classmethod
+  def from_json(cls, text: str) -> "PrivacyPolicy":
+    try:
+      values = json.loads(text)
+    except (TypeError, json.JSONDecodeError) as error:
+      raise ValueError(f"the privacy policy is not valid JSON: {error}") from None
+    if not isinstance(values, dict):
+      raise ValueError("the privacy policy must be a JSON object")
+    known = {field.name for field in dataclasses.fields(cls)}
+    unknown = sorted(set(values) - known)
+    if unknown:
+      raise ValueError(f"unknown PrivacyPolicy field(s) {unknown}; known: {sorted(known)}")
+    return cls(**values)
+
+
+@dataclasses.dataclass
+class PrivacyDecision:
+  """The verdict and everything it was based on, for the blessing and the report."""
+
+  blessed: bool = False
+  epsilon: Optional[float] = None
+  delta: Optional[float] = None
+  reasons: list = dataclasses.field(default_factory=list)
+
+  @property
+  def summary(self) -> str:
+    if self.blessed:
+      return f"BLESSED: epsilon {self.epsilon:.4g} at delta {self.delta:.3g} is within policy"
+    return "NOT BLESSED: " + "; ".join(self.reasons or ["no decision was reached"])
+
+  def to_dict(self) -> dict:
+    return {"blessed": self.blessed, "epsilon": self.epsilon, "delta": self.delta,
+            "reasons": list(self.reasons), "summary": self.summary}
+
+
+def decide(policy: PrivacyPolicy, ledger: PrivacyLedger, model_digest: Optional[str] = None,
+           upstream_blessed: Optional[bool] = None) -> PrivacyDecision:
+  """Checks a verified ledger against the policy.
+
+  Args:
+    policy: the privacy policy.
+    ledger: a ledger loaded with PrivacyLedger.load (hash and facts verified).
+    model_digest: the digest of the model to be blessed; it must equal the ledger's.
+    upstream_blessed: an upstream verdict (e.g. the TFX Evaluator's), if there is one.
+
+  Returns:
+    The decision; `blessed` is True only if every check passed.
+  """
+  decision = PrivacyDecision()
+  reasons = decision.reasons
+  if upstream_blessed is False:
+    reasons.append("the upstream model_blessing is NOT blessed")
+  if model_digest is not None and ledger.model_digest != model_digest:
+    reasons.append(f"the ledger describes another model (ledger {ledger.model_digest}, model "
+                   f"{model_digest})")
+  if ledger.noisy_steps <= 0:
+    reasons.append("the ledger records no noisy steps")
+  if policy.require_poisson and not ledger.rigorous:
+    reasons.append("training used shuffled fixed-size batches, so epsilon is not a rigorous bound, "
+                   "and the policy requires Poisson sampling")
+  if any(segment.noise_multiplier == 0 for segment in ledger.segments):
+    reasons.append("training ran without noise (noise_multiplier 0): epsilon is infinite")
+  delta = policy.delta_for(ledger.dataset_size)
+  decision.delta = delta
+  if policy.delta_rule == ONE_OVER_N and delta > 1.0 / ledger.dataset_size:
+    reasons.append(f"delta {delta:.3g} exceeds 1/N = {1.0 / ledger.dataset_size:.3g}")
+  if ledger.noisy_steps > 0:
+    decision.epsilon = ledger.epsilon(delta, policy.accountant)
+    if not decision.epsilon <= policy.max_epsilon:
+      reasons.append(f"epsilon {decision.epsilon:.4g} exceeds the policy's max_epsilon "
+                     f"{policy.max_epsilon:.4g} (delta {delta:.3g}, {policy.accountant})")
+  decision.blessed = not reasons
+  return decision

@@ -1,0 +1,158 @@
+"""PrivacyEvaluator executor on real artifacts: blesses within policy, fails closed otherwise."""
+
+import json
+import math
+
+import pytest
+
+from dp_tfx import accounting
+from dp_tfx.components import testing
+from dp_tfx.components.privacy_evaluator import component
+from dp_tfx.ledger import PrivacyLedger, _hash_body
+from dp_tfx.policy import PrivacyPolicy
+from tfx import types
+from tfx.types import standard_artifacts
+
+POLICY = PrivacyPolicy(max_epsilon=1.0, delta=1e-5)
+
+
+def _ledger(**overrides):
+  facts = dict(dataset_size=60000, batch_size=256, noise_multiplier=1.3, steps=3515)
+  facts.update(overrides)
+  return testing.make_ledger(**facts)
+
+
+def _edit_body(edit):
+  def tamper(path):
+    document = json.loads(path.read_text())
+    edit(document["body"])
+    path.write_text(json.dumps(document))
+  return tamper
+
+
+def test_blesses_within_policy_with_epsilon_from_the_ledger(tmp_path):
+  result = testing.run_privacy_evaluator(_ledger(), POLICY, tmp_path)
+  testing.assert_blessed(result)
+  assert result.report["epsilon"] == pytest.approx(0.864, rel=0.01)  # DESIGN.md reference
+  assert result.blessing.get_float_custom_property("epsilon") == pytest.approx(0.864, rel=0.01)
+  assert result.blessing.get_int_custom_property("current_model_id") == 7
+  assert (tmp_path / "report" / "epsilon.png").stat().st_size > 1000
+  assert "BLESSED" in (tmp_path / "report" / "summary.txt").read_text()
+
+
+def test_epsilon_over_policy_is_not_blessed(tmp_path):
+  result = testing.run_privacy_evaluator(_ledger(noise_multiplier=1.1, steps=14062), POLICY,
+                                         tmp_path)
+  testing.assert_not_blessed(result, "exceeds the policy's max_epsilon")
+  assert result.report["epsilon"] == pytest.approx(2.382, rel=0.01)
+
+
+def test_deleted_ledger(tmp_path):
+  result = testing.run_privacy_evaluator(_ledger(), POLICY, tmp_path, tamper=lambda p: p.unlink())
+  testing.assert_not_blessed(result, "no privacy ledger")
+
+
+def test_edited_ledger(tmp_path):
+  edit = _edit_body(lambda body: body["segments"][0].update(noise_multiplier=50.0))
+  result = testing.run_privacy_evaluator(_ledger(), POLICY, tmp_path, tamper=edit)
+  testing.assert_not_blessed(result, "content_hash")
+
+
+@pytest.mark.parametrize("field, value, reason", [
+    ("noise_multiplier", -1.0, "noise_multiplier"),
+    ("sampling_rate", 1.5, "sampling_rate"),
+    ("planned_steps", 0, "planned_steps"),
+])
+def test_impossible_values_even_with_a_recomputed_hash(tmp_path, field, value, reason):
+  def tamper(path):
+    document = json.loads(path.read_text())
+    document["body"]["segments"][0][field] = value
+    document["content_hash"] = _hash_body(document["body"])  # a careful forger
+    path.write_text(json.dumps(document))
+  result = testing.run_privacy_evaluator(_ledger(), POLICY, tmp_path, tamper=tamper)
+  testing.assert_not_blessed(result, reason)
+
+
+def test_zero_steps(tmp_path):
+  ledger = _ledger()
+  ledger.segments[0].noisy_steps = 0
+  testing.assert_not_blessed(testing.run_privacy_evaluator(ledger, POLICY, tmp_path),
+                             "no noisy steps")
+
+
+def test_delta_above_one_over_n(tmp_path):
+  policy = PrivacyPolicy(max_epsilon=100.0, delta=1e-3)
+  testing.assert_not_blessed(testing.run_privacy_evaluator(_ledger(), policy, tmp_path),
+                             "exceeds 1/N")
+
+
+def test_shuffled_run_under_require_poisson(tmp_path):
+  ledger = _ledger(sampling="shuffle")
+  result = testing.run_privacy_evaluator(ledger, PrivacyPolicy(max_epsilon=100.0, delta=1e-5),
+                                         tmp_path)
+  testing.assert_not_blessed(result, "Poisson")
+  assert "not a rigorous bound" in result.report["note"]
+
+
+def test_shuffled_run_allowed_when_policy_allows_but_flagged(tmp_path):
+  policy = PrivacyPolicy(max_epsilon=100.0, delta=1e-5, require_poisson=False)
+  result = testing.run_privacy_evaluator(_ledger(sampling="shuffle"), policy, tmp_path)
+  testing.assert_blessed(result)
+  assert result.report["ledger"]["rigorous"] is False
+
+
+def test_no_noise_is_never_blessed(tmp_path):
+  result = testing.run_privacy_evaluator(_ledger(noise_multiplier=0.0),
+                                         PrivacyPolicy(max_epsilon=1e6, delta=1e-5), tmp_path)
+  testing.assert_not_blessed(result, "without noise")
+  assert result.report["epsilon_is_infinite"]
+
+
+def test_ledger_for_another_model(tmp_path):
+  def swap_model(path):
+    ledger = PrivacyLedger.load(path)
+    ledger.model_digest = "sha256:some-other-model"
+    path.write_text(ledger.to_json())
+  result = testing.run_privacy_evaluator(_ledger(), POLICY, tmp_path, tamper=swap_model)
+  testing.assert_not_blessed(result, "another model")
+
+
+def test_upstream_not_blessed_blocks(tmp_path):
+  result = testing.run_privacy_evaluator(_ledger(), POLICY, tmp_path, upstream_blessed=False)
+  testing.assert_not_blessed(result, "upstream")
+  testing.assert_blessed(testing.run_privacy_evaluator(_ledger(), POLICY, tmp_path / "ok",
+                                                       upstream_blessed=True))
+
+
+def test_rdp_policy_uses_rdp(tmp_path):
+  policy = PrivacyPolicy(max_epsilon=1.0, delta=1e-5, accountant="rdp")
+  result = testing.run_privacy_evaluator(_ledger(), policy, tmp_path)
+  assert result.report["epsilon"] == pytest.approx(0.954, rel=0.01)
+
+
+def test_policy_is_validated_when_the_pipeline_is_built():
+  with pytest.raises(ValueError, match="max_epsilon"):
+    PrivacyPolicy(max_epsilon=-1)
+  with pytest.raises(ValueError, match="accountant"):
+    PrivacyPolicy(max_epsilon=1, accountant="moments")
+  with pytest.raises(TypeError, match="PrivacyPolicy"):
+    component.PrivacyEvaluator(model=types.Channel(type=standard_artifacts.Model),
+                               privacy_ledger=types.Channel(type=standard_artifacts.Model),
+                               privacy_policy={"max_epsilon": 1})
+
+
+def test_epsilon_curve_ends_at_the_reported_epsilon(tmp_path):
+  result = testing.run_privacy_evaluator(_ledger(), POLICY, tmp_path)
+  curve = result.report["epsilon_curve"]
+  assert curve[-1]["step"] == 3515
+  assert curve[-1]["epsilon"] == pytest.approx(result.report["epsilon"])
+  assert all(a["epsilon"] < b["epsilon"] for a, b in zip(curve, curve[1:]))
+  assert not math.isnan(curve[0]["epsilon"])
+
+
+def test_microbatched_ledger_is_accounted_with_twice_the_sensitivity(tmp_path):
+  result = testing.run_privacy_evaluator(_ledger(num_microbatches=32), PrivacyPolicy(
+      max_epsilon=100.0, delta=1e-5), tmp_path)
+  expected = accounting.compute_epsilon(sampling_rate=256 / 60000, noise_multiplier=0.65,
+                                        steps=3515, delta=1e-5)
+  assert result.report["epsilon"] == pytest.approx(expected, rel=1e-3)
