@@ -29,6 +29,7 @@ setuptools.setup(
         # TFX 1.21 is the only TFX release for Python 3.11; it fixes TF 2.21 and Beam.
         "tfx[kfp]==1.21.0",
         "tensorflow==2.21.*",
+        "tensorboard==2.21.*",  # ModelRun logs (tf.summary needs it installed)
         "keras>=3.10,<4",
         "dp-accounting==0.6.0",
         "tensorflow-datasets>=4.9.10",

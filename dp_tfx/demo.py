@@ -37,7 +37,7 @@ def run(epochs: Optional[int] = None, output_dir: pathlib.Path = OUTPUT_DIR, ver
     ledger_path.unlink()  # a fresh demo run; a real job keeps its ledger (every step counts)
   dp_model = make_private(models.tutorial_cnn(), demo_config(epochs or DEMO_EPOCHS, seed),
                           ledger_path=ledger_path)
-  dp_model.compile(optimizer=keras.optimizers.SGD(learning_rate=0.25, momentum=0.9),
+  dp_model.compile(optimizer=keras.optimizers.SGD(learning_rate=0.5, momentum=0.5),
                    loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
                    metrics=["accuracy"], jit_compile=True)
   started = time.time()

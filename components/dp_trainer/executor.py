@@ -37,6 +37,8 @@ from dp_tfx.ledger import LEDGER_FILE_NAME, directory_digest
 TRAIN_SPLIT = "train"
 EVAL_SPLIT = "eval"
 SERVING_EXAMPLES_KEY = "examples"
+EVAL_METRIC_PREFIX = "eval_"
+METRICS_FILE = "eval_metrics.json"
 _HYPERPARAMETERS_FILE = "best_hyperparameters.txt"
 
 
@@ -55,7 +57,7 @@ class Executor(base_executor.BaseExecutor):
   def Do(self, input_dict: Dict[str, List[types.Artifact]],
          output_dict: Dict[str, List[types.Artifact]], exec_properties: Dict[str, Any]) -> None:
     config = DPConfig.from_json(exec_properties[specs.DP_CONFIG_KEY])
-    context = self._context(input_dict, exec_properties)
+    context = self._trainer_context(input_dict, exec_properties)
     module = {name: udf_utils.get_fn(exec_properties, name)
               for name in ("feature_spec", "decode", "build_model", "compile_kwargs")}
     examples = artifact_utils.get_single_instance(input_dict[specs.EXAMPLES_KEY])
@@ -74,6 +76,11 @@ class Executor(base_executor.BaseExecutor):
     dp_model.fit(x_train, y_train, validation_data=(x_eval, y_eval), verbose=2,
                  callbacks=[keras.callbacks.TensorBoard(log_dir=model_run.uri)])
 
+    metrics = dp_model.evaluate(x_eval, y_eval, return_dict=True, verbose=0)
+    for name, value in metrics.items():
+      model_artifact.set_float_custom_property(EVAL_METRIC_PREFIX + name, float(value))
+    io_utils.write_string_file(os.path.join(model_run.uri, METRICS_FILE),
+                               json.dumps({k: float(v) for k, v in metrics.items()}))
     serving_dir = path_utils.serving_model_dir(model_artifact.uri)
     self._export(keras_model, spec, module["decode"], context, serving_dir)
     ledger = dp_model.privacy_ledger
@@ -84,7 +91,7 @@ class Executor(base_executor.BaseExecutor):
                  ledger.noisy_steps, dp_model.epsilon(), dp_model.plan.delta, ledger.path)
 
   @staticmethod
-  def _context(input_dict, exec_properties) -> TrainerContext:
+  def _trainer_context(input_dict, exec_properties) -> TrainerContext:
     hyperparameters = json.loads(exec_properties.get(specs.CUSTOM_CONFIG_KEY) or "{}") or {}
     tuned = input_dict.get(specs.HYPERPARAMETERS_KEY)
     if tuned:

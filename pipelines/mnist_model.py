@@ -1,0 +1,39 @@
+"""The DPTrainer module of the MNIST pipeline (referenced by path, like a TFX Trainer module).
+
+Examples hold "image" (784 floats in [0, 1]) and "label" (int64). Hyperparameters (custom_config):
+learning_rate (default 0.25), momentum (default 0.0).
+"""
+
+import keras
+import tensorflow as tf
+
+from dp_tfx import models
+
+IMAGE_KEY = "image"
+LABEL_KEY = "label"
+IMAGE_SHAPE = (28, 28, 1)
+
+
+def feature_spec(context):
+  del context
+  return {IMAGE_KEY: tf.io.FixedLenFeature([784], tf.float32),
+          # A default lets the serving signature take examples without labels.
+          LABEL_KEY: tf.io.FixedLenFeature([], tf.int64, default_value=-1)}
+
+
+def decode(parsed, context):
+  del context
+  return tf.reshape(parsed[IMAGE_KEY], (-1, *IMAGE_SHAPE)), tf.cast(parsed[LABEL_KEY], tf.int32)
+
+
+def build_model(context):
+  del context
+  return models.tutorial_cnn()
+
+
+def compile_kwargs(context):
+  hyperparameters = context.hyperparameters
+  return {"optimizer": keras.optimizers.SGD(learning_rate=hyperparameters.get("learning_rate", 0.25),
+                                            momentum=hyperparameters.get("momentum", 0.0)),
+          "loss": keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+          "metrics": ["accuracy"], "jit_compile": True}

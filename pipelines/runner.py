@@ -1,0 +1,124 @@
+"""`dp-tfx pipeline`: runs the DP MNIST pipeline locally, on Beam, or compiles it for Kubeflow.
+
+The runners only choose the orchestrator; the pipeline is `mnist_pipeline.create_pipeline`. After a
+local or Beam run the verdict is read back from MLMD (the artifacts the run recorded).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import pathlib
+import time
+from typing import List, Optional
+
+from dp_tfx.config import DPConfig
+from dp_tfx.policy import PrivacyPolicy
+from dp_tfx.report import REPORT_FILE
+
+LOCAL, BEAM, KUBEFLOW = "local", "beam", "kubeflow"
+RUNNERS = (LOCAL, BEAM, KUBEFLOW)
+PIPELINE_NAME = "dp_mnist"
+DEFAULT_IMAGE = "dp-tfx:latest"
+_REPORT_TYPE = "dp_tfx.PrivacyReport"
+
+
+@dataclasses.dataclass
+class PipelineOptions:
+  """Everything `dp-tfx pipeline` can be told; paths default to places under output_dir."""
+
+  output_dir: str
+  dp_config: DPConfig
+  privacy_policy: PrivacyPolicy
+  runner: str = LOCAL
+  data_source: str = "embedded"
+  data_limit: Optional[int] = None
+  hyperparameters: Optional[dict] = None
+  beam_pipeline_args: List[str] = dataclasses.field(default_factory=list)
+  container_image: str = DEFAULT_IMAGE
+  serving_model_dir: Optional[str] = None
+
+  def path(self, name: str) -> str:
+    return str(pathlib.Path(self.output_dir).resolve() / name)
+
+
+def run(options: PipelineOptions) -> dict:
+  """Runs (or compiles) the pipeline and returns the summary that `--json` prints."""
+  from tfx import v1 as tfx  # TFX loads only for this command
+
+  from dp_tfx.pipelines import mnist_data, mnist_pipeline
+
+  if options.runner not in RUNNERS:
+    raise ValueError(f"runner must be one of {RUNNERS}; got {options.runner!r}")
+  serving_dir = options.serving_model_dir or options.path("serving_model")
+  data_root = options.path("data")
+  mnist_data.write_mnist_tfrecords(data_root, options.data_source, options.data_limit)
+  pipeline = mnist_pipeline.create_pipeline(
+      pipeline_name=PIPELINE_NAME, pipeline_root=options.path("pipeline_root"),
+      data_root=data_root, serving_model_dir=serving_dir, dp_config=options.dp_config,
+      privacy_policy=options.privacy_policy, hyperparameters=options.hyperparameters,
+      metadata_path=None if options.runner == KUBEFLOW else options.path("metadata.sqlite"),
+      beam_pipeline_args=options.beam_pipeline_args)
+  summary = {"runner": options.runner, "max_epsilon": options.privacy_policy.max_epsilon,
+             "policy": json.loads(options.privacy_policy.to_json())}
+  started = time.time()
+  if options.runner == KUBEFLOW:
+    pipeline_file = options.path("kubeflow/dp_mnist_pipeline.json")
+    os.makedirs(os.path.dirname(pipeline_file), exist_ok=True)
+    runner = tfx.orchestration.experimental.KubeflowV2DagRunner(
+        config=tfx.orchestration.experimental.KubeflowV2DagRunnerConfig(
+            default_image=options.container_image),
+        output_filename=pipeline_file)
+    runner.run(pipeline)
+    summary.update(pipeline_file=pipeline_file, epsilon=None, delta=None, accuracy=None,
+                   pushed=False, pushed_model_dir=None, report_dir=None)
+  else:
+    if options.runner == LOCAL:
+      tfx.orchestration.LocalDagRunner().run(pipeline)
+    else:
+      from tfx.orchestration.beam.beam_dag_runner import BeamDagRunner
+      BeamDagRunner().run(pipeline)
+    summary.update(read_outcome(options.path("metadata.sqlite")))
+  summary["wall_seconds"] = round(time.time() - started, 1)
+  summary["verdict"] = _verdict(summary)
+  return summary
+
+
+def _verdict(summary: dict) -> str:
+  if summary["runner"] == KUBEFLOW:
+    return f"compiled for Kubeflow: {summary['pipeline_file']}"
+  if summary["pushed"]:
+    return (f"PUSHED to {summary['pushed_model_dir']}: epsilon {summary['epsilon']:.4g} <= "
+            f"max_epsilon {summary['max_epsilon']:g} at delta {summary['delta']:.3g}")
+  return "NOT PUSHED: " + "; ".join(summary.get("reasons") or ["the model was not blessed"])
+
+
+def read_outcome(metadata_path: str) -> dict:
+  """epsilon, delta, accuracy, verdict and paths of the latest run, from its MLMD records."""
+  from ml_metadata import metadata_store
+  from ml_metadata.proto import metadata_store_pb2
+
+  config = metadata_store_pb2.ConnectionConfig()
+  config.sqlite.filename_uri = metadata_path
+  store = metadata_store.MetadataStore(config)
+
+  def latest(type_name):
+    found = store.get_artifacts_by_type(type_name)
+    return max(found, key=lambda a: a.id) if found else None
+
+  report_artifact = latest(_REPORT_TYPE)
+  model = latest("Model")
+  pushed = latest("PushedModel")
+  report = json.loads((pathlib.Path(report_artifact.uri) / REPORT_FILE).read_text())
+  accuracy = model.custom_properties.get("eval_accuracy") if model else None
+  was_pushed = bool(pushed and pushed.custom_properties["pushed"].int_value == 1)
+  return {
+      "epsilon": report["epsilon"], "delta": report["delta"],
+      "blessed": report["decision"]["blessed"], "reasons": report["decision"]["reasons"],
+      "accuracy": accuracy.double_value if accuracy else None,
+      "pushed": was_pushed,
+      "pushed_model_dir": (pushed.custom_properties["pushed_destination"].string_value
+                           if was_pushed else None),
+      "report_dir": report_artifact.uri,
+  }
