@@ -176,7 +176,8 @@ class DPModel(keras.Model):
     steps = min(remaining, epochs * per_epoch)
     dataset = sampling.logical_batches(features, labels, self.plan, self._key, done, done + steps)
     self.privacy_ledger.start_segment(self.plan)
-    callbacks = list(callbacks or []) + [_LedgerCallback(self)]
+    # First, so that epsilon is in the epoch logs every other callback (TensorBoard) sees.
+    callbacks = [_LedgerCallback(self)] + list(callbacks or [])
     with warnings.catch_warnings():
       # The sample stream ends exactly where the plan does, inside the last epoch.
       warnings.filterwarnings("ignore", message=_RAN_OUT_OF_DATA)

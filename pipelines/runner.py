@@ -19,7 +19,7 @@ from dp_tfx.report import REPORT_FILE
 
 LOCAL, BEAM, KUBEFLOW = "local", "beam", "kubeflow"
 RUNNERS = (LOCAL, BEAM, KUBEFLOW)
-PIPELINE_NAME = "dp_mnist"
+PIPELINE_NAME = "dp-mnist"  # Kubeflow allows [a-z0-9-] only
 DEFAULT_IMAGE = "dp-tfx:latest"
 _REPORT_TYPE = "dp_tfx.PrivacyReport"
 
@@ -64,7 +64,7 @@ def run(options: PipelineOptions) -> dict:
              "policy": json.loads(options.privacy_policy.to_json())}
   started = time.time()
   if options.runner == KUBEFLOW:
-    pipeline_file = options.path("kubeflow/dp_mnist_pipeline.json")
+    pipeline_file = options.path("kubeflow/dp-mnist-pipeline.json")
     os.makedirs(os.path.dirname(pipeline_file), exist_ok=True)
     runner = tfx.orchestration.experimental.KubeflowV2DagRunner(
         config=tfx.orchestration.experimental.KubeflowV2DagRunnerConfig(

@@ -1,0 +1,84 @@
+"""DPTrainer executor on real artifacts: trains, exports for serving, seals the ledger."""
+
+import json
+import os
+import pathlib
+
+import numpy as np
+import pytest
+import tensorflow as tf
+from tfx.types import standard_artifacts
+from tfx.utils import path_utils
+
+from dp_tfx.components import artifacts, specs
+from dp_tfx.components.dp_trainer import component, executor
+from dp_tfx.config import DPConfig
+from dp_tfx.ledger import LEDGER_FILE_NAME, PrivacyLedger, directory_digest
+from dp_tfx.pipelines import mnist_data, mnist_model
+
+
+def _artifact(kind, uri):
+  artifact = kind()
+  artifact.uri = str(uri)
+  os.makedirs(artifact.uri, exist_ok=True)
+  return artifact
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+  root = tmp_path_factory.mktemp("dp_trainer")
+  data = mnist_data.write_mnist_tfrecords(root / "data", limit=120)
+  examples = _artifact(standard_artifacts.Examples, root / "examples")
+  examples.split_names = '["train", "eval"]'
+  for split, source in (("train", mnist_data.TRAIN_DIR), ("eval", mnist_data.EVAL_DIR)):
+    target = pathlib.Path(examples.uri) / f"Split-{split}"
+    target.mkdir()
+    (target / "data.tfrecord").write_bytes((data / source / "data.tfrecord").read_bytes())
+  outputs = {specs.MODEL_KEY: [_artifact(standard_artifacts.Model, root / "model")],
+             specs.MODEL_RUN_KEY: [_artifact(standard_artifacts.ModelRun, root / "run")],
+             specs.PRIVACY_LEDGER_KEY: [_artifact(artifacts.PrivacyLedger, root / "ledger")]}
+  config = DPConfig(noise_multiplier=1.0, batch_size=30, steps=6, delta=1e-4, seed=1)
+  executor.Executor().Do({specs.EXAMPLES_KEY: [examples]}, outputs, {
+      specs.DP_CONFIG_KEY: config.to_json(), specs.MODULE_FILE_KEY: mnist_model.__file__,
+      specs.CUSTOM_CONFIG_KEY: json.dumps({"jit_compile": False})})
+  return outputs, data
+
+
+def test_ledger_counts_the_steps_and_names_the_exported_model(trained):
+  outputs, _ = trained
+  ledger_artifact = outputs[specs.PRIVACY_LEDGER_KEY][0]
+  ledger = PrivacyLedger.load(os.path.join(ledger_artifact.uri, LEDGER_FILE_NAME))
+  assert ledger.noisy_steps == 6 and ledger.dataset_size == 120
+  serving_dir = path_utils.serving_model_dir(outputs[specs.MODEL_KEY][0].uri)
+  assert ledger.model_digest == directory_digest(serving_dir)
+  assert ledger_artifact.get_string_custom_property(
+      artifacts.LEDGER_HASH_PROPERTY) == ledger.content_hash()
+
+
+def test_model_run_has_tensorboard_logs_with_epsilon(trained):
+  outputs, _ = trained
+  run_dir = pathlib.Path(outputs[specs.MODEL_RUN_KEY][0].uri)
+  events = list(run_dir.rglob("events.out.tfevents.*"))
+  assert events
+  tags = {value.tag for path in events for event in tf.compat.v1.train.summary_iterator(str(path))
+          for value in event.summary.value}
+  assert "epoch_epsilon" in tags and "epoch_loss" in tags
+  assert 0 <= outputs[specs.MODEL_KEY][0].get_float_custom_property("eval_accuracy") <= 1
+
+
+def test_serving_signature_takes_serialized_examples(trained):
+  outputs, data = trained
+  serving = tf.saved_model.load(path_utils.serving_model_dir(outputs[specs.MODEL_KEY][0].uri))
+  records = [r.numpy() for r in tf.data.TFRecordDataset(
+      str(data / mnist_data.EVAL_DIR / "data.tfrecord")).take(4)]
+  logits = serving.signatures["serving_default"](examples=tf.constant(records))["outputs"]
+  assert logits.shape == (4, 10) and np.all(np.isfinite(logits))
+
+
+def test_component_validates_its_arguments():
+  from tfx import types
+  examples = types.Channel(type=standard_artifacts.Examples)
+  with pytest.raises(ValueError, match="module_file or module_path"):
+    component.DPTrainer(examples=examples, dp_config=DPConfig(noise_multiplier=1, epochs=1))
+  with pytest.raises(TypeError, match="DPConfig"):
+    component.DPTrainer(examples=examples, dp_config={"noise_multiplier": 1}, module_file="m.py")

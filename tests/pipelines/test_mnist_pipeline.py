@@ -1,0 +1,79 @@
+"""The DP MNIST pipeline end to end on small data: Local, Beam and a Kubeflow compile."""
+
+import json
+import pathlib
+
+import pytest
+from ml_metadata import metadata_store
+from ml_metadata.proto import metadata_store_pb2
+
+from dp_tfx.config import DPConfig
+from dp_tfx.pipelines import runner
+from dp_tfx.policy import PrivacyPolicy
+
+# 200 training digits, batch 50, 2 epochs: 8 noisy steps, epsilon about 2.9 at delta 1e-5.
+CONFIG = DPConfig(noise_multiplier=1.1, batch_size=50, epochs=2, delta=1e-5)
+SMALL = dict(data_limit=200, hyperparameters={"learning_rate": 0.5, "jit_compile": False})
+
+
+def _run(tmp_path, max_epsilon, runner_name=runner.LOCAL, **extra):
+  options = runner.PipelineOptions(
+      output_dir=str(tmp_path), dp_config=CONFIG, runner=runner_name,
+      privacy_policy=PrivacyPolicy(max_epsilon=max_epsilon, delta=1e-5), **SMALL, **extra)
+  return runner.run(options)
+
+
+def _store(tmp_path):
+  config = metadata_store_pb2.ConnectionConfig()
+  config.sqlite.filename_uri = str(tmp_path / "metadata.sqlite")
+  return metadata_store.MetadataStore(config)
+
+
+@pytest.mark.slow
+def test_within_policy_the_model_is_pushed_and_lineage_is_recorded(tmp_path):
+  result = _run(tmp_path, max_epsilon=10.0)
+  assert result["pushed"] and result["epsilon"] < 10.0
+  pushed = pathlib.Path(result["pushed_model_dir"])
+  assert (pushed / "saved_model.pb").exists()
+  assert str(pushed).startswith(str(tmp_path / "serving_model"))
+  report = json.loads((pathlib.Path(result["report_dir"]) / "report.json").read_text())
+  assert report["decision"]["blessed"] and report["ledger"]["noisy_steps"] == 8
+  assert result["epsilon"] == pytest.approx(report["epsilon"])
+  store = _store(tmp_path)
+  for type_name in ("dp_tfx.PrivacyLedger", "dp_tfx.PrivacyReport"):
+    (artifact,) = store.get_artifacts_by_type(type_name)
+    events = store.get_events_by_artifact_ids([artifact.id])
+    assert {e.type for e in events} >= {metadata_store_pb2.Event.OUTPUT}
+
+
+@pytest.mark.slow
+def test_over_policy_nothing_is_pushed_and_the_blessing_says_why(tmp_path):
+  result = _run(tmp_path, max_epsilon=0.5)
+  assert not result["pushed"] and result["pushed_model_dir"] is None
+  assert any("exceeds the policy's max_epsilon" in r for r in result["reasons"])
+  assert not (tmp_path / "serving_model").exists() or not any(
+      (tmp_path / "serving_model").iterdir())
+  (blessing,) = [a for a in _store(tmp_path).get_artifacts_by_type("ModelBlessing")]
+  assert blessing.custom_properties["blessed"].int_value == 0
+  assert "max_epsilon" in blessing.custom_properties["reason"].string_value
+
+
+@pytest.mark.slow
+def test_beam_runner_pushes_within_policy(tmp_path):
+  result = _run(tmp_path, max_epsilon=10.0, runner_name=runner.BEAM,
+                beam_pipeline_args=["--direct_num_workers=1"])
+  assert result["pushed"] and result["runner"] == "beam"
+
+
+def test_kubeflow_compiles_to_a_pipeline_spec_naming_both_components(tmp_path):
+  from kfp.pipeline_spec import pipeline_spec_pb2
+  from google.protobuf import json_format
+
+  result = _run(tmp_path, max_epsilon=3.0, runner_name=runner.KUBEFLOW,
+                container_image="example.org/dp-tfx:test")
+  document = json.loads(pathlib.Path(result["pipeline_file"]).read_text())
+  spec = json_format.ParseDict(document["pipelineSpec"], pipeline_spec_pb2.PipelineSpec(),
+                               ignore_unknown_fields=True)
+  tasks = set(spec.root.dag.tasks)
+  assert {"DPTrainer", "PrivacyEvaluator", "Pusher"} <= tasks
+  assert "example.org/dp-tfx:test" in json.dumps(document)
