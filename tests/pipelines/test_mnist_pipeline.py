@@ -77,3 +77,17 @@ def test_kubeflow_compiles_to_a_pipeline_spec_naming_both_components(tmp_path):
   tasks = set(spec.root.dag.tasks)
   assert {"DPTrainer", "PrivacyEvaluator", "Pusher"} <= tasks
   assert "example.org/dp-tfx:test" in json.dumps(document)
+
+
+@pytest.mark.slow
+def test_cli_ends_with_one_json_line_and_a_verdict(tmp_path, capsys):
+  from dp_tfx import cli
+
+  assert cli.main(["pipeline", "--output-dir", str(tmp_path), "--data-limit", "200",
+                   "--batch-size", "50", "--epochs", "1", "--max-epsilon", "8", "--json"]) == 0
+  result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+  for key in ("epsilon", "delta", "max_epsilon", "accuracy", "pushed", "pushed_model_dir",
+              "report_dir"):
+    assert key in result
+  assert result["pushed"] and result["verdict"].startswith("PUSHED")
+  assert 0 <= result["accuracy"] <= 1
