@@ -184,3 +184,23 @@ def test_ledger_file_names_the_facts_of_the_run(tmp_path):
   assert segment["sampling_rate"] == pytest.approx(8 / N)
   assert segment["noise_multiplier"] == 1.5 and segment["l2_norm_clip"] == 0.3
   assert segment["noisy_steps"] == 3
+
+
+@pytest.mark.parametrize("make_optimizer", [lambda: keras.optimizers.Adam(0.01),
+                                            lambda: keras.optimizers.RMSprop(0.01)])
+def test_any_keras_optimizer_receives_the_clipped_mean_gradient(make_optimizer):
+  x, y = _data()
+  dp_model = dp_tfx.make_private(models.dense_model(), dp_tfx.DPConfig(
+      l2_norm_clip=0.3, noise_multiplier=0.0, batch_size=8, steps=1, seed=21))
+  dp_model.compile(optimizer=make_optimizer(), loss=LOSS)
+  dp_model._prepare(x, y)
+  shadow = models.dense_model()
+  shadow.set_weights(dp_model.model.get_weights())
+  bx, by, _ = _sampled_batch(dp_model, x, y)
+  expected = clipping.reference_clipped_sum(shadow, PER_EXAMPLE_LOSS, bx, by, 0.3)
+  optimizer = make_optimizer()
+  optimizer.apply_gradients([(tf.constant(g / 8, tf.float32), v)
+                             for g, v in zip(expected, shadow.trainable_variables)])
+  dp_model.fit(x, y, verbose=0)
+  for actual, wanted in zip(dp_model.model.get_weights(), shadow.get_weights()):
+    np.testing.assert_allclose(actual, wanted, rtol=1e-4, atol=1e-6)
