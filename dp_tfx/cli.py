@@ -137,7 +137,8 @@ def _pipeline(args) -> dict:
       data_source=args.data, data_limit=args.data_limit,
       hyperparameters={"learning_rate": args.learning_rate, "momentum": args.momentum},
       beam_pipeline_args=shlex.split(args.beam_pipeline_args or ""),
-      container_image=args.container_image, serving_model_dir=args.serving_model_dir))
+      container_image=args.container_image, serving_model_dir=args.serving_model_dir,
+      min_accuracy=args.min_accuracy))
 
 
 def _print(result: dict, as_json: bool) -> None:
@@ -194,6 +195,8 @@ def build_parser() -> argparse.ArgumentParser:
   pipeline.add_argument("--delta", type=_number(0, 1, open_low=True), default=1e-5,
                         help="delta of the guarantee and the policy (default: 1e-5)")
   pipeline.add_argument("--accountant", choices=accounting.ACCOUNTANTS, default=accounting.PLD)
+  pipeline.add_argument("--min-accuracy", type=_number(0, 1), default=None,
+                        help="also gate on the TFX Evaluator: eval accuracy >= this")
   pipeline.add_argument("--l2-norm-clip", type=_number(0, open_low=True), default=1.0)
   pipeline.add_argument("--noise-multiplier", type=_number(0), default=1.1)
   pipeline.add_argument("--batch-size", type=_positive_int, default=200,

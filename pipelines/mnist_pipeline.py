@@ -13,7 +13,7 @@ from tfx import v1 as tfx
 from dp_tfx.components.dp_trainer.component import DPTrainer
 from dp_tfx.components.privacy_evaluator.component import PrivacyEvaluator
 from dp_tfx.config import DPConfig
-from dp_tfx.pipelines import mnist_data
+from dp_tfx.pipelines import mnist_data, mnist_model
 from dp_tfx.policy import PrivacyPolicy
 
 MODULE_FILE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "mnist_model.py")
@@ -23,7 +23,8 @@ def create_pipeline(*, pipeline_name: str, pipeline_root: str, data_root: str,
                     serving_model_dir: str, dp_config: DPConfig, privacy_policy: PrivacyPolicy,
                     module_file: str = MODULE_FILE, hyperparameters: Optional[dict] = None,
                     metadata_path: Optional[str] = None,
-                    beam_pipeline_args: Optional[List[str]] = None) -> tfx.dsl.Pipeline:
+                    beam_pipeline_args: Optional[List[str]] = None,
+                    min_accuracy: Optional[float] = None) -> tfx.dsl.Pipeline:
   """Builds the pipeline.
 
   Args:
@@ -37,6 +38,8 @@ def create_pipeline(*, pipeline_name: str, pipeline_root: str, data_root: str,
     hyperparameters: custom_config handed to the module.
     metadata_path: an SQLite MLMD file for local runs; None when the orchestrator provides MLMD.
     beam_pipeline_args: options for the Beam-based components (e.g. --direct_num_workers=2).
+    min_accuracy: if set, the TFX Evaluator checks eval accuracy >= this, and its blessing is the
+      PrivacyEvaluator's upstream blessing: both gates must pass before a push.
   """
   example_gen = tfx.components.ImportExampleGen(
       input_base=data_root,
@@ -46,17 +49,40 @@ def create_pipeline(*, pipeline_name: str, pipeline_root: str, data_root: str,
       ]))
   trainer = DPTrainer(examples=example_gen.outputs["examples"], module_file=module_file,
                       dp_config=dp_config, custom_config=hyperparameters)
+  components = [example_gen, trainer]
+  upstream_blessing = None
+  if min_accuracy is not None:
+    accuracy_gate = tfx.components.Evaluator(
+        examples=example_gen.outputs["examples"], model=trainer.outputs["model"],
+        eval_config=_accuracy_eval_config(min_accuracy))
+    components.append(accuracy_gate)
+    upstream_blessing = accuracy_gate.outputs["blessing"]
   privacy_evaluator = PrivacyEvaluator(model=trainer.outputs["model"],
                                        privacy_ledger=trainer.outputs["privacy_ledger"],
-                                       privacy_policy=privacy_policy)
+                                       privacy_policy=privacy_policy,
+                                       model_blessing=upstream_blessing)
   pusher = tfx.components.Pusher(
       model=trainer.outputs["model"], model_blessing=privacy_evaluator.outputs["blessing"],
       push_destination=tfx.proto.PushDestination(
           filesystem=tfx.proto.PushDestination.Filesystem(base_directory=serving_model_dir)))
   return tfx.dsl.Pipeline(
       pipeline_name=pipeline_name, pipeline_root=pipeline_root,
-      components=[example_gen, trainer, privacy_evaluator, pusher],
+      components=components + [privacy_evaluator, pusher],
       metadata_connection_config=(
           tfx.orchestration.metadata.sqlite_metadata_connection_config(metadata_path)
           if metadata_path else None),
       beam_pipeline_args=beam_pipeline_args)
+
+
+def _accuracy_eval_config(min_accuracy: float):
+  """TFMA config: sparse categorical accuracy of the logits on the eval split, with a floor."""
+  import tensorflow_model_analysis as tfma
+
+  return tfma.EvalConfig(
+      model_specs=[tfma.ModelSpec(label_key=mnist_model.LABEL_KEY,
+                                  signature_name="serving_default", prediction_key="outputs")],
+      slicing_specs=[tfma.SlicingSpec()],
+      metrics_specs=[tfma.MetricsSpec(metrics=[tfma.MetricConfig(
+          class_name="SparseCategoricalAccuracy",
+          threshold=tfma.MetricThreshold(value_threshold=tfma.GenericValueThreshold(
+              lower_bound={"value": min_accuracy})))])])

@@ -38,6 +38,7 @@ class PipelineOptions:
   beam_pipeline_args: List[str] = dataclasses.field(default_factory=list)
   container_image: str = DEFAULT_IMAGE
   serving_model_dir: Optional[str] = None
+  min_accuracy: Optional[float] = None
 
   def path(self, name: str) -> str:
     return str(pathlib.Path(self.output_dir).resolve() / name)
@@ -59,7 +60,7 @@ def run(options: PipelineOptions) -> dict:
       data_root=data_root, serving_model_dir=serving_dir, dp_config=options.dp_config,
       privacy_policy=options.privacy_policy, hyperparameters=options.hyperparameters,
       metadata_path=None if options.runner == KUBEFLOW else options.path("metadata.sqlite"),
-      beam_pipeline_args=options.beam_pipeline_args)
+      beam_pipeline_args=options.beam_pipeline_args, min_accuracy=options.min_accuracy)
   summary = {"runner": options.runner, "max_epsilon": options.privacy_policy.max_epsilon,
              "policy": json.loads(options.privacy_policy.to_json())}
   started = time.time()

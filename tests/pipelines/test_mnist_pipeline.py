@@ -91,3 +91,13 @@ def test_cli_ends_with_one_json_line_and_a_verdict(tmp_path, capsys):
     assert key in result
   assert result["pushed"] and result["verdict"].startswith("PUSHED")
   assert 0 <= result["accuracy"] <= 1
+
+
+@pytest.mark.slow
+def test_tfx_evaluator_accuracy_gate_combines_with_the_privacy_gate(tmp_path):
+  result = _run(tmp_path, max_epsilon=10.0, min_accuracy=0.99)  # privacy fine, accuracy not
+  assert not result["pushed"]
+  assert result["reasons"] == ["the upstream model_blessing is NOT blessed"]
+  (tfx_blessing,) = [a for a in _store(tmp_path).get_artifacts_by_type("ModelBlessing")
+                     if "/Evaluator/" in a.uri]
+  assert tfx_blessing.custom_properties["blessed"].int_value == 0
