@@ -156,6 +156,12 @@ class DPModel(keras.Model):
       raise TypeError(f"unexpected fit arguments {sorted(kwargs)}")
     if self._loss_fn is None:
       raise RuntimeError("compile the DP model (optimizer, loss) before fit")
+    replicas = self.distribute_strategy.num_replicas_in_sync
+    if replicas > 1:
+      # Keras would hand each replica its own slice (or its own element) of the logical batch;
+      # until the split is shown to keep one noisy step per logical batch, refuse (fail closed).
+      raise ValueError(f"DP training on {replicas} replicas is not supported yet; train under "
+                       "the default strategy (one device)")
     features, labels = _materialize(x, y)
     self._prepare(features, labels)
     done = int(self.noisy_steps.numpy())

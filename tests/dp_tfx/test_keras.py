@@ -204,3 +204,29 @@ def test_any_keras_optimizer_receives_the_clipped_mean_gradient(make_optimizer):
   dp_model.fit(x, y, verbose=0)
   for actual, wanted in zip(dp_model.model.get_weights(), shadow.get_weights()):
     np.testing.assert_allclose(actual, wanted, rtol=1e-4, atol=1e-6)
+
+
+_MULTI_REPLICA_SCRIPT = """
+import tensorflow as tf
+cpus = tf.config.list_physical_devices("CPU")
+tf.config.set_logical_device_configuration(cpus[0], [tf.config.LogicalDeviceConfiguration()] * 2)
+import keras, numpy as np, dp_tfx
+strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+with strategy.scope():
+  model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(2)])
+  dp_model = dp_tfx.make_private(model, dp_tfx.DPConfig(noise_multiplier=1.0, batch_size=4, steps=2))
+  dp_model.compile(optimizer="sgd", loss="sparse_categorical_crossentropy")
+try:
+  dp_model.fit(np.zeros((8, 3), "float32"), np.zeros(8, "int32"), verbose=0)
+except ValueError as error:
+  print("REFUSED:", error)
+"""
+
+
+def test_multi_replica_training_is_refused_until_supported():
+  import subprocess
+  import sys
+  completed = subprocess.run([sys.executable, "-c", _MULTI_REPLICA_SCRIPT], capture_output=True,
+                             text=True, check=False, timeout=300)
+  assert "REFUSED: DP training on 2 replicas is not supported yet" in completed.stdout, (
+      completed.stdout + completed.stderr[-2000:])
