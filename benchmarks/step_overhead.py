@@ -1,0 +1,159 @@
+"""DP step time and peak memory against the non-private step of the same model, in one process.
+
+Prints one JSON line per (model, batch size): the median time of a non-private Keras step and of a
+dp_tfx DP-SGD step (same model, data, optimizer, XLA setting; after warm-up), their ratio, and
+the peak memory of each measured in its own subprocess.
+
+    .venv/bin/python -m benchmarks.step_overhead --quick
+    .venv/bin/python -m benchmarks.step_overhead --models cnn text transformer --batch-sizes 64 256
+
+Each timed span runs from the first step's start to the end of the last step of an epoch, whose
+results are fetched (forcing the work to finish) before the clock stops; per-epoch work outside the
+steps (building the input pipeline, epsilon in the logs) is not a step cost and is left out.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import time
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import keras  # noqa: E402
+import numpy as np  # noqa: E402
+
+import dp_tfx  # noqa: E402
+from dp_tfx import models  # noqa: E402
+
+VOCAB, SEQUENCE = 5000, 64
+
+
+def text_classifier():
+  return keras.Sequential([keras.Input((SEQUENCE,), dtype="int32"),
+                           keras.layers.Embedding(VOCAB, 32),
+                           keras.layers.GlobalAveragePooling1D(),
+                           keras.layers.Dense(32, activation="relu"), keras.layers.Dense(2)],
+                          name="text_classifier")
+
+
+def small_transformer():
+  inputs = keras.Input((SEQUENCE,), dtype="int32")
+  x = keras.layers.Embedding(VOCAB, 32)(inputs)
+  attended = keras.layers.MultiHeadAttention(num_heads=2, key_dim=16)(x, x)
+  x = keras.layers.LayerNormalization()(x + attended)
+  x = keras.layers.GlobalAveragePooling1D()(x)
+  outputs = keras.layers.Dense(2)(keras.layers.Dense(32, activation="relu")(x))
+  return keras.Model(inputs, outputs, name="small_transformer")
+
+
+MODELS = {"cnn": models.tutorial_cnn, "text": text_classifier, "transformer": small_transformer}
+
+
+def _data(model_name, size, rng):
+  if model_name == "cnn":
+    return (rng.random((size, 28, 28, 1), dtype=np.float32),
+            rng.integers(0, 10, size).astype(np.int32))
+  return (rng.integers(0, VOCAB, (size, SEQUENCE)).astype(np.int32),
+          rng.integers(0, 2, size).astype(np.int32))
+
+
+def _compile(model, jit_compile):
+  model.compile(optimizer=keras.optimizers.SGD(0.01),
+                loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+                jit_compile=jit_compile)
+
+
+class _StepSpanTimer(keras.callbacks.Callback):
+  """Seconds from the first step's start to the last step's fetched result, per epoch."""
+
+  def __init__(self, steps):
+    super().__init__()
+    self.steps = steps
+    self.spans = []
+    self._started = None
+
+  def on_train_batch_begin(self, batch, logs=None):
+    if batch == 0:
+      self._started = time.perf_counter()
+
+  def on_train_batch_end(self, batch, logs=None):
+    if batch == self.steps - 1:
+      [float(np.asarray(value)) for value in (logs or {}).values()]  # wait for the step's work
+      self.spans.append(time.perf_counter() - self._started)
+
+
+def _step_seconds(fit, steps, repeats):
+  timer = _StepSpanTimer(steps)
+  fit(epochs=repeats + 1, callbacks=[timer])  # the first epoch warms up (tracing, XLA)
+  return statistics.median(timer.spans[1:]) / steps
+
+
+def measure(model_name, batch_size, mode, steps, repeats, jit_compile, physical_batch_size=None):
+  """Median seconds per step of `mode` ("dp" or "plain")."""
+  keras.utils.set_random_seed(0)
+  x, y = _data(model_name, batch_size * steps, np.random.default_rng(0))
+  model = MODELS[model_name]()
+  if mode == "plain":
+    _compile(model, jit_compile)
+    return _step_seconds(lambda **kw: model.fit(x, y, batch_size=batch_size, verbose=0,
+                                                shuffle=False, **kw), steps, repeats)
+  config = dp_tfx.DPConfig(l2_norm_clip=1.0, noise_multiplier=1.0, batch_size=batch_size,
+                           steps=steps * (repeats + 1), physical_batch_size=physical_batch_size)
+  dp_model = dp_tfx.make_private(model, config)
+  _compile(dp_model, jit_compile)
+  return _step_seconds(lambda **kw: dp_model.fit(x, y, verbose=0, **kw), steps, repeats)
+
+
+def _peak_memory_mib(args, model_name, batch_size, mode):
+  """Peak RSS of a fresh process that runs only `mode` (so the two do not share a high-water mark)."""
+  command = [sys.executable, "-m", "benchmarks.step_overhead", "--_memory-probe", mode,
+             "--models", model_name, "--batch-sizes", str(batch_size), "--steps", "5",
+             "--repeats", "1"] + ([] if args.jit_compile else ["--no-jit"])
+  output = subprocess.run(command, capture_output=True, text=True, check=True).stdout
+  return json.loads(output.strip().splitlines()[-1])["peak_rss_mib"]
+
+
+def main(argv=None):
+  parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+  parser.add_argument("--models", nargs="+", choices=sorted(MODELS), default=["cnn"])
+  parser.add_argument("--batch-sizes", nargs="+", type=int, default=[64, 256])
+  parser.add_argument("--steps", type=int, default=20, help="steps per timed epoch")
+  parser.add_argument("--repeats", type=int, default=3, help="timed epochs (median taken)")
+  parser.add_argument("--no-jit", dest="jit_compile", action="store_false")
+  parser.add_argument("--no-memory", dest="memory", action="store_false")
+  parser.add_argument("--quick", action="store_true",
+                      help="cnn at batch 64 and 256, 10 steps x 2 repeats, no memory probes")
+  parser.add_argument("--_memory-probe", dest="memory_probe", choices=("dp", "plain"),
+                      help=argparse.SUPPRESS)
+  args = parser.parse_args(argv)
+  if args.memory_probe:
+    measure(args.models[0], args.batch_sizes[0], args.memory_probe, args.steps, args.repeats,
+            args.jit_compile)
+    print(json.dumps({"peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+    return
+  if args.quick:
+    args.models, args.steps, args.repeats, args.memory = ["cnn"], 10, 2, False
+  for model_name in args.models:
+    for batch_size in args.batch_sizes:
+      plain = measure(model_name, batch_size, "plain", args.steps, args.repeats, args.jit_compile)
+      private = measure(model_name, batch_size, "dp", args.steps, args.repeats, args.jit_compile)
+      result = {"model": model_name, "batch_size": batch_size, "jit_compile": args.jit_compile,
+                "steps": args.steps, "repeats": args.repeats,
+                "plain_step_ms": round(plain * 1e3, 2), "dp_step_ms": round(private * 1e3, 2),
+                "ratio": round(private / plain, 2)}
+      if args.memory:
+        plain_mib = _peak_memory_mib(args, model_name, batch_size, "plain")
+        dp_mib = _peak_memory_mib(args, model_name, batch_size, "dp")
+        result.update(plain_peak_rss_mib=round(plain_mib), dp_peak_rss_mib=round(dp_mib),
+                      memory_ratio=round(dp_mib / plain_mib, 2))
+      print(json.dumps(result), flush=True)
+
+
+if __name__ == "__main__":
+  main()
