@@ -114,7 +114,7 @@ def _peak_memory_mib(args, model_name, batch_size, mode):
   """Peak RSS of a fresh process that runs only `mode` (so the two do not share a high-water mark)."""
   command = [sys.executable, "-m", "benchmarks.step_overhead", "--_memory-probe", mode,
              "--models", model_name, "--batch-sizes", str(batch_size), "--steps", "5",
-             "--repeats", "1"] + ([] if args.jit_compile else ["--no-jit"])
+             "--repeats", "1", "--jit-compile", args.jit_compile]
   output = subprocess.run(command, capture_output=True, text=True, check=True).stdout
   return json.loads(output.strip().splitlines()[-1])["peak_rss_mib"]
 
@@ -125,24 +125,26 @@ def main(argv=None):
   parser.add_argument("--batch-sizes", nargs="+", type=int, default=[64, 256])
   parser.add_argument("--steps", type=int, default=20, help="steps per timed epoch")
   parser.add_argument("--repeats", type=int, default=3, help="timed epochs (median taken)")
-  parser.add_argument("--no-jit", dest="jit_compile", action="store_false")
+  parser.add_argument("--jit-compile", choices=("auto", "true", "false"), default="auto",
+                      help='XLA for both steps; "auto" (Keras: on accelerators only) by default')
   parser.add_argument("--no-memory", dest="memory", action="store_false")
   parser.add_argument("--quick", action="store_true",
                       help="cnn at batch 64 and 256, 10 steps x 2 repeats, no memory probes")
   parser.add_argument("--_memory-probe", dest="memory_probe", choices=("dp", "plain"),
                       help=argparse.SUPPRESS)
   args = parser.parse_args(argv)
+  jit_compile = {"auto": "auto", "true": True, "false": False}[args.jit_compile]
   if args.memory_probe:
     measure(args.models[0], args.batch_sizes[0], args.memory_probe, args.steps, args.repeats,
-            args.jit_compile)
+            jit_compile)
     print(json.dumps({"peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
     return
   if args.quick:
     args.models, args.steps, args.repeats, args.memory = ["cnn"], 10, 2, False
   for model_name in args.models:
     for batch_size in args.batch_sizes:
-      plain = measure(model_name, batch_size, "plain", args.steps, args.repeats, args.jit_compile)
-      private = measure(model_name, batch_size, "dp", args.steps, args.repeats, args.jit_compile)
+      plain = measure(model_name, batch_size, "plain", args.steps, args.repeats, jit_compile)
+      private = measure(model_name, batch_size, "dp", args.steps, args.repeats, jit_compile)
       result = {"model": model_name, "batch_size": batch_size, "jit_compile": args.jit_compile,
                 "steps": args.steps, "repeats": args.repeats,
                 "plain_step_ms": round(plain * 1e3, 2), "dp_step_ms": round(private * 1e3, 2),

@@ -39,7 +39,7 @@ def run(epochs: Optional[int] = None, output_dir: pathlib.Path = OUTPUT_DIR, ver
                           ledger_path=ledger_path)
   dp_model.compile(optimizer=keras.optimizers.SGD(learning_rate=0.5, momentum=0.5),
                    loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-                   metrics=["accuracy"], jit_compile=True)
+                   metrics=["accuracy"])  # jit_compile "auto": XLA on accelerators only
   started = time.time()
   dp_model.fit(x_train, y_train, validation_data=(x_test, y_test), verbose=verbose)
   seconds = time.time() - started

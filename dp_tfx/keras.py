@@ -31,6 +31,8 @@ from dp_tfx.plan import TrainingPlan
 
 EPSILON_LOG_KEY = "epsilon"
 _RAN_OUT_OF_DATA = ".*Your input ran out of data.*"
+# Without XLA shapes may vary, so logical batches are padded only to a multiple of this.
+_PAD_MULTIPLE_WITHOUT_XLA = 8
 
 
 class PrivacyBudgetExhaustedError(RuntimeError):
@@ -180,7 +182,9 @@ class DPModel(keras.Model):
           f"{remaining} of the {self.plan.steps} planned noisy steps are left ({epochs_left} "
           "epochs); plan more steps in the DPConfig to spend more privacy")
     steps = min(remaining, epochs * per_epoch)
-    dataset = sampling.logical_batches(features, labels, self.plan, self._key, done, done + steps)
+    dataset = sampling.logical_batches(
+        features, labels, self.plan, self._key, done, done + steps,
+        pad_multiple=None if self.jit_compile else _PAD_MULTIPLE_WITHOUT_XLA)
     self.privacy_ledger.start_segment(self.plan)
     # First, so that epsilon is in the epoch logs every other callback (TensorBoard) sees.
     callbacks = [_LedgerCallback(self)] + list(callbacks or [])
@@ -213,7 +217,7 @@ class DPModel(keras.Model):
     variables = self.trainable_variables
     mask, microbatch_ids = slots[sampling.MASK], slots[sampling.MICROBATCH]
     physical = plan.physical_batch_size
-    chunks = tf.shape(mask)[0] // physical
+    chunks = (tf.shape(mask)[0] + physical - 1) // physical  # the last one may be partial
 
     if plan.num_microbatches is None:
       initial = [tf.zeros(v.shape, v.dtype) for v in variables]

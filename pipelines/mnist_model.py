@@ -1,7 +1,8 @@
 """The DPTrainer module of the MNIST pipeline (referenced by path, like a TFX Trainer module).
 
 Examples hold "image" (784 floats in [0, 1]) and "label" (int64). Hyperparameters (custom_config):
-learning_rate (default 0.25), momentum (default 0.0), jit_compile (default True).
+learning_rate (default 0.25), momentum (default 0.0), jit_compile (default "auto": XLA on
+accelerators only; on CPU it makes these steps about 3x slower).
 """
 
 import keras
@@ -36,4 +37,4 @@ def compile_kwargs(context):
   return {"optimizer": keras.optimizers.SGD(learning_rate=hyperparameters.get("learning_rate", 0.25),
                                             momentum=hyperparameters.get("momentum", 0.0)),
           "loss": keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-          "metrics": ["accuracy"], "jit_compile": hyperparameters.get("jit_compile", True)}
+          "metrics": ["accuracy"], "jit_compile": hyperparameters.get("jit_compile", "auto")}

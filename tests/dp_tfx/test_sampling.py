@@ -37,10 +37,10 @@ def test_each_example_is_included_with_probability_q():
 
 def test_padding_is_a_whole_number_of_physical_batches_with_a_mask():
   indices = tf.constant([4, 9, 1, 7, 3], tf.int32)
-  padded, mask = sampling.pad_to_physical_batches(indices, 2)
+  padded, mask = sampling.pad_indices(indices, 2)
   assert padded.shape[0] == 6
   np.testing.assert_array_equal(mask.numpy(), [1, 1, 1, 1, 1, 0])
-  _, empty_mask = sampling.pad_to_physical_batches(tf.zeros([0], tf.int32), 4)
+  _, empty_mask = sampling.pad_indices(tf.zeros([0], tf.int32), 4)
   np.testing.assert_array_equal(empty_mask.numpy(), [0, 0, 0, 0])  # empty steps still run
 
 
