@@ -241,6 +241,146 @@ class _EmbeddingTap(_LayerTap):
     return [tf.reshape(sums, [batch, vocab, dim])]
 
 
+
+def _sum_per_example(prepared, fn) -> list:
+  """Sums fn(inputs, grads) -> [parts] over the recorded calls of a (possibly shared) layer."""
+  totals = None
+  for inputs, grads in prepared:
+    parts = fn(inputs, grads)
+    totals = parts if totals is None else [t + p for t, p in zip(totals, parts)]
+  return totals
+
+
+def _squared_norms_of(per_example: list) -> tf.Tensor:
+  return tf.add_n([tf.reduce_sum(tf.reshape(tf.square(p), [tf.shape(p)[0], -1]), axis=1)
+                   for p in per_example])
+
+
+def _bias_reduction(output_rank: int, bias_shape, output_shape):
+  """Axes of a [B, ...] output gradient to sum (keepdims) so it takes the broadcast bias's shape."""
+  leading = output_rank - 1 - len(bias_shape)
+  aligned = [a for a, (b, o) in enumerate(zip(bias_shape, output_shape[1 + leading:]),
+                                         start=1 + leading) if b == 1 and o != 1]
+  return list(range(1, 1 + leading)), aligned
+
+
+class _EinsumDenseTap(_LayerTap):
+  """EinsumDense "I,K->O" whose first input letter is the batch: per-example kernel gradients are
+  the same contraction keeping the batch letter, einsum("I,O->bK")."""
+
+  def __init__(self, layer):
+    super().__init__(layer)
+    inputs, outputs = layer.equation.split("->")
+    self._input_spec, self._kernel_spec = inputs.split(",")
+    self._output_spec = outputs
+    self._batch = self._input_spec[0]
+
+  @staticmethod
+  def supports(layer) -> bool:
+    equation = layer.equation.replace(" ", "")
+    if "..." in equation or equation.count(",") != 1 or "->" not in equation:
+      return False
+    inputs, outputs = equation.split("->")
+    input_spec, kernel_spec = inputs.split(",")
+    batch = input_spec[0]
+    return (outputs[:1] == batch and batch not in kernel_spec
+            and set(kernel_spec) <= set(input_spec + outputs))
+
+  def _kernel(self):
+    return self.layer.kernel
+
+  def _bias(self):
+    return self.layer.bias
+
+  def _forward(self, inputs, *args, **kwargs):
+    layer = self.layer
+    z = keras.ops.einsum(layer.equation, inputs, layer.kernel)
+    if layer.bias is not None:
+      z = keras.ops.add(z, layer.bias)
+    self.records.append((inputs, z))
+    return layer.activation(z) if layer.activation is not None else z
+
+  def prepare(self, output_grads):
+    return [(record[0], g) for record, g in zip(self.records, output_grads)]
+
+  def _bias_part(self, grads, per_example: bool):
+    bias_shape = self.layer.bias.shape
+    leading, aligned = _bias_reduction(grads.shape.rank, bias_shape, grads.shape)
+    reduced = tf.reduce_sum(grads, axis=leading) if leading else grads
+    if aligned:
+      shift = len(leading)
+      reduced = tf.reduce_sum(reduced, axis=[a - shift for a in aligned], keepdims=True)
+    return reduced if per_example else tf.reduce_sum(reduced, axis=0)
+
+  def per_example(self, prepared):
+    def parts(inputs, grads):
+      kernel = tf.einsum(f"{self._input_spec},{self._output_spec}->{self._batch}{self._kernel_spec}",
+                         inputs, grads)
+      return [kernel] + ([self._bias_part(grads, True)] if self.layer.bias is not None else [])
+    return _sum_per_example(prepared, parts)
+
+  def squared_norms(self, prepared):
+    return _squared_norms_of(self.per_example(prepared))
+
+  def weighted_sum(self, prepared, weights):
+    def parts(inputs, grads):
+      weighted = grads * tf.reshape(weights, [-1] + [1] * (grads.shape.rank - 1))
+      kernel = tf.einsum(f"{self._input_spec},{self._output_spec}->{self._kernel_spec}", inputs,
+                         weighted)
+      return [kernel] + ([self._bias_part(weighted, False)] if self.layer.bias is not None else [])
+    return _sum_per_example(prepared, parts)
+
+
+class _LayerNormalizationTap(_LayerTap):
+  """LayerNormalization y = gamma * xhat + beta: per-example gradients are sums over positions of
+  g * xhat (gamma) and g (beta)."""
+
+  @staticmethod
+  def supports(layer) -> bool:
+    axes = [layer.axis] if isinstance(layer.axis, int) else list(layer.axis)
+    return not layer.rms_scaling and axes == [-1]
+
+  def _kernel(self):
+    return self.layer.gamma
+
+  def _bias(self):
+    return self.layer.beta
+
+  def _forward(self, inputs, *args, **kwargs):
+    layer = self.layer
+    normalized = keras.ops.layer_normalization(inputs, None, None, layer.axis, layer.epsilon)
+    z = normalized
+    if layer.gamma is not None:
+      z = z * layer.gamma
+    if layer.beta is not None:
+      z = z + layer.beta
+    self.records.append((normalized, z))
+    return keras.ops.cast(z, layer.compute_dtype)
+
+  def prepare(self, output_grads):
+    features = self.records[0][0].shape[-1]
+    return [(_flatten_positions(record[0], features), _flatten_positions(g, features))
+            for record, g in zip(self.records, output_grads)]
+
+  def _parts(self, normalized, grads, reduce_axes):
+    parts = []
+    if self.layer.gamma is not None:
+      parts.append(tf.reduce_sum(grads * normalized, axis=reduce_axes))
+    if self.layer.beta is not None:
+      parts.append(tf.reduce_sum(grads, axis=reduce_axes))
+    return parts
+
+  def per_example(self, prepared):
+    return _sum_per_example(prepared, lambda n, g: self._parts(n, g, [1]))
+
+  def squared_norms(self, prepared):
+    return _squared_norms_of(self.per_example(prepared))
+
+  def weighted_sum(self, prepared, weights):
+    return _sum_per_example(
+        prepared, lambda n, g: self._parts(n, g * weights[:, None, None], [0, 1]))
+
+
 def _tap_for(layer) -> Optional[_LayerTap]:
   """The fast-path tap for a layer, or None when it must use the generic fallback."""
   if not layer.trainable or not layer.trainable_variables:
@@ -256,6 +396,10 @@ def _tap_for(layer) -> Optional[_LayerTap]:
     return None
   if kind is keras.layers.Embedding:
     return _EmbeddingTap(layer)
+  if kind is keras.layers.EinsumDense and _EinsumDenseTap.supports(layer):
+    return _EinsumDenseTap(layer)
+  if kind is keras.layers.LayerNormalization and _LayerNormalizationTap.supports(layer):
+    return _LayerNormalizationTap(layer)
   return None
 
 

@@ -31,19 +31,29 @@ def embedding_model():
 
 
 def fallback_model():
-  """LayerNormalization has no fast tap: its variables take the vectorised fallback."""
-  return keras.Sequential([keras.Input((6,)), keras.layers.Dense(5),
-                           keras.layers.LayerNormalization(), keras.layers.Dense(3)])
+  """GroupNormalization has no fast tap: its variables take the vectorised fallback."""
+  return keras.Sequential([keras.Input((6,)), keras.layers.Dense(4),
+                           keras.layers.Reshape((2, 2)), keras.layers.GroupNormalization(2),
+                           keras.layers.Flatten(), keras.layers.Dense(3)])
+
+
+def attention_model():
+  """MultiHeadAttention (EinsumDense projections) and LayerNormalization, as in a transformer."""
+  inputs = keras.Input((5,), dtype="int32")
+  x = keras.layers.Embedding(VOCAB, 8)(inputs)
+  x = keras.layers.LayerNormalization()(x + keras.layers.MultiHeadAttention(2, 4)(x, x))
+  x = keras.layers.EinsumDense("abc,cd->abd", output_shape=(None, 6), bias_axes="d")(x)
+  return keras.Model(inputs, keras.layers.Dense(3)(keras.layers.GlobalAveragePooling1D()(x)))
 
 
 MODELS = {"dense": dense_model, "conv2d": conv2d_model, "conv1d": conv1d_model,
-          "embedding": embedding_model, "fallback": fallback_model}
+          "embedding": embedding_model, "fallback": fallback_model, "attention": attention_model}
 
 
 def batch_for(kind, size, seed=0):
   rng = np.random.default_rng(seed)
   shapes = {"dense": (6,), "conv2d": (9, 9, 2), "conv1d": (7, 3), "fallback": (6,)}
-  if kind == "embedding":
+  if kind in ("embedding", "attention"):
     x = rng.integers(0, VOCAB, size=(size, 5)).astype("int32")
   else:
     x = rng.normal(size=(size, *shapes[kind])).astype("float32")

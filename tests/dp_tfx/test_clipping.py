@@ -47,7 +47,7 @@ def test_microbatch_clipped_sum_matches_loop(kind):
   _assert_close(actual, expected)
 
 
-@pytest.mark.parametrize("kind", ["dense", "conv2d", "embedding"])
+@pytest.mark.parametrize("kind", ["dense", "conv2d", "conv1d", "embedding", "attention"])
 def test_fast_taps_cover_every_variable_of_supported_layers(kind):
   taps = clipping.GradientTaps(models.MODELS[kind]())
   assert not taps.fallback_variables
@@ -61,6 +61,10 @@ def test_per_example_norms_match_materialised_gradients():
   materialised = grads.materialize()
   expected = sum(np.sum(np.reshape(np.asarray(g), (BATCH, -1)) ** 2, axis=1) for g in materialised)
   np.testing.assert_allclose(grads.squared_norms(), expected, rtol=1e-5)
+
+
+def test_fallback_model_really_uses_the_fallback():
+  assert clipping.GradientTaps(models.fallback_model()).fallback_variables
 
 
 def test_batch_normalization_is_refused():
