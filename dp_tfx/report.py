@@ -82,6 +82,8 @@ def _plot(path, curve, policy) -> None:
   if policy is not None:
     axes.axhline(policy.max_epsilon, color="red", linestyle="--",
                  label=f"policy max_epsilon = {policy.max_epsilon:g}")
+  top = max([e for _, e in curve] + ([policy.max_epsilon] if policy else []))
+  axes.set_ylim(0, 1.1 * top)  # keep the policy line inside the plot
   axes.set_xlabel("noisy steps")
   axes.set_ylabel("epsilon")
   axes.set_title("Privacy spent during training")
