@@ -27,6 +27,7 @@ DP_CONFIG_KEY = "dp_config"
 PRIVACY_LEDGER_KEY = "privacy_ledger"
 PRIVACY_POLICY_KEY = "privacy_policy"
 PRIVACY_REPORT_KEY = "privacy_report"
+LEDGER_HISTORY_DIR_KEY = "ledger_history_dir"
 
 
 class DPTrainerSpec(ComponentSpec):
@@ -35,6 +36,7 @@ class DPTrainerSpec(ComponentSpec):
       MODULE_PATH_KEY: ExecutionParameter(type=str, optional=True),
       DP_CONFIG_KEY: ExecutionParameter(type=str),
       CUSTOM_CONFIG_KEY: ExecutionParameter(type=str, optional=True),
+      LEDGER_HISTORY_DIR_KEY: ExecutionParameter(type=str, optional=True),
   }
   INPUTS = {
       EXAMPLES_KEY: ChannelParameter(type=standard_artifacts.Examples),

@@ -24,7 +24,8 @@ def create_pipeline(*, pipeline_name: str, pipeline_root: str, data_root: str,
                     module_file: str = MODULE_FILE, hyperparameters: Optional[dict] = None,
                     metadata_path: Optional[str] = None,
                     beam_pipeline_args: Optional[List[str]] = None,
-                    min_accuracy: Optional[float] = None) -> tfx.dsl.Pipeline:
+                    min_accuracy: Optional[float] = None,
+                    ledger_history_dir: Optional[str] = None) -> tfx.dsl.Pipeline:
   """Builds the pipeline.
 
   Args:
@@ -40,6 +41,7 @@ def create_pipeline(*, pipeline_name: str, pipeline_root: str, data_root: str,
     beam_pipeline_args: options for the Beam-based components (e.g. --direct_num_workers=2).
     min_accuracy: if set, the TFX Evaluator checks eval accuracy >= this, and its blessing is the
       PrivacyEvaluator's upstream blessing: both gates must pass before a push.
+    ledger_history_dir: where ledgers outlive runs, so reruns on the same data add up.
   """
   example_gen = tfx.components.ImportExampleGen(
       input_base=data_root,
@@ -48,7 +50,8 @@ def create_pipeline(*, pipeline_name: str, pipeline_root: str, data_root: str,
           tfx.proto.Input.Split(name="eval", pattern=f"{mnist_data.EVAL_DIR}/*"),
       ]))
   trainer = DPTrainer(examples=example_gen.outputs["examples"], module_file=module_file,
-                      dp_config=dp_config, custom_config=hyperparameters)
+                      dp_config=dp_config, custom_config=hyperparameters,
+                      ledger_history_dir=ledger_history_dir)
   components = [example_gen, trainer]
   upstream_blessing = None
   if min_accuracy is not None:

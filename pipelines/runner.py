@@ -60,7 +60,8 @@ def run(options: PipelineOptions) -> dict:
       data_root=data_root, serving_model_dir=serving_dir, dp_config=options.dp_config,
       privacy_policy=options.privacy_policy, hyperparameters=options.hyperparameters,
       metadata_path=None if options.runner == KUBEFLOW else options.path("metadata.sqlite"),
-      beam_pipeline_args=options.beam_pipeline_args, min_accuracy=options.min_accuracy)
+      beam_pipeline_args=options.beam_pipeline_args, min_accuracy=options.min_accuracy,
+      ledger_history_dir=options.path("privacy_ledgers"))
   summary = {"runner": options.runner, "max_epsilon": options.privacy_policy.max_epsilon,
              "policy": json.loads(options.privacy_policy.to_json())}
   started = time.time()

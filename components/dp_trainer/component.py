@@ -8,6 +8,9 @@ Parameters:
     functions it provides: feature_spec, decode, build_model, compile_kwargs).
   dp_config: a dp_tfx.DPConfig (clip, noise or target epsilon, batch, epochs or steps, ...).
   custom_config: a dict of hyperparameters for the user module.
+  ledger_history_dir: a directory that outlives pipeline runs (the pipelines use one under their
+    output dir). The ledger of every run on the same data continues there, so a rerun adds to
+    what earlier runs spent (invariant 5); None gives each run a fresh ledger.
 Outputs:
   model: Model, exported for serving under Format-Serving (signature serving_default takes
     serialized tf.Examples, as the TFX Evaluator expects).
@@ -43,7 +46,8 @@ class DPTrainer(base_component.BaseComponent):
                schema: Optional[types.BaseChannel] = None,
                transform_graph: Optional[types.BaseChannel] = None,
                hyperparameters: Optional[types.BaseChannel] = None,
-               custom_config: Optional[Dict[str, Any]] = None):
+               custom_config: Optional[Dict[str, Any]] = None,
+               ledger_history_dir: Optional[str] = None):
     if bool(module_file) == bool(module_path):
       raise ValueError("DPTrainer needs exactly one of module_file or module_path")
     if not isinstance(dp_config, DPConfig):
@@ -52,6 +56,7 @@ class DPTrainer(base_component.BaseComponent):
         examples=examples, schema=schema, transform_graph=transform_graph,
         hyperparameters=hyperparameters, module_file=module_file, module_path=module_path,
         dp_config=dp_config.to_json(), custom_config=json_utils.dumps(custom_config or {}),
+        ledger_history_dir=ledger_history_dir,
         model=types.Channel(type=standard_artifacts.Model),
         model_run=types.Channel(type=standard_artifacts.ModelRun),
         privacy_ledger=types.Channel(type=artifacts.PrivacyLedger))

@@ -32,7 +32,7 @@ from dp_tfx.components import artifacts
 from dp_tfx.components import specs
 from dp_tfx.config import DPConfig
 from dp_tfx.keras import make_private
-from dp_tfx.ledger import LEDGER_FILE_NAME, directory_digest
+from dp_tfx.ledger import LEDGER_FILE_NAME, dataset_fingerprint, directory_digest
 
 TRAIN_SPLIT = "train"
 EVAL_SPLIT = "eval"
@@ -70,8 +70,10 @@ class Executor(base_executor.BaseExecutor):
     model_run = artifact_utils.get_single_instance(output_dict[specs.MODEL_RUN_KEY])
     model_artifact = artifact_utils.get_single_instance(output_dict[specs.MODEL_KEY])
     keras_model = module["build_model"](context)
-    dp_model = make_private(keras_model, config,
-                            ledger_path=os.path.join(ledger_artifact.uri, LEDGER_FILE_NAME))
+    artifact_ledger_path = os.path.join(ledger_artifact.uri, LEDGER_FILE_NAME)
+    history_dir = exec_properties.get(specs.LEDGER_HISTORY_DIR_KEY)
+    dp_model = make_private(keras_model, config, ledger_path=(
+        self._history_path(history_dir, x_train, y_train) if history_dir else artifact_ledger_path))
     dp_model.compile(**module["compile_kwargs"](context))
     dp_model.fit(x_train, y_train, validation_data=(x_eval, y_eval), verbose=2,
                  callbacks=[keras.callbacks.TensorBoard(log_dir=model_run.uri)])
@@ -85,6 +87,8 @@ class Executor(base_executor.BaseExecutor):
     self._export(keras_model, spec, module["decode"], context, serving_dir)
     ledger = dp_model.privacy_ledger
     ledger.set_model_digest(directory_digest(serving_dir))
+    if history_dir:
+      ledger.save(artifact_ledger_path)  # this run's artifact: all runs on the data so far
     ledger_artifact.set_string_custom_property(artifacts.LEDGER_HASH_PROPERTY,
                                                ledger.content_hash())
     logging.info("DPTrainer: %d noisy steps, epsilon %.4f at delta %.3g; ledger %s",
@@ -100,6 +104,12 @@ class Executor(base_executor.BaseExecutor):
     uri = lambda key: artifact_utils.get_single_uri(input_dict[key]) if input_dict.get(key) else None
     return TrainerContext(hyperparameters=hyperparameters, schema_uri=uri(specs.SCHEMA_KEY),
                           transform_graph_uri=uri(specs.TRANSFORM_GRAPH_KEY))
+
+  @staticmethod
+  def _history_path(history_dir, features, labels) -> str:
+    """One ledger per training dataset, continued by every run on it."""
+    digest = dataset_fingerprint(features, labels).split(":")[-1]
+    return os.path.join(history_dir, f"{digest[:32]}.json")
 
   @staticmethod
   def _read_split(examples, split, spec, decode, context):

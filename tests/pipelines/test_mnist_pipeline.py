@@ -101,3 +101,12 @@ def test_tfx_evaluator_accuracy_gate_combines_with_the_privacy_gate(tmp_path):
   (tfx_blessing,) = [a for a in _store(tmp_path).get_artifacts_by_type("ModelBlessing")
                      if "/Evaluator/" in a.uri]
   assert tfx_blessing.custom_properties["blessed"].int_value == 0
+
+
+@pytest.mark.slow
+def test_a_rerun_on_the_same_data_adds_to_what_was_spent(tmp_path):
+  first = _run(tmp_path, max_epsilon=100.0)
+  second = _run(tmp_path, max_epsilon=100.0)
+  report = json.loads((pathlib.Path(second["report_dir"]) / "report.json").read_text())
+  assert report["ledger"]["noisy_steps"] == 16 and len(report["ledger"]["facts"]["segments"]) == 2
+  assert second["epsilon"] > first["epsilon"]
