@@ -121,7 +121,8 @@ class DPModel(keras.Model):
     self._taps = None
     self._key = noise.run_key(config.seed)
     self.noisy_steps = self.add_weight(name="noisy_steps", shape=(), dtype="int64",
-                                       initializer="zeros", trainable=False)
+                                       initializer="zeros", trainable=False,
+                                       aggregation="only_first_replica")
 
   def call(self, inputs, training=None):
     return self.model(inputs, training=training)
@@ -158,14 +159,9 @@ class DPModel(keras.Model):
       raise TypeError(f"unexpected fit arguments {sorted(kwargs)}")
     if self._loss_fn is None:
       raise RuntimeError("compile the DP model (optimizer, loss) before fit")
-    replicas = self.distribute_strategy.num_replicas_in_sync
-    if replicas > 1:
-      # Keras would hand each replica its own slice (or its own element) of the logical batch;
-      # until the split is shown to keep one noisy step per logical batch, refuse (fail closed).
-      raise ValueError(f"DP training on {replicas} replicas is not supported yet; train under "
-                       "the default strategy (one device)")
     features, labels = _materialize(x, y)
     self._prepare(features, labels)
+    replicas = self._replicas()
     done = int(self.noisy_steps.numpy())
     remaining = self.plan.steps - done
     if remaining <= 0:
@@ -182,9 +178,7 @@ class DPModel(keras.Model):
           f"{remaining} of the {self.plan.steps} planned noisy steps are left ({epochs_left} "
           "epochs); plan more steps in the DPConfig to spend more privacy")
     steps = min(remaining, epochs * per_epoch)
-    dataset = sampling.logical_batches(
-        features, labels, self.plan, self._key, done, done + steps,
-        pad_multiple=None if self.jit_compile else _PAD_MULTIPLE_WITHOUT_XLA)
+    dataset = self._distributed_batches(features, labels, done, done + steps, replicas)
     self.privacy_ledger.start_segment(self.plan)
     # First, so that epsilon is in the epoch logs every other callback (TensorBoard) sees.
     callbacks = [_LedgerCallback(self)] + list(callbacks or [])
@@ -195,6 +189,39 @@ class DPModel(keras.Model):
                          callbacks=callbacks, validation_data=validation_data,
                          validation_batch_size=validation_batch_size or self.plan.batch_size,
                          validation_freq=validation_freq, shuffle=False)
+
+  def _replicas(self) -> int:
+    """The replica count, after checking the plan can be split evenly across replicas."""
+    replicas = self.distribute_strategy.num_replicas_in_sync
+    if replicas > 1:
+      if self.plan.num_microbatches is not None:
+        raise ValueError("microbatches cannot be split across replicas (a microbatch's mean "
+                         "must be clipped as a whole); use per-example clipping or one device")
+      if self.plan.physical_batch_size % replicas:
+        raise ValueError(f"DPConfig.physical_batch_size ({self.plan.physical_batch_size}) must "
+                         f"be a multiple of the {replicas} replicas")
+    return replicas
+
+  def _distributed_batches(self, features, labels, first_step, last_step, replicas):
+    """Logical batches; with R replicas each is cut into R equal slices, one per replica.
+
+    All slices of a step share that step's sample and mask, so the replicas' clipped sums (and
+    their independent noise, sigma^2 C^2 / R each) add up to exactly one DP-SGD step.
+    """
+    pad_multiple = (self.plan.physical_batch_size if self.jit_compile
+                    else _PAD_MULTIPLE_WITHOUT_XLA * replicas)
+    batches = sampling.logical_batches(features, labels, self.plan, self._key, first_step,
+                                       last_step, pad_multiple=pad_multiple)
+    if replicas == 1:
+      return batches
+
+    def per_replica_slices(*element):
+      split = lambda t: tf.reshape(t, [replicas, -1, *t.shape[1:]])
+      return tf.data.Dataset.from_tensor_slices(tf.nest.map_structure(split, element))
+
+    # distribute_datasets_from_function hands consecutive elements to replicas in turn.
+    return self.distribute_strategy.distribute_datasets_from_function(
+        lambda _: batches.flat_map(per_replica_slices))
 
   def _prepare(self, features, labels):
     """Fixes the plan and the ledger on the first fit; later fits must use the same data."""
@@ -212,11 +239,13 @@ class DPModel(keras.Model):
       self._taps = clipping.GradientTaps(self.model)
 
   def train_step(self, data):
-    features, labels, slots = data
+    features, labels, mask = data
     plan = self.plan
     variables = self.trainable_variables
-    mask, microbatch_ids = slots[sampling.MASK], slots[sampling.MICROBATCH]
-    physical = plan.physical_batch_size
+    if plan.num_microbatches is not None:
+      microbatch_ids = sampling.microbatch_assignment(self._key, self.noisy_steps,
+                                                      tf.shape(mask)[0], plan.num_microbatches)
+    physical = plan.physical_batch_size // tf.distribute.get_replica_context().num_replicas_in_sync
     chunks = (tf.shape(mask)[0] + physical - 1) // physical  # the last one may be partial
 
     if plan.num_microbatches is None:

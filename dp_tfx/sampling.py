@@ -2,7 +2,8 @@
 
 Each logical step is one element of a tf.data pipeline: the selected examples gathered from
 in-memory tensors, padded to a whole number of physical batches, with a mask (1 = real example,
-0 = padding) and a microbatch assignment per slot. Padding keeps shapes static for XLA; the mask
+0 = padding) in the place of Keras's sample weights. Microbatch assignments are drawn per slot
+by `microbatch_assignment`, in the train step. Padding keeps shapes static for XLA; the mask
 makes padded slots contribute exactly nothing. A sample larger than one physical batch simply
 spans several (the trainer accumulates them); nothing is truncated.
 
@@ -19,8 +20,6 @@ import tensorflow as tf
 from dp_tfx import noise
 from dp_tfx.config import POISSON
 
-MASK = "mask"
-MICROBATCH = "microbatch"
 
 
 def poisson_indices(key: tf.Tensor, step: tf.Tensor, dataset_size: int,
@@ -52,11 +51,23 @@ def pad_indices(indices: tf.Tensor, multiple: int):
   return padded, mask
 
 
+def microbatch_assignment(key: tf.Tensor, step, slots: tf.Tensor,
+                          num_microbatches: int) -> tf.Tensor:
+  """An independent uniform microbatch per slot of step `step`.
+
+  Each example's microbatch depends on nothing but its own draw, so adding or removing one example
+  changes exactly one microbatch (invariant 3), unlike assignment by position in the batch.
+  """
+  return tf.random.stateless_uniform(
+      [slots], seed=noise.stream_key(key, noise.MICROBATCH_STREAM, step), maxval=num_microbatches,
+      dtype=tf.int32)
+
+
 def logical_batches(features, labels, plan, key: tf.Tensor, first_step: int,
                     last_step: int, pad_multiple: Optional[int] = None) -> tf.data.Dataset:
   """The dataset of logical steps [first_step, last_step) for `plan` (a TrainingPlan).
 
-  Elements are (features, labels, {MASK: [L], MICROBATCH: [L]}) with L a multiple of
+  Elements are (features, labels, mask [L]) with L a multiple of
   `pad_multiple`: by default plan.physical_batch_size, the static shapes XLA wants. Without XLA a
   small multiple saves computing on padding (a Poisson batch of mean 256 pads to 320).
   """
@@ -69,12 +80,8 @@ def logical_batches(features, labels, plan, key: tf.Tensor, first_step: int,
     else:
       indices = shuffled_indices(key, step, plan.dataset_size, plan.batch_size)
     indices, mask = pad_indices(indices, pad_multiple or plan.physical_batch_size)
-    microbatches = tf.random.stateless_uniform(
-        tf.shape(indices), seed=noise.stream_key(key, noise.MICROBATCH_STREAM, step),
-        maxval=plan.num_microbatches or 1, dtype=tf.int32)
     gather = lambda tensor: tf.gather(tensor, indices)
-    return (tf.nest.map_structure(gather, features), gather(labels),
-            {MASK: mask, MICROBATCH: microbatches})
+    return tf.nest.map_structure(gather, features), gather(labels), mask
 
   return (tf.data.Dataset.range(first_step, last_step)
           .map(select, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)

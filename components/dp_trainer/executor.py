@@ -69,12 +69,14 @@ class Executor(base_executor.BaseExecutor):
     ledger_artifact = artifact_utils.get_single_instance(output_dict[specs.PRIVACY_LEDGER_KEY])
     model_run = artifact_utils.get_single_instance(output_dict[specs.MODEL_RUN_KEY])
     model_artifact = artifact_utils.get_single_instance(output_dict[specs.MODEL_KEY])
-    keras_model = module["build_model"](context)
     artifact_ledger_path = os.path.join(ledger_artifact.uri, LEDGER_FILE_NAME)
     history_dir = exec_properties.get(specs.LEDGER_HISTORY_DIR_KEY)
-    dp_model = make_private(keras_model, config, ledger_path=(
-        self._history_path(history_dir, x_train, y_train) if history_dir else artifact_ledger_path))
-    dp_model.compile(**module["compile_kwargs"](context))
+    with self._strategy().scope():
+      keras_model = module["build_model"](context)
+      dp_model = make_private(keras_model, config, ledger_path=(
+          self._history_path(history_dir, x_train, y_train) if history_dir
+          else artifact_ledger_path))
+      dp_model.compile(**module["compile_kwargs"](context))
     dp_model.fit(x_train, y_train, validation_data=(x_eval, y_eval), verbose=2,
                  callbacks=[keras.callbacks.TensorBoard(log_dir=model_run.uri)])
 
@@ -104,6 +106,15 @@ class Executor(base_executor.BaseExecutor):
     uri = lambda key: artifact_utils.get_single_uri(input_dict[key]) if input_dict.get(key) else None
     return TrainerContext(hyperparameters=hyperparameters, schema_uri=uri(specs.SCHEMA_KEY),
                           transform_graph_uri=uri(specs.TRANSFORM_GRAPH_KEY))
+
+  @staticmethod
+  def _strategy() -> tf.distribute.Strategy:
+    """Every GPU present (MirroredStrategy; noise is split across replicas), else the default."""
+    gpus = tf.config.list_logical_devices("GPU")
+    if len(gpus) > 1:
+      logging.info("DPTrainer: training on %d GPUs", len(gpus))
+      return tf.distribute.MirroredStrategy([gpu.name for gpu in gpus])
+    return tf.distribute.get_strategy()
 
   @staticmethod
   def _history_path(history_dir, features, labels) -> str:

@@ -54,10 +54,10 @@ def test_logical_batches_gather_exactly_the_sampled_examples():
   features = np.arange(100, dtype=np.float32)[:, None]
   labels = np.arange(100, dtype=np.int32)
   plan, key = _plan(), noise.run_key(seed=5)
-  for step, (x, y, slots) in enumerate(sampling.logical_batches(features, labels, plan, key, 0,
+  for step, (x, y, mask) in enumerate(sampling.logical_batches(features, labels, plan, key, 0,
                                                                 plan.steps)):
     chosen = sampling.poisson_indices(key, step, 100, plan.sampling_rate).numpy()
-    real = slots[sampling.MASK].numpy() == 1
+    real = mask.numpy() == 1
     assert len(real) % 4 == 0 and real.sum() == len(chosen)  # never truncated
     np.testing.assert_array_equal(y.numpy()[real], chosen)
     np.testing.assert_array_equal(x.numpy()[real, 0], chosen)
@@ -85,11 +85,10 @@ def test_shuffled_batches_cover_each_epoch_once():
   assert sorted(np.concatenate(batches)) == list(range(100))
 
 
-@pytest.mark.parametrize("num_microbatches", [3])
-def test_microbatch_assignment_is_uniform_and_independent(num_microbatches):
-  labels = np.arange(100, dtype=np.int32)
-  plan = _plan(num_microbatches=num_microbatches, steps=200)
-  ids = np.concatenate([s[sampling.MICROBATCH].numpy() for _, _, s in sampling.logical_batches(
-      labels, labels, plan, noise.run_key(seed=2), 0, 200)])
-  observed = np.bincount(ids, minlength=num_microbatches)
-  assert scipy.stats.chisquare(observed).pvalue > 1e-3
+def test_microbatch_assignment_is_uniform_and_fresh_per_step():
+  key = noise.run_key(seed=2)
+  ids = np.concatenate([sampling.microbatch_assignment(key, step, 50, 3).numpy()
+                        for step in range(200)])
+  assert scipy.stats.chisquare(np.bincount(ids, minlength=3)).pvalue > 1e-3
+  assert not np.array_equal(sampling.microbatch_assignment(key, 0, 50, 3),
+                            sampling.microbatch_assignment(key, 1, 50, 3))
