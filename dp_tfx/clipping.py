@@ -284,6 +284,7 @@ class _EinsumDenseTap(_LayerTap):
     input_spec, kernel_spec = inputs.split(",")
     batch = input_spec[0]
     return (outputs[:1] == batch and batch not in kernel_spec
+            and len(set(kernel_spec)) == len(kernel_spec)
             and set(kernel_spec) <= set(input_spec + outputs))
 
   def _kernel(self):

@@ -52,6 +52,11 @@ def per_example_loss(loss: Any):
 
   def losses(y_true, y_pred):
     values = tf.convert_to_tensor(unreduced(y_true, y_pred))
+    if values.shape.rank == 0:
+      # A batch-reduced loss would make every "per-example" gradient the batch gradient, and
+      # clipping would no longer bound one example's influence.
+      raise ValueError("the loss returned one value for the whole batch; DP training needs one "
+                       "value per example (a Keras loss, or a function without reduction)")
     if values.shape.rank > 1:
       values = tf.reduce_mean(values, axis=list(range(1, values.shape.rank)))
     return tf.cast(values, tf.float32)
@@ -82,12 +87,30 @@ def _materialize(x, y):
 class _LedgerCallback(keras.callbacks.Callback):
   """Counts each noisy step in the ledger before it runs; logs epsilon after each epoch."""
 
-  def __init__(self, dp_model: "DPModel"):
+  def __init__(self, dp_model: "DPModel", steps: int):
     super().__init__()
     self._dp_model = dp_model
+    self._steps = steps
+    self._recorded = 0
+
+  def on_train_begin(self, logs=None):
+    self._steps_before = int(self._dp_model.noisy_steps.numpy())
 
   def on_train_batch_begin(self, batch, logs=None):
     self._dp_model.privacy_ledger.record_step()
+    self._recorded += 1
+
+  def on_train_batch_end(self, batch, logs=None):
+    if self._recorded >= self._steps:
+      # The plan is spent: no further step, even if an input pipeline would yield one more.
+      self._dp_model.stop_training = True
+
+  def on_train_end(self, logs=None):
+    # Belt and braces: never record fewer steps than the model actually took.
+    ledger = self._dp_model.privacy_ledger
+    taken = int(self._dp_model.noisy_steps.numpy()) - self._steps_before
+    while ledger.segments[-1].noisy_steps < taken:
+      ledger.record_step()
 
   def on_epoch_end(self, epoch, logs=None):
     if logs is not None:
@@ -128,8 +151,16 @@ class DPModel(keras.Model):
     return self.model(inputs, training=training)
 
   def compile(self, optimizer="rmsprop", loss=None, **kwargs):
+    if kwargs.get("steps_per_execution", 1) != 1:
+      # Keras would then run several noisy steps per callback, and the ledger counts callbacks.
+      raise ValueError("DP training needs steps_per_execution=1 (every noisy step is recorded)")
     self._loss_fn = per_example_loss(loss)
     super().compile(optimizer=optimizer, loss=loss, **kwargs)
+
+  def train_on_batch(self, *args, **kwargs):
+    raise RuntimeError(
+        "train_on_batch would take a noisy step outside the plan and the ledger, on a batch that "
+        "was not Poisson-sampled; use fit")
 
   # -- privacy facts -------------------------------------------------------------------------------
 
@@ -181,7 +212,7 @@ class DPModel(keras.Model):
     dataset = self._distributed_batches(features, labels, done, done + steps, replicas)
     self.privacy_ledger.start_segment(self.plan)
     # First, so that epsilon is in the epoch logs every other callback (TensorBoard) sees.
-    callbacks = [_LedgerCallback(self)] + list(callbacks or [])
+    callbacks = [_LedgerCallback(self, steps)] + list(callbacks or [])
     with warnings.catch_warnings():
       # The sample stream ends exactly where the plan does, inside the last epoch.
       warnings.filterwarnings("ignore", message=_RAN_OUT_OF_DATA)
@@ -219,9 +250,11 @@ class DPModel(keras.Model):
       split = lambda t: tf.reshape(t, [replicas, -1, *t.shape[1:]])
       return tf.data.Dataset.from_tensor_slices(tf.nest.map_structure(split, element))
 
-    # distribute_datasets_from_function hands consecutive elements to replicas in turn.
-    return self.distribute_strategy.distribute_datasets_from_function(
-        lambda _: batches.flat_map(per_replica_slices))
+    # distribute_datasets_from_function hands consecutive elements to replicas in turn. The
+    # asserted length lets Keras stop at the last step instead of starting one more.
+    slices = batches.flat_map(per_replica_slices).apply(
+        tf.data.experimental.assert_cardinality((last_step - first_step) * replicas))
+    return self.distribute_strategy.distribute_datasets_from_function(lambda _: slices)
 
   def _prepare(self, features, labels):
     """Fixes the plan and the ledger on the first fit; later fits must use the same data."""

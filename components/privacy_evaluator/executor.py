@@ -49,6 +49,10 @@ class Executor(base_executor.BaseExecutor):
     except (LedgerError, ValueError) as error:
       decision.blessed = False
       decision.reasons.append(str(error))
+    except BaseException as error:
+      decision.blessed = False  # the NOT_BLESSED verdict is written before the error propagates
+      decision.reasons.append(f"the evaluation failed: {error!r}")
+      raise
     finally:
       self._write_blessing(blessing, model, decision)
     write_report(report.uri, decision, policy, ledger, curve)

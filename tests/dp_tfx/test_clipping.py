@@ -79,3 +79,9 @@ def test_model_call_is_restored_after_recording():
   taps = clipping.GradientTaps(model)
   taps.backward(tf.ones([2, 6]), tf.zeros([2], tf.int32), LOSS, tf.ones([2]))
   assert all("call" not in tap.layer.__dict__ for tap in taps.taps)
+
+
+def test_scalar_losses_are_refused():
+  from dp_tfx.keras import per_example_loss
+  with pytest.raises(ValueError, match="one value per example"):
+    per_example_loss(lambda y, p: tf.reduce_mean(p))(tf.zeros([2]), tf.zeros([2, 3]))

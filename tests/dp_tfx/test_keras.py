@@ -255,3 +255,17 @@ def test_two_replicas_take_the_same_step_and_add_one_draw_of_noise():
   # 603 parameters give the sample std a relative standard error of 2.9%; allow 12%.
   assert result["parameters"] == 603
   assert abs(result["noise_std"] / result["expected_std"] - 1) < 0.12
+
+
+def test_several_steps_per_execution_are_refused():
+  dp_model = dp_tfx.make_private(models.dense_model(), dp_tfx.DPConfig(noise_multiplier=1.0,
+                                                                       batch_size=8, steps=2))
+  with pytest.raises(ValueError, match="steps_per_execution=1"):
+    dp_model.compile(optimizer="sgd", loss=LOSS, steps_per_execution=4)
+
+
+def test_train_on_batch_is_refused():
+  x, y = _data()
+  dp_model = _dp_model(noise_multiplier=1.0, steps=2)
+  with pytest.raises(RuntimeError, match="use fit"):
+    dp_model.train_on_batch(x[:8], y[:8])
