@@ -37,13 +37,13 @@ from dp_tfx.report import REPORT_FILE
 
 def make_ledger(*, dataset_size: int, batch_size: int, noise_multiplier: float, steps: int,
                 l2_norm_clip: float = 1.0, sampling: str = "poisson",
-                num_microbatches: Optional[int] = None) -> PrivacyLedger:
+                num_microbatches: Optional[int] = None, seeded: bool = False) -> PrivacyLedger:
   """A ledger recording `steps` noisy steps of a run with these facts, as the trainer would."""
   plan = TrainingPlan.from_config(DPConfig(
       l2_norm_clip=l2_norm_clip, noise_multiplier=noise_multiplier, batch_size=batch_size,
       steps=steps, sampling=sampling, num_microbatches=num_microbatches), dataset_size)
   ledger = PrivacyLedger(dataset_size=dataset_size, dataset_fingerprint="sha256:test-data")
-  ledger.start_segment(plan)
+  ledger.start_segment(plan, seeded=seeded)
   ledger.segments[-1].noisy_steps = steps
   return ledger
 

@@ -142,7 +142,10 @@ class DPModel(keras.Model):
     self._ledger_path = os.fspath(ledger_path) if ledger_path is not None else None
     self._loss_fn = None
     self._taps = None
-    self._key = noise.run_key(config.seed)
+    self._base_key = noise.run_key(config.seed)
+    # The key of the current training segment (see _segment_key). Kept out of Keras's weight
+    # tracking on purpose: a saved noise key would let anyone subtract the noise.
+    self.__dict__["_key"] = tf.Variable(self._base_key, trainable=False, name="dp_noise_key")
     self.noisy_steps = self.add_weight(name="noisy_steps", shape=(), dtype="int64",
                                        initializer="zeros", trainable=False,
                                        aggregation="only_first_replica")
@@ -209,8 +212,9 @@ class DPModel(keras.Model):
           f"{remaining} of the {self.plan.steps} planned noisy steps are left ({epochs_left} "
           "epochs); plan more steps in the DPConfig to spend more privacy")
     steps = min(remaining, epochs * per_epoch)
+    self._key.assign(self._segment_key())
     dataset = self._distributed_batches(features, labels, done, done + steps, replicas)
-    self.privacy_ledger.start_segment(self.plan)
+    self.privacy_ledger.start_segment(self.plan, seeded=self.dp_config.seed is not None)
     # First, so that epsilon is in the epoch logs every other callback (TensorBoard) sees.
     callbacks = [_LedgerCallback(self, steps)] + list(callbacks or [])
     with warnings.catch_warnings():
@@ -220,6 +224,11 @@ class DPModel(keras.Model):
                          callbacks=callbacks, validation_data=validation_data,
                          validation_batch_size=validation_batch_size or self.plan.batch_size,
                          validation_freq=validation_freq, shuffle=False)
+
+  def _segment_key(self) -> tf.Tensor:
+    """A key per ledger segment: a restart that continues a ledger never replays its noise or
+    samples, even with a fixed seed."""
+    return noise.stream_key(self._base_key, len(self.privacy_ledger.segments))
 
   def _replicas(self) -> int:
     """The replica count, after checking the plan can be split evenly across replicas."""
@@ -241,7 +250,8 @@ class DPModel(keras.Model):
     """
     pad_multiple = (self.plan.physical_batch_size if self.jit_compile
                     else _PAD_MULTIPLE_WITHOUT_XLA * replicas)
-    batches = sampling.logical_batches(features, labels, self.plan, self._key, first_step,
+    batches = sampling.logical_batches(features, labels, self.plan,
+                                       tf.constant(self._key.numpy()), first_step,
                                        last_step, pad_multiple=pad_multiple)
     if replicas == 1:
       return batches

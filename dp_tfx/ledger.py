@@ -93,6 +93,7 @@ class Segment:
   physical_batch_size: int
   planned_steps: int
   noisy_steps: int = 0
+  seeded: bool = False
   started_at: str = dataclasses.field(default_factory=_now)
   updated_at: str = dataclasses.field(default_factory=_now)
 
@@ -141,8 +142,12 @@ class PrivacyLedger:
 
   # -- recording ---------------------------------------------------------------------------------
 
-  def start_segment(self, plan) -> Segment:
-    """Opens a segment for a training run that follows `plan` (a TrainingPlan) on this data."""
+  def start_segment(self, plan, seeded: bool = False) -> Segment:
+    """Opens a segment for a training run that follows `plan` (a TrainingPlan) on this data.
+
+    `seeded` records that sampling and noise came from a fixed seed (reproducible for tests; not
+    private if the seed is known), so a policy can refuse such runs.
+    """
     if plan.dataset_size != self.dataset_size:
       raise LedgerError(f"this ledger describes {self.dataset_size} examples, the plan "
                         f"{plan.dataset_size}: use a new ledger for other data")
@@ -150,7 +155,7 @@ class PrivacyLedger:
         sampling=plan.sampling, sampling_rate=plan.sampling_rate, batch_size=plan.batch_size,
         noise_multiplier=plan.noise_multiplier, l2_norm_clip=plan.l2_norm_clip,
         num_microbatches=plan.num_microbatches, physical_batch_size=plan.physical_batch_size,
-        planned_steps=plan.steps)
+        planned_steps=plan.steps, seeded=bool(seeded))
     self.segments.append(segment)
     self.flush()
     return segment
@@ -233,6 +238,8 @@ class PrivacyLedger:
              f"{where}: physical_batch_size must be >= 1; got {segment.physical_batch_size!r}")
       _check(_whole_number(segment.planned_steps) and segment.planned_steps >= 1,
              f"{where}: planned_steps must be >= 1; got {segment.planned_steps!r}")
+      _check(isinstance(segment.seeded, bool),
+             f"{where}: seeded must be true or false; got {segment.seeded!r}")
       _check(_whole_number(segment.noisy_steps) and
              0 <= segment.noisy_steps <= segment.planned_steps,
              f"{where}: noisy_steps must be in [0, planned_steps={segment.planned_steps}]; got "

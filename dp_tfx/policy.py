@@ -34,6 +34,8 @@ class PrivacyPolicy:
     accountant: "pld" (default) or "rdp".
     require_poisson: refuse runs that used shuffled fixed-size batches, whose epsilon is not a
       rigorous bound (default True).
+    allow_seeded: accept runs whose noise came from a fixed DPConfig.seed (default False: whoever
+      knows the seed can regenerate and subtract the noise).
   """
 
   max_epsilon: float
@@ -41,6 +43,7 @@ class PrivacyPolicy:
   delta_rule: Optional[str] = ONE_OVER_N
   accountant: str = accounting.PLD
   require_poisson: bool = True
+  allow_seeded: bool = False
 
   def __post_init__(self):
     if not (isinstance(self.max_epsilon, (int, float)) and not isinstance(self.max_epsilon, bool)
@@ -54,8 +57,9 @@ class PrivacyPolicy:
       raise _policy_error("delta_rule", f'"{ONE_OVER_N}" or null', self.delta_rule)
     if self.accountant not in accounting.ACCOUNTANTS:
       raise _policy_error("accountant", f"one of {accounting.ACCOUNTANTS}", self.accountant)
-    if not isinstance(self.require_poisson, bool):
-      raise _policy_error("require_poisson", "true or false", self.require_poisson)
+    for flag in ("require_poisson", "allow_seeded"):
+      if not isinstance(getattr(self, flag), bool):
+        raise _policy_error(flag, "true or false", getattr(self, flag))
 
   def delta_for(self, dataset_size: int) -> float:
     return 1.0 / dataset_size if self.delta == ONE_OVER_N else float(self.delta)
@@ -123,6 +127,9 @@ def decide(policy: PrivacyPolicy, ledger: PrivacyLedger, model_digest: Optional[
   if policy.require_poisson and not ledger.rigorous:
     reasons.append("training used shuffled fixed-size batches, so epsilon is not a rigorous bound, "
                    "and the policy requires Poisson sampling")
+  if not policy.allow_seeded and any(segment.seeded for segment in ledger.segments):
+    reasons.append("training used a fixed seed (DPConfig.seed), so its noise can be regenerated "
+                   "by whoever knows the seed; the policy does not allow seeded runs")
   if any(segment.noise_multiplier == 0 for segment in ledger.segments):
     reasons.append("training ran without noise (noise_multiplier 0): epsilon is infinite")
   delta = policy.delta_for(ledger.dataset_size)

@@ -8,9 +8,10 @@ Parameters:
     functions it provides: feature_spec, decode, build_model, compile_kwargs).
   dp_config: a dp_tfx.DPConfig (clip, noise or target epsilon, batch, epochs or steps, ...).
   custom_config: a dict of hyperparameters for the user module.
-  ledger_history_dir: a directory that outlives pipeline runs (the pipelines use one under their
-    output dir). The ledger of every run on the same data continues there, so a rerun adds to
-    what earlier runs spent (invariant 5); None gives each run a fresh ledger.
+  ledger_history_dir: a directory that outlives pipeline runs. The ledger of every run on the
+    same data continues there, so a rerun (or a retry after a crash) adds to what earlier runs
+    spent (invariant 5). Default: "history" beside the privacy_ledger artifacts in the pipeline
+    root.
 Outputs:
   model: Model, exported for serving under Format-Serving (signature serving_default takes
     serialized tf.Examples, as the TFX Evaluator expects).

@@ -70,12 +70,14 @@ class Executor(base_executor.BaseExecutor):
     model_run = artifact_utils.get_single_instance(output_dict[specs.MODEL_RUN_KEY])
     model_artifact = artifact_utils.get_single_instance(output_dict[specs.MODEL_KEY])
     artifact_ledger_path = os.path.join(ledger_artifact.uri, LEDGER_FILE_NAME)
-    history_dir = exec_properties.get(specs.LEDGER_HISTORY_DIR_KEY)
+    # Every run on the same data continues one ledger there (invariant 5): by default beside this
+    # component's ledger artifacts in the pipeline root, which outlives runs.
+    history_dir = (exec_properties.get(specs.LEDGER_HISTORY_DIR_KEY) or
+                   os.path.join(os.path.dirname(ledger_artifact.uri.rstrip("/")), "history"))
     with self._strategy().scope():
       keras_model = module["build_model"](context)
-      dp_model = make_private(keras_model, config, ledger_path=(
-          self._history_path(history_dir, x_train, y_train) if history_dir
-          else artifact_ledger_path))
+      dp_model = make_private(keras_model, config,
+                              ledger_path=self._history_path(history_dir, x_train, y_train))
       dp_model.compile(**module["compile_kwargs"](context))
     dp_model.fit(x_train, y_train, validation_data=(x_eval, y_eval), verbose=2,
                  callbacks=[keras.callbacks.TensorBoard(log_dir=model_run.uri)])
@@ -89,8 +91,7 @@ class Executor(base_executor.BaseExecutor):
     self._export(keras_model, spec, module["decode"], context, serving_dir)
     ledger = dp_model.privacy_ledger
     ledger.set_model_digest(directory_digest(serving_dir))
-    if history_dir:
-      ledger.save(artifact_ledger_path)  # this run's artifact: all runs on the data so far
+    ledger.save(artifact_ledger_path)  # this run's artifact: all runs on the data so far
     ledger_artifact.set_string_custom_property(artifacts.LEDGER_HASH_PROPERTY,
                                                ledger.content_hash())
     logging.info("DPTrainer: %d noisy steps, epsilon %.4f at delta %.3g; ledger %s",

@@ -82,3 +82,11 @@ def test_component_validates_its_arguments():
     component.DPTrainer(examples=examples, dp_config=DPConfig(noise_multiplier=1, epochs=1))
   with pytest.raises(TypeError, match="DPConfig"):
     component.DPTrainer(examples=examples, dp_config={"noise_multiplier": 1}, module_file="m.py")
+
+
+def test_ledger_history_defaults_to_the_pipeline_root(trained):
+  outputs, _ = trained
+  ledger_uri = outputs[specs.PRIVACY_LEDGER_KEY][0].uri
+  history = list((pathlib.Path(ledger_uri).parent / "history").glob("*.json"))
+  assert len(history) == 1
+  assert PrivacyLedger.load(history[0]).noisy_steps == 6

@@ -156,3 +156,11 @@ def test_microbatched_ledger_is_accounted_with_twice_the_sensitivity(tmp_path):
   expected = accounting.compute_epsilon(sampling_rate=256 / 60000, noise_multiplier=0.65,
                                         steps=3515, delta=1e-5)
   assert result.report["epsilon"] == pytest.approx(expected, rel=1e-3)
+
+
+def test_seeded_runs_are_refused_unless_the_policy_allows_them(tmp_path):
+  testing.assert_not_blessed(testing.run_privacy_evaluator(_ledger(seeded=True), POLICY, tmp_path),
+                             "fixed seed")
+  allowing = PrivacyPolicy(max_epsilon=1.0, delta=1e-5, allow_seeded=True)
+  testing.assert_blessed(testing.run_privacy_evaluator(_ledger(seeded=True), allowing,
+                                                       tmp_path / "allowed"))

@@ -34,9 +34,10 @@ def _dp_model(kind="dense", jit_compile=False, learning_rate=1.0, ledger_path=No
 
 def _sampled_batch(dp_model, x, y, step=0):
   """The examples the model's own sampler chose for `step` (same run key)."""
-  (bx, by, mask), = sampling.logical_batches(x, y, dp_model.plan, dp_model._key, step, step + 1)
+  key = dp_model._segment_key()  # the key the next fit will use
+  (bx, by, mask), = sampling.logical_batches(x, y, dp_model.plan, key, step, step + 1)
   real = mask.numpy() == 1
-  microbatches = sampling.microbatch_assignment(dp_model._key, step, len(real),
+  microbatches = sampling.microbatch_assignment(key, step, len(real),
                                                 dp_model.plan.num_microbatches or 1)
   return bx.numpy()[real], by.numpy()[real], microbatches.numpy()[real]
 
@@ -269,3 +270,17 @@ def test_train_on_batch_is_refused():
   dp_model = _dp_model(noise_multiplier=1.0, steps=2)
   with pytest.raises(RuntimeError, match="use fit"):
     dp_model.train_on_batch(x[:8], y[:8])
+
+
+def test_a_restart_with_the_same_seed_draws_fresh_noise(tmp_path):
+  x, y = _data()
+  path = tmp_path / "ledger.json"
+  updates = []
+  for _ in range(2):  # the same seed, the same start weights, a continued ledger
+    dp_model = _dp_model(noise_multiplier=1.0, steps=1, ledger_path=path)
+    dp_model.model.set_weights([np.zeros_like(w) for w in dp_model.model.get_weights()])
+    dp_model.fit(x, y, verbose=0)
+    updates.append(np.concatenate([w.ravel() for w in dp_model.model.get_weights()]))
+  assert not np.allclose(updates[0], updates[1])
+  ledger = dp_tfx.PrivacyLedger.load(path)
+  assert [segment.seeded for segment in ledger.segments] == [True, True]
