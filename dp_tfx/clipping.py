@@ -112,41 +112,49 @@ class _LinearTap(_LayerTap):
     """Inputs as [B, T, k] rows, one per output position, matching the kernel's [k, j] layout."""
 
   def prepare(self, output_grads):
-    """Concatenates all recorded calls along positions: [B, T, k] inputs, [B, T, j] grads."""
+    """[B, T, k] inputs and [B, T, j] grads of all recorded calls (concatenated along positions),
+    and the [B, k, j] per-example kernel gradients when building them is cheaper than ghost norms
+    (then norms and sums both reuse them); else None.
+    """
     units = self.layer.kernel.shape[-1]
     activations = [self._unfold(record[0]) for record in self.records]
     grads = [_flatten_positions(g, units) for g in output_grads]
-    if len(activations) == 1:
-      return activations[0], grads[0]
-    return tf.concat(activations, axis=1), tf.concat(grads, axis=1)
+    a = activations[0] if len(activations) == 1 else tf.concat(activations, axis=1)
+    g = grads[0] if len(grads) == 1 else tf.concat(grads, axis=1)
+    positions, k, j = a.shape[1], a.shape[-1], g.shape[-1]
+    ghost = positions is not None and positions * (k + j) <= k * j
+    return a, g, None if ghost else tf.einsum("btk,btj->bkj", a, g)
 
   def squared_norms(self, prepared) -> tf.Tensor:
-    a, g = prepared
-    positions = a.shape[1]
-    k, j = a.shape[-1], g.shape[-1]
-    if positions is not None and positions * (k + j) <= k * j:
+    a, g, kernel_grads = prepared
+    if kernel_grads is None:
       # Ghost norm: ||sum_t a_t g_t^T||^2 = sum_{t,s} (a_t . a_s)(g_t . g_s).
       kernel_sq = tf.reduce_sum(tf.einsum("btk,bsk->bts", a, a) * tf.einsum("btj,bsj->bts", g, g),
                                 axis=[1, 2])
     else:
-      kernel_sq = tf.reduce_sum(tf.square(tf.einsum("btk,btj->bkj", a, g)), axis=[1, 2])
+      kernel_sq = tf.reduce_sum(tf.square(kernel_grads), axis=[1, 2])
     if self._bias() is None:
       return kernel_sq
     return kernel_sq + tf.reduce_sum(tf.square(tf.reduce_sum(g, axis=1)), axis=1)
 
   def weighted_sum(self, prepared, weights) -> list:
-    a, g = prepared
+    a, g, kernel_grads = prepared
     weighted = g * weights[:, None, None]
-    kernel = tf.reshape(tf.einsum("btk,btj->kj", a, weighted), self.layer.kernel.shape)
+    if kernel_grads is None:
+      kernel = tf.einsum("btk,btj->kj", a, weighted)  # book-keeping: no per-example gradients
+    else:
+      kernel = tf.tensordot(weights, kernel_grads, axes=1)
+    kernel = tf.reshape(kernel, self.layer.kernel.shape)
     if self._bias() is None:
       return [kernel]
     return [kernel, tf.reduce_sum(weighted, axis=[0, 1])]
 
   def per_example(self, prepared) -> list:
-    a, g = prepared
+    a, g, kernel_grads = prepared
+    if kernel_grads is None:
+      kernel_grads = tf.einsum("btk,btj->bkj", a, g)
     batch = tf.shape(a)[0]
-    kernel = tf.reshape(tf.einsum("btk,btj->bkj", a, g),
-                        tf.concat([[batch], self.layer.kernel.shape], axis=0))
+    kernel = tf.reshape(kernel_grads, tf.concat([[batch], self.layer.kernel.shape], axis=0))
     if self._bias() is None:
       return [kernel]
     return [kernel, tf.reduce_sum(g, axis=1)]
