@@ -97,6 +97,14 @@ class _LayerTap(abc.ABC):
   def uninstall(self):
     self.layer.__dict__.pop("call", None)
 
+  def _record_and_activate(self, inputs, z, bias):
+    """Adds the bias, records (inputs, pre-activation) and applies the layer's activation."""
+    if bias is not None:
+      z = keras.ops.add(z, bias)
+    self.records.append((inputs, z))
+    activation = getattr(self.layer, "activation", None)
+    return activation(z) if activation is not None else z
+
   def outputs(self) -> List[tf.Tensor]:
     return [record[-1] for record in self.records]
 
@@ -163,12 +171,8 @@ class _LinearTap(_LayerTap):
 class _DenseTap(_LinearTap):
 
   def _forward(self, inputs, *args, **kwargs):
-    layer = self.layer
-    z = keras.ops.matmul(inputs, layer.kernel)
-    if layer.bias is not None:
-      z = keras.ops.add(z, layer.bias)
-    self.records.append((inputs, z))
-    return layer.activation(z) if layer.activation is not None else z
+    return self._record_and_activate(inputs, keras.ops.matmul(inputs, self.layer.kernel),
+                                     self.layer.bias)
 
   def _unfold(self, inputs):
     return _flatten_positions(inputs, self.layer.kernel.shape[0])
@@ -178,12 +182,8 @@ class _ConvTap(_LinearTap):
   """Conv1D/Conv2D, channels_last, groups=1: per-example gradients via image patches."""
 
   def _forward(self, inputs, *args, **kwargs):
-    layer = self.layer
-    z = layer.convolution_op(inputs, layer.kernel)
-    if layer.use_bias:
-      z = keras.ops.add(z, layer.bias)
-    self.records.append((inputs, z))
-    return layer.activation(z) if layer.activation is not None else z
+    return self._record_and_activate(inputs, self.layer.convolution_op(inputs, self.layer.kernel),
+                                     self._bias())
 
   def _unfold(self, inputs):
     layer = self.layer
@@ -302,12 +302,8 @@ class _EinsumDenseTap(_LayerTap):
     return self.layer.bias
 
   def _forward(self, inputs, *args, **kwargs):
-    layer = self.layer
-    z = keras.ops.einsum(layer.equation, inputs, layer.kernel)
-    if layer.bias is not None:
-      z = keras.ops.add(z, layer.bias)
-    self.records.append((inputs, z))
-    return layer.activation(z) if layer.activation is not None else z
+    return self._record_and_activate(
+        inputs, keras.ops.einsum(self.layer.equation, inputs, self.layer.kernel), self.layer.bias)
 
   def prepare(self, output_grads):
     return [(record[0], g) for record, g in zip(self.records, output_grads)]
