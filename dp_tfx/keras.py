@@ -26,7 +26,7 @@ import tensorflow as tf
 
 from dp_tfx import accounting, clipping, noise, sampling
 from dp_tfx.config import DPConfig
-from dp_tfx.ledger import PrivacyLedger, dataset_fingerprint
+from dp_tfx.ledger import EXAMPLE, PrivacyLedger, dataset_fingerprint
 from dp_tfx.plan import TrainingPlan
 
 EPSILON_LOG_KEY = "epsilon"
@@ -126,10 +126,12 @@ class DPModel(keras.Model):
     ledger_path: where to keep the privacy ledger; it is flushed at every step. An existing
       ledger for the same data is continued (its steps count), never overwritten.
     accountant: "pld" (default) or "rdp", for epsilon in logs and sigma calibration.
+    privacy_unit: what one training example stands for, as the ledger records it ("example";
+      "sequence" for language models trained on text cut into sequences).
   """
 
   def __init__(self, model: keras.Model, config: DPConfig, ledger_path: Optional[str] = None,
-               accountant: str = accounting.PLD, **kwargs):
+               accountant: str = accounting.PLD, privacy_unit: str = EXAMPLE, **kwargs):
     super().__init__(name=kwargs.pop("name", f"dp_{model.name}"), **kwargs)
     if not isinstance(config, DPConfig):
       raise TypeError(f"config must be a dp_tfx.DPConfig; got {type(config).__name__}")
@@ -140,6 +142,7 @@ class DPModel(keras.Model):
     self.privacy_ledger: Optional[PrivacyLedger] = None
     self.plan: Optional[TrainingPlan] = None
     self._ledger_path = os.fspath(ledger_path) if ledger_path is not None else None
+    self._privacy_unit = privacy_unit
     self._loss_fn = None
     self._taps = None
     self._base_key = noise.run_key(config.seed)
@@ -272,7 +275,8 @@ class DPModel(keras.Model):
     size = len(labels)
     if self.plan is None:
       self.plan = TrainingPlan.from_config(self.dp_config, size, self.accountant)
-      self.privacy_ledger = PrivacyLedger.open_for(self._ledger_path, size, fingerprint)
+      self.privacy_ledger = PrivacyLedger.open_for(self._ledger_path, size, fingerprint,
+                                                   self._privacy_unit)
     elif self.privacy_ledger.dataset_fingerprint != fingerprint:
       raise ValueError("this DP model was trained on other data; its plan and ledger describe "
                        "that data. Make a new DP model (and ledger) for new data")
@@ -328,7 +332,7 @@ class DPModel(keras.Model):
 
 
 def make_private(model: keras.Model, config: DPConfig, *, ledger_path: Optional[str] = None,
-                 accountant: str = accounting.PLD) -> DPModel:
+                 accountant: str = accounting.PLD, privacy_unit: str = EXAMPLE) -> DPModel:
   """Returns a Keras model whose compile(optimizer, loss) + fit(x, y) run DP-SGD on `model`.
 
   Args:
@@ -337,5 +341,7 @@ def make_private(model: keras.Model, config: DPConfig, *, ledger_path: Optional[
     ledger_path: where to keep the privacy ledger (flushed every step); None keeps it in memory
       (`dp_model.privacy_ledger`, which you can `.save(path)`).
     accountant: "pld" (default) or "rdp".
+    privacy_unit: what one training example stands for in the ledger ("example", "sequence").
   """
-  return DPModel(model, config, ledger_path=ledger_path, accountant=accountant)
+  return DPModel(model, config, ledger_path=ledger_path, accountant=accountant,
+                 privacy_unit=privacy_unit)

