@@ -3,6 +3,7 @@
 from tfx.types import artifact
 
 LEDGER_HASH_PROPERTY = "content_hash"
+LOWER_BOUND_PROPERTY = "empirical_epsilon_lower_bound"  # on PrivacyAudit and ModelBlessing
 
 
 class PrivacyLedger(artifact.Artifact):
@@ -18,3 +19,12 @@ class PrivacyReport(artifact.Artifact):
   """The PrivacyEvaluator's report: report.json, epsilon.png and summary.txt under `{uri}`."""
 
   TYPE_NAME = "dp_tfx.PrivacyReport"
+
+
+class PrivacyAudit(artifact.Artifact):
+  """The PrivacyAuditor's measurements: `{uri}/audit.json` (see dp_tfx.audit.result).
+
+  Custom property `empirical_epsilon_lower_bound`: the DP model's bound at the audit's delta.
+  """
+
+  TYPE_NAME = "dp_tfx.PrivacyAudit"

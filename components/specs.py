@@ -28,6 +28,11 @@ PRIVACY_LEDGER_KEY = "privacy_ledger"
 PRIVACY_POLICY_KEY = "privacy_policy"
 PRIVACY_REPORT_KEY = "privacy_report"
 LEDGER_HISTORY_DIR_KEY = "ledger_history_dir"
+PRIVACY_AUDIT_KEY = "privacy_audit"
+CONTROL_MODEL_KEY = "control_model"
+CANARY_FILE_KEY = "canary_file"
+MAX_EXAMPLES_KEY = "max_examples"
+DELTA_KEY = "delta"
 
 
 class DPTrainerSpec(ComponentSpec):
@@ -52,6 +57,25 @@ class DPTrainerSpec(ComponentSpec):
   }
 
 
+class PrivacyAuditorSpec(ComponentSpec):
+  PARAMETERS = {
+      MODULE_FILE_KEY: ExecutionParameter(type=str, optional=True),
+      MODULE_PATH_KEY: ExecutionParameter(type=str, optional=True),
+      CUSTOM_CONFIG_KEY: ExecutionParameter(type=str, optional=True),
+      CANARY_FILE_KEY: ExecutionParameter(type=str, optional=True),
+      MAX_EXAMPLES_KEY: ExecutionParameter(type=int, optional=True),
+      DELTA_KEY: ExecutionParameter(type=float, optional=True),
+  }
+  INPUTS = {
+      EXAMPLES_KEY: ChannelParameter(type=standard_artifacts.Examples),
+      MODEL_KEY: ChannelParameter(type=standard_artifacts.Model),
+      CONTROL_MODEL_KEY: ChannelParameter(type=standard_artifacts.Model, optional=True),
+  }
+  OUTPUTS = {
+      PRIVACY_AUDIT_KEY: ChannelParameter(type=artifacts.PrivacyAudit),
+  }
+
+
 class PrivacyEvaluatorSpec(ComponentSpec):
   PARAMETERS = {
       PRIVACY_POLICY_KEY: ExecutionParameter(type=str),
@@ -60,6 +84,7 @@ class PrivacyEvaluatorSpec(ComponentSpec):
       MODEL_KEY: ChannelParameter(type=standard_artifacts.Model),
       PRIVACY_LEDGER_KEY: ChannelParameter(type=artifacts.PrivacyLedger),
       MODEL_BLESSING_KEY: ChannelParameter(type=standard_artifacts.ModelBlessing, optional=True),
+      PRIVACY_AUDIT_KEY: ChannelParameter(type=artifacts.PrivacyAudit, optional=True),
   }
   OUTPUTS = {
       BLESSING_KEY: ChannelParameter(type=standard_artifacts.ModelBlessing),

@@ -26,6 +26,7 @@ from tfx.components.evaluator import constants as evaluator_constants
 from tfx.types import standard_artifacts
 from tfx.utils import path_utils
 
+from dp_tfx.audit.result import PrivacyAudit
 from dp_tfx.components import artifacts, specs
 from dp_tfx.components.privacy_evaluator import executor as privacy_evaluator_executor
 from dp_tfx.config import DPConfig
@@ -74,10 +75,17 @@ def _artifact(kind, uri, artifact_id=1):
   return artifact
 
 
+def read_evaluation(blessing: standard_artifacts.ModelBlessing,
+                    report: artifacts.PrivacyReport) -> EvaluationResult:
+  """The result of a PrivacyEvaluator run, from its output artifacts."""
+  return EvaluationResult(blessing=blessing, report_dir=report.uri,
+                          report=json.loads((pathlib.Path(report.uri) / REPORT_FILE).read_text()))
+
+
 def run_privacy_evaluator(ledger: PrivacyLedger, policy: PrivacyPolicy, directory,
                           upstream_blessed: Optional[bool] = None,
-                          tamper: Optional[Callable[[pathlib.Path], None]] = None
-                          ) -> EvaluationResult:
+                          tamper: Optional[Callable[[pathlib.Path], None]] = None,
+                          audit: Optional[PrivacyAudit] = None) -> EvaluationResult:
   """Runs the real PrivacyEvaluator executor on `ledger`, paired with a stand-in model.
 
   Args:
@@ -87,6 +95,7 @@ def run_privacy_evaluator(ledger: PrivacyLedger, policy: PrivacyPolicy, director
     upstream_blessed: None for no upstream blessing, else its verdict.
     tamper: called with the written ledger file's path before the evaluator runs (to delete or
       edit it, as a test of failing closed).
+    audit: a PrivacyAuditor result to hand over; it is attached to the stand-in model.
   """
   root = pathlib.Path(directory)
   model = _artifact(standard_artifacts.Model, root / "model", artifact_id=7)
@@ -105,13 +114,16 @@ def run_privacy_evaluator(ledger: PrivacyLedger, policy: PrivacyPolicy, director
     upstream.set_int_custom_property(evaluator_constants.ARTIFACT_PROPERTY_BLESSED_KEY,
                                      int(upstream_blessed))
     input_dict[specs.MODEL_BLESSING_KEY] = [upstream]
+  if audit is not None:
+    audit_artifact = _artifact(artifacts.PrivacyAudit, root / "audit")
+    dataclasses.replace(audit, model_digest=ledger.model_digest).save(audit_artifact.uri)
+    input_dict[specs.PRIVACY_AUDIT_KEY] = [audit_artifact]
   blessing = _artifact(standard_artifacts.ModelBlessing, root / "blessing")
   report = _artifact(artifacts.PrivacyReport, root / "report")
   privacy_evaluator_executor.Executor().Do(
       input_dict, {specs.BLESSING_KEY: [blessing], specs.PRIVACY_REPORT_KEY: [report]},
       {specs.PRIVACY_POLICY_KEY: policy.to_json()})
-  return EvaluationResult(blessing=blessing, report_dir=report.uri,
-                          report=json.loads((pathlib.Path(report.uri) / REPORT_FILE).read_text()))
+  return read_evaluation(blessing, report)
 
 
 def assert_blessed(result: EvaluationResult) -> None:

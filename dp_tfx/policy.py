@@ -10,10 +10,13 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-from typing import Any, Optional, Union
+from typing import TYPE_CHECKING, Any, Optional, Union
 
 from dp_tfx import accounting
 from dp_tfx.ledger import PrivacyLedger
+
+if TYPE_CHECKING:
+  from dp_tfx.audit.result import PrivacyAudit
 
 ONE_OVER_N = "1/N"
 
@@ -36,6 +39,8 @@ class PrivacyPolicy:
       rigorous bound (default True).
     allow_seeded: accept runs whose noise came from a fixed DPConfig.seed (default False: whoever
       knows the seed can regenerate and subtract the noise).
+    max_canary_exposure: if set, the largest exposure (bits) any inserted canary may have; the
+      model must then come with a canary audit (the PrivacyAuditor's).
   """
 
   max_epsilon: float
@@ -44,6 +49,7 @@ class PrivacyPolicy:
   accountant: str = accounting.PLD
   require_poisson: bool = True
   allow_seeded: bool = False
+  max_canary_exposure: Optional[float] = None
 
   def __post_init__(self):
     if not (isinstance(self.max_epsilon, (int, float)) and not isinstance(self.max_epsilon, bool)
@@ -57,6 +63,11 @@ class PrivacyPolicy:
       raise _policy_error("delta_rule", f'"{ONE_OVER_N}" or null', self.delta_rule)
     if self.accountant not in accounting.ACCOUNTANTS:
       raise _policy_error("accountant", f"one of {accounting.ACCOUNTANTS}", self.accountant)
+    if self.max_canary_exposure is not None and not (
+        isinstance(self.max_canary_exposure, (int, float))
+        and not isinstance(self.max_canary_exposure, bool) and 0 <= self.max_canary_exposure < math.inf):
+      raise _policy_error("max_canary_exposure", "null or a finite number >= 0 (bits)",
+                          self.max_canary_exposure)
     for flag in ("require_poisson", "allow_seeded"):
       if not isinstance(getattr(self, flag), bool):
         raise _policy_error(flag, "true or false", getattr(self, flag))
@@ -90,6 +101,7 @@ class PrivacyDecision:
   epsilon: Optional[float] = None
   delta: Optional[float] = None
   reasons: list = dataclasses.field(default_factory=list)
+  empirical_epsilon_lower_bound: Optional[float] = None
 
   @property
   def summary(self) -> str:
@@ -99,18 +111,22 @@ class PrivacyDecision:
 
   def to_dict(self) -> dict:
     return {"blessed": self.blessed, "epsilon": self.epsilon, "delta": self.delta,
+            "empirical_epsilon_lower_bound": self.empirical_epsilon_lower_bound,
             "reasons": list(self.reasons), "summary": self.summary}
 
 
 def decide(policy: PrivacyPolicy, ledger: PrivacyLedger, model_digest: Optional[str] = None,
-           upstream_blessed: Optional[bool] = None) -> PrivacyDecision:
-  """Checks a verified ledger against the policy.
+           upstream_blessed: Optional[bool] = None,
+           audit: Optional["PrivacyAudit"] = None) -> PrivacyDecision:
+  """Checks a verified ledger (and, if given, an empirical audit) against the policy.
 
   Args:
     policy: the privacy policy.
     ledger: a ledger loaded with PrivacyLedger.load (hash and facts verified).
     model_digest: the digest of the model to be blessed; it must equal the ledger's.
     upstream_blessed: an upstream verdict (e.g. the TFX Evaluator's), if there is one.
+    audit: the PrivacyAuditor's measurements on the same model, if there are any. An empirical
+      lower bound above the ledger's epsilon means the training or the accounting is broken.
 
   Returns:
     The decision; `blessed` is True only if every check passed.
@@ -141,5 +157,35 @@ def decide(policy: PrivacyPolicy, ledger: PrivacyLedger, model_digest: Optional[
     if not decision.epsilon <= policy.max_epsilon:
       reasons.append(f"epsilon {decision.epsilon:.4g} exceeds the policy's max_epsilon "
                      f"{policy.max_epsilon:.4g} (delta {delta:.3g}, {policy.accountant})")
+  _check_audit(policy, ledger, audit, decision)
   decision.blessed = not reasons
   return decision
+
+
+def _check_audit(policy: PrivacyPolicy, ledger: PrivacyLedger, audit: Optional["PrivacyAudit"],
+                 decision: PrivacyDecision) -> None:
+  """Adds a reason when the audit contradicts the ledger or a canary is more exposed than allowed."""
+  reasons = decision.reasons
+  if audit is None:
+    if policy.max_canary_exposure is not None:
+      reasons.append("the policy sets max_canary_exposure, but no canary audit was given")
+    return
+  if audit.model_digest != ledger.model_digest:
+    reasons.append(f"the privacy audit measured another model (audit {audit.model_digest}, "
+                   f"ledger {ledger.model_digest})")
+    return
+  bound = audit.empirical_epsilon_lower_bound(decision.delta)
+  decision.empirical_epsilon_lower_bound = bound
+  if decision.epsilon is not None and bound > decision.epsilon:
+    reasons.append(
+        f"the membership-inference audit shows epsilon >= {bound:.3g} "
+        f"({100 * audit.confidence:.0f}% confidence), above the {decision.epsilon:.3g} the "
+        "ledger accounts for: the training or the accounting is broken")
+  if policy.max_canary_exposure is not None:
+    exposure = audit.model.max_inserted_exposure()
+    if exposure is None:
+      reasons.append("the policy sets max_canary_exposure, but the audit measured no inserted "
+                     "canaries")
+    elif exposure > policy.max_canary_exposure:
+      reasons.append(f"a canary's exposure {exposure:.3g} bits exceeds the policy's "
+                     f"max_canary_exposure {policy.max_canary_exposure:g}")

@@ -1,6 +1,7 @@
 """The privacy report: report.json, a plot of epsilon over training steps, and a short summary.
 
-Every number in it comes from `policy.decide` and the verified ledger; nothing is re-derived.
+Every number in it comes from `policy.decide`, the verified ledger and the PrivacyAuditor's
+measurements (whose lower bound is recomputed at the decision's delta from the attack counts).
 """
 
 from __future__ import annotations
@@ -8,13 +9,17 @@ from __future__ import annotations
 import json
 import math
 import pathlib
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 
 from dp_tfx.ledger import PrivacyLedger
 from dp_tfx.policy import PrivacyDecision, PrivacyPolicy
 
+if TYPE_CHECKING:
+  from dp_tfx.audit.result import ModelAudit, PrivacyAudit
+
 REPORT_FILE = "report.json"
 PLOT_FILE = "epsilon.png"
+EXPOSURE_PLOT_FILE = "exposure.png"
 SUMMARY_FILE = "summary.txt"
 
 
@@ -23,8 +28,10 @@ def _json_number(value):
 
 
 def build_report(decision: PrivacyDecision, policy: Optional[PrivacyPolicy],
-                 ledger: Optional[PrivacyLedger], curve: list) -> dict:
-  """The report as a dict: the decision, the policy, the ledger's facts and the epsilon curve."""
+                 ledger: Optional[PrivacyLedger], curve: list,
+                 audit: Optional["PrivacyAudit"] = None) -> dict:
+  """The report as a dict: the decision, the policy, the ledger's facts, the epsilon curve and the
+  empirical audit (if one ran)."""
   report = {"decision": decision.to_dict(),
             "epsilon": _json_number(decision.epsilon),
             "epsilon_is_infinite": decision.epsilon is not None and math.isinf(decision.epsilon),
@@ -38,23 +45,47 @@ def build_report(decision: PrivacyDecision, policy: Optional[PrivacyPolicy],
     if not ledger.rigorous:
       report["note"] = ("training used shuffled fixed-size batches; the epsilon is computed as if "
                         "batches were Poisson-sampled and is not a rigorous bound")
+  if audit is not None:
+    delta = audit.delta if decision.delta is None else decision.delta
+    report["audit"] = _audit_section(audit.model, delta, audit.confidence)
+    report["audit"].update(model_digest=audit.model_digest, canary_format=audit.canary_format)
+    if audit.control is not None:
+      report["audit"]["control"] = _audit_section(audit.control, delta, audit.confidence)
   return report
 
 
+def _audit_section(model_audit: "ModelAudit", delta: float, confidence: float) -> dict:
+  """One model's audit: the attack with its counts, the lower bound, and the canary table."""
+  membership = model_audit.membership
+  bound = membership.lower_bound(delta, confidence)
+  return {"attack": membership.attack, "threshold": membership.threshold,
+          "counts": membership.counts.to_dict(),
+          "threshold_selection_counts": membership.selection_counts.to_dict(),
+          "empirical_epsilon_lower_bound": bound.epsilon, "lower_bound": bound.to_dict(),
+          "canaries": [canary.to_dict() for canary in model_audit.canaries],
+          "canary_exposure": {str(r): e for r, e in model_audit.exposure_by_repetitions().items()},
+          "held_out_metrics": dict(model_audit.held_out_metrics)}
+
+
 def write_report(directory, decision: PrivacyDecision, policy: Optional[PrivacyPolicy],
-                 ledger: Optional[PrivacyLedger], curve: list) -> pathlib.Path:
-  """Writes report.json, summary.txt and (when there is a curve) epsilon.png under `directory`."""
+                 ledger: Optional[PrivacyLedger], curve: list,
+                 audit: Optional["PrivacyAudit"] = None) -> pathlib.Path:
+  """Writes report.json, summary.txt, epsilon.png (when there is a curve) and exposure.png (when
+  the audit measured canaries) under `directory`."""
   directory = pathlib.Path(directory)
   directory.mkdir(parents=True, exist_ok=True)
-  report = build_report(decision, policy, ledger, curve)
+  report = build_report(decision, policy, ledger, curve, audit)
   (directory / REPORT_FILE).write_text(json.dumps(report, indent=2, sort_keys=True))
-  (directory / SUMMARY_FILE).write_text(_summary(decision, policy, ledger) + "\n")
+  (directory / SUMMARY_FILE).write_text(_summary(decision, policy, ledger, report.get("audit"))
+                                        + "\n")
   if curve:
     _plot(directory / PLOT_FILE, curve, policy)
+  if audit is not None and audit.model.canaries:
+    _plot_exposure(directory / EXPOSURE_PLOT_FILE, audit)
   return directory
 
 
-def _summary(decision, policy, ledger) -> str:
+def _summary(decision, policy, ledger, audit_section: Optional[dict]) -> str:
   lines = [decision.summary]
   if decision.epsilon is not None:
     lines.append(f"epsilon = {decision.epsilon:.4g} at delta = {decision.delta:.3g}"
@@ -67,7 +98,26 @@ def _summary(decision, policy, ledger) -> str:
                      f"; sampling {segment.sampling} q={segment.sampling_rate:.4g}, "
                      f"sigma={segment.noise_multiplier:g}, C={segment.l2_norm_clip:g}"
                      if segment else ""))
+  if audit_section is not None:
+    lines.append(_audit_line("audit", audit_section))
+    if audit_section.get("control"):
+      lines.append(_audit_line("non-private control", audit_section["control"]))
   return "\n".join(lines)
+
+
+def _audit_line(name: str, section: dict) -> str:
+  counts = section["counts"]
+  line = (f"{name}: {section['attack']} attack on {counts['positives']} members / "
+          f"{counts['negatives']} non-members: empirical epsilon >= "
+          f"{section['empirical_epsilon_lower_bound']:.3g} "
+          f"({100 * section['lower_bound']['confidence']:.0f}% confidence)")
+  if section["canary_exposure"]:
+    line += "; canary exposure (bits) by repetitions: " + ", ".join(
+        f"{r}x {e:.2f}" for r, e in section["canary_exposure"].items())
+  if section["held_out_metrics"]:
+    line += "; held out: " + ", ".join(
+        f"{k} {v:.4g}" for k, v in sorted(section["held_out_metrics"].items()))
+  return line
 
 
 def _plot(path, curve, policy) -> None:
@@ -87,6 +137,36 @@ def _plot(path, curve, policy) -> None:
   axes.set_xlabel("noisy steps")
   axes.set_ylabel("epsilon")
   axes.set_title("Privacy spent during training")
+  axes.legend()
+  figure.tight_layout()
+  figure.savefig(path, dpi=100)
+  pyplot.close(figure)
+
+
+def _plot_exposure(path, audit: "PrivacyAudit") -> None:
+  """Mean canary exposure by repetition count, the DP model beside the non-private control."""
+  import matplotlib
+
+  matplotlib.use("Agg")
+  from matplotlib import pyplot
+
+  models = [("DP model", audit.model)] + ([("non-private control", audit.control)]
+                                          if audit.control is not None else [])
+  repetitions = sorted({r for _, m in models for r in m.exposure_by_repetitions()})
+  width = 0.8 / len(models)
+  figure, axes = pyplot.subplots(figsize=(6, 4))
+  for index, (name, model_audit) in enumerate(models):
+    by_repetitions = model_audit.exposure_by_repetitions()
+    axes.bar([i + index * width for i in range(len(repetitions))],
+             [by_repetitions.get(r, 0.0) for r in repetitions], width=width, label=name)
+  if audit.canary_format:
+    axes.axhline(audit.canary_format["digits"] * math.log2(10), color="gray", linestyle="--",
+                 label="maximum (memorised)")
+  axes.set_xticks([i + width * (len(models) - 1) / 2 for i in range(len(repetitions))])
+  axes.set_xticklabels([f"{r}x" if r else "never" for r in repetitions])
+  axes.set_xlabel("times the canary was inserted into the training data")
+  axes.set_ylabel("exposure (bits)")
+  axes.set_title("Canary exposure")
   axes.legend()
   figure.tight_layout()
   figure.savefig(path, dpi=100)

@@ -6,9 +6,14 @@ The user module (module_file or module_path, the TFX way) provides:
   decode(parsed, context) -> (inputs, labels)   parsed feature batch -> model inputs and labels
   build_model(context) -> keras.Model           an uncompiled model
   compile_kwargs(context) -> dict               optimizer, loss and metrics for compile()
+  privacy_unit(context) -> str                  optional: what one example stands for in the
+                                                ledger (default "example"; "sequence" for LMs)
 
 `context` is a `TrainerContext`: hyperparameters (custom_config, updated by a HyperParameters
 artifact), and the URIs of the optional schema and transform graph.
+
+`read_examples` and `export_serving_model` are shared with the non-private control (see
+`control.py`), so that both models see the same data and serve the same signature.
 """
 
 from __future__ import annotations
@@ -16,7 +21,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Sequence
 
 import keras
 import numpy as np
@@ -32,13 +37,15 @@ from dp_tfx.components import artifacts
 from dp_tfx.components import specs
 from dp_tfx.config import DPConfig
 from dp_tfx.keras import make_private
-from dp_tfx.ledger import LEDGER_FILE_NAME, dataset_fingerprint, directory_digest
+from dp_tfx.ledger import EXAMPLE, LEDGER_FILE_NAME, dataset_fingerprint, directory_digest
 
 TRAIN_SPLIT = "train"
 EVAL_SPLIT = "eval"
 SERVING_EXAMPLES_KEY = "examples"
 EVAL_METRIC_PREFIX = "eval_"
 METRICS_FILE = "eval_metrics.json"
+_MODULE_FUNCTIONS = ("feature_spec", "decode", "build_model", "compile_kwargs")
+_PRIVACY_UNIT_FUNCTION = "privacy_unit"
 _HYPERPARAMETERS_FILE = "best_hyperparameters.txt"
 
 
@@ -58,12 +65,14 @@ class Executor(base_executor.BaseExecutor):
          output_dict: Dict[str, List[types.Artifact]], exec_properties: Dict[str, Any]) -> None:
     config = DPConfig.from_json(exec_properties[specs.DP_CONFIG_KEY])
     context = self._trainer_context(input_dict, exec_properties)
-    module = {name: udf_utils.get_fn(exec_properties, name)
-              for name in ("feature_spec", "decode", "build_model", "compile_kwargs")}
+    module = {name: udf_utils.get_fn(exec_properties, name) for name in _MODULE_FUNCTIONS}
+    privacy_unit_fn = udf_utils.try_get_fn(exec_properties, _PRIVACY_UNIT_FUNCTION)
     examples = artifact_utils.get_single_instance(input_dict[specs.EXAMPLES_KEY])
     spec = module["feature_spec"](context)
-    x_train, y_train = self._read_split(examples, TRAIN_SPLIT, spec, module["decode"], context)
-    x_eval, y_eval = self._read_split(examples, EVAL_SPLIT, spec, module["decode"], context)
+    split_files = lambda split: [io_utils.all_files_pattern(
+        artifact_utils.get_split_uri([examples], split))]
+    x_train, y_train = read_examples(split_files(TRAIN_SPLIT), spec, module["decode"], context)
+    x_eval, y_eval = read_examples(split_files(EVAL_SPLIT), spec, module["decode"], context)
     logging.info("DPTrainer: %d training examples, %d eval examples", len(y_train), len(y_eval))
 
     ledger_artifact = artifact_utils.get_single_instance(output_dict[specs.PRIVACY_LEDGER_KEY])
@@ -76,19 +85,18 @@ class Executor(base_executor.BaseExecutor):
                    os.path.join(os.path.dirname(ledger_artifact.uri.rstrip("/")), "history"))
     with self._strategy().scope():
       keras_model = module["build_model"](context)
-      dp_model = make_private(keras_model, config,
-                              ledger_path=self._history_path(history_dir, x_train, y_train))
+      dp_model = make_private(
+          keras_model, config, ledger_path=self._history_path(history_dir, x_train, y_train),
+          privacy_unit=privacy_unit_fn(context) if privacy_unit_fn else EXAMPLE)
       dp_model.compile(**module["compile_kwargs"](context))
     dp_model.fit(x_train, y_train, validation_data=(x_eval, y_eval), verbose=2,
                  callbacks=[keras.callbacks.TensorBoard(log_dir=model_run.uri)])
 
-    metrics = dp_model.evaluate(x_eval, y_eval, return_dict=True, verbose=0)
+    metrics = record_eval_metrics(dp_model, x_eval, y_eval, model_run.uri)
     for name, value in metrics.items():
-      model_artifact.set_float_custom_property(EVAL_METRIC_PREFIX + name, float(value))
-    io_utils.write_string_file(os.path.join(model_run.uri, METRICS_FILE),
-                               json.dumps({k: float(v) for k, v in metrics.items()}))
+      model_artifact.set_float_custom_property(EVAL_METRIC_PREFIX + name, value)
     serving_dir = path_utils.serving_model_dir(model_artifact.uri)
-    self._export(keras_model, spec, module["decode"], context, serving_dir)
+    export_serving_model(keras_model, spec, module["decode"], context, serving_dir)
     ledger = dp_model.privacy_ledger
     ledger.set_model_digest(directory_digest(serving_dir))
     ledger.save(artifact_ledger_path)  # this run's artifact: all runs on the data so far
@@ -123,30 +131,41 @@ class Executor(base_executor.BaseExecutor):
     digest = dataset_fingerprint(features, labels).split(":")[-1]
     return os.path.join(history_dir, f"{digest[:32]}.json")
 
-  @staticmethod
-  def _read_split(examples, split, spec, decode, context):
-    """All examples of a split, parsed and decoded into in-memory arrays."""
-    split_dir = artifact_utils.get_split_uri([examples], split)
-    files = tf.io.gfile.glob(os.path.join(split_dir, "*"))
-    if not files:
-      raise ValueError(f"the examples artifact has no files in split {split!r} ({split_dir})")
-    compression = "GZIP" if all(f.endswith(".gz") for f in files) else None
-    dataset = (tf.data.TFRecordDataset(files, compression_type=compression).batch(1024)
-               .map(lambda serialized: decode(tf.io.parse_example(serialized, spec), context)))
-    parts = list(dataset.as_numpy_iterator())
-    inputs = tf.nest.map_structure(lambda *a: np.concatenate(a), *[p[0] for p in parts])
-    return inputs, np.concatenate([p[1] for p in parts])
 
-  @staticmethod
-  def _export(model, spec, decode, context, serving_dir):
-    """SavedModel whose serving_default parses tf.Examples (for Pusher and the TFX Evaluator)."""
-    archive = keras.export.ExportArchive()
-    archive.track(model)
+def read_examples(file_patterns: Sequence[str], spec, decode, context):
+  """All examples in the files matching `file_patterns`, parsed and decoded into in-memory arrays.
 
-    def serve_examples(serialized):
-      inputs, _ = decode(tf.io.parse_example(serialized, spec), context)
-      return {"outputs": model(inputs, training=False)}
+  Returns:
+    (inputs, labels) as the user module's `decode` makes them, concatenated over all files.
+  """
+  files = sorted(f for pattern in file_patterns for f in tf.io.gfile.glob(pattern))
+  if not files:
+    raise ValueError(f"no example files match {list(file_patterns)}")
+  compression = "GZIP" if all(f.endswith(".gz") for f in files) else None
+  dataset = (tf.data.TFRecordDataset(files, compression_type=compression).batch(1024)
+             .map(lambda serialized: decode(tf.io.parse_example(serialized, spec), context)))
+  parts = list(dataset.as_numpy_iterator())
+  inputs = tf.nest.map_structure(lambda *a: np.concatenate(a), *[p[0] for p in parts])
+  return inputs, np.concatenate([p[1] for p in parts])
 
-    archive.add_endpoint("serving_default", serve_examples, input_signature=[
-        tf.TensorSpec([None], tf.string, name=SERVING_EXAMPLES_KEY)])
-    archive.write_out(serving_dir, verbose=False)
+
+def record_eval_metrics(model: keras.Model, inputs, labels, model_run_dir: str) -> Dict[str, float]:
+  """Evaluates the compiled model and writes the metrics as METRICS_FILE into model_run_dir."""
+  metrics = {name: float(value) for name, value in
+             model.evaluate(inputs, labels, return_dict=True, verbose=0).items()}
+  io_utils.write_string_file(os.path.join(model_run_dir, METRICS_FILE), json.dumps(metrics))
+  return metrics
+
+
+def export_serving_model(model: keras.Model, spec, decode, context, serving_dir: str) -> None:
+  """SavedModel whose serving_default parses tf.Examples (for Pusher and the TFX Evaluator)."""
+  archive = keras.export.ExportArchive()
+  archive.track(model)
+
+  def serve_examples(serialized):
+    inputs, _ = decode(tf.io.parse_example(serialized, spec), context)
+    return {"outputs": model(inputs, training=False)}
+
+  archive.add_endpoint("serving_default", serve_examples, input_signature=[
+      tf.TensorSpec([None], tf.string, name=SERVING_EXAMPLES_KEY)])
+  archive.write_out(serving_dir, verbose=False)

@@ -5,12 +5,15 @@ Inputs:
   privacy_ledger: the DPTrainer's ledger (its hash is verified).
   model_blessing: optional upstream blessing (e.g. the TFX Evaluator's); NOT blessed upstream
     means NOT blessed here, so accuracy and privacy gates combine.
+  privacy_audit: optional PrivacyAuditor measurements of the same model. If the empirical
+    epsilon lower bound exceeds the ledger's epsilon, training or accounting is broken: NOT
+    blessed. The policy's max_canary_exposure is checked against it.
 Parameters:
   privacy_policy: a dp_tfx.policy.PrivacyPolicy, validated when the pipeline is built.
 Outputs:
   blessing: ModelBlessing with custom properties blessed (1/0, what Pusher reads), epsilon, delta,
     reason, current_model and current_model_id; and a BLESSED or NOT_BLESSED file.
-  privacy_report: report.json, epsilon.png, summary.txt.
+  privacy_report: report.json, epsilon.png, summary.txt (and exposure.png with canaries).
 
 Example:
   evaluator = PrivacyEvaluator(model=trainer.outputs["model"],
@@ -40,12 +43,14 @@ class PrivacyEvaluator(base_component.BaseComponent):
 
   def __init__(self, model: types.BaseChannel, privacy_ledger: types.BaseChannel,
                privacy_policy: PrivacyPolicy,
-               model_blessing: Optional[types.BaseChannel] = None):
+               model_blessing: Optional[types.BaseChannel] = None,
+               privacy_audit: Optional[types.BaseChannel] = None):
     if not isinstance(privacy_policy, PrivacyPolicy):
       raise TypeError("privacy_policy must be a dp_tfx.policy.PrivacyPolicy; got "
                       f"{type(privacy_policy).__name__}")
     spec = PrivacyEvaluatorSpec(
         model=model, privacy_ledger=privacy_ledger, model_blessing=model_blessing,
+        privacy_audit=privacy_audit,
         privacy_policy=privacy_policy.to_json(),
         blessing=types.Channel(type=standard_artifacts.ModelBlessing),
         privacy_report=types.Channel(type=artifacts.PrivacyReport))

@@ -18,7 +18,8 @@ from tfx.dsl.components.base import base_executor
 from tfx.types import artifact_utils
 from tfx.utils import io_utils, path_utils
 
-from dp_tfx.components import specs
+from dp_tfx.audit.result import PrivacyAudit
+from dp_tfx.components import artifacts, specs
 from dp_tfx.ledger import LEDGER_FILE_NAME, LedgerError, PrivacyLedger, directory_digest
 from dp_tfx.policy import PrivacyDecision, PrivacyPolicy, decide
 from dp_tfx.report import write_report
@@ -36,14 +37,15 @@ class Executor(base_executor.BaseExecutor):
     blessing = artifact_utils.get_single_instance(output_dict[specs.BLESSING_KEY])
     report = artifact_utils.get_single_instance(output_dict[specs.PRIVACY_REPORT_KEY])
     model = artifact_utils.get_single_instance(input_dict[specs.MODEL_KEY])
-    policy = ledger = None
+    policy = ledger = audit = None
     curve: list = []
     decision = PrivacyDecision()
     try:
       policy = PrivacyPolicy.from_json(exec_properties.get(specs.PRIVACY_POLICY_KEY))
       ledger = self._ledger(input_dict)
+      audit = self._audit(input_dict)
       decision = decide(policy, ledger, model_digest=self._model_digest(model),
-                        upstream_blessed=self._upstream_blessed(input_dict))
+                        upstream_blessed=self._upstream_blessed(input_dict), audit=audit)
       if ledger.noisy_steps and decision.epsilon is not None and math.isfinite(decision.epsilon):
         curve = ledger.epsilon_curve(decision.delta, policy.accountant)
     except (LedgerError, ValueError) as error:
@@ -55,7 +57,7 @@ class Executor(base_executor.BaseExecutor):
       raise
     finally:
       self._write_blessing(blessing, model, decision)
-    write_report(report.uri, decision, policy, ledger, curve)
+    write_report(report.uri, decision, policy, ledger, curve, audit)
     log = logging.info if decision.blessed else logging.warning
     log("PrivacyEvaluator: %s (report: %s)", decision.summary, report.uri)
 
@@ -63,6 +65,11 @@ class Executor(base_executor.BaseExecutor):
   def _ledger(input_dict) -> PrivacyLedger:
     artifact = artifact_utils.get_single_instance(input_dict[specs.PRIVACY_LEDGER_KEY])
     return PrivacyLedger.load(os.path.join(artifact.uri, LEDGER_FILE_NAME))
+
+  @staticmethod
+  def _audit(input_dict) -> Optional[PrivacyAudit]:
+    audits = input_dict.get(specs.PRIVACY_AUDIT_KEY)
+    return PrivacyAudit.load(artifact_utils.get_single_uri(audits)) if audits else None
 
   @staticmethod
   def _model_digest(model) -> str:
@@ -97,4 +104,7 @@ class Executor(base_executor.BaseExecutor):
       blessing.set_float_custom_property(EPSILON_PROPERTY, decision.epsilon)
     if decision.delta is not None:
       blessing.set_float_custom_property(DELTA_PROPERTY, decision.delta)
+    if decision.empirical_epsilon_lower_bound is not None:
+      blessing.set_float_custom_property(artifacts.LOWER_BOUND_PROPERTY,
+                                         decision.empirical_epsilon_lower_bound)
     blessing.set_string_custom_property(REASON_PROPERTY, decision.summary)

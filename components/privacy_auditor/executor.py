@@ -1,0 +1,159 @@
+"""PrivacyAuditor executor: attack the exported model, measure canary exposure, write audit.json.
+
+Everything is measured through the model's serving signature (the exact files that would be
+pushed) and the module's own loss, so the audit sees what a deployed model gives away.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any, Callable, Dict, List, Optional
+
+import numpy as np
+import tensorflow as tf
+from absl import logging
+from tfx import types
+from tfx.components.util import udf_utils
+from tfx.dsl.components.base import base_executor
+from tfx.types import artifact_utils
+from tfx.utils import path_utils
+
+from dp_tfx.audit import canaries as canary_lib
+from dp_tfx.audit import exposure as exposure_lib
+from dp_tfx.audit.membership import loss_threshold_attack
+from dp_tfx.audit.result import CanaryResult, ModelAudit, PrivacyAudit
+from dp_tfx.components import artifacts, specs
+from dp_tfx.components.dp_trainer.executor import (EVAL_SPLIT, SERVING_EXAMPLES_KEY, TRAIN_SPLIT,
+                                                   TrainerContext)
+from dp_tfx.keras import per_example_loss
+from dp_tfx.ledger import directory_digest
+
+DEFAULT_MAX_EXAMPLES = 1000
+CONFIDENCE = 0.95
+_SCORING_BATCH = 1024
+_SEED = 0  # which examples are attacked; fixed so that an audit can be repeated exactly
+
+
+class Executor(base_executor.BaseExecutor):
+  """Audits the DP model (and the control, if given) and writes a PrivacyAudit artifact."""
+
+  def Do(self, input_dict: Dict[str, List[types.Artifact]],
+         output_dict: Dict[str, List[types.Artifact]], exec_properties: Dict[str, Any]) -> None:
+    context = TrainerContext(
+        hyperparameters=json.loads(exec_properties.get(specs.CUSTOM_CONFIG_KEY) or "{}") or {})
+    examples = artifact_utils.get_single_instance(input_dict[specs.EXAMPLES_KEY])
+    members = _serialized_split(examples, TRAIN_SPLIT)
+    held_out = _serialized_split(examples, EVAL_SPLIT)
+    delta = exec_properties.get(specs.DELTA_KEY) or 1.0 / len(members)
+    sample_size = min(exec_properties.get(specs.MAX_EXAMPLES_KEY) or DEFAULT_MAX_EXAMPLES,
+                      len(members), len(held_out))
+    rng = np.random.default_rng(_SEED)
+    attacked_members = members[rng.choice(len(members), sample_size, replace=False)]
+    attacked_non_members = held_out[rng.choice(len(held_out), sample_size, replace=False)]
+    canary_format, canaries = _canaries(exec_properties.get(specs.CANARY_FILE_KEY))
+
+    def audit(model_artifact) -> ModelAudit:
+      scorer = _ModelScorer(model_artifact, exec_properties, context)
+      membership = loss_threshold_attack(scorer.losses(attacked_members),
+                                         scorer.losses(attacked_non_members), delta=delta,
+                                         confidence=CONFIDENCE, seed=_SEED)
+      return ModelAudit(membership=membership,
+                        canaries=scorer.canary_results(canary_format, canaries),
+                        held_out_metrics=scorer.held_out_metrics(held_out))
+
+    model = artifact_utils.get_single_instance(input_dict[specs.MODEL_KEY])
+    control = input_dict.get(specs.CONTROL_MODEL_KEY)
+    result = PrivacyAudit(
+        model_digest=directory_digest(path_utils.serving_model_dir(model.uri)), delta=delta,
+        confidence=CONFIDENCE, model=audit(model),
+        control=audit(artifact_utils.get_single_instance(control)) if control else None,
+        canary_format=({"prefix": canary_format.prefix, "digits": canary_format.digits}
+                       if canary_format else None))
+    output = artifact_utils.get_single_instance(output_dict[specs.PRIVACY_AUDIT_KEY])
+    result.save(output.uri)
+    bound = result.empirical_epsilon_lower_bound()
+    output.set_float_custom_property(artifacts.LOWER_BOUND_PROPERTY, bound)
+    logging.info("PrivacyAuditor: %d members vs %d non-members, empirical epsilon >= %.3f "
+                 "(%.0f%% confidence, delta %.3g); canary exposure by repetitions %s",
+                 sample_size, sample_size, bound, 100 * CONFIDENCE, delta,
+                 result.model.exposure_by_repetitions())
+
+
+def _serialized_split(examples, split: str) -> np.ndarray:
+  """Every serialized tf.Example of a split, in file order."""
+  split_dir = artifact_utils.get_split_uri([examples], split)
+  files = sorted(tf.io.gfile.glob(os.path.join(split_dir, "*")))
+  if not files:
+    raise ValueError(f"the examples artifact has no files in split {split!r} ({split_dir})")
+  compression = "GZIP" if all(f.endswith(".gz") for f in files) else None
+  records = tf.data.TFRecordDataset(files, compression_type=compression)
+  return np.array(list(records.as_numpy_iterator()), dtype=object)
+
+
+def _canaries(canary_file: Optional[str]):
+  if not canary_file:
+    return None, []
+  return canary_lib.load_canaries(canary_file)
+
+
+class _ModelScorer:
+  """Per-example losses and outputs of one exported model, computed in batches."""
+
+  def __init__(self, model_artifact, exec_properties, context: TrainerContext):
+    serving_dir = path_utils.serving_model_dir(model_artifact.uri)
+    self._serve = tf.saved_model.load(serving_dir).signatures["serving_default"]
+    self._feature_spec = udf_utils.get_fn(exec_properties, "feature_spec")(context)
+    self._decode = udf_utils.get_fn(exec_properties, "decode")
+    self._loss = per_example_loss(udf_utils.get_fn(exec_properties, "compile_kwargs")(context)["loss"])
+    self._canary_examples = udf_utils.try_get_fn(exec_properties, "canary_examples")
+    self._metrics = udf_utils.try_get_fn(exec_properties, "held_out_metrics")
+    self._context = context
+
+  def _batches(self, serialized: np.ndarray):
+    for start in range(0, len(serialized), _SCORING_BATCH):
+      batch = tf.constant(list(serialized[start:start + _SCORING_BATCH]), dtype=tf.string)
+      outputs = self._serve(**{SERVING_EXAMPLES_KEY: batch})["outputs"]
+      _, labels = self._decode(tf.io.parse_example(batch, self._feature_spec), self._context)
+      yield labels, outputs
+
+  def losses(self, serialized: np.ndarray) -> np.ndarray:
+    return np.concatenate([self._loss(labels, outputs).numpy()
+                           for labels, outputs in self._batches(serialized)])
+
+  def held_out_metrics(self, serialized: np.ndarray) -> Dict[str, float]:
+    if self._metrics is None:
+      return {}
+    pairs = list(self._batches(serialized))
+    labels = np.concatenate([np.asarray(labels) for labels, _ in pairs])
+    outputs = np.concatenate([np.asarray(outputs) for _, outputs in pairs])
+    return {name: float(value)
+            for name, value in self._metrics(labels, outputs, self._context).items()}
+
+  def canary_results(self, canary_format, canaries) -> List[CanaryResult]:
+    if not canaries:
+      return []
+    if self._canary_examples is None:
+      raise ValueError("a canary file was given, but the module has no canary_examples(texts, "
+                       "context) to turn canary texts into examples")
+
+    def score(texts: List[str]) -> np.ndarray:
+      return self.losses(np.array(self._canary_examples(texts, self._context), dtype=object))
+
+    measured = exposure_lib.exposures(
+        score, canary_format.prefix, canary_format.digits, [c.secret for c in canaries],
+        progress=_progress_logger("PrivacyAuditor: scored %d of %d canary candidates"))
+    return [CanaryResult(repetitions=c.repetitions, exposure=e)
+            for c, e in zip(canaries, measured)]
+
+
+def _progress_logger(message: str) -> Callable[[int, int], None]:
+  """Logs each tenth of a long enumeration once."""
+  logged_tenths = set()
+
+  def log(done: int, total: int) -> None:
+    tenth = done * 10 // total
+    if tenth not in logged_tenths:
+      logged_tenths.add(tenth)
+      logging.info(message, done, total)
+  return log

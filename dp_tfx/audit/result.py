@@ -1,0 +1,136 @@
+"""What a privacy audit measured on one trained model (and its non-private control), as JSON.
+
+The PrivacyAuditor writes it; the PrivacyEvaluator reads it and recomputes the empirical epsilon
+lower bound at its own delta from the stored attack counts, so the gate relies on counts it can
+re-derive the bound from, not on a number someone wrote down.
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import json
+import pathlib
+from typing import Dict, List, Optional
+
+from dp_tfx.audit.exposure import Exposure
+from dp_tfx.audit.membership import MembershipAudit
+
+AUDIT_FILE = "audit.json"
+FORMAT_VERSION = 1
+
+
+@dataclasses.dataclass(frozen=True)
+class CanaryResult:
+  """One canary: how often it was inserted into the training data and its measured exposure."""
+
+  repetitions: int
+  exposure: Exposure
+
+  def to_dict(self) -> dict:
+    return {"repetitions": self.repetitions, **self.exposure.to_dict()}
+
+  @classmethod
+  def from_dict(cls, values: dict) -> "CanaryResult":
+    values = dict(values)
+    repetitions = values.pop("repetitions")
+    return cls(repetitions=int(repetitions), exposure=Exposure(**values))
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelAudit:
+  """The measurements on one model.
+
+  Attributes:
+    membership: the membership-inference attack (threshold and counts).
+    canaries: each canary's exposure; empty when the data had no canaries.
+    held_out_metrics: utility on the held-out split from the user module (e.g. bits per
+      character), so a reader sees what privacy cost.
+  """
+
+  membership: MembershipAudit
+  canaries: List[CanaryResult] = dataclasses.field(default_factory=list)
+  held_out_metrics: Dict[str, float] = dataclasses.field(default_factory=dict)
+
+  def exposure_by_repetitions(self) -> Dict[int, float]:
+    """Mean exposure (bits) of the canaries inserted r times, for each r (0: never inserted)."""
+    grouped = collections.defaultdict(list)
+    for canary in self.canaries:
+      grouped[canary.repetitions].append(canary.exposure.exposure)
+    return {r: sum(values) / len(values) for r, values in sorted(grouped.items())}
+
+  def max_inserted_exposure(self) -> Optional[float]:
+    """The largest exposure of any canary that was actually inserted (None without canaries)."""
+    inserted = [c.exposure.exposure for c in self.canaries if c.repetitions > 0]
+    return max(inserted) if inserted else None
+
+  def to_dict(self) -> dict:
+    return {"membership": self.membership.to_dict(),
+            "canaries": [canary.to_dict() for canary in self.canaries],
+            "canary_exposure": {str(r): e for r, e in self.exposure_by_repetitions().items()},
+            "held_out_metrics": dict(self.held_out_metrics)}
+
+  @classmethod
+  def from_dict(cls, values: dict) -> "ModelAudit":
+    return cls(membership=MembershipAudit.from_dict(values["membership"]),
+               canaries=[CanaryResult.from_dict(c) for c in values.get("canaries", [])],
+               held_out_metrics={k: float(v) for k, v in values.get("held_out_metrics", {}).items()})
+
+
+@dataclasses.dataclass(frozen=True)
+class PrivacyAudit:
+  """The audit of one trained model.
+
+  Attributes:
+    model_digest: digest of the audited model's files (the ledger names the same digest), so an
+      audit cannot be attached to another model.
+    delta: the delta at which the attack's threshold was chosen.
+    confidence: the confidence of the Clopper-Pearson bounds.
+    model: the measurements on the DP model.
+    control: the same measurements on the non-private control, when one was trained.
+    canary_format: {"prefix": ..., "digits": ...} of the canaries, when there were any.
+  """
+
+  model_digest: str
+  delta: float
+  confidence: float
+  model: ModelAudit
+  control: Optional[ModelAudit] = None
+  canary_format: Optional[dict] = None
+
+  def empirical_epsilon_lower_bound(self, delta: Optional[float] = None) -> float:
+    """The DP model's empirical epsilon lower bound at `delta` (default: the audit's)."""
+    return self.model.membership.lower_bound(
+        self.delta if delta is None else delta, self.confidence).epsilon
+
+  def to_dict(self) -> dict:
+    return {"format_version": FORMAT_VERSION, "model_digest": self.model_digest,
+            "delta": self.delta, "confidence": self.confidence,
+            "model": self.model.to_dict(),
+            "control": self.control.to_dict() if self.control else None,
+            "canary_format": self.canary_format}
+
+  @classmethod
+  def from_dict(cls, values: dict) -> "PrivacyAudit":
+    if values.get("format_version") != FORMAT_VERSION:
+      raise ValueError(f"unsupported audit format {values.get('format_version')!r}")
+    return cls(model_digest=values["model_digest"], delta=float(values["delta"]),
+               confidence=float(values["confidence"]),
+               model=ModelAudit.from_dict(values["model"]),
+               control=ModelAudit.from_dict(values["control"]) if values.get("control") else None,
+               canary_format=values.get("canary_format"))
+
+  def save(self, directory) -> pathlib.Path:
+    path = pathlib.Path(directory) / AUDIT_FILE
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(self.to_dict(), indent=2, sort_keys=True))
+    return path
+
+  @classmethod
+  def load(cls, directory) -> "PrivacyAudit":
+    """Reads `{directory}/audit.json`; any missing or malformed part raises ValueError."""
+    path = pathlib.Path(directory) / AUDIT_FILE
+    try:
+      return cls.from_dict(json.loads(path.read_text()))
+    except (OSError, json.JSONDecodeError, KeyError, TypeError) as error:
+      raise ValueError(f"cannot read the privacy audit at {path}: {error!r}") from None
