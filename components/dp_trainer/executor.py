@@ -69,10 +69,10 @@ class Executor(base_executor.BaseExecutor):
     privacy_unit_fn = udf_utils.try_get_fn(exec_properties, _PRIVACY_UNIT_FUNCTION)
     examples = artifact_utils.get_single_instance(input_dict[specs.EXAMPLES_KEY])
     spec = module["feature_spec"](context)
-    split_files = lambda split: [io_utils.all_files_pattern(
-        artifact_utils.get_split_uri([examples], split))]
-    x_train, y_train = read_examples(split_files(TRAIN_SPLIT), spec, module["decode"], context)
-    x_eval, y_eval = read_examples(split_files(EVAL_SPLIT), spec, module["decode"], context)
+    x_train, y_train = read_examples(split_file_patterns(examples, TRAIN_SPLIT), spec,
+                                     module["decode"], context)
+    x_eval, y_eval = read_examples(split_file_patterns(examples, EVAL_SPLIT), spec,
+                                   module["decode"], context)
     logging.info("DPTrainer: %d training examples, %d eval examples", len(y_train), len(y_eval))
 
     ledger_artifact = artifact_utils.get_single_instance(output_dict[specs.PRIVACY_LEDGER_KEY])
@@ -132,18 +132,28 @@ class Executor(base_executor.BaseExecutor):
     return os.path.join(history_dir, f"{digest[:32]}.json")
 
 
+def split_file_patterns(examples: types.Artifact, split: str) -> List[str]:
+  """The file pattern of one split of an Examples artifact (as FnArgs.train_files has them)."""
+  return [io_utils.all_files_pattern(artifact_utils.get_split_uri([examples], split))]
+
+
+def example_records(file_patterns: Sequence[str]) -> tf.data.Dataset:
+  """The serialized tf.Examples in the files matching `file_patterns`, in sorted file order."""
+  files = sorted(f for pattern in file_patterns for f in tf.io.gfile.glob(pattern))
+  if not files:
+    raise ValueError(f"no example files match {list(file_patterns)}")
+  compression = "GZIP" if all(f.endswith(".gz") for f in files) else None
+  return tf.data.TFRecordDataset(files, compression_type=compression)
+
+
 def read_examples(file_patterns: Sequence[str], spec, decode, context):
   """All examples in the files matching `file_patterns`, parsed and decoded into in-memory arrays.
 
   Returns:
     (inputs, labels) as the user module's `decode` makes them, concatenated over all files.
   """
-  files = sorted(f for pattern in file_patterns for f in tf.io.gfile.glob(pattern))
-  if not files:
-    raise ValueError(f"no example files match {list(file_patterns)}")
-  compression = "GZIP" if all(f.endswith(".gz") for f in files) else None
-  dataset = (tf.data.TFRecordDataset(files, compression_type=compression).batch(1024)
-             .map(lambda serialized: decode(tf.io.parse_example(serialized, spec), context)))
+  dataset = example_records(file_patterns).batch(1024).map(
+      lambda serialized: decode(tf.io.parse_example(serialized, spec), context))
   parts = list(dataset.as_numpy_iterator())
   inputs = tf.nest.map_structure(lambda *a: np.concatenate(a), *[p[0] for p in parts])
   return inputs, np.concatenate([p[1] for p in parts])

@@ -7,7 +7,6 @@ pushed) and the module's own loss, so the audit sees what a deployed model gives
 from __future__ import annotations
 
 import json
-import os
 from typing import Any, Callable, Dict, List, Optional
 
 import numpy as np
@@ -25,7 +24,8 @@ from dp_tfx.audit.membership import loss_threshold_attack
 from dp_tfx.audit.result import CanaryResult, ModelAudit, PrivacyAudit
 from dp_tfx.components import artifacts, specs
 from dp_tfx.components.dp_trainer.executor import (EVAL_SPLIT, SERVING_EXAMPLES_KEY, TRAIN_SPLIT,
-                                                   TrainerContext)
+                                                   TrainerContext, example_records,
+                                                   split_file_patterns)
 from dp_tfx.keras import per_example_loss
 from dp_tfx.ledger import directory_digest
 
@@ -82,12 +82,7 @@ class Executor(base_executor.BaseExecutor):
 
 def _serialized_split(examples, split: str) -> np.ndarray:
   """Every serialized tf.Example of a split, in file order."""
-  split_dir = artifact_utils.get_split_uri([examples], split)
-  files = sorted(tf.io.gfile.glob(os.path.join(split_dir, "*")))
-  if not files:
-    raise ValueError(f"the examples artifact has no files in split {split!r} ({split_dir})")
-  compression = "GZIP" if all(f.endswith(".gz") for f in files) else None
-  records = tf.data.TFRecordDataset(files, compression_type=compression)
+  records = example_records(split_file_patterns(examples, split))
   return np.array(list(records.as_numpy_iterator()), dtype=object)
 
 

