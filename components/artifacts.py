@@ -3,7 +3,10 @@
 from tfx.types import artifact
 
 LEDGER_HASH_PROPERTY = "content_hash"
-LOWER_BOUND_PROPERTY = "empirical_epsilon_lower_bound"  # on PrivacyAudit and ModelBlessing
+# On a PrivacyAudit at the audit's delta (AUDIT_DELTA_PROPERTY); on the PrivacyEvaluator's
+# ModelBlessing at the policy's delta (the blessing's "delta").
+LOWER_BOUND_PROPERTY = "empirical_epsilon_lower_bound"
+AUDIT_DELTA_PROPERTY = "audit_delta"
 
 
 class PrivacyLedger(artifact.Artifact):

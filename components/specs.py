@@ -70,6 +70,11 @@ class PrivacyAuditorSpec(ComponentSpec):
       EXAMPLES_KEY: ChannelParameter(type=standard_artifacts.Examples),
       MODEL_KEY: ChannelParameter(type=standard_artifacts.Model),
       CONTROL_MODEL_KEY: ChannelParameter(type=standard_artifacts.Model, optional=True),
+      # What the DPTrainer's module got, so that it decodes and scores exactly as it trained.
+      SCHEMA_KEY: ChannelParameter(type=standard_artifacts.Schema, optional=True),
+      TRANSFORM_GRAPH_KEY: ChannelParameter(type=standard_artifacts.TransformGraph, optional=True),
+      HYPERPARAMETERS_KEY: ChannelParameter(type=standard_artifacts.HyperParameters,
+                                            optional=True),
   }
   OUTPUTS = {
       PRIVACY_AUDIT_KEY: ChannelParameter(type=artifacts.PrivacyAudit),

@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
 from typing import Any, Optional
+
+from dp_tfx.checks import is_finite_number, is_int
 
 POISSON = "poisson"
 SHUFFLE = "shuffle"
@@ -20,13 +21,6 @@ def _require(condition: bool, field: str, allowed: str, value: Any) -> None:
   if not condition:
     raise ValueError(f"DPConfig.{field} must be {allowed}; got {value!r}")
 
-
-def _is_number(value: Any) -> bool:
-  return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-
-
-def _is_int(value: Any) -> bool:
-  return isinstance(value, int) and not isinstance(value, bool)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -68,40 +62,40 @@ class DPConfig:
   seed: Optional[int] = None
 
   def __post_init__(self):
-    _require(_is_number(self.l2_norm_clip) and self.l2_norm_clip > 0, "l2_norm_clip",
+    _require(is_finite_number(self.l2_norm_clip) and self.l2_norm_clip > 0, "l2_norm_clip",
              "a finite number > 0", self.l2_norm_clip)
     if self.noise_multiplier is None and self.target_epsilon is None:
       raise ValueError("DPConfig needs noise_multiplier (>= 0) or target_epsilon (> 0); got neither")
     if self.noise_multiplier is not None and self.target_epsilon is not None:
       raise ValueError("DPConfig takes noise_multiplier or target_epsilon, not both")
     if self.noise_multiplier is not None:
-      _require(_is_number(self.noise_multiplier) and self.noise_multiplier >= 0,
+      _require(is_finite_number(self.noise_multiplier) and self.noise_multiplier >= 0,
                "noise_multiplier", "a finite number >= 0", self.noise_multiplier)
     if self.target_epsilon is not None:
-      _require(_is_number(self.target_epsilon) and self.target_epsilon > 0, "target_epsilon",
+      _require(is_finite_number(self.target_epsilon) and self.target_epsilon > 0, "target_epsilon",
                "a finite number > 0", self.target_epsilon)
     if self.delta is not None:
-      _require(_is_number(self.delta) and 0 < self.delta < 1, "delta", "in (0, 1)", self.delta)
-    _require(_is_int(self.batch_size) and self.batch_size >= 1, "batch_size", "an integer >= 1",
+      _require(is_finite_number(self.delta) and 0 < self.delta < 1, "delta", "in (0, 1)", self.delta)
+    _require(is_int(self.batch_size) and self.batch_size >= 1, "batch_size", "an integer >= 1",
              self.batch_size)
     if (self.epochs is None) == (self.steps is None):
       raise ValueError("DPConfig needs exactly one of epochs (> 0) or steps (>= 1); got "
                        f"epochs={self.epochs!r}, steps={self.steps!r}")
     if self.epochs is not None:
-      _require(_is_number(self.epochs) and self.epochs > 0, "epochs", "a finite number > 0",
+      _require(is_finite_number(self.epochs) and self.epochs > 0, "epochs", "a finite number > 0",
                self.epochs)
     if self.steps is not None:
-      _require(_is_int(self.steps) and self.steps >= 1, "steps", "an integer >= 1", self.steps)
+      _require(is_int(self.steps) and self.steps >= 1, "steps", "an integer >= 1", self.steps)
     if self.num_microbatches is not None:
-      _require(_is_int(self.num_microbatches) and self.num_microbatches >= 1,
+      _require(is_int(self.num_microbatches) and self.num_microbatches >= 1,
                "num_microbatches", "None or an integer >= 1", self.num_microbatches)
     _require(self.sampling in SAMPLING_METHODS, "sampling", f"one of {SAMPLING_METHODS}",
              self.sampling)
     if self.physical_batch_size is not None:
-      _require(_is_int(self.physical_batch_size) and self.physical_batch_size >= 1,
+      _require(is_int(self.physical_batch_size) and self.physical_batch_size >= 1,
                "physical_batch_size", "None or an integer >= 1", self.physical_batch_size)
     if self.seed is not None:
-      _require(_is_int(self.seed) and 0 <= self.seed < 2**63, "seed",
+      _require(is_int(self.seed) and 0 <= self.seed < 2**63, "seed",
                "None or an integer in [0, 2**63)", self.seed)
 
   @property

@@ -1,8 +1,9 @@
 """Privacy policy and its decision: bless a model only if what training did is within policy.
 
-The decision reads only the verified ledger (invariant 1) and fails closed (invariant 6): it starts
-from "not blessed" and blesses only when every check has run and passed. Each failed check adds a
-readable reason.
+The decision computes epsilon from the verified ledger only (invariant 1) and fails closed
+(invariant 6): it starts from "not blessed" and blesses only when every check has run and passed.
+An empirical audit, if given, can only add reasons to refuse. Each failed check adds a readable
+reason.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import math
 from typing import TYPE_CHECKING, Any, Optional, Union
 
 from dp_tfx import accounting
+from dp_tfx.checks import is_finite_number
 from dp_tfx.ledger import PrivacyLedger
 
 if TYPE_CHECKING:
@@ -64,8 +66,7 @@ class PrivacyPolicy:
     if self.accountant not in accounting.ACCOUNTANTS:
       raise _policy_error("accountant", f"one of {accounting.ACCOUNTANTS}", self.accountant)
     if self.max_canary_exposure is not None and not (
-        isinstance(self.max_canary_exposure, (int, float))
-        and not isinstance(self.max_canary_exposure, bool) and 0 <= self.max_canary_exposure < math.inf):
+        is_finite_number(self.max_canary_exposure) and self.max_canary_exposure >= 0):
       raise _policy_error("max_canary_exposure", "null or a finite number >= 0 (bits)",
                           self.max_canary_exposure)
     for flag in ("require_poisson", "allow_seeded"):
@@ -176,7 +177,7 @@ def _check_audit(policy: PrivacyPolicy, ledger: PrivacyLedger, audit: Optional["
     return
   bound = audit.empirical_epsilon_lower_bound(decision.delta)
   decision.empirical_epsilon_lower_bound = bound
-  if decision.epsilon is not None and bound > decision.epsilon:
+  if decision.epsilon is not None and not bound <= decision.epsilon:
     reasons.append(
         f"the membership-inference audit shows epsilon >= {bound:.3g} "
         f"({100 * audit.confidence:.0f}% confidence), above the {decision.epsilon:.3g} the "
@@ -186,6 +187,6 @@ def _check_audit(policy: PrivacyPolicy, ledger: PrivacyLedger, audit: Optional["
     if exposure is None:
       reasons.append("the policy sets max_canary_exposure, but the audit measured no inserted "
                      "canaries")
-    elif exposure > policy.max_canary_exposure:
+    elif not exposure <= policy.max_canary_exposure:
       reasons.append(f"a canary's exposure {exposure:.3g} bits exceeds the policy's "
                      f"max_canary_exposure {policy.max_canary_exposure:g}")

@@ -6,11 +6,13 @@ measurements (whose lower bound is recomputed at the decision's delta from the a
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import pathlib
 from typing import TYPE_CHECKING, Optional
 
+from dp_tfx.audit.membership import epsilon_lower_bound
 from dp_tfx.ledger import PrivacyLedger
 from dp_tfx.policy import PrivacyDecision, PrivacyPolicy
 
@@ -45,7 +47,9 @@ def build_report(decision: PrivacyDecision, policy: Optional[PrivacyPolicy],
     if not ledger.rigorous:
       report["note"] = ("training used shuffled fixed-size batches; the epsilon is computed as if "
                         "batches were Poisson-sampled and is not a rigorous bound")
-  if audit is not None:
+  if audit is not None and ledger is not None and audit.model_digest != ledger.model_digest:
+    report["audit_rejected"] = "the privacy audit measured another model; its numbers are not shown"
+  elif audit is not None:
     delta = audit.delta if decision.delta is None else decision.delta
     report["audit"] = _audit_section(audit.model, delta, audit.confidence)
     report["audit"].update(model_digest=audit.model_digest, canary_format=audit.canary_format)
@@ -58,13 +62,19 @@ def _audit_section(model_audit: "ModelAudit", delta: float, confidence: float) -
   """One model's audit: the attack with its counts, the lower bound, and the canary table."""
   membership = model_audit.membership
   bound = membership.lower_bound(delta, confidence)
-  return {"attack": membership.attack, "threshold": membership.threshold,
-          "counts": membership.counts.to_dict(),
-          "threshold_selection_counts": membership.selection_counts.to_dict(),
-          "empirical_epsilon_lower_bound": bound.epsilon, "lower_bound": bound.to_dict(),
-          "canaries": [canary.to_dict() for canary in model_audit.canaries],
-          "canary_exposure": {str(r): e for r, e in model_audit.exposure_by_repetitions().items()},
-          "held_out_metrics": dict(model_audit.held_out_metrics)}
+  counts = membership.counts
+  # The most these sample sizes can ever show (every member and no non-member called a member):
+  # a ledger epsilon above it cannot be contradicted by this audit.
+  largest = epsilon_lower_bound(dataclasses.replace(
+      counts, true_positives=counts.positives, false_positives=0), delta, confidence).epsilon
+  section = model_audit.to_dict()  # canaries, canary_exposure, held_out_metrics
+  del section["membership"]
+  section.update(attack=membership.attack, threshold=membership.threshold,
+                 counts=counts.to_dict(),
+                 threshold_selection_counts=membership.selection_counts.to_dict(),
+                 empirical_epsilon_lower_bound=bound.epsilon, lower_bound=bound.to_dict(),
+                 largest_provable_epsilon=largest)
+  return section
 
 
 def write_report(directory, decision: PrivacyDecision, policy: Optional[PrivacyPolicy],
@@ -110,10 +120,12 @@ def _audit_line(name: str, section: dict) -> str:
   line = (f"{name}: {section['attack']} attack on {counts['positives']} members / "
           f"{counts['negatives']} non-members: empirical epsilon >= "
           f"{section['empirical_epsilon_lower_bound']:.3g} "
-          f"({100 * section['lower_bound']['confidence']:.0f}% confidence)")
+          f"({100 * section['lower_bound']['confidence']:.0f}% confidence; these sample sizes "
+          f"can show at most {section['largest_provable_epsilon']:.3g})")
   if section["canary_exposure"]:
     line += "; canary exposure (bits) by repetitions: " + ", ".join(
-        f"{r}x {e:.2f}" for r, e in section["canary_exposure"].items())
+        f"{r}x {e:.2f}" if r != "0" else f"never {e:.2f}"
+        for r, e in section["canary_exposure"].items())
   if section["held_out_metrics"]:
     line += "; held out: " + ", ".join(
         f"{k} {v:.4g}" for k, v in sorted(section["held_out_metrics"].items()))

@@ -64,7 +64,7 @@ class Executor(base_executor.BaseExecutor):
   def Do(self, input_dict: Dict[str, List[types.Artifact]],
          output_dict: Dict[str, List[types.Artifact]], exec_properties: Dict[str, Any]) -> None:
     config = DPConfig.from_json(exec_properties[specs.DP_CONFIG_KEY])
-    context = self._trainer_context(input_dict, exec_properties)
+    context = trainer_context(input_dict, exec_properties)
     module = {name: udf_utils.get_fn(exec_properties, name) for name in _MODULE_FUNCTIONS}
     privacy_unit_fn = udf_utils.try_get_fn(exec_properties, _PRIVACY_UNIT_FUNCTION)
     examples = artifact_utils.get_single_instance(input_dict[specs.EXAMPLES_KEY])
@@ -106,17 +106,6 @@ class Executor(base_executor.BaseExecutor):
                  ledger.noisy_steps, dp_model.epsilon(), dp_model.plan.delta, ledger.path)
 
   @staticmethod
-  def _trainer_context(input_dict, exec_properties) -> TrainerContext:
-    hyperparameters = json.loads(exec_properties.get(specs.CUSTOM_CONFIG_KEY) or "{}") or {}
-    tuned = input_dict.get(specs.HYPERPARAMETERS_KEY)
-    if tuned:
-      path = os.path.join(artifact_utils.get_single_uri(tuned), _HYPERPARAMETERS_FILE)
-      hyperparameters.update(json.loads(io_utils.read_string_file(path)).get("values", {}))
-    uri = lambda key: artifact_utils.get_single_uri(input_dict[key]) if input_dict.get(key) else None
-    return TrainerContext(hyperparameters=hyperparameters, schema_uri=uri(specs.SCHEMA_KEY),
-                          transform_graph_uri=uri(specs.TRANSFORM_GRAPH_KEY))
-
-  @staticmethod
   def _strategy() -> tf.distribute.Strategy:
     """Every GPU present (MirroredStrategy; noise is split across replicas), else the default."""
     gpus = tf.config.list_logical_devices("GPU")
@@ -130,6 +119,20 @@ class Executor(base_executor.BaseExecutor):
     """One ledger per training dataset, continued by every run on it."""
     digest = dataset_fingerprint(features, labels).split(":")[-1]
     return os.path.join(history_dir, f"{digest[:32]}.json")
+
+
+def trainer_context(input_dict, exec_properties) -> TrainerContext:
+  """The context the user module's functions get: custom_config updated by tuned hyperparameters,
+  and the URIs of the schema and transform graph (every component that runs the module builds it
+  here, so they all see the same)."""
+  hyperparameters = json.loads(exec_properties.get(specs.CUSTOM_CONFIG_KEY) or "{}") or {}
+  tuned = input_dict.get(specs.HYPERPARAMETERS_KEY)
+  if tuned:
+    path = os.path.join(artifact_utils.get_single_uri(tuned), _HYPERPARAMETERS_FILE)
+    hyperparameters.update(json.loads(io_utils.read_string_file(path)).get("values", {}))
+  uri = lambda key: artifact_utils.get_single_uri(input_dict[key]) if input_dict.get(key) else None
+  return TrainerContext(hyperparameters=hyperparameters, schema_uri=uri(specs.SCHEMA_KEY),
+                        transform_graph_uri=uri(specs.TRANSFORM_GRAPH_KEY))
 
 
 def split_file_patterns(examples: types.Artifact, split: str) -> List[str]:

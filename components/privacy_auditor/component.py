@@ -12,6 +12,8 @@ Inputs:
   model: the DPTrainer's Model.
   control_model: optional; a non-private control trained the same way (e.g. a TFX Trainer with
     the module's run_fn), measured alike for comparison. It is never deployed.
+  schema, transform_graph, hyperparameters: optional; give what the DPTrainer got, so that the
+    module decodes and scores examples exactly as it trained.
 Parameters:
   module_file or module_path: the DPTrainer's user module. The auditor uses feature_spec, decode
     and compile_kwargs (for the per-example loss); canary_examples(texts, context) -> serialized
@@ -19,6 +21,8 @@ Parameters:
     the module has it.
   custom_config: the hyperparameters handed to the module (as for the DPTrainer).
   canary_file: the canaries.json written with the training data (dp_tfx.audit.canaries), if any.
+    Each canary must be in the train split exactly as often as the file says (else the audit
+    fails); the copies are left out of the membership attack.
   max_examples: members and non-members attacked, each (default 1000, capped by the splits).
   delta: the delta at which the attack's threshold is chosen (default 1/N, N the training set).
 Outputs:
@@ -51,6 +55,9 @@ class PrivacyAuditor(base_component.BaseComponent):
   def __init__(self, examples: types.BaseChannel, model: types.BaseChannel,
                module_file: Optional[str] = None, module_path: Optional[str] = None,
                control_model: Optional[types.BaseChannel] = None,
+               schema: Optional[types.BaseChannel] = None,
+               transform_graph: Optional[types.BaseChannel] = None,
+               hyperparameters: Optional[types.BaseChannel] = None,
                custom_config: Optional[Dict[str, Any]] = None,
                canary_file: Optional[str] = None, max_examples: Optional[int] = None,
                delta: Optional[float] = None):
@@ -61,7 +68,8 @@ class PrivacyAuditor(base_component.BaseComponent):
     if delta is not None and not 0 < delta < 1:
       raise ValueError(f"delta must be in (0, 1); got {delta}")
     spec = PrivacyAuditorSpec(
-        examples=examples, model=model, control_model=control_model,
+        examples=examples, model=model, control_model=control_model, schema=schema,
+        transform_graph=transform_graph, hyperparameters=hyperparameters,
         module_file=module_file, module_path=module_path,
         custom_config=json_utils.dumps(custom_config or {}), canary_file=canary_file,
         max_examples=max_examples, delta=delta,

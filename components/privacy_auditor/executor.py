@@ -6,7 +6,8 @@ pushed) and the module's own loss, so the audit sees what a deployed model gives
 
 from __future__ import annotations
 
-import json
+import collections
+import dataclasses
 from typing import Any, Callable, Dict, List, Optional
 
 import numpy as np
@@ -25,7 +26,7 @@ from dp_tfx.audit.result import CanaryResult, ModelAudit, PrivacyAudit
 from dp_tfx.components import artifacts, specs
 from dp_tfx.components.dp_trainer.executor import (EVAL_SPLIT, SERVING_EXAMPLES_KEY, TRAIN_SPLIT,
                                                    TrainerContext, example_records,
-                                                   split_file_patterns)
+                                                   split_file_patterns, trainer_context)
 from dp_tfx.keras import per_example_loss
 from dp_tfx.ledger import directory_digest
 
@@ -40,21 +41,27 @@ class Executor(base_executor.BaseExecutor):
 
   def Do(self, input_dict: Dict[str, List[types.Artifact]],
          output_dict: Dict[str, List[types.Artifact]], exec_properties: Dict[str, Any]) -> None:
-    context = TrainerContext(
-        hyperparameters=json.loads(exec_properties.get(specs.CUSTOM_CONFIG_KEY) or "{}") or {})
+    context = trainer_context(input_dict, exec_properties)
+    module = _UserModule.load(exec_properties)
     examples = artifact_utils.get_single_instance(input_dict[specs.EXAMPLES_KEY])
     members = _serialized_split(examples, TRAIN_SPLIT)
     held_out = _serialized_split(examples, EVAL_SPLIT)
     delta = exec_properties.get(specs.DELTA_KEY) or 1.0 / len(members)
+    canary_format, canaries = _canaries(exec_properties.get(specs.CANARY_FILE_KEY))
+    if canaries:
+      members = _without_canaries(members, module.canary_records(canary_format, canaries, context),
+                                  canaries)
     sample_size = min(exec_properties.get(specs.MAX_EXAMPLES_KEY) or DEFAULT_MAX_EXAMPLES,
                       len(members), len(held_out))
+    if sample_size < 4:
+      raise ValueError(f"the audit needs at least 4 training and 4 eval examples; the splits hold "
+                       f"{len(members)} and {len(held_out)}")
     rng = np.random.default_rng(_SEED)
     attacked_members = members[rng.choice(len(members), sample_size, replace=False)]
     attacked_non_members = held_out[rng.choice(len(held_out), sample_size, replace=False)]
-    canary_format, canaries = _canaries(exec_properties.get(specs.CANARY_FILE_KEY))
 
     def audit(model_artifact) -> ModelAudit:
-      scorer = _ModelScorer(model_artifact, exec_properties, context)
+      scorer = _ModelScorer(model_artifact, module, context)
       membership = loss_threshold_attack(scorer.losses(attacked_members),
                                          scorer.losses(attacked_non_members), delta=delta,
                                          confidence=CONFIDENCE, seed=_SEED)
@@ -68,12 +75,12 @@ class Executor(base_executor.BaseExecutor):
         model_digest=directory_digest(path_utils.serving_model_dir(model.uri)), delta=delta,
         confidence=CONFIDENCE, model=audit(model),
         control=audit(artifact_utils.get_single_instance(control)) if control else None,
-        canary_format=({"prefix": canary_format.prefix, "digits": canary_format.digits}
-                       if canary_format else None))
+        canary_format=dataclasses.asdict(canary_format) if canary_format else None)
     output = artifact_utils.get_single_instance(output_dict[specs.PRIVACY_AUDIT_KEY])
     result.save(output.uri)
     bound = result.empirical_epsilon_lower_bound()
     output.set_float_custom_property(artifacts.LOWER_BOUND_PROPERTY, bound)
+    output.set_float_custom_property(artifacts.AUDIT_DELTA_PROPERTY, delta)
     logging.info("PrivacyAuditor: %d members vs %d non-members, empirical epsilon >= %.3f "
                  "(%.0f%% confidence, delta %.3g); canary exposure by repetitions %s",
                  sample_size, sample_size, bound, 100 * CONFIDENCE, delta,
@@ -92,24 +99,65 @@ def _canaries(canary_file: Optional[str]):
   return canary_lib.load_canaries(canary_file)
 
 
+def _without_canaries(members: np.ndarray, canary_records: List[bytes], canaries) -> np.ndarray:
+  """The training records minus the canaries' copies, after checking the copies are all there.
+
+  A canary file that does not describe this data (regenerated data, another seed, a wrong path)
+  would measure secrets the model never saw and pass any exposure limit, so it is refused. The
+  copies are kept out of the membership attack: a canary repeated r times is a group of r privacy
+  units, not one.
+  """
+  found = collections.Counter(members.tolist())
+  for canary, record in zip(canaries, canary_records):
+    if found[record] != canary.repetitions:
+      raise ValueError(f"the canary file does not describe the training data: canary "
+                       f"{canary.secret!r} is in the train split {found[record]} times, the file "
+                       f"says {canary.repetitions}")
+  return members[~np.isin(members, np.array(canary_records, dtype=object))]
+
+
+@dataclasses.dataclass(frozen=True)
+class _UserModule:
+  """The user module's functions the audit uses (the DPTrainer's module)."""
+
+  feature_spec: Callable
+  decode: Callable
+  compile_kwargs: Callable
+  canary_examples: Optional[Callable]
+  held_out_metrics: Optional[Callable]
+
+  @classmethod
+  def load(cls, exec_properties) -> "_UserModule":
+    required = {name: udf_utils.get_fn(exec_properties, name)
+                for name in ("feature_spec", "decode", "compile_kwargs")}
+    optional = {name: udf_utils.try_get_fn(exec_properties, name)
+                for name in ("canary_examples", "held_out_metrics")}
+    return cls(**required, **optional)
+
+  def canary_records(self, canary_format, canaries, context) -> List[bytes]:
+    if self.canary_examples is None:
+      raise ValueError("a canary file was given, but the module has no canary_examples(texts, "
+                       "context) to turn canary texts into examples")
+    return list(self.canary_examples([canary_format.text(c.secret) for c in canaries], context))
+
+
 class _ModelScorer:
   """Per-example losses and outputs of one exported model, computed in batches."""
 
-  def __init__(self, model_artifact, exec_properties, context: TrainerContext):
+  def __init__(self, model_artifact, module: _UserModule, context: TrainerContext):
     serving_dir = path_utils.serving_model_dir(model_artifact.uri)
     self._serve = tf.saved_model.load(serving_dir).signatures["serving_default"]
-    self._feature_spec = udf_utils.get_fn(exec_properties, "feature_spec")(context)
-    self._decode = udf_utils.get_fn(exec_properties, "decode")
-    self._loss = per_example_loss(udf_utils.get_fn(exec_properties, "compile_kwargs")(context)["loss"])
-    self._canary_examples = udf_utils.try_get_fn(exec_properties, "canary_examples")
-    self._metrics = udf_utils.try_get_fn(exec_properties, "held_out_metrics")
+    self._module = module
+    self._feature_spec = module.feature_spec(context)
+    self._loss = per_example_loss(module.compile_kwargs(context)["loss"])
     self._context = context
 
   def _batches(self, serialized: np.ndarray):
     for start in range(0, len(serialized), _SCORING_BATCH):
       batch = tf.constant(list(serialized[start:start + _SCORING_BATCH]), dtype=tf.string)
       outputs = self._serve(**{SERVING_EXAMPLES_KEY: batch})["outputs"]
-      _, labels = self._decode(tf.io.parse_example(batch, self._feature_spec), self._context)
+      _, labels = self._module.decode(tf.io.parse_example(batch, self._feature_spec),
+                                      self._context)
       yield labels, outputs
 
   def losses(self, serialized: np.ndarray) -> np.ndarray:
@@ -117,23 +165,21 @@ class _ModelScorer:
                            for labels, outputs in self._batches(serialized)])
 
   def held_out_metrics(self, serialized: np.ndarray) -> Dict[str, float]:
-    if self._metrics is None:
+    if self._module.held_out_metrics is None:
       return {}
     pairs = list(self._batches(serialized))
     labels = np.concatenate([np.asarray(labels) for labels, _ in pairs])
     outputs = np.concatenate([np.asarray(outputs) for _, outputs in pairs])
-    return {name: float(value)
-            for name, value in self._metrics(labels, outputs, self._context).items()}
+    return {name: float(value) for name, value in
+            self._module.held_out_metrics(labels, outputs, self._context).items()}
 
   def canary_results(self, canary_format, canaries) -> List[CanaryResult]:
     if not canaries:
       return []
-    if self._canary_examples is None:
-      raise ValueError("a canary file was given, but the module has no canary_examples(texts, "
-                       "context) to turn canary texts into examples")
 
     def score(texts: List[str]) -> np.ndarray:
-      return self.losses(np.array(self._canary_examples(texts, self._context), dtype=object))
+      return self.losses(np.array(self._module.canary_examples(texts, self._context),
+                                  dtype=object))
 
     measured = exposure_lib.exposures(
         score, canary_format.prefix, canary_format.digits, [c.secret for c in canaries],

@@ -20,13 +20,11 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from dp_tfx.checks import is_int
+
 FORMAT_VERSION = 1
 # Secrets are drawn as int64 numbers below 10**digits.
 MAX_DIGITS = 18
-
-
-def _is_int(value: Any) -> bool:
-  return isinstance(value, int) and not isinstance(value, bool)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -44,7 +42,7 @@ class CanaryFormat:
   def __post_init__(self):
     if not isinstance(self.prefix, str):
       raise ValueError(f"CanaryFormat.prefix must be a string; got {self.prefix!r}")
-    if not (_is_int(self.digits) and 1 <= self.digits <= MAX_DIGITS):
+    if not (is_int(self.digits) and 1 <= self.digits <= MAX_DIGITS):
       raise ValueError(f"CanaryFormat.digits must be an int in [1, {MAX_DIGITS}]; "
                        f"got {self.digits!r}")
 
@@ -96,11 +94,11 @@ def make_canaries(fmt: CanaryFormat, repetitions: Sequence[int] = (1, 4, 16),
   Raises:
     ValueError: for bad counts, or more canaries than the space has secrets.
   """
-  if not all(_is_int(r) and r >= 1 for r in repetitions):
+  if not all(is_int(r) and r >= 1 for r in repetitions):
     raise ValueError(f"repetitions must be ints >= 1 (references are the ones inserted 0 times); "
                      f"got {list(repetitions)!r}")
   for name, value in (("per_repetition", per_repetition), ("references", references)):
-    if not (_is_int(value) and value >= 0):
+    if not (is_int(value) and value >= 0):
       raise ValueError(f"{name} must be an int >= 0; got {value!r}")
   counts = [r for r in repetitions for _ in range(per_repetition)] + [0] * references
   if len(counts) > fmt.space_size:
@@ -159,7 +157,7 @@ def _parse(body: Any, path) -> tuple[CanaryFormat, list[Canary]]:
       fmt.text(entry["secret"])
     except ValueError as error:
       raise ValueError(f"canaries file {path}: canary {index}: {error}") from None
-    check(_is_int(entry["repetitions"]) and entry["repetitions"] >= 0,
+    check(is_int(entry["repetitions"]) and entry["repetitions"] >= 0,
           f"canary {index}: repetitions must be an int >= 0; got {entry['repetitions']!r}")
     canaries.append(Canary(secret=entry["secret"], repetitions=entry["repetitions"]))
   secrets = [canary.secret for canary in canaries]

@@ -27,6 +27,8 @@ from typing import Callable, Optional, Sequence
 import numpy as np
 from scipy import stats
 
+from dp_tfx.checks import is_finite_number, is_int
+
 EXACT, EXTRAPOLATED = "exact", "extrapolated"
 
 ScoreFn = Callable[[list], np.ndarray]
@@ -53,16 +55,29 @@ class Exposure:
   rank: Optional[float]
   candidates_scored: int
 
+  def __post_init__(self):
+    # Exposures are read back from audit files and compared with a policy's limit: a NaN or a
+    # negative number must not slip through as "small".
+    if not (isinstance(self.secret, str) and self.secret.isdigit() and self.secret.isascii()):
+      raise ValueError(f"Exposure.secret must be decimal digits; got {self.secret!r}")
+    maximum = len(self.secret) * math.log2(10)
+    if not (is_finite_number(self.exposure) and 0 <= self.exposure <= maximum + 1e-9):
+      raise ValueError(f"Exposure.exposure must be a number in [0, {maximum:.4g}] bits; "
+                       f"got {self.exposure!r}")
+    if self.method not in (EXACT, EXTRAPOLATED):
+      raise ValueError(f"Exposure.method must be {EXACT!r} or {EXTRAPOLATED!r}; got {self.method!r}")
+    if self.rank is not None and not (is_finite_number(self.rank) and self.rank >= 1):
+      raise ValueError(f"Exposure.rank must be None or a number >= 1; got {self.rank!r}")
+    if not (is_int(self.candidates_scored) and self.candidates_scored >= 1):
+      raise ValueError(f"Exposure.candidates_scored must be an int >= 1; "
+                       f"got {self.candidates_scored!r}")
+
   def to_dict(self) -> dict:
     return dataclasses.asdict(self)
 
 
-def _is_int(value) -> bool:
-  return isinstance(value, int) and not isinstance(value, bool)
-
-
 def _check_digits(digits: int) -> None:
-  if not (_is_int(digits) and digits >= 1):
+  if not (is_int(digits) and digits >= 1):
     raise ValueError(f"digits must be an int >= 1; got {digits!r}")
 
 
@@ -83,7 +98,7 @@ def candidate_secrets(digits: int, start: int, stop: int) -> list[str]:
     ValueError: for digits < 1 or a range outside the space.
   """
   _check_digits(digits)
-  if not (_is_int(start) and _is_int(stop) and 0 <= start <= stop <= 10**digits):
+  if not (is_int(start) and is_int(stop) and 0 <= start <= stop <= 10**digits):
     raise ValueError(f"need 0 <= start <= stop <= 10**{digits}; got start={start!r}, stop={stop!r}")
   return [f"{number:0{digits}d}" for number in range(start, stop)]
 
@@ -174,14 +189,14 @@ def exposures(score_fn: ScoreFn, prefix: str, digits: int, secrets: Sequence[str
     if not (isinstance(secret, str) and len(secret) == digits
             and all(c in "0123456789" for c in secret)):
       raise ValueError(f"a secret must be {digits} decimal digits; got {secret!r}")
-  if not (_is_int(exact_limit) and exact_limit >= 0):
+  if not (is_int(exact_limit) and exact_limit >= 0):
     raise ValueError(f"exact_limit must be an int >= 0; got {exact_limit!r}")
-  if not (_is_int(samples) and samples >= 3):
+  if not (is_int(samples) and samples >= 3):
     raise ValueError(f"samples must be an int >= 3 (a skew-normal has 3 parameters); "
                      f"got {samples!r}")
-  if not (_is_int(batch_size) and batch_size >= 1):
+  if not (is_int(batch_size) and batch_size >= 1):
     raise ValueError(f"batch_size must be an int >= 1; got {batch_size!r}")
-  if not _is_int(seed):
+  if not is_int(seed):
     raise ValueError(f"seed must be an int; got {seed!r}")
 
   if 10**digits <= exact_limit:

@@ -30,30 +30,23 @@ least 0, therefore holds with probability >= confidence.
 from __future__ import annotations
 
 import dataclasses
-import math
 from typing import Any, Mapping, Sequence
 
 import numpy as np
 from scipy import stats
 
+from dp_tfx.checks import is_finite_number, is_int
+
 LOSS_THRESHOLD = "loss_threshold"
 
 
-def _is_int(value: Any) -> bool:
-  return isinstance(value, int) and not isinstance(value, bool)
-
-
-def _is_number(value: Any) -> bool:
-  return isinstance(value, (int, float)) and not isinstance(value, bool)
-
-
 def _check_confidence(confidence: float) -> None:
-  if not (_is_number(confidence) and 0 < confidence < 1):
+  if not (is_finite_number(confidence) and 0 < confidence < 1):
     raise ValueError(f"confidence must be a number in (0, 1); got {confidence!r}")
 
 
 def _check_delta(delta: float) -> None:
-  if not (_is_number(delta) and 0 <= delta < 1):
+  if not (is_finite_number(delta) and 0 <= delta < 1):
     raise ValueError(f"delta must be a number in [0, 1); got {delta!r}")
 
 
@@ -85,7 +78,7 @@ class AttackCounts:
 
   def __post_init__(self):
     for field in dataclasses.fields(self):
-      if not _is_int(getattr(self, field.name)):
+      if not is_int(getattr(self, field.name)):
         raise ValueError(f"AttackCounts.{field.name} must be an int; "
                          f"got {getattr(self, field.name)!r}")
     if self.positives <= 0 or self.negatives <= 0:
@@ -158,7 +151,7 @@ def clopper_pearson(successes: int, trials: int, confidence: float = 0.95) -> tu
   Raises:
     ValueError: for counts out of range or a confidence outside (0, 1).
   """
-  if not (_is_int(successes) and _is_int(trials) and 0 <= successes <= trials and trials > 0):
+  if not (is_int(successes) and is_int(trials) and 0 <= successes <= trials and trials > 0):
     raise ValueError(f"need integers 0 <= successes <= trials, trials > 0; "
                      f"got {successes!r} of {trials!r}")
   _check_confidence(confidence)
@@ -228,7 +221,7 @@ class MembershipAudit:
   def __post_init__(self):
     if self.attack != LOSS_THRESHOLD:
       raise ValueError(f"unknown attack {self.attack!r}; known: {LOSS_THRESHOLD!r}")
-    if not (_is_number(self.threshold) and math.isfinite(self.threshold)):
+    if not is_finite_number(self.threshold):
       raise ValueError(f"threshold must be a finite number; got {self.threshold!r}")
     for name in ("counts", "selection_counts"):
       if not isinstance(getattr(self, name), AttackCounts):

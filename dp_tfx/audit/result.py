@@ -1,8 +1,9 @@
 """What a privacy audit measured on one trained model (and its non-private control), as JSON.
 
 The PrivacyAuditor writes it; the PrivacyEvaluator reads it and recomputes the empirical epsilon
-lower bound at its own delta from the stored attack counts, so the gate relies on counts it can
-re-derive the bound from, not on a number someone wrote down.
+lower bound at its own delta from the stored attack counts. Every field is validated on load, so a
+malformed file is refused, never read as "nothing found". The file is not tamper-evident: whoever
+can write the artifact store can lower the measured exposures, as they could replace the model.
 """
 
 from __future__ import annotations
@@ -13,8 +14,10 @@ import json
 import pathlib
 from typing import Dict, List, Optional
 
+from dp_tfx.audit.canaries import CanaryFormat
 from dp_tfx.audit.exposure import Exposure
 from dp_tfx.audit.membership import MembershipAudit
+from dp_tfx.checks import is_finite_number, is_int
 
 AUDIT_FILE = "audit.json"
 FORMAT_VERSION = 1
@@ -30,11 +33,15 @@ class CanaryResult:
   def to_dict(self) -> dict:
     return {"repetitions": self.repetitions, **self.exposure.to_dict()}
 
+  def __post_init__(self):
+    if not (is_int(self.repetitions) and self.repetitions >= 0):
+      raise ValueError(f"CanaryResult.repetitions must be an int >= 0; got {self.repetitions!r}")
+
   @classmethod
   def from_dict(cls, values: dict) -> "CanaryResult":
     values = dict(values)
     repetitions = values.pop("repetitions")
-    return cls(repetitions=int(repetitions), exposure=Exposure(**values))
+    return cls(repetitions=repetitions, exposure=Exposure(**values))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -72,9 +79,12 @@ class ModelAudit:
 
   @classmethod
   def from_dict(cls, values: dict) -> "ModelAudit":
+    metrics = values.get("held_out_metrics", {})
+    if not all(isinstance(k, str) and is_finite_number(v) for k, v in metrics.items()):
+      raise ValueError(f"held_out_metrics must map names to finite numbers; got {metrics!r}")
     return cls(membership=MembershipAudit.from_dict(values["membership"]),
                canaries=[CanaryResult.from_dict(c) for c in values.get("canaries", [])],
-               held_out_metrics={k: float(v) for k, v in values.get("held_out_metrics", {}).items()})
+               held_out_metrics=dict(metrics))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -98,6 +108,17 @@ class PrivacyAudit:
   control: Optional[ModelAudit] = None
   canary_format: Optional[dict] = None
 
+  def __post_init__(self):
+    # Read back from a file the gate trusts: anything malformed must fail here, readably.
+    if not (isinstance(self.model_digest, str) and self.model_digest):
+      raise ValueError(f"PrivacyAudit.model_digest must be a digest; got {self.model_digest!r}")
+    if not (is_finite_number(self.delta) and 0 <= self.delta < 1):
+      raise ValueError(f"PrivacyAudit.delta must be in [0, 1); got {self.delta!r}")
+    if not (is_finite_number(self.confidence) and 0 < self.confidence < 1):
+      raise ValueError(f"PrivacyAudit.confidence must be in (0, 1); got {self.confidence!r}")
+    if self.canary_format is not None:
+      CanaryFormat(**self.canary_format)  # raises ValueError (or TypeError) if malformed
+
   def empirical_epsilon_lower_bound(self, delta: Optional[float] = None) -> float:
     """The DP model's empirical epsilon lower bound at `delta` (default: the audit's)."""
     return self.model.membership.lower_bound(
@@ -114,8 +135,8 @@ class PrivacyAudit:
   def from_dict(cls, values: dict) -> "PrivacyAudit":
     if values.get("format_version") != FORMAT_VERSION:
       raise ValueError(f"unsupported audit format {values.get('format_version')!r}")
-    return cls(model_digest=values["model_digest"], delta=float(values["delta"]),
-               confidence=float(values["confidence"]),
+    return cls(model_digest=values["model_digest"], delta=values["delta"],
+               confidence=values["confidence"],
                model=ModelAudit.from_dict(values["model"]),
                control=ModelAudit.from_dict(values["control"]) if values.get("control") else None,
                canary_format=values.get("canary_format"))
@@ -132,5 +153,5 @@ class PrivacyAudit:
     path = pathlib.Path(directory) / AUDIT_FILE
     try:
       return cls.from_dict(json.loads(path.read_text()))
-    except (OSError, json.JSONDecodeError, KeyError, TypeError) as error:
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as error:
       raise ValueError(f"cannot read the privacy audit at {path}: {error!r}") from None

@@ -153,3 +153,14 @@ def test_component_validates_its_arguments():
     component.PrivacyAuditor(examples=examples, model=model, module_file="m.py", max_examples=2)
   with pytest.raises(ValueError, match="delta"):
     component.PrivacyAuditor(examples=examples, model=model, module_file="m.py", delta=1.5)
+
+
+def test_a_canary_file_that_does_not_describe_the_training_data_is_refused():
+  from dp_tfx.audit.canaries import Canary
+
+  records = np.array([b"a", b"canary-1", b"b", b"canary-1", b"canary-2"], dtype=object)
+  canaries = [Canary("11111", 2), Canary("22222", 1), Canary("33333", 0)]
+  kept = executor._without_canaries(records, [b"canary-1", b"canary-2", b"canary-3"], canaries)
+  assert kept.tolist() == [b"a", b"b"]
+  with pytest.raises(ValueError, match="does not describe the training data"):
+    executor._without_canaries(records, [b"canary-1", b"canary-2", b"b"], canaries)
