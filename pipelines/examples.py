@@ -7,7 +7,7 @@ itself (`dp_pipeline.create_pipeline`) is the same for all of them.
 from __future__ import annotations
 
 import dataclasses
-from typing import Callable, Dict, Optional
+from typing import Callable, Dict, Optional, Tuple
 
 
 @dataclasses.dataclass(frozen=True)
@@ -23,7 +23,9 @@ class Example:
       TFRecords under data_root/train and data_root/eval.
     dp_defaults: DPConfig fields the CLI uses unless told otherwise.
     hyperparameters: the module's custom_config defaults.
+    hyperparameter_names: every custom_config key the module reads (others are refused).
     label_key: the label feature, for the TFX Evaluator's accuracy gate (None: no such gate).
+    has_canaries: whether its data carries canaries for the exposure audit.
     default_output_dir: where `dp-tfx pipeline` writes unless told (one per example, so that
       their data and MLMD records stay apart).
   """
@@ -34,8 +36,10 @@ class Example:
   write_data: Callable[[str, str, Optional[int]], Optional[str]]
   dp_defaults: Dict[str, float]
   hyperparameters: Dict[str, object]
+  hyperparameter_names: Tuple[str, ...]
   label_key: Optional[str] = None
   default_output_dir: str = "output/pipeline"
+  has_canaries: bool = False
 
 
 def _write_mnist(data_root: str, source: str, limit: Optional[int]) -> None:
@@ -56,7 +60,8 @@ MNIST = Example(
     name="mnist", pipeline_name="dp-mnist", module_path="dp_tfx.pipelines.mnist_model",
     write_data=_write_mnist,
     dp_defaults={"l2_norm_clip": 1.0, "noise_multiplier": 1.1, "batch_size": 200, "epochs": 15},
-    hyperparameters={"learning_rate": 0.5, "momentum": 0.5}, label_key="label")
+    hyperparameters={"learning_rate": 0.5, "momentum": 0.5},
+    hyperparameter_names=("learning_rate", "momentum", "jit_compile"), label_key="label")
 
 LM = Example(
     name="lm", pipeline_name="dp-char-lm", module_path="dp_tfx.pipelines.lm_model",
@@ -64,6 +69,8 @@ LM = Example(
     # 32,000 sequences of 64 characters, 500 noisy steps: about 3 minutes of DP training on 2 CPU
     # cores, epsilon 2.18 at delta 1e-5 (measured 2026-11-25).
     dp_defaults={"l2_norm_clip": 1.0, "noise_multiplier": 1.0, "batch_size": 512, "epochs": 8},
-    hyperparameters={}, default_output_dir="output/pipeline-lm")
+    hyperparameters={},
+    hyperparameter_names=("learning_rate", "model_dim", "num_heads", "num_blocks", "jit_compile"),
+    default_output_dir="output/pipeline-lm", has_canaries=True)
 
 EXAMPLES = {example.name: example for example in (MNIST, LM)}

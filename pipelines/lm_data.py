@@ -1,11 +1,14 @@
 """Shakespeare as TFRecords of character sequences for a standard ExampleGen, with canaries.
 
 The text is cut into non-overlapping records of SEQUENCE_LENGTH + 1 characters (lm_model's
-format). Held out for eval are whole blocks of EVAL_BLOCK_SEQUENCES consecutive records (3,250
-characters, a stretch of one scene), chosen by a seeded permutation: single records drawn at
-random would sit next to training records of the same speech, and one contiguous tail of the
-text would hold out only the last plays (all tragedies). The training records are shuffled
-(seeded) before `limit` caps them, so a capped set still samples every play.
+format), and the records are split into train and eval by one seeded random permutation. Single
+records, not blocks of them: the privacy audit attacks training records (members) against eval
+records (non-members), and its bound is valid only if the two are drawn alike from one pool, so
+that they differ in nothing but whether training saw them. (Held-out blocks of whole scenes would
+make members and non-members differ in more than that.) The price: an eval record often sits next
+to training records of the same speech, so held-out bits per character are a little optimistic,
+alike for the DP model and the control. `limit` caps both after the permutation, so a capped set
+still samples every play.
 
 Canaries (dp_tfx.audit.canaries) are inserted into train/ only, each copy as its own record (the
 canary text, then PAD ids), and described in canaries.json beside train/ and eval/, where the audit
@@ -29,7 +32,6 @@ from dp_tfx.pipelines.mnist_data import EVAL_DIR, TRAIN_DIR  # one layout for ev
 CANARY_FILE = "canaries.json"
 RECORD_FILE = "data.tfrecord"
 EVAL_FRACTION = 0.1
-EVAL_BLOCK_SEQUENCES = 50
 # Training sequences kept by default (of the embedded plays' 68,601): DP training of lm_model with
 # the example's defaults (expected batch 512, 8 epochs: 500 noisy steps) takes about 2.7 minutes on
 # a 2-core CPU. For the same compute, more sequences and fewer epochs give a smaller epsilon (a
@@ -39,15 +41,11 @@ _COMPLETE_FILE = "_COMPLETE.json"
 
 
 def _split_sequences(ids: np.ndarray, rng: np.random.Generator):
-  """(train, eval) records [N, SEQUENCE_LENGTH + 1]: train shuffled, eval whole blocks in random
-  order (so that a cap keeps whole blocks from all over the text)."""
+  """(train, eval) records [N, SEQUENCE_LENGTH + 1], both in one random order (module doc)."""
   width = lm_model.SEQUENCE_LENGTH + 1
-  records = ids[:len(ids) // width * width].reshape(-1, width)
-  blocks = np.arange(len(records)) // EVAL_BLOCK_SEQUENCES
-  block_count = blocks[-1] + 1
-  eval_blocks = rng.permutation(block_count)[:round(block_count * EVAL_FRACTION)]
-  held_out = np.concatenate([records[blocks == block] for block in eval_blocks])
-  return rng.permutation(records[~np.isin(blocks, eval_blocks)]), held_out
+  records = rng.permutation(ids[:len(ids) // width * width].reshape(-1, width))
+  held_out_count = round(len(records) * EVAL_FRACTION)
+  return records[held_out_count:], records[:held_out_count]
 
 
 def _write_records(path: pathlib.Path, records: np.ndarray) -> None:
@@ -72,7 +70,7 @@ def write_lm_tfrecords(data_root, source: str = datasets.EMBEDDED,
     canary_format: what the canaries look like.
     repetitions: how often each canary is inserted (two canaries per count, and ten reference
       canaries never inserted; see dp_tfx.audit.canaries.make_canaries).
-    seed: seeds the eval blocks, the shuffle and the canaries' secrets.
+    seed: seeds the split and the canaries' secrets.
 
   Returns:
     A summary: the paths written ("train_file", "eval_file", "canary_file"), and the counts

@@ -51,6 +51,7 @@ def run(options: PipelineOptions) -> dict:
   """Runs (or compiles) the pipeline and returns the summary that `--json` prints."""
   from tfx import v1 as tfx  # TFX loads only for this command
 
+  from dp_tfx.components.dp_trainer import control
   from dp_tfx.pipelines import dp_pipeline
   from dp_tfx.pipelines.examples import EXAMPLES
 
@@ -59,14 +60,15 @@ def run(options: PipelineOptions) -> dict:
   if options.example not in EXAMPLES:
     raise ValueError(f"example must be one of {sorted(EXAMPLES)}; got {options.example!r}")
   example = EXAMPLES[options.example]
-  if options.min_accuracy is not None and example.label_key is None:
-    raise ValueError(f"the {example.name} example has no accuracy gate (--min-accuracy)")
-  if options.control and not options.audit:
-    raise ValueError("the non-private control is only trained to be audited; drop --no-audit")
+  _check_before_training(options, example)
+  hyperparameters = {**example.hyperparameters, **(options.hyperparameters or {})}
+  control_config = None
+  if options.control:  # the control trains like the DP model: same epochs, batch, hyperparameters
+    control_config = control.control_custom_config(hyperparameters, options.dp_config.epochs,
+                                                   options.dp_config.batch_size)
   serving_dir = options.serving_model_dir or options.path("serving_model")
   data_root = options.path("data")
   canary_file = example.write_data(data_root, options.data_source, options.data_limit)
-  hyperparameters = {**example.hyperparameters, **(options.hyperparameters or {})}
   pipeline = dp_pipeline.create_pipeline(
       pipeline_name=example.pipeline_name, pipeline_root=options.path("pipeline_root"),
       data_root=data_root, serving_model_dir=serving_dir, dp_config=options.dp_config,
@@ -76,7 +78,7 @@ def run(options: PipelineOptions) -> dict:
       beam_pipeline_args=options.beam_pipeline_args, min_accuracy=options.min_accuracy,
       label_key=example.label_key, ledger_history_dir=options.path("privacy_ledgers"),
       audit=options.audit, canary_file=canary_file,
-      control_config=_control_config(options, hyperparameters) if options.control else None)
+      control_config=control_config)
   summary = {"example": example.name, "runner": options.runner,
              "max_epsilon": options.privacy_policy.max_epsilon,
              "policy": json.loads(options.privacy_policy.to_json())}
@@ -103,11 +105,20 @@ def run(options: PipelineOptions) -> dict:
   return summary
 
 
-def _control_config(options: PipelineOptions, hyperparameters: dict) -> dict:
-  """The control trains like the DP model: same epochs, batch size and hyperparameters."""
-  config = options.dp_config
-  return {**hyperparameters, "epochs": config.epochs, "steps": config.steps,
-          "batch_size": config.batch_size}
+def _check_before_training(options: PipelineOptions, example) -> None:
+  """Refuses option combinations that could only fail after training has spent privacy."""
+  if options.min_accuracy is not None and example.label_key is None:
+    raise ValueError(f"the {example.name} example has no accuracy gate (--min-accuracy)")
+  if options.control and not options.audit:
+    raise ValueError("the non-private control is only trained to be audited; drop --no-audit")
+  if options.privacy_policy.max_canary_exposure is not None and not (
+      options.audit and example.has_canaries):
+    raise ValueError(f"max_canary_exposure needs the audit of an example with canaries (lm); "
+                     f"{example.name} with audit={options.audit} would never be blessed")
+  unknown = sorted(set(options.hyperparameters or {}) - set(example.hyperparameter_names))
+  if unknown:
+    raise ValueError(f"the {example.name} example's module does not use {unknown}; it takes "
+                     f"{sorted(example.hyperparameter_names)}")
 
 
 def _verdict(summary: dict) -> str:

@@ -43,6 +43,18 @@ def _whole_number(config: dict, key: str) -> int:
   return int(value)
 
 
+def control_custom_config(hyperparameters: dict, epochs, batch_size) -> dict:
+  """The control's custom_config for a DP run of `epochs` epochs at expected batch `batch_size`.
+
+  Called when the pipeline is built, so that a run the control cannot match (fractional epochs, a
+  run given in steps) is refused before the DPTrainer spends any privacy.
+  """
+  config = {**hyperparameters, EPOCHS_KEY: epochs, BATCH_SIZE_KEY: batch_size}
+  _whole_number(config, EPOCHS_KEY)
+  _whole_number(config, BATCH_SIZE_KEY)
+  return config
+
+
 def _trainer_context(fn_args: FnArgs) -> TrainerContext:
   """The context the module's functions get from a standard Trainer, as the DPTrainer builds it:
   custom_config updated by tuned hyperparameters, and the URIs of the schema and transform graph."""

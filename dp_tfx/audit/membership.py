@@ -25,6 +25,13 @@ needs no further correction: TNR = 1 - FPR and FNR = 1 - TPR, and Clopper-Pearso
 symmetric under that swap, so the same event bounds TNR from below by 1 - (FPR upper limit) and FNR
 from above by 1 - (TPR lower limit). The reported epsilon, the larger of the two directions and at
 least 0, therefore holds with probability >= confidence.
+
+What the counts stand for: the papers above train many models, one trial each. An audit of one
+trained model treats its examples as the trials, which is sound only if members and non-members
+were drawn alike from one pool before training (a random split), so that inclusion is the only
+difference between them; Steinke, Nasr and Jagielski 2023 ("Privacy auditing with one (1) training
+run") analyse this setting. Examples from different distributions (say, an official train/test
+split) can make an honest model look leaky.
 """
 
 from __future__ import annotations

@@ -2,6 +2,7 @@
 privacy audit and the non-private control."""
 
 import json
+import re
 import pathlib
 
 import pytest
@@ -128,3 +129,23 @@ def test_a_rerun_on_the_same_data_adds_to_what_was_spent(tmp_path):
   report = json.loads((pathlib.Path(second["report_dir"]) / "report.json").read_text())
   assert report["ledger"]["noisy_steps"] == 16 and len(report["ledger"]["facts"]["segments"]) == 2
   assert second["epsilon"] > first["epsilon"]
+
+
+@pytest.mark.parametrize("extra, policy, message", [
+    (dict(control=True, dp_config=DPConfig(noise_multiplier=1.1, batch_size=50, epochs=1.5,
+                                           delta=1e-5)), {}, "whole number"),
+    (dict(control=True, dp_config=DPConfig(noise_multiplier=1.1, batch_size=50, steps=8,
+                                           delta=1e-5)), {}, "whole number"),
+    (dict(control=True, audit=False), {}, "drop --no-audit"),
+    ({}, dict(max_canary_exposure=8.0), "max_canary_exposure needs"),
+    (dict(example="lm", hyperparameters={"momentum": 0.9}), {}, "does not use ['momentum']"),
+], ids=["fractional-epochs", "steps", "control-without-audit", "canary-limit-on-mnist",
+        "momentum-on-lm"])
+def test_options_that_could_only_fail_after_training_are_refused_first(tmp_path, extra, policy,
+                                                                        message):
+  options = dict(output_dir=str(tmp_path), dp_config=CONFIG,
+                 privacy_policy=PrivacyPolicy(max_epsilon=5, delta=1e-5, **policy))
+  options.update(extra)
+  with pytest.raises(ValueError, match=re.escape(message)):
+    runner.run(runner.PipelineOptions(**options))
+  assert not (tmp_path / "data").exists()  # refused before anything was written
