@@ -34,6 +34,13 @@ CANARY_FILE_KEY = "canary_file"
 MAX_EXAMPLES_KEY = "max_examples"
 DELTA_KEY = "delta"
 
+# Optional inputs handed to a user module through its context (see dp_trainer.executor).
+_MODULE_CONTEXT_INPUTS = {
+    SCHEMA_KEY: ChannelParameter(type=standard_artifacts.Schema, optional=True),
+    TRANSFORM_GRAPH_KEY: ChannelParameter(type=standard_artifacts.TransformGraph, optional=True),
+    HYPERPARAMETERS_KEY: ChannelParameter(type=standard_artifacts.HyperParameters, optional=True),
+}
+
 
 class DPTrainerSpec(ComponentSpec):
   PARAMETERS = {
@@ -45,10 +52,7 @@ class DPTrainerSpec(ComponentSpec):
   }
   INPUTS = {
       EXAMPLES_KEY: ChannelParameter(type=standard_artifacts.Examples),
-      SCHEMA_KEY: ChannelParameter(type=standard_artifacts.Schema, optional=True),
-      TRANSFORM_GRAPH_KEY: ChannelParameter(type=standard_artifacts.TransformGraph, optional=True),
-      HYPERPARAMETERS_KEY: ChannelParameter(type=standard_artifacts.HyperParameters,
-                                            optional=True),
+      **_MODULE_CONTEXT_INPUTS,
   }
   OUTPUTS = {
       MODEL_KEY: ChannelParameter(type=standard_artifacts.Model),
@@ -71,10 +75,7 @@ class PrivacyAuditorSpec(ComponentSpec):
       MODEL_KEY: ChannelParameter(type=standard_artifacts.Model),
       CONTROL_MODEL_KEY: ChannelParameter(type=standard_artifacts.Model, optional=True),
       # What the DPTrainer's module got, so that it decodes and scores exactly as it trained.
-      SCHEMA_KEY: ChannelParameter(type=standard_artifacts.Schema, optional=True),
-      TRANSFORM_GRAPH_KEY: ChannelParameter(type=standard_artifacts.TransformGraph, optional=True),
-      HYPERPARAMETERS_KEY: ChannelParameter(type=standard_artifacts.HyperParameters,
-                                            optional=True),
+      **_MODULE_CONTEXT_INPUTS,
   }
   OUTPUTS = {
       PRIVACY_AUDIT_KEY: ChannelParameter(type=artifacts.PrivacyAudit),

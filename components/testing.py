@@ -12,6 +12,7 @@
 
 `run_privacy_evaluator` builds real TFX artifacts (Model, PrivacyLedger, ModelBlessing,
 PrivacyReport) in a directory and calls the real executor, exactly as a pipeline would.
+`examples_artifact` and `run_dp_trainer` do the same for training a module on small TFRecords.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ import dataclasses
 import json
 import os
 import pathlib
-from typing import Callable, Optional
+from typing import Callable, Dict, Optional
 
 from tfx.components.evaluator import constants as evaluator_constants
 from tfx.types import standard_artifacts
@@ -73,6 +74,39 @@ def _artifact(kind, uri, artifact_id=1):
   artifact.id = artifact_id
   os.makedirs(artifact.uri, exist_ok=True)
   return artifact
+
+
+def examples_artifact(directory, split_files: Dict[str, os.PathLike]) -> standard_artifacts.Examples:
+  """An Examples artifact under `directory` whose splits hold copies of the given TFRecord files.
+
+  Args:
+    directory: where the artifact is created.
+    split_files: split name ("train", "eval") -> a TFRecord file of serialized tf.Examples.
+  """
+  examples = _artifact(standard_artifacts.Examples, directory)
+  examples.split_names = json.dumps(sorted(split_files))
+  for split, source in split_files.items():
+    target = pathlib.Path(examples.uri) / f"Split-{split}"
+    target.mkdir()
+    (target / "data.tfrecord").write_bytes(pathlib.Path(source).read_bytes())
+  return examples
+
+
+def run_dp_trainer(examples: standard_artifacts.Examples, directory, config: DPConfig,
+                   module_file: str, custom_config: Optional[dict] = None) -> Dict[str, list]:
+  """Runs the real DPTrainer executor on `examples`; returns its output dict (model, model_run,
+  privacy_ledger artifacts under `directory`; by the DPTrainer's default, the ledger history is
+  then directory/history)."""
+  from dp_tfx.components.dp_trainer import executor as dp_trainer_executor
+
+  root = pathlib.Path(directory)
+  outputs = {specs.MODEL_KEY: [_artifact(standard_artifacts.Model, root / "model")],
+             specs.MODEL_RUN_KEY: [_artifact(standard_artifacts.ModelRun, root / "run")],
+             specs.PRIVACY_LEDGER_KEY: [_artifact(artifacts.PrivacyLedger, root / "ledger")]}
+  dp_trainer_executor.Executor().Do({specs.EXAMPLES_KEY: [examples]}, outputs, {
+      specs.DP_CONFIG_KEY: config.to_json(), specs.MODULE_FILE_KEY: module_file,
+      specs.CUSTOM_CONFIG_KEY: json.dumps(custom_config or {})})
+  return outputs
 
 
 def read_evaluation(blessing: standard_artifacts.ModelBlessing,

@@ -1,6 +1,5 @@
 """DPTrainer executor on real artifacts: trains, exports for serving, seals the ledger."""
 
-import json
 import os
 import pathlib
 
@@ -10,37 +9,23 @@ import tensorflow as tf
 from tfx.types import standard_artifacts
 from tfx.utils import path_utils
 
-from dp_tfx.components import artifacts, specs
+from dp_tfx.components import artifacts, specs, testing
 from dp_tfx.components.dp_trainer import component, executor
 from dp_tfx.config import DPConfig
 from dp_tfx.ledger import LEDGER_FILE_NAME, PrivacyLedger, directory_digest
 from dp_tfx.pipelines import mnist_data, mnist_model
 
 
-def _artifact(kind, uri):
-  artifact = kind()
-  artifact.uri = str(uri)
-  os.makedirs(artifact.uri, exist_ok=True)
-  return artifact
-
-
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
   root = tmp_path_factory.mktemp("dp_trainer")
   data = mnist_data.write_mnist_tfrecords(root / "data", limit=120)
-  examples = _artifact(standard_artifacts.Examples, root / "examples")
-  examples.split_names = '["train", "eval"]'
-  for split, source in (("train", mnist_data.TRAIN_DIR), ("eval", mnist_data.EVAL_DIR)):
-    target = pathlib.Path(examples.uri) / f"Split-{split}"
-    target.mkdir()
-    (target / "data.tfrecord").write_bytes((data / source / "data.tfrecord").read_bytes())
-  outputs = {specs.MODEL_KEY: [_artifact(standard_artifacts.Model, root / "model")],
-             specs.MODEL_RUN_KEY: [_artifact(standard_artifacts.ModelRun, root / "run")],
-             specs.PRIVACY_LEDGER_KEY: [_artifact(artifacts.PrivacyLedger, root / "ledger")]}
+  examples = testing.examples_artifact(root / "examples", {
+      split: data / directory / "data.tfrecord"
+      for split, directory in (("train", mnist_data.TRAIN_DIR), ("eval", mnist_data.EVAL_DIR))})
   config = DPConfig(noise_multiplier=1.0, batch_size=30, steps=6, delta=1e-4, seed=1)
-  executor.Executor().Do({specs.EXAMPLES_KEY: [examples]}, outputs, {
-      specs.DP_CONFIG_KEY: config.to_json(), specs.MODULE_FILE_KEY: mnist_model.__file__,
-      specs.CUSTOM_CONFIG_KEY: json.dumps({"jit_compile": False})})
+  outputs = testing.run_dp_trainer(examples, root, config, mnist_model.__file__,
+                                   {"jit_compile": False})
   return outputs, data
 
 

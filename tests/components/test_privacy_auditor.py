@@ -17,7 +17,6 @@ from tfx.types import standard_artifacts
 from dp_tfx import noise
 from dp_tfx.audit.result import AUDIT_FILE, PrivacyAudit
 from dp_tfx.components import artifacts, specs, testing
-from dp_tfx.components.dp_trainer import executor as trainer_executor
 from dp_tfx.components.privacy_auditor import component, executor
 from dp_tfx.config import DPConfig
 from dp_tfx.ledger import LEDGER_FILE_NAME, PrivacyLedger
@@ -40,12 +39,10 @@ def _artifact(kind, uri):
 
 def _random_label_examples(root: pathlib.Path):
   rng = np.random.default_rng(0)
-  examples = _artifact(standard_artifacts.Examples, root / "examples")
-  examples.split_names = '["train", "eval"]'
+  files = {}
   for split in ("train", "eval"):
-    target = pathlib.Path(examples.uri) / f"Split-{split}"
-    target.mkdir()
-    with tf.io.TFRecordWriter(str(target / "data.tfrecord")) as writer:
+    files[split] = root / f"{split}.tfrecord"
+    with tf.io.TFRecordWriter(str(files[split])) as writer:
       for _ in range(EXAMPLES_PER_SPLIT):
         writer.write(tf.train.Example(features=tf.train.Features(feature={
             memorizing_model.FEATURES_KEY: tf.train.Feature(float_list=tf.train.FloatList(
@@ -53,17 +50,7 @@ def _random_label_examples(root: pathlib.Path):
             memorizing_model.LABEL_KEY: tf.train.Feature(int64_list=tf.train.Int64List(
                 value=[int(rng.integers(memorizing_model.CLASSES))])),
         })).SerializeToString())
-  return examples
-
-
-def _train(root: pathlib.Path, examples):
-  outputs = {specs.MODEL_KEY: [_artifact(standard_artifacts.Model, root / "model")],
-             specs.MODEL_RUN_KEY: [_artifact(standard_artifacts.ModelRun, root / "run")],
-             specs.PRIVACY_LEDGER_KEY: [_artifact(artifacts.PrivacyLedger, root / "ledger")]}
-  trainer_executor.Executor().Do({specs.EXAMPLES_KEY: [examples]}, outputs, {
-      specs.DP_CONFIG_KEY: CONFIG.to_json(), specs.MODULE_FILE_KEY: memorizing_model.__file__,
-      specs.LEDGER_HISTORY_DIR_KEY: str(root / "history")})
-  return outputs
+  return testing.examples_artifact(root / "examples", files)
 
 
 def _audit(root: pathlib.Path, examples, model):
@@ -89,7 +76,7 @@ def _evaluate(root: pathlib.Path, trained, audit):
 
 def _run(root: pathlib.Path):
   examples = _random_label_examples(root)
-  trained = _train(root, examples)
+  trained = testing.run_dp_trainer(examples, root, CONFIG, memorizing_model.__file__)
   audit = _audit(root, examples, trained[specs.MODEL_KEY][0])
   ledger = PrivacyLedger.load(
       os.path.join(trained[specs.PRIVACY_LEDGER_KEY][0].uri, LEDGER_FILE_NAME))

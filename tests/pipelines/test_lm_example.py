@@ -8,12 +8,11 @@ import numpy as np
 import pytest
 import tensorflow as tf
 from tfx.components.trainer.fn_args_utils import FnArgs
-from tfx.types import standard_artifacts
 from tfx.utils import path_utils
 
 from dp_tfx import clipping, datasets
 from dp_tfx.audit.canaries import CanaryFormat, load_canaries, make_canaries
-from dp_tfx.components import artifacts, specs
+from dp_tfx.components import specs, testing
 from dp_tfx.components.dp_trainer import executor
 from dp_tfx.config import DPConfig
 from dp_tfx.keras import per_example_loss
@@ -183,28 +182,12 @@ def _assert_serves_character_logits(serving_dir, serialized):
   return logits
 
 
-def _artifact(kind, uri):
-  artifact = kind()
-  artifact.uri = str(uri)
-  os.makedirs(artifact.uri, exist_ok=True)
-  return artifact
-
-
 def test_dp_trainer_records_sequences_and_exports_character_logits(lm_data_root, tmp_path):
   root, summary = lm_data_root
-  examples = _artifact(standard_artifacts.Examples, tmp_path / "examples")
-  examples.split_names = '["train", "eval"]'
-  for split, source in (("train", summary["train_file"]), ("eval", summary["eval_file"])):
-    target = pathlib.Path(examples.uri) / f"Split-{split}"
-    target.mkdir()
-    (target / "data.tfrecord").write_bytes(pathlib.Path(source).read_bytes())
-  outputs = {specs.MODEL_KEY: [_artifact(standard_artifacts.Model, tmp_path / "model")],
-             specs.MODEL_RUN_KEY: [_artifact(standard_artifacts.ModelRun, tmp_path / "run")],
-             specs.PRIVACY_LEDGER_KEY: [_artifact(artifacts.PrivacyLedger, tmp_path / "ledger")]}
+  examples = testing.examples_artifact(tmp_path / "examples", {
+      "train": summary["train_file"], "eval": summary["eval_file"]})
   config = DPConfig(noise_multiplier=1.0, batch_size=16, steps=2, delta=1e-4, seed=1)
-  executor.Executor().Do({specs.EXAMPLES_KEY: [examples]}, outputs, {
-      specs.DP_CONFIG_KEY: config.to_json(), specs.MODULE_FILE_KEY: lm_model.__file__,
-      specs.CUSTOM_CONFIG_KEY: json.dumps(SMALL_MODEL)})
+  outputs = testing.run_dp_trainer(examples, tmp_path, config, lm_model.__file__, SMALL_MODEL)
 
   ledger = PrivacyLedger.load(os.path.join(outputs[specs.PRIVACY_LEDGER_KEY][0].uri,
                                            LEDGER_FILE_NAME))
