@@ -1,0 +1,132 @@
+"""Where a DP step's time goes: its stages timed against the non-private forward and backward pass.
+
+For each model and batch size, one JSON line with the median time (ms) of, on one batch of
+real-size inputs (all examples real, no padding), each as its own tf.function:
+
+  non_private          forward + backward to every weight (what a plain Keras step computes)
+  dp_backward          forward with the clipping taps + backward to the taps' pre-activations
+  dp_prepare           ... + unfolding inputs and, where cheaper than ghost norms, building
+                       per-example kernel gradients
+  dp_norms             ... + per-example squared gradient norms
+  dp_clipped_sum       ... + the clipped sum (the whole per-example clipping)
+
+and the differences between consecutive stages, so the overhead over `non_private` splits into
+backward, prepare, norms and sum. Noise, the optimizer update and Poisson sampling come on top in a
+real step (see step_overhead for whole steps).
+
+    .venv/bin/python -m benchmarks.profile_step --models cnn text transformer --batch-sizes 64 256
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from benchmarks.step_overhead import MODELS, _data
+from dp_tfx import clipping
+
+_STAGES = ("dp_backward", "dp_prepare", "dp_norms", "dp_clipped_sum")
+_CLIP = 1.0
+
+
+def _timed(fn, args, repeats: int, iterations: int) -> float:
+  """Median over `repeats` of the mean time of `iterations` calls, results fetched (ms)."""
+  result = fn(*args)
+  tf.nest.map_structure(lambda t: t.numpy(), result)  # trace and warm up
+  times = []
+  for _ in range(repeats):
+    start = time.perf_counter()
+    for _ in range(iterations):
+      result = fn(*args)
+    tf.nest.map_structure(lambda t: t.numpy(), result)
+    times.append((time.perf_counter() - start) / iterations * 1000)
+  return statistics.median(times)
+
+
+def _stage_functions(model, loss_fn):
+  taps = clipping.GradientTaps(model)
+
+  @tf.function
+  def non_private(x, y):
+    with tf.GradientTape() as tape:
+      total = tf.reduce_sum(loss_fn(y, model(x, training=True)))
+    return [tf.convert_to_tensor(g) for g in tape.gradient(total, model.trainable_variables)]
+
+  def backward(x, y):
+    mask = tf.ones([tf.shape(y)[0]])
+    return taps.backward(x, y, loss_fn, mask), mask
+
+  @tf.function
+  def dp_backward(x, y):
+    # Only the pre-activation gradients, without the taps' preparation (as in GradientTaps).
+    with tf.GradientTape() as tape:
+      for tap in taps.taps:
+        tap.install()
+      try:
+        predictions = model(x, training=True)
+      finally:
+        for tap in taps.taps:
+          tap.uninstall()
+      total = tf.reduce_sum(loss_fn(y, predictions))
+    return tape.gradient(total, [z for tap in taps.taps for z in tap.outputs()])
+
+  @tf.function
+  def dp_prepare(x, y):
+    grads, _ = backward(x, y)
+    return [t for prepared in grads._prepared for t in tf.nest.flatten(prepared) if t is not None]
+
+  @tf.function
+  def dp_norms(x, y):
+    grads, _ = backward(x, y)
+    return grads.squared_norms()
+
+  @tf.function
+  def dp_clipped_sum(x, y):
+    grads, mask = backward(x, y)
+    return clipping.per_example_clipped_sum(grads, mask, _CLIP)
+
+  return {"non_private": non_private, "dp_backward": dp_backward, "dp_prepare": dp_prepare,
+          "dp_norms": dp_norms, "dp_clipped_sum": dp_clipped_sum}
+
+
+def profile(model_name: str, batch_size: int, repeats: int, iterations: int) -> dict:
+  keras.utils.set_random_seed(0)
+  model = MODELS[model_name]()
+  x, y = _data(model_name, batch_size, np.random.default_rng(0))
+  x, y = tf.constant(x), tf.constant(y)
+  model(x[:1])
+  loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True, reduction=None)
+  stages = {name: _timed(fn, (x, y), repeats, iterations)
+            for name, fn in _stage_functions(model, loss).items()}
+  previous = stages["non_private"]
+  overhead = {}
+  for name in _STAGES:
+    overhead[name.replace("dp_", "") + "_ms"] = round(stages[name] - previous, 3)
+    previous = stages[name]
+  # dp_backward's difference is against the non-private pass (it skips the weight gradients).
+  return {"model": model_name, "batch_size": batch_size,
+          "stages_ms": {k: round(v, 3) for k, v in stages.items()},
+          "added_by_stage_ms": overhead,
+          "clipping_over_non_private": round(stages["dp_clipped_sum"] / stages["non_private"], 3)}
+
+
+def main(argv=None):
+  parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+  parser.add_argument("--models", nargs="+", choices=sorted(MODELS), default=["cnn"])
+  parser.add_argument("--batch-sizes", nargs="+", type=int, default=[64, 256])
+  parser.add_argument("--repeats", type=int, default=7)
+  parser.add_argument("--iterations", type=int, default=20)
+  args = parser.parse_args(argv)
+  for model_name in args.models:
+    for batch_size in args.batch_sizes:
+      print(json.dumps(profile(model_name, batch_size, args.repeats, args.iterations)), flush=True)
+
+
+if __name__ == "__main__":
+  main()
