@@ -282,8 +282,8 @@ class DPModel(keras.Model):
                        "that data. Make a new DP model (and ledger) for new data")
     if not self.model.built:
       self.model(tf.nest.map_structure(lambda a: a[:1], features))
-    if self._taps is None:
-      self._taps = clipping.GradientTaps(self.model)
+    if self._taps is None or self._taps.static_shapes != bool(self.jit_compile):
+      self._taps = clipping.GradientTaps(self.model, static_shapes=bool(self.jit_compile))
 
   def train_step(self, data):
     features, labels, mask = data
@@ -301,8 +301,17 @@ class DPModel(keras.Model):
       initial = ([tf.zeros([plan.num_microbatches, *v.shape], v.dtype) for v in variables] +
                  [tf.zeros([plan.num_microbatches])])
 
+    def window_of(chunk):
+      if self.jit_compile:
+        # Under XLA batches are padded to whole chunks, so every chunk has exactly `physical`
+        # rows: a slice of static size keeps every shape static (with the bounded dynamic shapes
+        # of a plain slice, XLA computed wrong per-example gradients for some convolutions).
+        return lambda t: tf.slice(t, [chunk * physical] + [0] * (t.shape.rank - 1),
+                                  [physical, *t.shape[1:]])
+      return lambda t: t[chunk * physical:(chunk + 1) * physical]
+
     def accumulate(chunk, sums, loss_sum):
-      window = lambda t: t[chunk * physical:(chunk + 1) * physical]
+      window = window_of(chunk)
       x, y = tf.nest.map_structure(window, features), window(labels)
       chunk_mask = window(mask)
       grads = self._taps.backward(x, y, self._loss_fn, chunk_mask)

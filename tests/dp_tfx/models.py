@@ -12,15 +12,20 @@ def dense_model():
 
 
 def conv2d_model():
+  """Small patches (grouped-convolution per-example gradients, strided and dilated) and a patch
+  of 6 * 6 * 4 = 144 values (unfolded)."""
   return keras.Sequential([
       keras.Input((9, 9, 2)),
       keras.layers.Conv2D(4, 3, strides=2, padding="same", activation="relu"),
-      keras.layers.Conv2D(3, 2, padding="valid", dilation_rate=1),
+      keras.layers.Conv2D(3, 6, padding="same", activation="relu"),
+      keras.layers.Conv2D(3, 2, padding="valid", dilation_rate=2),
       keras.layers.Flatten(), keras.layers.Dense(3)])
 
 
 def conv1d_model():
+  """A small patch and one of 33 * 4 = 132 values."""
   return keras.Sequential([keras.Input((7, 3)), keras.layers.Conv1D(4, 3, strides=2, padding="same"),
+                           keras.layers.Conv1D(2, 33, padding="same"),
                            keras.layers.GlobalAveragePooling1D(), keras.layers.Dense(3)])
 
 
