@@ -224,12 +224,11 @@ class _ConvTap(_LinearTap):
     folded = tf.reshape(tf.transpose(inputs, [1, 2, 0, 3]), [1, height, width, -1])
     folded_grads = tf.reshape(tf.transpose(output_grads, [1, 2, 0, 3]),
                               [1, out_height, out_width, -1])
-    kernel = tf.zeros(tf.stack([*kernel_shape[:-1], batch * units]), dtype=inputs.dtype)
-    with tf.GradientTape() as tape:
-      tape.watch(kernel)
-      outputs = tf.nn.conv2d(folded, kernel, strides=strides, padding=layer.padding.upper(),
-                             dilations=dilation)
-    filter_grads = tape.gradient(outputs, kernel, output_gradients=folded_grads)
+    # The filter gradient of a convolution with B groups of `units` output channels.
+    filter_grads = tf.raw_ops.Conv2DBackpropFilter(
+        input=folded, filter_sizes=tf.stack([*kernel_shape[:-1], batch * units]),
+        out_backprop=folded_grads, strides=[1, *strides, 1], padding=layer.padding.upper(),
+        dilations=[1, *dilation, 1])
     filter_grads = tf.reshape(filter_grads, [*kernel_shape[:-1], batch, units])
     per_example = tf.transpose(filter_grads, [3, 0, 1, 2, 4])
     return tf.reshape(per_example, tf.concat([[batch], layer.kernel.shape], axis=0))
