@@ -40,8 +40,14 @@ LossFn = Callable[[tf.Tensor, tf.Tensor], tf.Tensor]
 
 
 def _flatten_positions(tensor: tf.Tensor, last_dim: int) -> tf.Tensor:
-  """[B, ..., last_dim] -> [B, T, last_dim] where T is the product of the middle axes."""
-  return tf.reshape(tensor, [tf.shape(tensor)[0], -1, last_dim])
+  """[B, ..., last_dim] -> [B, T, last_dim] where T is the product of the middle axes.
+
+  T stays static when the middle axes are, even with a dynamic batch (Poisson batches without
+  XLA): the choice between ghost norms and per-example gradients depends on it.
+  """
+  per_example = tensor.shape[1:]
+  positions = per_example.num_elements() // last_dim if per_example.is_fully_defined() else -1
+  return tf.reshape(tensor, [tf.shape(tensor)[0], positions, last_dim])
 
 
 class _LayerTap(abc.ABC):

@@ -6,6 +6,7 @@ import pytest
 import tensorflow as tf
 
 from dp_tfx import clipping
+from dp_tfx import models as models_lib
 from tests.dp_tfx import models
 
 LOSS = keras.losses.SparseCategoricalCrossentropy(from_logits=True, reduction=None)
@@ -29,6 +30,45 @@ def test_per_example_clipped_sum_matches_loop(kind, l2_norm_clip):
   actual = clipping.per_example_clipped_sum(grads, tf.constant(mask), l2_norm_clip)
   expected = clipping.reference_clipped_sum(model, LOSS, x, y, l2_norm_clip, mask=mask)
   _assert_close(actual, expected)
+
+
+def _dynamic_batch_function(fn, x, y):
+  """fn traced with an unknown batch size, as Keras traces a DP step on Poisson batches."""
+  spec = lambda a: tf.TensorSpec([None, *a.shape[1:]], tf.as_dtype(a.dtype))
+  return tf.function(fn, input_signature=[spec(x), spec(y), tf.TensorSpec([None])])
+
+
+@pytest.mark.parametrize("kind", sorted(models.MODELS))
+def test_clipped_sum_with_an_unknown_batch_size_matches_loop(kind):
+  model = models.MODELS[kind]()
+  x, y = models.batch_for(kind, BATCH, seed=2)
+  mask = np.ones(BATCH, np.float32)
+  mask[4] = 0.0
+  taps = clipping.GradientTaps(model)
+  clipped_sum = _dynamic_batch_function(
+      lambda x, y, mask: clipping.per_example_clipped_sum(taps.backward(x, y, LOSS, mask), mask,
+                                                          0.05), x, y)
+  expected = clipping.reference_clipped_sum(model, LOSS, x, y, 0.05, mask=mask)
+  _assert_close(clipped_sum(x, y, mask), expected)
+
+
+def test_ghost_norm_choice_does_not_depend_on_a_known_batch_size():
+  # The tutorial CNN's dense layers are cheaper by ghost norms (one position each); with an
+  # unknown batch size the choice once fell to materialised per-example gradients (+20% step).
+  model = models_lib.tutorial_cnn()
+  x, y = np.zeros([4, 28, 28, 1], np.float32), np.zeros([4], np.int32)
+  taps = clipping.GradientTaps(model)
+
+  def uses_ghost_norms(x, y, mask):
+    grads = taps.backward(x, y, LOSS, mask)
+    return [prepared[2] is None for tap, prepared in zip(taps.taps, grads._prepared)
+            if isinstance(tap, clipping._LinearTap)]
+
+  static = uses_ghost_norms(tf.constant(x), tf.constant(y), tf.ones([4]))
+  dynamic = _dynamic_batch_function(lambda *a: tf.constant(uses_ghost_norms(*a)), x, y)
+  # conv1: per-example (196 positions); conv2: ghost (25 positions); dense layers: ghost.
+  assert static == [False, True, True, True]
+  assert list(dynamic(x, y, tf.ones([4])).numpy()) == static
 
 
 @pytest.mark.parametrize("kind", sorted(models.MODELS))
