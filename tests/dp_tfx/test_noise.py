@@ -30,3 +30,13 @@ def test_a_fixed_key_reproduces_the_noise():
   a = noise.add_gaussian_noise(zeros, 1.0, noise.run_key(seed=8), tf.constant(3))
   b = noise.add_gaussian_noise(zeros, 1.0, noise.run_key(seed=8), tf.constant(3))
   np.testing.assert_array_equal(a[0].numpy(), b[0].numpy())
+
+
+def test_tensors_of_unknown_shape_get_the_same_noise_as_known_ones():
+  key = noise.run_key(seed=5)
+  zeros = [tf.zeros([3, 4]), tf.zeros([7])]
+  known = noise.add_gaussian_noise(zeros, 1.0, key, tf.constant(2))
+  traced = tf.function(lambda a, b: noise.add_gaussian_noise([a, b], 1.0, key, tf.constant(2)),
+                       input_signature=[tf.TensorSpec([None, 4]), tf.TensorSpec([None])])
+  for expected, actual in zip(known, traced(*zeros)):
+    np.testing.assert_array_equal(expected.numpy(), actual.numpy())
