@@ -1,18 +1,21 @@
-"""Where a DP step's time goes: its stages timed against the non-private forward and backward pass.
+"""Where a DP step's time goes: its stages timed against the non-private step, on one batch.
 
 For each model and batch size, one JSON line with the median time (ms) of, on one batch of
 real-size inputs (all examples real, no padding), each as its own tf.function:
 
   non_private          forward + backward to every weight (what a plain Keras step computes)
+  plain_step           Keras's own training step: non_private + the optimizer update, metrics
   dp_backward          forward with the clipping taps + backward to the taps' pre-activations
   dp_prepare           ... + unfolding inputs and, where cheaper than ghost norms, building
                        per-example kernel gradients
   dp_norms             ... + per-example squared gradient norms
   dp_clipped_sum       ... + the clipped sum (the whole per-example clipping)
+  dp_noise             ... + the Gaussian noise
+  dp_step              the DP model's whole training step (+ the update, metrics)
 
-and the differences between consecutive stages, so the overhead over `non_private` splits into
-backward, prepare, norms and sum. Noise, the optimizer update and Poisson sampling come on top in a
-real step (see step_overhead for whole steps).
+and the differences between consecutive stages, so the overhead splits into backward, prepare,
+norms, sum, noise and update. Poisson sampling and Keras's loop come on top in real training
+(see step_overhead for whole steps as `fit` runs them).
 
     .venv/bin/python -m benchmarks.profile_step --models cnn text transformer --batch-sizes 64 256
 """
@@ -28,11 +31,13 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from benchmarks.step_overhead import MODELS, _data
-from dp_tfx import clipping
+import dp_tfx
+from benchmarks.step_overhead import MODELS, _compile, _data
+from dp_tfx import clipping, noise
 
-_STAGES = ("dp_backward", "dp_prepare", "dp_norms", "dp_clipped_sum")
+_STAGES = ("dp_backward", "dp_prepare", "dp_norms", "dp_clipped_sum", "dp_noise", "dp_step")
 _CLIP = 1.0
+_NOISE_MULTIPLIER = 1.0
 
 
 def _timed(fn, args, repeats: int, iterations: int) -> float:
@@ -91,8 +96,32 @@ def _stage_functions(model, loss_fn):
     grads, mask = backward(x, y)
     return clipping.per_example_clipped_sum(grads, mask, _CLIP)
 
+  key = noise.run_key(seed=0)
+
+  @tf.function
+  def dp_noise(x, y):
+    return noise.add_gaussian_noise(dp_clipped_sum.python_function(x, y),
+                                    _NOISE_MULTIPLIER * _CLIP, key, tf.constant(0, tf.int64))
+
   return {"non_private": non_private, "dp_backward": dp_backward, "dp_prepare": dp_prepare,
-          "dp_norms": dp_norms, "dp_clipped_sum": dp_clipped_sum}
+          "dp_norms": dp_norms, "dp_clipped_sum": dp_clipped_sum, "dp_noise": dp_noise}
+
+
+def _train_steps(model_name, x, y):
+  """Keras's plain training step and the DP model's, each a tf.function on (x, y)."""
+  batch_size = int(x.shape[0])
+  plain = MODELS[model_name]()
+  _compile(plain, jit_compile=False)
+  plain.fit(x, y, batch_size=batch_size, verbose=0)  # builds the optimizer and metrics
+  dp_model = dp_tfx.make_private(MODELS[model_name](), dp_tfx.DPConfig(
+      l2_norm_clip=_CLIP, noise_multiplier=_NOISE_MULTIPLIER, batch_size=batch_size, steps=10))
+  _compile(dp_model, jit_compile=False)
+  # Four copies of the batch: a sampling rate of 1/4; one epoch of training builds everything.
+  dp_model.fit(tf.concat([x] * 4, 0), tf.concat([y] * 4, 0), epochs=1, verbose=0)
+  mask = tf.ones([batch_size])
+  plain_step = tf.function(lambda x, y: plain.train_step((x, y)))
+  dp_step = tf.function(lambda x, y: dp_model.train_step((x, y, mask)))
+  return plain_step, dp_step
 
 
 def profile(model_name: str, batch_size: int, repeats: int, iterations: int) -> dict:
@@ -102,18 +131,21 @@ def profile(model_name: str, batch_size: int, repeats: int, iterations: int) -> 
   x, y = tf.constant(x), tf.constant(y)
   model(x[:1])
   loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True, reduction=None)
-  stages = {name: _timed(fn, (x, y), repeats, iterations)
-            for name, fn in _stage_functions(model, loss).items()}
+  functions = _stage_functions(model, loss)
+  functions["plain_step"], functions["dp_step"] = _train_steps(model_name, x, y)
+  stages = {name: _timed(fn, (x, y), repeats, iterations) for name, fn in functions.items()}
   previous = stages["non_private"]
   overhead = {}
   for name in _STAGES:
     overhead[name.replace("dp_", "") + "_ms"] = round(stages[name] - previous, 3)
     previous = stages[name]
-  # dp_backward's difference is against the non-private pass (it skips the weight gradients).
+  # dp_backward's difference is against the non-private pass (it skips the weight gradients);
+  # step_ms is what the DP step adds to the noisy clipped sum (update, metrics, its loop).
   return {"model": model_name, "batch_size": batch_size,
           "stages_ms": {k: round(v, 3) for k, v in stages.items()},
           "added_by_stage_ms": overhead,
-          "clipping_over_non_private": round(stages["dp_clipped_sum"] / stages["non_private"], 3)}
+          "clipping_over_non_private": round(stages["dp_clipped_sum"] / stages["non_private"], 3),
+          "dp_step_over_plain_step": round(stages["dp_step"] / stages["plain_step"], 3)}
 
 
 def main(argv=None):

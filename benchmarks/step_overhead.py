@@ -1,8 +1,9 @@
 """DP step time and peak memory against the non-private step of the same model, in one process.
 
-Prints one JSON line per (model, batch size): the median time of a non-private Keras step and of a
-dp_tfx DP-SGD step (same model, data, optimizer, XLA setting; after warm-up), their ratio, and
-the peak memory of each measured in its own subprocess.
+Prints one JSON line per (model, batch size): the time per step of a non-private Keras step and of
+a dp_tfx DP-SGD step (same model, data, optimizer, XLA setting; after warm-up; the two modes'
+epochs alternate and the fastest epoch of each counts), their ratio, and the peak memory of each
+measured in its own subprocess.
 
     .venv/bin/python -m benchmarks.step_overhead --quick
     .venv/bin/python -m benchmarks.step_overhead --models cnn text transformer --batch-sizes 64 256
@@ -17,7 +18,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import statistics
 import subprocess
 import sys
 import time
@@ -87,26 +87,39 @@ class _StepSpanTimer(keras.callbacks.Callback):
       self.spans.append(time.perf_counter() - self._started)
 
 
-def _step_seconds(fit, steps, repeats):
-  timer = _StepSpanTimer(steps)
-  fit(epochs=repeats + 1, callbacks=[timer])  # the first epoch warms up (tracing, XLA)
-  return statistics.median(timer.spans[1:]) / steps
-
-
-def measure(model_name, batch_size, mode, steps, repeats, jit_compile, physical_batch_size=None):
-  """Median seconds per step of `mode` ("dp" or "plain")."""
+def _fitter(model_name, batch_size, mode, steps, epochs, jit_compile):
+  """fit(**kwargs) running `mode` ("dp" or "plain") for whole epochs of `steps` steps on one
+  model, built once, so that the two modes' epochs can alternate; DP plans `epochs` epochs."""
   keras.utils.set_random_seed(0)
   x, y = _data(model_name, batch_size * steps, np.random.default_rng(0))
   model = MODELS[model_name]()
   if mode == "plain":
     _compile(model, jit_compile)
-    return _step_seconds(lambda **kw: model.fit(x, y, batch_size=batch_size, verbose=0,
-                                                shuffle=False, **kw), steps, repeats)
+    return lambda **kw: model.fit(x, y, batch_size=batch_size, verbose=0, shuffle=False, **kw)
   config = dp_tfx.DPConfig(l2_norm_clip=1.0, noise_multiplier=1.0, batch_size=batch_size,
-                           steps=steps * (repeats + 1), physical_batch_size=physical_batch_size)
+                           steps=steps * epochs)
   dp_model = dp_tfx.make_private(model, config)
   _compile(dp_model, jit_compile)
-  return _step_seconds(lambda **kw: dp_model.fit(x, y, verbose=0, **kw), steps, repeats)
+  return lambda **kw: dp_model.fit(x, y, verbose=0, **kw)
+
+
+def measure(model_name, batch_size, steps, rounds, repeats, jit_compile,
+            modes=("plain", "dp")) -> dict:
+  """The fastest epoch's seconds per step, per mode.
+
+  After one warm-up epoch each (tracing, XLA), the modes take turns: `rounds` rounds of `repeats`
+  epochs each, so a change in the machine's load hits both; the fastest epoch is the one least
+  disturbed by other work on a shared machine.
+  """
+  fits = {mode: _fitter(model_name, batch_size, mode, steps, rounds * repeats + 1, jit_compile)
+          for mode in modes}
+  timers = {mode: _StepSpanTimer(steps) for mode in modes}
+  for mode in modes:
+    fits[mode](epochs=1, callbacks=[timers[mode]])
+  for _ in range(rounds):
+    for mode in modes:
+      fits[mode](epochs=repeats, callbacks=[timers[mode]])
+  return {mode: min(timers[mode].spans[1:]) / steps for mode in modes}
 
 
 def _peak_memory_mib(args, model_name, batch_size, mode):
@@ -131,7 +144,9 @@ def main(argv=None):
   parser.add_argument("--models", nargs="+", choices=sorted(MODELS), default=["cnn"])
   parser.add_argument("--batch-sizes", nargs="+", type=int, default=[64, 256])
   parser.add_argument("--steps", type=int, default=20, help="steps per timed epoch")
-  parser.add_argument("--repeats", type=int, default=3, help="timed epochs (median taken)")
+  parser.add_argument("--rounds", type=int, default=3,
+                      help="rounds in which plain and DP epochs alternate")
+  parser.add_argument("--repeats", type=int, default=2, help="timed epochs per mode and round")
   parser.add_argument("--jit-compile", choices=("auto", "true", "false"), default="auto",
                       help='XLA for both steps; "auto" (Keras: on accelerators only) by default')
   parser.add_argument("--no-memory", dest="memory", action="store_false")
@@ -146,18 +161,19 @@ def main(argv=None):
     # mark (Linux: writing 5 to clear_refs) and report the peak during training alone.
     with open("/proc/self/clear_refs", "w") as clear_refs:
       clear_refs.write("5")
-    measure(args.models[0], args.batch_sizes[0], args.memory_probe, args.steps, args.repeats,
-            jit_compile)
+    measure(args.models[0], args.batch_sizes[0], args.steps, 1, args.repeats, jit_compile,
+            modes=(args.memory_probe,))
     print(json.dumps({"peak_rss_mib": _status_kib("VmHWM") / 1024}))
     return
   if args.quick:
-    args.models, args.steps, args.repeats, args.memory = ["cnn"], 10, 2, False
+    args.models, args.steps, args.rounds, args.memory = ["cnn"], 10, 2, False
   for model_name in args.models:
     for batch_size in args.batch_sizes:
-      plain = measure(model_name, batch_size, "plain", args.steps, args.repeats, jit_compile)
-      private = measure(model_name, batch_size, "dp", args.steps, args.repeats, jit_compile)
+      seconds = measure(model_name, batch_size, args.steps, args.rounds, args.repeats,
+                        jit_compile)
+      plain, private = seconds["plain"], seconds["dp"]
       result = {"model": model_name, "batch_size": batch_size, "jit_compile": args.jit_compile,
-                "steps": args.steps, "repeats": args.repeats,
+                "steps": args.steps, "rounds": args.rounds, "repeats": args.repeats,
                 "plain_step_ms": round(plain * 1e3, 2), "dp_step_ms": round(private * 1e3, 2),
                 "ratio": round(private / plain, 2)}
       if args.memory:
