@@ -18,14 +18,12 @@ import hashlib
 import json
 import math
 import os
-import pathlib
-import tempfile
 from typing import Any, Optional, Sequence
 
 import dp_accounting
 import numpy as np
 
-from dp_tfx import accounting
+from dp_tfx import accounting, files
 from dp_tfx.config import SAMPLING_METHODS
 from dp_tfx.version import __version__
 
@@ -71,13 +69,13 @@ def directory_digest(directory: os.PathLike | str) -> str:
 
   The ledger records it, so a ledger paired with any other model is a detectable mismatch.
   """
-  root = pathlib.Path(directory)
-  if not root.is_dir():
+  root = os.fspath(directory)
+  if not files.is_dir(root):
     raise LedgerError(f"no model directory at {root}")
   digest = hashlib.sha256()
-  for path in sorted(p for p in root.rglob("*") if p.is_file()):
-    digest.update(path.relative_to(root).as_posix().encode() + b"\0")
-    digest.update(path.read_bytes())
+  for relative in files.files_under(root):
+    digest.update(relative.encode() + b"\0")
+    digest.update(files.read_bytes(os.path.join(root, relative)))
   return "sha256:" + digest.hexdigest()
 
 
@@ -139,7 +137,7 @@ class PrivacyLedger:
     self.model_digest = model_digest
     self.library_version = library_version
     self.created_at = created_at or _now()
-    self.path: Optional[pathlib.Path] = None
+    self.path: Optional[str] = None
 
   # -- recording ---------------------------------------------------------------------------------
 
@@ -300,28 +298,23 @@ class PrivacyLedger:
     ledger.validate()
     return ledger
 
-  def save(self, path: os.PathLike | str) -> pathlib.Path:
-    """Writes the ledger to `path` atomically and keeps it there: later steps flush to it."""
-    self.path = pathlib.Path(path)
+  def save(self, path: os.PathLike | str) -> str:
+    """Writes the ledger to `path` (local or a URL such as gs://) atomically and keeps it there:
+    later steps flush to it."""
+    self.path = os.fspath(path)
     self.flush()
     return self.path
 
   def flush(self) -> None:
-    if self.path is None:
-      return
-    self.path.parent.mkdir(parents=True, exist_ok=True)
-    # Write-then-rename, so a crash never leaves a half-written ledger.
-    handle, temp_name = tempfile.mkstemp(dir=self.path.parent, prefix=".ledger-")
-    with os.fdopen(handle, "w") as temp:
-      temp.write(self.to_json())
-    os.replace(temp_name, self.path)
+    if self.path is not None:
+      files.write_text(self.path, self.to_json())  # never half-written, even on a crash
 
   @classmethod
   def load(cls, path: os.PathLike | str) -> "PrivacyLedger":
-    path = pathlib.Path(path)
-    if not path.is_file():
+    path = os.fspath(path)
+    if not files.exists(path) or files.is_dir(path):
       raise LedgerError(f"no privacy ledger at {path}")
-    ledger = cls.from_json(path.read_text())
+    ledger = cls.from_json(files.read_text(path))
     ledger.path = path
     return ledger
 
@@ -333,7 +326,7 @@ class PrivacyLedger:
     Raises:
       LedgerError: if the existing ledger describes other data or another privacy unit.
     """
-    if path is not None and pathlib.Path(path).exists():
+    if path is not None and files.exists(path):
       ledger = cls.load(path)
       if ledger.dataset_fingerprint != fingerprint or ledger.dataset_size != dataset_size:
         raise LedgerError(f"the ledger at {path} describes other data ({ledger.dataset_size} "

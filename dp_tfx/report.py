@@ -7,11 +7,13 @@ measurements (whose lower bound is recomputed at the decision's delta from the a
 from __future__ import annotations
 
 import dataclasses
+import io
 import json
 import math
-import pathlib
+import os
 from typing import TYPE_CHECKING, Optional
 
+from dp_tfx import files
 from dp_tfx.audit.membership import epsilon_lower_bound
 from dp_tfx.ledger import PrivacyLedger
 from dp_tfx.policy import PrivacyDecision, PrivacyPolicy
@@ -79,19 +81,19 @@ def _audit_section(model_audit: "ModelAudit", delta: float, confidence: float) -
 
 def write_report(directory, decision: PrivacyDecision, policy: Optional[PrivacyPolicy],
                  ledger: Optional[PrivacyLedger], curve: list,
-                 audit: Optional["PrivacyAudit"] = None) -> pathlib.Path:
+                 audit: Optional["PrivacyAudit"] = None) -> str:
   """Writes report.json, summary.txt, epsilon.png (when there is a curve) and exposure.png (when
-  the audit measured canaries) under `directory`."""
-  directory = pathlib.Path(directory)
-  directory.mkdir(parents=True, exist_ok=True)
+  the audit measured canaries) under `directory` (local or a URL such as gs://)."""
+  directory = os.fspath(directory)
   report = build_report(decision, policy, ledger, curve, audit)
-  (directory / REPORT_FILE).write_text(json.dumps(report, indent=2, sort_keys=True))
-  (directory / SUMMARY_FILE).write_text(_summary(decision, policy, ledger, report.get("audit"))
-                                        + "\n")
+  files.write_text(os.path.join(directory, REPORT_FILE),
+                   json.dumps(report, indent=2, sort_keys=True))
+  files.write_text(os.path.join(directory, SUMMARY_FILE),
+                   _summary(decision, policy, ledger, report.get("audit")) + "\n")
   if curve:
-    _plot(directory / PLOT_FILE, curve, policy)
+    _plot(os.path.join(directory, PLOT_FILE), curve, policy)
   if audit is not None and audit.model.canaries:
-    _plot_exposure(directory / EXPOSURE_PLOT_FILE, audit)
+    _plot_exposure(os.path.join(directory, EXPOSURE_PLOT_FILE), audit)
   return directory
 
 
@@ -151,8 +153,7 @@ def _plot(path, curve, policy) -> None:
   axes.set_title("Privacy spent during training")
   axes.legend()
   figure.tight_layout()
-  figure.savefig(path, dpi=100)
-  pyplot.close(figure)
+  _save_figure(figure, path)
 
 
 def _plot_exposure(path, audit: "PrivacyAudit") -> None:
@@ -181,5 +182,14 @@ def _plot_exposure(path, audit: "PrivacyAudit") -> None:
   axes.set_title("Canary exposure")
   axes.legend()
   figure.tight_layout()
-  figure.savefig(path, dpi=100)
+  _save_figure(figure, path)
+
+
+def _save_figure(figure, path: str) -> None:
+  """PNG bytes through dp_tfx.files (matplotlib writes only to local paths and file objects)."""
+  from matplotlib import pyplot
+
+  buffer = io.BytesIO()
+  figure.savefig(buffer, format="png", dpi=100)
   pyplot.close(figure)
+  files.write_bytes(path, buffer.getvalue())

@@ -15,11 +15,11 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import pathlib
 from typing import Any, Sequence
 
 import numpy as np
 
+from dp_tfx import files
 from dp_tfx.checks import is_int
 
 FORMAT_VERSION = 1
@@ -110,14 +110,12 @@ def make_canaries(fmt: CanaryFormat, repetitions: Sequence[int] = (1, 4, 16),
 
 
 def save_canaries(path: os.PathLike | str, fmt: CanaryFormat,
-                  canaries: Sequence[Canary]) -> pathlib.Path:
+                  canaries: Sequence[Canary]) -> str:
   """Writes the format and the canaries as JSON (validated first, so a saved file always loads)."""
   body = {"format_version": FORMAT_VERSION, "prefix": fmt.prefix, "digits": fmt.digits,
           "canaries": [dataclasses.asdict(canary) for canary in canaries]}
   _parse(body, path)
-  path = pathlib.Path(path)
-  path.write_text(json.dumps(body, indent=1) + "\n", encoding="utf-8")
-  return path
+  return files.write_text(path, json.dumps(body, indent=1) + "\n")
 
 
 def load_canaries(path: os.PathLike | str) -> tuple[CanaryFormat, list[Canary]]:
@@ -127,7 +125,7 @@ def load_canaries(path: os.PathLike | str) -> tuple[CanaryFormat, list[Canary]]:
     ValueError: for a file that is not valid JSON or does not describe valid, distinct canaries.
   """
   try:
-    body = json.loads(pathlib.Path(path).read_text(encoding="utf-8"))
+    body = json.loads(files.read_text(path))
   except json.JSONDecodeError as error:
     raise ValueError(f"canaries file {path} is not valid JSON: {error}") from None
   return _parse(body, path)

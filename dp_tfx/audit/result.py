@@ -11,9 +11,10 @@ from __future__ import annotations
 import collections
 import dataclasses
 import json
-import pathlib
+import os
 from typing import Dict, List, Optional
 
+from dp_tfx import files
 from dp_tfx.audit.canaries import CanaryFormat
 from dp_tfx.audit.exposure import Exposure
 from dp_tfx.audit.membership import MembershipAudit
@@ -141,17 +142,15 @@ class PrivacyAudit:
                control=ModelAudit.from_dict(values["control"]) if values.get("control") else None,
                canary_format=values.get("canary_format"))
 
-  def save(self, directory) -> pathlib.Path:
-    path = pathlib.Path(directory) / AUDIT_FILE
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(self.to_dict(), indent=2, sort_keys=True))
-    return path
+  def save(self, directory) -> str:
+    return files.write_text(os.path.join(os.fspath(directory), AUDIT_FILE),
+                            json.dumps(self.to_dict(), indent=2, sort_keys=True))
 
   @classmethod
   def load(cls, directory) -> "PrivacyAudit":
     """Reads `{directory}/audit.json`; any missing or malformed part raises ValueError."""
-    path = pathlib.Path(directory) / AUDIT_FILE
+    path = os.path.join(os.fspath(directory), AUDIT_FILE)
     try:
-      return cls.from_dict(json.loads(path.read_text()))
+      return cls.from_dict(json.loads(files.read_text(path)))
     except (OSError, ValueError, KeyError, TypeError, AttributeError) as error:
       raise ValueError(f"cannot read the privacy audit at {path}: {error!r}") from None

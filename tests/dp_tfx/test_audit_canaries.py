@@ -64,7 +64,8 @@ def _duplicate_a_secret(body):
     (_duplicate_a_secret, "the secrets must be distinct"),
 ])
 def test_malformed_files_are_refused_with_the_reason(tmp_path, edit, message):
-  path = save_canaries(tmp_path / "canaries.json", CanaryFormat(), make_canaries(CanaryFormat()))
+  path = tmp_path / "canaries.json"
+  save_canaries(path, CanaryFormat(), make_canaries(CanaryFormat()))
   body = json.loads(path.read_text())
   edit(body)
   path.write_text(json.dumps(body))

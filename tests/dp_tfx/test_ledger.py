@@ -37,7 +37,8 @@ def test_round_trip_keeps_facts_and_epsilon(tmp_path):
 
 
 def test_edited_ledger_is_rejected(tmp_path):
-  path = _ledger().save(tmp_path / "ledger.json")
+  path = tmp_path / "ledger.json"
+  _ledger().save(path)
   _rewrite(path, lambda body: body["segments"][0].update(noise_multiplier=5.0))
   with pytest.raises(LedgerIntegrityError, match="content_hash"):
     PrivacyLedger.load(path)

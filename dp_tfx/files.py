@@ -1,0 +1,75 @@
+"""File I/O through tf.io.gfile: ledgers, audits and reports on any filesystem TFX artifacts use.
+
+On Kubeflow or Vertex the pipeline root, and so every artifact URI, is gs://... (or s3://,
+hdfs://); pathlib and open() see only local disks. Paths here are strings joined with
+os.path.join, which keeps a URL's scheme intact where pathlib would fold "gs://" into "gs:/".
+TensorFlow is imported on first use: the `dp-tfx` commands that only read a ledger stay fast and
+free of TensorFlow's start-up output.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+
+
+def _gfile():
+  import tensorflow as tf  # pylint: disable=import-outside-toplevel
+
+  return tf.io.gfile
+
+
+def exists(path) -> bool:
+  return _gfile().exists(os.fspath(path))
+
+
+def is_dir(path) -> bool:
+  return _gfile().isdir(os.fspath(path))
+
+
+def read_bytes(path) -> bytes:
+  """The file's bytes; a missing or unreadable file raises OSError, as open() would."""
+  import tensorflow as tf  # pylint: disable=import-outside-toplevel
+
+  try:
+    with _gfile().GFile(os.fspath(path), "rb") as handle:
+      return handle.read()
+  except tf.errors.NotFoundError:
+    raise FileNotFoundError(f"no file at {path}") from None
+  except tf.errors.OpError as error:
+    raise OSError(f"cannot read {path}: {error.message}") from None
+
+
+def read_text(path) -> str:
+  return read_bytes(path).decode("utf-8")
+
+
+def write_bytes(path, data: bytes) -> str:
+  """Writes `data` to `path` (creating its directory) through a temporary file and a rename, so
+  a crash never leaves a half-written file where a reader expects a whole one."""
+  path = os.fspath(path)
+  _gfile().makedirs(os.path.dirname(path) or ".")
+  temporary = os.path.join(os.path.dirname(path), f".{os.path.basename(path)}-{uuid.uuid4().hex}")
+  try:
+    with _gfile().GFile(temporary, "wb") as handle:
+      handle.write(data)
+    _gfile().rename(temporary, path, overwrite=True)
+  finally:
+    if _gfile().exists(temporary):
+      _gfile().remove(temporary)
+  return path
+
+
+def write_text(path, text: str) -> str:
+  return write_bytes(path, text.encode("utf-8"))
+
+
+def files_under(directory) -> list:
+  """Relative '/'-separated paths of every file under `directory`, in the order pathlib sorts
+  them (by path components), so digests match those computed from local paths."""
+  root = os.fspath(directory).rstrip("/")
+  found = []
+  for parent, _, names in _gfile().walk(root):
+    relative_parent = parent[len(root):].strip("/")
+    found.extend(f"{relative_parent}/{name}" if relative_parent else name for name in names)
+  return sorted(found, key=lambda relative: relative.split("/"))
