@@ -3,8 +3,8 @@
 On Kubeflow or Vertex the pipeline root, and so every artifact URI, is gs://... (or s3://,
 hdfs://); pathlib and open() see only local disks. Paths here are strings joined with
 os.path.join, which keeps a URL's scheme intact where pathlib would fold "gs://" into "gs:/".
-TensorFlow is imported on first use: the `dp-tfx` commands that only read a ledger stay fast and
-free of TensorFlow's start-up output.
+TensorFlow is imported on first use, not with the modules that use this one, so `dp-tfx`
+argument errors stay one line.
 """
 
 from __future__ import annotations
@@ -44,19 +44,32 @@ def read_text(path) -> str:
   return read_bytes(path).decode("utf-8")
 
 
+# Filesystems whose rename replaces the target whole: a local disk (atomic rename) and object
+# stores, where a rename is a copy and an object is replaced only whole ("ram" is TensorFlow's
+# in-memory test filesystem). HDFS deletes the target before renaming onto it.
+WHOLE_REPLACE_SCHEMES = ("", "gs", "s3", "ram")
+
+
+def scheme(path) -> str:
+  """'gs' for gs://bucket/x, '' for a local path."""
+  path = os.fspath(path)
+  return path.split("://", 1)[0] if "://" in path else ""
+
+
 def write_bytes(path, data: bytes) -> str:
   """Writes `data` to `path` (creating its directory) through a temporary file and a rename, so
-  a crash never leaves a half-written file where a reader expects a whole one."""
+  on WHOLE_REPLACE_SCHEMES a crash never leaves a half-written file where a whole one was."""
   path = os.fspath(path)
-  _gfile().makedirs(os.path.dirname(path) or ".")
+  gfile = _gfile()
+  gfile.makedirs(os.path.dirname(path) or ".")
   temporary = os.path.join(os.path.dirname(path), f".{os.path.basename(path)}-{uuid.uuid4().hex}")
   try:
-    with _gfile().GFile(temporary, "wb") as handle:
+    with gfile.GFile(temporary, "wb") as handle:
       handle.write(data)
-    _gfile().rename(temporary, path, overwrite=True)
+    gfile.rename(temporary, path, overwrite=True)
   finally:
-    if _gfile().exists(temporary):
-      _gfile().remove(temporary)
+    if gfile.exists(temporary):
+      gfile.remove(temporary)
   return path
 
 

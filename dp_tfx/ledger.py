@@ -306,8 +306,14 @@ class PrivacyLedger:
     return self.path
 
   def flush(self) -> None:
-    if self.path is not None:
-      files.write_text(self.path, self.to_json())  # never half-written, even on a crash
+    if self.path is None:
+      return
+    if files.scheme(self.path) not in files.WHOLE_REPLACE_SCHEMES:
+      # A crash between deleting the old ledger and renaming the new one would leave none, and
+      # the next run would start counting from zero: refuse rather than risk under-counting.
+      raise LedgerError(f"a ledger cannot be written on {files.scheme(self.path)}:// (no "
+                        "whole-file replace there); use a local path, gs:// or s3://")
+    files.write_text(self.path, self.to_json())  # never half-written, even on a crash
 
   @classmethod
   def load(cls, path: os.PathLike | str) -> "PrivacyLedger":

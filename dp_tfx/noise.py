@@ -1,11 +1,12 @@
 """Gaussian noise for DP-SGD: fresh every step, independent per variable and per replica.
 
-Noise is drawn with TensorFlow's counter-based stateless RNG from (run key, step, replica), so
-no two steps or replicas ever share a stream, it runs under XLA, and a test can fix the run key to
-reproduce it. One draw covers all variables (each takes its own slice of it): a draw per variable
-cost more in per-op overhead than in sampling (CNN step at batch 256: ~3 ms against ~0.5 ms).
-With R replicas each adds N(0, sigma^2 C^2 / R): the summed gradient then carries exactly one
-N(0, sigma^2 C^2) draw's variance.
+Noise is drawn with TensorFlow's counter-based stateless RNG from (run key, step, replica, draw),
+so no two steps, replicas or draws ever share a stream, it runs under XLA, and a test can fix the
+run key to reproduce it. Small variables share a draw, each taking its own slice: a draw per
+variable cost more in per-op overhead than in sampling (CNN step at batch 256: ~3 ms against
+~0.5 ms); a variable of over _DRAW_VALUES values gets a draw of its own, so the transient noise
+buffer never exceeds about the largest variable. With R replicas each adds N(0, sigma^2 C^2 / R):
+the summed gradient then carries exactly one N(0, sigma^2 C^2) draw's variance.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import tensorflow as tf
 NOISE_STREAM = 1
 SAMPLING_STREAM = 2
 MICROBATCH_STREAM = 3
+_DRAW_VALUES = 1 << 22  # values per shared noise draw (16 MiB of float32)
 
 
 def run_key(seed: Optional[int]) -> tf.Tensor:
@@ -33,21 +35,43 @@ def stream_key(key: tf.Tensor, *path) -> tf.Tensor:
   return key
 
 
+def _draw_groups(sizes: list) -> list:
+  """Consecutive tensor indices sharing one draw: up to _DRAW_VALUES values of static size each;
+  a tensor of dynamic size is a group of its own."""
+  groups, current, total = [], [], 0
+  for index, size in enumerate(sizes):
+    if not isinstance(size, int):
+      groups.append([index])
+      continue
+    if current and total + size > _DRAW_VALUES:
+      groups.append(current)
+      current, total = [], 0
+    current.append(index)
+    total += size
+  return groups + ([current] if current else [])
+
+
 def add_gaussian_noise(tensors: Sequence[tf.Tensor], stddev: float, key: tf.Tensor,
                        step: tf.Tensor) -> list:
-  """tensors[i] + N(0, stddev^2 / R), all from one stream unique to (key, step, replica)."""
+  """tensors[i] + N(0, stddev^2 / R), from streams unique to (key, step, replica, draw)."""
   replica_context = tf.distribute.get_replica_context()
   replicas, replica_id = 1, 0
   if replica_context is not None:
     replicas = replica_context.num_replicas_in_sync
     replica_id = replica_context.replica_id_in_sync_group
   per_replica_stddev = stddev / (replicas ** 0.5)
-  # Static shapes (variables have them) let the draw start before the gradients are done.
+  # Static shapes (variables have them) let the draws start before the gradients are done.
   static = [tensor.shape.is_fully_defined() for tensor in tensors]
   shapes = [t.shape if known else tf.shape(t) for t, known in zip(tensors, static)]
   sizes = [t.shape.num_elements() if known else tf.size(t) for t, known in zip(tensors, static)]
-  draw = tf.random.stateless_normal([sum(sizes)], seed=stream_key(
-      key, NOISE_STREAM, step, replica_id), dtype=tf.float32)
-  slices = tf.split(draw, sizes, num=len(tensors))
-  return [tensor + tf.cast(per_replica_stddev * tf.reshape(part, shape), tensor.dtype)
-          for tensor, part, shape in zip(tensors, slices, shapes)]
+  dtype = tf.float64 if any(t.dtype == tf.float64 for t in tensors) else tf.float32
+  noisy = list(tensors)
+  for group_index, group in enumerate(_draw_groups(sizes)):
+    draw = tf.random.stateless_normal(
+        [sum(sizes[i] for i in group)], dtype=dtype,
+        seed=stream_key(key, NOISE_STREAM, step, replica_id, group_index))
+    parts = tf.split(draw, [sizes[i] for i in group], num=len(group)) if len(group) > 1 else [draw]
+    for index, part in zip(group, parts):
+      noise = tf.cast(per_replica_stddev * tf.reshape(part, shapes[index]), tensors[index].dtype)
+      noisy[index] = tensors[index] + noise
+  return noisy

@@ -15,7 +15,7 @@ from components import testing
 from dp_tfx import files
 from dp_tfx.audit import canaries as canaries_lib
 from dp_tfx.audit.result import PrivacyAudit
-from dp_tfx.ledger import PrivacyLedger, directory_digest
+from dp_tfx.ledger import LedgerError, PrivacyLedger, directory_digest
 from dp_tfx.policy import PrivacyPolicy, decide
 from dp_tfx.report import PLOT_FILE, REPORT_FILE, SUMMARY_FILE, write_report
 from tests.dp_tfx.test_audit_result import _audit
@@ -99,3 +99,8 @@ def test_report_with_its_plot_is_written_to_a_remote_filesystem(remote_dir):
   assert b'"blessed": true' in files.read_bytes(f"{remote_dir}/{REPORT_FILE}")
   assert files.read_text(f"{remote_dir}/{SUMMARY_FILE}").startswith(decision.summary)
   assert files.read_bytes(f"{remote_dir}/{PLOT_FILE}")[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_a_ledger_is_refused_where_a_crash_could_lose_it():
+  with pytest.raises(LedgerError, match="cannot be written on hdfs://"):
+    _ledger().save("hdfs://namenode/ledgers/ledger.json")

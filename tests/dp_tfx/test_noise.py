@@ -32,11 +32,34 @@ def test_a_fixed_key_reproduces_the_noise():
   np.testing.assert_array_equal(a[0].numpy(), b[0].numpy())
 
 
-def test_tensors_of_unknown_shape_get_the_same_noise_as_known_ones():
+def test_tensors_of_unknown_shape_get_reproducible_noise_of_their_shape():
   key = noise.run_key(seed=5)
-  zeros = [tf.zeros([3, 4]), tf.zeros([7])]
-  known = noise.add_gaussian_noise(zeros, 1.0, key, tf.constant(2))
   traced = tf.function(lambda a, b: noise.add_gaussian_noise([a, b], 1.0, key, tf.constant(2)),
                        input_signature=[tf.TensorSpec([None, 4]), tf.TensorSpec([None])])
-  for expected, actual in zip(known, traced(*zeros)):
-    np.testing.assert_array_equal(expected.numpy(), actual.numpy())
+  first = traced(tf.zeros([3, 4]), tf.zeros([7]))
+  again = traced(tf.zeros([3, 4]), tf.zeros([7]))
+  assert [t.shape for t in first] == [(3, 4), (7,)]
+  for a, b in zip(first, again):
+    np.testing.assert_array_equal(a.numpy(), b.numpy())
+  assert not set(first[0].numpy().ravel()) & set(first[1].numpy().ravel())  # separate draws
+
+
+def test_large_variables_get_draws_of_their_own_and_all_draws_differ(monkeypatch):
+  # Shrink the shared-draw size so a small test crosses it: [30] and [50] exceed 40 values.
+  monkeypatch.setattr(noise, "_DRAW_VALUES", 40)
+  assert noise._draw_groups([10, 20, 30, 50, 5, 5]) == [[0, 1], [2], [3], [4, 5]]
+  zeros = [tf.zeros([10]), tf.zeros([20]), tf.zeros([30]), tf.zeros([50]), tf.zeros([5]),
+           tf.zeros([5])]
+  noisy = noise.add_gaussian_noise(zeros, 1.0, noise.run_key(seed=6), tf.constant(0))
+  values = np.concatenate([t.numpy() for t in noisy])
+  # Separate draws must come from separate streams: no value repeats across the 120.
+  assert len(np.unique(values)) == values.size
+  assert abs(values.std() - 1) < 0.3  # 120 draws: the sample std's standard error is 6.5%
+
+
+def test_float64_tensors_get_float64_noise():
+  noisy = noise.add_gaussian_noise([tf.zeros([1000], tf.float64)], 1.0, noise.run_key(seed=7),
+                                   tf.constant(0))
+  values = noisy[0].numpy()
+  assert values.dtype == np.float64
+  assert np.any(values != values.astype(np.float32).astype(np.float64))  # not float32 precision
