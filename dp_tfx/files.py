@@ -13,10 +13,14 @@ import os
 import uuid
 
 
-def _gfile():
+def _tf():
   import tensorflow as tf  # pylint: disable=import-outside-toplevel
 
-  return tf.io.gfile
+  return tf
+
+
+def _gfile():
+  return _tf().io.gfile
 
 
 def exists(path) -> bool:
@@ -29,8 +33,7 @@ def is_dir(path) -> bool:
 
 def read_bytes(path) -> bytes:
   """The file's bytes; a missing or unreadable file raises OSError, as open() would."""
-  import tensorflow as tf  # pylint: disable=import-outside-toplevel
-
+  tf = _tf()
   try:
     with _gfile().GFile(os.fspath(path), "rb") as handle:
       return handle.read()
@@ -67,9 +70,10 @@ def write_bytes(path, data: bytes) -> str:
     with gfile.GFile(temporary, "wb") as handle:
       handle.write(data)
     gfile.rename(temporary, path, overwrite=True)
-  finally:
-    if gfile.exists(temporary):
+  except BaseException:
+    if gfile.exists(temporary):  # only on failure: the ledger flushes here every step
       gfile.remove(temporary)
+    raise
   return path
 
 
