@@ -18,7 +18,9 @@ setuptools.setup(
     description="Differentially private training as first-class TFX pipeline components.",
     long_description=(_HERE / "README.md").read_text(),
     long_description_content_type="text/markdown",
-    python_requires=">=3.11,<3.12",
+    # TFX 1.21 and its stack (tfx-bsl, TFDV, TFT, ml-metadata, TFMA 0.52) publish wheels for
+    # CPython 3.11, 3.12 and 3.13.
+    python_requires=">=3.11,<3.14",
     # components/ and pipelines/ sit at the top level of the repository (see DESIGN.md) and are
     # installed as dp_tfx.components and dp_tfx.pipelines, so a Kubeflow container imports them.
     packages=(setuptools.find_packages(include=["dp_tfx", "dp_tfx.*"]) +
@@ -26,13 +28,16 @@ setuptools.setup(
                   "components", "components.*", "pipelines", "pipelines.*"])]),
     package_dir={"dp_tfx.components": "components", "dp_tfx.pipelines": "pipelines"},
     install_requires=[
-        # TFX 1.21 is the only TFX release for Python 3.11; it fixes TF 2.21 and Beam.
+        # TFX 1.21 fixes TF 2.21 and Beam.
         "tfx[kfp]==1.21.0",
         "tensorflow==2.21.*",
         "tensorboard==2.21.*",  # ModelRun logs (tf.summary needs it installed)
         "keras>=3.10,<4",
         "dp-accounting==0.6.0",
         "tensorflow-datasets>=4.9.10",
+        # TFDS 4.9.10's dataset builder imports importlib_resources on every Python but declares
+        # it only for Python < 3.9: without it `--data tfds` fails before it reaches the network.
+        "importlib_resources>=6",
         "numpy>=1.26",
         "scipy>=1.11",
         # Ships 5,000 real MNIST digits: the offline dataset for demos and tests.

@@ -85,31 +85,57 @@ ensure_system_libraries() {
   fi
 }
 
-find_python311() {
+# The Pythons TFX 1.21's stack publishes wheels for (setup.py's python_requires says the same).
+SUPPORTED_PYTHONS="3.11 3.12 3.13"
+
+python_minor() {  # python_minor INTERPRETER -> "3.12", or nothing if it does not run
+  "$1" -c 'import sys; print("%d.%d" % sys.version_info[:2])' 2>/dev/null
+}
+
+is_supported_python() {
+  local minor
+  minor="$(python_minor "$1")"
+  [ -n "$minor" ] && case " $SUPPORTED_PYTHONS " in *" $minor "*) return 0 ;; esac
+  return 1
+}
+
+find_python() {
+  # $DP_TFX_PYTHON when given, else the system python3 when it is supported, else the newest
+  # supported python3.X on the PATH.
   local candidate
-  for candidate in python3.11 python3; do
-    if command -v "$candidate" >/dev/null 2>&1 &&
-      "$candidate" -c 'import sys; sys.exit(sys.version_info[:2] != (3, 11))' 2>/dev/null; then
+  if [ -n "${DP_TFX_PYTHON:-}" ]; then
+    is_supported_python "$DP_TFX_PYTHON" && { command -v "$DP_TFX_PYTHON"; return 0; }
+    die "DP_TFX_PYTHON=$DP_TFX_PYTHON is not a Python 3.11, 3.12 or 3.13 that runs here (TFX 1.21 publishes wheels for those only)."
+  fi
+  for candidate in python3 python3.13 python3.12 python3.11; do
+    if command -v "$candidate" >/dev/null 2>&1 && is_supported_python "$candidate"; then
       command -v "$candidate"
       return 0
     fi
   done
-  die "Python 3.11 is required (TFX 1.21 is published for 3.11 only); install python3.11 with venv and pip."
+  die "Python 3.11, 3.12 or 3.13 is required (TFX 1.21 publishes wheels for those only; python3 here is
+  $(python3 --version 2>&1 || echo missing)). Install one with venv and pip, or name it in DP_TFX_PYTHON."
 }
 
-setup_fingerprint() {
-  cat "$REPO_ROOT/setup.py" "$REPO_ROOT/scripts/setup.sh" "$REPO_ROOT/dp_tfx/version.py" | sha256sum | cut -d' ' -f1
+setup_fingerprint() {  # setup_fingerprint PYTHON: changes when the set-up or the chosen Python does
+  { cat "$REPO_ROOT/setup.py" "$REPO_ROOT/scripts/setup.sh" "$REPO_ROOT/dp_tfx/version.py"
+    python_minor "$1"; } | sha256sum | cut -d' ' -f1
 }
 
 ensure_venv() {
-  local fingerprint
-  fingerprint="$(setup_fingerprint)"
+  local python fingerprint
+  python="$(find_python)"
+  fingerprint="$(setup_fingerprint "$python")"
   if [ -f "$STAMP" ] && [ "$(cat "$STAMP")" = "$fingerprint" ] && "$VENV/bin/python" -c 'import dp_tfx' 2>/dev/null; then
     return 0
   fi
+  if [ -x "$VENV/bin/python" ] && [ "$(python_minor "$VENV/bin/python")" != "$(python_minor "$python")" ]; then
+    say "$VENV has Python $(python_minor "$VENV/bin/python" || echo "(broken)"); recreating it with $python ($(python_minor "$python"))"
+    rm -rf "$VENV"
+  fi
   if [ ! -x "$VENV/bin/python" ]; then
-    say "creating virtual environment $VENV"
-    "$(find_python311)" -m venv "$VENV"
+    say "creating virtual environment $VENV with $python (Python $(python_minor "$python"))"
+    "$python" -m venv "$VENV"
   fi
   say "installing dp_tfx and its dependencies into $VENV (a few minutes the first time)"
   "$VENV/bin/python" -m pip install -q --disable-pip-version-check --upgrade pip
