@@ -1,6 +1,7 @@
 """DP step time and peak memory against the non-private step of the same model, in one process.
 
-Prints one JSON line per (model, batch size): the time per step of a non-private Keras step and of
+Prints one JSON line per (model, batch size), with the kernels it ran on ("backend": CPU or GPU,
+oneDNN on or off): the time per step of a non-private Keras step and of
 a dp_tfx DP-SGD step (same model, data, optimizer, XLA setting; after warm-up; the two modes'
 epochs alternate and the fastest epoch of each counts), their ratio, and the peak memory of each
 measured in its own subprocess.
@@ -28,6 +29,7 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 
 import dp_tfx  # noqa: E402
+from dp_tfx import kernels  # noqa: E402
 from dp_tfx import models  # noqa: E402
 
 VOCAB, SEQUENCE = 5000, 64
@@ -175,7 +177,7 @@ def main(argv=None):
       result = {"model": model_name, "batch_size": batch_size, "jit_compile": args.jit_compile,
                 "steps": args.steps, "rounds": args.rounds, "repeats": args.repeats,
                 "plain_step_ms": round(plain * 1e3, 2), "dp_step_ms": round(private * 1e3, 2),
-                "ratio": round(private / plain, 2)}
+                "ratio": round(private / plain, 2), "backend": kernels.describe()}
       if args.memory:
         plain_mib = _peak_memory_mib(args, model_name, batch_size, "plain")
         dp_mib = _peak_memory_mib(args, model_name, batch_size, "dp")

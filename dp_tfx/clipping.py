@@ -27,10 +27,13 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from dp_tfx import kernels
+
 # Convolutions with patches of at most this many values (kh * kw * in_channels) get their
-# per-example kernel gradients from one grouped convolution; larger patches are unfolded by
-# tf.image.extract_patches (2nd tutorial conv layer, 256 values, batch 256: unfold + einsum
-# 5.7 ms, the grouped convolution 7.3 ms).
+# per-example kernel gradients from one grouped convolution where the kernels support it
+# (`kernels.grouped_filter_gradients_supported`); larger patches, and every patch elsewhere, are
+# unfolded by tf.image.extract_patches (2nd tutorial conv layer, 256 values, batch 256: unfold +
+# einsum 5.7 ms, the grouped convolution 7.3 ms).
 _SMALL_PATCH = 128
 
 # Guards the division C / norm for an all-zero gradient (padded slots).
@@ -432,7 +435,7 @@ class _LayerNormalizationTap(_LayerTap):
         prepared, lambda n, g: self._parts(n, g * weights[:, None, None], [0, 1]))
 
 
-def _tap_for(layer, static_shapes: bool = False) -> Optional[_LayerTap]:
+def _tap_for(layer, grouped_convolutions: bool) -> Optional[_LayerTap]:
   """The fast-path tap for a layer, or None when it must use the generic fallback."""
   if not layer.trainable or not layer.trainable_variables:
     return None
@@ -443,7 +446,7 @@ def _tap_for(layer, static_shapes: bool = False) -> Optional[_LayerTap]:
     return _DenseTap(layer)
   if kind in (keras.layers.Conv1D, keras.layers.Conv2D):
     if layer.groups == 1 and layer.data_format == "channels_last" and layer.padding != "causal":
-      return _ConvTap(layer, grouped=not static_shapes)
+      return _ConvTap(layer, grouped=grouped_convolutions)
     return None
   if kind is keras.layers.Embedding:
     return _EmbeddingTap(layer)
@@ -513,12 +516,17 @@ class GradientTaps:
     static_shapes: use only computations whose shapes do not depend on the batch size (for XLA,
       to which the batch inside the accumulation loop is dynamic): convolutions are then always
       unfolded, never given a kernel with a group per example.
+    grouped_convolutions: whether small-patch convolutions may take their per-example kernel
+      gradients from one grouped convolution. None (the default): where this process's kernels
+      compute them (oneDNN and cuDNN do, Eigen does not) and shapes need not be static. True
+      where they do not raises ValueError.
 
   Raises:
     ValueError: for models with layers that mix examples (BatchNormalization).
   """
 
-  def __init__(self, model: keras.Model, static_shapes: bool = False):
+  def __init__(self, model: keras.Model, static_shapes: bool = False,
+               grouped_convolutions: Optional[bool] = None):
     if not model.built:
       raise ValueError("build the model (call it on a batch) before making it private")
     layers = list(model._flatten_layers(include_self=False, recursive=True))
@@ -528,10 +536,19 @@ class GradientTaps:
       raise ValueError(f"BatchNormalization layers {mixing} mix examples within a batch, so "
                        "per-example gradients (and DP-SGD) are undefined; use LayerNormalization "
                        "or GroupNormalization instead")
+    supported = kernels.grouped_filter_gradients_supported()
+    if grouped_convolutions and static_shapes:
+      raise ValueError("grouped convolutions need a static batch size; static_shapes excludes them")
+    if grouped_convolutions and not supported:
+      raise ValueError("this TensorFlow's kernels do not compute grouped-convolution filter "
+                       "gradients (Eigen's CPU kernels, with oneDNN off)")
+    if grouped_convolutions is None:
+      grouped_convolutions = supported and not static_shapes
     self.model = model
     self.static_shapes = static_shapes
+    self.grouped_convolutions = grouped_convolutions
     self.variables = list(model.trainable_variables)
-    self.taps = [tap for tap in (_tap_for(layer, static_shapes) for layer in layers)
+    self.taps = [tap for tap in (_tap_for(layer, grouped_convolutions) for layer in layers)
                  if tap is not None]
     covered = {id(v) for tap in self.taps for v in tap.variables}
     self.fallback_variables = [v for v in self.variables if id(v) not in covered]

@@ -14,8 +14,11 @@ BATCH = 12
 
 
 def _assert_close(actual, expected):
-  for a, e in zip(actual, expected):
-    np.testing.assert_allclose(np.asarray(a, np.float64), e, rtol=1e-5, atol=1e-6)
+  for a, e in zip(actual, expected, strict=True):
+    # float32 sums: entries far below the tensor's largest one are only as exact as that one
+    # (the fallback model's GroupNormalization gradients cancel to ~1e-2 next to ~1e1).
+    np.testing.assert_allclose(np.asarray(a, np.float64), e, rtol=1e-5,
+                               atol=1e-6 + 1e-6 * np.max(np.abs(e)))
 
 
 @pytest.mark.parametrize("kind", sorted(models.MODELS))
