@@ -7,7 +7,8 @@
     dp-tfx pipeline --runner local --max-epsilon 5 --json
     dp-tfx pipeline --example lm --control --json
 
-Bad arguments exit with status 2 and a one-line reason.
+Bad arguments exit with status 2 and a one-line reason; so does `pipeline --data tfds` when the
+dataset is not cached and cannot be downloaded (before anything trains).
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ import os
 import sys
 from typing import Optional, Sequence
 
-from dp_tfx import accounting
+from dp_tfx import accounting, datasets
 from dp_tfx.ledger import PrivacyLedger
 from dp_tfx.pipelines.examples import EXAMPLES
 
@@ -256,6 +257,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     result = args.handler(args)
   except ValueError as error:  # LedgerError included: a readable reason, not a traceback
     print(f"dp-tfx {args.command}: error: {error}", file=sys.stderr)
+    return USAGE_ERROR
+  except datasets.DatasetDownloadError as error:  # --data tfds offline: nothing trained yet
+    print(f"dp-tfx {args.command}: error: {error}; --data embedded works offline",
+          file=sys.stderr)
     return USAGE_ERROR
   _print(result, args.json)
   return 0
