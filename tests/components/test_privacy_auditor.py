@@ -21,6 +21,7 @@ from dp_tfx.components.privacy_auditor import component, executor
 from dp_tfx.config import DPConfig
 from dp_tfx.ledger import LEDGER_FILE_NAME, PrivacyLedger
 from dp_tfx.policy import PrivacyPolicy
+from tests import recomputed
 from tests.components import memorizing_model
 
 EXAMPLES_PER_SPLIT = 400
@@ -103,6 +104,10 @@ def test_a_trainer_without_noise_is_caught_by_the_audit_and_refused(broken):
   assert epsilon == pytest.approx(1.33, abs=0.01)  # what the broken ledger claims
   bound = result.report["audit"]["empirical_epsilon_lower_bound"]
   assert bound > epsilon + 1.0
+  # The bound follows from the attack's stored counts (recomputed without dp_tfx).
+  assert result.report["audit"]["counts"] == PrivacyAudit.load(
+      audit_artifact.uri).model.membership.counts.to_dict()
+  recomputed.assert_membership_section_follows_from_its_counts(result.report["audit"], DELTA)
   testing.assert_not_blessed(result, reason="membership-inference audit")
   assert result.blessing.get_float_custom_property(artifacts.LOWER_BOUND_PROPERTY) == bound
   assert audit_artifact.get_float_custom_property(artifacts.LOWER_BOUND_PROPERTY) > epsilon
@@ -125,7 +130,9 @@ def test_the_audit_records_attack_sizes_and_rates(honest):
   assert audit.delta == pytest.approx(DELTA) and audit.confidence == 0.95
   section = result.report["audit"]
   assert section["attack"] == "loss_threshold"
-  assert 0 <= section["lower_bound"]["tpr"] <= 1 and 0 <= section["lower_bound"]["fpr"] <= 1
+  # The report's rates and bound follow from the stored counts (recomputed without dp_tfx).
+  assert section["counts"] == counts.to_dict()
+  recomputed.assert_membership_section_follows_from_its_counts(section, DELTA)
   assert (pathlib.Path(audit_artifact.uri) / AUDIT_FILE).exists()
   assert "empirical epsilon >=" in (pathlib.Path(result.report_dir) / "summary.txt").read_text()
 

@@ -44,7 +44,7 @@ def test_a_ledger_is_saved_flushed_continued_and_verified_on_a_remote_filesystem
 
 
 def test_a_missing_ledger_is_reported_as_missing(remote_dir):
-  with pytest.raises(Exception, match="no privacy ledger"):
+  with pytest.raises(LedgerError, match="no privacy ledger at ram://"):
     PrivacyLedger.load(f"{remote_dir}/ledger.json")
   with pytest.raises(FileNotFoundError):
     files.read_text(f"{remote_dir}/ledger.json")

@@ -53,7 +53,7 @@ def test_one_step_is_the_clipped_mean_gradient(kind, jit_compile, physical_batch
   bx, by, _ = _sampled_batch(dp_model, x, y)
   expected_sum = clipping.reference_clipped_sum(dp_model.model, PER_EXAMPLE_LOSS, bx, by, 0.3)
   dp_model.fit(x, y, verbose=0)
-  for b, a, s in zip(before, dp_model.trainable_variables, expected_sum):
+  for b, a, s in zip(before, dp_model.trainable_variables, expected_sum, strict=True):
     # SGD with learning rate 1: w' = w - clipped_sum / expected batch size (8).
     np.testing.assert_allclose(b - a.numpy(), s / 8, rtol=1e-4, atol=1e-6)
 
@@ -67,7 +67,7 @@ def test_one_microbatched_step_is_the_mean_of_clipped_microbatch_means():
   expected_sum = clipping.reference_clipped_sum(dp_model.model, PER_EXAMPLE_LOSS, bx, by, 0.3,
                                                 microbatch_ids=ids, num_microbatches=4)
   dp_model.fit(x, y, verbose=0)
-  for b, a, s in zip(before, dp_model.trainable_variables, expected_sum):
+  for b, a, s in zip(before, dp_model.trainable_variables, expected_sum, strict=True):
     np.testing.assert_allclose(b - a.numpy(), s / 4, rtol=1e-4, atol=1e-6)
 
 
@@ -203,9 +203,9 @@ def test_any_keras_optimizer_receives_the_clipped_mean_gradient(make_optimizer):
   expected = clipping.reference_clipped_sum(shadow, PER_EXAMPLE_LOSS, bx, by, 0.3)
   optimizer = make_optimizer()
   optimizer.apply_gradients([(tf.constant(g / 8, tf.float32), v)
-                             for g, v in zip(expected, shadow.trainable_variables)])
+                             for g, v in zip(expected, shadow.trainable_variables, strict=True)])
   dp_model.fit(x, y, verbose=0)
-  for actual, wanted in zip(dp_model.model.get_weights(), shadow.get_weights()):
+  for actual, wanted in zip(dp_model.model.get_weights(), shadow.get_weights(), strict=True):
     np.testing.assert_allclose(actual, wanted, rtol=1e-4, atol=1e-6)
 
 

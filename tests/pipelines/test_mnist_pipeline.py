@@ -5,14 +5,18 @@ import json
 import re
 import pathlib
 
+import numpy as np
 import pytest
+import tensorflow as tf
 from ml_metadata import metadata_store
 from ml_metadata.proto import metadata_store_pb2
+from tfx.utils import path_utils
 
 from dp_tfx.config import DPConfig
 from dp_tfx.ledger import directory_digest
-from dp_tfx.pipelines import runner
+from dp_tfx.pipelines import mnist_data, mnist_model, runner
 from dp_tfx.policy import PrivacyPolicy
+from tests import recomputed
 
 # 200 training digits, batch 50, 2 epochs: 8 noisy steps, epsilon about 2.9 at delta 1e-5.
 CONFIG = DPConfig(noise_multiplier=1.1, batch_size=50, epochs=2, delta=1e-5)
@@ -103,13 +107,30 @@ def test_cli_ends_with_one_json_line_and_a_verdict(tmp_path, capsys):
 def test_a_non_private_control_is_trained_and_audited_but_never_pushed(tmp_path):
   result = _run(tmp_path, max_epsilon=10.0, control=True)
   assert result["pushed"]
-  control = result["audit"]["control"]
-  assert 0 <= control["held_out_metrics"]["accuracy"] <= 1
-  assert control["empirical_epsilon_lower_bound"] >= 0
-  assert len(_store(tmp_path).get_artifacts_by_type("Model")) == 2  # DP model and control
+  models = _store(tmp_path).get_artifacts_by_type("Model")
+  assert len(models) == 2  # DP model and control
+  (control_model,) = [m for m in models if "/NonPrivateControl/" in m.uri]
   # What was pushed is the model the ledger names, not the control.
   report = json.loads((pathlib.Path(result["report_dir"]) / "report.json").read_text())
   assert directory_digest(result["pushed_model_dir"]) == report["ledger"]["facts"]["model_digest"]
+  assert directory_digest(result["pushed_model_dir"]) != directory_digest(
+      path_utils.serving_model_dir(control_model.uri))
+
+  # The control's audit: its held-out accuracy is the served control's accuracy on the eval
+  # split, recomputed here; its membership bound follows from its attack counts.
+  control = report["audit"]["control"]
+  assert result["audit"]["control"]["held_out_metrics"] == control["held_out_metrics"]
+  records = [r.numpy() for r in tf.data.TFRecordDataset(
+      str(tmp_path / "data" / mnist_data.EVAL_DIR / "data.tfrecord"))]
+  serving = tf.saved_model.load(path_utils.serving_model_dir(control_model.uri))
+  logits = serving.signatures["serving_default"](examples=tf.constant(records))["outputs"]
+  labels = tf.io.parse_example(tf.constant(records), mnist_model.feature_spec(None))[
+      mnist_model.LABEL_KEY].numpy()
+  assert control["held_out_metrics"]["accuracy"] == pytest.approx(
+      float(np.mean(np.argmax(logits, axis=-1) == labels)))
+  recomputed.assert_membership_section_follows_from_its_counts(control, report["delta"])
+  assert (result["audit"]["control"]["empirical_epsilon_lower_bound"]
+          == control["empirical_epsilon_lower_bound"])
 
 
 @pytest.mark.slow
