@@ -7,16 +7,36 @@ A DP-SGD step with Poisson sampling rate q, noise std sigma*C and sensitivity s*
 Poisson-sampled Gaussian mechanism with noise multiplier sigma/s (add/remove-one neighbours).
 Per-example clipping has s = 1. Microbatches of more than one example have s = 2: one example can
 move its microbatch's clipped mean from one vector of norm <= C to another.
+
+Failing closed: epsilon is an upper bound or infinite, never a number the accountant could not
+stand behind. Invalid facts (a rate outside (0, 1], a negative or NaN noise multiplier, a
+fractional step count) raise ValueError; facts that are valid but beyond what an accountant can
+compute give epsilon = inf with a reason (`epsilon_result`):
+
+- an exception while the accountant composes or converts: ArithmeticError (OverflowError,
+  ZeroDivisionError, FloatingPointError), MemoryError, or a ValueError raised inside dp_accounting
+  or numpy (e.g. "Maximum allowed size exceeded"); also a NaN or negative result;
+- RDP: a negative Renyi divergence at any order (numerical instability, which dp_accounting would
+  turn into epsilon = 0);
+- PLD: facts where the PLD accountant would need many GB or minutes, so it is not run: more than
+  `MAX_STEPS` noisy steps, a noise multiplier per unit of sensitivity below
+  `PLD_MIN_EFFECTIVE_NOISE`, or an RDP bound above `PLD_MAX_RDP_EPSILON` (the RDP bound is then
+  in the reason; ask for `accountant="rdp"` to get it as the answer).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
-from typing import Callable, Iterable, Sequence
+import numbers
+from typing import Callable, Iterable, Optional, Sequence
 
 import dp_accounting
+import numpy as np
 from dp_accounting.pld import pld_privacy_accountant
 from dp_accounting.rdp import rdp_privacy_accountant
+
+from dp_tfx.config import MAX_NOISE_MULTIPLIER, MAX_STEPS, MIN_NOISE_MULTIPLIER
 
 PLD = "pld"
 RDP = "rdp"
@@ -25,10 +45,29 @@ ACCOUNTANTS = (PLD, RDP)
 # Discretisation of the PLD accountant: 1e-4 in privacy-loss space keeps the reference values of
 # DESIGN.md to 0.1% and takes well under a second for 10^4 steps.
 _PLD_VALUE_DISCRETIZATION = 1e-4
-# Calibration searches no lower than these sigmas: below ~0.3 the PLD of 10^4 steps needs many GB,
-# and no DP-SGD run worth calling private has sigma below 0.05.
-_SMALLEST_SIGMA = 0.05
-_SMALLEST_PLD_SIGMA = 0.3
+# Where the PLD accountant is run at all. Its memory and time grow with 1/sigma^2 and with epsilon
+# (the width of the privacy-loss distribution): measured here, sigma 0.1 with q = 0.05 and 1000
+# steps needs > 5 GB, sigma 0.01 with 40 steps about 20 GB, and q = 1, sigma 300, 10^7 steps
+# (epsilon 100) 1.3 GB and 40 s. Beyond these limits the PLD answer is inf (with the RDP bound in
+# the reason): an epsilon above 100 means no meaningful privacy whatever its exact value.
+PLD_MIN_EFFECTIVE_NOISE = 0.2  # sigma / sensitivity multiplier
+PLD_MAX_RDP_EPSILON = 100.0
+
+
+class CalibrationError(ValueError):
+  """No noise multiplier in [MIN_NOISE_MULTIPLIER, MAX_NOISE_MULTIPLIER] meets the target."""
+
+
+@dataclasses.dataclass(frozen=True)
+class EpsilonResult:
+  """epsilon(delta) of an event, and why it is infinite when it is (None when finite)."""
+
+  epsilon: float
+  reason: Optional[str] = None
+
+  @property
+  def finite(self) -> bool:
+    return math.isfinite(self.epsilon)
 
 
 def make_accountant(accountant: str = PLD) -> dp_accounting.PrivacyAccountant:
@@ -42,13 +81,32 @@ def make_accountant(accountant: str = PLD) -> dp_accounting.PrivacyAccountant:
 
 
 def steps_for_epochs(epochs: float, dataset_size: int, batch_size: int) -> int:
-  """Noisy steps in `epochs` passes: floor(epochs * N / B), at least 1 (the TF Privacy convention)."""
-  return max(1, math.floor(epochs * dataset_size / batch_size))
+  """Noisy steps in `epochs` passes: floor(epochs * N / B), at least 1 (the TF Privacy convention).
+
+  Raises:
+    ValueError: if epochs is not a finite number > 0 or epochs * N / B is not finite.
+  """
+  if isinstance(epochs, bool) or not isinstance(epochs, numbers.Real) or not (
+      math.isfinite(epochs) and epochs > 0):
+    raise ValueError(f"epochs must be a finite number > 0; got {epochs!r}")
+  passes = epochs * dataset_size / batch_size
+  if not math.isfinite(passes):
+    raise ValueError(f"epochs={epochs!r} on {dataset_size} examples at batch size {batch_size} "
+                     f"gives more steps than can be counted")
+  return max(1, math.floor(passes))
 
 
 def sensitivity_multiplier(num_microbatches: int | None) -> int:
   """1 for per-example clipping, 2 when microbatches (of possibly several examples) are clipped."""
   return 1 if num_microbatches is None or num_microbatches == 1 else 2
+
+
+def _is_whole(value) -> bool:
+  if isinstance(value, bool):
+    return False
+  if isinstance(value, numbers.Integral):
+    return True
+  return isinstance(value, numbers.Real) and math.isfinite(value) and float(value).is_integer()
 
 
 def dp_sgd_event(sampling_rate: float, noise_multiplier: float, steps: int,
@@ -62,13 +120,18 @@ def dp_sgd_event(sampling_rate: float, noise_multiplier: float, steps: int,
     num_microbatches: None/1 for per-example clipping, else the number of microbatches.
 
   Returns:
-    A self-composed Poisson-sampled Gaussian event, or NonPrivateDpEvent when sigma is 0.
+    A self-composed Poisson-sampled Gaussian event, or NonPrivateDpEvent when sigma is 0. Facts
+    beyond what the accountants handle (e.g. 10^20 steps) still make an event; its epsilon is inf.
+
+  Raises:
+    ValueError: for a rate outside (0, 1], a negative or NaN sigma, or steps that are not a whole
+      number >= 0.
   """
   if not 0 < sampling_rate <= 1:
     raise ValueError(f"sampling_rate must be in (0, 1]; got {sampling_rate!r}")
-  if noise_multiplier < 0:
+  if not noise_multiplier >= 0:  # NaN fails too
     raise ValueError(f"noise_multiplier must be >= 0; got {noise_multiplier!r}")
-  if steps < 0 or int(steps) != steps:
+  if not _is_whole(steps) or steps < 0:
     raise ValueError(f"steps must be an integer >= 0; got {steps!r}")
   if steps == 0:
     return dp_accounting.NoOpDpEvent()
@@ -80,21 +143,112 @@ def dp_sgd_event(sampling_rate: float, noise_multiplier: float, steps: int,
   return dp_accounting.SelfComposedDpEvent(step, int(steps))
 
 
-def epsilon_of_event(event: dp_accounting.DpEvent, delta: float, accountant: str = PLD) -> float:
-  """epsilon(delta) of an event; math.inf for non-private events."""
-  if not 0 < delta < 1:
-    raise ValueError(f"delta must be in (0, 1); got {delta!r}")
+def _gaussian_facts(event: dp_accounting.DpEvent, count: int = 1) -> tuple[float, int, bool]:
+  """(smallest Gaussian noise multiplier, Gaussian releases, non-private?) of an event tree."""
+  if isinstance(event, dp_accounting.NonPrivateDpEvent):
+    return math.inf, 0, True
+  if isinstance(event, dp_accounting.GaussianDpEvent):
+    return event.noise_multiplier, count, False
+  if isinstance(event, dp_accounting.SelfComposedDpEvent):
+    return _gaussian_facts(event.event, count * event.count)
+  if isinstance(event, dp_accounting.PoissonSampledDpEvent):
+    return _gaussian_facts(event.event, count)
+  if isinstance(event, dp_accounting.ComposedDpEvent):
+    smallest, total, non_private = math.inf, 0, False
+    for part in event.events:
+      part_sigma, part_count, part_non_private = _gaussian_facts(part, count)
+      smallest, total = min(smallest, part_sigma), total + part_count
+      non_private = non_private or part_non_private
+    return smallest, total, non_private
+  return math.inf, 0, False
+
+
+# Raised by dp_accounting / numpy / scipy when facts are beyond what they can compute.
+_NUMERIC_FAILURES = (ArithmeticError, MemoryError, ValueError)
+
+
+def _run_accountant(event: dp_accounting.DpEvent, delta: float, accountant: str) -> EpsilonResult:
   acc = make_accountant(accountant)
   if not acc.supports(event):
     raise ValueError(f"the {accountant} accountant cannot account for {event}")
-  return float(acc.compose(event).get_epsilon(delta))
+  try:
+    acc.compose(event)
+    if accountant == RDP:
+      rdp = np.asarray(getattr(acc, "_rdp", []), dtype=float)
+      if np.any(np.isnan(rdp)) or np.any(rdp < 0):
+        return EpsilonResult(math.inf, "the RDP accountant is numerically unstable for these facts "
+                             "(a negative or NaN Renyi divergence)")
+    epsilon = float(acc.get_epsilon(delta))
+  except _NUMERIC_FAILURES as error:
+    first_line = (str(error).splitlines() or [""])[0][:160]
+    return EpsilonResult(math.inf, f"the {accountant} accountant failed on these facts "
+                         f"({type(error).__name__}: {first_line})")
+  if math.isnan(epsilon) or epsilon < 0:
+    return EpsilonResult(math.inf, f"the {accountant} accountant returned epsilon = {epsilon}")
+  if math.isinf(epsilon):
+    return EpsilonResult(math.inf, f"the {accountant} accountant gives no finite epsilon at "
+                         f"delta = {delta:g} for these facts")
+  return EpsilonResult(epsilon)
+
+
+def epsilon_result(event: dp_accounting.DpEvent, delta: float,
+                   accountant: str = PLD) -> EpsilonResult:
+  """epsilon(delta) of an event, inf (with the reason) where it cannot be bounded.
+
+  Never raises for valid arguments and never returns less than the accountant's bound: numeric
+  failures give inf (see the module docstring for which).
+
+  Raises:
+    ValueError: for delta outside (0, 1), an unknown accountant, or an event it cannot account.
+  """
+  if not 0 < delta < 1:
+    raise ValueError(f"delta must be in (0, 1); got {delta!r}")
+  if accountant not in ACCOUNTANTS:
+    raise ValueError(f"accountant must be one of {ACCOUNTANTS}; got {accountant!r}")
+  smallest_sigma, steps, non_private = _gaussian_facts(event)
+  if non_private:
+    return EpsilonResult(math.inf, "the noise multiplier is 0: training without noise is not "
+                         "private")
+  rdp = _run_accountant(event, delta, RDP)
+  if accountant == RDP:
+    return rdp
+  if steps > MAX_STEPS:
+    return EpsilonResult(math.inf, f"{steps} noisy steps are more than the {MAX_STEPS:,} the PLD "
+                         "accountant is run for")
+  if smallest_sigma < PLD_MIN_EFFECTIVE_NOISE:
+    return EpsilonResult(math.inf, f"a noise multiplier per unit of sensitivity of "
+                         f"{smallest_sigma:.3g} is below {PLD_MIN_EFFECTIVE_NOISE}, where the PLD "
+                         f"accountant would need too much memory; "
+                         + (f"RDP bounds epsilon by {rdp.epsilon:.4g}" if rdp.finite
+                            else f"RDP: {rdp.reason}"))
+  if not rdp.finite:
+    return EpsilonResult(math.inf, f"PLD not run: {rdp.reason}")
+  if rdp.epsilon > PLD_MAX_RDP_EPSILON:
+    return EpsilonResult(math.inf, f"RDP bounds epsilon by {rdp.epsilon:.4g}, above the "
+                         f"{PLD_MAX_RDP_EPSILON:g} up to which the PLD accountant is run (such an "
+                         "epsilon means no meaningful privacy; the rdp accountant gives the bound)")
+  return _run_accountant(event, delta, PLD)
+
+
+def epsilon_of_event(event: dp_accounting.DpEvent, delta: float, accountant: str = PLD) -> float:
+  """epsilon(delta) of an event; math.inf for non-private events and where it cannot be bounded."""
+  return epsilon_result(event, delta, accountant).epsilon
+
+
+def compute_epsilon_result(*, sampling_rate: float, noise_multiplier: float, steps: int,
+                           delta: float, num_microbatches: int | None = None,
+                           accountant: str = PLD) -> EpsilonResult:
+  """epsilon(delta) of DP-SGD from plain facts, with the reason when it is infinite."""
+  event = dp_sgd_event(sampling_rate, noise_multiplier, steps, num_microbatches)
+  return epsilon_result(event, delta, accountant)
 
 
 def compute_epsilon(*, sampling_rate: float, noise_multiplier: float, steps: int, delta: float,
                     num_microbatches: int | None = None, accountant: str = PLD) -> float:
-  """epsilon(delta) of DP-SGD from plain hyperparameters."""
-  event = dp_sgd_event(sampling_rate, noise_multiplier, steps, num_microbatches)
-  return epsilon_of_event(event, delta, accountant)
+  """epsilon(delta) of DP-SGD from plain facts; inf where it cannot be bounded (never lower)."""
+  return compute_epsilon_result(
+      sampling_rate=sampling_rate, noise_multiplier=noise_multiplier, steps=steps, delta=delta,
+      num_microbatches=num_microbatches, accountant=accountant).epsilon
 
 
 def epsilon_curve(make_event: Callable[[int], dp_accounting.DpEvent], step_points: Iterable[int],
@@ -108,39 +262,92 @@ def calibrate_noise_multiplier(*, target_epsilon: float, delta: float, sampling_
                                accountant: str = PLD) -> float:
   """The smallest sigma whose epsilon(delta) after `steps` steps is at most `target_epsilon`.
 
+  sigma is searched in [MIN_NOISE_MULTIPLIER, MAX_NOISE_MULTIPLIER] (what DPConfig accepts).
   dp_accounting's search guarantees epsilon(result) <= target, and its parameter tolerance keeps
   the result's epsilon within 1% below the target. PLD gets slow (and memory-hungry) for small
-  sigma, so the search is bracketed by the RDP answer, which is never smaller (RDP is looser).
+  sigma, so its search is bracketed by the RDP answer and kept where the PLD accountant is run
+  (see `epsilon_result`): for a target so large (epsilon near 100) that the smallest such sigma
+  already meets it, that sigma is the answer, its epsilon below the target.
 
   Raises:
-    ValueError: for a target that is not positive or other invalid inputs.
+    CalibrationError (a ValueError): when no sigma in that range meets the target; the message
+      says which targets are achievable for these facts.
+    ValueError: for a target that is not a finite number > 0 or other invalid inputs.
   """
-  if not target_epsilon > 0 or not math.isfinite(target_epsilon):
+  if isinstance(target_epsilon, bool) or not isinstance(target_epsilon, numbers.Real) or not (
+      math.isfinite(target_epsilon) and target_epsilon > 0):
     raise ValueError(f"target_epsilon must be a finite number > 0; got {target_epsilon!r}")
+  if accountant not in ACCOUNTANTS:
+    raise ValueError(f"accountant must be one of {ACCOUNTANTS}; got {accountant!r}")
+  if not 0 < delta < 1:
+    raise ValueError(f"delta must be in (0, 1); got {delta!r}")
+  if not _is_whole(steps) or not 1 <= steps <= MAX_STEPS:
+    raise ValueError(f"steps must be an integer in [1, {MAX_STEPS:,}]; got {steps!r}")
+  dp_sgd_event(sampling_rate, 1.0, steps, num_microbatches)  # validates the facts
 
-  def search(name: str, bracket) -> float:
-    return float(dp_accounting.calibrate_dp_mechanism(
-        lambda: make_accountant(name),
-        lambda sigma: dp_sgd_event(sampling_rate, sigma, steps, num_microbatches),
-        target_epsilon, delta, bracket_interval=bracket, tol=1e-5))
+  def epsilon(sigma: float, name: str) -> float:
+    return compute_epsilon(sampling_rate=sampling_rate, noise_multiplier=sigma, steps=steps,
+                           delta=delta, num_microbatches=num_microbatches, accountant=name)
 
-  rdp_sigma = search(RDP, dp_accounting.LowerEndpointAndGuess(_SMALLEST_SIGMA, 1.0))
+  def search(name: str, lower: float, upper: float, target: float) -> float:
+    try:
+      return float(dp_accounting.calibrate_dp_mechanism(
+          lambda: make_accountant(name),
+          lambda sigma: dp_sgd_event(sampling_rate, sigma, steps, num_microbatches),
+          target, delta, bracket_interval=dp_accounting.ExplicitBracketInterval(lower, upper),
+          tol=1e-5))
+    except (_NUMERIC_FAILURES + (dp_accounting.NoBracketIntervalFoundError,)) as error:
+      raise CalibrationError(
+          f"calibrating sigma for target_epsilon {target_epsilon:g} failed in the {name} "
+          f"accountant ({type(error).__name__}); give noise_multiplier instead") from None
+
+  most = epsilon(MIN_NOISE_MULTIPLIER, RDP)  # the least noise accepted: an upper end
+  least = epsilon(MAX_NOISE_MULTIPLIER, accountant)  # the most noise accepted: the lower end
+  facts = (f"{steps} steps at sampling rate {sampling_rate:.4g}, delta {delta:g}"
+           + (", microbatches (sensitivity 2C)" if sensitivity_multiplier(num_microbatches) == 2
+              else ""))
+  if target_epsilon < least:
+    raise CalibrationError(
+        f"target_epsilon {target_epsilon:g} is not reachable: even noise multiplier "
+        f"{MAX_NOISE_MULTIPLIER:g} (the largest accepted) gives epsilon {least:.4g} ({accountant}) "
+        f"for {facts}; achievable targets are >= {least:.4g}")
+  if target_epsilon >= most:
+    raise CalibrationError(
+        f"target_epsilon {target_epsilon:g} is too large to calibrate: noise multiplier "
+        f"{MIN_NOISE_MULTIPLIER:g} (the smallest accepted) already gives epsilon {most:.4g} (rdp) "
+        f"for {facts}; achievable targets are in [{least:.4g}, {most:.4g})")
+
+  rdp_least = epsilon(MAX_NOISE_MULTIPLIER, RDP)
+  # Only PLD (tighter) reaches targets below RDP's floor: its search starts from sigma max.
+  rdp_sigma = (MAX_NOISE_MULTIPLIER if target_epsilon < rdp_least else
+               search(RDP, MIN_NOISE_MULTIPLIER, MAX_NOISE_MULTIPLIER, target_epsilon))
   if accountant == RDP:
     return rdp_sigma
-  if accountant != PLD:
-    raise ValueError(f"accountant must be one of {ACCOUNTANTS}; got {accountant!r}")
-  # PLD's sigma is a little below RDP's: step the lower end down until it brackets the target.
+  # The PLD accountant runs only for sigma >= floor (see epsilon_result): keep the search there.
+  floor = PLD_MIN_EFFECTIVE_NOISE * sensitivity_multiplier(num_microbatches)
+  if epsilon(floor, RDP) > PLD_MAX_RDP_EPSILON:
+    floor = search(RDP, floor, MAX_NOISE_MULTIPLIER, PLD_MAX_RDP_EPSILON)
+  floor = max(floor, MIN_NOISE_MULTIPLIER)
+  if rdp_sigma < floor:  # the target lies where the PLD accountant is not run
+    if epsilon(floor, PLD) <= target_epsilon:
+      return floor  # meets the target; a smaller sigma could not be accounted with PLD
+    raise CalibrationError(
+        f"target_epsilon {target_epsilon:g} is too large for the pld accountant, which is run "
+        f"only where RDP bounds epsilon by {PLD_MAX_RDP_EPSILON:g}; choose a smaller target or "
+        f"the rdp accountant")
   upper = rdp_sigma
-  if upper <= _SMALLEST_PLD_SIGMA:
-    return upper  # safe: PLD's epsilon at RDP's sigma is no larger than RDP's
-  lower = max(_SMALLEST_PLD_SIGMA, 0.85 * upper)
-  while lower < upper and compute_epsilon(
-      sampling_rate=sampling_rate, noise_multiplier=lower, steps=steps, delta=delta,
-      num_microbatches=num_microbatches) <= target_epsilon:
-    if lower == _SMALLEST_PLD_SIGMA:
-      return lower
-    upper, lower = lower, max(_SMALLEST_PLD_SIGMA, 0.85 * lower)
-  return search(PLD, dp_accounting.ExplicitBracketInterval(lower, upper))
+  if epsilon(upper, PLD) > target_epsilon:  # PLD's discretisation can be above RDP: go up
+    upper = MAX_NOISE_MULTIPLIER
+    lower = rdp_sigma
+  else:  # PLD's sigma is a little below RDP's: step the lower end down until it brackets
+    lower = max(floor, 0.85 * upper)
+    while lower < upper and epsilon(lower, PLD) <= target_epsilon:
+      if lower == floor:
+        return lower
+      upper, lower = lower, max(floor, 0.85 * lower)
+    if lower >= upper:
+      return upper
+  return search(PLD, lower, upper, target_epsilon)
 
 
 def compose(events: Sequence[dp_accounting.DpEvent]) -> dp_accounting.DpEvent:

@@ -15,13 +15,16 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import math
 import os
 import sys
 from typing import Optional, Sequence
 
 from dp_tfx import accounting, datasets
+from dp_tfx.config import MAX_NOISE_MULTIPLIER, MAX_STEPS, MIN_NOISE_MULTIPLIER, DPConfig
 from dp_tfx.ledger import PrivacyLedger
+from dp_tfx.plan import TrainingPlan
 from dp_tfx.pipelines.examples import EXAMPLES
 
 USAGE_ERROR = 2
@@ -34,28 +37,43 @@ class _ArgumentParser(argparse.ArgumentParser):
     self.exit(USAGE_ERROR, f"{self.prog}: error: {message}\n")
 
 
-def _positive_int(text: str) -> int:
+def _positive_int(text: str, maximum: Optional[int] = None) -> int:
   try:
     value = int(text)
   except ValueError:
     raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text!r}") from None
-  if value < 1:
-    raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text!r}")
+  if value < 1 or (maximum is not None and value > maximum):
+    expected = "an integer >= 1" if maximum is None else f"an integer in [1, {maximum:,}]"
+    raise argparse.ArgumentTypeError(f"expected {expected}, got {text!r}")
   return value
 
 
-def _number(minimum: float, maximum: float = math.inf, open_low: bool = False):
+def _steps(text: str) -> int:
+  return _positive_int(text, MAX_STEPS)
+
+
+def _number(minimum: float, maximum: float = math.inf, open_low: bool = False,
+            open_high: bool = True, or_zero: bool = False):
   def parse(text: str) -> float:
     try:
       value = float(text)
     except ValueError:
       raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if or_zero and value == 0:
+      return value
     low_ok = value > minimum if open_low else value >= minimum
-    if not (low_ok and value < maximum and math.isfinite(value)):
+    high_ok = value < maximum if open_high else value <= maximum
+    if not (low_ok and high_ok and math.isfinite(value)):
       low = "(" if open_low else "["
-      raise argparse.ArgumentTypeError(f"expected a number in {low}{minimum}, {maximum}), got {text!r}")
+      high = ")" if open_high else "]"
+      zero = "0 or " if or_zero else ""
+      raise argparse.ArgumentTypeError(
+          f"expected {zero}a number in {low}{minimum:g}, {maximum:g}{high}, got {text!r}")
     return value
   return parse
+
+
+_SIGMA = _number(MIN_NOISE_MULTIPLIER, MAX_NOISE_MULTIPLIER, open_high=False, or_zero=True)
 
 
 def _add_training_arguments(parser: argparse.ArgumentParser) -> None:
@@ -63,57 +81,70 @@ def _add_training_arguments(parser: argparse.ArgumentParser) -> None:
   parser.add_argument("--batch-size", type=_positive_int, required=True,
                       help="expected batch size B (sampling rate q = B/N)")
   steps = parser.add_mutually_exclusive_group(required=True)
-  steps.add_argument("--epochs", type=_number(0, open_low=True),
-                     help="epochs; steps = floor(epochs * N / B)")
-  steps.add_argument("--steps", type=_positive_int, help="noisy steps")
+  steps.add_argument("--epochs", type=_number(0, MAX_STEPS, open_low=True, open_high=False),
+                     help="epochs; steps = floor(epochs * N / B), at most "
+                     f"{MAX_STEPS:,} steps")
+  steps.add_argument("--steps", type=_steps, help=f"noisy steps, at most {MAX_STEPS:,}")
   parser.add_argument("--delta", type=_number(0, 1, open_low=True), required=True)
   parser.add_argument("--microbatch-size", type=_positive_int, default=1,
-                      help="examples per microbatch; > 1 doubles the sensitivity (2C)")
+                      help="examples per microbatch; any M > 1 is accounted with sensitivity 2C "
+                      "(whatever B), trained as K = max(2, B // M) microbatches")
   parser.add_argument("--accountant", choices=accounting.ACCOUNTANTS, default=accounting.PLD)
-  parser.add_argument("--json", action="store_true", help="print one JSON object")
+  parser.add_argument("--json", action="store_true",
+                      help="print one JSON object; an infinite epsilon is null, with "
+                      '"epsilon_infinite": true and the reason in "epsilon_reason"')
 
 
-def _facts(args) -> dict:
-  if args.batch_size > args.n:
-    raise ValueError(f"--batch-size {args.batch_size} exceeds --n {args.n}")
-  steps = args.steps or accounting.steps_for_epochs(args.epochs, args.n, args.batch_size)
-  microbatches = None if args.microbatch_size == 1 else max(1, args.batch_size // args.microbatch_size)
-  return {"n": args.n, "batch_size": args.batch_size, "sampling_rate": args.batch_size / args.n,
-          "steps": steps, "epochs": steps * args.batch_size / args.n, "delta": args.delta,
-          "microbatch_size": args.microbatch_size, "num_microbatches": microbatches,
-          "accountant": args.accountant}
+def _num_microbatches(args) -> Optional[int]:
+  """--microbatch-size M as the K microbatches training would use: M > 1 always gives K >= 2."""
+  if args.microbatch_size == 1:
+    return None
+  if args.batch_size < 2:
+    raise ValueError(f"--microbatch-size {args.microbatch_size} needs --batch-size >= 2 (a "
+                     "microbatch of several examples in batches of one)")
+  return max(2, args.batch_size // args.microbatch_size)
+
+
+def _plan(args, **sigma) -> TrainingPlan:
+  """The flags as a DPConfig resolved into a TrainingPlan: the path training takes."""
+  config = DPConfig(batch_size=args.batch_size, epochs=args.epochs, steps=args.steps,
+                    delta=args.delta, num_microbatches=_num_microbatches(args), **sigma)
+  return TrainingPlan.from_config(config, args.n, accountant=args.accountant)
+
+
+def _facts(args, plan: TrainingPlan) -> dict:
+  result = plan.epsilon_result(args.accountant)
+  return {"n": plan.dataset_size, "batch_size": plan.batch_size,
+          "sampling_rate": plan.sampling_rate, "steps": plan.steps,
+          "epochs": plan.steps * plan.batch_size / plan.dataset_size, "delta": plan.delta,
+          "microbatch_size": args.microbatch_size, "num_microbatches": plan.num_microbatches,
+          "sensitivity": "2C" if plan.sensitivity_multiplier == 2 else "C",
+          "accountant": args.accountant, "noise_multiplier": plan.noise_multiplier,
+          "epsilon": result.epsilon, "epsilon_infinite": not result.finite,
+          "epsilon_reason": result.reason}
 
 
 def _epsilon(args) -> dict:
-  facts = _facts(args)
-  facts["noise_multiplier"] = args.noise_multiplier
-  facts["epsilon"] = accounting.compute_epsilon(
-      sampling_rate=facts["sampling_rate"], noise_multiplier=args.noise_multiplier,
-      steps=facts["steps"], delta=args.delta, num_microbatches=facts["num_microbatches"],
-      accountant=args.accountant)
-  return facts
+  return _facts(args, _plan(args, noise_multiplier=args.noise_multiplier))
 
 
 def _calibrate(args) -> dict:
-  facts = _facts(args)
-  facts["target_epsilon"] = args.target_epsilon
-  sigma = accounting.calibrate_noise_multiplier(
-      target_epsilon=args.target_epsilon, delta=args.delta, sampling_rate=facts["sampling_rate"],
-      steps=facts["steps"], num_microbatches=facts["num_microbatches"], accountant=args.accountant)
-  facts["noise_multiplier"] = sigma
-  facts["epsilon"] = accounting.compute_epsilon(
-      sampling_rate=facts["sampling_rate"], noise_multiplier=sigma, steps=facts["steps"],
-      delta=args.delta, num_microbatches=facts["num_microbatches"], accountant=args.accountant)
-  return facts
+  return {**_facts(args, _plan(args, target_epsilon=args.target_epsilon)),
+          "target_epsilon": args.target_epsilon}
 
 
 def _report(args) -> dict:
   ledger = PrivacyLedger.load(args.ledger)
   delta = args.delta if args.delta is not None else 1.0 / ledger.dataset_size
+  epsilon = ledger.epsilon(delta, args.accountant)
+  reason = None
+  if not math.isfinite(epsilon):
+    reason = accounting.epsilon_result(ledger.dp_event(), delta, args.accountant).reason
   return {"ledger": str(args.ledger), "dataset_size": ledger.dataset_size,
           "privacy_unit": ledger.privacy_unit, "noisy_steps": ledger.noisy_steps,
           "segments": len(ledger.segments), "rigorous": ledger.rigorous, "delta": delta,
-          "accountant": args.accountant, "epsilon": ledger.epsilon(delta, args.accountant),
+          "accountant": args.accountant, "epsilon": epsilon,
+          "epsilon_infinite": not math.isfinite(epsilon), "epsilon_reason": reason,
           "content_hash": ledger.content_hash()}
 
 
@@ -126,7 +157,6 @@ def _demo(args) -> dict:
 def _pipeline(args) -> dict:
   import shlex
 
-  from dp_tfx.config import DPConfig
   from dp_tfx.pipelines import runner
   from dp_tfx.policy import PrivacyPolicy
 
@@ -148,12 +178,34 @@ def _pipeline(args) -> dict:
       min_accuracy=args.min_accuracy, audit=args.audit, control=args.control))
 
 
+def _json_safe(value):
+  """JSON has no Infinity or NaN: a non-finite number becomes null, and in an object a
+  "<key>_infinite": true beside it (unless the object already says so)."""
+  if isinstance(value, dict):
+    safe = {}
+    for key, item in value.items():
+      if isinstance(item, float) and not math.isfinite(item):
+        safe[key] = None
+        if math.isinf(item):
+          safe.setdefault(f"{key}_infinite", True)
+      else:
+        safe[key] = _json_safe(item)
+    for key, item in value.items():  # an explicit "<key>_infinite" wins over the default
+      if key.endswith("_infinite"):
+        safe[key] = _json_safe(item)
+    return safe
+  if isinstance(value, (list, tuple)):
+    return [None if isinstance(item, float) and not math.isfinite(item) else _json_safe(item)
+            for item in value]
+  return value
+
+
 def _print(result: dict, as_json: bool) -> None:
-  if as_json:
-    print(json.dumps(result, sort_keys=True, default=str))
+  if as_json:  # allow_nan=False: never "Infinity" or "NaN", which are not JSON
+    print(json.dumps(_json_safe(result), sort_keys=True, default=str, allow_nan=False))
     return
   for key in sorted(result):
-    if key != "verdict":
+    if key != "verdict" and not (key.endswith("_reason") and result[key] is None):
       print(f"{key:>18}: {result[key]}")
   if "verdict" in result:
     print(result["verdict"])
@@ -165,8 +217,9 @@ def build_parser() -> argparse.ArgumentParser:
 
   epsilon = commands.add_parser("epsilon", help="epsilon(delta) of DP-SGD hyperparameters")
   _add_training_arguments(epsilon)
-  epsilon.add_argument("--noise-multiplier", type=_number(0), required=True,
-                       help="sigma = noise std / clip norm")
+  epsilon.add_argument("--noise-multiplier", type=_SIGMA, required=True,
+                       help="sigma = noise std / clip norm: 0 (not private) or in "
+                       f"[{MIN_NOISE_MULTIPLIER:g}, {MAX_NOISE_MULTIPLIER:g}]")
   epsilon.set_defaults(handler=_epsilon)
 
   calibrate = commands.add_parser("calibrate", help="the smallest sigma for a target epsilon")
@@ -218,10 +271,11 @@ def build_parser() -> argparse.ArgumentParser:
                         help="also gate on the TFX Evaluator: eval accuracy >= this")
   example_default = "default: the example's (see dp_tfx/pipelines/examples.py)"
   pipeline.add_argument("--l2-norm-clip", type=_number(0, open_low=True), help=example_default)
-  pipeline.add_argument("--noise-multiplier", type=_number(0), help=example_default)
+  pipeline.add_argument("--noise-multiplier", type=_SIGMA, help=example_default)
   pipeline.add_argument("--batch-size", type=_positive_int,
                         help="expected batch size (Poisson sampling rate = B/N); " + example_default)
-  pipeline.add_argument("--epochs", type=_number(0, open_low=True), help=example_default)
+  pipeline.add_argument("--epochs", type=_number(0, MAX_STEPS, open_low=True, open_high=False),
+                        help=example_default)
   pipeline.add_argument("--num-microbatches", type=_positive_int, default=None)
   pipeline.add_argument("--sampling", choices=("poisson", "shuffle"), default="poisson")
   pipeline.add_argument("--allow-shuffle", action="store_true",
@@ -249,18 +303,48 @@ def build_parser() -> argparse.ArgumentParser:
   return parser
 
 
+# TensorFlow file-system errors (tf.io.gfile: a missing, unwritable or non-directory path, an
+# unknown scheme) that end a command with one line, like OSError. Others (e.g. a shape error in a
+# model) keep their traceback.
+_TF_FILESYSTEM_ERRORS = ("NotFoundError", "AlreadyExistsError", "PermissionDeniedError",
+                         "FailedPreconditionError", "UnimplementedError", "ResourceExhaustedError",
+                         "UnavailableError", "DataLossError", "UnauthenticatedError")
+
+
+def _is_filesystem_error(error: BaseException) -> bool:
+  if isinstance(error, OSError):
+    return True
+  tf = sys.modules.get("tensorflow")  # loaded only by commands that touch files through it
+  errors = getattr(tf, "errors", None)
+  return errors is not None and any(
+      isinstance(error, getattr(errors, name)) for name in _TF_FILESYSTEM_ERRORS
+      if isinstance(getattr(errors, name, None), type))
+
+
+def _one_line(error: BaseException) -> str:
+  text = getattr(error, "message", None) or str(error) or type(error).__name__
+  return " ".join(line.strip() for line in str(text).splitlines() if line.strip())
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
   os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # keep TensorFlow's start-up chatter out
   parser = build_parser()
   args = parser.parse_args(argv)
+  if args.command in ("epsilon", "calibrate", "report"):  # not the pipeline's TFX logs
+    logging.getLogger("absl").setLevel(logging.ERROR)  # dp_accounting's per-order RDP warnings
+  prefix = f"dp-tfx {args.command}: error:"
   try:
     result = args.handler(args)
-  except ValueError as error:  # LedgerError included: a readable reason, not a traceback
-    print(f"dp-tfx {args.command}: error: {error}", file=sys.stderr)
+  except ValueError as error:  # LedgerError, CalibrationError included: a reason, no traceback
+    print(f"{prefix} {_one_line(error)}", file=sys.stderr)
     return USAGE_ERROR
   except datasets.DatasetDownloadError as error:  # --data tfds offline: nothing trained yet
-    print(f"dp-tfx {args.command}: error: {error}; --data embedded works offline",
-          file=sys.stderr)
+    print(f"{prefix} {_one_line(error)}; --data embedded works offline", file=sys.stderr)
+    return USAGE_ERROR
+  except Exception as error:  # pylint: disable=broad-except
+    if not _is_filesystem_error(error):
+      raise
+    print(f"{prefix} {type(error).__name__}: {_one_line(error)}", file=sys.stderr)
     return USAGE_ERROR
   _print(result, args.json)
   return 0

@@ -16,6 +16,15 @@ POISSON = "poisson"
 SHUFFLE = "shuffle"
 SAMPLING_METHODS = (POISSON, SHUFFLE)
 
+# What the accountants handle (see accounting.py; measured with dp_accounting 0.6): a noise
+# multiplier of 0 (explicitly non-private) or in [MIN_NOISE_MULTIPLIER, MAX_NOISE_MULTIPLIER], and
+# at most MAX_STEPS noisy steps. Below 0.05 no run is private in any sense (epsilon in the
+# thousands) and the PLD accountant needs tens of GB; above 1000 RDP's conversion is numerically
+# unstable; beyond 10^7 steps PLD takes minutes and floats run out (10^20 steps overflow).
+MIN_NOISE_MULTIPLIER = 0.05
+MAX_NOISE_MULTIPLIER = 1000.0
+MAX_STEPS = 10_000_000
+
 
 def _require(condition: bool, field: str, allowed: str, value: Any) -> None:
   if not condition:
@@ -29,17 +38,19 @@ class DPConfig:
 
   Attributes:
     l2_norm_clip: C, the L2 norm each example's (or microbatch's) gradient is clipped to. > 0.
-    noise_multiplier: sigma = noise std / C. 0 means an explicit non-private baseline (epsilon is
-      infinite). Leave None and give `target_epsilon` to have sigma calibrated.
+    noise_multiplier: sigma = noise std / C, in [MIN_NOISE_MULTIPLIER, MAX_NOISE_MULTIPLIER]
+      (0.05 to 1000). 0 means an explicit non-private baseline (epsilon is infinite). Leave None
+      and give `target_epsilon` to have sigma calibrated.
     target_epsilon: calibrate sigma so that epsilon(delta) after all steps is at most this.
     delta: the delta of the (epsilon, delta) guarantee; None means 1/N (the usual rule is < 1/N,
       so a report flags it) -- set it explicitly for policies.
     batch_size: the expected logical batch size B; Poisson sampling uses q = B / N.
     epochs: passes over the data; steps = floor(epochs * N / B). Give epochs or steps.
-    steps: the number of noisy steps (logical batches).
-    num_microbatches: None (default) clips every example's gradient (sensitivity C). K > 1 splits
-      each logical batch into K microbatches by an independent random draw per example and clips
-      each microbatch's mean gradient (sensitivity 2C, which the accounting uses).
+    steps: the number of noisy steps (logical batches), at most MAX_STEPS (10^7).
+    num_microbatches: None (default) or 1 clips every example's gradient (sensitivity C). K > 1
+      splits each logical batch into K microbatches by an independent random draw per example and
+      clips each microbatch's mean gradient (sensitivity 2C, which the accounting uses, whatever
+      K and B: a microbatch of expected size B/K < 2 still counts 2C).
     sampling: "poisson" (default; what the accountant assumes) or "shuffle" (fixed-size batches
       of a shuffled pass; the ledger records it and the epsilon is then not a rigorous bound).
     physical_batch_size: examples processed at once (memory bound). None picks one large enough
@@ -69,8 +80,12 @@ class DPConfig:
     if self.noise_multiplier is not None and self.target_epsilon is not None:
       raise ValueError("DPConfig takes noise_multiplier or target_epsilon, not both")
     if self.noise_multiplier is not None:
-      _require(is_finite_number(self.noise_multiplier) and self.noise_multiplier >= 0,
-               "noise_multiplier", "a finite number >= 0", self.noise_multiplier)
+      _require(is_finite_number(self.noise_multiplier) and (
+          self.noise_multiplier == 0 or
+          MIN_NOISE_MULTIPLIER <= self.noise_multiplier <= MAX_NOISE_MULTIPLIER),
+               "noise_multiplier", f"0 (no noise, not private) or a number in "
+               f"[{MIN_NOISE_MULTIPLIER:g}, {MAX_NOISE_MULTIPLIER:g}] (what the accountants "
+               "handle)", self.noise_multiplier)
     if self.target_epsilon is not None:
       _require(is_finite_number(self.target_epsilon) and self.target_epsilon > 0, "target_epsilon",
                "a finite number > 0", self.target_epsilon)
@@ -81,11 +96,12 @@ class DPConfig:
     if (self.epochs is None) == (self.steps is None):
       raise ValueError("DPConfig needs exactly one of epochs (> 0) or steps (>= 1); got "
                        f"epochs={self.epochs!r}, steps={self.steps!r}")
-    if self.epochs is not None:
-      _require(is_finite_number(self.epochs) and self.epochs > 0, "epochs", "a finite number > 0",
-               self.epochs)
+    if self.epochs is not None:  # steps >= epochs, as B <= N: more would exceed MAX_STEPS
+      _require(is_finite_number(self.epochs) and 0 < self.epochs <= MAX_STEPS, "epochs",
+               f"a number in (0, {MAX_STEPS:,}]", self.epochs)
     if self.steps is not None:
-      _require(is_int(self.steps) and self.steps >= 1, "steps", "an integer >= 1", self.steps)
+      _require(is_int(self.steps) and 1 <= self.steps <= MAX_STEPS, "steps",
+               f"an integer in [1, {MAX_STEPS:,}] (what the accountants handle)", self.steps)
     if self.num_microbatches is not None:
       _require(is_int(self.num_microbatches) and self.num_microbatches >= 1,
                "num_microbatches", "None or an integer >= 1", self.num_microbatches)

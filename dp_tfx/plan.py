@@ -13,7 +13,7 @@ from typing import Optional
 import dp_accounting
 
 from dp_tfx import accounting
-from dp_tfx.config import POISSON, DPConfig
+from dp_tfx.config import MAX_STEPS, POISSON, DPConfig
 
 
 @dataclasses.dataclass(frozen=True)
@@ -63,6 +63,10 @@ class TrainingPlan:
     sampling_rate = config.batch_size / dataset_size
     steps = config.steps or accounting.steps_for_epochs(config.epochs, dataset_size,
                                                         config.batch_size)
+    if steps > MAX_STEPS:
+      raise ValueError(f"DPConfig.epochs ({config.epochs:g}) gives {steps:.3g} noisy steps on "
+                       f"{dataset_size} examples at batch_size {config.batch_size}, more than the "
+                       f"{MAX_STEPS:,} the accountants handle")
     delta = config.delta if config.delta is not None else 1.0 / dataset_size
     noise_multiplier = config.noise_multiplier
     if noise_multiplier is None:
@@ -98,8 +102,19 @@ class TrainingPlan:
     return accounting.dp_sgd_event(self.sampling_rate, self.noise_multiplier,
                                    self.steps if steps is None else steps, self.num_microbatches)
 
+  @property
+  def sensitivity_multiplier(self) -> int:
+    """1: per-example clipping (sensitivity C); 2: microbatches of any size > 1 (2C)."""
+    return accounting.sensitivity_multiplier(self.num_microbatches)
+
   def epsilon(self, accountant: str = accounting.PLD, steps: Optional[int] = None) -> float:
-    return accounting.epsilon_of_event(self.dp_event(steps), self.delta, accountant)
+    """epsilon(delta) after `steps` steps; inf where it cannot be bounded (never lower)."""
+    return self.epsilon_result(accountant, steps).epsilon
+
+  def epsilon_result(self, accountant: str = accounting.PLD,
+                     steps: Optional[int] = None) -> accounting.EpsilonResult:
+    """epsilon(delta) with the reason when it is infinite."""
+    return accounting.epsilon_result(self.dp_event(steps), self.delta, accountant)
 
 
 def default_physical_batch_size(batch_size: int, sampling_rate: float, sampling: str) -> int:

@@ -90,3 +90,177 @@ def test_events_are_dp_accounting_events():
   event = accounting.dp_sgd_event(Q, 1.1, 10)
   assert isinstance(event, dp_accounting.SelfComposedDpEvent)
   assert event.count == 10
+
+
+# --- Failing closed on numbers (issue 12): inf, never a lower value, never a crash. ---
+
+# Facts beyond what the accountants handle (each took an OverflowError, ZeroDivisionError or tens
+# of GB before). Every one is cheap now: the PLD accountant is not run where it would blow up.
+EXTREME_FACTS = [  # (sampling_rate, noise_multiplier, steps, num_microbatches)
+    (0.05, 1e-300, 40, None),
+    (0.05, 1e-10, 40, None),
+    (0.05, 0.01, 40, None),  # PLD wanted ~20 GB here
+    (0.05, 1e308, 40, None),
+    (0.05, 1.1, 10**20, None),
+    (0.05, 1.1, 99999999999999999999, 4),
+    (0.05, 0.3, 10**7, None),  # PLD wanted 17.8 GB here
+    (1e-4, 0.05, 1000, None),  # PLD took minutes here
+    (0.05, 0.3, 1000, 8),  # microbatches: 0.15 per unit of sensitivity
+]
+
+
+@pytest.mark.parametrize("accountant", accounting.ACCOUNTANTS)
+@pytest.mark.parametrize("q, sigma, steps, microbatches", EXTREME_FACTS)
+def test_extreme_facts_give_inf_or_a_valid_bound_never_an_error(q, sigma, steps, microbatches,
+                                                                 accountant):
+  result = accounting.compute_epsilon_result(sampling_rate=q, noise_multiplier=sigma, steps=steps,
+                                             delta=1e-5, num_microbatches=microbatches,
+                                             accountant=accountant)
+  if result.finite:
+    # RDP bounds some of them (with huge epsilons): never below the same run with more noise and
+    # fewer steps, inside the accepted range.
+    assert accountant == accounting.RDP and sigma <= 1.1 and result.reason is None
+    in_range = accounting.compute_epsilon(
+        sampling_rate=q, noise_multiplier=max(sigma, 0.05), steps=min(steps, 1000), delta=1e-5,
+        num_microbatches=microbatches, accountant=accounting.RDP)
+    assert result.epsilon >= in_range
+  else:
+    assert result.epsilon == math.inf and result.reason
+
+
+@pytest.mark.parametrize("q, sigma, steps, microbatches", [
+    f for f in EXTREME_FACTS if f[1] >= 1 or f[1] < 1e-100])
+def test_overflowing_facts_give_inf_with_pld(q, sigma, steps, microbatches):
+  assert accounting.compute_epsilon(sampling_rate=q, noise_multiplier=sigma, steps=steps,
+                                    delta=1e-5, num_microbatches=microbatches) == math.inf
+
+
+def test_pld_is_not_run_where_it_would_need_gigabytes_and_says_rdp_bound():
+  pld = accounting.compute_epsilon_result(sampling_rate=0.05, noise_multiplier=0.3, steps=1000,
+                                          delta=1e-5)
+  rdp = accounting.compute_epsilon(sampling_rate=0.05, noise_multiplier=0.3, steps=1000,
+                                   delta=1e-5, accountant=accounting.RDP)
+  assert pld.epsilon == math.inf and rdp > accounting.PLD_MAX_RDP_EPSILON
+  assert f"{rdp:.4g}" in pld.reason
+  # sigma 0.3 per example is fine; with microbatches (2C) it is 0.15 per unit of sensitivity
+  assert accounting.compute_epsilon(sampling_rate=0.05, noise_multiplier=0.3, steps=40,
+                                    delta=1e-5) < 100
+  small = accounting.compute_epsilon_result(sampling_rate=0.05, noise_multiplier=0.3, steps=40,
+                                            delta=1e-5, num_microbatches=2)
+  assert small.epsilon == math.inf and "0.15" in small.reason
+
+
+def test_a_composition_with_one_extreme_part_is_inf():
+  normal = accounting.dp_sgd_event(Q, 1.1, 100)
+  extreme = accounting.dp_sgd_event(Q, 1e-300, 1)
+  for accountant in accounting.ACCOUNTANTS:
+    assert accounting.epsilon_of_event(accounting.compose([normal, extreme]), 1e-5,
+                                       accountant) == math.inf
+
+
+class _FailingAccountant:
+  """Stands for dp_accounting failing inside compose/get_epsilon."""
+
+  def __init__(self, failure):
+    self.failure = failure
+
+  def supports(self, event):
+    return True
+
+  def compose(self, event):
+    return self
+
+  def get_epsilon(self, delta):
+    if isinstance(self.failure, BaseException):
+      raise self.failure
+    return self.failure
+
+
+@pytest.mark.parametrize("failure", [
+    OverflowError("(34, 'Numerical result out of range')"), ZeroDivisionError("float division"),
+    FloatingPointError("overflow"), MemoryError("Unable to allocate 38.0 GiB"),
+    ValueError("Maximum allowed size exceeded"), float("nan"), -1.0, math.inf])
+@pytest.mark.parametrize("accountant", accounting.ACCOUNTANTS)
+def test_numeric_failures_inside_the_accountant_give_inf_with_a_reason(monkeypatch, failure,
+                                                                         accountant):
+  monkeypatch.setattr(accounting, "make_accountant", lambda name=accounting.PLD:
+                      _FailingAccountant(failure))
+  result = accounting.compute_epsilon_result(sampling_rate=Q, noise_multiplier=1.1, steps=10,
+                                             delta=1e-5, accountant=accountant)
+  assert result.epsilon == math.inf and result.reason
+  assert accounting.epsilon_of_event(accounting.dp_sgd_event(Q, 1.1, 10), 1e-5,
+                                     accountant) == math.inf
+
+
+def test_a_negative_renyi_divergence_is_inf_not_zero(monkeypatch):
+  """dp_accounting turns a negative RDP (numerical instability) into epsilon 0: we do not."""
+
+  class Unstable(dp_accounting.rdp.RdpAccountant):
+    def compose(self, event, count=1):
+      super().compose(event, count)
+      self._rdp[0] = -1e-16
+      return self
+
+  monkeypatch.setattr(accounting, "make_accountant", lambda name=accounting.PLD: Unstable())
+  result = accounting.compute_epsilon_result(sampling_rate=Q, noise_multiplier=1.1, steps=10,
+                                             delta=1e-5, accountant=accounting.RDP)
+  assert result.epsilon == math.inf and "unstable" in result.reason
+
+
+@pytest.mark.parametrize("bad", [dict(noise_multiplier=float("nan")), dict(steps=2.5),
+                                 dict(steps=float("inf")), dict(sampling_rate=float("nan"))])
+def test_malformed_facts_raise_value_error_not_overflow(bad):
+  args = dict(sampling_rate=Q, noise_multiplier=1.0, steps=10)
+  args.update(bad)
+  with pytest.raises(ValueError):
+    accounting.dp_sgd_event(**args)
+
+
+def test_steps_for_epochs_refuses_uncountable_epochs():
+  assert accounting.steps_for_epochs(1e300, 4000, 200) > 10**300  # a number: the plan refuses it
+  for epochs in (1e308, math.inf, math.nan, 0, -1):
+    with pytest.raises(ValueError, match="epochs"):
+      accounting.steps_for_epochs(epochs, 4000, 200)
+
+
+# --- Calibration: one clear error for targets no accepted sigma reaches. ---
+
+@pytest.mark.parametrize("accountant", accounting.ACCOUNTANTS)
+@pytest.mark.parametrize("target, words", [(1e308, "too large"), (1e6, "too large"),
+                                           (1e-9, "not reachable"), (1e-300, "not reachable")])
+def test_calibration_outside_the_achievable_range_says_so(accountant, target, words):
+  with pytest.raises(accounting.CalibrationError, match=words) as raised:
+    accounting.calibrate_noise_multiplier(target_epsilon=target, delta=1e-5, sampling_rate=0.05,
+                                          steps=40, accountant=accountant)
+  message = str(raised.value)
+  assert "achievable" in message and "\n" not in message
+  assert isinstance(raised.value, ValueError)
+
+
+@pytest.mark.parametrize("target", [math.inf, math.nan, 0.0, -1.0])
+def test_calibration_refuses_targets_that_are_not_positive_numbers(target):
+  with pytest.raises(ValueError, match="target_epsilon"):
+    accounting.calibrate_noise_multiplier(target_epsilon=target, delta=1e-5, sampling_rate=0.05,
+                                          steps=40)
+
+
+def test_calibration_with_microbatches_uses_2c():
+  sigma = accounting.calibrate_noise_multiplier(target_epsilon=2.0, delta=1e-5, sampling_rate=0.05,
+                                                steps=40, num_microbatches=2,
+                                                accountant=accounting.RDP)
+  per_example = accounting.calibrate_noise_multiplier(target_epsilon=2.0, delta=1e-5,
+                                                      sampling_rate=0.05, steps=40,
+                                                      accountant=accounting.RDP)
+  assert sigma == pytest.approx(2 * per_example, rel=1e-3)
+  assert accounting.compute_epsilon(sampling_rate=0.05, noise_multiplier=sigma, steps=40,
+                                    delta=1e-5, num_microbatches=2,
+                                    accountant=accounting.RDP) <= 2.0
+
+
+def test_calibrated_sigma_is_within_the_accepted_range():
+  from dp_tfx.config import MAX_NOISE_MULTIPLIER, MIN_NOISE_MULTIPLIER
+  sigma = accounting.calibrate_noise_multiplier(target_epsilon=1e-3, delta=1e-5,
+                                                sampling_rate=0.05, steps=40)
+  assert MIN_NOISE_MULTIPLIER <= sigma <= MAX_NOISE_MULTIPLIER
+  assert accounting.compute_epsilon(sampling_rate=0.05, noise_multiplier=sigma, steps=40,
+                                    delta=1e-5) <= 1e-3

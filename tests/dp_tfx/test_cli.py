@@ -1,12 +1,14 @@
 """The dp-tfx command line: figures, JSON output, exit status 2 with a one-line reason."""
 
+import functools
 import json
+import math
 import subprocess
 import sys
 
 import pytest
 
-from dp_tfx import cli
+from dp_tfx import accounting, cli
 from dp_tfx.config import DPConfig
 from dp_tfx.ledger import PrivacyLedger
 from dp_tfx.plan import TrainingPlan
@@ -74,3 +76,173 @@ def test_report_verifies_the_ledger(tmp_path, capsys):
                                                      '"noise_multiplier": 9.0'))
   assert cli.main(["report", str(tmp_path / "ledger.json")]) == 2
   assert "content_hash" in capsys.readouterr().err
+
+
+# --- issue 12: microbatching, numbers the accountants cannot handle, valid JSON, file errors ---
+
+SMALL = ["--n", "4000", "--batch-size", "200", "--epochs", "2", "--delta", "1e-5"]
+
+
+def _strict_json(text):
+  """json.loads that refuses Infinity and NaN, which are not JSON."""
+  def refuse(name):
+    raise ValueError(f"not JSON: {name}")
+  return json.loads(text, parse_constant=refuse)
+
+
+def _exit_2_one_line(capsys, args, *words):
+  try:
+    status = cli.main(args)
+  except SystemExit as exit_:  # argparse errors
+    status = exit_.code
+  captured = capsys.readouterr()
+  assert status == 2 and not captured.out
+  lines = captured.err.strip().splitlines()
+  assert len(lines) == 1 and "error" in lines[0], captured.err
+  for word in words:
+    assert word in lines[0]
+  return lines[0]
+
+
+@pytest.mark.parametrize("microbatch_size", [2, 3, 99, 100, 101, 133, 150, 199, 200, 201, 1000])
+def test_any_microbatch_size_above_one_is_accounted_with_2c(capsys, microbatch_size):
+  # Before: --microbatch-size 150 (> B/2) became one microbatch, accounted with C: epsilon 2.0.
+  microbatched = _run_json(capsys, ["epsilon", *SMALL, "--noise-multiplier", "1.1", "--json",
+                                    "--microbatch-size", str(microbatch_size)])
+  assert microbatched["sensitivity"] == "2C" and microbatched["num_microbatches"] >= 2
+  assert microbatched["epsilon"] == pytest.approx(_small_epsilon(0.55), rel=1e-9)
+  assert microbatched["epsilon"] > 4 * _small_epsilon(1.1)  # 10.2 against 2.0
+
+
+@functools.lru_cache(maxsize=None)
+def _small_epsilon(sigma):
+  """epsilon of SMALL per example, straight from dp_accounting."""
+  return accounting.compute_epsilon(sampling_rate=200 / 4000, noise_multiplier=sigma, steps=40,
+                                    delta=1e-5)
+
+
+def test_microbatch_size_one_is_per_example(capsys):
+  per_example = _run_json(capsys, ["epsilon", *SMALL, "--noise-multiplier", "1.1", "--json",
+                                   "--microbatch-size", "1"])
+  assert per_example["sensitivity"] == "C" and per_example["num_microbatches"] is None
+  assert per_example["epsilon"] == pytest.approx(_small_epsilon(1.1), rel=1e-9)
+
+
+def test_epsilon_matches_the_training_plan(capsys):
+  result = _run_json(capsys, ["epsilon", *SMALL, "--noise-multiplier", "1.1", "--json",
+                              "--microbatch-size", "150"])
+  plan = TrainingPlan.from_config(DPConfig(noise_multiplier=1.1, batch_size=200, epochs=2,
+                                           delta=1e-5, num_microbatches=2), 4000)
+  assert result["epsilon"] == plan.epsilon() and result["steps"] == plan.steps == 40
+
+
+def test_calibrate_with_microbatches_uses_2c(capsys):
+  args = ["calibrate", *SMALL, "--target-epsilon", "2", "--accountant", "rdp", "--json"]
+  per_example = _run_json(capsys, args)
+  microbatched = _run_json(capsys, args + ["--microbatch-size", "150"])
+  assert microbatched["noise_multiplier"] == pytest.approx(2 * per_example["noise_multiplier"],
+                                                           rel=1e-3)
+  assert microbatched["epsilon"] <= 2
+
+
+def test_microbatches_need_batches_of_two(capsys):
+  _exit_2_one_line(capsys, ["epsilon", "--n", "100", "--batch-size", "1", "--steps", "5",
+                            "--delta", "1e-5", "--noise-multiplier", "1", "--microbatch-size",
+                            "2"], "--batch-size")
+
+
+@pytest.mark.parametrize("flags, word", [
+    (["--noise-multiplier", "1e-300", "--epochs", "2"], "--noise-multiplier"),
+    (["--noise-multiplier", "1e308", "--epochs", "2"], "--noise-multiplier"),
+    (["--noise-multiplier", "0.01", "--epochs", "2"], "--noise-multiplier"),
+    (["--noise-multiplier", "nan", "--epochs", "2"], "--noise-multiplier"),
+    (["--noise-multiplier", "1.1", "--epochs", "1e300"], "--epochs"),
+    (["--noise-multiplier", "1.1", "--epochs", "inf"], "--epochs"),
+    (["--noise-multiplier", "1.1", "--steps", "99999999999999999999"], "--steps"),
+    (["--noise-multiplier", "1.1", "--steps", "10000001"], "--steps"),
+    (["--noise-multiplier", "1.1", "--epochs", "1000000"], "epochs"),  # 2e7 steps: the plan
+])
+def test_numbers_the_accountants_cannot_handle_exit_2_with_one_line(capsys, flags, word):
+  _exit_2_one_line(capsys, ["epsilon", "--n", "4000", "--batch-size", "200", "--delta", "1e-5",
+                            *flags], word)
+
+
+@pytest.mark.parametrize("target, words", [("1e308", ("too large", "achievable")),
+                                           ("1e-9", ("not reachable", "achievable"))])
+@pytest.mark.parametrize("accountant", ["pld", "rdp"])
+def test_calibrate_outside_the_achievable_range_exits_2_with_one_line(capsys, target, words,
+                                                                      accountant):
+  _exit_2_one_line(capsys, ["calibrate", *SMALL, "--target-epsilon", target, "--accountant",
+                            accountant], *words)
+
+
+@pytest.mark.parametrize("sigma, reason", [("0", "not private"), ("0.05", "RDP bounds epsilon")])
+def test_infinite_epsilon_is_valid_json_null_with_the_reason(capsys, sigma, reason):
+  assert cli.main(["epsilon", *SMALL, "--noise-multiplier", sigma, "--json"]) == 0
+  result = _strict_json(capsys.readouterr().out)
+  assert result["epsilon"] is None and result["epsilon_infinite"] is True
+  assert reason in result["epsilon_reason"]
+  assert cli.main(["epsilon", *SMALL, "--noise-multiplier", sigma]) == 0  # text: says inf
+  text = capsys.readouterr().out
+  assert "epsilon: inf" in text and reason in text
+
+
+def test_finite_epsilon_json_says_so(capsys):
+  result = _run_json(capsys, ["epsilon", *SMALL, "--noise-multiplier", "1.1", "--json"])
+  assert result["epsilon_infinite"] is False and result["epsilon_reason"] is None
+
+
+def test_json_output_never_holds_infinity_or_nan(capsys):
+  cli._print({"epsilon": math.inf, "nested": {"a": -math.inf, "b": math.nan, "c": [math.inf, 1.0]},
+              "epsilon_infinite": True, "epsilon_reason": "why"}, as_json=True)
+  result = _strict_json(capsys.readouterr().out)
+  assert result == {"epsilon": None, "epsilon_infinite": True, "epsilon_reason": "why",
+                    "nested": {"a": None, "a_infinite": True, "b": None, "c": [None, 1.0]}}
+
+
+def test_report_of_a_ledger_with_infinite_epsilon_is_valid_json(tmp_path, capsys):
+  plan = TrainingPlan.from_config(DPConfig(noise_multiplier=0.0, batch_size=256, steps=10),
+                                  60000)
+  ledger = PrivacyLedger(dataset_size=60000, dataset_fingerprint="sha256:x")
+  ledger.save(tmp_path / "ledger.json")
+  ledger.start_segment(plan)
+  ledger.segments[-1].noisy_steps += 10
+  ledger.flush()
+  assert cli.main(["report", str(tmp_path / "ledger.json"), "--delta", "1e-5", "--json"]) == 0
+  result = _strict_json(capsys.readouterr().out.strip().splitlines()[-1])
+  assert result["epsilon"] is None and result["epsilon_infinite"] is True
+  assert "not private" in result["epsilon_reason"]
+
+
+@pytest.mark.parametrize("error", [
+    PermissionError(13, "Permission denied", "/output/privacy_ledgers"),
+    NotADirectoryError(20, "Not a directory", "/tmp/file/dir"),
+    OSError(30, "Read-only file system"),
+])
+def test_os_errors_exit_2_with_one_line(monkeypatch, capsys, error):
+  def fail(args):
+    raise error
+  monkeypatch.setattr(cli, "_report", fail)
+  line = _exit_2_one_line(capsys, ["report", "ledger.json"])
+  assert type(error).__name__ in line and error.strerror in line
+
+
+def test_tensorflow_filesystem_errors_exit_2_with_one_line(monkeypatch, capsys):
+  tf = pytest.importorskip("tensorflow")
+
+  def fail(args):
+    raise tf.errors.FailedPreconditionError(None, None, "/tmp/file is not a directory\nmore")
+  monkeypatch.setattr(cli, "_report", fail)
+  line = _exit_2_one_line(capsys, ["report", "ledger.json"], "FailedPreconditionError",
+                          "not a directory")
+
+  def bug(args):
+    raise tf.errors.InvalidArgumentError(None, None, "shapes do not match")
+  monkeypatch.setattr(cli, "_report", bug)
+  with pytest.raises(tf.errors.InvalidArgumentError):  # not a file error: keeps its traceback
+    cli.main(["report", "ledger.json"])
+  assert line
+
+
+def test_a_missing_ledger_exits_2_with_one_line(tmp_path, capsys):
+  _exit_2_one_line(capsys, ["report", str(tmp_path / "missing.json")])
