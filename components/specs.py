@@ -28,6 +28,7 @@ PRIVACY_LEDGER_KEY = "privacy_ledger"
 PRIVACY_POLICY_KEY = "privacy_policy"
 PRIVACY_REPORT_KEY = "privacy_report"
 LEDGER_HISTORY_DIR_KEY = "ledger_history_dir"
+DATA_SOURCE_KEY = "data_source"
 PRIVACY_AUDIT_KEY = "privacy_audit"
 CONTROL_MODEL_KEY = "control_model"
 CANARY_FILE_KEY = "canary_file"
@@ -49,6 +50,7 @@ class DPTrainerSpec(ComponentSpec):
       DP_CONFIG_KEY: ExecutionParameter(type=str),
       CUSTOM_CONFIG_KEY: ExecutionParameter(type=str, optional=True),
       LEDGER_HISTORY_DIR_KEY: ExecutionParameter(type=str, optional=True),
+      DATA_SOURCE_KEY: ExecutionParameter(type=str, optional=True),
   }
   INPUTS = {
       EXAMPLES_KEY: ChannelParameter(type=standard_artifacts.Examples),

@@ -93,7 +93,9 @@ def examples_artifact(directory, split_files: Dict[str, os.PathLike]) -> standar
 
 
 def run_dp_trainer(examples: standard_artifacts.Examples, directory, config: DPConfig,
-                   module_file: str, custom_config: Optional[dict] = None) -> Dict[str, list]:
+                   module_file: str, custom_config: Optional[dict] = None,
+                   ledger_history_dir: Optional[str] = None,
+                   data_source: Optional[str] = None) -> Dict[str, list]:
   """Runs the real DPTrainer executor on `examples`; returns its output dict (model, model_run,
   privacy_ledger artifacts under `directory`; by the DPTrainer's default, the ledger history is
   then directory/history)."""
@@ -105,7 +107,9 @@ def run_dp_trainer(examples: standard_artifacts.Examples, directory, config: DPC
              specs.PRIVACY_LEDGER_KEY: [_artifact(artifacts.PrivacyLedger, root / "ledger")]}
   dp_trainer_executor.Executor().Do({specs.EXAMPLES_KEY: [examples]}, outputs, {
       specs.DP_CONFIG_KEY: config.to_json(), specs.MODULE_FILE_KEY: module_file,
-      specs.CUSTOM_CONFIG_KEY: json.dumps(custom_config or {})})
+      specs.CUSTOM_CONFIG_KEY: json.dumps(custom_config or {}),
+      specs.LEDGER_HISTORY_DIR_KEY: None if ledger_history_dir is None else str(ledger_history_dir),
+      specs.DATA_SOURCE_KEY: data_source})
   return outputs
 
 

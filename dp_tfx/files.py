@@ -81,6 +81,23 @@ def write_text(path, text: str) -> str:
   return write_bytes(path, text.encode("utf-8"))
 
 
+def listdir(directory) -> list:
+  """The names in `directory` (files and subdirectories, without a trailing '/'), sorted; [] when
+  it does not exist."""
+  directory = os.fspath(directory)
+  if not _gfile().isdir(directory):
+    return []
+  return sorted(name.rstrip("/") for name in _gfile().listdir(directory))
+
+
+def create_new(path, data: bytes) -> str:
+  """Writes `data` to `path` like write_bytes, but refuses to replace a file already there (a
+  name meant to be unique was not: nothing is overwritten)."""
+  if exists(path):
+    raise FileExistsError(f"{path} exists already; it is not replaced")
+  return write_bytes(path, data)
+
+
 def files_under(directory) -> list:
   """Relative '/'-separated paths of every file under `directory`, in the order pathlib sorts
   them (by path components), so digests match those computed from local paths."""

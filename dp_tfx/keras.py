@@ -109,7 +109,7 @@ class _LedgerCallback(keras.callbacks.Callback):
     # Belt and braces: never record fewer steps than the model actually took.
     ledger = self._dp_model.privacy_ledger
     taken = int(self._dp_model.noisy_steps.numpy()) - self._steps_before
-    while ledger.segments[-1].noisy_steps < taken:
+    while ledger.current_segment.noisy_steps < taken:
       ledger.record_step()
 
   def on_epoch_end(self, epoch, logs=None):
@@ -123,18 +123,29 @@ class DPModel(keras.Model):
   Args:
     model: the Keras model to train (built or buildable on the training data).
     config: the DP-SGD configuration.
-    ledger_path: where to keep the privacy ledger; it is flushed at every step. An existing
-      ledger for the same data is continued (its steps count), never overwritten.
+    ledger_path: a file where to keep the privacy ledger; it is rewritten at every step. An
+      existing ledger there is continued (its steps count, whatever data they were on), never
+      overwritten. One process at a time: for runs that may overlap, use `ledger_history`.
+    ledger_history: a ledger history directory (see dp_tfx.ledger.LedgerHistory) shared by every
+      run on the data source: the ledger starts with every run recorded there, and this run
+      writes only its own segment files, so concurrent runs never lose each other's steps.
+    data_source: a name for the data source, recorded in each segment and listed in reports.
+    run_id: this run's id in the ledger (default: a random one).
     accountant: "pld" (default) or "rdp", for epsilon in logs and sigma calibration.
     privacy_unit: what one training example stands for, as the ledger records it ("example";
       "sequence" for language models trained on text cut into sequences).
   """
 
   def __init__(self, model: keras.Model, config: DPConfig, ledger_path: Optional[str] = None,
-               accountant: str = accounting.PLD, privacy_unit: str = EXAMPLE, **kwargs):
+               accountant: str = accounting.PLD, privacy_unit: str = EXAMPLE,
+               ledger_history: Optional[str] = None, data_source: Optional[str] = None,
+               run_id: Optional[str] = None, **kwargs):
     super().__init__(name=kwargs.pop("name", f"dp_{model.name}"), **kwargs)
     if not isinstance(config, DPConfig):
       raise TypeError(f"config must be a dp_tfx.DPConfig; got {type(config).__name__}")
+    if ledger_path is not None and ledger_history is not None:
+      raise ValueError("give ledger_path (one file, one process) or ledger_history (a directory "
+                       "shared by concurrent runs), not both")
     accounting.make_accountant(accountant)  # validates the name early
     self.model = model
     self.dp_config = config
@@ -142,6 +153,9 @@ class DPModel(keras.Model):
     self.privacy_ledger: Optional[PrivacyLedger] = None
     self.plan: Optional[TrainingPlan] = None
     self._ledger_path = os.fspath(ledger_path) if ledger_path is not None else None
+    self._ledger_history = os.fspath(ledger_history) if ledger_history is not None else None
+    self._data_source = data_source
+    self._run_id = run_id
     self._privacy_unit = privacy_unit
     self._loss_fn = None
     self._taps = None
@@ -275,8 +289,14 @@ class DPModel(keras.Model):
     size = len(labels)
     if self.plan is None:
       self.plan = TrainingPlan.from_config(self.dp_config, size, self.accountant)
-      self.privacy_ledger = PrivacyLedger.open_for(self._ledger_path, size, fingerprint,
-                                                   self._privacy_unit)
+      if self._ledger_history is not None:
+        self.privacy_ledger = PrivacyLedger.open_history(
+            self._ledger_history, size, fingerprint, self._privacy_unit,
+            data_source=self._data_source, run_id=self._run_id)
+      else:
+        self.privacy_ledger = PrivacyLedger.open_for(self._ledger_path, size, fingerprint,
+                                                     self._privacy_unit,
+                                                     data_source=self._data_source)
     elif self.privacy_ledger.dataset_fingerprint != fingerprint:
       raise ValueError("this DP model was trained on other data; its plan and ledger describe "
                        "that data. Make a new DP model (and ledger) for new data")
@@ -344,16 +364,23 @@ class DPModel(keras.Model):
 
 
 def make_private(model: keras.Model, config: DPConfig, *, ledger_path: Optional[str] = None,
-                 accountant: str = accounting.PLD, privacy_unit: str = EXAMPLE) -> DPModel:
+                 accountant: str = accounting.PLD, privacy_unit: str = EXAMPLE,
+                 ledger_history: Optional[str] = None, data_source: Optional[str] = None,
+                 run_id: Optional[str] = None) -> DPModel:
   """Returns a Keras model whose compile(optimizer, loss) + fit(x, y) run DP-SGD on `model`.
 
   Args:
     model: any Keras 3 model without layers that mix examples (BatchNormalization).
     config: the DP-SGD configuration (clip norm, noise or target epsilon, batch, steps...).
-    ledger_path: where to keep the privacy ledger (flushed every step); None keeps it in memory
-      (`dp_model.privacy_ledger`, which you can `.save(path)`).
+    ledger_path: a file where to keep the privacy ledger (rewritten every step; one process at a
+      time); None keeps it in memory (`dp_model.privacy_ledger`, which you can `.save(path)`).
     accountant: "pld" (default) or "rdp".
     privacy_unit: what one training example stands for in the ledger ("example", "sequence").
+    ledger_history: instead of ledger_path, a ledger history directory shared by every run on the
+      data source, concurrent ones included (each run writes only its own segment files).
+    data_source: a name for the data source, recorded in the ledger and listed in reports.
+    run_id: this run's id in the ledger (default: a random one).
   """
   return DPModel(model, config, ledger_path=ledger_path, accountant=accountant,
-                 privacy_unit=privacy_unit)
+                 privacy_unit=privacy_unit, ledger_history=ledger_history,
+                 data_source=data_source, run_id=run_id)

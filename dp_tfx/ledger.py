@@ -1,13 +1,19 @@
 """The privacy ledger: the facts of what DP training actually did, kept tamper-evident.
 
-Privacy is accounted from this record only (never from a declared epsilon). Each call of `fit` on
-a dataset is a *segment* (sampling, q, sigma, C, microbatches, noisy steps executed); segments on
-the same data compose, so restarting a run adds to what was already spent. The trainer counts a
-step before executing it and flushes the file at once, so a run killed mid-epoch leaves a ledger
-that counts every step it took (at worst one more).
+Privacy is accounted from this record only (never from a declared epsilon). Each call of `fit` is
+a *segment* (the data's size N, sampling, q, sigma, C, microbatches, noisy steps executed); every
+segment is its own Poisson-sampled Gaussian event, and all segments recorded for a data source
+compose, whatever data each one had, so rerunning, restarting or changing the data adds to what
+was already spent. The trainer counts a step before executing it and writes it out at once, so a
+run killed mid-epoch leaves a record of every step it took (at worst one more).
 
-The content hash (SHA-256 of the canonical JSON body) makes accidental or naive edits evident; it
-is not a signature against someone who recomputes it.
+Runs record into a *ledger history* (`LedgerHistory`): a directory where each segment is a file of
+its own, written only by the run that created it, so concurrent runs never lose each other's
+steps. The ledger a run outputs is a self-contained snapshot of the history when it ended, and
+names the history, where the PrivacyEvaluator judges the total as it is at evaluation time.
+
+The content hash (SHA-256 of the canonical JSON body, per file) makes accidental or naive edits
+evident; it is not a signature against someone who recomputes it.
 """
 
 from __future__ import annotations
@@ -18,6 +24,7 @@ import hashlib
 import json
 import math
 import os
+import uuid
 from typing import Any, Optional, Sequence
 
 import dp_accounting
@@ -27,8 +34,10 @@ from dp_tfx import accounting, files
 from dp_tfx.config import SAMPLING_METHODS
 from dp_tfx.version import __version__
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # format 1 (one dataset per ledger, no segment files) is still read
 LEDGER_FILE_NAME = "privacy_ledger.json"
+SEGMENT_PREFIX = "segment-"
+SEGMENT_KIND = "segment"
 EXAMPLE = "example"
 SEQUENCE = "sequence"  # the privacy unit of language models trained on text cut into sequences
 
@@ -42,7 +51,7 @@ class LedgerIntegrityError(LedgerError):
 
 
 def _now() -> str:
-  return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+  return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="milliseconds")
 
 
 def dataset_fingerprint(*arrays: Any) -> str:
@@ -81,7 +90,11 @@ def directory_digest(directory: os.PathLike | str) -> str:
 
 @dataclasses.dataclass
 class Segment:
-  """One training run on the data: the facts the accountant needs, and how many steps ran."""
+  """One training run's `fit` on the data: the facts the accountant needs, and the steps that ran.
+
+  Each segment is its own Poisson-sampled Gaussian event (its own q = batch_size / dataset_size,
+  sigma and steps); all segments of a history compose, whatever data each one trained on.
+  """
 
   sampling: str
   sampling_rate: float
@@ -95,12 +108,51 @@ class Segment:
   seeded: bool = False
   started_at: str = dataclasses.field(default_factory=_now)
   updated_at: str = dataclasses.field(default_factory=_now)
+  # Since format 2: what this segment trained on and who wrote it. In a format-1 ledger these are
+  # filled in from the ledger (its one dataset) when it is read.
+  dataset_size: Optional[int] = None
+  dataset_fingerprint: Optional[str] = None
+  data_source: Optional[str] = None
+  run_id: Optional[str] = None
+  segment_id: Optional[str] = None
 
   def dp_event(self, steps: Optional[int] = None) -> dp_accounting.DpEvent:
     """The event of this segment's first `steps` noisy steps (default: all that ran)."""
     return accounting.dp_sgd_event(self.sampling_rate, self.noise_multiplier,
                                    self.noisy_steps if steps is None else steps,
                                    self.num_microbatches)
+
+  def fixed_facts(self) -> dict:
+    """Every fact but the step count and its time stamp: what may never change once written."""
+    facts = dataclasses.asdict(self)
+    del facts["noisy_steps"], facts["updated_at"]
+    return facts
+
+
+def _composed(counted) -> dp_accounting.DpEvent:
+  """The composition of [(segment, steps)]: each segment's steps are its own Poisson-sampled
+  Gaussian event. Segments with the same q, sigma and clipping unit (e.g. reruns or concurrent
+  runs of one plan) are one self-composed event of their summed steps: the same composition
+  (it commutes), which the PLD accountant computes in one go instead of one per segment."""
+  steps_by_facts: dict = {}
+  for segment, steps in counted:
+    key = (segment.sampling_rate, segment.noise_multiplier, segment.num_microbatches)
+    steps_by_facts[key] = steps_by_facts.get(key, 0) + steps
+  return accounting.compose([accounting.dp_sgd_event(q, sigma, steps, microbatches)
+                             for (q, sigma, microbatches), steps in steps_by_facts.items()])
+
+
+def _order(segment: Segment):
+  return (segment.started_at or "", segment.segment_id or "")
+
+
+def _new_segment_id() -> str:
+  stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%dT%H%M%S%fZ")
+  return f"{SEGMENT_PREFIX}{stamp}-{uuid.uuid4().hex[:12]}"
+
+
+def new_run_id() -> str:
+  return uuid.uuid4().hex[:12]
 
 
 def _check(condition: bool, message: str) -> None:
@@ -116,20 +168,178 @@ def _whole_number(value: Any) -> bool:
   return isinstance(value, int) and not isinstance(value, bool)
 
 
+def _optional_text(value: Any) -> bool:
+  return value is None or isinstance(value, str)
+
+
+def _validate_segment(segment: Segment, where: str) -> None:
+  """Raises LedgerError unless the segment's facts are possible and consistent."""
+  size = segment.dataset_size
+  _check(_whole_number(size) and size >= 1,
+         f"{where}: dataset_size must be an integer >= 1; got {size!r}")
+  _check(segment.sampling in SAMPLING_METHODS,
+         f"{where}: sampling must be one of {SAMPLING_METHODS}; got {segment.sampling!r}")
+  _check(_finite_number(segment.sampling_rate) and 0 < segment.sampling_rate <= 1,
+         f"{where}: sampling_rate must be in (0, 1]; got {segment.sampling_rate!r}")
+  _check(_whole_number(segment.batch_size) and 1 <= segment.batch_size <= size,
+         f"{where}: batch_size must be in [1, dataset_size]; got {segment.batch_size!r}")
+  _check(math.isclose(segment.sampling_rate, segment.batch_size / size, rel_tol=1e-9),
+         f"{where}: sampling_rate {segment.sampling_rate} is not batch_size/dataset_size "
+         f"= {segment.batch_size}/{size}")
+  _check(_finite_number(segment.noise_multiplier) and segment.noise_multiplier >= 0,
+         f"{where}: noise_multiplier must be a finite number >= 0; got "
+         f"{segment.noise_multiplier!r}")
+  _check(_finite_number(segment.l2_norm_clip) and segment.l2_norm_clip > 0,
+         f"{where}: l2_norm_clip must be > 0; got {segment.l2_norm_clip!r}")
+  _check(segment.num_microbatches is None or (
+      _whole_number(segment.num_microbatches) and segment.num_microbatches >= 1),
+         f"{where}: num_microbatches must be null or >= 1; got {segment.num_microbatches!r}")
+  _check(_whole_number(segment.physical_batch_size) and segment.physical_batch_size >= 1,
+         f"{where}: physical_batch_size must be >= 1; got {segment.physical_batch_size!r}")
+  _check(_whole_number(segment.planned_steps) and segment.planned_steps >= 1,
+         f"{where}: planned_steps must be >= 1; got {segment.planned_steps!r}")
+  _check(isinstance(segment.seeded, bool),
+         f"{where}: seeded must be true or false; got {segment.seeded!r}")
+  _check(_whole_number(segment.noisy_steps) and 0 <= segment.noisy_steps <= segment.planned_steps,
+         f"{where}: noisy_steps must be in [0, planned_steps={segment.planned_steps}]; got "
+         f"{segment.noisy_steps!r}")
+  for name in ("started_at", "updated_at", "dataset_fingerprint", "data_source", "run_id",
+               "segment_id"):
+    _check(_optional_text(getattr(segment, name)),
+           f"{where}: {name} must be a string; got {getattr(segment, name)!r}")
+
+
+def _segment_from_dict(fields: Any, where: str) -> Segment:
+  _check(isinstance(fields, dict), f"{where}: a segment must be a JSON object")
+  try:
+    return Segment(**fields)
+  except TypeError as error:
+    raise LedgerError(f"{where}: missing or unknown segment fields: {error}") from None
+
+
+def _check_writable(path: str) -> None:
+  if files.scheme(path) not in files.WHOLE_REPLACE_SCHEMES:
+    # A crash between deleting the old file and renaming the new one would leave none, and the
+    # next run would start counting from zero: refuse rather than risk under-counting.
+    raise LedgerError(f"a ledger cannot be written on {files.scheme(path)}:// (no whole-file "
+                      "replace there); use a local path, gs:// or s3://")
+
+
+class LedgerHistory:
+  """A directory where every training run on a data source records its steps, safely concurrent.
+
+  Each segment (one `fit` of one run) is a file of its own, `segment-<time>-<random>.json`,
+  created under a fresh name and only ever rewritten by the process that created it (its step
+  count grows, nothing else changes). No process reads, merges and rewrites another's record, so
+  no update can be lost, however many runs write at once, on a local disk or an object store
+  alike (a file is replaced whole through a temporary and a rename). The history's total is the
+  composition of every segment file in it, each with its own content hash.
+
+  Format-1 ledgers found there (one file per exact dataset, written before segment files) are
+  read as well, never written: what they recorded keeps counting.
+  """
+
+  def __init__(self, directory: os.PathLike | str):
+    self.directory = os.fspath(directory)
+
+  def segment_path(self, segment_id: str) -> str:
+    return os.path.join(self.directory, segment_id + ".json")
+
+  def read(self, privacy_unit: Optional[str] = None) -> list:
+    """Every segment recorded in the history now, ordered by start time.
+
+    Raises:
+      LedgerError: if a file there is malformed, was edited (content hash), or counts another
+        privacy unit than `privacy_unit` (when given).
+    """
+    segments = []
+    for name in files.listdir(self.directory):
+      # Hidden names are temporaries of writes in flight (see files.write_bytes).
+      if name.startswith(".") or not name.endswith(".json"):
+        continue
+      path = os.path.join(self.directory, name)
+      if files.is_dir(path):
+        continue
+      try:
+        found, unit = self._read_file(path, name)
+      except LedgerError as error:
+        raise type(error)(f"ledger history {self.directory}: {name}: {error}") from None
+      if privacy_unit is not None and unit != privacy_unit:
+        raise LedgerError(f"ledger history {self.directory}: {name} counts {unit}s, this run "
+                          f"{privacy_unit}s; use another ledger history for other privacy units")
+      segments.extend(found)
+    return sorted(segments, key=_order)
+
+  @staticmethod
+  def _read_file(path: str, name: str):
+    try:
+      text = files.read_text(path)
+    except (OSError, UnicodeDecodeError) as error:
+      raise LedgerError(f"cannot be read: {error}") from None
+    body = _verified_body(text)
+    if body.get("kind") == SEGMENT_KIND:
+      _check(body.get("format_version") == FORMAT_VERSION,
+             f"unsupported segment format_version {body.get('format_version')!r}")
+      unit = body.get("privacy_unit")
+      _check(isinstance(unit, str) and unit, "privacy_unit is missing")
+      segment = _segment_from_dict(body.get("segment"), "segment")
+      _check(isinstance(segment.segment_id, str) and segment.segment_id + ".json" == name,
+             f"the file's name does not match its segment_id {segment.segment_id!r}: it was "
+             "renamed or copied")
+      _validate_segment(segment, "segment")
+      return [segment], unit
+    if body.get("format_version") == 1:  # a whole ledger of the first format: read, never written
+      ledger = PrivacyLedger._from_body(body)
+      for index, segment in enumerate(ledger.segments):
+        segment.segment_id = f"{name}#{index}"
+        segment.run_id = segment.run_id or f"format-1 ledger {name}"
+      return ledger.segments, ledger.privacy_unit
+    raise LedgerError("not a segment file (a whole ledger does not belong in a ledger history)")
+
+
+def read_history(directory: os.PathLike | str, privacy_unit: Optional[str] = None) -> list:
+  """The segments recorded in the ledger history at `directory` (see LedgerHistory.read)."""
+  return LedgerHistory(directory).read(privacy_unit)
+
+
+def _segment_document(segment: Segment, privacy_unit: str) -> str:
+  body = {"format_version": FORMAT_VERSION, "kind": SEGMENT_KIND, "library_version": __version__,
+          "privacy_unit": privacy_unit, "segment": dataclasses.asdict(segment)}
+  return json.dumps({"body": body, "content_hash": _hash_body(body)}, indent=2, sort_keys=True)
+
+
 class PrivacyLedger:
-  """What DP training did on one dataset, serialised as JSON with a content hash.
+  """What DP training did, serialised as JSON with a content hash.
+
+  A ledger holds segments; its epsilon is the composition of all of them. It is kept in one of
+  two ways while training:
+
+  * in a ledger history (`open_history`): a directory shared by every run on the data source,
+    where this run writes only its own segment files. Safe for any number of concurrent runs.
+  * in one file (`open_for`, `save`): rewritten whole at every step. For a single process only:
+    two processes continuing the same file would each rewrite it with their own view.
+
+  The trainer's output (`save` to the artifact) is a self-contained snapshot: every segment of the
+  history when the run ended, and where the history is, so the PrivacyEvaluator can check the
+  snapshot against it and judge the total as it is then (`with_history`).
 
   Args:
-    dataset_size: N, the number of privacy units in the training data.
-    dataset_fingerprint: a digest of the training data (see `dataset_fingerprint`).
+    dataset_size: N of this run's training data (privacy units).
+    dataset_fingerprint: a digest of this run's training data (see `dataset_fingerprint`); it
+      describes the data, it does not key the budget.
     privacy_unit: what one unit of N is ("example"; a sequence for language models).
-    segments: the training runs recorded so far.
+    segments: the segments recorded so far (each carries its own dataset_size).
     model_digest: a digest of the trained model's files, set when the model is exported.
+    data_source: the name of the data source this run trained on (recorded, reported).
+    run_id: this run's id, recorded in each of its segments.
+    history_dir: the ledger history the segments come from, if there is one.
   """
 
   def __init__(self, dataset_size: int, dataset_fingerprint: str, privacy_unit: str = EXAMPLE,
                segments: Optional[Sequence[Segment]] = None, model_digest: Optional[str] = None,
-               library_version: str = __version__, created_at: Optional[str] = None):
+               library_version: str = __version__, created_at: Optional[str] = None,
+               data_source: Optional[str] = None, run_id: Optional[str] = None,
+               history_dir: Optional[str] = None):
     self.dataset_size = dataset_size
     self.dataset_fingerprint = dataset_fingerprint
     self.privacy_unit = privacy_unit
@@ -137,7 +347,12 @@ class PrivacyLedger:
     self.model_digest = model_digest
     self.library_version = library_version
     self.created_at = created_at or _now()
+    self.data_source = data_source
+    self.run_id = run_id or new_run_id()
+    self.history_dir = os.fspath(history_dir) if history_dir is not None else None
     self.path: Optional[str] = None
+    self._history: Optional[LedgerHistory] = None  # set when this run writes into the history
+    self._own: list = []  # the segments this object started (only these are ever written)
 
   # -- recording ---------------------------------------------------------------------------------
 
@@ -148,29 +363,50 @@ class PrivacyLedger:
     private if the seed is known), so a policy can refuse such runs.
     """
     if plan.dataset_size != self.dataset_size:
-      raise LedgerError(f"this ledger describes {self.dataset_size} examples, the plan "
-                        f"{plan.dataset_size}: use a new ledger for other data")
+      raise LedgerError(f"this ledger records a run on {self.dataset_size} examples, the plan "
+                        f"{plan.dataset_size}: open the ledger for the run's data")
     segment = Segment(
         sampling=plan.sampling, sampling_rate=plan.sampling_rate, batch_size=plan.batch_size,
         noise_multiplier=plan.noise_multiplier, l2_norm_clip=plan.l2_norm_clip,
         num_microbatches=plan.num_microbatches, physical_batch_size=plan.physical_batch_size,
-        planned_steps=plan.steps, seeded=bool(seeded))
+        planned_steps=plan.steps, seeded=bool(seeded), dataset_size=self.dataset_size,
+        dataset_fingerprint=self.dataset_fingerprint, data_source=self.data_source,
+        run_id=self.run_id, segment_id=_new_segment_id())
+    if self._history is not None:
+      # A fresh name: never another run's file. Written before any step runs.
+      files.create_new(self._history.segment_path(segment.segment_id),
+                       _segment_document(segment, self.privacy_unit).encode("utf-8"))
     self.segments.append(segment)
-    self.flush()
+    self._own.append(segment)
+    self._flush_whole()
     return segment
 
+  @property
+  def current_segment(self) -> Optional[Segment]:
+    """The segment this object started last (the one `record_step` counts in)."""
+    return self._own[-1] if self._own else None
+
   def record_step(self) -> None:
-    """Counts one noisy step of the current segment as spent, and writes the ledger out."""
-    if not self.segments:
+    """Counts one noisy step of the current segment as spent, and writes it out at once."""
+    segment = self.current_segment
+    if segment is None:
       raise LedgerError("record_step before start_segment")
-    segment = self.segments[-1]
     segment.noisy_steps += 1
     segment.updated_at = _now()
     self.flush()
 
   def set_model_digest(self, digest: str) -> None:
     self.model_digest = digest
-    self.flush()
+    self._flush_whole()
+
+  def refresh(self) -> None:
+    """Re-reads the ledger history: every other run's segments as they are now (runs that
+    started or went on since this one opened it), beside this object's own."""
+    if self._history is None:
+      return
+    own = {segment.segment_id for segment in self._own}
+    others = [s for s in self._history.read(self.privacy_unit) if s.segment_id not in own]
+    self.segments = sorted(others + self._own, key=_order)
 
   # -- facts -------------------------------------------------------------------------------------
 
@@ -178,21 +414,28 @@ class PrivacyLedger:
   def noisy_steps(self) -> int:
     return sum(segment.noisy_steps for segment in self.segments)
 
+  @property
+  def largest_dataset_size(self) -> int:
+    """The largest N among this run's data and every segment's: delta "1/N" uses it, so that
+    delta is at most one over the size of every dataset the total covers."""
+    return max([self.dataset_size] + [s.dataset_size for s in self.segments
+                                      if _whole_number(s.dataset_size)])
+
   def dp_event(self) -> dp_accounting.DpEvent:
     """All segments composed: the privacy cost of everything recorded."""
-    return accounting.compose([segment.dp_event() for segment in self.segments])
+    return _composed([(segment, segment.noisy_steps) for segment in self.segments])
 
   def epsilon(self, delta: float, accountant: str = accounting.PLD) -> float:
     return accounting.epsilon_of_event(self.dp_event(), delta, accountant)
 
   def dp_event_after(self, steps: int) -> dp_accounting.DpEvent:
-    """The cost of the first `steps` noisy steps across segments, in the order they ran."""
-    events, left = [], steps
+    """The cost of the first `steps` noisy steps across segments, in the order they started."""
+    counted, left = [], steps
     for segment in self.segments:
       taken = min(left, segment.noisy_steps)
-      events.append(segment.dp_event(taken))
+      counted.append((segment, taken))
       left -= taken
-    return accounting.compose(events)
+    return _composed(counted)
 
   def epsilon_curve(self, delta: float, accountant: str = accounting.PLD,
                     points: int = 20) -> list:
@@ -206,6 +449,26 @@ class PrivacyLedger:
     """False when any segment used shuffled batches: the Poisson-based bound is then heuristic."""
     return all(segment.sampling == "poisson" for segment in self.segments)
 
+  def runs(self) -> list:
+    """Every run the total includes, in the order they started: run id, data source, data
+    size(s), segments and noisy steps (a run still training shows the steps recorded so far)."""
+    runs: dict = {}
+    for segment in self.segments:
+      run = runs.setdefault(segment.run_id, {
+          "run_id": segment.run_id, "data_source": segment.data_source, "dataset_sizes": [],
+          "dataset_fingerprints": [], "segments": 0, "noisy_steps": 0, "planned_steps": 0,
+          "started_at": segment.started_at, "updated_at": segment.updated_at,
+          "this_run": segment.run_id == self.run_id})
+      for key, value in (("dataset_sizes", segment.dataset_size),
+                         ("dataset_fingerprints", segment.dataset_fingerprint)):
+        if value not in run[key]:
+          run[key].append(value)
+      run["segments"] += 1
+      run["noisy_steps"] += segment.noisy_steps
+      run["planned_steps"] += segment.planned_steps
+      run["updated_at"] = max(run["updated_at"] or "", segment.updated_at or "")
+    return list(runs.values())
+
   def validate(self) -> None:
     """Raises LedgerError unless every recorded fact is possible and consistent."""
     _check(_whole_number(self.dataset_size) and self.dataset_size >= 1,
@@ -213,36 +476,59 @@ class PrivacyLedger:
     _check(isinstance(self.dataset_fingerprint, str) and self.dataset_fingerprint,
            "dataset_fingerprint is missing")
     _check(isinstance(self.privacy_unit, str) and self.privacy_unit, "privacy_unit is missing")
+    for name in ("data_source", "run_id", "history_dir", "model_digest"):
+      _check(_optional_text(getattr(self, name)),
+             f"{name} must be a string; got {getattr(self, name)!r}")
+    seen = set()
     for index, segment in enumerate(self.segments):
-      where = f"segment {index}"
-      _check(segment.sampling in SAMPLING_METHODS,
-             f"{where}: sampling must be one of {SAMPLING_METHODS}; got {segment.sampling!r}")
-      _check(_finite_number(segment.sampling_rate) and 0 < segment.sampling_rate <= 1,
-             f"{where}: sampling_rate must be in (0, 1]; got {segment.sampling_rate!r}")
-      _check(_whole_number(segment.batch_size) and 1 <= segment.batch_size <= self.dataset_size,
-             f"{where}: batch_size must be in [1, dataset_size]; got {segment.batch_size!r}")
-      _check(math.isclose(segment.sampling_rate, segment.batch_size / self.dataset_size,
-                          rel_tol=1e-9),
-             f"{where}: sampling_rate {segment.sampling_rate} is not batch_size/dataset_size "
-             f"= {segment.batch_size}/{self.dataset_size}")
-      _check(_finite_number(segment.noise_multiplier) and segment.noise_multiplier >= 0,
-             f"{where}: noise_multiplier must be a finite number >= 0; got "
-             f"{segment.noise_multiplier!r}")
-      _check(_finite_number(segment.l2_norm_clip) and segment.l2_norm_clip > 0,
-             f"{where}: l2_norm_clip must be > 0; got {segment.l2_norm_clip!r}")
-      _check(segment.num_microbatches is None or (
-          _whole_number(segment.num_microbatches) and segment.num_microbatches >= 1),
-             f"{where}: num_microbatches must be null or >= 1; got {segment.num_microbatches!r}")
-      _check(_whole_number(segment.physical_batch_size) and segment.physical_batch_size >= 1,
-             f"{where}: physical_batch_size must be >= 1; got {segment.physical_batch_size!r}")
-      _check(_whole_number(segment.planned_steps) and segment.planned_steps >= 1,
-             f"{where}: planned_steps must be >= 1; got {segment.planned_steps!r}")
-      _check(isinstance(segment.seeded, bool),
-             f"{where}: seeded must be true or false; got {segment.seeded!r}")
-      _check(_whole_number(segment.noisy_steps) and
-             0 <= segment.noisy_steps <= segment.planned_steps,
-             f"{where}: noisy_steps must be in [0, planned_steps={segment.planned_steps}]; got "
-             f"{segment.noisy_steps!r}")
+      _validate_segment(segment, f"segment {index}")
+      _check(segment.segment_id is None or segment.segment_id not in seen,
+             f"segment {index}: segment_id {segment.segment_id!r} appears twice")
+      seen.add(segment.segment_id)
+
+  # -- the history as the evaluator judges it ------------------------------------------------------
+
+  def with_history(self) -> "PrivacyLedger":
+    """This snapshot checked against its ledger history, with every segment there now.
+
+    The trainer's snapshot counts what the history held when its run ended; other runs on the
+    data source may have recorded steps since (or be recording them). The total to judge is the
+    composition of every segment in the history now. Each segment of the snapshot must still be
+    there, with the same facts and at least as many steps: a history that lost, shortened or
+    changed a segment is refused.
+
+    Returns:
+      A ledger with this one's facts (model digest, this run's data) and the history's segments;
+      this ledger itself when it names no history.
+
+    Raises:
+      LedgerError: if the history is missing or malformed, or contradicts the snapshot.
+    """
+    if self.history_dir is None:
+      return self
+    history = LedgerHistory(self.history_dir)
+    if not files.is_dir(self.history_dir):
+      raise LedgerError(f"the ledger history {self.history_dir} that this ledger was recorded "
+                        "in is missing: the total spent on the data source cannot be checked")
+    current = {segment.segment_id: segment for segment in history.read(self.privacy_unit)}
+    for recorded in self.segments:
+      now = current.get(recorded.segment_id)
+      if now is None:
+        raise LedgerError(f"segment {recorded.segment_id} of this ledger is missing from the "
+                          f"ledger history {self.history_dir}: it was deleted or renamed")
+      if now.fixed_facts() != recorded.fixed_facts():
+        changed = sorted(k for k, v in recorded.fixed_facts().items() if now.fixed_facts()[k] != v)
+        raise LedgerError(f"segment {recorded.segment_id} in the ledger history "
+                          f"{self.history_dir} differs from this ledger's record of it "
+                          f"({', '.join(changed)})")
+      if now.noisy_steps < recorded.noisy_steps:
+        raise LedgerError(f"segment {recorded.segment_id} in the ledger history "
+                          f"{self.history_dir} records {now.noisy_steps} noisy steps, fewer than "
+                          f"the {recorded.noisy_steps} this ledger recorded: it was shortened")
+    total = PrivacyLedger._from_body(self.body())
+    total.segments = sorted(current.values(), key=_order)
+    total.validate()
+    return total
 
   # -- serialisation -----------------------------------------------------------------------------
 
@@ -254,6 +540,9 @@ class PrivacyLedger:
         "privacy_unit": self.privacy_unit,
         "dataset_size": self.dataset_size,
         "dataset_fingerprint": self.dataset_fingerprint,
+        "data_source": self.data_source,
+        "run_id": self.run_id,
+        "history_dir": self.history_dir,
         "model_digest": self.model_digest,
         "segments": [dataclasses.asdict(segment) for segment in self.segments],
     }
@@ -267,34 +556,37 @@ class PrivacyLedger:
 
   @classmethod
   def from_json(cls, text: str) -> "PrivacyLedger":
-    """Parses and verifies a ledger.
+    """Parses and verifies a ledger (format 1 or 2).
 
     Raises:
       LedgerIntegrityError: if the body does not match its content hash.
       LedgerError: if the text is not a ledger or its facts are impossible.
     """
+    return cls._from_body(_verified_body(text))
+
+  @classmethod
+  def _from_body(cls, body: dict) -> "PrivacyLedger":
+    version = body.get("format_version")
+    _check(version in (1, FORMAT_VERSION), f"unsupported ledger format_version {version!r}")
+    _check(body.get("kind", "ledger") == "ledger" and isinstance(body.get("segments"), list),
+           "not a whole ledger (a segment file of a ledger history?)")
     try:
-      document = json.loads(text)
-    except json.JSONDecodeError as error:
-      raise LedgerError(f"the ledger is not valid JSON: {error}") from None
-    _check(isinstance(document, dict) and isinstance(document.get("body"), dict) and
-           isinstance(document.get("content_hash"), str),
-           "the ledger must be a JSON object with 'body' and 'content_hash'")
-    body = document["body"]
-    if _hash_body(body) != document["content_hash"]:
-      raise LedgerIntegrityError("the ledger's content does not match its content_hash: it was "
-                                 "modified after it was written")
-    _check(body.get("format_version") == FORMAT_VERSION,
-           f"unsupported ledger format_version {body.get('format_version')!r}")
-    try:
-      segments = [Segment(**segment) for segment in body["segments"]]
+      segments = [_segment_from_dict(fields, f"segment {index}")
+                  for index, fields in enumerate(body["segments"])]
+      extra = {} if version == 1 else {name: body[name] for name in (
+          "data_source", "run_id", "history_dir")}
       ledger = cls(dataset_size=body["dataset_size"],
                    dataset_fingerprint=body["dataset_fingerprint"],
                    privacy_unit=body["privacy_unit"], segments=segments,
                    model_digest=body.get("model_digest"),
-                   library_version=body["library_version"], created_at=body["created_at"])
+                   library_version=body["library_version"], created_at=body["created_at"],
+                   **extra)
     except (KeyError, TypeError) as error:
       raise LedgerError(f"the ledger is missing or has malformed fields: {error}") from None
+    if version == 1:  # one dataset for the whole ledger; each segment now says which it had
+      for segment in ledger.segments:
+        segment.dataset_size = ledger.dataset_size
+        segment.dataset_fingerprint = ledger.dataset_fingerprint
     ledger.validate()
     return ledger
 
@@ -302,17 +594,22 @@ class PrivacyLedger:
     """Writes the ledger to `path` (local or a URL such as gs://) atomically and keeps it there:
     later steps flush to it."""
     self.path = os.fspath(path)
-    self.flush()
+    self._flush_whole()
     return self.path
 
   def flush(self) -> None:
+    """Writes this object's current segment to the history (if it writes into one) and the whole
+    ledger to `path` (if it has one)."""
+    segment = self.current_segment
+    if self._history is not None and segment is not None:
+      files.write_text(self._history.segment_path(segment.segment_id),
+                       _segment_document(segment, self.privacy_unit))  # never half-written
+    self._flush_whole()
+
+  def _flush_whole(self) -> None:
     if self.path is None:
       return
-    if files.scheme(self.path) not in files.WHOLE_REPLACE_SCHEMES:
-      # A crash between deleting the old ledger and renaming the new one would leave none, and
-      # the next run would start counting from zero: refuse rather than risk under-counting.
-      raise LedgerError(f"a ledger cannot be written on {files.scheme(self.path)}:// (no "
-                        "whole-file replace there); use a local path, gs:// or s3://")
+    _check_writable(self.path)
     files.write_text(self.path, self.to_json())  # never half-written, even on a crash
 
   @classmethod
@@ -326,26 +623,68 @@ class PrivacyLedger:
 
   @classmethod
   def open_for(cls, path: Optional[os.PathLike | str], dataset_size: int,
-               fingerprint: str, privacy_unit: str = EXAMPLE) -> "PrivacyLedger":
-    """Continues the ledger at `path` (the same data) or starts a new one there.
+               fingerprint: str, privacy_unit: str = EXAMPLE,
+               data_source: Optional[str] = None) -> "PrivacyLedger":
+    """Continues the one-file ledger at `path` or starts a new one there (one process at a time;
+    see `open_history` for runs that may overlap).
+
+    Runs on other data continue it too: every segment keeps its own N, and all compose.
 
     Raises:
-      LedgerError: if the existing ledger describes other data or another privacy unit.
+      LedgerError: if the existing ledger counts another privacy unit.
     """
     if path is not None and files.exists(path):
       ledger = cls.load(path)
-      if ledger.dataset_fingerprint != fingerprint or ledger.dataset_size != dataset_size:
-        raise LedgerError(f"the ledger at {path} describes other data ({ledger.dataset_size} "
-                          f"examples, {ledger.dataset_fingerprint}); use a new ledger path")
       if ledger.privacy_unit != privacy_unit:
         raise LedgerError(f"the ledger at {path} counts {ledger.privacy_unit}s, this run "
                           f"{privacy_unit}s; use a new ledger path")
+      ledger.dataset_size, ledger.dataset_fingerprint = dataset_size, fingerprint
+      ledger.data_source, ledger.run_id = data_source, new_run_id()
       return ledger
     ledger = cls(dataset_size=dataset_size, dataset_fingerprint=fingerprint,
-                 privacy_unit=privacy_unit)
+                 privacy_unit=privacy_unit, data_source=data_source)
     if path is not None:
+      _check_writable(os.fspath(path))
       ledger.save(path)
     return ledger
+
+  @classmethod
+  def open_history(cls, directory: os.PathLike | str, dataset_size: int, fingerprint: str,
+                   privacy_unit: str = EXAMPLE, data_source: Optional[str] = None,
+                   run_id: Optional[str] = None) -> "PrivacyLedger":
+    """A ledger for a new run recorded in the ledger history at `directory`.
+
+    It starts with every segment the history holds (every earlier or concurrent run on the data
+    source, whatever data each had), and writes only this run's own segment files there.
+
+    Raises:
+      LedgerError: if the history is malformed or edited, counts another privacy unit, or lies on
+        a filesystem without whole-file replace.
+    """
+    directory = os.fspath(directory)
+    _check_writable(directory)
+    history = LedgerHistory(directory)
+    ledger = cls(dataset_size=dataset_size, dataset_fingerprint=fingerprint,
+                 privacy_unit=privacy_unit, segments=history.read(privacy_unit),
+                 data_source=data_source, run_id=run_id, history_dir=directory)
+    ledger._history = history
+    return ledger
+
+
+def _verified_body(text: str) -> dict:
+  """The body of a ledger or segment document whose content hash matches it."""
+  try:
+    document = json.loads(text)
+  except json.JSONDecodeError as error:
+    raise LedgerError(f"the ledger is not valid JSON: {error}") from None
+  _check(isinstance(document, dict) and isinstance(document.get("body"), dict) and
+         isinstance(document.get("content_hash"), str),
+         "the ledger must be a JSON object with 'body' and 'content_hash'")
+  body = document["body"]
+  if _hash_body(body) != document["content_hash"]:
+    raise LedgerIntegrityError("the ledger's content does not match its content_hash: it was "
+                               "modified after it was written")
+  return body
 
 
 def _hash_body(body: dict) -> str:

@@ -149,10 +149,14 @@ def decide(policy: PrivacyPolicy, ledger: PrivacyLedger, model_digest: Optional[
                    "by whoever knows the seed; the policy does not allow seeded runs")
   if any(segment.noise_multiplier == 0 for segment in ledger.segments):
     reasons.append("training ran without noise (noise_multiplier 0): epsilon is infinite")
-  delta = policy.delta_for(ledger.dataset_size)
+  # The total may cover runs on datasets of different sizes: delta must be at most 1/N for each.
+  largest = ledger.largest_dataset_size
+  delta = policy.delta_for(largest)
   decision.delta = delta
-  if policy.delta_rule == ONE_OVER_N and delta > 1.0 / ledger.dataset_size:
-    reasons.append(f"delta {delta:.3g} exceeds 1/N = {1.0 / ledger.dataset_size:.3g}")
+  if policy.delta_rule == ONE_OVER_N and delta > 1.0 / largest:
+    reasons.append(f"delta {delta:.3g} exceeds 1/N = {1.0 / largest:.3g}" + (
+        f" (N = {largest}, the largest dataset in the ledger)"
+        if largest != ledger.dataset_size else ""))
   if ledger.noisy_steps > 0:
     decision.epsilon = ledger.epsilon(delta, policy.accountant)
     if not decision.epsilon <= policy.max_epsilon:

@@ -45,7 +45,8 @@ def build_report(decision: PrivacyDecision, policy: Optional[PrivacyPolicy],
   if ledger is not None:
     report["ledger"] = {"facts": ledger.body(), "content_hash": ledger.content_hash(),
                         "noisy_steps": ledger.noisy_steps, "privacy_unit": ledger.privacy_unit,
-                        "rigorous": ledger.rigorous}
+                        "rigorous": ledger.rigorous, "history_dir": ledger.history_dir,
+                        "runs": ledger.runs()}
     if not ledger.rigorous:
       report["note"] = ("training used shuffled fixed-size batches; the epsilon is computed as if "
                         "batches were Poisson-sampled and is not a rigorous bound")
@@ -104,12 +105,23 @@ def _summary(decision, policy, ledger, audit_section: Optional[dict]) -> str:
                  + (f" ({policy.accountant} accountant; policy max_epsilon {policy.max_epsilon:g})"
                     if policy else ""))
   if ledger is not None:
-    segment = ledger.segments[-1] if ledger.segments else None
+    mine = [s for s in ledger.segments if s.run_id == ledger.run_id] or ledger.segments
+    segment = mine[-1] if mine else None
     lines.append(f"{ledger.noisy_steps} noisy steps on {ledger.dataset_size} "
                  f"{ledger.privacy_unit}s" + (
                      f"; sampling {segment.sampling} q={segment.sampling_rate:.4g}, "
                      f"sigma={segment.noise_multiplier:g}, C={segment.l2_norm_clip:g}"
                      if segment else ""))
+    runs = ledger.runs()
+    if len(runs) > 1 or ledger.history_dir:
+      lines.append(f"the total composes {len(runs)} run(s)" + (
+          f" recorded in {ledger.history_dir}" if ledger.history_dir else "") + ":")
+      lines.extend(
+          f"  run {run['run_id']}{' (this run)' if run['this_run'] else ''}: "
+          f"{run['noisy_steps']} of {run['planned_steps']} planned steps on "
+          f"{'/'.join(str(n) for n in run['dataset_sizes'])} {ledger.privacy_unit}s of "
+          f"{run['data_source'] or 'an unnamed data source'}, started {run['started_at']}"
+          for run in runs)
   if audit_section is not None:
     lines.append(_audit_line("audit", audit_section))
     if audit_section.get("control"):

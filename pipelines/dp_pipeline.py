@@ -28,7 +28,8 @@ def create_pipeline(*, pipeline_name: str, pipeline_root: str, data_root: str,
                     metadata_path: Optional[str] = None,
                     beam_pipeline_args: Optional[List[str]] = None,
                     min_accuracy: Optional[float] = None, label_key: Optional[str] = None,
-                    ledger_history_dir: Optional[str] = None, audit: bool = True,
+                    ledger_history_dir: Optional[str] = None, data_source: Optional[str] = None,
+                    audit: bool = True,
                     canary_file: Optional[str] = None,
                     control_config: Optional[dict] = None) -> tfx.dsl.Pipeline:
   """Builds the pipeline.
@@ -49,7 +50,11 @@ def create_pipeline(*, pipeline_name: str, pipeline_root: str, data_root: str,
     min_accuracy: if set, the TFX Evaluator checks eval accuracy of `label_key` >= this, and its
       blessing is the PrivacyEvaluator's upstream blessing: both gates must pass before a push.
     label_key: the label feature, for the accuracy gate.
-    ledger_history_dir: where ledgers outlive runs, so reruns on the same data add up.
+    ledger_history_dir: the privacy budget of the data source: a directory that outlives runs,
+      where every run records its steps (concurrent runs included) and composes with every
+      other run recorded there, whatever data it had.
+    data_source: a name for the data source, recorded with each run and listed in the privacy
+      report (default: "PIPELINE_NAME:DATA_ROOT"); a label, it never separates budgets.
     audit: run the PrivacyAuditor (membership attack, canaries) and gate on it.
     canary_file: the canaries inserted into the training data, for the auditor.
     control_config: if set, also train a non-private control with a standard TFX Trainer (the
@@ -65,7 +70,8 @@ def create_pipeline(*, pipeline_name: str, pipeline_root: str, data_root: str,
       ]))
   trainer = DPTrainer(examples=example_gen.outputs["examples"], module_file=module_file,
                       module_path=module_path, dp_config=dp_config, custom_config=hyperparameters,
-                      ledger_history_dir=ledger_history_dir)
+                      ledger_history_dir=ledger_history_dir,
+                      data_source=data_source or f"{pipeline_name}:{data_root}")
   components = [example_gen, trainer]
   upstream_blessing = privacy_audit = None
   if min_accuracy is not None:

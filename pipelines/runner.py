@@ -42,6 +42,10 @@ class PipelineOptions:
   min_accuracy: Optional[float] = None
   audit: bool = True
   control: bool = False
+  # The name the privacy ledger records for the data (default "PIPELINE_NAME:OUTPUT_DIR/data").
+  # Every run under one output_dir composes with every other whatever its name or data: the
+  # budget is the ledger history OUTPUT_DIR/privacy_ledgers.
+  ledger_data_source: Optional[str] = None
 
   def path(self, name: str) -> str:
     return str(pathlib.Path(self.output_dir).resolve() / name)
@@ -77,6 +81,7 @@ def run(options: PipelineOptions) -> dict:
       metadata_path=None if options.runner == KUBEFLOW else options.path("metadata.sqlite"),
       beam_pipeline_args=options.beam_pipeline_args, min_accuracy=options.min_accuracy,
       label_key=example.label_key, ledger_history_dir=options.path("privacy_ledgers"),
+      data_source=options.ledger_data_source,
       audit=options.audit, canary_file=canary_file,
       control_config=control_config)
   summary = {"example": example.name, "runner": options.runner,

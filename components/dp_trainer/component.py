@@ -8,15 +8,22 @@ Parameters:
     functions it provides: feature_spec, decode, build_model, compile_kwargs).
   dp_config: a dp_tfx.DPConfig (clip, noise or target epsilon, batch, epochs or steps, ...).
   custom_config: a dict of hyperparameters for the user module.
-  ledger_history_dir: a directory that outlives pipeline runs. The ledger of every run on the
-    same data continues there, so a rerun (or a retry after a crash) adds to what earlier runs
-    spent (invariant 5). Default: "history" beside the privacy_ledger artifacts in the pipeline
-    root.
+  ledger_history_dir: a directory that outlives pipeline runs: the privacy budget of one data
+    source. Every run records its steps there, each in segment files of its own (so concurrent
+    runs never lose each other's steps), and every run recorded there composes with every other,
+    whatever data it had: a rerun, a retry after a crash, or a run on changed, added or dropped
+    examples adds to what earlier runs spent (invariant 5). Only data that shares no privacy
+    unit with it may get a history of its own. Default: "history" beside the privacy_ledger
+    artifacts in the pipeline root.
+  data_source: a name for the data source, recorded with each run in the history and listed in
+    the privacy report (default: "pipeline NAME"). A label: it never separates budgets.
 Outputs:
   model: Model, exported for serving under Format-Serving (signature serving_default takes
     serialized tf.Examples, as the TFX Evaluator expects).
   model_run: ModelRun with TensorBoard logs (loss, accuracy and epsilon per epoch).
-  privacy_ledger: the ledger, naming the exported model by its digest.
+  privacy_ledger: the ledger, naming the exported model by its digest: a snapshot of the ledger
+    history when training ended (every run in it), naming the history, where the
+    PrivacyEvaluator judges the total as it is then.
 
 Example:
   trainer = DPTrainer(examples=example_gen.outputs["examples"], module_file="mnist_model.py",
@@ -48,7 +55,7 @@ class DPTrainer(base_component.BaseComponent):
                transform_graph: Optional[types.BaseChannel] = None,
                hyperparameters: Optional[types.BaseChannel] = None,
                custom_config: Optional[Dict[str, Any]] = None,
-               ledger_history_dir: Optional[str] = None):
+               ledger_history_dir: Optional[str] = None, data_source: Optional[str] = None):
     if bool(module_file) == bool(module_path):
       raise ValueError("DPTrainer needs exactly one of module_file or module_path")
     if not isinstance(dp_config, DPConfig):
@@ -57,7 +64,7 @@ class DPTrainer(base_component.BaseComponent):
         examples=examples, schema=schema, transform_graph=transform_graph,
         hyperparameters=hyperparameters, module_file=module_file, module_path=module_path,
         dp_config=dp_config.to_json(), custom_config=json_utils.dumps(custom_config or {}),
-        ledger_history_dir=ledger_history_dir,
+        ledger_history_dir=ledger_history_dir, data_source=data_source,
         model=types.Channel(type=standard_artifacts.Model),
         model_run=types.Channel(type=standard_artifacts.ModelRun),
         privacy_ledger=types.Channel(type=artifacts.PrivacyLedger))

@@ -37,7 +37,7 @@ from dp_tfx.components import artifacts
 from dp_tfx.components import specs
 from dp_tfx.config import DPConfig
 from dp_tfx.keras import make_private
-from dp_tfx.ledger import EXAMPLE, LEDGER_FILE_NAME, dataset_fingerprint, directory_digest
+from dp_tfx.ledger import EXAMPLE, LEDGER_FILE_NAME, LedgerError, directory_digest, new_run_id
 
 TRAIN_SPLIT = "train"
 EVAL_SPLIT = "eval"
@@ -79,14 +79,18 @@ class Executor(base_executor.BaseExecutor):
     model_run = artifact_utils.get_single_instance(output_dict[specs.MODEL_RUN_KEY])
     model_artifact = artifact_utils.get_single_instance(output_dict[specs.MODEL_KEY])
     artifact_ledger_path = os.path.join(ledger_artifact.uri, LEDGER_FILE_NAME)
-    # Every run on the same data continues one ledger there (invariant 5): by default beside this
-    # component's ledger artifacts in the pipeline root, which outlives runs.
+    # Every run on the data source records its steps in one ledger history (invariant 5), each in
+    # segment files of its own, so concurrent runs never lose each other's steps; by default
+    # beside this component's ledger artifacts in the pipeline root, which outlives runs. Every
+    # run recorded there composes with every other, whatever data it had.
     history_dir = (exec_properties.get(specs.LEDGER_HISTORY_DIR_KEY) or
                    os.path.join(os.path.dirname(ledger_artifact.uri.rstrip("/")), "history"))
     with self._strategy().scope():
       keras_model = module["build_model"](context)
       dp_model = make_private(
-          keras_model, config, ledger_path=self._history_path(history_dir, x_train, y_train),
+          keras_model, config, ledger_history=history_dir,
+          data_source=exec_properties.get(specs.DATA_SOURCE_KEY) or self._default_data_source(),
+          run_id=self._run_id(),
           privacy_unit=privacy_unit_fn(context) if privacy_unit_fn else EXAMPLE)
       dp_model.compile(**module["compile_kwargs"](context))
     dp_model.fit(x_train, y_train, validation_data=(x_eval, y_eval), verbose=2,
@@ -98,8 +102,16 @@ class Executor(base_executor.BaseExecutor):
     serving_dir = path_utils.serving_model_dir(model_artifact.uri)
     export_serving_model(keras_model, spec, module["decode"], context, serving_dir)
     ledger = dp_model.privacy_ledger
+    try:
+      ledger.refresh()  # every run in the history now, concurrent ones included
+    except LedgerError as error:
+      # Training is over; the PrivacyEvaluator reads the history again and refuses it, with this
+      # reason, rather than the pipeline failing here without a verdict.
+      logging.warning("DPTrainer: the ledger history cannot be read again: %s", error)
     ledger.set_model_digest(directory_digest(serving_dir))
-    ledger.save(artifact_ledger_path)  # this run's artifact: all runs on the data so far
+    # This run's artifact: a self-contained snapshot of the history, naming it; the
+    # PrivacyEvaluator checks it against the history and judges the history's total then.
+    ledger.save(artifact_ledger_path)
     ledger_artifact.set_string_custom_property(artifacts.LEDGER_HASH_PROPERTY,
                                                ledger.content_hash())
     logging.info("DPTrainer: %d noisy steps, epsilon %.4f at delta %.3g; ledger %s",
@@ -114,11 +126,15 @@ class Executor(base_executor.BaseExecutor):
       return tf.distribute.MirroredStrategy([gpu.name for gpu in gpus])
     return tf.distribute.get_strategy()
 
-  @staticmethod
-  def _history_path(history_dir, features, labels) -> str:
-    """One ledger per training dataset, continued by every run on it."""
-    digest = dataset_fingerprint(features, labels).split(":")[-1]
-    return os.path.join(history_dir, f"{digest[:32]}.json")
+  def _default_data_source(self) -> str:
+    """The pipeline's name (a label only: the history, not the name, decides what composes)."""
+    info = self._context.pipeline_info if self._context is not None else None
+    return f"pipeline {info.id}" if info is not None and info.id else "unnamed"
+
+  def _run_id(self) -> str:
+    """The pipeline run's id with a random suffix (two runs may start in the same instant)."""
+    run = self._context.pipeline_run_id if self._context is not None else None
+    return f"{run}-{new_run_id()[:6]}" if run else new_run_id()
 
 
 def trainer_context(input_dict, exec_properties) -> TrainerContext:

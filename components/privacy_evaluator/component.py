@@ -2,7 +2,10 @@
 
 Inputs:
   model: the Model the DPTrainer exported (its digest must match the ledger's).
-  privacy_ledger: the DPTrainer's ledger (its hash is verified).
+  privacy_ledger: the DPTrainer's ledger (its hash is verified): a snapshot of the ledger history
+    when the run ended. Epsilon is that of every run in the history at evaluation time (each
+    segment file's hash verified; every segment of the snapshot must still be there, unshortened);
+    a ledger that names no history is judged on its own.
   model_blessing: optional upstream blessing (e.g. the TFX Evaluator's); NOT blessed upstream
     means NOT blessed here, so accuracy and privacy gates combine.
   privacy_audit: optional PrivacyAuditor measurements of the same model. If the empirical

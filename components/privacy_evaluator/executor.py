@@ -3,6 +3,14 @@
 Fails closed: every input problem (missing or edited ledger, impossible facts, a ledger for another
 model, an unreadable policy, ...) becomes a NOT blessed verdict with the reason in the blessing,
 the report and the log; an unexpected error still writes NOT blessed before it propagates.
+
+The total judged is the ledger history's as it is at evaluation time: the DPTrainer's ledger is a
+snapshot of the history when its run ended and names the history; every segment of the snapshot
+must still be there (same facts, at least as many steps), and every segment there now counts,
+including those of runs that finished later or are still training. So a concurrent run can never
+make this verdict under-count, and a history with a malformed, edited, shortened or deleted
+segment is refused. A ledger that names no history (e.g. written by `make_private` without one)
+is judged on its own.
 """
 
 from __future__ import annotations
@@ -64,7 +72,7 @@ class Executor(base_executor.BaseExecutor):
   @staticmethod
   def _ledger(input_dict) -> PrivacyLedger:
     artifact = artifact_utils.get_single_instance(input_dict[specs.PRIVACY_LEDGER_KEY])
-    return PrivacyLedger.load(os.path.join(artifact.uri, LEDGER_FILE_NAME))
+    return PrivacyLedger.load(os.path.join(artifact.uri, LEDGER_FILE_NAME)).with_history()
 
   @staticmethod
   def _audit(input_dict) -> Optional[PrivacyAudit]:

@@ -2,6 +2,7 @@
 
 import os
 import pathlib
+import shutil
 
 import numpy as np
 import pytest
@@ -9,10 +10,11 @@ import tensorflow as tf
 from tfx.types import standard_artifacts
 from tfx.utils import path_utils
 
+from dp_tfx import accounting
 from dp_tfx.components import artifacts, specs, testing
 from dp_tfx.components.dp_trainer import component, executor
 from dp_tfx.config import DPConfig
-from dp_tfx.ledger import LEDGER_FILE_NAME, PrivacyLedger, directory_digest
+from dp_tfx.ledger import LEDGER_FILE_NAME, PrivacyLedger, directory_digest, read_history
 from dp_tfx.pipelines import mnist_data, mnist_model
 
 
@@ -88,6 +90,37 @@ def test_component_validates_its_arguments():
 def test_ledger_history_defaults_to_the_pipeline_root(trained):
   outputs, _ = trained
   ledger_uri = outputs[specs.PRIVACY_LEDGER_KEY][0].uri
-  history = list((pathlib.Path(ledger_uri).parent / "history").glob("*.json"))
-  assert len(history) == 1
-  assert PrivacyLedger.load(history[0]).noisy_steps == 6
+  history = pathlib.Path(ledger_uri).parent / "history"
+  (segment_file,) = history.glob("segment-*.json")  # this run's own segment file
+  (segment,) = read_history(history)
+  assert segment.noisy_steps == 6 and segment.dataset_size == 120
+  assert segment_file.name == segment.segment_id + ".json"
+  ledger = PrivacyLedger.load(os.path.join(ledger_uri, LEDGER_FILE_NAME))
+  assert ledger.history_dir == str(history)  # the artifact names the history it snapshots
+  assert [s.segment_id for s in ledger.segments] == [segment.segment_id]
+  assert ledger.data_source == segment.data_source == "unnamed"  # no pipeline around it here
+
+
+def test_a_run_on_changed_data_composes_with_the_earlier_run(trained, tmp_path):
+  # The same data source with fewer examples: the history, not the data's content, is the budget.
+  outputs, _ = trained
+  history = tmp_path / "history"
+  shutil.copytree(pathlib.Path(outputs[specs.PRIVACY_LEDGER_KEY][0].uri).parent / "history",
+                  history)
+  data = mnist_data.write_mnist_tfrecords(tmp_path / "data", limit=100)
+  examples = testing.examples_artifact(tmp_path / "examples", {
+      split: data / directory / "data.tfrecord"
+      for split, directory in (("train", mnist_data.TRAIN_DIR), ("eval", mnist_data.EVAL_DIR))})
+  config = DPConfig(noise_multiplier=1.0, batch_size=25, steps=4, delta=1e-4, seed=1)
+  second = testing.run_dp_trainer(examples, tmp_path / "run", config, mnist_model.__file__,
+                                  {"jit_compile": False}, ledger_history_dir=history,
+                                  data_source="mnist digits")
+  ledger = PrivacyLedger.load(os.path.join(second[specs.PRIVACY_LEDGER_KEY][0].uri,
+                                           LEDGER_FILE_NAME))
+  assert ledger.dataset_size == 100 and ledger.noisy_steps == 6 + 4
+  assert sorted((s.dataset_size, s.noisy_steps) for s in ledger.segments) == [(100, 4), (120, 6)]
+  assert [run["data_source"] for run in ledger.runs()] == ["unnamed", "mnist digits"]
+  expected = accounting.epsilon_of_event(accounting.compose([
+      accounting.dp_sgd_event(30 / 120, 1.0, 6), accounting.dp_sgd_event(25 / 100, 1.0, 4)]),
+      1e-4, accounting.RDP)
+  assert ledger.epsilon(1e-4, accounting.RDP) == pytest.approx(expected, rel=1e-9)

@@ -2,6 +2,7 @@
 
 import json
 import math
+import pathlib
 
 import pytest
 
@@ -235,3 +236,123 @@ def test_an_audit_of_another_model_is_not_blessed():
   decision = decide(POLICY, ledger, model_digest="sha256:this-model", audit=audit)
   assert not decision.blessed
   assert any("measured another model" in reason for reason in decision.reasons)
+
+
+# -- ledgers recorded in a ledger history: the evaluator judges the history's total ----------------
+
+HISTORY_PLAN = dict(noise_multiplier=1.1, batch_size=200, steps=40)
+HISTORY_POLICY = PrivacyPolicy(max_epsilon=10.0, delta=1e-5, accountant="rdp")
+
+
+def _run_into_history(history, steps=40, dataset_size=4000, run_id=None):
+  """A run of `steps` noisy steps recorded in the ledger history, as the DPTrainer records one."""
+  from dp_tfx.config import DPConfig
+  from dp_tfx.plan import TrainingPlan
+
+  ledger = PrivacyLedger.open_history(history, dataset_size, f"sha256:{dataset_size}",
+                                      data_source="digits", run_id=run_id)
+  ledger.start_segment(TrainingPlan.from_config(DPConfig(**HISTORY_PLAN), dataset_size))
+  for _ in range(steps):
+    ledger.record_step()
+  ledger.refresh()
+  return ledger
+
+
+def _composed_epsilon(runs, delta=1e-5):
+  """epsilon of runs [(N, steps)] composed, straight from dp_accounting (RDP: fast, and exact in
+  composition; the PLD path is the same code, tested on single runs above)."""
+  from dp_accounting.rdp import rdp_privacy_accountant
+  import dp_accounting
+
+  accountant = rdp_privacy_accountant.RdpAccountant()
+  for size, steps in runs:
+    accountant.compose(dp_accounting.PoissonSampledDpEvent(
+        200 / size, dp_accounting.GaussianDpEvent(1.1)), steps)
+  return accountant.get_epsilon(delta)
+
+
+def test_the_total_of_the_history_at_evaluation_time_is_judged_and_every_run_listed(tmp_path):
+  history = tmp_path / "history"
+  _run_into_history(history, run_id="earlier")
+  this_run = _run_into_history(history, dataset_size=3999, run_id="this")
+  policy = PrivacyPolicy(max_epsilon=10.0, delta=1e-5, accountant="rdp")
+
+  def a_concurrent_run_goes_on(_):  # after this run's snapshot, before the evaluation
+    _run_into_history(history, steps=25, run_id="concurrent")
+
+  result = testing.run_privacy_evaluator(this_run, policy, tmp_path / "eval",
+                                         tamper=a_concurrent_run_goes_on)
+  testing.assert_blessed(result)
+  assert result.report["ledger"]["noisy_steps"] == 105
+  assert result.report["epsilon"] == pytest.approx(
+      _composed_epsilon([(4000, 40), (3999, 40), (4000, 25)]), rel=1e-9)
+  runs = {run["run_id"]: run for run in result.report["ledger"]["runs"]}
+  assert set(runs) == {"earlier", "this", "concurrent"} and runs["this"]["this_run"]
+  assert runs["this"]["dataset_sizes"] == [3999] and runs["concurrent"]["noisy_steps"] == 25
+  summary = (tmp_path / "eval" / "report" / "summary.txt").read_text()
+  assert "composes 3 run(s)" in summary and "run this (this run)" in summary
+
+
+def test_two_concurrent_runs_each_judged_on_every_step_over_policy(tmp_path):
+  # Each run alone is within max_epsilon; together they are not, whichever finishes first.
+  history = tmp_path / "history"
+  first, second = (PrivacyLedger.open_history(history, 4000, "sha256:d", run_id=name)
+                   for name in ("first", "second"))
+  from dp_tfx.config import DPConfig
+  from dp_tfx.plan import TrainingPlan
+  plan = TrainingPlan.from_config(DPConfig(**HISTORY_PLAN), 4000)
+  for ledger in (first, second):
+    ledger.start_segment(plan)
+  for _ in range(40):
+    first.record_step()
+    second.record_step()
+  alone = _composed_epsilon([(4000, 40)])
+  together = _composed_epsilon([(4000, 40), (4000, 40)])
+  policy = PrivacyPolicy(max_epsilon=(alone + together) / 2, delta=1e-5, accountant="rdp")
+  for name, ledger in (("first", first), ("second", second)):
+    ledger.refresh()
+    result = testing.run_privacy_evaluator(ledger, policy, tmp_path / name)
+    testing.assert_not_blessed(result, "exceeds the policy's max_epsilon")
+    assert result.report["ledger"]["noisy_steps"] == 80
+    assert result.report["epsilon"] == pytest.approx(together, rel=1e-9)
+
+
+def _damage_a_segment(damage):
+  def tamper(artifact_path):
+    ledger = PrivacyLedger.load(artifact_path)
+    damage(sorted(pathlib.Path(ledger.history_dir).glob("segment-*.json"))[0])
+  return tamper
+
+
+def _recount(path, steps):
+  document = json.loads(path.read_text())
+  document["body"]["segment"]["noisy_steps"] = steps
+  document["content_hash"] = _hash_body(document["body"])  # a careful forger
+  path.write_text(json.dumps(document))
+
+
+@pytest.mark.parametrize("damage, reason", [
+    (lambda p: p.write_text(p.read_text().replace('"noisy_steps": 40', '"noisy_steps": 4')),
+     "content_hash"),
+    (lambda p: p.write_text(p.read_text()[:100]), "not valid JSON"),
+    (lambda p: p.write_text('{"body": {}, "content_hash": 1}'), "'body' and 'content_hash'"),
+    (lambda p: _recount(p, 4), "it was shortened"),
+    (lambda p: p.unlink(), "missing from the ledger history"),
+], ids=["edited", "truncated", "malformed", "shortened-and-rehashed", "deleted"])
+def test_a_damaged_history_is_not_blessed(tmp_path, damage, reason):
+  history = tmp_path / "history"
+  _run_into_history(history, run_id="earlier")
+  this_run = _run_into_history(history, run_id="this")
+  result = testing.run_privacy_evaluator(this_run, HISTORY_POLICY, tmp_path / "eval",
+                                         tamper=_damage_a_segment(damage))
+  testing.assert_not_blessed(result, reason)
+
+
+def test_a_missing_history_is_not_blessed(tmp_path):
+  import shutil
+
+  this_run = _run_into_history(tmp_path / "history")
+  result = testing.run_privacy_evaluator(
+      this_run, HISTORY_POLICY, tmp_path / "eval",
+      tamper=lambda _: shutil.rmtree(tmp_path / "history"))
+  testing.assert_not_blessed(result, "is missing")
