@@ -30,6 +30,10 @@ setuptools.setup(
     install_requires=[
         # TFX 1.21 fixes TF 2.21 and Beam.
         "tfx[kfp]==1.21.0",
+        # The Kubeflow V2 runner's compiler. TFX 1.21's [kfp] extra asks for these on Python < 3.12
+        # only, though they install and compile on 3.12 and 3.13 too: asked for on every Python.
+        "kfp>=2.6.0,<2.17.0",
+        "kfp-pipeline-spec>=0.3.0,<2.17.0",
         "tensorflow==2.21.*",
         "tensorboard==2.21.*",  # ModelRun logs (tf.summary needs it installed)
         "keras>=3.10,<4",
