@@ -144,6 +144,8 @@ def run_privacy_evaluator(ledger: PrivacyLedger, policy: PrivacyPolicy, director
   ledger_artifact = _artifact(artifacts.PrivacyLedger, root / "ledger")
   ledger_path = pathlib.Path(ledger_artifact.uri) / LEDGER_FILE_NAME
   ledger.save(ledger_path)
+  # What the DPTrainer records in MLMD beside the file (the evaluator checks the file against it).
+  ledger_artifact.set_string_custom_property(artifacts.LEDGER_HASH_PROPERTY, ledger.content_hash())
   if tamper is not None:
     tamper(ledger_path)
   input_dict = {specs.MODEL_KEY: [model], specs.PRIVACY_LEDGER_KEY: [ledger_artifact]}

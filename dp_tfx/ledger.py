@@ -24,6 +24,7 @@ import hashlib
 import json
 import math
 import os
+import re
 import uuid
 from typing import Any, Optional, Sequence
 
@@ -38,6 +39,8 @@ FORMAT_VERSION = 2  # format 1 (one dataset per ledger, no segment files) is sti
 LEDGER_FILE_NAME = "privacy_ledger.json"
 SEGMENT_PREFIX = "segment-"
 SEGMENT_KIND = "segment"
+# The temporary name files.write_bytes gives a record while writing it: ".NAME-<32 hex digits>".
+_WRITE_IN_FLIGHT = re.compile(r"\.(.+\.json)-[0-9a-f]{32}")
 EXAMPLE = "example"
 SEQUENCE = "sequence"  # the privacy unit of language models trained on text cut into sequences
 
@@ -225,6 +228,24 @@ def _check_writable(path: str) -> None:
                       "replace there); use a local path, gs:// or s3://")
 
 
+def _check_still_recorded(recorded_segments, current: dict, history_dir: str) -> None:
+  """Raises LedgerError unless every recorded segment is still in the history (`current`, by
+  segment id) with the same facts and at least as many steps."""
+  for recorded in recorded_segments:
+    now = current.get(recorded.segment_id)
+    if now is None:
+      raise LedgerError(f"segment {recorded.segment_id} is missing from the ledger history "
+                        f"{history_dir}: it was deleted or renamed")
+    if now.fixed_facts() != recorded.fixed_facts():
+      changed = sorted(k for k, v in recorded.fixed_facts().items() if now.fixed_facts()[k] != v)
+      raise LedgerError(f"segment {recorded.segment_id} in the ledger history {history_dir} "
+                        f"differs from the record of it ({', '.join(changed)})")
+    if now.noisy_steps < recorded.noisy_steps:
+      raise LedgerError(f"segment {recorded.segment_id} in the ledger history {history_dir} "
+                        f"records {now.noisy_steps} noisy steps, fewer than the "
+                        f"{recorded.noisy_steps} recorded before: it was shortened")
+
+
 class LedgerHistory:
   """A directory where every training run on a data source records its steps, safely concurrent.
 
@@ -249,17 +270,18 @@ class LedgerHistory:
     """Every segment recorded in the history now, ordered by start time.
 
     Raises:
-      LedgerError: if a file there is malformed, was edited (content hash), or counts another
-        privacy unit than `privacy_unit` (when given).
+      LedgerError: if a file there is malformed, was edited (content hash), counts another
+        privacy unit than `privacy_unit` (when given), or is not a ledger record at all: a record
+        renamed, hidden or moved into a subdirectory must not silently drop out of the total.
     """
     segments = []
     for name in files.listdir(self.directory):
-      # Hidden names are temporaries of writes in flight (see files.write_bytes).
-      if name.startswith(".") or not name.endswith(".json"):
+      if _WRITE_IN_FLIGHT.fullmatch(name):  # a temporary of files.write_bytes
         continue
       path = os.path.join(self.directory, name)
-      if files.is_dir(path):
-        continue
+      if not name.endswith(".json") or files.is_dir(path):
+        raise LedgerError(f"ledger history {self.directory}: {name} is not a ledger record; "
+                          "nothing else belongs there (move it out if it is not one)")
       try:
         found, unit = self._read_file(path, name)
       except LedgerError as error:
@@ -268,6 +290,10 @@ class LedgerHistory:
         raise LedgerError(f"ledger history {self.directory}: {name} counts {unit}s, this run "
                           f"{privacy_unit}s; use another ledger history for other privacy units")
       segments.extend(found)
+    ids = [segment.segment_id for segment in segments]
+    duplicated = sorted({i for i in ids if ids.count(i) > 1})
+    _check(not duplicated, f"ledger history {self.directory}: segment ids {duplicated} appear "
+                           "more than once")
     return sorted(segments, key=_order)
 
   @staticmethod
@@ -401,11 +427,18 @@ class PrivacyLedger:
 
   def refresh(self) -> None:
     """Re-reads the ledger history: every other run's segments as they are now (runs that
-    started or went on since this one opened it), beside this object's own."""
+    started or went on since this one opened it), beside this object's own.
+
+    Raises:
+      LedgerError: if a segment seen before is gone, changed or shortened there (a deleted
+        record must never drop out of the total).
+    """
     if self._history is None:
       return
+    current = {segment.segment_id: segment for segment in self._history.read(self.privacy_unit)}
+    _check_still_recorded(self.segments, current, self.history_dir)
     own = {segment.segment_id for segment in self._own}
-    others = [s for s in self._history.read(self.privacy_unit) if s.segment_id not in own]
+    others = [s for s in current.values() if s.segment_id not in own]
     self.segments = sorted(others + self._own, key=_order)
 
   # -- facts -------------------------------------------------------------------------------------
@@ -511,20 +544,7 @@ class PrivacyLedger:
       raise LedgerError(f"the ledger history {self.history_dir} that this ledger was recorded "
                         "in is missing: the total spent on the data source cannot be checked")
     current = {segment.segment_id: segment for segment in history.read(self.privacy_unit)}
-    for recorded in self.segments:
-      now = current.get(recorded.segment_id)
-      if now is None:
-        raise LedgerError(f"segment {recorded.segment_id} of this ledger is missing from the "
-                          f"ledger history {self.history_dir}: it was deleted or renamed")
-      if now.fixed_facts() != recorded.fixed_facts():
-        changed = sorted(k for k, v in recorded.fixed_facts().items() if now.fixed_facts()[k] != v)
-        raise LedgerError(f"segment {recorded.segment_id} in the ledger history "
-                          f"{self.history_dir} differs from this ledger's record of it "
-                          f"({', '.join(changed)})")
-      if now.noisy_steps < recorded.noisy_steps:
-        raise LedgerError(f"segment {recorded.segment_id} in the ledger history "
-                          f"{self.history_dir} records {now.noisy_steps} noisy steps, fewer than "
-                          f"the {recorded.noisy_steps} this ledger recorded: it was shortened")
+    _check_still_recorded(self.segments, current, self.history_dir)
     total = PrivacyLedger._from_body(self.body())
     total.segments = sorted(current.values(), key=_order)
     total.validate()
@@ -675,8 +695,8 @@ def _verified_body(text: str) -> dict:
   """The body of a ledger or segment document whose content hash matches it."""
   try:
     document = json.loads(text)
-  except json.JSONDecodeError as error:
-    raise LedgerError(f"the ledger is not valid JSON: {error}") from None
+  except (ValueError, RecursionError) as error:  # JSONDecodeError, huge integers, deep nesting
+    raise LedgerError(f"the ledger is not valid JSON: {str(error)[:200]}") from None
   _check(isinstance(document, dict) and isinstance(document.get("body"), dict) and
          isinstance(document.get("content_hash"), str),
          "the ledger must be a JSON object with 'body' and 'content_hash'")

@@ -56,8 +56,8 @@ class Executor(base_executor.BaseExecutor):
                         upstream_blessed=self._upstream_blessed(input_dict), audit=audit)
       if ledger.noisy_steps and decision.epsilon is not None and math.isfinite(decision.epsilon):
         curve = ledger.epsilon_curve(decision.delta, policy.accountant)
-    except (LedgerError, ValueError) as error:
-      decision.blessed = False
+    except (LedgerError, ValueError, ArithmeticError, RecursionError) as error:
+      decision.blessed = False  # malformed or impossible facts: NOT blessed, with the reason
       decision.reasons.append(str(error))
     except BaseException as error:
       decision.blessed = False  # the NOT_BLESSED verdict is written before the error propagates
@@ -71,8 +71,19 @@ class Executor(base_executor.BaseExecutor):
 
   @staticmethod
   def _ledger(input_dict) -> PrivacyLedger:
+    """The ledger artifact's file, verified against the content hash the DPTrainer recorded in
+    MLMD (the file's own hash anyone can recompute; the trainer's record they cannot edit
+    through the file), then against its ledger history."""
     artifact = artifact_utils.get_single_instance(input_dict[specs.PRIVACY_LEDGER_KEY])
-    return PrivacyLedger.load(os.path.join(artifact.uri, LEDGER_FILE_NAME)).with_history()
+    ledger = PrivacyLedger.load(os.path.join(artifact.uri, LEDGER_FILE_NAME))
+    if not artifact.has_custom_property(artifacts.LEDGER_HASH_PROPERTY):
+      raise LedgerError("the DPTrainer recorded no content_hash for this ledger artifact in "
+                        "MLMD: its file cannot be checked against what training wrote")
+    recorded = artifact.get_string_custom_property(artifacts.LEDGER_HASH_PROPERTY)
+    if recorded != ledger.content_hash():
+      raise LedgerError("the ledger file's content_hash differs from the one the DPTrainer "
+                        "recorded in MLMD: the file was changed (and re-hashed) after training")
+    return ledger.with_history()
 
   @staticmethod
   def _audit(input_dict) -> Optional[PrivacyAudit]:

@@ -7,9 +7,9 @@ import pathlib
 import pytest
 
 from dp_tfx import accounting
-from dp_tfx.components import testing
-from dp_tfx.components.privacy_evaluator import component
-from dp_tfx.ledger import PrivacyLedger, _hash_body
+from dp_tfx.components import artifacts, specs, testing
+from dp_tfx.components.privacy_evaluator import component, executor
+from dp_tfx.ledger import LEDGER_FILE_NAME, LedgerError, PrivacyLedger, _hash_body
 from dp_tfx.policy import PrivacyPolicy
 from tfx import types
 from tfx.types import standard_artifacts
@@ -57,6 +57,25 @@ def test_edited_ledger(tmp_path):
   edit = _edit_body(lambda body: body["segments"][0].update(noise_multiplier=50.0))
   result = testing.run_privacy_evaluator(_ledger(), POLICY, tmp_path, tamper=edit)
   testing.assert_not_blessed(result, "content_hash")
+
+
+def test_a_re_hashed_ledger_is_refused_by_the_hash_the_trainer_recorded(tmp_path):
+  # sigma 1.3 -> 5.0 with the file's own hash recomputed: only the MLMD record can tell.
+  def forge(path):
+    document = json.loads(path.read_text())
+    document["body"]["segments"][0]["noise_multiplier"] = 5.0
+    document["content_hash"] = _hash_body(document["body"])
+    path.write_text(json.dumps(document))
+  result = testing.run_privacy_evaluator(_ledger(), POLICY, tmp_path, tamper=forge)
+  testing.assert_not_blessed(result, "differs from the one the DPTrainer recorded in MLMD")
+
+
+def test_a_ledger_artifact_without_the_trainers_recorded_hash_is_refused(tmp_path):
+  artifact = artifacts.PrivacyLedger()
+  artifact.uri = str(tmp_path)
+  _ledger().save(tmp_path / LEDGER_FILE_NAME)
+  with pytest.raises(LedgerError, match="recorded no content_hash"):
+    executor.Executor._ledger({specs.PRIVACY_LEDGER_KEY: [artifact]})
 
 
 @pytest.mark.parametrize("field, value, reason", [
@@ -110,10 +129,9 @@ def test_no_noise_is_never_blessed(tmp_path):
 
 
 def test_ledger_for_another_model(tmp_path):
-  def swap_model(path):
-    ledger = PrivacyLedger.load(path)
-    ledger.model_digest = "sha256:some-other-model"
-    path.write_text(ledger.to_json())
+  def swap_model(path):  # an intact ledger (and MLMD record), beside another model's files
+    (model_file,) = (tmp_path / "model").rglob("saved_model.pb")
+    model_file.write_bytes(b"another model")
   result = testing.run_privacy_evaluator(_ledger(), POLICY, tmp_path, tamper=swap_model)
   testing.assert_not_blessed(result, "another model")
 

@@ -386,9 +386,58 @@ def test_a_history_refuses_another_privacy_unit_and_whole_ledgers(tmp_path):
 
 def test_temporaries_of_writes_in_flight_are_not_segments(tmp_path):
   _history_with_two_runs(tmp_path)
-  (tmp_path / ".segment-x.json-0123").write_text("{half a wri")
-  (tmp_path / "README").write_text("notes")
+  (tmp_path / (".segment-x.json-" + "0123456789abcdef" * 2)).write_text("{half a wri")
   assert sum(s.noisy_steps for s in read_history(tmp_path)) == 20
+
+
+def _archive(path):
+  (path.parent / "archive").mkdir()
+  path.rename(path.parent / "archive" / path.name)
+
+
+@pytest.mark.parametrize("hide", [
+    lambda p: p.rename(p.with_name(p.name + ".bak")),
+    lambda p: p.rename(p.with_name("." + p.name)),
+    lambda p: p.rename(p.with_suffix(".JSON")),
+    _archive,
+    lambda p: (p.parent / "README").write_text("notes"),
+], ids=["bak", "hidden", "upper-case", "subdirectory", "other-file"])
+def test_anything_but_a_record_in_the_history_is_refused_so_none_drops_out(tmp_path, hide):
+  # Renaming a run's record so the reader skips it would lower the total without a trace.
+  _history_with_two_runs(tmp_path)
+  hide(_segment_files(tmp_path)[0])
+  with pytest.raises(LedgerError, match="is not a ledger record|it was renamed"):
+    read_history(tmp_path)
+
+
+def test_a_segment_deleted_while_a_run_trains_stays_in_its_total(tmp_path):
+  history = tmp_path / "history"
+  _history_with_two_runs(history)
+  run = PrivacyLedger.open_history(history, 4000, "sha256:abc")
+  run.start_segment(_plan(4000, epochs=2))
+  run.record_step()
+  _segment_files(history)[0].unlink()  # an earlier run's record, deleted mid-run
+  with pytest.raises(LedgerError, match="missing from the ledger history"):
+    run.refresh()
+  assert run.noisy_steps == 21  # the snapshot still counts the deleted run's 10 steps
+  run.save(tmp_path / "snapshot.json")
+  with pytest.raises(LedgerError, match="missing from the ledger history"):
+    PrivacyLedger.load(tmp_path / "snapshot.json").with_history()
+
+
+def test_duplicate_segment_ids_and_json_a_parser_chokes_on_are_ledger_errors(tmp_path):
+  _history_with_two_runs(tmp_path / "a")
+  first = _segment_files(tmp_path / "a")[0]
+  (tmp_path / "a" / "copy.json").write_text(first.read_text())
+  with pytest.raises(LedgerError):  # a copy under another name: refused, never counted twice
+    read_history(tmp_path / "a")
+  (tmp_path / "b").mkdir()
+  (tmp_path / "b" / "deep.json").write_text("[" * 100000 + "]" * 100000)
+  with pytest.raises(LedgerError, match="not valid JSON"):
+    read_history(tmp_path / "b")
+  (tmp_path / "b" / "deep.json").write_text('{"body": ' + "9" * 5000 + "}")
+  with pytest.raises(LedgerError, match="not valid JSON"):
+    read_history(tmp_path / "b")
 
 
 def test_a_segment_file_is_never_replaced_by_another_run(tmp_path, monkeypatch):
