@@ -134,15 +134,18 @@ def _calibrate(args) -> dict:
 
 
 def _report(args) -> dict:
-  ledger = PrivacyLedger.load(args.ledger)
-  delta = args.delta if args.delta is not None else 1.0 / ledger.dataset_size
+  # The ledger's snapshot checked against its ledger history and with every run there now, as
+  # the PrivacyEvaluator judges it; delta "1/N" over the largest dataset the total covers.
+  ledger = PrivacyLedger.load(args.ledger).with_history()
+  delta = args.delta if args.delta is not None else 1.0 / ledger.largest_dataset_size
   epsilon = ledger.epsilon(delta, args.accountant)
   reason = None
   if not math.isfinite(epsilon):
     reason = accounting.epsilon_result(ledger.dp_event(), delta, args.accountant).reason
   return {"ledger": str(args.ledger), "dataset_size": ledger.dataset_size,
           "privacy_unit": ledger.privacy_unit, "noisy_steps": ledger.noisy_steps,
-          "segments": len(ledger.segments), "rigorous": ledger.rigorous, "delta": delta,
+          "segments": len(ledger.segments), "runs": len(ledger.runs()),
+          "history": ledger.history_dir, "rigorous": ledger.rigorous, "delta": delta,
           "accountant": args.accountant, "epsilon": epsilon,
           "epsilon_infinite": not math.isfinite(epsilon), "epsilon_reason": reason,
           "content_hash": ledger.content_hash()}

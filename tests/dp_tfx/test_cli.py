@@ -192,6 +192,26 @@ def test_finite_epsilon_json_says_so(capsys):
   assert result["epsilon_infinite"] is False and result["epsilon_reason"] is None
 
 
+def test_report_judges_the_whole_ledger_history_like_the_evaluator(tmp_path, capsys):
+  # Three runs on one history (N 60000, then 4000 twice); the first run's snapshot alone says
+  # less than was spent, and its own N would give a looser delta.
+  history = tmp_path / "history"
+  snapshots = []
+  for size in (60000, 4000, 4000):
+    ledger = PrivacyLedger.open_history(history, size, f"sha256:{size}")
+    plan = TrainingPlan.from_config(DPConfig(noise_multiplier=1.1, batch_size=200, steps=40), size)
+    ledger.start_segment(plan)
+    for _ in range(plan.steps):
+      ledger.record_step()
+    snapshots.append(ledger.save(tmp_path / f"snapshot-{len(snapshots)}.json"))
+  result = _run_json(capsys, ["report", snapshots[0], "--accountant", "rdp", "--json"])
+  total = PrivacyLedger.load(snapshots[2])
+  assert result["noisy_steps"] == 120 and result["runs"] == 3
+  assert result["delta"] == pytest.approx(1 / 60000)
+  assert result["epsilon"] == pytest.approx(total.epsilon(1 / 60000, "rdp"), rel=1e-9)
+  assert result["epsilon"] > PrivacyLedger.load(snapshots[0]).epsilon(1 / 60000, "rdp")
+
+
 def test_json_output_never_holds_infinity_or_nan(capsys):
   cli._print({"epsilon": math.inf, "nested": {"a": -math.inf, "b": math.nan, "c": [math.inf, 1.0]},
               "epsilon_infinite": True, "epsilon_reason": "why"}, as_json=True)
