@@ -14,14 +14,13 @@ dataset is not cached and cannot be downloaded (before anything trains).
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import math
 import os
 import sys
 from typing import Optional, Sequence
 
-from dp_tfx import accounting, datasets
+from dp_tfx import accounting, datasets, json_output
 from dp_tfx.config import MAX_NOISE_MULTIPLIER, MAX_STEPS, MIN_NOISE_MULTIPLIER, DPConfig
 from dp_tfx.ledger import PrivacyLedger
 from dp_tfx.plan import TrainingPlan
@@ -181,31 +180,9 @@ def _pipeline(args) -> dict:
       min_accuracy=args.min_accuracy, audit=args.audit, control=args.control))
 
 
-def _json_safe(value):
-  """JSON has no Infinity or NaN: a non-finite number becomes null, and in an object a
-  "<key>_infinite": true beside it (unless the object already says so)."""
-  if isinstance(value, dict):
-    safe = {}
-    for key, item in value.items():
-      if isinstance(item, float) and not math.isfinite(item):
-        safe[key] = None
-        if math.isinf(item):
-          safe.setdefault(f"{key}_infinite", True)
-      else:
-        safe[key] = _json_safe(item)
-    for key, item in value.items():  # an explicit "<key>_infinite" wins over the default
-      if key.endswith("_infinite"):
-        safe[key] = _json_safe(item)
-    return safe
-  if isinstance(value, (list, tuple)):
-    return [None if isinstance(item, float) and not math.isfinite(item) else _json_safe(item)
-            for item in value]
-  return value
-
-
 def _print(result: dict, as_json: bool) -> None:
-  if as_json:  # allow_nan=False: never "Infinity" or "NaN", which are not JSON
-    print(json.dumps(_json_safe(result), sort_keys=True, default=str, allow_nan=False))
+  if as_json:  # never "Infinity" or "NaN", which are not JSON
+    print(json_output.dumps(result, sort_keys=True, default=str))
     return
   for key in sorted(result):
     if key != "verdict" and not (key.endswith("_reason") and result[key] is None):

@@ -13,7 +13,7 @@ import math
 import os
 from typing import TYPE_CHECKING, Optional
 
-from dp_tfx import files
+from dp_tfx import files, json_output
 from dp_tfx.audit.membership import epsilon_lower_bound
 from dp_tfx.ledger import PrivacyLedger
 from dp_tfx.policy import PrivacyDecision, PrivacyPolicy
@@ -88,7 +88,7 @@ def write_report(directory, decision: PrivacyDecision, policy: Optional[PrivacyP
   directory = os.fspath(directory)
   report = build_report(decision, policy, ledger, curve, audit)
   files.write_text(os.path.join(directory, REPORT_FILE),
-                   json.dumps(report, indent=2, sort_keys=True))
+                   json_output.dumps(report, indent=2, sort_keys=True))
   files.write_text(os.path.join(directory, SUMMARY_FILE),
                    _summary(decision, policy, ledger, report.get("audit")) + "\n")
   if curve:

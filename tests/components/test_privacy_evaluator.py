@@ -126,6 +126,9 @@ def test_no_noise_is_never_blessed(tmp_path):
                                          PrivacyPolicy(max_epsilon=1e6, delta=1e-5), tmp_path)
   testing.assert_not_blessed(result, "without noise")
   assert result.report["epsilon_is_infinite"]
+  # report.json is strict JSON: no Infinity, which most JSON parsers refuse.
+  text = (tmp_path / "report" / "report.json").read_text()
+  assert "Infinity" not in text and "NaN" not in text
 
 
 def test_ledger_for_another_model(tmp_path):
