@@ -18,6 +18,8 @@ _EXPORTS = {
     "DPModel": "dp_tfx.keras",
     "PrivacyBudgetExhaustedError": "dp_tfx.keras",
     "make_private": "dp_tfx.keras",
+    "PrivacyPolicy": "dp_tfx.policy",
+    "PolicyRefusal": "dp_tfx.policy",
 }
 
 __all__ = sorted(_EXPORTS) + ["__version__"]

@@ -259,8 +259,12 @@ def epsilon_curve(make_event: Callable[[int], dp_accounting.DpEvent], step_point
 
 def calibrate_noise_multiplier(*, target_epsilon: float, delta: float, sampling_rate: float,
                                steps: int, num_microbatches: int | None = None,
-                               accountant: str = PLD) -> float:
+                               accountant: str = PLD,
+                               spent: dp_accounting.DpEvent | None = None) -> float:
   """The smallest sigma whose epsilon(delta) after `steps` steps is at most `target_epsilon`.
+
+  With `spent` (what earlier runs on the data already cost, e.g. a ledger history's event), the
+  target is the total's: `spent` composed with these steps stays within it.
 
   sigma is searched in [MIN_NOISE_MULTIPLIER, MAX_NOISE_MULTIPLIER] (what DPConfig accepts).
   dp_accounting's search guarantees epsilon(result) <= target, and its parameter tolerance keeps
@@ -285,15 +289,18 @@ def calibrate_noise_multiplier(*, target_epsilon: float, delta: float, sampling_
     raise ValueError(f"steps must be an integer in [1, {MAX_STEPS:,}]; got {steps!r}")
   dp_sgd_event(sampling_rate, 1.0, steps, num_microbatches)  # validates the facts
 
+  def event(sigma: float) -> dp_accounting.DpEvent:
+    this_run = dp_sgd_event(sampling_rate, sigma, steps, num_microbatches)
+    return this_run if spent is None else compose([spent, this_run])
+
   def epsilon(sigma: float, name: str) -> float:
-    return compute_epsilon(sampling_rate=sampling_rate, noise_multiplier=sigma, steps=steps,
-                           delta=delta, num_microbatches=num_microbatches, accountant=name)
+    return epsilon_of_event(event(sigma), delta, name)
 
   def search(name: str, lower: float, upper: float, target: float) -> float:
     try:
       return float(dp_accounting.calibrate_dp_mechanism(
           lambda: make_accountant(name),
-          lambda sigma: dp_sgd_event(sampling_rate, sigma, steps, num_microbatches),
+          event,
           target, delta, bracket_interval=dp_accounting.ExplicitBracketInterval(lower, upper),
           tol=1e-5))
     except (_NUMERIC_FAILURES + (dp_accounting.NoBracketIntervalFoundError,)) as error:
@@ -305,7 +312,8 @@ def calibrate_noise_multiplier(*, target_epsilon: float, delta: float, sampling_
   least = epsilon(MAX_NOISE_MULTIPLIER, accountant)  # the most noise accepted: the lower end
   facts = (f"{steps} steps at sampling rate {sampling_rate:.4g}, delta {delta:g}"
            + (", microbatches (sensitivity 2C)" if sensitivity_multiplier(num_microbatches) == 2
-              else ""))
+              else "")
+           + (", after what the ledger already records" if spent is not None else ""))
   if target_epsilon < least:
     raise CalibrationError(
         f"target_epsilon {target_epsilon:g} is not reachable: even noise multiplier "

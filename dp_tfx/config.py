@@ -41,7 +41,9 @@ class DPConfig:
     noise_multiplier: sigma = noise std / C, in [MIN_NOISE_MULTIPLIER, MAX_NOISE_MULTIPLIER]
       (0.05 to 1000). 0 means an explicit non-private baseline (epsilon is infinite). Leave None
       and give `target_epsilon` to have sigma calibrated.
-    target_epsilon: calibrate sigma so that epsilon(delta) after all steps is at most this.
+    target_epsilon: calibrate sigma so that epsilon(delta) after all steps is at most this: the
+      total of the ledger, i.e. with every run already recorded in the ledger or ledger history
+      the run continues (a first run has the whole target; later ones what is left of it).
     delta: the delta of the (epsilon, delta) guarantee; None means 1/N (the usual rule is < 1/N,
       so a report flags it) -- set it explicitly for policies.
     batch_size: the expected logical batch size B; Poisson sampling uses q = B / N.

@@ -15,6 +15,7 @@ noise added once, the sum divided by the expected batch size, and the user's opt
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 import warnings
@@ -28,6 +29,7 @@ from dp_tfx import accounting, clipping, noise, sampling
 from dp_tfx.config import DPConfig
 from dp_tfx.ledger import EXAMPLE, PrivacyLedger, dataset_fingerprint
 from dp_tfx.plan import TrainingPlan
+from dp_tfx.policy import PrivacyPolicy, refuse_unless_blessable
 
 EPSILON_LOG_KEY = "epsilon"
 _RAN_OUT_OF_DATA = ".*Your input ran out of data.*"
@@ -134,18 +136,23 @@ class DPModel(keras.Model):
     accountant: "pld" (default) or "rdp", for epsilon in logs and sigma calibration.
     privacy_unit: what one training example stands for, as the ledger records it ("example";
       "sequence" for language models trained on text cut into sequences).
+    policy: if given, `fit` refuses (PolicyRefusal, before any step) a run whose ledger, with
+      this run's planned steps, this policy could never bless.
   """
 
   def __init__(self, model: keras.Model, config: DPConfig, ledger_path: Optional[str] = None,
                accountant: str = accounting.PLD, privacy_unit: str = EXAMPLE,
                ledger_history: Optional[str] = None, data_source: Optional[str] = None,
-               run_id: Optional[str] = None, **kwargs):
+               run_id: Optional[str] = None, policy: Optional[PrivacyPolicy] = None,
+               **kwargs):
     super().__init__(name=kwargs.pop("name", f"dp_{model.name}"), **kwargs)
     if not isinstance(config, DPConfig):
       raise TypeError(f"config must be a dp_tfx.DPConfig; got {type(config).__name__}")
     if ledger_path is not None and ledger_history is not None:
       raise ValueError("give ledger_path (one file, one process) or ledger_history (a directory "
                        "shared by concurrent runs), not both")
+    if policy is not None and not isinstance(policy, PrivacyPolicy):
+      raise TypeError(f"policy must be a dp_tfx.PrivacyPolicy; got {type(policy).__name__}")
     accounting.make_accountant(accountant)  # validates the name early
     self.model = model
     self.dp_config = config
@@ -157,6 +164,7 @@ class DPModel(keras.Model):
     self._data_source = data_source
     self._run_id = run_id
     self._privacy_unit = privacy_unit
+    self._policy = policy
     self._loss_fn = None
     self._taps = None
     self._base_key = noise.run_key(config.seed)
@@ -198,7 +206,9 @@ class DPModel(keras.Model):
 
     Raises:
       PrivacyBudgetExhaustedError: if the request goes past the planned noisy steps.
-      ValueError: for arguments that would break the guarantee (batch_size, sample weights...).
+      PolicyRefusal: if the model has a policy that the ledger after these steps would fail.
+      ValueError: for arguments that would break the guarantee (batch_size, sample weights...),
+        and for a model or loss that cannot take a DP step (found on a batch of zeros).
     """
     refused = sorted(k for k in kwargs if k in (
         "batch_size", "steps_per_epoch", "shuffle", "sample_weight", "class_weight",
@@ -229,6 +239,12 @@ class DPModel(keras.Model):
           f"{remaining} of the {self.plan.steps} planned noisy steps are left ({epochs_left} "
           "epochs); plan more steps in the DPConfig to spend more privacy")
     steps = min(remaining, epochs * per_epoch)
+    # Everything that could make this run worthless is checked before its first counted step.
+    self._rehearse_step(features, labels)
+    if self._policy is not None:
+      self.privacy_ledger.refresh()  # runs recorded since this model opened the history
+      refuse_unless_blessable(self._policy, self.privacy_ledger.if_trained(
+          self.plan, steps, seeded=self.dp_config.seed is not None))
     self._key.assign(self._segment_key())
     dataset = self._distributed_batches(features, labels, done, done + steps, replicas)
     self.privacy_ledger.start_segment(self.plan, seeded=self.dp_config.seed is not None)
@@ -288,7 +304,6 @@ class DPModel(keras.Model):
     fingerprint = dataset_fingerprint(features, labels)
     size = len(labels)
     if self.plan is None:
-      self.plan = TrainingPlan.from_config(self.dp_config, size, self.accountant)
       if self._ledger_history is not None:
         self.privacy_ledger = PrivacyLedger.open_history(
             self._ledger_history, size, fingerprint, self._privacy_unit,
@@ -297,6 +312,7 @@ class DPModel(keras.Model):
         self.privacy_ledger = PrivacyLedger.open_for(self._ledger_path, size, fingerprint,
                                                      self._privacy_unit,
                                                      data_source=self._data_source)
+      self.plan = self._plan_after(self.privacy_ledger, size)
     elif self.privacy_ledger.dataset_fingerprint != fingerprint:
       raise ValueError("this DP model was trained on other data; its plan and ledger describe "
                        "that data. Make a new DP model (and ledger) for new data")
@@ -304,6 +320,26 @@ class DPModel(keras.Model):
       self.model(tf.nest.map_structure(lambda a: a[:1], features))
     if self._taps is None or self._taps.static_shapes != bool(self.jit_compile):
       self._taps = clipping.GradientTaps(self.model, static_shapes=bool(self.jit_compile))
+
+  def _plan_after(self, ledger: PrivacyLedger, size: int) -> TrainingPlan:
+    """The plan for this run after what `ledger` already records: a target_epsilon is the
+    total's, and the default delta is 1/N of the largest dataset the total covers."""
+    config = self.dp_config
+    if config.delta is None and ledger.largest_dataset_size > size:
+      config = dataclasses.replace(config, delta=1.0 / ledger.largest_dataset_size)
+    spent = ledger.dp_event() if ledger.noisy_steps else None
+    return TrainingPlan.from_config(config, size, self.accountant, spent=spent)
+
+  def _rehearse_step(self, features, labels) -> None:
+    """One forward and backward pass, with the metrics, on two examples of zeros: a loss with
+    one value per batch, a model the taps refuse or metrics that do not fit the labels then fail
+    here, before a counted step, and no private value is touched."""
+    zeros = lambda a: np.zeros_like(a[:2])
+    x, y = tf.nest.map_structure(zeros, features), zeros(labels)
+    mask = tf.ones([len(y)])
+    grads = self._taps.backward(x, y, self._loss_fn, mask)
+    self.compute_metrics(x, y, grads.predictions, sample_weight=mask)
+    self.reset_metrics()
 
   def train_step(self, data):
     features, labels, mask = data
@@ -366,7 +402,8 @@ class DPModel(keras.Model):
 def make_private(model: keras.Model, config: DPConfig, *, ledger_path: Optional[str] = None,
                  accountant: str = accounting.PLD, privacy_unit: str = EXAMPLE,
                  ledger_history: Optional[str] = None, data_source: Optional[str] = None,
-                 run_id: Optional[str] = None) -> DPModel:
+                 run_id: Optional[str] = None,
+                 policy: Optional[PrivacyPolicy] = None) -> DPModel:
   """Returns a Keras model whose compile(optimizer, loss) + fit(x, y) run DP-SGD on `model`.
 
   Args:
@@ -380,7 +417,9 @@ def make_private(model: keras.Model, config: DPConfig, *, ledger_path: Optional[
       data source, concurrent ones included (each run writes only its own segment files).
     data_source: a name for the data source, recorded in the ledger and listed in reports.
     run_id: this run's id in the ledger (default: a random one).
+    policy: a PrivacyPolicy: `fit` then refuses, before any step, a run that the policy could
+      never bless (the ledger with the run's planned steps fails it).
   """
   return DPModel(model, config, ledger_path=ledger_path, accountant=accountant,
                  privacy_unit=privacy_unit, ledger_history=ledger_history,
-                 data_source=data_source, run_id=run_id)
+                 data_source=data_source, run_id=run_id, policy=policy)

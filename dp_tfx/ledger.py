@@ -31,7 +31,7 @@ from typing import Any, Optional, Sequence
 import dp_accounting
 import numpy as np
 
-from dp_tfx import accounting, files
+from dp_tfx import accounting, files, signing
 from dp_tfx.config import SAMPLING_METHODS
 from dp_tfx.version import __version__
 
@@ -260,8 +260,10 @@ class LedgerHistory:
   read as well, never written: what they recorded keeps counting.
   """
 
-  def __init__(self, directory: os.PathLike | str):
+  def __init__(self, directory: os.PathLike | str, key: Optional[bytes] = None):
+    """`key`: if given, every record there must be signed with it (see dp_tfx.signing)."""
     self.directory = os.fspath(directory)
+    self.key = key
 
   def segment_path(self, segment_id: str) -> str:
     return os.path.join(self.directory, segment_id + ".json")
@@ -283,7 +285,7 @@ class LedgerHistory:
         raise LedgerError(f"ledger history {self.directory}: {name} is not a ledger record; "
                           "nothing else belongs there (move it out if it is not one)")
       try:
-        found, unit = self._read_file(path, name)
+        found, unit = self._read_file(path, name, self.key)
       except LedgerError as error:
         raise type(error)(f"ledger history {self.directory}: {name}: {error}") from None
       if privacy_unit is not None and unit != privacy_unit:
@@ -297,12 +299,12 @@ class LedgerHistory:
     return sorted(segments, key=_order)
 
   @staticmethod
-  def _read_file(path: str, name: str):
+  def _read_file(path: str, name: str, key: Optional[bytes]):
     try:
       text = files.read_text(path)
     except (OSError, UnicodeDecodeError) as error:
       raise LedgerError(f"cannot be read: {error}") from None
-    body = _verified_body(text)
+    body = _verified_body(text, key)
     if body.get("kind") == SEGMENT_KIND:
       _check(body.get("format_version") == FORMAT_VERSION,
              f"unsupported segment format_version {body.get('format_version')!r}")
@@ -329,9 +331,9 @@ def read_history(directory: os.PathLike | str, privacy_unit: Optional[str] = Non
 
 
 def _segment_document(segment: Segment, privacy_unit: str) -> str:
-  body = {"format_version": FORMAT_VERSION, "kind": SEGMENT_KIND, "library_version": __version__,
-          "privacy_unit": privacy_unit, "segment": dataclasses.asdict(segment)}
-  return json.dumps({"body": body, "content_hash": _hash_body(body)}, indent=2, sort_keys=True)
+  return _document({"format_version": FORMAT_VERSION, "kind": SEGMENT_KIND,
+                    "library_version": __version__, "privacy_unit": privacy_unit,
+                    "segment": dataclasses.asdict(segment)})
 
 
 class PrivacyLedger:
@@ -388,16 +390,7 @@ class PrivacyLedger:
     `seeded` records that sampling and noise came from a fixed seed (reproducible for tests; not
     private if the seed is known), so a policy can refuse such runs.
     """
-    if plan.dataset_size != self.dataset_size:
-      raise LedgerError(f"this ledger records a run on {self.dataset_size} examples, the plan "
-                        f"{plan.dataset_size}: open the ledger for the run's data")
-    segment = Segment(
-        sampling=plan.sampling, sampling_rate=plan.sampling_rate, batch_size=plan.batch_size,
-        noise_multiplier=plan.noise_multiplier, l2_norm_clip=plan.l2_norm_clip,
-        num_microbatches=plan.num_microbatches, physical_batch_size=plan.physical_batch_size,
-        planned_steps=plan.steps, seeded=bool(seeded), dataset_size=self.dataset_size,
-        dataset_fingerprint=self.dataset_fingerprint, data_source=self.data_source,
-        run_id=self.run_id, segment_id=_new_segment_id())
+    segment = self._segment_for(plan, seeded)
     if self._history is not None:
       # A fresh name: never another run's file. Written before any step runs.
       files.create_new(self._history.segment_path(segment.segment_id),
@@ -406,6 +399,29 @@ class PrivacyLedger:
     self._own.append(segment)
     self._flush_whole()
     return segment
+
+  def _segment_for(self, plan, seeded: bool) -> Segment:
+    if plan.dataset_size != self.dataset_size:
+      raise LedgerError(f"this ledger records a run on {self.dataset_size} examples, the plan "
+                        f"{plan.dataset_size}: open the ledger for the run's data")
+    return Segment(
+        sampling=plan.sampling, sampling_rate=plan.sampling_rate, batch_size=plan.batch_size,
+        noise_multiplier=plan.noise_multiplier, l2_norm_clip=plan.l2_norm_clip,
+        num_microbatches=plan.num_microbatches, physical_batch_size=plan.physical_batch_size,
+        planned_steps=plan.steps, seeded=bool(seeded), dataset_size=self.dataset_size,
+        dataset_fingerprint=self.dataset_fingerprint, data_source=self.data_source,
+        run_id=self.run_id, segment_id=_new_segment_id())
+
+  def if_trained(self, plan, steps: int, seeded: bool = False) -> "PrivacyLedger":
+    """A copy of this ledger after `steps` more noisy steps of `plan`, never written anywhere:
+    the total a run would reach, so that a run that could never be blessed is refused before
+    it spends anything."""
+    planned = PrivacyLedger._from_body(self.body())
+    segment = self._segment_for(plan, seeded)
+    segment.noisy_steps = steps
+    planned.segments.append(segment)
+    planned.validate()
+    return planned
 
   @property
   def current_segment(self) -> Optional[Segment]:
@@ -459,7 +475,12 @@ class PrivacyLedger:
     return _composed([(segment, segment.noisy_steps) for segment in self.segments])
 
   def epsilon(self, delta: float, accountant: str = accounting.PLD) -> float:
-    return accounting.epsilon_of_event(self.dp_event(), delta, accountant)
+    return self.epsilon_result(delta, accountant).epsilon
+
+  def epsilon_result(self, delta: float,
+                     accountant: str = accounting.PLD) -> accounting.EpsilonResult:
+    """epsilon(delta) of everything recorded, with the accountant's reason when it is inf."""
+    return accounting.epsilon_result(self.dp_event(), delta, accountant)
 
   def dp_event_after(self, steps: int) -> dp_accounting.DpEvent:
     """The cost of the first `steps` noisy steps across segments, in the order they started."""
@@ -521,7 +542,7 @@ class PrivacyLedger:
 
   # -- the history as the evaluator judges it ------------------------------------------------------
 
-  def with_history(self) -> "PrivacyLedger":
+  def with_history(self, key: Optional[bytes] = None) -> "PrivacyLedger":
     """This snapshot checked against its ledger history, with every segment there now.
 
     The trainer's snapshot counts what the history held when its run ended; other runs on the
@@ -534,12 +555,15 @@ class PrivacyLedger:
       A ledger with this one's facts (model digest, this run's data) and the history's segments;
       this ledger itself when it names no history.
 
+    Args:
+      key: if given, every segment in the history must be signed with it.
+
     Raises:
       LedgerError: if the history is missing or malformed, or contradicts the snapshot.
     """
     if self.history_dir is None:
       return self
-    history = LedgerHistory(self.history_dir)
+    history = LedgerHistory(self.history_dir, key)
     if not files.is_dir(self.history_dir):
       raise LedgerError(f"the ledger history {self.history_dir} that this ledger was recorded "
                         "in is missing: the total spent on the data source cannot be checked")
@@ -571,18 +595,17 @@ class PrivacyLedger:
     return _hash_body(self.body())
 
   def to_json(self) -> str:
-    return json.dumps({"body": self.body(), "content_hash": self.content_hash()}, indent=2,
-                      sort_keys=True)
+    return _document(self.body())
 
   @classmethod
-  def from_json(cls, text: str) -> "PrivacyLedger":
+  def from_json(cls, text: str, key: Optional[bytes] = None) -> "PrivacyLedger":
     """Parses and verifies a ledger (format 1 or 2).
 
     Raises:
       LedgerIntegrityError: if the body does not match its content hash.
       LedgerError: if the text is not a ledger or its facts are impossible.
     """
-    return cls._from_body(_verified_body(text))
+    return cls._from_body(_verified_body(text, key))
 
   @classmethod
   def _from_body(cls, body: dict) -> "PrivacyLedger":
@@ -633,11 +656,12 @@ class PrivacyLedger:
     files.write_text(self.path, self.to_json())  # never half-written, even on a crash
 
   @classmethod
-  def load(cls, path: os.PathLike | str) -> "PrivacyLedger":
+  def load(cls, path: os.PathLike | str, key: Optional[bytes] = None) -> "PrivacyLedger":
+    """The ledger at `path`, verified (and, with `key`, its signature checked)."""
     path = os.fspath(path)
     if not files.exists(path) or files.is_dir(path):
       raise LedgerError(f"no privacy ledger at {path}")
-    ledger = cls.from_json(files.read_text(path))
+    ledger = cls.from_json(files.read_text(path), key)
     ledger.path = path
     return ledger
 
@@ -691,8 +715,19 @@ class PrivacyLedger:
     return ledger
 
 
-def _verified_body(text: str) -> dict:
-  """The body of a ledger or segment document whose content hash matches it."""
+def _document(body: dict) -> str:
+  """A ledger or segment file: the body, its content hash and, when a ledger key is configured
+  (see dp_tfx.signing), its signature."""
+  document = {"body": body, "content_hash": _hash_body(body)}
+  key = signing.configured_key()
+  if key is not None:
+    document["signature"] = signing.sign(_canonical(body), key)
+  return json.dumps(document, indent=2, sort_keys=True)
+
+
+def _verified_body(text: str, key: Optional[bytes] = None) -> dict:
+  """The body of a ledger or segment document whose content hash matches it (and, with `key`,
+  that is signed with that key)."""
   try:
     document = json.loads(text)
   except (ValueError, RecursionError) as error:  # JSONDecodeError, huge integers, deep nesting
@@ -704,12 +739,20 @@ def _verified_body(text: str) -> dict:
   if _hash_body(body) != document["content_hash"]:
     raise LedgerIntegrityError("the ledger's content does not match its content_hash: it was "
                                "modified after it was written")
+  if key is not None and not signing.is_valid(_canonical(body), document.get("signature"), key):
+    raise LedgerIntegrityError(
+        "the record is unsigned or its signature does not match the ledger key: "
+        + ("it was written without a key" if "signature" not in document else
+           "it was changed, or signed with another key"))
   return body
 
 
-def _hash_body(body: dict) -> str:
+def _canonical(body: dict) -> bytes:
   try:
-    canonical = json.dumps(body, sort_keys=True, separators=(",", ":"), allow_nan=False)
+    return json.dumps(body, sort_keys=True, separators=(",", ":"), allow_nan=False).encode()
   except ValueError as error:  # NaN or infinity smuggled into the facts
     raise LedgerError(f"the ledger holds a value JSON cannot represent: {error}") from None
-  return "sha256:" + hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def _hash_body(body: dict) -> str:
+  return "sha256:" + hashlib.sha256(_canonical(body)).hexdigest()

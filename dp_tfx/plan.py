@@ -45,9 +45,12 @@ class TrainingPlan:
   delta: float
 
   @classmethod
-  def from_config(cls, config: DPConfig, dataset_size: int,
-                  accountant: str = accounting.PLD) -> "TrainingPlan":
+  def from_config(cls, config: DPConfig, dataset_size: int, accountant: str = accounting.PLD,
+                  spent: Optional[dp_accounting.DpEvent] = None) -> "TrainingPlan":
     """Resolves a config against the data: q, steps, sigma and the physical batch size.
+
+    `spent` is what the ledger already records for the data source: a target_epsilon is then
+    the total's, and sigma is calibrated for what is left of it.
 
     Raises:
       ValueError: if the config does not fit the data (e.g. a batch larger than the dataset).
@@ -72,7 +75,8 @@ class TrainingPlan:
     if noise_multiplier is None:
       noise_multiplier = accounting.calibrate_noise_multiplier(
           target_epsilon=config.target_epsilon, delta=delta, sampling_rate=sampling_rate,
-          steps=steps, num_microbatches=config.num_microbatches, accountant=accountant)
+          steps=steps, num_microbatches=config.num_microbatches, accountant=accountant,
+          spent=spent)
     return cls(
         dataset_size=dataset_size,
         batch_size=config.batch_size,

@@ -13,7 +13,7 @@ import json
 import math
 from typing import TYPE_CHECKING, Any, Optional, Union
 
-from dp_tfx import accounting
+from dp_tfx import accounting, signing
 from dp_tfx.checks import is_finite_number
 from dp_tfx.ledger import PrivacyLedger
 
@@ -43,6 +43,8 @@ class PrivacyPolicy:
       knows the seed can regenerate and subtract the noise).
     max_canary_exposure: if set, the largest exposure (bits) any inserted canary may have; the
       model must then come with a canary audit (the PrivacyAuditor's).
+    require_signature: accept only ledgers and ledger histories whose every record is signed
+      with the ledger key (see dp_tfx.signing; default False: content hashes and MLMD only).
   """
 
   max_epsilon: float
@@ -52,6 +54,7 @@ class PrivacyPolicy:
   require_poisson: bool = True
   allow_seeded: bool = False
   max_canary_exposure: Optional[float] = None
+  require_signature: bool = False
 
   def __post_init__(self):
     if not (isinstance(self.max_epsilon, (int, float)) and not isinstance(self.max_epsilon, bool)
@@ -69,7 +72,7 @@ class PrivacyPolicy:
         is_finite_number(self.max_canary_exposure) and self.max_canary_exposure >= 0):
       raise _policy_error("max_canary_exposure", "null or a finite number >= 0 (bits)",
                           self.max_canary_exposure)
-    for flag in ("require_poisson", "allow_seeded"):
+    for flag in ("require_poisson", "allow_seeded", "require_signature"):
       if not isinstance(getattr(self, flag), bool):
         raise _policy_error(flag, "true or false", getattr(self, flag))
 
@@ -116,6 +119,10 @@ class PrivacyDecision:
             "reasons": list(self.reasons), "summary": self.summary}
 
 
+class PolicyRefusal(ValueError):
+  """A run that could never be blessed, refused before it trained (nothing was spent)."""
+
+
 def decide(policy: PrivacyPolicy, ledger: PrivacyLedger, model_digest: Optional[str] = None,
            upstream_blessed: Optional[bool] = None,
            audit: Optional["PrivacyAudit"] = None) -> PrivacyDecision:
@@ -141,6 +148,47 @@ def decide(policy: PrivacyPolicy, ledger: PrivacyLedger, model_digest: Optional[
                    f"{model_digest})")
   if ledger.noisy_steps <= 0:
     reasons.append("the ledger records no noisy steps")
+  _check_training(policy, ledger, decision)
+  _check_audit(policy, ledger, audit, decision)
+  decision.blessed = not reasons
+  return decision
+
+
+def refuse_unless_blessable(policy: PrivacyPolicy, planned: PrivacyLedger) -> PrivacyDecision:
+  """Refuses a run before it trains when the ledger it would leave (`planned`: the history and
+  this run's planned steps, see PrivacyLedger.if_trained) could never be blessed.
+
+  The checks are the decision's own on what training does (noise, sampling, seed, delta, the
+  total epsilon), so a refusal here is exactly a NOT blessed verdict avoided after the fact.
+  Checks of the finished model (its digest, the audit, an upstream gate) can only come later.
+
+  Returns:
+    The decision on `planned` (blessed).
+
+  Raises:
+    PolicyRefusal: with every reason, when it is NOT blessed.
+  """
+  decision = PrivacyDecision()
+  _check_training(policy, planned, decision)
+  try:
+    verification_key(policy)  # the evaluator will need it; so must this run, to sign
+  except ValueError as error:
+    decision.reasons.append(str(error))
+  if decision.reasons:
+    this_run = planned.segments[-1].noisy_steps if planned.segments else 0
+    where = f" history {planned.history_dir}" if planned.history_dir else ""
+    raise PolicyRefusal(
+        f"refused before training, nothing was spent: this run ({this_run} noisy steps, after "
+        f"the {planned.noisy_steps - this_run} already recorded in the ledger{where}) could never "
+        "be blessed: " + "; ".join(decision.reasons))
+  decision.blessed = True
+  return decision
+
+
+def _check_training(policy: PrivacyPolicy, ledger: PrivacyLedger,
+                    decision: PrivacyDecision) -> None:
+  """Adds a reason for each fact of training that the policy refuses; sets epsilon and delta."""
+  reasons = decision.reasons
   if policy.require_poisson and not ledger.rigorous:
     reasons.append("training used shuffled fixed-size batches, so epsilon is not a rigorous bound, "
                    "and the policy requires Poisson sampling")
@@ -158,13 +206,12 @@ def decide(policy: PrivacyPolicy, ledger: PrivacyLedger, model_digest: Optional[
         f" (N = {largest}, the largest dataset in the ledger)"
         if largest != ledger.dataset_size else ""))
   if ledger.noisy_steps > 0:
-    decision.epsilon = ledger.epsilon(delta, policy.accountant)
-    if not decision.epsilon <= policy.max_epsilon:
-      reasons.append(f"epsilon {decision.epsilon:.4g} exceeds the policy's max_epsilon "
-                     f"{policy.max_epsilon:.4g} (delta {delta:.3g}, {policy.accountant})")
-  _check_audit(policy, ledger, audit, decision)
-  decision.blessed = not reasons
-  return decision
+    result = ledger.epsilon_result(delta, policy.accountant)
+    decision.epsilon = result.epsilon
+    if not result.epsilon <= policy.max_epsilon:
+      reasons.append(f"epsilon {result.epsilon:.4g} exceeds the policy's max_epsilon "
+                     f"{policy.max_epsilon:.4g} (delta {delta:.3g}, {policy.accountant})"
+                     + (f": {result.reason}" if result.reason else ""))
 
 
 def _check_audit(policy: PrivacyPolicy, ledger: PrivacyLedger, audit: Optional["PrivacyAudit"],
@@ -194,3 +241,18 @@ def _check_audit(policy: PrivacyPolicy, ledger: PrivacyLedger, audit: Optional["
     elif not exposure <= policy.max_canary_exposure:
       reasons.append(f"a canary's exposure {exposure:.3g} bits exceeds the policy's "
                      f"max_canary_exposure {policy.max_canary_exposure:g}")
+
+
+def verification_key(policy: PrivacyPolicy) -> Optional[bytes]:
+  """The key every ledger record must be signed with under `policy`; None when it does not ask.
+
+  Raises:
+    ValueError: if the policy requires signatures and no ledger key is configured (fail closed).
+  """
+  if not policy.require_signature:
+    return None
+  key = signing.configured_key()
+  if key is None:
+    raise ValueError(f"the policy requires signed ledgers, but no ledger key is set here "
+                     f"({signing.KEY_ENV} or {signing.KEY_FILE_ENV}): nothing can be verified")
+  return key
