@@ -177,7 +177,8 @@ def _pipeline(args) -> dict:
       hyperparameters=given(("learning_rate", "momentum")),
       beam_pipeline_args=shlex.split(args.beam_pipeline_args or ""),
       container_image=args.container_image, serving_model_dir=args.serving_model_dir,
-      min_accuracy=args.min_accuracy, audit=args.audit, control=args.control))
+      min_accuracy=args.min_accuracy, audit=args.audit, control=args.control,
+      ledger_history_dir=args.ledger_history))
 
 
 def _print(result: dict, as_json: bool) -> None:
@@ -239,6 +240,11 @@ def build_parser() -> argparse.ArgumentParser:
   pipeline.add_argument("--output-dir", default=None,
                         help="pipeline root, MLMD store, pushed models and compiled files go "
                         "under it (default: output/pipeline, output/pipeline-lm for lm)")
+  pipeline.add_argument("--ledger-history", default=None, metavar="DIR",
+                        help="the privacy budget of the data: every run recorded there composes "
+                        "with every other (default: OUTPUT_DIR/privacy_ledgers, so another "
+                        "--output-dir starts an empty budget for the same data: give runs on the "
+                        "same people the same --ledger-history)")
   pipeline.add_argument("--max-epsilon", type=_number(0, open_low=True), default=5.0,
                         help="the policy: push only if epsilon <= this (default: 5)")
   pipeline.add_argument("--delta", type=_number(0, 1, open_low=True), default=1e-5,

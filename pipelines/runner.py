@@ -12,6 +12,7 @@ import json
 import os
 import pathlib
 import time
+import uuid
 from typing import List, Optional
 
 from dp_tfx.config import DPConfig
@@ -43,12 +44,23 @@ class PipelineOptions:
   audit: bool = True
   control: bool = False
   # The name the privacy ledger records for the data (default "PIPELINE_NAME:OUTPUT_DIR/data").
-  # Every run under one output_dir composes with every other whatever its name or data: the
-  # budget is the ledger history OUTPUT_DIR/privacy_ledgers.
+  # Every run recorded in one ledger history composes with every other whatever its name or data.
   ledger_data_source: Optional[str] = None
+  # The privacy budget of the data: the ledger history (default OUTPUT_DIR/privacy_ledgers). Give
+  # every run on the same people the same one, whatever its output_dir: another output dir with
+  # the default starts a new, empty budget for the same data.
+  ledger_history_dir: Optional[str] = None
 
   def path(self, name: str) -> str:
     return str(pathlib.Path(self.output_dir).resolve() / name)
+
+  @property
+  def ledger_history(self) -> str:
+    if self.ledger_history_dir is None:
+      return self.path("privacy_ledgers")
+    if "://" in self.ledger_history_dir:
+      return self.ledger_history_dir
+    return str(pathlib.Path(self.ledger_history_dir).resolve())
 
 
 def run(options: PipelineOptions) -> dict:
@@ -65,6 +77,7 @@ def run(options: PipelineOptions) -> dict:
     raise ValueError(f"example must be one of {sorted(EXAMPLES)}; got {options.example!r}")
   example = EXAMPLES[options.example]
   _check_before_training(options, example)
+  _check_output_dir(options)
   hyperparameters = {**example.hyperparameters, **(options.hyperparameters or {})}
   control_config = None
   if options.control:  # the control trains like the DP model: same epochs, batch, hyperparameters
@@ -80,11 +93,12 @@ def run(options: PipelineOptions) -> dict:
       hyperparameters=hyperparameters,
       metadata_path=None if options.runner == KUBEFLOW else options.path("metadata.sqlite"),
       beam_pipeline_args=options.beam_pipeline_args, min_accuracy=options.min_accuracy,
-      label_key=example.label_key, ledger_history_dir=options.path("privacy_ledgers"),
+      label_key=example.label_key, ledger_history_dir=options.ledger_history,
       data_source=options.ledger_data_source,
       audit=options.audit, canary_file=canary_file,
       control_config=control_config)
   summary = {"example": example.name, "runner": options.runner,
+             "ledger_history": options.ledger_history,
              "max_epsilon": options.privacy_policy.max_epsilon,
              "policy": json.loads(options.privacy_policy.to_json())}
   started = time.time()
@@ -124,6 +138,35 @@ def _check_before_training(options: PipelineOptions, example) -> None:
   if unknown:
     raise ValueError(f"the {example.name} example's module does not use {unknown}; it takes "
                      f"{sorted(example.hyperparameter_names)}")
+
+
+def _check_output_dir(options: PipelineOptions) -> None:
+  """Refuses an output dir that cannot be created or written, before anything is written there.
+
+  Found later, such a dir failed with a traceback, and OUTPUT_DIR/privacy_ledgers (where the
+  DPTrainer records its steps) only once training had spent privacy. Each directory is created
+  and a probe file written and removed in it, through tf.io.gfile as the pipeline writes; the
+  probe's name is one that ledger-history readers skip as a write in flight. A Kubeflow run
+  writes its ledger history from its containers: only the output dir is checked then.
+  """
+  import tensorflow as tf
+
+  checks = [("the output directory", str(pathlib.Path(options.output_dir).resolve()),
+             "--output-dir")]
+  if options.runner != KUBEFLOW:
+    checks.append(("the ledger history", options.ledger_history,
+                   "--ledger-history" if options.ledger_history_dir else "--output-dir"))
+  for what, directory, option in checks:
+    probe = os.path.join(directory, f".write-probe.json-{uuid.uuid4().hex}")
+    try:
+      tf.io.gfile.makedirs(directory)
+      with tf.io.gfile.GFile(probe, "wb") as handle:
+        handle.write(b"")
+      tf.io.gfile.remove(probe)
+    except (OSError, tf.errors.OpError) as error:
+      reason = getattr(error, "message", None) or str(error)  # TF's: "PATH; No such file ..."
+      raise ValueError(f"{what} {directory} cannot be created or written "
+                       f"({reason.split('; ')[-1]}); choose another {option}") from None
 
 
 def _verdict(summary: dict) -> str:
