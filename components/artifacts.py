@@ -1,8 +1,27 @@
-"""Artifact types of dp_tfx's components, recorded in MLMD like TFX's standard ones."""
+"""Artifact types of dp_tfx's components, recorded in MLMD like TFX's standard ones.
+
+Also what the DPTrainer records in MLMD about its PrivacyLedger artifact (`record_ledger`) and
+how the PrivacyEvaluator reads it back (`recorded_segments`): defined here once, for both.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from typing import List, Optional
 
 from tfx.types import artifact
 
+from dp_tfx.ledger import LedgerError, PrivacyLedger, Segment
+
 LEDGER_HASH_PROPERTY = "content_hash"
+# The ledger history the ledger's segments were recorded in ("" when it names none), and those
+# segments as the DPTrainer saw them (see RecordedSegment): kept in MLMD, where whoever can
+# delete a file of the history cannot delete them, so that a later evaluation can tell a segment
+# that was deleted before any later run opened the history.
+LEDGER_HISTORY_DIR_PROPERTY = "ledger_history_dir"
+LEDGER_SEGMENTS_PROPERTY = "ledger_segments"
 # On a PrivacyAudit at the audit's delta (AUDIT_DELTA_PROPERTY); on the PrivacyEvaluator's
 # ModelBlessing at the policy's delta (the blessing's "delta").
 LOWER_BOUND_PROPERTY = "empirical_epsilon_lower_bound"
@@ -12,7 +31,11 @@ AUDIT_DELTA_PROPERTY = "audit_delta"
 class PrivacyLedger(artifact.Artifact):
   """The privacy ledger the DPTrainer wrote: `{uri}/privacy_ledger.json`.
 
-  Custom property `content_hash`: the ledger's hash as written (the file carries it too).
+  Custom properties (see `record_ledger`):
+    content_hash: the ledger's hash as written (the file carries it too).
+    ledger_history_dir: the ledger history its segments were recorded in ("" for none).
+    ledger_segments: JSON list of the ledger's segments, each {"segment_id", "noisy_steps",
+      "fixed_facts_sha256"}.
   """
 
   TYPE_NAME = "dp_tfx.PrivacyLedger"
@@ -31,3 +54,75 @@ class PrivacyAudit(artifact.Artifact):
   """
 
   TYPE_NAME = "dp_tfx.PrivacyAudit"
+
+
+# -- what the DPTrainer records in MLMD about its ledger ------------------------------------------
+
+@dataclasses.dataclass(frozen=True)
+class RecordedSegment:
+  """A segment as MLMD records it: its id, its noisy steps then and a hash of its fixed facts."""
+
+  segment_id: str
+  noisy_steps: int
+  fixed_facts_sha256: str
+
+  @classmethod
+  def of(cls, segment: Segment) -> "RecordedSegment":
+    return cls(segment.segment_id, segment.noisy_steps, fixed_facts_hash(segment))
+
+
+def fixed_facts_hash(segment: Segment) -> str:
+  """SHA-256 of the segment's fixed facts (`Segment.fixed_facts()`) as canonical JSON."""
+  canonical = json.dumps(segment.fixed_facts(), sort_keys=True, separators=(",", ":"),
+                         allow_nan=False)
+  return "sha256:" + hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def record_ledger(ledger_artifact: artifact.Artifact, ledger: PrivacyLedger) -> None:
+  """Records on the PrivacyLedger artifact (MLMD custom properties) the saved `ledger`'s content
+  hash, its ledger history and its segments."""
+  ledger_artifact.set_string_custom_property(LEDGER_HASH_PROPERTY, ledger.content_hash())
+  ledger_artifact.set_string_custom_property(LEDGER_HISTORY_DIR_PROPERTY,
+                                             ledger.history_dir or "")
+  ledger_artifact.set_string_custom_property(LEDGER_SEGMENTS_PROPERTY, json.dumps(
+      [dataclasses.asdict(RecordedSegment.of(segment)) for segment in ledger.segments],
+      separators=(",", ":")))
+
+
+def recorded_history_dir(ledger_artifact: artifact.Artifact) -> Optional[str]:
+  """The ledger history recorded for the artifact: None when none was recorded, "" for none."""
+  if not ledger_artifact.has_custom_property(LEDGER_HISTORY_DIR_PROPERTY):
+    return None
+  return ledger_artifact.get_string_custom_property(LEDGER_HISTORY_DIR_PROPERTY)
+
+
+def recorded_segments(ledger_artifact: artifact.Artifact) -> Optional[List[RecordedSegment]]:
+  """The segments recorded for the artifact; None when it has no such record (an artifact
+  written before dp_tfx recorded them).
+
+  Raises:
+    LedgerError: if the record is there but malformed.
+  """
+  if not ledger_artifact.has_custom_property(LEDGER_SEGMENTS_PROPERTY):
+    return None
+  where = (f"the {LEDGER_SEGMENTS_PROPERTY} MLMD property of PrivacyLedger artifact id "
+           f"{ledger_artifact.id}")
+  try:
+    entries = json.loads(ledger_artifact.get_string_custom_property(LEDGER_SEGMENTS_PROPERTY))
+  except (ValueError, RecursionError) as error:
+    raise LedgerError(f"{where} is not valid JSON: {str(error)[:200]}") from None
+  names = {field.name for field in dataclasses.fields(RecordedSegment)}
+  if not isinstance(entries, list):
+    raise LedgerError(f"{where} is not a list")
+  segments = []
+  for index, entry in enumerate(entries):
+    well_formed = (
+        isinstance(entry, dict) and set(entry) == names and
+        isinstance(entry["segment_id"], str) and entry["segment_id"] and
+        isinstance(entry["fixed_facts_sha256"], str) and
+        isinstance(entry["noisy_steps"], int) and not isinstance(entry["noisy_steps"], bool) and
+        entry["noisy_steps"] >= 0)
+    if not well_formed:
+      raise LedgerError(f"{where}: entry {index} is malformed: {str(entry)[:200]}")
+    segments.append(RecordedSegment(**entry))
+  return segments

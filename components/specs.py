@@ -25,6 +25,7 @@ BLESSING_KEY = std.BLESSING_KEY
 # Ours.
 DP_CONFIG_KEY = "dp_config"
 PRIVACY_LEDGER_KEY = "privacy_ledger"
+EARLIER_PRIVACY_LEDGERS_KEY = "earlier_privacy_ledgers"
 PRIVACY_POLICY_KEY = "privacy_policy"
 PRIVACY_REPORT_KEY = "privacy_report"
 LEDGER_HISTORY_DIR_KEY = "ledger_history_dir"
@@ -51,6 +52,7 @@ class DPTrainerSpec(ComponentSpec):
       CUSTOM_CONFIG_KEY: ExecutionParameter(type=str, optional=True),
       LEDGER_HISTORY_DIR_KEY: ExecutionParameter(type=str, optional=True),
       DATA_SOURCE_KEY: ExecutionParameter(type=str, optional=True),
+      PRIVACY_POLICY_KEY: ExecutionParameter(type=str, optional=True),
   }
   INPUTS = {
       EXAMPLES_KEY: ChannelParameter(type=standard_artifacts.Examples),
@@ -93,6 +95,9 @@ class PrivacyEvaluatorSpec(ComponentSpec):
       PRIVACY_LEDGER_KEY: ChannelParameter(type=artifacts.PrivacyLedger),
       MODEL_BLESSING_KEY: ChannelParameter(type=standard_artifacts.ModelBlessing, optional=True),
       PRIVACY_AUDIT_KEY: ChannelParameter(type=artifacts.PrivacyAudit, optional=True),
+      # Every earlier DPTrainer run's ledger artifact in MLMD (possibly none): what they recorded
+      # must still be in the ledger history (see privacy_evaluator.executor).
+      EARLIER_PRIVACY_LEDGERS_KEY: ChannelParameter(type=artifacts.PrivacyLedger, optional=True),
   }
   OUTPUTS = {
       BLESSING_KEY: ChannelParameter(type=standard_artifacts.ModelBlessing),

@@ -21,7 +21,7 @@ import dataclasses
 import json
 import os
 import pathlib
-from typing import Callable, Dict, Optional
+from typing import Callable, Dict, Optional, Sequence
 
 from tfx.components.evaluator import constants as evaluator_constants
 from tfx.types import standard_artifacts
@@ -113,6 +113,17 @@ def run_dp_trainer(examples: standard_artifacts.Examples, directory, config: DPC
   return outputs
 
 
+def ledger_artifact(ledger: PrivacyLedger, directory,
+                    artifact_id: int = 1) -> artifacts.PrivacyLedger:
+  """A PrivacyLedger artifact under `directory` holding `ledger`'s file, with what the DPTrainer
+  records in MLMD beside it (content hash, ledger history, segments: artifacts.record_ledger).
+  As an earlier run's artifact, it is an `earlier_ledgers` of run_privacy_evaluator."""
+  artifact = _artifact(artifacts.PrivacyLedger, directory, artifact_id=artifact_id)
+  ledger.save(pathlib.Path(artifact.uri) / LEDGER_FILE_NAME)
+  artifacts.record_ledger(artifact, ledger)
+  return artifact
+
+
 def read_evaluation(blessing: standard_artifacts.ModelBlessing,
                     report: artifacts.PrivacyReport) -> EvaluationResult:
   """The result of a PrivacyEvaluator run, from its output artifacts."""
@@ -123,7 +134,9 @@ def read_evaluation(blessing: standard_artifacts.ModelBlessing,
 def run_privacy_evaluator(ledger: PrivacyLedger, policy: PrivacyPolicy, directory,
                           upstream_blessed: Optional[bool] = None,
                           tamper: Optional[Callable[[pathlib.Path], None]] = None,
-                          audit: Optional[PrivacyAudit] = None) -> EvaluationResult:
+                          audit: Optional[PrivacyAudit] = None,
+                          earlier_ledgers: Sequence[artifacts.PrivacyLedger] = ()
+                          ) -> EvaluationResult:
   """Runs the real PrivacyEvaluator executor on `ledger`, paired with a stand-in model.
 
   Args:
@@ -134,6 +147,8 @@ def run_privacy_evaluator(ledger: PrivacyLedger, policy: PrivacyPolicy, director
     tamper: called with the written ledger file's path before the evaluator runs (to delete or
       edit it, as a test of failing closed).
     audit: a PrivacyAuditor result to hand over; it is attached to the stand-in model.
+    earlier_ledgers: earlier runs' PrivacyLedger artifacts (see `ledger_artifact`), handed over
+      as the Resolver of the pipeline does (dp_tfx.components.privacy_evaluator.component).
   """
   root = pathlib.Path(directory)
   model = _artifact(standard_artifacts.Model, root / "model", artifact_id=7)
@@ -141,14 +156,15 @@ def run_privacy_evaluator(ledger: PrivacyLedger, policy: PrivacyPolicy, director
   serving_dir.mkdir(parents=True, exist_ok=True)
   (serving_dir / "saved_model.pb").write_bytes(b"stand-in model")
   ledger.model_digest = directory_digest(serving_dir)
-  ledger_artifact = _artifact(artifacts.PrivacyLedger, root / "ledger")
-  ledger_path = pathlib.Path(ledger_artifact.uri) / LEDGER_FILE_NAME
-  ledger.save(ledger_path)
-  # What the DPTrainer records in MLMD beside the file (the evaluator checks the file against it).
-  ledger_artifact.set_string_custom_property(artifacts.LEDGER_HASH_PROPERTY, ledger.content_hash())
+  # The file, and what the DPTrainer records in MLMD beside it (the evaluator checks the file
+  # against it).
+  this_ledger = ledger_artifact(ledger, root / "ledger")
+  ledger_path = pathlib.Path(this_ledger.uri) / LEDGER_FILE_NAME
   if tamper is not None:
     tamper(ledger_path)
-  input_dict = {specs.MODEL_KEY: [model], specs.PRIVACY_LEDGER_KEY: [ledger_artifact]}
+  input_dict = {specs.MODEL_KEY: [model], specs.PRIVACY_LEDGER_KEY: [this_ledger]}
+  if earlier_ledgers:
+    input_dict[specs.EARLIER_PRIVACY_LEDGERS_KEY] = list(earlier_ledgers)
   if upstream_blessed is not None:
     upstream = _artifact(standard_artifacts.ModelBlessing, root / "upstream")
     upstream.set_int_custom_property(evaluator_constants.ARTIFACT_PROPERTY_BLESSED_KEY,

@@ -3,7 +3,8 @@
 One `create_pipeline` for every example (MNIST, the character language model); the runners
 (local, beam, kubeflow) only choose the orchestrator. Optional parts: a non-private control (a
 standard TFX Trainer running the module's run_fn, audited beside the DP model, never pushed) and
-the TFX Evaluator's accuracy gate.
+the TFX Evaluator's accuracy gate. Locally and on Beam a Resolver also hands the PrivacyEvaluator
+every earlier PrivacyLedger artifact of the pipeline in MLMD (see `check_earlier_ledgers`).
 """
 
 from __future__ import annotations
@@ -15,7 +16,8 @@ from tfx import v1 as tfx
 
 from dp_tfx.components.dp_trainer.component import DPTrainer
 from dp_tfx.components.privacy_auditor.component import PrivacyAuditor
-from dp_tfx.components.privacy_evaluator.component import PrivacyEvaluator
+from dp_tfx.components.privacy_evaluator.component import (PrivacyEvaluator,
+                                                           earlier_privacy_ledgers)
 from dp_tfx.config import DPConfig
 from dp_tfx.pipelines import mnist_data
 from dp_tfx.policy import PrivacyPolicy
@@ -31,7 +33,8 @@ def create_pipeline(*, pipeline_name: str, pipeline_root: str, data_root: str,
                     ledger_history_dir: Optional[str] = None, data_source: Optional[str] = None,
                     audit: bool = True,
                     canary_file: Optional[str] = None,
-                    control_config: Optional[dict] = None) -> tfx.dsl.Pipeline:
+                    control_config: Optional[dict] = None,
+                    check_earlier_ledgers: Optional[bool] = None) -> tfx.dsl.Pipeline:
   """Builds the pipeline.
 
   Args:
@@ -59,6 +62,12 @@ def create_pipeline(*, pipeline_name: str, pipeline_root: str, data_root: str,
     canary_file: the canaries inserted into the training data, for the auditor.
     control_config: if set, also train a non-private control with a standard TFX Trainer (the
       module's run_fn, given this custom_config) and audit it beside the DP model.
+    check_earlier_ledgers: hand the PrivacyEvaluator every earlier PrivacyLedger artifact of the
+      pipeline in MLMD (a Resolver, `earlier_privacy_ledgers`), so that a segment of an earlier
+      run deleted from the ledger history is caught even when no later snapshot saw it. Default:
+      when `metadata_path` is given (the local and Beam runners). Without it, i.e. on Kubeflow
+      V2, it is left out: that compiler accepts no Resolver that resolves more than one
+      artifact, so there the evaluator checks the history against this run's snapshot only.
   """
   if min_accuracy is not None and not label_key:
     raise ValueError("the accuracy gate (min_accuracy) needs the label_key")
@@ -71,7 +80,8 @@ def create_pipeline(*, pipeline_name: str, pipeline_root: str, data_root: str,
   trainer = DPTrainer(examples=example_gen.outputs["examples"], module_file=module_file,
                       module_path=module_path, dp_config=dp_config, custom_config=hyperparameters,
                       ledger_history_dir=ledger_history_dir,
-                      data_source=data_source or f"{pipeline_name}:{data_root}")
+                      data_source=data_source or f"{pipeline_name}:{data_root}",
+                      privacy_policy=privacy_policy)
   components = [example_gen, trainer]
   upstream_blessing = privacy_audit = None
   if min_accuracy is not None:
@@ -95,11 +105,19 @@ def create_pipeline(*, pipeline_name: str, pipeline_root: str, data_root: str,
         module_path=module_path, custom_config=hyperparameters, canary_file=canary_file)
     components.append(auditor)
     privacy_audit = auditor.outputs["privacy_audit"]
+  if check_earlier_ledgers is None:
+    check_earlier_ledgers = metadata_path is not None
+  earlier_ledgers = None
+  if check_earlier_ledgers:
+    resolver = earlier_privacy_ledgers()
+    components.append(resolver)
+    earlier_ledgers = resolver.outputs["ledgers"]
   privacy_evaluator = PrivacyEvaluator(model=trainer.outputs["model"],
                                        privacy_ledger=trainer.outputs["privacy_ledger"],
                                        privacy_policy=privacy_policy,
                                        model_blessing=upstream_blessing,
-                                       privacy_audit=privacy_audit)
+                                       privacy_audit=privacy_audit,
+                                       earlier_privacy_ledgers=earlier_ledgers)
   pusher = tfx.components.Pusher(
       model=trainer.outputs["model"], model_blessing=privacy_evaluator.outputs["blessing"],
       push_destination=tfx.proto.PushDestination(

@@ -96,7 +96,9 @@ def run(options: PipelineOptions) -> dict:
       label_key=example.label_key, ledger_history_dir=options.ledger_history,
       data_source=options.ledger_data_source,
       audit=options.audit, canary_file=canary_file,
-      control_config=control_config)
+      control_config=control_config,
+      # Kubeflow V2 compiles no Resolver of more than one artifact (see create_pipeline).
+      check_earlier_ledgers=options.runner != KUBEFLOW)
   summary = {"example": example.name, "runner": options.runner,
              "ledger_history": options.ledger_history,
              "max_epsilon": options.privacy_policy.max_epsilon,

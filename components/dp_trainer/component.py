@@ -17,6 +17,10 @@ Parameters:
     artifacts in the pipeline root.
   data_source: a name for the data source, recorded with each run in the history and listed in
     the privacy report (default: "pipeline NAME"). A label: it never separates budgets.
+  privacy_policy: the PrivacyEvaluator's policy, if the trainer should refuse, before its first
+    step, a run the evaluator could never bless (no noise, a delta above 1/N, shuffled batches
+    under a Poisson policy, or an epsilon over max_epsilon once added to the ledger history).
+    The refusal fails the component with the reasons; nothing is recorded or spent.
 Outputs:
   model: Model, exported for serving under Format-Serving (signature serving_default takes
     serialized tf.Examples, as the TFX Evaluator expects).
@@ -41,6 +45,7 @@ from dp_tfx.components import artifacts
 from dp_tfx.components.dp_trainer import executor
 from dp_tfx.components.specs import DPTrainerSpec
 from dp_tfx.config import DPConfig
+from dp_tfx.policy import PrivacyPolicy
 
 
 class DPTrainer(base_component.BaseComponent):
@@ -55,17 +60,33 @@ class DPTrainer(base_component.BaseComponent):
                transform_graph: Optional[types.BaseChannel] = None,
                hyperparameters: Optional[types.BaseChannel] = None,
                custom_config: Optional[Dict[str, Any]] = None,
-               ledger_history_dir: Optional[str] = None, data_source: Optional[str] = None):
+               ledger_history_dir: Optional[str] = None, data_source: Optional[str] = None,
+               privacy_policy: Optional[PrivacyPolicy] = None):
     if bool(module_file) == bool(module_path):
       raise ValueError("DPTrainer needs exactly one of module_file or module_path")
     if not isinstance(dp_config, DPConfig):
       raise TypeError(f"dp_config must be a dp_tfx.DPConfig; got {type(dp_config).__name__}")
+    if privacy_policy is not None:
+      check_config_within_policy(dp_config, privacy_policy)
     spec = DPTrainerSpec(
         examples=examples, schema=schema, transform_graph=transform_graph,
         hyperparameters=hyperparameters, module_file=module_file, module_path=module_path,
         dp_config=dp_config.to_json(), custom_config=json_utils.dumps(custom_config or {}),
         ledger_history_dir=ledger_history_dir, data_source=data_source,
+        privacy_policy=privacy_policy.to_json() if privacy_policy is not None else None,
         model=types.Channel(type=standard_artifacts.Model),
         model_run=types.Channel(type=standard_artifacts.ModelRun),
         privacy_ledger=types.Channel(type=artifacts.PrivacyLedger))
     super().__init__(spec=spec)
+
+
+def check_config_within_policy(dp_config: DPConfig, policy: PrivacyPolicy) -> None:
+  """Refuses, when the pipeline is built, a config whose own target the policy already refuses.
+
+  Raises:
+    ValueError: for a target_epsilon above the policy's max_epsilon.
+  """
+  if dp_config.target_epsilon is not None and dp_config.target_epsilon > policy.max_epsilon:
+    raise ValueError(f"DPConfig.target_epsilon ({dp_config.target_epsilon:g}) is above the "
+                     f"privacy policy's max_epsilon ({policy.max_epsilon:g}): such a model "
+                     "would never be blessed")

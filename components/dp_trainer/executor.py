@@ -38,6 +38,7 @@ from dp_tfx.components import specs
 from dp_tfx.config import DPConfig
 from dp_tfx.keras import make_private
 from dp_tfx.ledger import EXAMPLE, LEDGER_FILE_NAME, LedgerError, directory_digest, new_run_id
+from dp_tfx.policy import PrivacyPolicy
 
 TRAIN_SPLIT = "train"
 EVAL_SPLIT = "eval"
@@ -64,6 +65,8 @@ class Executor(base_executor.BaseExecutor):
   def Do(self, input_dict: Dict[str, List[types.Artifact]],
          output_dict: Dict[str, List[types.Artifact]], exec_properties: Dict[str, Any]) -> None:
     config = DPConfig.from_json(exec_properties[specs.DP_CONFIG_KEY])
+    policy_json = exec_properties.get(specs.PRIVACY_POLICY_KEY)
+    policy = PrivacyPolicy.from_json(policy_json) if policy_json else None
     context = trainer_context(input_dict, exec_properties)
     module = {name: udf_utils.get_fn(exec_properties, name) for name in _MODULE_FUNCTIONS}
     privacy_unit_fn = udf_utils.try_get_fn(exec_properties, _PRIVACY_UNIT_FUNCTION)
@@ -91,7 +94,8 @@ class Executor(base_executor.BaseExecutor):
           keras_model, config, ledger_history=history_dir,
           data_source=exec_properties.get(specs.DATA_SOURCE_KEY) or self._default_data_source(),
           run_id=self._run_id(),
-          privacy_unit=privacy_unit_fn(context) if privacy_unit_fn else EXAMPLE)
+          privacy_unit=privacy_unit_fn(context) if privacy_unit_fn else EXAMPLE,
+          policy=policy)  # a run the policy could never bless is refused before its first step
       dp_model.compile(**module["compile_kwargs"](context))
     dp_model.fit(x_train, y_train, validation_data=(x_eval, y_eval), verbose=2,
                  callbacks=[keras.callbacks.TensorBoard(log_dir=model_run.uri)])
@@ -112,8 +116,9 @@ class Executor(base_executor.BaseExecutor):
     # This run's artifact: a self-contained snapshot of the history, naming it; the
     # PrivacyEvaluator checks it against the history and judges the history's total then.
     ledger.save(artifact_ledger_path)
-    ledger_artifact.set_string_custom_property(artifacts.LEDGER_HASH_PROPERTY,
-                                               ledger.content_hash())
+    # In MLMD beside the file: its content hash, the history and the snapshot's segments (what a
+    # later PrivacyEvaluator checks that history against; see artifacts.record_ledger).
+    artifacts.record_ledger(ledger_artifact, ledger)
     logging.info("DPTrainer: %d noisy steps, epsilon %.4f at delta %.3g; ledger %s",
                  ledger.noisy_steps, dp_model.epsilon(), dp_model.plan.delta, ledger.path)
 

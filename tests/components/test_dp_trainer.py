@@ -16,6 +16,7 @@ from dp_tfx.components.dp_trainer import component, executor
 from dp_tfx.config import DPConfig
 from dp_tfx.ledger import LEDGER_FILE_NAME, PrivacyLedger, directory_digest, read_history
 from dp_tfx.pipelines import mnist_data, mnist_model
+from dp_tfx.policy import PrivacyPolicy
 
 
 @pytest.fixture(scope="module")
@@ -85,6 +86,10 @@ def test_component_validates_its_arguments():
     component.DPTrainer(examples=examples, dp_config=DPConfig(noise_multiplier=1, epochs=1))
   with pytest.raises(TypeError, match="DPConfig"):
     component.DPTrainer(examples=examples, dp_config={"noise_multiplier": 1}, module_file="m.py")
+  with pytest.raises(ValueError, match=r"target_epsilon \(6\) is above the privacy policy's "
+                     r"max_epsilon \(5\)"):
+    component.DPTrainer(examples=examples, dp_config=DPConfig(target_epsilon=6, epochs=1),
+                        module_file="m.py", privacy_policy=PrivacyPolicy(max_epsilon=5))
 
 
 def test_ledger_history_defaults_to_the_pipeline_root(trained):

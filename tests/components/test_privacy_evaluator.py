@@ -75,7 +75,7 @@ def test_a_ledger_artifact_without_the_trainers_recorded_hash_is_refused(tmp_pat
   artifact.uri = str(tmp_path)
   _ledger().save(tmp_path / LEDGER_FILE_NAME)
   with pytest.raises(LedgerError, match="recorded no content_hash"):
-    executor.Executor._ledger({specs.PRIVACY_LEDGER_KEY: [artifact]})
+    executor.Executor._ledger({specs.PRIVACY_LEDGER_KEY: [artifact]}, key=None)
 
 
 @pytest.mark.parametrize("field, value, reason", [
@@ -377,3 +377,169 @@ def test_a_missing_history_is_not_blessed(tmp_path):
       this_run, HISTORY_POLICY, tmp_path / "eval",
       tamper=lambda _: shutil.rmtree(tmp_path / "history"))
   testing.assert_not_blessed(result, "is missing")
+
+
+# -- the history against what MLMD recorded of earlier DPTrainer runs -----------------------------
+
+def _segment_file(history, ledger):
+  """The file of the segment `ledger`'s run recorded in the history."""
+  (segment,) = [s for s in ledger.segments if s.run_id == ledger.run_id]
+  return history / f"{segment.segment_id}.json"
+
+
+def _earlier_run(tmp_path, history, run_id="earlier", artifact_id=101):
+  """An earlier run recorded in the history, and its PrivacyLedger artifact as its DPTrainer
+  recorded it in MLMD."""
+  ledger = _run_into_history(history, run_id=run_id)
+  return ledger, testing.ledger_artifact(ledger, tmp_path / f"artifact-{artifact_id}",
+                                         artifact_id=artifact_id)
+
+
+def test_a_segment_deleted_before_the_next_run_opened_the_history_is_caught_by_mlmd(tmp_path):
+  history = tmp_path / "history"
+  earlier, earlier_artifact = _earlier_run(tmp_path, history)
+  _segment_file(history, earlier).unlink()  # before this run opened the history: it never saw it
+  this_run = _run_into_history(history, run_id="this")
+  # This run's snapshot and the history agree: alone, they cannot tell the earlier run's budget
+  # vanished.
+  testing.assert_blessed(testing.run_privacy_evaluator(this_run, HISTORY_POLICY,
+                                                       tmp_path / "alone"))
+  result = testing.run_privacy_evaluator(this_run, HISTORY_POLICY, tmp_path / "eval",
+                                         earlier_ledgers=[earlier_artifact])
+  segment_id = earlier.segments[0].segment_id
+  testing.assert_not_blessed(
+      result, f"segment {segment_id} was recorded by DPTrainer run (artifact id 101) but is "
+              f"missing from the ledger history {history}: deleted?")
+
+
+def test_every_segment_mlmd_recorded_still_there_is_blessed(tmp_path):
+  history = tmp_path / "history"
+  _, first = _earlier_run(tmp_path, history, run_id="first", artifact_id=101)
+  _, second = _earlier_run(tmp_path, history, run_id="second", artifact_id=102)
+  this_run = _run_into_history(history, run_id="this")
+  result = testing.run_privacy_evaluator(this_run, HISTORY_POLICY, tmp_path / "eval",
+                                         earlier_ledgers=[second, first])
+  testing.assert_blessed(result)
+  assert result.report["ledger"]["noisy_steps"] == 120
+  # Its own artifact among them (as a Resolver that ran after the DPTrainer hands it over).
+  this_artifact = testing.ledger_artifact(this_run, tmp_path / "this-artifact", artifact_id=103)
+  testing.assert_blessed(testing.run_privacy_evaluator(
+      this_run, HISTORY_POLICY, tmp_path / "eval-with-own", earlier_ledgers=[first, this_artifact]))
+
+
+def test_a_segment_shortened_before_the_next_run_opened_the_history_is_caught(tmp_path):
+  history = tmp_path / "history"
+  earlier, earlier_artifact = _earlier_run(tmp_path, history)
+  _recount(_segment_file(history, earlier), 4)  # 40 -> 4 steps, re-hashed
+  this_run = _run_into_history(history, run_id="this")
+  result = testing.run_privacy_evaluator(this_run, HISTORY_POLICY, tmp_path / "eval",
+                                         earlier_ledgers=[earlier_artifact])
+  testing.assert_not_blessed(result, "records 4 noisy steps, fewer than the 40 DPTrainer run "
+                                     "(artifact id 101) recorded in MLMD: it was shortened")
+
+
+def test_a_segment_whose_facts_changed_before_the_next_run_is_caught(tmp_path):
+  history = tmp_path / "history"
+  earlier, earlier_artifact = _earlier_run(tmp_path, history)
+  path = _segment_file(history, earlier)
+  document = json.loads(path.read_text())
+  document["body"]["segment"]["noise_multiplier"] = 50.0
+  document["content_hash"] = _hash_body(document["body"])  # a careful forger
+  path.write_text(json.dumps(document))
+  this_run = _run_into_history(history, run_id="this")
+  result = testing.run_privacy_evaluator(this_run, HISTORY_POLICY, tmp_path / "eval",
+                                         earlier_ledgers=[earlier_artifact])
+  testing.assert_not_blessed(result, "differs from the facts DPTrainer run (artifact id 101) "
+                                     "recorded for it in MLMD")
+
+
+def test_earlier_ledgers_of_another_history_or_without_a_record_are_passed_over(tmp_path):
+  _, elsewhere = _earlier_run(tmp_path, tmp_path / "another-history")
+  (tmp_path / "another-history").rename(tmp_path / "gone")  # not this budget: not checked
+  history = tmp_path / "history"
+  earlier, before_the_record = _earlier_run(tmp_path, history, artifact_id=102)
+  for name in (artifacts.LEDGER_SEGMENTS_PROPERTY, artifacts.LEDGER_HISTORY_DIR_PROPERTY):
+    before_the_record.mlmd_artifact.custom_properties.pop(name)  # written by an older dp_tfx
+  _segment_file(history, earlier).unlink()
+  this_run = _run_into_history(history, run_id="this")
+  testing.assert_blessed(testing.run_privacy_evaluator(
+      this_run, HISTORY_POLICY, tmp_path / "eval", earlier_ledgers=[elsewhere, before_the_record]))
+
+
+@pytest.mark.parametrize("value, reason", [
+    ("[{", "is not valid JSON"),
+    ('{"segment_id": "x"}', "is not a list"),
+    ('[{"segment_id": "x", "noisy_steps": "40", "fixed_facts_sha256": "sha256:0"}]',
+     "entry 0 is malformed"),
+    ('[{"segment_id": "x", "noisy_steps": 40}]', "entry 0 is malformed"),
+], ids=["not-json", "not-a-list", "steps-not-a-number", "no-hash"])
+def test_a_malformed_mlmd_record_of_an_earlier_run_is_not_blessed(tmp_path, value, reason):
+  history = tmp_path / "history"
+  _, earlier_artifact = _earlier_run(tmp_path, history)
+  earlier_artifact.set_string_custom_property(artifacts.LEDGER_SEGMENTS_PROPERTY, value)
+  this_run = _run_into_history(history, run_id="this")
+  result = testing.run_privacy_evaluator(this_run, HISTORY_POLICY, tmp_path / "eval",
+                                         earlier_ledgers=[earlier_artifact])
+  testing.assert_not_blessed(result, reason)
+  assert any("PrivacyLedger artifact id 101" in r for r in result.reasons)
+
+
+def test_what_the_dptrainer_records_in_mlmd_reads_back(tmp_path):
+  history = tmp_path / "history"
+  _run_into_history(history, run_id="first")
+  ledger = _run_into_history(history, run_id="second")
+  artifact = testing.ledger_artifact(ledger, tmp_path / "artifact")
+  assert artifacts.recorded_history_dir(artifact) == str(history)
+  recorded = artifacts.recorded_segments(artifact)
+  assert [(r.segment_id, r.noisy_steps) for r in recorded] == [
+      (s.segment_id, 40) for s in ledger.segments]
+  assert all(r.fixed_facts_sha256 == artifacts.fixed_facts_hash(s)
+             for r, s in zip(recorded, ledger.segments))
+  assert artifact.get_string_custom_property(artifacts.LEDGER_HASH_PROPERTY) == (
+      ledger.content_hash())
+
+
+# -- signed ledgers: a policy that requires signatures --------------------------------------------
+
+SIGNED_POLICY = PrivacyPolicy(max_epsilon=10.0, delta=1e-5, accountant="rdp",
+                              require_signature=True)
+
+
+@pytest.fixture
+def ledger_key(monkeypatch):
+  from dp_tfx import signing
+
+  monkeypatch.delenv(signing.KEY_FILE_ENV, raising=False)
+  monkeypatch.setenv(signing.KEY_ENV, "a-ledger-key-of-32-bytes-or-more")
+  return monkeypatch
+
+
+def test_a_signed_history_is_blessed_under_a_policy_requiring_signatures(tmp_path, ledger_key):
+  history = tmp_path / "history"
+  _run_into_history(history, run_id="earlier")
+  this_run = _run_into_history(history, run_id="this")
+  testing.assert_blessed(testing.run_privacy_evaluator(this_run, SIGNED_POLICY, tmp_path / "e"))
+
+
+def test_a_segment_edited_and_rehashed_without_the_key_is_not_blessed(tmp_path, ledger_key):
+  history = tmp_path / "history"
+  _run_into_history(history, run_id="earlier")
+  this_run = _run_into_history(history, run_id="this")
+  # A forger who recomputes the content hash: caught by the signature (the snapshot check alone
+  # would not see a segment grow).
+  result = testing.run_privacy_evaluator(this_run, SIGNED_POLICY, tmp_path / "e",
+                                         tamper=_damage_a_segment(lambda p: _recount(p, 45)))
+  testing.assert_not_blessed(result, "signature does not match the ledger key")
+
+
+def test_unsigned_records_or_no_key_at_the_evaluator_are_not_blessed(tmp_path, ledger_key):
+  from dp_tfx import signing
+
+  unsigned = _run_into_history(tmp_path / "unsigned")  # written while a key is set: signed ...
+  ledger_key.delenv(signing.KEY_ENV)  # ... but the evaluator has no key
+  result = testing.run_privacy_evaluator(unsigned, SIGNED_POLICY, tmp_path / "no-key")
+  testing.assert_not_blessed(result, "requires signed ledgers, but no ledger key is set")
+  plain = _run_into_history(tmp_path / "plain")  # written without a key
+  ledger_key.setenv(signing.KEY_ENV, "a-ledger-key-of-32-bytes-or-more")
+  result = testing.run_privacy_evaluator(plain, SIGNED_POLICY, tmp_path / "plain-eval")
+  testing.assert_not_blessed(result, "written without a key")

@@ -15,7 +15,7 @@ from tfx.utils import path_utils
 from dp_tfx.config import DPConfig
 from dp_tfx.ledger import directory_digest
 from dp_tfx.pipelines import mnist_data, mnist_model, runner
-from dp_tfx.policy import PrivacyPolicy
+from dp_tfx.policy import PolicyRefusal, PrivacyPolicy
 from tests import recomputed
 
 # 200 training digits, batch 50, 2 epochs: 8 noisy steps, epsilon about 2.9 at delta 1e-5.
@@ -51,18 +51,6 @@ def test_within_policy_the_model_is_pushed_and_lineage_is_recorded(tmp_path):
     (artifact,) = store.get_artifacts_by_type(type_name)
     events = store.get_events_by_artifact_ids([artifact.id])
     assert {e.type for e in events} >= {metadata_store_pb2.Event.OUTPUT}
-
-
-@pytest.mark.slow
-def test_over_policy_nothing_is_pushed_and_the_blessing_says_why(tmp_path):
-  result = _run(tmp_path, max_epsilon=0.5)
-  assert not result["pushed"] and result["pushed_model_dir"] is None
-  assert any("exceeds the policy's max_epsilon" in r for r in result["reasons"])
-  assert not (tmp_path / "serving_model").exists() or not any(
-      (tmp_path / "serving_model").iterdir())
-  (blessing,) = [a for a in _store(tmp_path).get_artifacts_by_type("ModelBlessing")]
-  assert blessing.custom_properties["blessed"].int_value == 0
-  assert "max_epsilon" in blessing.custom_properties["reason"].string_value
 
 
 @pytest.mark.slow
@@ -145,11 +133,24 @@ def test_tfx_evaluator_accuracy_gate_combines_with_the_privacy_gate(tmp_path):
 
 @pytest.mark.slow
 def test_a_rerun_on_the_same_data_adds_to_what_was_spent(tmp_path):
-  first = _run(tmp_path, max_epsilon=100.0)
-  second = _run(tmp_path, max_epsilon=100.0)
+  # Two output dirs, one budget: the ledger history, not the output dir, keys what composes.
+  history = str(tmp_path / "budget")
+  first = _run(tmp_path / "a", max_epsilon=100.0, ledger_history_dir=history)
+  second = _run(tmp_path / "b", max_epsilon=100.0, ledger_history_dir=history)
+  assert second["ledger_history"] == history
   report = json.loads((pathlib.Path(second["report_dir"]) / "report.json").read_text())
   assert report["ledger"]["noisy_steps"] == 16 and len(report["ledger"]["facts"]["segments"]) == 2
   assert second["epsilon"] > first["epsilon"]
+
+
+def test_a_run_that_could_never_be_blessed_is_refused_before_it_trains(tmp_path):
+  # 8 noisy steps on 200 digits give epsilon 4.6: over a max_epsilon of 0.5 before any step.
+  with pytest.raises(PolicyRefusal, match=r"refused before training, nothing was spent: this run "
+                     r"\(8 noisy steps.*epsilon 4.6\d* exceeds the policy's max_epsilon 0.5"):
+    _run(tmp_path, max_epsilon=0.5, audit=False)
+  history = tmp_path / "privacy_ledgers"
+  assert not history.exists() or not any(history.iterdir())
+  assert not _store(tmp_path).get_artifacts_by_type("Model")
 
 
 @pytest.mark.parametrize("extra, policy, message", [
@@ -170,3 +171,20 @@ def test_options_that_could_only_fail_after_training_are_refused_first(tmp_path,
   with pytest.raises(ValueError, match=re.escape(message)):
     runner.run(runner.PipelineOptions(**options))
   assert not (tmp_path / "data").exists()  # refused before anything was written
+
+
+@pytest.mark.slow
+def test_a_run_whose_segment_was_deleted_before_the_next_run_is_caught_through_mlmd(tmp_path):
+  # The second run never sees the first run's segment (deleted before it opened the history), so
+  # its snapshot and the history agree; MLMD's record of the first run's ledger does not.
+  first = _run(tmp_path, max_epsilon=100.0)
+  assert first["pushed"]
+  (segment,) = (tmp_path / "privacy_ledgers").glob("segment-*.json")
+  segment.unlink()
+  second = _run(tmp_path, max_epsilon=100.0)
+  assert not second["pushed"]
+  (first_ledger,) = [a for a in _store(tmp_path).get_artifacts_by_type("dp_tfx.PrivacyLedger")
+                     if segment.stem in a.custom_properties["ledger_segments"].string_value]
+  assert any(f"segment {segment.stem} was recorded by DPTrainer run (artifact id "
+             f"{first_ledger.id}) but is missing from the ledger history" in reason
+             and reason.endswith("deleted?") for reason in second["reasons"]), second["reasons"]
