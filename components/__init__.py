@@ -1,1 +1,22 @@
-"""TFX components for DP training: DPTrainer and PrivacyEvaluator (installed as dp_tfx.components)."""
+"""TFX components for DP training (installed as dp_tfx.components), imported the TFX way:
+
+    from dp_tfx.components import DPTrainer, PrivacyAuditor, PrivacyEvaluator
+
+Names load on first use (as in dp_tfx), so importing one submodule does not build every component.
+"""
+
+import importlib
+
+_EXPORTS = {
+    "DPTrainer": "dp_tfx.components.dp_trainer.component",
+    "PrivacyAuditor": "dp_tfx.components.privacy_auditor.component",
+    "PrivacyEvaluator": "dp_tfx.components.privacy_evaluator.component",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name):
+  if name in _EXPORTS:
+    return getattr(importlib.import_module(_EXPORTS[name]), name)
+  raise AttributeError(f"module 'dp_tfx.components' has no attribute {name!r}")

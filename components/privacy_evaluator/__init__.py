@@ -1,0 +1,5 @@
+"""The PrivacyEvaluator component: `from dp_tfx.components.privacy_evaluator import PrivacyEvaluator` (see component.py)."""
+
+from dp_tfx.components.privacy_evaluator.component import PrivacyEvaluator
+
+__all__ = ["PrivacyEvaluator"]
