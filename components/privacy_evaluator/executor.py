@@ -119,8 +119,8 @@ class Executor(base_executor.BaseExecutor):
     finally:
       self._write_blessing(blessing, model, decision)
     write_report(report.uri, decision, policy, ledger, curve, audit)
-    log = logging.info if decision.blessed else logging.warning
-    log("PrivacyEvaluator: %s (report: %s)", decision.summary, report.uri)
+    # One verdict line either way, on stdout: absl logs INFO (a blessing) out of sight by default.
+    print(f"PrivacyEvaluator: {decision.summary} (report: {report.uri})", flush=True)
 
   @staticmethod
   def _ledger(input_dict, key: Optional[bytes]) -> PrivacyLedger:

@@ -543,3 +543,11 @@ def test_unsigned_records_or_no_key_at_the_evaluator_are_not_blessed(tmp_path, l
   ledger_key.setenv(signing.KEY_ENV, "a-ledger-key-of-32-bytes-or-more")
   result = testing.run_privacy_evaluator(plain, SIGNED_POLICY, tmp_path / "plain-eval")
   testing.assert_not_blessed(result, "written without a key")
+
+
+def test_one_verdict_line_is_printed_either_way(tmp_path, capsys):
+  testing.run_privacy_evaluator(_ledger(), POLICY, tmp_path / "blessed")
+  testing.run_privacy_evaluator(_ledger(), PrivacyPolicy(max_epsilon=0.5, delta=1e-5),
+                                tmp_path / "refused")
+  lines = [l for l in capsys.readouterr().out.splitlines() if l.startswith("PrivacyEvaluator:")]
+  assert [l.split(":")[1].split()[0:2] for l in lines] == [["BLESSED"], ["NOT", "BLESSED"]]

@@ -258,3 +258,24 @@ def test_calibrated_sigma_is_within_the_accepted_range():
   assert MIN_NOISE_MULTIPLIER <= sigma <= MAX_NOISE_MULTIPLIER
   assert accounting.compute_epsilon(sampling_rate=0.05, noise_multiplier=sigma, steps=40,
                                     delta=1e-5) <= 1e-3
+
+
+def test_rdp_orders_that_do_not_converge_are_dropped_silently_and_only_loosen_the_bound(caplog):
+  facts = dict(sampling_rate=0.156479, noise_multiplier=1.1, steps=19, delta=1e-5)
+  with caplog.at_level("WARNING"):
+    rdp = accounting.compute_epsilon(**facts, accountant=accounting.RDP)
+  assert not [r for r in caplog.records if "failed to converge" in r.getMessage()]
+  # Leaving orders out of RDP's minimum can only raise epsilon: the PLD bound stays below it.
+  assert accounting.compute_epsilon(**facts) < rdp
+
+
+def test_the_pld_curve_from_cached_one_step_plds_equals_the_accountant_point_by_point():
+  def after(steps):  # two runs composed: 300 steps at q 0.01, sigma 1.1, then at q 0.02, sigma 1.5
+    return accounting.compose([accounting.dp_sgd_event(0.01, 1.1, min(steps, 300)),
+                               accounting.dp_sgd_event(0.02, 1.5, max(0, steps - 300))])
+
+  points = [1, 150, 300, 301, 450, 600]
+  curve = accounting.epsilon_curve(after, points, 1e-5)
+  assert [s for s, _ in curve] == points
+  for steps, epsilon in curve:
+    assert epsilon == pytest.approx(accounting.epsilon_of_event(after(steps), 1e-5), rel=1e-9)
