@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
 from typing import List, Optional
 
 from tfx.types import artifact
@@ -22,6 +23,15 @@ LEDGER_HASH_PROPERTY = "content_hash"
 # that was deleted before any later run opened the history.
 LEDGER_HISTORY_DIR_PROPERTY = "ledger_history_dir"
 LEDGER_SEGMENTS_PROPERTY = "ledger_segments"
+# The privacy facts of a DPTrainer run, on its PrivacyLedger and Model artifacts, so that MLMD can
+# be queried for them without opening files (see record_privacy_facts).
+EPSILON_PROPERTY = "epsilon"
+DELTA_PROPERTY = "delta"
+NOISE_MULTIPLIER_PROPERTY = "noise_multiplier"
+NOISY_STEPS_PROPERTY = "noisy_steps"
+HISTORY_NOISY_STEPS_PROPERTY = "history_noisy_steps"
+DATASET_SIZE_PROPERTY = "dataset_size"
+PRIVACY_UNIT_PROPERTY = "privacy_unit"
 # On a PrivacyAudit at the audit's delta (AUDIT_DELTA_PROPERTY); on the PrivacyEvaluator's
 # ModelBlessing at the policy's delta (the blessing's "delta").
 LOWER_BOUND_PROPERTY = "empirical_epsilon_lower_bound"
@@ -87,6 +97,23 @@ def record_ledger(ledger_artifact: artifact.Artifact, ledger: PrivacyLedger) -> 
   ledger_artifact.set_string_custom_property(LEDGER_SEGMENTS_PROPERTY, json.dumps(
       [dataclasses.asdict(RecordedSegment.of(segment)) for segment in ledger.segments],
       separators=(",", ":")))
+
+
+def record_privacy_facts(target: artifact.Artifact, ledger: PrivacyLedger, plan,
+                         epsilon: float) -> None:
+  """Records on `target` (the run's PrivacyLedger or Model artifact) the run's facts: sigma, its
+  noisy steps and N, the privacy unit, and the ledger's total when training ended (noisy steps of
+  every run in the history, epsilon at the plan's delta; no epsilon when it is infinite). The
+  PrivacyEvaluator's verdict, on the blessing, judges the history as it is at evaluation time."""
+  own = ledger.current_segment
+  target.set_float_custom_property(NOISE_MULTIPLIER_PROPERTY, plan.noise_multiplier)
+  target.set_int_custom_property(NOISY_STEPS_PROPERTY, own.noisy_steps if own else 0)
+  target.set_int_custom_property(HISTORY_NOISY_STEPS_PROPERTY, ledger.noisy_steps)
+  target.set_int_custom_property(DATASET_SIZE_PROPERTY, plan.dataset_size)
+  target.set_string_custom_property(PRIVACY_UNIT_PROPERTY, ledger.privacy_unit)
+  target.set_float_custom_property(DELTA_PROPERTY, plan.delta)
+  if math.isfinite(epsilon):
+    target.set_float_custom_property(EPSILON_PROPERTY, epsilon)
 
 
 def recorded_history_dir(ledger_artifact: artifact.Artifact) -> Optional[str]:

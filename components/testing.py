@@ -81,14 +81,15 @@ def examples_artifact(directory, split_files: Dict[str, os.PathLike]) -> standar
 
   Args:
     directory: where the artifact is created.
-    split_files: split name ("train", "eval") -> a TFRecord file of serialized tf.Examples.
+    split_files: split name ("train", "eval") -> a TFRecord file of serialized tf.Examples,
+      copied under its own name (a ".gz" suffix, as ExampleGens write, marks it GZIP-compressed).
   """
   examples = _artifact(standard_artifacts.Examples, directory)
   examples.split_names = json.dumps(sorted(split_files))
   for split, source in split_files.items():
     target = pathlib.Path(examples.uri) / f"Split-{split}"
     target.mkdir()
-    (target / "data.tfrecord").write_bytes(pathlib.Path(source).read_bytes())
+    (target / pathlib.Path(source).name).write_bytes(pathlib.Path(source).read_bytes())
   return examples
 
 

@@ -119,8 +119,11 @@ class Executor(base_executor.BaseExecutor):
     # In MLMD beside the file: its content hash, the history and the snapshot's segments (what a
     # later PrivacyEvaluator checks that history against; see artifacts.record_ledger).
     artifacts.record_ledger(ledger_artifact, ledger)
+    epsilon = dp_model.epsilon()
+    for target in (ledger_artifact, model_artifact):
+      artifacts.record_privacy_facts(target, ledger, dp_model.plan, epsilon)
     logging.info("DPTrainer: %d noisy steps, epsilon %.4f at delta %.3g; ledger %s",
-                 ledger.noisy_steps, dp_model.epsilon(), dp_model.plan.delta, ledger.path)
+                 ledger.noisy_steps, epsilon, dp_model.plan.delta, ledger.path)
 
   @staticmethod
   def _strategy() -> tf.distribute.Strategy:

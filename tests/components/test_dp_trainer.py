@@ -43,6 +43,22 @@ def test_ledger_counts_the_steps_and_names_the_exported_model(trained):
       artifacts.LEDGER_HASH_PROPERTY) == ledger.content_hash()
 
 
+def test_the_privacy_facts_are_queryable_in_mlmd_on_the_ledger_and_the_model(trained):
+  outputs, _ = trained
+  ledger_artifact = outputs[specs.PRIVACY_LEDGER_KEY][0]
+  ledger = PrivacyLedger.load(os.path.join(ledger_artifact.uri, LEDGER_FILE_NAME))
+  epsilon = ledger.epsilon(1e-4)
+  for artifact in (ledger_artifact, outputs[specs.MODEL_KEY][0]):
+    assert artifact.get_float_custom_property(artifacts.EPSILON_PROPERTY) == pytest.approx(
+        epsilon, rel=1e-9)
+    assert artifact.get_float_custom_property(artifacts.DELTA_PROPERTY) == 1e-4
+    assert artifact.get_float_custom_property(artifacts.NOISE_MULTIPLIER_PROPERTY) == 1.0
+    assert artifact.get_int_custom_property(artifacts.NOISY_STEPS_PROPERTY) == 6
+    assert artifact.get_int_custom_property(artifacts.HISTORY_NOISY_STEPS_PROPERTY) == 6
+    assert artifact.get_int_custom_property(artifacts.DATASET_SIZE_PROPERTY) == 120
+    assert artifact.get_string_custom_property(artifacts.PRIVACY_UNIT_PROPERTY) == "example"
+
+
 def test_model_run_has_tensorboard_logs_with_epsilon(trained):
   outputs, _ = trained
   run_dir = pathlib.Path(outputs[specs.MODEL_RUN_KEY][0].uri)
@@ -129,3 +145,18 @@ def test_a_run_on_changed_data_composes_with_the_earlier_run(trained, tmp_path):
       accounting.dp_sgd_event(30 / 120, 1.0, 6), accounting.dp_sgd_event(25 / 100, 1.0, 4)]),
       1e-4, accounting.RDP)
   assert ledger.epsilon(1e-4, accounting.RDP) == pytest.approx(expected, rel=1e-9)
+
+
+def test_gzipped_example_files_as_example_gens_write_them_are_read(tmp_path):
+  plain = mnist_data.write_mnist_tfrecords(tmp_path / "data", limit=20)
+  records = list(tf.data.TFRecordDataset(
+      str(plain / mnist_data.TRAIN_DIR / "data.tfrecord")).as_numpy_iterator())
+  gzipped = tmp_path / "data_tfrecord-00000-of-00001.gz"
+  with tf.io.TFRecordWriter(str(gzipped), options="GZIP") as writer:
+    for record in records:
+      writer.write(record)
+  examples = testing.examples_artifact(tmp_path / "examples", {"train": gzipped})
+  spec = mnist_model.feature_spec(None)
+  images, labels = executor.read_examples(executor.split_file_patterns(examples, "train"), spec,
+                                          mnist_model.decode, None)
+  assert len(labels) == len(records) > 0 and images.shape[1:] == (28, 28, 1)
