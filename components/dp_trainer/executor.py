@@ -45,7 +45,7 @@ EVAL_SPLIT = "eval"
 SERVING_EXAMPLES_KEY = "examples"
 EVAL_METRIC_PREFIX = "eval_"
 METRICS_FILE = "eval_metrics.json"
-_MODULE_FUNCTIONS = ("feature_spec", "decode", "build_model", "compile_kwargs")
+MODULE_FUNCTIONS = ("feature_spec", "decode", "build_model", "compile_kwargs")
 _PRIVACY_UNIT_FUNCTION = "privacy_unit"
 _HYPERPARAMETERS_FILE = "best_hyperparameters.txt"
 
@@ -68,7 +68,7 @@ class Executor(base_executor.BaseExecutor):
     policy_json = exec_properties.get(specs.PRIVACY_POLICY_KEY)
     policy = PrivacyPolicy.from_json(policy_json) if policy_json else None
     context = trainer_context(input_dict, exec_properties)
-    module = {name: udf_utils.get_fn(exec_properties, name) for name in _MODULE_FUNCTIONS}
+    module = {name: udf_utils.get_fn(exec_properties, name) for name in MODULE_FUNCTIONS}
     privacy_unit_fn = udf_utils.try_get_fn(exec_properties, _PRIVACY_UNIT_FUNCTION)
     examples = artifact_utils.get_single_instance(input_dict[specs.EXAMPLES_KEY])
     spec = module["feature_spec"](context)

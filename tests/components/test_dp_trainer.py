@@ -108,6 +108,24 @@ def test_component_validates_its_arguments():
                         module_file="m.py", privacy_policy=PrivacyPolicy(max_epsilon=5))
 
 
+def test_a_module_lacking_a_function_is_refused_when_the_pipeline_is_built(tmp_path):
+  from tfx import types
+  examples = types.Channel(type=standard_artifacts.Examples)
+  config = DPConfig(noise_multiplier=1, epochs=1)
+  module = tmp_path / "bc_module.py"
+  module.write_text("from somewhere import build_model\nimport tensorflow as tf\n"
+                    "def feature_spec(context):\n  return {}\n"
+                    "decode = lambda parsed, context: parsed\n")
+  with pytest.raises(ValueError, match=r"bc_module.py lacks compile_kwargs; required: "
+                     r"feature_spec, decode, build_model, compile_kwargs"):
+    component.DPTrainer(examples=examples, dp_config=config, module_file=str(module))
+  module.write_text(module.read_text() + "def compile_kwargs(context):\n  return {}\n")
+  component.DPTrainer(examples=examples, dp_config=config, module_file=str(module))
+  component.DPTrainer(examples=examples, dp_config=config, module_path=mnist_model.__name__)
+  with pytest.raises(ValueError, match="lacks feature_spec, decode, build_model, compile_kwargs"):
+    component.DPTrainer(examples=examples, dp_config=config, module_path="dp_tfx.config")
+
+
 def test_ledger_history_defaults_to_the_pipeline_root(trained):
   outputs, _ = trained
   ledger_uri = outputs[specs.PRIVACY_LEDGER_KEY][0].uri
