@@ -22,7 +22,9 @@ from dp_tfx.report import REPORT_FILE
 LOCAL, BEAM, KUBEFLOW = "local", "beam", "kubeflow"
 RUNNERS = (LOCAL, BEAM, KUBEFLOW)
 DEFAULT_IMAGE = "dp-tfx:latest"
-_REPORT_TYPE = "dp_tfx.PrivacyReport"
+# The Pusher's own property names (private in tfx.components.pusher.executor).
+_PUSHED_PROPERTY = "pushed"
+_PUSHED_DESTINATION_PROPERTY = "pushed_destination"
 
 
 @dataclasses.dataclass
@@ -184,6 +186,10 @@ def read_outcome(metadata_path: str) -> dict:
   """epsilon, delta, accuracy, verdict and paths of the latest run, from its MLMD records."""
   from ml_metadata import metadata_store
   from ml_metadata.proto import metadata_store_pb2
+  from tfx.types import standard_artifacts
+
+  from dp_tfx.components import artifacts
+  from dp_tfx.components.dp_trainer.executor import EVAL_METRIC_PREFIX
 
   config = metadata_store_pb2.ConnectionConfig()
   config.sqlite.filename_uri = metadata_path
@@ -193,19 +199,19 @@ def read_outcome(metadata_path: str) -> dict:
     found = store.get_artifacts_by_type(type_name)
     return max(found, key=lambda a: a.id) if found else None
 
-  report_artifact = latest(_REPORT_TYPE)
+  report_artifact = latest(artifacts.PrivacyReport.TYPE_NAME)
   model = _evaluated_model(store, report_artifact)
-  pushed = latest("PushedModel")
+  pushed = latest(standard_artifacts.PushedModel.TYPE_NAME)
   report = json.loads((pathlib.Path(report_artifact.uri) / REPORT_FILE).read_text())
-  accuracy = model.custom_properties.get("eval_accuracy") if model else None
-  was_pushed = bool(pushed and pushed.custom_properties["pushed"].int_value == 1)
+  accuracy = model.custom_properties.get(EVAL_METRIC_PREFIX + "accuracy") if model else None
+  was_pushed = bool(pushed and pushed.custom_properties[_PUSHED_PROPERTY].int_value == 1)
   return {
       "audit": _audit_summary(report.get("audit")),
       "epsilon": report["epsilon"], "delta": report["delta"],
       "blessed": report["decision"]["blessed"], "reasons": report["decision"]["reasons"],
       "accuracy": accuracy.double_value if accuracy else None,
       "pushed": was_pushed,
-      "pushed_model_dir": (pushed.custom_properties["pushed_destination"].string_value
+      "pushed_model_dir": (pushed.custom_properties[_PUSHED_DESTINATION_PROPERTY].string_value
                            if was_pushed else None),
       "report_dir": report_artifact.uri,
   }
@@ -215,12 +221,13 @@ def _evaluated_model(store, report_artifact):
   """The Model the PrivacyEvaluator judged (an input of the execution that wrote the report),
   not, say, the non-private control's."""
   from ml_metadata.proto import metadata_store_pb2
+  from tfx.types import standard_artifacts
 
   (written,) = [event for event in store.get_events_by_artifact_ids([report_artifact.id])
                 if event.type == metadata_store_pb2.Event.OUTPUT]
   inputs = [event.artifact_id for event in store.get_events_by_execution_ids([written.execution_id])
             if event.type == metadata_store_pb2.Event.INPUT]
-  model_type = store.get_artifact_type("Model")
+  model_type = store.get_artifact_type(standard_artifacts.Model.TYPE_NAME)
   (model,) = [a for a in store.get_artifacts_by_id(inputs) if a.type_id == model_type.id]
   return model
 

@@ -34,9 +34,6 @@ Example:
                       dp_config=dp_tfx.DPConfig(noise_multiplier=1.1, batch_size=256, epochs=15))
 """
 
-import ast
-import importlib.util
-import os
 from typing import Any, Dict, Optional
 
 from tfx import types
@@ -46,6 +43,7 @@ from tfx.utils import json_utils
 
 from dp_tfx.components import artifacts
 from dp_tfx.components.dp_trainer import executor
+from dp_tfx.components.user_module import check_module_functions
 from dp_tfx.components.specs import DPTrainerSpec
 from dp_tfx.config import DPConfig
 from dp_tfx.policy import PrivacyPolicy
@@ -94,48 +92,3 @@ def check_config_within_policy(dp_config: DPConfig, policy: PrivacyPolicy) -> No
     raise ValueError(f"DPConfig.target_epsilon ({dp_config.target_epsilon:g}) is above the "
                      f"privacy policy's max_epsilon ({policy.max_epsilon:g}): such a model "
                      "would never be blessed")
-
-
-def _top_level_names(source: str) -> set:
-  """Names a module binds at its top level: functions, classes, assignments and imports."""
-  names = set()
-  for node in ast.parse(source).body:
-    if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
-      names.add(node.name)
-    elif isinstance(node, (ast.Import, ast.ImportFrom)):
-      names.update((alias.asname or alias.name).split(".")[0] for alias in node.names)
-    elif isinstance(node, (ast.Assign, ast.AnnAssign)):
-      targets = node.targets if isinstance(node, ast.Assign) else [node.target]
-      names.update(t.id for t in targets if isinstance(t, ast.Name))
-  return names
-
-
-def check_module_functions(module_file: Optional[str], module_path: Optional[str]) -> None:
-  """Refuses, when the pipeline is built, a user module that lacks a function the DPTrainer calls.
-
-  Otherwise TFX's bare AttributeError comes only when the DPTrainer runs, after every upstream
-  component. The module is read, not imported (no user code runs at build time); a module this
-  process cannot find (e.g. one only in the container image) is checked when it runs.
-
-  Raises:
-    ValueError: naming the missing functions and the required ones.
-  """
-  path = module_file
-  if module_path:
-    try:
-      spec = importlib.util.find_spec(module_path)
-    except (ImportError, ValueError):
-      spec = None
-    path = spec.origin if spec is not None and spec.has_location else None
-  if not path or not os.path.isfile(path):
-    return
-  with open(path, encoding="utf-8") as handle:
-    try:
-      defined = _top_level_names(handle.read())
-    except SyntaxError as error:
-      raise ValueError(f"the DPTrainer's module {path} does not parse: {error}") from None
-  missing = [name for name in executor.MODULE_FUNCTIONS if name not in defined]
-  if missing:
-    raise ValueError(f"the DPTrainer's module {module_file or module_path} lacks "
-                     f"{', '.join(missing)}; required: {', '.join(executor.MODULE_FUNCTIONS)} "
-                     "(see the README's 'Add DP training to your own TFX pipeline')")

@@ -26,8 +26,8 @@ from types import ModuleType
 import keras
 from tfx.components.trainer.fn_args_utils import FnArgs
 
-from dp_tfx.components.dp_trainer.executor import (TrainerContext, export_serving_model,
-                                                   read_examples, record_eval_metrics)
+from dp_tfx.components.model_io import export_serving_model, read_examples, record_eval_metrics
+from dp_tfx.components.user_module import TrainerContext
 
 EPOCHS_KEY = "epochs"
 BATCH_SIZE_KEY = "batch_size"

@@ -1,62 +1,33 @@
 """DPTrainer executor: read the examples, train with dp_tfx.make_private, export, seal the ledger.
 
-The user module (module_file or module_path, the TFX way) provides:
-
-  feature_spec(context) -> dict     tf.io.parse_example spec of the stored tf.Examples
-  decode(parsed, context) -> (inputs, labels)   parsed feature batch -> model inputs and labels
-  build_model(context) -> keras.Model           an uncompiled model
-  compile_kwargs(context) -> dict               optimizer, loss and metrics for compile()
-  privacy_unit(context) -> str                  optional: what one example stands for in the
-                                                ledger (default "example"; "sequence" for LMs)
-
-`context` is a `TrainerContext`: hyperparameters (custom_config, updated by a HyperParameters
-artifact), and the URIs of the optional schema and transform graph.
-
-`read_examples` and `export_serving_model` are shared with the non-private control (see
-`control.py`), so that both models see the same data and serve the same signature.
+The user module's contract and context are in `components/user_module.py`; reading the examples
+and exporting the model, shared with the non-private control and the auditor, in `model_io.py`.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import json
 import os
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Dict, List
 
 import keras
-import numpy as np
 import tensorflow as tf
 from absl import logging
 from tfx import types
 from tfx.components.util import udf_utils
 from tfx.dsl.components.base import base_executor
 from tfx.types import artifact_utils
-from tfx.utils import io_utils, path_utils
+from tfx.utils import path_utils
 
-from dp_tfx.components import artifacts
-from dp_tfx.components import specs
+from dp_tfx.components import artifacts, specs
+from dp_tfx.components.model_io import (EVAL_SPLIT, TRAIN_SPLIT, export_serving_model,
+                                        read_examples, record_eval_metrics, split_file_patterns)
+from dp_tfx.components.user_module import MODULE_FUNCTIONS, PRIVACY_UNIT_FUNCTION, trainer_context
 from dp_tfx.config import DPConfig
 from dp_tfx.keras import make_private
 from dp_tfx.ledger import EXAMPLE, LEDGER_FILE_NAME, LedgerError, directory_digest, new_run_id
 from dp_tfx.policy import PrivacyPolicy
 
-TRAIN_SPLIT = "train"
-EVAL_SPLIT = "eval"
-SERVING_EXAMPLES_KEY = "examples"
 EVAL_METRIC_PREFIX = "eval_"
-METRICS_FILE = "eval_metrics.json"
-MODULE_FUNCTIONS = ("feature_spec", "decode", "build_model", "compile_kwargs")
-_PRIVACY_UNIT_FUNCTION = "privacy_unit"
-_HYPERPARAMETERS_FILE = "best_hyperparameters.txt"
-
-
-@dataclasses.dataclass(frozen=True)
-class TrainerContext:
-  """What the user module's functions receive (like TFX's FnArgs)."""
-
-  hyperparameters: Dict[str, Any]
-  schema_uri: Optional[str] = None
-  transform_graph_uri: Optional[str] = None
 
 
 class Executor(base_executor.BaseExecutor):
@@ -69,7 +40,7 @@ class Executor(base_executor.BaseExecutor):
     policy = PrivacyPolicy.from_json(policy_json) if policy_json else None
     context = trainer_context(input_dict, exec_properties)
     module = {name: udf_utils.get_fn(exec_properties, name) for name in MODULE_FUNCTIONS}
-    privacy_unit_fn = udf_utils.try_get_fn(exec_properties, _PRIVACY_UNIT_FUNCTION)
+    privacy_unit_fn = udf_utils.try_get_fn(exec_properties, PRIVACY_UNIT_FUNCTION)
     examples = artifact_utils.get_single_instance(input_dict[specs.EXAMPLES_KEY])
     spec = module["feature_spec"](context)
     x_train, y_train = read_examples(split_file_patterns(examples, TRAIN_SPLIT), spec,
@@ -145,64 +116,3 @@ class Executor(base_executor.BaseExecutor):
     return f"{run}-{new_run_id()[:6]}" if run else new_run_id()
 
 
-def trainer_context(input_dict, exec_properties) -> TrainerContext:
-  """The context the user module's functions get: custom_config updated by tuned hyperparameters,
-  and the URIs of the schema and transform graph (every component that runs the module builds it
-  here, so they all see the same)."""
-  hyperparameters = json.loads(exec_properties.get(specs.CUSTOM_CONFIG_KEY) or "{}") or {}
-  tuned = input_dict.get(specs.HYPERPARAMETERS_KEY)
-  if tuned:
-    path = os.path.join(artifact_utils.get_single_uri(tuned), _HYPERPARAMETERS_FILE)
-    hyperparameters.update(json.loads(io_utils.read_string_file(path)).get("values", {}))
-  uri = lambda key: artifact_utils.get_single_uri(input_dict[key]) if input_dict.get(key) else None
-  return TrainerContext(hyperparameters=hyperparameters, schema_uri=uri(specs.SCHEMA_KEY),
-                        transform_graph_uri=uri(specs.TRANSFORM_GRAPH_KEY))
-
-
-def split_file_patterns(examples: types.Artifact, split: str) -> List[str]:
-  """The file pattern of one split of an Examples artifact (as FnArgs.train_files has them)."""
-  return [io_utils.all_files_pattern(artifact_utils.get_split_uri([examples], split))]
-
-
-def example_records(file_patterns: Sequence[str]) -> tf.data.Dataset:
-  """The serialized tf.Examples in the files matching `file_patterns`, in sorted file order."""
-  files = sorted(f for pattern in file_patterns for f in tf.io.gfile.glob(pattern))
-  if not files:
-    raise ValueError(f"no example files match {list(file_patterns)}")
-  compression = "GZIP" if all(f.endswith(".gz") for f in files) else None
-  return tf.data.TFRecordDataset(files, compression_type=compression)
-
-
-def read_examples(file_patterns: Sequence[str], spec, decode, context):
-  """All examples in the files matching `file_patterns`, parsed and decoded into in-memory arrays.
-
-  Returns:
-    (inputs, labels) as the user module's `decode` makes them, concatenated over all files.
-  """
-  dataset = example_records(file_patterns).batch(1024).map(
-      lambda serialized: decode(tf.io.parse_example(serialized, spec), context))
-  parts = list(dataset.as_numpy_iterator())
-  inputs = tf.nest.map_structure(lambda *a: np.concatenate(a), *[p[0] for p in parts])
-  return inputs, np.concatenate([p[1] for p in parts])
-
-
-def record_eval_metrics(model: keras.Model, inputs, labels, model_run_dir: str) -> Dict[str, float]:
-  """Evaluates the compiled model and writes the metrics as METRICS_FILE into model_run_dir."""
-  metrics = {name: float(value) for name, value in
-             model.evaluate(inputs, labels, return_dict=True, verbose=0).items()}
-  io_utils.write_string_file(os.path.join(model_run_dir, METRICS_FILE), json.dumps(metrics))
-  return metrics
-
-
-def export_serving_model(model: keras.Model, spec, decode, context, serving_dir: str) -> None:
-  """SavedModel whose serving_default parses tf.Examples (for Pusher and the TFX Evaluator)."""
-  archive = keras.export.ExportArchive()
-  archive.track(model)
-
-  def serve_examples(serialized):
-    inputs, _ = decode(tf.io.parse_example(serialized, spec), context)
-    return {"outputs": model(inputs, training=False)}
-
-  archive.add_endpoint("serving_default", serve_examples, input_signature=[
-      tf.TensorSpec([None], tf.string, name=SERVING_EXAMPLES_KEY)])
-  archive.write_out(serving_dir, verbose=False)

@@ -24,9 +24,9 @@ from dp_tfx.audit import exposure as exposure_lib
 from dp_tfx.audit.membership import loss_threshold_attack
 from dp_tfx.audit.result import CanaryResult, ModelAudit, PrivacyAudit
 from dp_tfx.components import artifacts, specs
-from dp_tfx.components.dp_trainer.executor import (EVAL_SPLIT, SERVING_EXAMPLES_KEY, TRAIN_SPLIT,
-                                                   TrainerContext, example_records,
-                                                   split_file_patterns, trainer_context)
+from dp_tfx.components.model_io import (EVAL_SPLIT, SERVING_EXAMPLES_KEY, TRAIN_SPLIT,
+                                        example_records, split_file_patterns)
+from dp_tfx.components.user_module import TrainerContext, trainer_context
 from dp_tfx.keras import per_example_loss
 from dp_tfx.ledger import directory_digest
 

@@ -26,6 +26,7 @@ from typing import Any, Dict, List, Optional, Sequence
 from absl import logging
 from tfx import types
 from tfx.components.evaluator import constants as evaluator_constants
+from tfx.components.util import model_utils
 from tfx.dsl.components.base import base_executor
 from tfx.types import artifact_utils
 from tfx.utils import io_utils, path_utils
@@ -156,11 +157,8 @@ class Executor(base_executor.BaseExecutor):
     upstream = input_dict.get(specs.MODEL_BLESSING_KEY)
     if not upstream:
       return None
-    artifact = artifact_utils.get_single_instance(upstream)
-    key = evaluator_constants.ARTIFACT_PROPERTY_BLESSED_KEY
-    if not artifact.has_custom_property(key):
-      return False  # an upstream verdict we cannot read counts as NOT blessed
-    return artifact.get_int_custom_property(key) == evaluator_constants.BLESSED_VALUE
+    # A verdict we cannot read (no "blessed" property) counts as NOT blessed.
+    return model_utils.is_model_blessed(artifact_utils.get_single_instance(upstream))
 
   @staticmethod
   def _write_blessing(blessing, model, decision: PrivacyDecision) -> None:

@@ -11,7 +11,7 @@ from tfx.types import standard_artifacts
 from tfx.utils import path_utils
 
 from dp_tfx import accounting
-from dp_tfx.components import artifacts, specs, testing
+from dp_tfx.components import artifacts, model_io, specs, testing
 from dp_tfx.components.dp_trainer import component, executor
 from dp_tfx.config import DPConfig
 from dp_tfx.ledger import LEDGER_FILE_NAME, PrivacyLedger, directory_digest, read_history
@@ -175,6 +175,6 @@ def test_gzipped_example_files_as_example_gens_write_them_are_read(tmp_path):
       writer.write(record)
   examples = testing.examples_artifact(tmp_path / "examples", {"train": gzipped})
   spec = mnist_model.feature_spec(None)
-  images, labels = executor.read_examples(executor.split_file_patterns(examples, "train"), spec,
+  images, labels = model_io.read_examples(model_io.split_file_patterns(examples, "train"), spec,
                                           mnist_model.decode, None)
   assert len(labels) == len(records) > 0 and images.shape[1:] == (28, 28, 1)

@@ -13,7 +13,7 @@ from tfx.utils import path_utils
 from dp_tfx import clipping, datasets
 from dp_tfx.audit.canaries import CanaryFormat, load_canaries, make_canaries
 from dp_tfx.components import specs, testing
-from dp_tfx.components.dp_trainer import executor
+from dp_tfx.components import model_io, user_module
 from dp_tfx.config import DPConfig
 from dp_tfx.keras import per_example_loss
 from dp_tfx.ledger import LEDGER_FILE_NAME, SEQUENCE, PrivacyLedger
@@ -26,7 +26,7 @@ REPETITIONS = (1, 3)
 
 
 def _context(hyperparameters=None):
-  return executor.TrainerContext(hyperparameters=dict(hyperparameters or SMALL_MODEL))
+  return user_module.TrainerContext(hyperparameters=dict(hyperparameters or SMALL_MODEL))
 
 
 def _records(path) -> list:
@@ -174,7 +174,7 @@ def _assert_serves_character_logits(serving_dir, serialized):
   """The serving signature every LM model shares: serialized examples -> logits [B, T, V]."""
   signature = tf.saved_model.load(str(serving_dir)).signatures["serving_default"]
   ((name, spec),) = signature.structured_input_signature[1].items()
-  assert (name, spec.dtype, spec.shape.as_list()) == (executor.SERVING_EXAMPLES_KEY, tf.string,
+  assert (name, spec.dtype, spec.shape.as_list()) == (model_io.SERVING_EXAMPLES_KEY, tf.string,
                                                       [None])
   logits = signature(**{name: tf.constant(serialized)})["outputs"].numpy()
   assert logits.shape == (len(serialized), lm_model.SEQUENCE_LENGTH, lm_model.VOCABULARY_SIZE)
@@ -207,7 +207,7 @@ def test_control_run_fn_learns_and_serves_like_the_dp_trainer(lm_data_root, tmp_
   history = lm_model.run_fn(fn_args)
   losses = history.history["loss"]
   assert losses[-1] < losses[0] - 0.5, losses
-  metrics = json.loads((tmp_path / "run" / executor.METRICS_FILE).read_text())
+  metrics = json.loads((tmp_path / "run" / model_io.METRICS_FILE).read_text())
   assert set(metrics) == {"loss", "accuracy"}
   eval_records = _records(summary["eval_file"])
   logits = _assert_serves_character_logits(tmp_path / "serving", eval_records)

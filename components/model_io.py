@@ -1,0 +1,71 @@
+"""Reading the examples a component trains or audits on, and exporting and evaluating its model,
+the same way in every component (the DPTrainer, the non-private control, the PrivacyAuditor), so
+that the DP model and its control see the same data and serve the same signature.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Dict, List, Sequence
+
+import keras
+import numpy as np
+import tensorflow as tf
+from tfx import types
+from tfx.types import artifact_utils
+from tfx.utils import io_utils
+
+TRAIN_SPLIT = "train"
+EVAL_SPLIT = "eval"
+SERVING_EXAMPLES_KEY = "examples"
+METRICS_FILE = "eval_metrics.json"
+
+
+def split_file_patterns(examples: types.Artifact, split: str) -> List[str]:
+  """The file pattern of one split of an Examples artifact (as FnArgs.train_files has them)."""
+  return [io_utils.all_files_pattern(artifact_utils.get_split_uri([examples], split))]
+
+
+def example_records(file_patterns: Sequence[str]) -> tf.data.Dataset:
+  """The serialized tf.Examples in the files matching `file_patterns`, in sorted file order."""
+  files = sorted(f for pattern in file_patterns for f in tf.io.gfile.glob(pattern))
+  if not files:
+    raise ValueError(f"no example files match {list(file_patterns)}")
+  compression = "GZIP" if all(f.endswith(".gz") for f in files) else None
+  return tf.data.TFRecordDataset(files, compression_type=compression)
+
+
+def read_examples(file_patterns: Sequence[str], spec, decode, context):
+  """All examples in the files matching `file_patterns`, parsed and decoded into in-memory arrays.
+
+  Returns:
+    (inputs, labels) as the user module's `decode` makes them, concatenated over all files.
+  """
+  dataset = example_records(file_patterns).batch(1024).map(
+      lambda serialized: decode(tf.io.parse_example(serialized, spec), context))
+  parts = list(dataset.as_numpy_iterator())
+  inputs = tf.nest.map_structure(lambda *a: np.concatenate(a), *[p[0] for p in parts])
+  return inputs, np.concatenate([p[1] for p in parts])
+
+
+def record_eval_metrics(model: keras.Model, inputs, labels, model_run_dir: str) -> Dict[str, float]:
+  """Evaluates the compiled model and writes the metrics as METRICS_FILE into model_run_dir."""
+  metrics = {name: float(value) for name, value in
+             model.evaluate(inputs, labels, return_dict=True, verbose=0).items()}
+  io_utils.write_string_file(os.path.join(model_run_dir, METRICS_FILE), json.dumps(metrics))
+  return metrics
+
+
+def export_serving_model(model: keras.Model, spec, decode, context, serving_dir: str) -> None:
+  """SavedModel whose serving_default parses tf.Examples (for Pusher and the TFX Evaluator)."""
+  archive = keras.export.ExportArchive()
+  archive.track(model)
+
+  def serve_examples(serialized):
+    inputs, _ = decode(tf.io.parse_example(serialized, spec), context)
+    return {"outputs": model(inputs, training=False)}
+
+  archive.add_endpoint("serving_default", serve_examples, input_signature=[
+      tf.TensorSpec([None], tf.string, name=SERVING_EXAMPLES_KEY)])
+  archive.write_out(serving_dir, verbose=False)
