@@ -14,7 +14,8 @@ from typing import List, Optional
 
 from tfx.types import artifact
 
-from dp_tfx.ledger import LedgerError, PrivacyLedger, Segment
+from dp_tfx import ledger as ledger_lib
+from dp_tfx.ledger import LedgerError, Segment
 
 LEDGER_HASH_PROPERTY = "content_hash"
 # The ledger history the ledger's segments were recorded in ("" when it names none), and those
@@ -88,7 +89,7 @@ def fixed_facts_hash(segment: Segment) -> str:
   return "sha256:" + hashlib.sha256(canonical.encode()).hexdigest()
 
 
-def record_ledger(ledger_artifact: artifact.Artifact, ledger: PrivacyLedger) -> None:
+def record_ledger(ledger_artifact: artifact.Artifact, ledger: ledger_lib.PrivacyLedger) -> None:
   """Records on the PrivacyLedger artifact (MLMD custom properties) the saved `ledger`'s content
   hash, its ledger history and its segments."""
   ledger_artifact.set_string_custom_property(LEDGER_HASH_PROPERTY, ledger.content_hash())
@@ -99,7 +100,7 @@ def record_ledger(ledger_artifact: artifact.Artifact, ledger: PrivacyLedger) -> 
       separators=(",", ":")))
 
 
-def record_privacy_facts(target: artifact.Artifact, ledger: PrivacyLedger, plan,
+def record_privacy_facts(target: artifact.Artifact, ledger: ledger_lib.PrivacyLedger, plan,
                          epsilon: float) -> None:
   """Records on `target` (the run's PrivacyLedger or Model artifact) the run's facts: sigma, its
   noisy steps and N, the privacy unit, and the ledger's total when training ended (noisy steps of

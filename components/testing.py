@@ -76,7 +76,8 @@ def _artifact(kind, uri, artifact_id=1):
   return artifact
 
 
-def examples_artifact(directory, split_files: Dict[str, os.PathLike]) -> standard_artifacts.Examples:
+def examples_artifact(directory,
+                      split_files: Dict[str, os.PathLike]) -> standard_artifacts.Examples:
   """An Examples artifact under `directory` whose splits hold copies of the given TFRecord files.
 
   Args:

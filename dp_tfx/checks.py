@@ -1,4 +1,4 @@
-"""Type checks for values read from configs and JSON files, where bool must not pass for a number."""
+"""Type checks for values read from configs and JSON, where a bool must not pass for a number."""
 
 import math
 from typing import Any

@@ -172,7 +172,8 @@ def _pipeline(args) -> dict:
                          accountant=args.accountant, require_poisson=not args.allow_shuffle,
                          max_canary_exposure=args.max_canary_exposure)
   return runner.run(runner.PipelineOptions(
-      output_dir=args.output_dir or EXAMPLES[args.example].default_output_dir, dp_config=config, privacy_policy=policy, example=args.example,
+      output_dir=args.output_dir or EXAMPLES[args.example].default_output_dir,
+      dp_config=config, privacy_policy=policy, example=args.example,
       runner=args.runner, data_source=args.data, data_limit=args.data_limit,
       hyperparameters=given(("learning_rate", "momentum")),
       beam_pipeline_args=shlex.split(args.beam_pipeline_args or ""),
@@ -259,7 +260,8 @@ def build_parser() -> argparse.ArgumentParser:
   pipeline.add_argument("--l2-norm-clip", type=_number(0, open_low=True), help=example_default)
   pipeline.add_argument("--noise-multiplier", type=_SIGMA, help=example_default)
   pipeline.add_argument("--batch-size", type=_positive_int,
-                        help="expected batch size (Poisson sampling rate = B/N); " + example_default)
+                        help="expected batch size (Poisson sampling rate = B/N); "
+                        + example_default)
   pipeline.add_argument("--epochs", type=_number(0, MAX_STEPS, open_low=True, open_high=False),
                         help=example_default)
   pipeline.add_argument("--num-microbatches", type=_positive_int, default=None)

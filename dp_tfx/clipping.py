@@ -368,8 +368,9 @@ class _EinsumDenseTap(_LayerTap):
 
   def per_example(self, prepared):
     def parts(inputs, grads):
-      kernel = tf.einsum(f"{self._input_spec},{self._output_spec}->{self._batch}{self._kernel_spec}",
-                         inputs, grads)
+      kernel = tf.einsum(
+          f"{self._input_spec},{self._output_spec}->{self._batch}{self._kernel_spec}",
+          inputs, grads)
       return [kernel] + ([self._bias_part(grads, True)] if self.layer.bias is not None else [])
     return _sum_per_example(prepared, parts)
 

@@ -78,7 +78,8 @@ class DPConfig:
     _require(is_finite_number(self.l2_norm_clip) and self.l2_norm_clip > 0, "l2_norm_clip",
              "a finite number > 0", self.l2_norm_clip)
     if self.noise_multiplier is None and self.target_epsilon is None:
-      raise ValueError("DPConfig needs noise_multiplier (>= 0) or target_epsilon (> 0); got neither")
+      raise ValueError("DPConfig needs noise_multiplier (>= 0) or target_epsilon (> 0); got "
+                       "neither")
     if self.noise_multiplier is not None and self.target_epsilon is not None:
       raise ValueError("DPConfig takes noise_multiplier or target_epsilon, not both")
     if self.noise_multiplier is not None:
@@ -92,7 +93,8 @@ class DPConfig:
       _require(is_finite_number(self.target_epsilon) and self.target_epsilon > 0, "target_epsilon",
                "a finite number > 0", self.target_epsilon)
     if self.delta is not None:
-      _require(is_finite_number(self.delta) and 0 < self.delta < 1, "delta", "in (0, 1)", self.delta)
+      _require(is_finite_number(self.delta) and 0 < self.delta < 1, "delta", "in (0, 1)",
+               self.delta)
     _require(is_int(self.batch_size) and self.batch_size >= 1, "batch_size", "an integer >= 1",
              self.batch_size)
     if (self.epochs is None) == (self.steps is None):

@@ -495,7 +495,8 @@ class PrivacyLedger:
                     points: int = 20) -> list:
     """[(step, epsilon)] at about `points` evenly spaced steps up to the last one recorded."""
     total = self.noisy_steps
-    steps = sorted({max(1, round(total * i / points)) for i in range(1, points + 1)}) if total else []
+    steps = (sorted({max(1, round(total * i / points)) for i in range(1, points + 1)})
+             if total else [])
     return accounting.epsilon_curve(self.dp_event_after, steps, delta, accountant)
 
   @property

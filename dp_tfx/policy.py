@@ -216,7 +216,8 @@ def _check_training(policy: PrivacyPolicy, ledger: PrivacyLedger,
 
 def _check_audit(policy: PrivacyPolicy, ledger: PrivacyLedger, audit: Optional["PrivacyAudit"],
                  decision: PrivacyDecision) -> None:
-  """Adds a reason when the audit contradicts the ledger or a canary is more exposed than allowed."""
+  """Adds a reason when the audit contradicts the ledger or a canary is more exposed than
+  allowed."""
   reasons = decision.reasons
   if audit is None:
     if policy.max_canary_exposure is not None:

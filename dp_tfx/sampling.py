@@ -32,7 +32,8 @@ def poisson_indices(key: tf.Tensor, step: tf.Tensor, dataset_size: int,
 
 def shuffled_indices(key: tf.Tensor, step: tf.Tensor, dataset_size: int,
                      batch_size: int) -> tf.Tensor:
-  """Fixed-size batches of a fresh random permutation per epoch (not what the accountant assumes)."""
+  """Fixed-size batches of a fresh random permutation per epoch (not what the accountant
+  assumes)."""
   steps_per_epoch = dataset_size // batch_size
   epoch = step // steps_per_epoch
   position = step % steps_per_epoch

@@ -9,7 +9,6 @@ every earlier PrivacyLedger artifact of the pipeline in MLMD (see `check_earlier
 
 from __future__ import annotations
 
-import os
 from typing import List, Optional
 
 from tfx import v1 as tfx

@@ -39,8 +39,9 @@ def build_model(context):
 
 def compile_kwargs(context):
   hyperparameters = context.hyperparameters
-  return {"optimizer": keras.optimizers.SGD(learning_rate=hyperparameters.get("learning_rate", 0.25),
-                                            momentum=hyperparameters.get("momentum", 0.0)),
+  return {"optimizer": keras.optimizers.SGD(
+              learning_rate=hyperparameters.get("learning_rate", 0.25),
+              momentum=hyperparameters.get("momentum", 0.0)),
           "loss": keras.losses.SparseCategoricalCrossentropy(from_logits=True),
           "metrics": ["accuracy"], "jit_compile": hyperparameters.get("jit_compile", "auto")}
 

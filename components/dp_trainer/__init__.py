@@ -1,4 +1,7 @@
-"""The DPTrainer component: `from dp_tfx.components.dp_trainer import DPTrainer` (see component.py)."""
+"""The DPTrainer component (see component.py):
+
+    from dp_tfx.components.dp_trainer import DPTrainer
+"""
 
 from dp_tfx.components.dp_trainer.component import DPTrainer
 

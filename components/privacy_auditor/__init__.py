@@ -1,4 +1,7 @@
-"""The PrivacyAuditor component: `from dp_tfx.components.privacy_auditor import PrivacyAuditor` (see component.py)."""
+"""The PrivacyAuditor component (see component.py):
+
+    from dp_tfx.components.privacy_auditor import PrivacyAuditor
+"""
 
 from dp_tfx.components.privacy_auditor.component import PrivacyAuditor
 

@@ -1,4 +1,7 @@
-"""The PrivacyEvaluator component: `from dp_tfx.components.privacy_evaluator import PrivacyEvaluator` (see component.py)."""
+"""The PrivacyEvaluator component (see component.py):
+
+    from dp_tfx.components.privacy_evaluator import PrivacyEvaluator
+"""
 
 from dp_tfx.components.privacy_evaluator.component import PrivacyEvaluator
 

@@ -1,4 +1,4 @@
-"""PrivacyEvaluator executor: verify the ledger, decide against the policy, write blessing and report.
+"""PrivacyEvaluator executor: verify the ledger, decide against the policy, write the verdict.
 
 Fails closed: every input problem (missing or edited ledger, impossible facts, a ledger for another
 model, an unreadable policy, ...) becomes a NOT blessed verdict with the reason in the blessing,

@@ -65,7 +65,8 @@ class Exposure:
       raise ValueError(f"Exposure.exposure must be a number in [0, {maximum:.4g}] bits; "
                        f"got {self.exposure!r}")
     if self.method not in (EXACT, EXTRAPOLATED):
-      raise ValueError(f"Exposure.method must be {EXACT!r} or {EXTRAPOLATED!r}; got {self.method!r}")
+      raise ValueError(f"Exposure.method must be {EXACT!r} or {EXTRAPOLATED!r}; got "
+                       f"{self.method!r}")
     if self.rank is not None and not (is_finite_number(self.rank) and self.rank >= 1):
       raise ValueError(f"Exposure.rank must be None or a number >= 1; got {self.rank!r}")
     if not (is_int(self.candidates_scored) and self.candidates_scored >= 1):

@@ -12,7 +12,7 @@ from tfx.utils import path_utils
 
 from dp_tfx import accounting
 from dp_tfx.components import artifacts, model_io, specs, testing
-from dp_tfx.components.dp_trainer import component, executor
+from dp_tfx.components.dp_trainer import component
 from dp_tfx.config import DPConfig
 from dp_tfx.ledger import LEDGER_FILE_NAME, PrivacyLedger, directory_digest, read_history
 from dp_tfx.pipelines import mnist_data, mnist_model

@@ -1,4 +1,5 @@
-"""PrivacyAuditor on real trained models: a broken trainer is caught by the gate, an honest one is not.
+"""PrivacyAuditor on real trained models: a broken trainer is caught by the gate, an honest one
+is not.
 
 The broken trainer adds no noise while its ledger claims sigma = 8 (epsilon 1.33 at delta 1/N).
 On 400 randomly labelled examples the un-noised model memorises its training set, the

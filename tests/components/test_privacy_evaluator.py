@@ -549,5 +549,6 @@ def test_one_verdict_line_is_printed_either_way(tmp_path, capsys):
   testing.run_privacy_evaluator(_ledger(), POLICY, tmp_path / "blessed")
   testing.run_privacy_evaluator(_ledger(), PrivacyPolicy(max_epsilon=0.5, delta=1e-5),
                                 tmp_path / "refused")
-  lines = [l for l in capsys.readouterr().out.splitlines() if l.startswith("PrivacyEvaluator:")]
-  assert [l.split(":")[1].split()[0:2] for l in lines] == [["BLESSED"], ["NOT", "BLESSED"]]
+  lines = [line for line in capsys.readouterr().out.splitlines()
+           if line.startswith("PrivacyEvaluator:")]
+  assert [line.split(":")[1].split()[0:2] for line in lines] == [["BLESSED"], ["NOT", "BLESSED"]]

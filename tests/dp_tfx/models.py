@@ -24,7 +24,8 @@ def conv2d_model():
 
 def conv1d_model():
   """A small patch and one of 33 * 4 = 132 values."""
-  return keras.Sequential([keras.Input((7, 3)), keras.layers.Conv1D(4, 3, strides=2, padding="same"),
+  return keras.Sequential([keras.Input((7, 3)),
+                           keras.layers.Conv1D(4, 3, strides=2, padding="same"),
                            keras.layers.Conv1D(2, 33, padding="same"),
                            keras.layers.GlobalAveragePooling1D(), keras.layers.Dense(3)])
 

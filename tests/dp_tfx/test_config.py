@@ -4,7 +4,6 @@ import math
 
 import pytest
 
-from dp_tfx import accounting
 from dp_tfx.config import MAX_NOISE_MULTIPLIER, MAX_STEPS, MIN_NOISE_MULTIPLIER, DPConfig
 from dp_tfx.plan import TrainingPlan, default_physical_batch_size
 

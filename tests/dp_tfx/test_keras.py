@@ -1,4 +1,5 @@
-"""make_private / DPModel: one DP step equals the obvious computation; the ledger counts honestly."""
+"""make_private / DPModel: one DP step equals the obvious computation; the ledger counts
+honestly."""
 
 import json
 

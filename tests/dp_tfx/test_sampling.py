@@ -1,7 +1,6 @@
 """Poisson sampling statistics, padding and masks, reproducibility from the run key."""
 
 import numpy as np
-import pytest
 import scipy.stats
 import tensorflow as tf
 
