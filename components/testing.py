@@ -30,7 +30,7 @@ from tfx.utils import path_utils
 from dp_tfx.audit.result import PrivacyAudit
 from dp_tfx.components import artifacts, specs
 from dp_tfx.components.privacy_evaluator import executor as privacy_evaluator_executor
-from dp_tfx.config import DPConfig
+from dp_tfx.config import POISSON, DPConfig
 from dp_tfx.ledger import LEDGER_FILE_NAME, PrivacyLedger, directory_digest
 from dp_tfx.plan import TrainingPlan
 from dp_tfx.policy import PrivacyPolicy
@@ -38,7 +38,7 @@ from dp_tfx.report import REPORT_FILE
 
 
 def make_ledger(*, dataset_size: int, batch_size: int, noise_multiplier: float, steps: int,
-                l2_norm_clip: float = 1.0, sampling: str = "poisson",
+                l2_norm_clip: float = 1.0, sampling: str = POISSON,
                 num_microbatches: Optional[int] = None, seeded: bool = False) -> PrivacyLedger:
   """A ledger recording `steps` noisy steps of a run with these facts, as the trainer would."""
   plan = TrainingPlan.from_config(DPConfig(

@@ -1,5 +1,6 @@
 """Type checks for values read from configs and JSON, where a bool must not pass for a number."""
 
+import dataclasses
 import math
 from typing import Any
 
@@ -12,3 +13,13 @@ def is_int(value: Any) -> bool:
 def is_finite_number(value: Any) -> bool:
   """An int or float that is neither a bool, NaN nor infinite."""
   return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def unknown_fields(cls: type, values: dict, what: str):
+  """A ValueError naming the keys of `values` that are not fields of the dataclass `cls`, or None
+  (a typo in a config must not pass silently as a default)."""
+  known = {field.name for field in dataclasses.fields(cls)}
+  unknown = sorted(set(values) - known)
+  if not unknown:
+    return None
+  return ValueError(f"unknown {what} field(s) {unknown}; known fields: {sorted(known)}")

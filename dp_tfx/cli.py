@@ -21,7 +21,8 @@ import sys
 from typing import Optional, Sequence
 
 from dp_tfx import accounting, datasets, json_output
-from dp_tfx.config import MAX_NOISE_MULTIPLIER, MAX_STEPS, MIN_NOISE_MULTIPLIER, DPConfig
+from dp_tfx.config import (MAX_NOISE_MULTIPLIER, MAX_STEPS, MIN_NOISE_MULTIPLIER, POISSON,
+                           SAMPLING_METHODS, DPConfig)
 from dp_tfx.ledger import PrivacyLedger
 from dp_tfx.plan import TrainingPlan
 from dp_tfx.pipelines.examples import EXAMPLES
@@ -265,7 +266,7 @@ def build_parser() -> argparse.ArgumentParser:
   pipeline.add_argument("--epochs", type=_number(0, MAX_STEPS, open_low=True, open_high=False),
                         help=example_default)
   pipeline.add_argument("--num-microbatches", type=_positive_int, default=None)
-  pipeline.add_argument("--sampling", choices=("poisson", "shuffle"), default="poisson")
+  pipeline.add_argument("--sampling", choices=SAMPLING_METHODS, default=POISSON)
   pipeline.add_argument("--allow-shuffle", action="store_true",
                         help="let the policy accept shuffled batches (epsilon then not rigorous)")
   pipeline.add_argument("--learning-rate", type=_number(0, open_low=True), help=example_default)

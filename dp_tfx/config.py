@@ -10,7 +10,7 @@ import dataclasses
 import json
 from typing import Any, Optional
 
-from dp_tfx.checks import is_finite_number, is_int
+from dp_tfx.checks import is_finite_number, is_int, unknown_fields
 
 POISSON = "poisson"
 SHUFFLE = "shuffle"
@@ -128,10 +128,9 @@ class DPConfig:
   @classmethod
   def from_dict(cls, values: dict) -> "DPConfig":
     """Builds a config from a dict (e.g. a TFX exec property); unknown keys are an error."""
-    known = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(values) - known)
-    if unknown:
-      raise ValueError(f"unknown DPConfig field(s) {unknown}; known fields: {sorted(known)}")
+    error = unknown_fields(cls, values, "DPConfig")
+    if error:
+      raise error
     return cls(**values)
 
   @classmethod

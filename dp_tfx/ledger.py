@@ -32,7 +32,8 @@ import dp_accounting
 import numpy as np
 
 from dp_tfx import accounting, files, signing
-from dp_tfx.config import SAMPLING_METHODS
+from dp_tfx.checks import unknown_fields
+from dp_tfx.config import POISSON, SAMPLING_METHODS
 from dp_tfx.version import __version__
 
 FORMAT_VERSION = 2  # format 1 (one dataset per ledger, no segment files) is still read
@@ -132,6 +133,12 @@ class Segment:
     return facts
 
 
+_FORMAT_2_SEGMENT_FIELDS = {"dataset_size", "dataset_fingerprint", "data_source", "run_id",
+                            "segment_id"}
+_REQUIRED_SEGMENT_FIELDS = {field.name for field in dataclasses.fields(Segment)} - (
+    _FORMAT_2_SEGMENT_FIELDS)
+
+
 def _composed(counted) -> dp_accounting.DpEvent:
   """The composition of [(segment, steps)]: each segment's steps are its own Poisson-sampled
   Gaussian event. Segments with the same q, sigma and clipping unit (e.g. reruns or concurrent
@@ -214,10 +221,14 @@ def _validate_segment(segment: Segment, where: str) -> None:
 
 def _segment_from_dict(fields: Any, where: str) -> Segment:
   _check(isinstance(fields, dict), f"{where}: a segment must be a JSON object")
-  try:
-    return Segment(**fields)
-  except TypeError as error:
-    raise LedgerError(f"{where}: missing or unknown segment fields: {error}") from None
+  unknown = unknown_fields(Segment, fields, "segment")
+  if unknown:
+    raise LedgerError(f"{where}: {unknown}")
+  # Every fact must be written out: a default (noisy_steps 0) must never stand in for a lost one.
+  # Only what format 2 added may be absent, in a format-1 ledger (filled in from the ledger).
+  missing = sorted(_REQUIRED_SEGMENT_FIELDS - set(fields))
+  _check(not missing, f"{where}: missing segment fields {missing}")
+  return Segment(**fields)
 
 
 def _check_writable(path: str) -> None:
@@ -502,7 +513,7 @@ class PrivacyLedger:
   @property
   def rigorous(self) -> bool:
     """False when any segment used shuffled batches: the Poisson-based bound is then heuristic."""
-    return all(segment.sampling == "poisson" for segment in self.segments)
+    return all(segment.sampling == POISSON for segment in self.segments)
 
   def runs(self) -> list:
     """Every run the total includes, in the order they started: run id, data source, data

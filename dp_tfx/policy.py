@@ -14,7 +14,7 @@ import math
 from typing import TYPE_CHECKING, Any, Optional, Union
 
 from dp_tfx import accounting, signing
-from dp_tfx.checks import is_finite_number
+from dp_tfx.checks import is_finite_number, unknown_fields
 from dp_tfx.ledger import PrivacyLedger
 
 if TYPE_CHECKING:
@@ -90,10 +90,9 @@ class PrivacyPolicy:
       raise ValueError(f"the privacy policy is not valid JSON: {error}") from None
     if not isinstance(values, dict):
       raise ValueError("the privacy policy must be a JSON object")
-    known = {field.name for field in dataclasses.fields(cls)}
-    unknown = sorted(set(values) - known)
-    if unknown:
-      raise ValueError(f"unknown PrivacyPolicy field(s) {unknown}; known: {sorted(known)}")
+    error = unknown_fields(cls, values, "PrivacyPolicy")
+    if error:
+      raise error
     return cls(**values)
 
 

@@ -83,6 +83,22 @@ def test_impossible_facts_are_rejected_even_with_a_valid_hash(tmp_path, field, v
     PrivacyLedger.load(path)
 
 
+@pytest.mark.parametrize("edit, reason", [
+    (lambda facts: facts.update(noise_multiplierr=5.0),
+     r"unknown segment field\(s\) \['noise_multiplierr'\]"),
+    (lambda facts: facts.pop("noisy_steps"), "missing segment fields"),
+])
+def test_unknown_or_missing_segment_fields_are_ledger_errors(tmp_path, edit, reason):
+  from dp_tfx.ledger import _hash_body
+
+  document = json.loads(_ledger(steps=3).to_json())
+  edit(document["body"]["segments"][0])
+  document["content_hash"] = _hash_body(document["body"])
+  (tmp_path / "ledger.json").write_text(json.dumps(document))
+  with pytest.raises(LedgerError, match=reason):
+    PrivacyLedger.load(tmp_path / "ledger.json")
+
+
 def test_garbage_and_missing_files_are_ledger_errors(tmp_path):
   with pytest.raises(LedgerError, match="no privacy ledger"):
     PrivacyLedger.load(tmp_path / "absent.json")
