@@ -52,5 +52,5 @@ setuptools.setup(
         # ruff: the linter tests/test_lint.py runs (configured in ruff.toml).
         "test": ["pytest>=8", "pytest-timeout>=2.3", "ruff>=0.17,<0.18"],
     },
-    entry_points={"console_scripts": ["dp-tfx=dp_tfx.cli:main"]},
+    entry_points={"console_scripts": ["dp-tfx=dp_tfx.pipelines.cli:main"]},
 )

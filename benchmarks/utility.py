@@ -19,8 +19,9 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import keras  # noqa: E402
 
-from dp_tfx import datasets, demo, models  # noqa: E402
+from dp_tfx import datasets, models  # noqa: E402
 from dp_tfx.keras import make_private  # noqa: E402
+from dp_tfx.pipelines import demo  # noqa: E402
 
 
 def _compile(model, optimizer):
@@ -35,7 +36,7 @@ def _accuracies(epochs: int, seed: int) -> tuple:
 
   keras.utils.set_random_seed(seed)
   dp_model = make_private(models.tutorial_cnn(), config)
-  _compile(dp_model, keras.optimizers.SGD(learning_rate=0.5, momentum=0.5))
+  dp_model.compile(**demo.demo_compile_kwargs())
   dp_model.fit(x_train, y_train, verbose=0)
   dp_accuracy = dp_model.evaluate(x_test, y_test, verbose=0, return_dict=True)["accuracy"]
 

@@ -66,8 +66,7 @@ MNIST = Example(
 LM = Example(
     name="lm", pipeline_name="dp-char-lm", module_path="dp_tfx.pipelines.lm_model",
     write_data=_write_lm,
-    # 32,000 sequences of 64 characters, 500 noisy steps: about 3 minutes of DP training on 2 CPU
-    # cores, epsilon 2.18 at delta 1e-5 (measured 2026-11-25).
+    # 32,000 sequences of 64 characters, 500 noisy steps (the README has what they cost).
     dp_defaults={"l2_norm_clip": 1.0, "noise_multiplier": 1.0, "batch_size": 512, "epochs": 8},
     hyperparameters={},
     hyperparameter_names=("learning_rate", "model_dim", "num_heads", "num_blocks", "jit_compile"),

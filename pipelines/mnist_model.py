@@ -1,7 +1,7 @@
 """The DPTrainer module of the MNIST pipeline (referenced by path, like a TFX Trainer module).
 
 Examples hold "image" (784 floats in [0, 1]) and "label" (int64). Hyperparameters (custom_config):
-learning_rate (default 0.25), momentum (default 0.0), jit_compile (default "auto": XLA on
+learning_rate and momentum (default: examples.MNIST's), jit_compile (default "auto": XLA on
 accelerators only; on CPU it makes these steps about 3x slower). `run_fn` trains the non-private
 control in a standard TFX Trainer (custom_config also needs epochs and batch_size).
 """
@@ -14,6 +14,7 @@ import tensorflow as tf
 
 from dp_tfx import models
 from dp_tfx.components.dp_trainer import control
+from dp_tfx.pipelines.examples import MNIST
 
 IMAGE_KEY = "image"
 LABEL_KEY = "label"
@@ -38,10 +39,10 @@ def build_model(context):
 
 
 def compile_kwargs(context):
-  hyperparameters = context.hyperparameters
-  return {"optimizer": keras.optimizers.SGD(
-              learning_rate=hyperparameters.get("learning_rate", 0.25),
-              momentum=hyperparameters.get("momentum", 0.0)),
+  # The example's hyperparameters (examples.MNIST), unless custom_config says otherwise.
+  hyperparameters = {**MNIST.hyperparameters, **context.hyperparameters}
+  return {"optimizer": keras.optimizers.SGD(learning_rate=hyperparameters["learning_rate"],
+                                            momentum=hyperparameters["momentum"]),
           "loss": keras.losses.SparseCategoricalCrossentropy(from_logits=True),
           "metrics": ["accuracy"], "jit_compile": hyperparameters.get("jit_compile", "auto")}
 

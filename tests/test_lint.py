@@ -14,3 +14,13 @@ def test_the_code_passes_the_linter():
   result = subprocess.run([ruff, "check", "--no-cache", "--output-format", "concise", str(ROOT)],
                           cwd=ROOT, capture_output=True, text=True, check=False)
   assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_the_library_imports_neither_the_components_nor_the_application():
+  """dp_tfx/ is the library; components/ and pipelines/ build on it, never the other way."""
+  offending = [f"{path.relative_to(ROOT)}:{number}: {line.strip()}"
+               for path in sorted((ROOT / "dp_tfx").rglob("*.py"))
+               for number, line in enumerate(path.read_text().splitlines(), 1)
+               if line.lstrip().startswith(("import ", "from "))
+               and ("dp_tfx.pipelines" in line or "dp_tfx.components" in line)]
+  assert not offending, "\n".join(offending)

@@ -7,7 +7,7 @@ import pathlib
 import pytest
 import tensorflow as tf
 
-from dp_tfx import cli
+from dp_tfx.pipelines import cli
 from dp_tfx.audit.canaries import load_canaries
 from dp_tfx.components.privacy_auditor import executor as auditor_executor
 from dp_tfx.ledger import SEQUENCE

@@ -76,7 +76,7 @@ def test_kubeflow_compiles_to_a_pipeline_spec_naming_both_components(tmp_path):
 
 @pytest.mark.slow
 def test_cli_ends_with_one_json_line_and_a_verdict(tmp_path, capsys):
-  from dp_tfx import cli
+  from dp_tfx.pipelines import cli
 
   assert cli.main(["pipeline", "--output-dir", str(tmp_path), "--data-limit", "200",
                    "--batch-size", "50", "--epochs", "1", "--max-epsilon", "8", "--json"]) == 0

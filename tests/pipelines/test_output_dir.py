@@ -9,7 +9,7 @@ import os
 
 import pytest
 
-from dp_tfx import cli
+from dp_tfx.pipelines import cli
 from dp_tfx.pipelines import runner
 
 ARGS = ["--epochs", "1", "--data-limit", "200", "--no-audit"]

@@ -19,7 +19,8 @@ import requests
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
-from dp_tfx import cli, datasets
+from dp_tfx import datasets
+from dp_tfx.pipelines import cli
 from dp_tfx.pipelines import lm_data, lm_model, mnist_data, mnist_model
 
 MNIST_HOST = "storage.googleapis.com"

@@ -8,7 +8,8 @@ import sys
 
 import pytest
 
-from dp_tfx import accounting, cli
+from dp_tfx import accounting
+from dp_tfx.pipelines import cli
 from dp_tfx.config import DPConfig
 from dp_tfx.ledger import PrivacyLedger
 from dp_tfx.plan import TrainingPlan
@@ -53,8 +54,8 @@ def test_calibrate_returns_sigma_meeting_the_target(capsys):
      "--target-epsilon", "1"],
 ])
 def test_bad_arguments_exit_2_with_one_line(args):
-  completed = subprocess.run([sys.executable, "-m", "dp_tfx.cli", *args], capture_output=True,
-                             text=True, check=False)
+  completed = subprocess.run([sys.executable, "-m", "dp_tfx.pipelines.cli", *args],
+                             capture_output=True, text=True, check=False)
   assert completed.returncode == 2
   lines = completed.stderr.strip().splitlines()
   assert len(lines) == 1 and "error" in lines[0]

@@ -1,8 +1,10 @@
-"""The main job until the TFX pipeline lands: DP-SGD on the embedded MNIST digits, with Keras.
+"""`dp-tfx demo`: the MNIST example's DP training with the Keras API alone, without TFX.
 
 Trains the TF Privacy tutorial CNN with per-example clipping and Poisson sampling on the 4,000
 embedded training digits, evaluates on the 1,000 held-out ones, and reports epsilon from the
-ledger that training wrote. A few minutes on 2 CPU cores.
+ledger that training wrote. The configuration and the optimizer are the MNIST example's
+(`examples.MNIST`, `mnist_model.compile_kwargs`), so the demo, the pipeline and the utility
+benchmark train the same way. A few minutes on 2 CPU cores.
 """
 
 from __future__ import annotations
@@ -11,20 +13,25 @@ import pathlib
 import time
 from typing import Optional
 
-import keras
-
 from dp_tfx import datasets, models
+from dp_tfx.components.user_module import TrainerContext
 from dp_tfx.config import DPConfig
 from dp_tfx.keras import make_private
+from dp_tfx.pipelines import mnist_model
+from dp_tfx.pipelines.examples import MNIST
 
 DEMO_DELTA = 1e-5
-DEMO_EPOCHS = 15
+DEMO_EPOCHS = MNIST.dp_defaults["epochs"]
 OUTPUT_DIR = pathlib.Path("output") / "demo"
 
 
 def demo_config(epochs: int = DEMO_EPOCHS, seed: Optional[int] = None) -> DPConfig:
-  return DPConfig(l2_norm_clip=1.0, noise_multiplier=1.1, batch_size=200, epochs=epochs,
-                  delta=DEMO_DELTA, seed=seed)
+  return DPConfig(**{**MNIST.dp_defaults, "epochs": epochs}, delta=DEMO_DELTA, seed=seed)
+
+
+def demo_compile_kwargs() -> dict:
+  """The MNIST module's optimizer, loss and metrics with the example's hyperparameters."""
+  return mnist_model.compile_kwargs(TrainerContext(hyperparameters=dict(MNIST.hyperparameters)))
 
 
 def run(epochs: Optional[int] = None, output_dir: pathlib.Path = OUTPUT_DIR, verbose=2,
@@ -37,9 +44,7 @@ def run(epochs: Optional[int] = None, output_dir: pathlib.Path = OUTPUT_DIR, ver
     ledger_path.unlink()  # a fresh demo run; a real job keeps its ledger (every step counts)
   dp_model = make_private(models.tutorial_cnn(), demo_config(epochs or DEMO_EPOCHS, seed),
                           ledger_path=ledger_path)
-  dp_model.compile(optimizer=keras.optimizers.SGD(learning_rate=0.5, momentum=0.5),
-                   loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-                   metrics=["accuracy"])  # jit_compile "auto": XLA on accelerators only
+  dp_model.compile(**demo_compile_kwargs())  # jit_compile "auto": XLA on accelerators only
   started = time.time()
   dp_model.fit(x_train, y_train, validation_data=(x_test, y_test), verbose=verbose)
   seconds = time.time() - started

@@ -4,7 +4,7 @@ import math
 
 import pytest
 
-from dp_tfx import cli, demo
+from dp_tfx.pipelines import cli, demo
 from dp_tfx.ledger import PrivacyLedger
 
 

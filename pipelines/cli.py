@@ -152,7 +152,7 @@ def _report(args) -> dict:
 
 
 def _demo(args) -> dict:
-  from dp_tfx import demo  # TensorFlow loads only for commands that train
+  from dp_tfx.pipelines import demo  # TensorFlow loads only for commands that train
 
   return demo.run(epochs=args.epochs, verbose=0 if args.json else 2)
 
