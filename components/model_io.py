@@ -16,10 +16,18 @@ from tfx import types
 from tfx.types import artifact_utils
 from tfx.utils import io_utils
 
+from dp_tfx.components import specs
+
 TRAIN_SPLIT = "train"
 EVAL_SPLIT = "eval"
 SERVING_EXAMPLES_KEY = "examples"
 METRICS_FILE = "eval_metrics.json"
+
+
+def splits(exec_properties) -> tuple:
+  """(train split, eval split) of a component's exec properties (default "train", "eval")."""
+  return (exec_properties.get(specs.TRAIN_SPLIT_KEY) or TRAIN_SPLIT,
+          exec_properties.get(specs.EVAL_SPLIT_KEY) or EVAL_SPLIT)
 
 
 def split_file_patterns(examples: types.Artifact, split: str) -> List[str]:

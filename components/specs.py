@@ -35,6 +35,10 @@ CONTROL_MODEL_KEY = "control_model"
 CANARY_FILE_KEY = "canary_file"
 MAX_EXAMPLES_KEY = "max_examples"
 DELTA_KEY = "delta"
+# Which splits of the Examples are trained on (members, for the auditor) and evaluated on
+# (non-members), like the splits of TFX Trainer's train_args / eval_args.
+TRAIN_SPLIT_KEY = "train_split"
+EVAL_SPLIT_KEY = "eval_split"
 
 # Optional inputs handed to a user module through its context (see dp_trainer.executor).
 _MODULE_CONTEXT_INPUTS = {
@@ -53,6 +57,8 @@ class DPTrainerSpec(ComponentSpec):
       LEDGER_HISTORY_DIR_KEY: ExecutionParameter(type=str, optional=True),
       DATA_SOURCE_KEY: ExecutionParameter(type=str, optional=True),
       PRIVACY_POLICY_KEY: ExecutionParameter(type=str, optional=True),
+      TRAIN_SPLIT_KEY: ExecutionParameter(type=str, optional=True),
+      EVAL_SPLIT_KEY: ExecutionParameter(type=str, optional=True),
   }
   INPUTS = {
       EXAMPLES_KEY: ChannelParameter(type=standard_artifacts.Examples),
@@ -73,6 +79,8 @@ class PrivacyAuditorSpec(ComponentSpec):
       CANARY_FILE_KEY: ExecutionParameter(type=str, optional=True),
       MAX_EXAMPLES_KEY: ExecutionParameter(type=int, optional=True),
       DELTA_KEY: ExecutionParameter(type=float, optional=True),
+      TRAIN_SPLIT_KEY: ExecutionParameter(type=str, optional=True),
+      EVAL_SPLIT_KEY: ExecutionParameter(type=str, optional=True),
   }
   INPUTS = {
       EXAMPLES_KEY: ChannelParameter(type=standard_artifacts.Examples),

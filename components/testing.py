@@ -97,10 +97,12 @@ def examples_artifact(directory,
 def run_dp_trainer(examples: standard_artifacts.Examples, directory, config: DPConfig,
                    module_file: str, custom_config: Optional[dict] = None,
                    ledger_history_dir: Optional[str] = None,
-                   data_source: Optional[str] = None) -> Dict[str, list]:
+                   data_source: Optional[str] = None,
+                   splits: Optional[Dict[str, str]] = None) -> Dict[str, list]:
   """Runs the real DPTrainer executor on `examples`; returns its output dict (model, model_run,
   privacy_ledger artifacts under `directory`; by the DPTrainer's default, the ledger history is
-  then directory/history)."""
+  then directory/history). `splits`: {"train_split": ..., "eval_split": ...} if not the
+  default names."""
   from dp_tfx.components.dp_trainer import executor as dp_trainer_executor
 
   root = pathlib.Path(directory)
@@ -111,7 +113,7 @@ def run_dp_trainer(examples: standard_artifacts.Examples, directory, config: DPC
       specs.DP_CONFIG_KEY: config.to_json(), specs.MODULE_FILE_KEY: module_file,
       specs.CUSTOM_CONFIG_KEY: json.dumps(custom_config or {}),
       specs.LEDGER_HISTORY_DIR_KEY: None if ledger_history_dir is None else str(ledger_history_dir),
-      specs.DATA_SOURCE_KEY: data_source})
+      specs.DATA_SOURCE_KEY: data_source, **(splits or {})})
   return outputs
 
 

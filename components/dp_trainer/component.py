@@ -1,10 +1,11 @@
 """DPTrainer: trains a Keras model with DP-SGD and records a privacy ledger.
 
 Inputs:
-  examples: Examples with "train" and "eval" splits of tf.Examples (one example = one privacy unit).
+  examples: Examples with a train and an eval split (train_split, eval_split) of tf.Examples
+    (one training example = one privacy unit).
   schema, transform_graph, hyperparameters: optional, handed to the user module.
 Parameters:
-  module_file or module_path: the user module (see `components.dp_trainer.executor` for the
+  module_file or module_path: the user module (see `components/user_module.py` for the
     functions it provides: feature_spec, decode, build_model, compile_kwargs).
   dp_config: a dp_tfx.DPConfig (clip, noise or target epsilon, batch, epochs or steps, ...).
   custom_config: a dict of hyperparameters for the user module.
@@ -21,6 +22,8 @@ Parameters:
     step, a run the evaluator could never bless (no noise, a delta above 1/N, shuffled batches
     under a Poisson policy, or an epsilon over max_epsilon once added to the ledger history).
     The refusal fails the component with the reasons; nothing is recorded or spent.
+  train_split, eval_split: the splits of `examples` to train on (the privacy unit's dataset, N)
+    and to evaluate on (default "train" and "eval", as ExampleGens name them).
 Outputs:
   model: Model, exported for serving under Format-Serving (signature serving_default takes
     serialized tf.Examples, as the TFX Evaluator expects).
@@ -43,6 +46,7 @@ from tfx.utils import json_utils
 
 from dp_tfx.components import artifacts
 from dp_tfx.components.dp_trainer import executor
+from dp_tfx.components.model_io import EVAL_SPLIT, TRAIN_SPLIT
 from dp_tfx.components.user_module import check_module_functions
 from dp_tfx.components.specs import DPTrainerSpec
 from dp_tfx.config import DPConfig
@@ -62,7 +66,8 @@ class DPTrainer(base_component.BaseComponent):
                hyperparameters: Optional[types.BaseChannel] = None,
                custom_config: Optional[Dict[str, Any]] = None,
                ledger_history_dir: Optional[str] = None, data_source: Optional[str] = None,
-               privacy_policy: Optional[PrivacyPolicy] = None):
+               privacy_policy: Optional[PrivacyPolicy] = None,
+               train_split: str = TRAIN_SPLIT, eval_split: str = EVAL_SPLIT):
     if bool(module_file) == bool(module_path):
       raise ValueError("DPTrainer needs exactly one of module_file or module_path")
     if not isinstance(dp_config, DPConfig):
@@ -76,6 +81,7 @@ class DPTrainer(base_component.BaseComponent):
         dp_config=dp_config.to_json(), custom_config=json_utils.dumps(custom_config or {}),
         ledger_history_dir=ledger_history_dir, data_source=data_source,
         privacy_policy=privacy_policy.to_json() if privacy_policy is not None else None,
+        train_split=train_split, eval_split=eval_split,
         model=types.Channel(type=standard_artifacts.Model),
         model_run=types.Channel(type=standard_artifacts.ModelRun),
         privacy_ledger=types.Channel(type=artifacts.PrivacyLedger))

@@ -19,8 +19,8 @@ from tfx.types import artifact_utils
 from tfx.utils import path_utils
 
 from dp_tfx.components import artifacts, specs
-from dp_tfx.components.model_io import (EVAL_SPLIT, TRAIN_SPLIT, export_serving_model,
-                                        read_examples, record_eval_metrics, split_file_patterns)
+from dp_tfx.components.model_io import (export_serving_model, read_examples, record_eval_metrics,
+                                        split_file_patterns, splits)
 from dp_tfx.components.user_module import MODULE_FUNCTIONS, PRIVACY_UNIT_FUNCTION, trainer_context
 from dp_tfx.config import DPConfig
 from dp_tfx.keras import make_private
@@ -43,9 +43,10 @@ class Executor(base_executor.BaseExecutor):
     privacy_unit_fn = udf_utils.try_get_fn(exec_properties, PRIVACY_UNIT_FUNCTION)
     examples = artifact_utils.get_single_instance(input_dict[specs.EXAMPLES_KEY])
     spec = module["feature_spec"](context)
-    x_train, y_train = read_examples(split_file_patterns(examples, TRAIN_SPLIT), spec,
+    train_split, eval_split = splits(exec_properties)
+    x_train, y_train = read_examples(split_file_patterns(examples, train_split), spec,
                                      module["decode"], context)
-    x_eval, y_eval = read_examples(split_file_patterns(examples, EVAL_SPLIT), spec,
+    x_eval, y_eval = read_examples(split_file_patterns(examples, eval_split), spec,
                                    module["decode"], context)
     logging.info("DPTrainer: %d training examples, %d eval examples", len(y_train), len(y_eval))
 

@@ -7,8 +7,8 @@ get an exposure in bits (Carlini et al., "The Secret Sharer"). The PrivacyEvalua
 model whose lower bound exceeds the ledger's epsilon: then training or accounting is broken.
 
 Inputs:
-  examples: the Examples the DPTrainer trained on; members are drawn from "train", non-members
-    from "eval".
+  examples: the Examples the DPTrainer trained on; members are drawn from its train_split,
+    non-members from its eval_split.
   model: the DPTrainer's Model.
   control_model: optional; a non-private control trained the same way (e.g. a TFX Trainer with
     the module's run_fn), measured alike for comparison. It is never deployed.
@@ -25,6 +25,7 @@ Parameters:
     fails); the copies are left out of the membership attack.
   max_examples: members and non-members attacked, each (default 1000, capped by the splits).
   delta: the delta at which the attack's threshold is chosen (default 1/N, N the training set).
+  train_split, eval_split: the DPTrainer's (default "train" and "eval").
 Outputs:
   privacy_audit: audit.json (dp_tfx.audit.result.PrivacyAudit) and exposure.png.
 
@@ -42,6 +43,7 @@ from tfx.dsl.components.base import base_component, executor_spec
 from tfx.utils import json_utils
 
 from dp_tfx.components import artifacts
+from dp_tfx.components.model_io import EVAL_SPLIT, TRAIN_SPLIT
 from dp_tfx.components.privacy_auditor import executor
 from dp_tfx.components.specs import PrivacyAuditorSpec
 
@@ -60,7 +62,8 @@ class PrivacyAuditor(base_component.BaseComponent):
                hyperparameters: Optional[types.BaseChannel] = None,
                custom_config: Optional[Dict[str, Any]] = None,
                canary_file: Optional[str] = None, max_examples: Optional[int] = None,
-               delta: Optional[float] = None):
+               delta: Optional[float] = None, train_split: str = TRAIN_SPLIT,
+               eval_split: str = EVAL_SPLIT):
     if bool(module_file) == bool(module_path):
       raise ValueError("PrivacyAuditor needs exactly one of module_file or module_path")
     if max_examples is not None and max_examples < 4:
@@ -72,6 +75,6 @@ class PrivacyAuditor(base_component.BaseComponent):
         transform_graph=transform_graph, hyperparameters=hyperparameters,
         module_file=module_file, module_path=module_path,
         custom_config=json_utils.dumps(custom_config or {}), canary_file=canary_file,
-        max_examples=max_examples, delta=delta,
+        max_examples=max_examples, delta=delta, train_split=train_split, eval_split=eval_split,
         privacy_audit=types.Channel(type=artifacts.PrivacyAudit))
     super().__init__(spec=spec)

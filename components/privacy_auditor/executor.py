@@ -24,8 +24,8 @@ from dp_tfx.audit import exposure as exposure_lib
 from dp_tfx.audit.membership import loss_threshold_attack
 from dp_tfx.audit.result import CanaryResult, ModelAudit, PrivacyAudit
 from dp_tfx.components import artifacts, specs
-from dp_tfx.components.model_io import (EVAL_SPLIT, SERVING_EXAMPLES_KEY, TRAIN_SPLIT,
-                                        example_records, split_file_patterns)
+from dp_tfx.components.model_io import (SERVING_EXAMPLES_KEY, example_records,
+                                        split_file_patterns, splits)
 from dp_tfx.components.user_module import TrainerContext, trainer_context
 from dp_tfx.keras import per_example_loss
 from dp_tfx.ledger import directory_digest
@@ -44,8 +44,9 @@ class Executor(base_executor.BaseExecutor):
     context = trainer_context(input_dict, exec_properties)
     module = _UserModule.load(exec_properties)
     examples = artifact_utils.get_single_instance(input_dict[specs.EXAMPLES_KEY])
-    members = _serialized_split(examples, TRAIN_SPLIT)
-    held_out = _serialized_split(examples, EVAL_SPLIT)
+    train_split, eval_split = splits(exec_properties)
+    members = _serialized_split(examples, train_split)
+    held_out = _serialized_split(examples, eval_split)
     delta = exec_properties.get(specs.DELTA_KEY) or 1.0 / len(members)
     canary_format, canaries = _canaries(exec_properties.get(specs.CANARY_FILE_KEY))
     if canaries:

@@ -147,13 +147,15 @@ def test_a_run_on_changed_data_composes_with_the_earlier_run(trained, tmp_path):
   shutil.copytree(pathlib.Path(outputs[specs.PRIVACY_LEDGER_KEY][0].uri).parent / "history",
                   history)
   data = mnist_data.write_mnist_tfrecords(tmp_path / "data", limit=100)
+  # Splits named otherwise than "train" and "eval", as the DPTrainer's train_split/eval_split say.
   examples = testing.examples_artifact(tmp_path / "examples", {
-      split: data / directory / "data.tfrecord"
-      for split, directory in (("train", mnist_data.TRAIN_DIR), ("eval", mnist_data.EVAL_DIR))})
+      split: data / directory / "data.tfrecord" for split, directory in (
+          ("training", mnist_data.TRAIN_DIR), ("validation", mnist_data.EVAL_DIR))})
   config = DPConfig(noise_multiplier=1.0, batch_size=25, steps=4, delta=1e-4, seed=1)
   second = testing.run_dp_trainer(examples, tmp_path / "run", config, mnist_model.__file__,
                                   {"jit_compile": False}, ledger_history_dir=history,
-                                  data_source="mnist digits")
+                                  data_source="mnist digits",
+                                  splits={"train_split": "training", "eval_split": "validation"})
   ledger = PrivacyLedger.load(os.path.join(second[specs.PRIVACY_LEDGER_KEY][0].uri,
                                            LEDGER_FILE_NAME))
   assert ledger.dataset_size == 100 and ledger.noisy_steps == 6 + 4
