@@ -207,8 +207,15 @@ def test_cli_offline_says_so_in_one_line_before_anything_runs(tmp_path, capsys, 
                          f"{dataset!r} ({host} is unreachable: no network?); once downloaded, "
                          f"TFDS keeps it in {cache}/")
   assert line.endswith("; --data embedded works offline")
-  assert not output.exists()  # no data, no MLMD store, no ledger: nothing trained or spent
+  _assert_nothing_written(output)
   assert not empty_tfds_cache.exists()
+
+
+def _assert_nothing_written(output):
+  """No data, no MLMD store, no ledger record: nothing trained or spent (the output dir and its
+  empty ledger history exist: they were checked to be writable before anything else)."""
+  written = [p for p in output.rglob("*") if not p.is_dir()] if output.exists() else []
+  assert written == []
 
 
 @pytest.mark.parametrize("raised, reason", [
@@ -232,7 +239,7 @@ def test_a_download_that_fails_after_the_probe_is_the_same_one_line(tmp_path, ca
   (line,) = capsys.readouterr().err.splitlines()
   assert line.startswith("dp-tfx pipeline: error: could not download the TFDS dataset 'mnist' (")
   assert reason in line and line.endswith("; --data embedded works offline")
-  assert not output.exists()
+  _assert_nothing_written(output)
 
 
 def test_other_failures_of_the_download_still_raise(monkeypatch, empty_tfds_cache, probed):
