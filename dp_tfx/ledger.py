@@ -165,6 +165,10 @@ def new_run_id() -> str:
   return uuid.uuid4().hex[:12]
 
 
+# Sizes a float holds exactly: q = B / N and delta = 1 / N are floats.
+_MAX_DATASET_SIZE = 2**53
+
+
 def _check(condition: bool, message: str) -> None:
   if not condition:
     raise LedgerError(message)
@@ -185,8 +189,8 @@ def _optional_text(value: Any) -> bool:
 def _validate_segment(segment: Segment, where: str) -> None:
   """Raises LedgerError unless the segment's facts are possible and consistent."""
   size = segment.dataset_size
-  _check(_whole_number(size) and size >= 1,
-         f"{where}: dataset_size must be an integer >= 1; got {size!r}")
+  _check(_whole_number(size) and 1 <= size <= _MAX_DATASET_SIZE,
+         f"{where}: dataset_size must be an integer in [1, 2**53]; got {str(size)[:40]}")
   _check(segment.sampling in SAMPLING_METHODS,
          f"{where}: sampling must be one of {SAMPLING_METHODS}; got {segment.sampling!r}")
   _check(_finite_number(segment.sampling_rate) and 0 < segment.sampling_rate <= 1,

@@ -324,7 +324,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
   prefix = f"dp-tfx {args.command}: error:"
   try:
     result = args.handler(args)
-  except ValueError as error:  # LedgerError, CalibrationError included: a reason, no traceback
+  except (ValueError, ArithmeticError) as error:  # LedgerError, CalibrationError: a reason
     print(f"{prefix} {_one_line(error)}", file=sys.stderr)
     return USAGE_ERROR
   except datasets.DatasetDownloadError as error:  # --data tfds offline: nothing trained yet
