@@ -20,7 +20,7 @@ import os
 import sys
 from typing import Optional, Sequence
 
-from dp_tfx import accounting, datasets, json_output
+from dp_tfx import accounting, datasets, json_output, signing
 from dp_tfx.config import (MAX_NOISE_MULTIPLIER, MAX_STEPS, MIN_NOISE_MULTIPLIER, POISSON,
                            SAMPLING_METHODS, DPConfig)
 from dp_tfx.ledger import PrivacyLedger
@@ -136,7 +136,12 @@ def _calibrate(args) -> dict:
 def _report(args) -> dict:
   # The ledger's snapshot checked against its ledger history and with every run there now, as
   # the PrivacyEvaluator judges it; delta "1/N" over the largest dataset the total covers.
-  ledger = PrivacyLedger.load(args.ledger).with_history()
+  # With a ledger key set here, every record must carry its signature (see dp_tfx.signing).
+  key = signing.configured_key()
+  if args.require_signature and key is None:
+    raise ValueError(f"--require-signature needs the ledger key ({signing.KEY_ENV} or "
+                     f"{signing.KEY_FILE_ENV})")
+  ledger = PrivacyLedger.load(args.ledger, key).with_history(key)
   delta = args.delta if args.delta is not None else 1.0 / ledger.largest_dataset_size
   epsilon = ledger.epsilon(delta, args.accountant)
   reason = None
@@ -148,7 +153,7 @@ def _report(args) -> dict:
           "history": ledger.history_dir, "rigorous": ledger.rigorous, "delta": delta,
           "accountant": args.accountant, "epsilon": epsilon,
           "epsilon_infinite": not math.isfinite(epsilon), "epsilon_reason": reason,
-          "content_hash": ledger.content_hash()}
+          "content_hash": ledger.content_hash(), "signatures_verified": key is not None}
 
 
 def _demo(args) -> dict:
@@ -215,6 +220,9 @@ def build_parser() -> argparse.ArgumentParser:
   report.add_argument("--delta", type=_number(0, 1, open_low=True),
                       help="default: 1/N of the ledger's dataset")
   report.add_argument("--accountant", choices=accounting.ACCOUNTANTS, default=accounting.PLD)
+  report.add_argument("--require-signature", action="store_true",
+                      help="refuse unless a ledger key is set; with one set (DP_TFX_LEDGER_KEY or "
+                      "DP_TFX_LEDGER_KEY_FILE) every record's signature is always verified")
   report.add_argument("--json", action="store_true")
   report.set_defaults(handler=_report)
 

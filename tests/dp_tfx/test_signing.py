@@ -102,3 +102,20 @@ def test_a_policy_requiring_signatures_refuses_a_run_without_a_key_before_it_tra
   with pytest.raises(ValueError, match="requires signed ledgers"):
     verification_key(policy)
   assert verification_key(PrivacyPolicy(max_epsilon=1.0)) is None
+
+
+def test_dp_tfx_report_verifies_signatures_when_a_key_is_set(tmp_path, monkeypatch, capsys):
+  from dp_tfx.pipelines import cli
+
+  monkeypatch.setenv(signing.KEY_ENV, KEY)
+  _record_run(tmp_path / "history").save(tmp_path / "ledger.json")
+  assert cli.main(["report", str(tmp_path / "ledger.json"), "--json",
+                   "--require-signature"]) == 0
+  assert json.loads(capsys.readouterr().out)["signatures_verified"] is True
+  (segment_file,) = (tmp_path / "history").glob("segment-*.json")
+  _rehash(segment_file, lambda body: body["segment"].update(noise_multiplier=5.0))
+  assert cli.main(["report", str(tmp_path / "ledger.json")]) == 2
+  assert "signature does not match" in capsys.readouterr().err
+  monkeypatch.delenv(signing.KEY_ENV)
+  assert cli.main(["report", str(tmp_path / "ledger.json"), "--require-signature"]) == 2
+  assert "--require-signature needs the ledger key" in capsys.readouterr().err
