@@ -155,6 +155,10 @@ def _check_output_dir(options: PipelineOptions) -> None:
   """
   import tensorflow as tf
 
+  if options.ledger_history.startswith("ram://"):
+    raise ValueError(f"the ledger history {options.ledger_history} is in TensorFlow's in-memory "
+                     "filesystem, which forgets it when the process ends; give a directory that "
+                     "outlives runs as --ledger-history")
   checks = [("the output directory", str(pathlib.Path(options.output_dir).resolve()),
              "--output-dir")]
   if options.runner != KUBEFLOW:

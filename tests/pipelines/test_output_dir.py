@@ -141,3 +141,10 @@ def test_an_unwritable_ledger_history_is_refused_naming_its_option(tmp_path, cap
   _, err = capsys.readouterr()
   (line,) = err.splitlines()
   assert str(history) in line and line.endswith("choose another --ledger-history")
+
+
+def test_an_in_memory_ledger_history_is_refused(tmp_path, capsys):
+  assert cli.main(["pipeline", "--output-dir", str(tmp_path / "out"), "--ledger-history",
+                   "ram://budget", *ARGS]) == 2
+  (line,) = capsys.readouterr().err.splitlines()
+  assert "ram://budget is in TensorFlow's in-memory filesystem" in line
