@@ -29,7 +29,7 @@ from dp_tfx import accounting, clipping, noise, sampling
 from dp_tfx.config import DPConfig
 from dp_tfx.ledger import EXAMPLE, PrivacyLedger, dataset_fingerprint
 from dp_tfx.plan import TrainingPlan
-from dp_tfx.policy import PrivacyPolicy, refuse_unless_blessable
+from dp_tfx.policy import PrivacyPolicy, refuse_unless_blessable, verification_key
 
 EPSILON_LOG_KEY = "epsilon"
 _RAN_OUT_OF_DATA = ".*Your input ran out of data.*"
@@ -305,9 +305,12 @@ class DPModel(keras.Model):
     size = len(labels)
     if self.plan is None:
       if self._ledger_history is not None:
+        # Under a policy that requires signatures, an unsigned record there is found now, not
+        # by the evaluator after training.
         self.privacy_ledger = PrivacyLedger.open_history(
             self._ledger_history, size, fingerprint, self._privacy_unit,
-            data_source=self._data_source, run_id=self._run_id)
+            data_source=self._data_source, run_id=self._run_id,
+            key=verification_key(self._policy) if self._policy is not None else None)
       else:
         self.privacy_ledger = PrivacyLedger.open_for(self._ledger_path, size, fingerprint,
                                                      self._privacy_unit,

@@ -711,7 +711,8 @@ class PrivacyLedger:
   @classmethod
   def open_history(cls, directory: os.PathLike | str, dataset_size: int, fingerprint: str,
                    privacy_unit: str = EXAMPLE, data_source: Optional[str] = None,
-                   run_id: Optional[str] = None) -> "PrivacyLedger":
+                   run_id: Optional[str] = None,
+                   key: Optional[bytes] = None) -> "PrivacyLedger":
     """A ledger for a new run recorded in the ledger history at `directory`.
 
     It starts with every segment the history holds (every earlier or concurrent run on the data
@@ -723,7 +724,7 @@ class PrivacyLedger:
     """
     directory = os.fspath(directory)
     _check_writable(directory)
-    history = LedgerHistory(directory)
+    history = LedgerHistory(directory, key)  # with `key`, every record there must be signed
     ledger = cls(dataset_size=dataset_size, dataset_fingerprint=fingerprint,
                  privacy_unit=privacy_unit, segments=history.read(privacy_unit),
                  data_source=data_source, run_id=run_id, history_dir=directory)

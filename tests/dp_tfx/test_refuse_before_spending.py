@@ -127,3 +127,19 @@ def test_a_target_the_history_has_already_spent_is_a_clear_error(tmp_path):
   with pytest.raises(ValueError, match="not reachable.*after what the ledger already records"):
     second.fit(x, y, verbose=0)
   assert [s.noisy_steps for s in read_history(tmp_path)] == [20]
+
+
+def test_an_unsigned_record_under_a_policy_requiring_signatures_is_found_before_training(
+    tmp_path, monkeypatch):
+  from dp_tfx import signing
+  from dp_tfx.ledger import LedgerIntegrityError
+
+  x, y = models.batch_for("dense", N, seed=1)
+  monkeypatch.delenv(signing.KEY_FILE_ENV, raising=False)
+  monkeypatch.delenv(signing.KEY_ENV, raising=False)
+  _dp_model(tmp_path, policy=None, steps=3).fit(x, y, verbose=0)  # written without a key
+  monkeypatch.setenv(signing.KEY_ENV, "a-ledger-key-of-32-bytes-or-more")
+  signed_policy = PrivacyPolicy(max_epsilon=50.0, delta=1e-5, require_signature=True)
+  with pytest.raises(LedgerIntegrityError, match="written without a key"):
+    _dp_model(tmp_path, policy=signed_policy).fit(x, y, verbose=0)
+  assert [s.noisy_steps for s in read_history(tmp_path)] == [3]
