@@ -90,6 +90,13 @@ def listdir(directory) -> list:
   return sorted(name.rstrip("/") for name in _gfile().listdir(directory))
 
 
+def age_seconds(path) -> float:
+  """Seconds since the file was last modified."""
+  import time  # pylint: disable=import-outside-toplevel
+
+  return time.time() - _gfile().stat(os.fspath(path)).mtime_nsec / 1e9
+
+
 def create_new(path, data: bytes) -> str:
   """Writes `data` to `path` like write_bytes, but refuses to replace a file already there (a
   name meant to be unique was not: nothing is overwritten)."""

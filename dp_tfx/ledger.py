@@ -42,6 +42,7 @@ SEGMENT_PREFIX = "segment-"
 SEGMENT_KIND = "segment"
 # The temporary name files.write_bytes gives a record while writing it: ".NAME-<32 hex digits>".
 _WRITE_IN_FLIGHT = re.compile(r"\.(.+\.json)-[0-9a-f]{32}")
+_STALE_TEMPORARY_SECONDS = 300
 EXAMPLE = "example"
 SEQUENCE = "sequence"  # the privacy unit of language models trained on text cut into sequences
 
@@ -294,6 +295,12 @@ class LedgerHistory:
     segments = []
     for name in files.listdir(self.directory):
       if _WRITE_IN_FLIGHT.fullmatch(name):  # a temporary of files.write_bytes
+        # Renamed within milliseconds; one that stays is a crash's leftover or a record hidden
+        # under a temporary's name, and must not silently drop out of the total.
+        _check(files.age_seconds(os.path.join(self.directory, name)) < _STALE_TEMPORARY_SECONDS,
+               f"ledger history {self.directory}: {name} has the name of a write in progress but "
+               f"is over {_STALE_TEMPORARY_SECONDS} s old: a record hidden under it, or a "
+               "crash's leftover (remove it only if its segment file is there too)")
         continue
       path = os.path.join(self.directory, name)
       if not name.endswith(".json") or files.is_dir(path):

@@ -406,6 +406,20 @@ def test_temporaries_of_writes_in_flight_are_not_segments(tmp_path):
   assert sum(s.noisy_steps for s in read_history(tmp_path)) == 20
 
 
+def test_a_record_hidden_under_a_temporarys_name_is_refused_once_it_stays(tmp_path):
+  import os
+  import time
+
+  _history_with_two_runs(tmp_path)
+  record = sorted(tmp_path.glob("segment-*.json"))[0]
+  hidden = record.with_name(f".{record.name}-" + "0123456789abcdef" * 2)
+  record.rename(hidden)
+  old = time.time() - 301
+  os.utime(hidden, (old, old))
+  with pytest.raises(LedgerError, match="has the name of a write in progress but is over 300 s"):
+    read_history(tmp_path)
+
+
 def _archive(path):
   (path.parent / "archive").mkdir()
   path.rename(path.parent / "archive" / path.name)
