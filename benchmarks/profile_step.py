@@ -71,20 +71,15 @@ def _stage_functions(model, loss_fn):
   def dp_backward(x, y):
     # Only the pre-activation gradients, without the taps' preparation (as in GradientTaps).
     with tf.GradientTape() as tape:
-      for tap in taps.taps:
-        tap.install()
-      try:
+      with taps.recording():
         predictions = model(x, training=True)
-      finally:
-        for tap in taps.taps:
-          tap.uninstall()
       total = tf.reduce_sum(loss_fn(y, predictions))
     return tape.gradient(total, [z for tap in taps.taps for z in tap.outputs()])
 
   @tf.function
   def dp_prepare(x, y):
     grads, _ = backward(x, y)
-    return [t for prepared in grads._prepared for t in tf.nest.flatten(prepared) if t is not None]
+    return grads.prepared_tensors()
 
   @tf.function
   def dp_norms(x, y):

@@ -64,8 +64,7 @@ def test_ghost_norm_choice_does_not_depend_on_a_known_batch_size():
 
   def uses_ghost_norms(x, y, mask):
     grads = taps.backward(x, y, LOSS, mask)
-    return [prepared[2] is None for tap, prepared in zip(taps.taps, grads._prepared)
-            if isinstance(tap, clipping._LinearTap)]
+    return [method == "ghost" for _, method in grads.norm_methods()]
 
   static = uses_ghost_norms(tf.constant(x), tf.constant(y), tf.ones([4]))
   dynamic = _dynamic_batch_function(lambda *a: tf.constant(uses_ghost_norms(*a)), x, y)
@@ -128,3 +127,75 @@ def test_scalar_losses_are_refused():
   from dp_tfx.keras import per_example_loss
   with pytest.raises(ValueError, match="one value per example"):
     per_example_loss(lambda y, p: tf.reduce_mean(p))(tf.zeros([2]), tf.zeros([2, 3]))
+
+
+class _Scale(keras.layers.Layer):
+  """y = x * s, one weight per feature: a user's own layer, which no built-in tap knows."""
+
+  def build(self, input_shape):
+    self.scale = self.add_weight(shape=(input_shape[-1],), initializer="random_normal")
+
+  def call(self, inputs):
+    return inputs * self.scale
+
+
+class _ScaleTap(clipping.LayerTap):
+  """Per-example gradient of s: the sum over calls of x * dL/dy."""
+
+  def kernel(self):
+    return self.layer.scale
+
+  def bias(self):
+    return None
+
+  def forward(self, inputs, *args, **kwargs):
+    outputs = inputs * self.layer.scale
+    self.records.append((inputs, outputs))
+    return outputs
+
+  def prepare(self, output_grads):
+    return tf.add_n([record[0] * g for record, g in zip(self.records, output_grads)])
+
+  def squared_norms(self, prepared):
+    return tf.reduce_sum(tf.square(prepared), axis=1)
+
+  def weighted_sum(self, prepared, weights):
+    return [tf.tensordot(weights, prepared, axes=1)]
+
+  def per_example(self, prepared):
+    return [prepared]
+
+
+def test_a_registered_tap_gives_a_users_layer_the_fast_path():
+  clipping.register_tap(_Scale, _ScaleTap)
+  scale = _Scale()
+  model = keras.Sequential([keras.Input((6,)), keras.layers.Dense(5), scale, scale,
+                            keras.layers.Dense(3)])  # shared: two calls of one layer
+  x, y = models.batch_for("dense", BATCH, seed=3)
+  taps = clipping.GradientTaps(model)
+  assert not taps.fallback_variables
+  assert [type(tap) for tap in taps.taps].count(_ScaleTap) == 1
+  grads = taps.backward(tf.constant(x), tf.constant(y), LOSS, tf.ones([BATCH]))
+  actual = clipping.per_example_clipped_sum(grads, tf.ones([BATCH]), 0.05)
+  _assert_close(actual, clipping.reference_clipped_sum(model, LOSS, x, y, 0.05))
+
+
+def test_a_subclass_of_a_tapped_layer_takes_the_fallback():
+  # A subclass may change the maths (here: the kernel is squared), so the Dense tap must not
+  # assume Dense's; the fallback's gradients are still right.
+  class SquaredDense(keras.layers.Dense):
+    def call(self, inputs):
+      return keras.ops.matmul(inputs, keras.ops.square(self.kernel)) + self.bias
+
+  model = keras.Sequential([keras.Input((6,)), SquaredDense(4), keras.layers.Dense(3)])
+  x, y = models.batch_for("dense", BATCH, seed=4)
+  taps = clipping.GradientTaps(model)
+  assert [v.path for v in taps.fallback_variables] == [v.path for v in model.layers[0].weights]
+  grads = taps.backward(tf.constant(x), tf.constant(y), LOSS, tf.ones([BATCH]))
+  actual = clipping.per_example_clipped_sum(grads, tf.ones([BATCH]), 0.05)
+  _assert_close(actual, clipping.reference_clipped_sum(model, LOSS, x, y, 0.05))
+
+
+def test_register_tap_takes_only_layer_taps():
+  with pytest.raises(TypeError, match="LayerTap subclass"):
+    clipping.register_tap(_Scale, object)
