@@ -33,7 +33,7 @@ import tensorflow as tf
 
 import dp_tfx
 from benchmarks.step_overhead import MODELS, _compile, _data
-from dp_tfx import clipping, noise
+from dp_tfx import clipping, keys, noise
 
 _STAGES = ("dp_backward", "dp_prepare", "dp_norms", "dp_clipped_sum", "dp_noise", "dp_step")
 _CLIP = 1.0
@@ -91,7 +91,7 @@ def _stage_functions(model, loss_fn):
     grads, mask = backward(x, y)
     return clipping.per_example_clipped_sum(grads, mask, _CLIP)
 
-  key = noise.run_key(seed=0)
+  key = keys.run_key(seed=0)
 
   @tf.function
   def dp_noise(x, y):

@@ -25,7 +25,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from dp_tfx import accounting, clipping, noise, sampling
+from dp_tfx import accounting, clipping, dp_step, keys, sampling
 from dp_tfx.config import DPConfig
 from dp_tfx.ledger import EXAMPLE, PrivacyLedger, dataset_fingerprint
 from dp_tfx.plan import TrainingPlan
@@ -167,7 +167,7 @@ class DPModel(keras.Model):
     self._policy = policy
     self._loss_fn = None
     self._taps = None
-    self._base_key = noise.run_key(config.seed)
+    self._base_key = keys.run_key(config.seed)
     # The key of the current training segment (see _segment_key). Kept out of Keras's weight
     # tracking on purpose: a saved noise key would let anyone subtract the noise.
     self.__dict__["_key"] = tf.Variable(self._base_key, trainable=False, name="dp_noise_key")
@@ -261,7 +261,7 @@ class DPModel(keras.Model):
   def _segment_key(self) -> tf.Tensor:
     """A key per ledger segment: a restart that continues a ledger never replays its noise or
     samples, even with a fixed seed."""
-    return noise.stream_key(self._base_key, len(self.privacy_ledger.segments))
+    return keys.stream_key(self._base_key, len(self.privacy_ledger.segments))
 
   def _replicas(self) -> int:
     """The replica count, after checking the plan can be split evenly across replicas."""
@@ -276,11 +276,8 @@ class DPModel(keras.Model):
     return replicas
 
   def _distributed_batches(self, features, labels, first_step, last_step, replicas):
-    """Logical batches; with R replicas each is cut into R equal slices, one per replica.
-
-    All slices of a step share that step's sample and mask, so the replicas' clipped sums (and
-    their independent noise, sigma^2 C^2 / R each) add up to exactly one DP-SGD step.
-    """
+    """The steps' logical batches (sampling.logical_batches); with R replicas, each cut into R
+    slices (sampling.replica_slices) and distributed by the model's strategy."""
     pad_multiple = (self.plan.physical_batch_size if self.jit_compile
                     else _PAD_MULTIPLE_WITHOUT_XLA * replicas)
     batches = sampling.logical_batches(features, labels, self.plan,
@@ -288,15 +285,7 @@ class DPModel(keras.Model):
                                        last_step, pad_multiple=pad_multiple)
     if replicas == 1:
       return batches
-
-    def per_replica_slices(*element):
-      split = lambda t: tf.reshape(t, [replicas, -1, *t.shape[1:]])
-      return tf.data.Dataset.from_tensor_slices(tf.nest.map_structure(split, element))
-
-    # distribute_datasets_from_function hands consecutive elements to replicas in turn. The
-    # asserted length lets Keras stop at the last step instead of starting one more.
-    slices = batches.flat_map(per_replica_slices).apply(
-        tf.data.experimental.assert_cardinality((last_step - first_step) * replicas))
+    slices = sampling.replica_slices(batches, last_step - first_step, replicas)
     return self.distribute_strategy.distribute_datasets_from_function(lambda _: slices)
 
   def _prepare(self, features, labels):
@@ -346,55 +335,12 @@ class DPModel(keras.Model):
 
   def train_step(self, data):
     features, labels, mask = data
-    plan = self.plan
-    variables = self.trainable_variables
-    if plan.num_microbatches is not None:
-      microbatch_ids = sampling.microbatch_assignment(self._key, self.noisy_steps,
-                                                      tf.shape(mask)[0], plan.num_microbatches)
-    physical = plan.physical_batch_size // tf.distribute.get_replica_context().num_replicas_in_sync
-    chunks = (tf.shape(mask)[0] + physical - 1) // physical  # the last one may be partial
-
-    if plan.num_microbatches is None:
-      initial = [tf.zeros(v.shape, v.dtype) for v in variables]
-    else:
-      initial = ([tf.zeros([plan.num_microbatches, *v.shape], v.dtype) for v in variables] +
-                 [tf.zeros([plan.num_microbatches])])
-
-    def window_of(chunk):
-      if self.jit_compile:
-        # Under XLA batches are padded to whole chunks, so every chunk has exactly `physical`
-        # rows: a slice of static size keeps every shape static (with the bounded dynamic shapes
-        # of a plain slice, XLA computed wrong per-example gradients for some convolutions).
-        return lambda t: tf.slice(t, [chunk * physical] + [0] * (t.shape.rank - 1),
-                                  [physical, *t.shape[1:]])
-      return lambda t: t[chunk * physical:(chunk + 1) * physical]
-
-    def accumulate(chunk, sums, loss_sum):
-      window = window_of(chunk)
-      x, y = tf.nest.map_structure(window, features), window(labels)
-      chunk_mask = window(mask)
-      grads = self._taps.backward(x, y, self._loss_fn, chunk_mask)
-      self.compute_metrics(x, y, grads.predictions, sample_weight=chunk_mask)
-      loss_sum += tf.reduce_sum(grads.losses * chunk_mask)
-      if plan.num_microbatches is None:
-        parts = clipping.per_example_clipped_sum(grads, chunk_mask, plan.l2_norm_clip)
-      else:
-        part_sums, counts = clipping.microbatch_sums(grads, chunk_mask, window(microbatch_ids),
-                                                     plan.num_microbatches)
-        parts = part_sums + [counts]
-      return chunk + 1, [s + p for s, p in zip(sums, parts)], loss_sum
-
-    # The first chunk outside the loop: almost every Poisson sample fits one physical batch, and
-    # a loop body is a scheduling boundary that cost ~20% of a CNN step (noise, updates and the
-    # backward pass could not overlap across it).
-    first = accumulate(tf.constant(0), initial, tf.constant(0.0))
-    _, sums, loss_sum = tf.while_loop(lambda chunk, *_: chunk < chunks, accumulate, first)
-    if plan.num_microbatches is not None:
-      sums = clipping.clipped_microbatch_sum(sums[:-1], sums[-1], plan.l2_norm_clip)
-    noisy = noise.add_gaussian_noise(sums, plan.noise_multiplier * plan.l2_norm_clip, self._key,
-                                     self.noisy_steps)
-    gradients = [g / plan.expected_clipping_units for g in noisy]
-    self.optimizer.apply_gradients(zip(gradients, variables))
+    record_metrics = lambda x, y, predictions, chunk_mask: self.compute_metrics(
+        x, y, predictions, sample_weight=chunk_mask)
+    gradients, loss_sum = dp_step.noisy_gradients(
+        self._taps, self._loss_fn, self.plan, features, labels, mask, self._key, self.noisy_steps,
+        static_chunks=bool(self.jit_compile), on_chunk=record_metrics)
+    self.optimizer.apply_gradients(zip(gradients, self._taps.variables))
     self.noisy_steps.assign_add(1)
     examples = tf.reduce_sum(mask)
     self._loss_tracker.update_state(tf.math.divide_no_nan(loss_sum, examples),

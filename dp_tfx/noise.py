@@ -11,28 +11,13 @@ the summed gradient then carries exactly one N(0, sigma^2 C^2) draw's variance.
 
 from __future__ import annotations
 
-import secrets
-from typing import Optional, Sequence
+from typing import Sequence
 
 import tensorflow as tf
 
-NOISE_STREAM = 1
-SAMPLING_STREAM = 2
-MICROBATCH_STREAM = 3
+from dp_tfx import keys
+
 _DRAW_VALUES = 1 << 22  # values per shared noise draw (16 MiB of float32)
-
-
-def run_key(seed: Optional[int]) -> tf.Tensor:
-  """A [2] int64 key for stateless RNGs: from `seed` for tests, else fresh OS entropy."""
-  value = secrets.randbits(63) if seed is None else seed
-  return tf.constant([value, 0x5EED_D9_7F], dtype=tf.int64)
-
-
-def stream_key(key: tf.Tensor, *path) -> tf.Tensor:
-  """Derives an independent key for (stream, step, ...) by folding each value in."""
-  for value in path:
-    key = tf.random.experimental.stateless_fold_in(key, tf.cast(value, tf.int64))
-  return key
 
 
 def _draw_groups(sizes: list) -> list:
@@ -69,7 +54,7 @@ def add_gaussian_noise(tensors: Sequence[tf.Tensor], stddev: float, key: tf.Tens
   for group_index, group in enumerate(_draw_groups(sizes)):
     draw = tf.random.stateless_normal(
         [sum(sizes[i] for i in group)], dtype=dtype,
-        seed=stream_key(key, NOISE_STREAM, step, replica_id, group_index))
+        seed=keys.stream_key(key, keys.NOISE_STREAM, step, replica_id, group_index))
     parts = tf.split(draw, [sizes[i] for i in group], num=len(group)) if len(group) > 1 else [draw]
     for index, part in zip(group, parts):
       noise = tf.cast(per_replica_stddev * tf.reshape(part, shapes[index]), tensors[index].dtype)

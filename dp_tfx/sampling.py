@@ -17,7 +17,7 @@ from typing import Optional
 
 import tensorflow as tf
 
-from dp_tfx import noise
+from dp_tfx import keys
 from dp_tfx.config import POISSON
 
 
@@ -25,8 +25,8 @@ from dp_tfx.config import POISSON
 def poisson_indices(key: tf.Tensor, step: tf.Tensor, dataset_size: int,
                     sampling_rate: float) -> tf.Tensor:
   """Indices of the examples in step `step`: each included independently with probability q."""
-  uniform = tf.random.stateless_uniform([dataset_size], seed=noise.stream_key(
-      key, noise.SAMPLING_STREAM, step), dtype=tf.float64)
+  uniform = tf.random.stateless_uniform([dataset_size], seed=keys.stream_key(
+      key, keys.SAMPLING_STREAM, step), dtype=tf.float64)
   return tf.cast(tf.where(uniform < sampling_rate)[:, 0], tf.int32)
 
 
@@ -38,7 +38,7 @@ def shuffled_indices(key: tf.Tensor, step: tf.Tensor, dataset_size: int,
   epoch = step // steps_per_epoch
   position = step % steps_per_epoch
   permutation = tf.random.experimental.stateless_shuffle(
-      tf.range(dataset_size), seed=noise.stream_key(key, noise.SAMPLING_STREAM, epoch))
+      tf.range(dataset_size), seed=keys.stream_key(key, keys.SAMPLING_STREAM, epoch))
   return permutation[position * batch_size:(position + 1) * batch_size]
 
 
@@ -77,7 +77,7 @@ def microbatch_assignment(key: tf.Tensor, step, slots: tf.Tensor,
   deterministic, so one added example regroups every example after it.
   """
   return tf.random.stateless_uniform(
-      [slots], seed=noise.stream_key(key, noise.MICROBATCH_STREAM, step), maxval=num_microbatches,
+      [slots], seed=keys.stream_key(key, keys.MICROBATCH_STREAM, step), maxval=num_microbatches,
       dtype=tf.int32)
 
 
@@ -104,3 +104,20 @@ def logical_batches(features, labels, plan, key: tf.Tensor, first_step: int,
   return (tf.data.Dataset.range(first_step, last_step)
           .map(select, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
           .prefetch(tf.data.AUTOTUNE))
+
+
+def replica_slices(batches: tf.data.Dataset, steps: int, replicas: int) -> tf.data.Dataset:
+  """Each logical batch cut into `replicas` equal slices, in turn (for Keras's
+  distribute_datasets_from_function, which hands consecutive elements to replicas in turn).
+
+  All slices of a step share that step's sample and mask, so the replicas' clipped sums (and
+  their independent noise, sigma^2 C^2 / R each) add up to exactly one DP-SGD step. The asserted
+  length lets Keras stop at the last step instead of starting one more.
+  """
+
+  def per_replica(*element):
+    split = lambda t: tf.reshape(t, [replicas, -1, *t.shape[1:]])
+    return tf.data.Dataset.from_tensor_slices(tf.nest.map_structure(split, element))
+
+  return batches.flat_map(per_replica).apply(
+      tf.data.experimental.assert_cardinality(steps * replicas))

@@ -3,13 +3,13 @@
 import numpy as np
 import tensorflow as tf
 
-from dp_tfx import noise
+from dp_tfx import keys, noise
 
 
 def test_noise_std_matches_sigma_times_clip():
   sigma, clip = 1.3, 0.7
   zeros = [tf.zeros([200, 100]), tf.zeros([50])]
-  noisy = noise.add_gaussian_noise(zeros, sigma * clip, noise.run_key(seed=4), tf.constant(0))
+  noisy = noise.add_gaussian_noise(zeros, sigma * clip, keys.run_key(seed=4), tf.constant(0))
   values = np.concatenate([t.numpy().ravel() for t in noisy])
   # 20,050 draws: the sample std's relative standard error is 1/sqrt(2n) = 0.5%; allow 2%.
   assert abs(values.std() / (sigma * clip) - 1) < 0.02
@@ -17,7 +17,7 @@ def test_noise_std_matches_sigma_times_clip():
 
 
 def test_successive_steps_and_variables_draw_different_noise():
-  key = noise.run_key(seed=4)
+  key = keys.run_key(seed=4)
   zeros = [tf.zeros([1000]), tf.zeros([1000])]
   first = noise.add_gaussian_noise(zeros, 1.0, key, tf.constant(0))
   second = noise.add_gaussian_noise(zeros, 1.0, key, tf.constant(1))
@@ -27,13 +27,13 @@ def test_successive_steps_and_variables_draw_different_noise():
 
 def test_a_fixed_key_reproduces_the_noise():
   zeros = [tf.zeros([10])]
-  a = noise.add_gaussian_noise(zeros, 1.0, noise.run_key(seed=8), tf.constant(3))
-  b = noise.add_gaussian_noise(zeros, 1.0, noise.run_key(seed=8), tf.constant(3))
+  a = noise.add_gaussian_noise(zeros, 1.0, keys.run_key(seed=8), tf.constant(3))
+  b = noise.add_gaussian_noise(zeros, 1.0, keys.run_key(seed=8), tf.constant(3))
   np.testing.assert_array_equal(a[0].numpy(), b[0].numpy())
 
 
 def test_tensors_of_unknown_shape_get_reproducible_noise_of_their_shape():
-  key = noise.run_key(seed=5)
+  key = keys.run_key(seed=5)
   traced = tf.function(lambda a, b: noise.add_gaussian_noise([a, b], 1.0, key, tf.constant(2)),
                        input_signature=[tf.TensorSpec([None, 4]), tf.TensorSpec([None])])
   first = traced(tf.zeros([3, 4]), tf.zeros([7]))
@@ -50,7 +50,7 @@ def test_large_variables_get_draws_of_their_own_and_all_draws_differ(monkeypatch
   assert noise._draw_groups([10, 20, 30, 50, 5, 5]) == [[0, 1], [2], [3], [4, 5]]
   zeros = [tf.zeros([10]), tf.zeros([20]), tf.zeros([30]), tf.zeros([50]), tf.zeros([5]),
            tf.zeros([5])]
-  noisy = noise.add_gaussian_noise(zeros, 1.0, noise.run_key(seed=6), tf.constant(0))
+  noisy = noise.add_gaussian_noise(zeros, 1.0, keys.run_key(seed=6), tf.constant(0))
   values = np.concatenate([t.numpy() for t in noisy])
   # Separate draws must come from separate streams: no value repeats across the 120.
   assert len(np.unique(values)) == values.size
@@ -58,7 +58,7 @@ def test_large_variables_get_draws_of_their_own_and_all_draws_differ(monkeypatch
 
 
 def test_float64_tensors_get_float64_noise():
-  noisy = noise.add_gaussian_noise([tf.zeros([1000], tf.float64)], 1.0, noise.run_key(seed=7),
+  noisy = noise.add_gaussian_noise([tf.zeros([1000], tf.float64)], 1.0, keys.run_key(seed=7),
                                    tf.constant(0))
   values = noisy[0].numpy()
   assert values.dtype == np.float64

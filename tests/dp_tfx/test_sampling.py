@@ -4,14 +4,14 @@ import numpy as np
 import scipy.stats
 import tensorflow as tf
 
-from dp_tfx import noise, sampling
+from dp_tfx import keys, sampling
 from dp_tfx.config import DPConfig
 from dp_tfx.plan import TrainingPlan
 
 
 def test_poisson_sample_sizes_follow_the_binomial():
   n, q, steps = 2000, 0.03, 400
-  key = noise.run_key(seed=11)
+  key = keys.run_key(seed=11)
   sizes = np.array([int(tf.size(sampling.poisson_indices(key, s, n, q))) for s in range(steps)])
   # Mean and variance of Binomial(2000, 0.03): 60 and 58.2. With 400 draws the sample mean's
   # standard error is 0.38; 4 standard errors is the tolerance.
@@ -26,7 +26,7 @@ def test_poisson_sample_sizes_follow_the_binomial():
 
 def test_each_example_is_included_with_probability_q():
   n, q, steps = 50, 0.2, 2000
-  key = noise.run_key(seed=3)
+  key = keys.run_key(seed=3)
   counts = np.zeros(n)
   for s in range(steps):
     counts[sampling.poisson_indices(key, s, n, q).numpy()] += 1
@@ -52,7 +52,7 @@ def _plan(**overrides):
 def test_logical_batches_gather_exactly_the_sampled_examples():
   features = np.arange(100, dtype=np.float32)[:, None]
   labels = np.arange(100, dtype=np.int32)
-  plan, key = _plan(), noise.run_key(seed=5)
+  plan, key = _plan(), keys.run_key(seed=5)
   for step, (x, y, mask) in enumerate(sampling.logical_batches(features, labels, plan, key, 0,
                                                                 plan.steps)):
     chosen = sampling.poisson_indices(key, step, 100, plan.sampling_rate).numpy()
@@ -64,7 +64,7 @@ def test_logical_batches_gather_exactly_the_sampled_examples():
 
 def test_resuming_draws_what_an_uninterrupted_run_draws_and_steps_differ():
   labels = np.arange(100, dtype=np.int32)
-  plan, key = _plan(), noise.run_key(seed=9)
+  plan, key = _plan(), keys.run_key(seed=9)
   whole = [y.numpy() for _, y, _ in sampling.logical_batches(labels, labels, plan, key, 0, 10)]
   tail = [y.numpy() for _, y, _ in sampling.logical_batches(labels, labels, plan, key, 5, 10)]
   for a, b in zip(whole[5:], tail):
@@ -73,19 +73,19 @@ def test_resuming_draws_what_an_uninterrupted_run_draws_and_steps_differ():
 
 
 def test_fresh_keys_differ():
-  assert not np.array_equal(noise.run_key(None).numpy(), noise.run_key(None).numpy())
+  assert not np.array_equal(keys.run_key(None).numpy(), keys.run_key(None).numpy())
 
 
 def test_shuffled_batches_cover_each_epoch_once():
   labels = np.arange(100, dtype=np.int32)
   plan = _plan(sampling="shuffle", steps=10, physical_batch_size=None)
   batches = [y.numpy() for _, y, _ in sampling.logical_batches(labels, labels, plan,
-                                                               noise.run_key(seed=1), 0, 10)]
+                                                               keys.run_key(seed=1), 0, 10)]
   assert sorted(np.concatenate(batches)) == list(range(100))
 
 
 def test_microbatch_assignment_is_uniform_and_fresh_per_step():
-  key = noise.run_key(seed=2)
+  key = keys.run_key(seed=2)
   ids = np.concatenate([sampling.microbatch_assignment(key, step, 50, 3).numpy()
                         for step in range(200)])
   assert scipy.stats.chisquare(np.bincount(ids, minlength=3)).pvalue > 1e-3

@@ -1,0 +1,87 @@
+"""One DP-SGD step's gradient, as a function of tensors: no Keras model state, no data loading.
+
+For a logical batch (padded to physical chunks, with a mask): per-example gradients clipped to C
+(or per-microbatch means, clipped), summed over the chunks, N(0, sigma^2 C^2) noise added (split
+across replicas), and the sum divided by the expected batch size. `DPModel.train_step` calls it
+and applies the result with the user's optimizer; tests call it directly.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Optional
+
+import tensorflow as tf
+
+from dp_tfx import clipping, noise, sampling
+from dp_tfx.plan import TrainingPlan
+
+# (features, labels, predictions, mask) of one chunk -> None: e.g. Keras's compute_metrics.
+ChunkCallback = Callable[[object, tf.Tensor, tf.Tensor, tf.Tensor], None]
+
+
+def noisy_gradients(taps: clipping.GradientTaps, loss_fn: clipping.LossFn, plan: TrainingPlan,
+                    features, labels: tf.Tensor, mask: tf.Tensor, key: tf.Tensor,
+                    step: tf.Tensor, static_chunks: bool = False,
+                    on_chunk: Optional[ChunkCallback] = None) -> tuple:
+  """The noisy, averaged DP-SGD gradient of one logical batch (or of this replica's slice of it).
+
+  Args:
+    taps: the model's per-example gradient taps.
+    loss_fn: (labels, predictions) -> [B] per-example losses.
+    plan: the training plan (C, sigma, microbatches, physical batch size, expected batch size).
+    features, labels, mask: the logical batch as `sampling.logical_batches` makes it.
+    key, step: the run's noise key and the step number (noise and microbatches depend on both).
+    static_chunks: slice chunks of static size (under XLA, where batches are padded to whole
+      chunks).
+    on_chunk: called with each physical chunk's features, labels, predictions and mask.
+
+  Returns:
+    (gradients in the order of taps.variables, the sum of the chunks' masked losses).
+  """
+  variables = taps.variables
+  if plan.num_microbatches is not None:
+    microbatch_ids = sampling.microbatch_assignment(key, step, tf.shape(mask)[0],
+                                                    plan.num_microbatches)
+  physical = plan.physical_batch_size // tf.distribute.get_replica_context().num_replicas_in_sync
+  chunks = (tf.shape(mask)[0] + physical - 1) // physical  # the last one may be partial
+
+  if plan.num_microbatches is None:
+    initial = [tf.zeros(v.shape, v.dtype) for v in variables]
+  else:
+    initial = ([tf.zeros([plan.num_microbatches, *v.shape], v.dtype) for v in variables] +
+               [tf.zeros([plan.num_microbatches])])
+
+  def window_of(chunk):
+    if static_chunks:
+      # Under XLA batches are padded to whole chunks, so every chunk has exactly `physical`
+      # rows: a slice of static size keeps every shape static (with the bounded dynamic shapes
+      # of a plain slice, XLA computed wrong per-example gradients for some convolutions).
+      return lambda t: tf.slice(t, [chunk * physical] + [0] * (t.shape.rank - 1),
+                                [physical, *t.shape[1:]])
+    return lambda t: t[chunk * physical:(chunk + 1) * physical]
+
+  def accumulate(chunk, sums, loss_sum):
+    window = window_of(chunk)
+    x, y = tf.nest.map_structure(window, features), window(labels)
+    chunk_mask = window(mask)
+    grads = taps.backward(x, y, loss_fn, chunk_mask)
+    if on_chunk is not None:
+      on_chunk(x, y, grads.predictions, chunk_mask)
+    loss_sum += tf.reduce_sum(grads.losses * chunk_mask)
+    if plan.num_microbatches is None:
+      parts = clipping.per_example_clipped_sum(grads, chunk_mask, plan.l2_norm_clip)
+    else:
+      part_sums, counts = clipping.microbatch_sums(grads, chunk_mask, window(microbatch_ids),
+                                                   plan.num_microbatches)
+      parts = part_sums + [counts]
+    return chunk + 1, [s + p for s, p in zip(sums, parts)], loss_sum
+
+  # The first chunk outside the loop: almost every Poisson sample fits one physical batch, and
+  # a loop body is a scheduling boundary that cost ~20% of a CNN step (noise, updates and the
+  # backward pass could not overlap across it).
+  first = accumulate(tf.constant(0), initial, tf.constant(0.0))
+  _, sums, loss_sum = tf.while_loop(lambda chunk, *_: chunk < chunks, accumulate, first)
+  if plan.num_microbatches is not None:
+    sums = clipping.clipped_microbatch_sum(sums[:-1], sums[-1], plan.l2_norm_clip)
+  noisy = noise.add_gaussian_noise(sums, plan.noise_multiplier * plan.l2_norm_clip, key, step)
+  return [g / plan.expected_clipping_units for g in noisy], loss_sum
