@@ -86,29 +86,24 @@ def _add_training_arguments(parser: argparse.ArgumentParser) -> None:
                      f"{MAX_STEPS:,} steps")
   steps.add_argument("--steps", type=_steps, help=f"noisy steps, at most {MAX_STEPS:,}")
   parser.add_argument("--delta", type=_number(0, 1, open_low=True), required=True)
-  parser.add_argument("--microbatch-size", type=_positive_int, default=1,
-                      help="examples per microbatch; any M > 1 is accounted with sensitivity 2C "
-                      "(whatever B), trained as K = max(2, B // M) microbatches")
+  _add_num_microbatches(parser)
   parser.add_argument("--accountant", choices=accounting.ACCOUNTANTS, default=accounting.PLD)
   parser.add_argument("--json", action="store_true",
                       help="print one JSON object; an infinite epsilon is null, with "
                       '"epsilon_infinite": true and the reason in "epsilon_reason"')
 
 
-def _num_microbatches(args) -> Optional[int]:
-  """--microbatch-size M as the K microbatches training would use: M > 1 always gives K >= 2."""
-  if args.microbatch_size == 1:
-    return None
-  if args.batch_size < 2:
-    raise ValueError(f"--microbatch-size {args.microbatch_size} needs --batch-size >= 2 (a "
-                     "microbatch of several examples in batches of one)")
-  return max(2, args.batch_size // args.microbatch_size)
+def _add_num_microbatches(parser: argparse.ArgumentParser) -> None:
+  """DPConfig.num_microbatches, the same flag for accounting and training."""
+  parser.add_argument("--num-microbatches", type=_positive_int, default=None,
+                      help="K > 1 clips each of K random microbatches' mean gradient, accounted "
+                      "with sensitivity 2C (whatever K and B); default: per-example clipping (C)")
 
 
 def _plan(args, **sigma) -> TrainingPlan:
   """The flags as a DPConfig resolved into a TrainingPlan: the path training takes."""
   config = DPConfig(batch_size=args.batch_size, epochs=args.epochs, steps=args.steps,
-                    delta=args.delta, num_microbatches=_num_microbatches(args), **sigma)
+                    delta=args.delta, num_microbatches=args.num_microbatches, **sigma)
   return TrainingPlan.from_config(config, args.n, accountant=args.accountant)
 
 
@@ -117,7 +112,7 @@ def _facts(args, plan: TrainingPlan) -> dict:
   return {"n": plan.dataset_size, "batch_size": plan.batch_size,
           "sampling_rate": plan.sampling_rate, "steps": plan.steps,
           "epochs": plan.steps * plan.batch_size / plan.dataset_size, "delta": plan.delta,
-          "microbatch_size": args.microbatch_size, "num_microbatches": plan.num_microbatches,
+          "num_microbatches": plan.num_microbatches,
           "sensitivity": "2C" if plan.sensitivity_multiplier == 2 else "C",
           "accountant": args.accountant, "noise_multiplier": plan.noise_multiplier,
           "epsilon": result.epsilon, "epsilon_infinite": not result.finite,
@@ -273,7 +268,7 @@ def build_parser() -> argparse.ArgumentParser:
                         + example_default)
   pipeline.add_argument("--epochs", type=_number(0, MAX_STEPS, open_low=True, open_high=False),
                         help=example_default)
-  pipeline.add_argument("--num-microbatches", type=_positive_int, default=None)
+  _add_num_microbatches(pipeline)
   pipeline.add_argument("--sampling", choices=SAMPLING_METHODS, default=POISSON)
   pipeline.add_argument("--allow-shuffle", action="store_true",
                         help="let the policy accept shuffled batches (epsilon then not rigorous)")

@@ -30,9 +30,9 @@ def test_epsilon_reproduces_the_reference(capsys, accountant, expected):
   assert result["epsilon"] == pytest.approx(expected, rel=0.01)
 
 
-def test_microbatch_size_doubles_the_sensitivity(capsys):
+def test_microbatches_double_the_sensitivity(capsys):
   per_example = _run_json(capsys, EPSILON_ARGS)["epsilon"]
-  microbatched = _run_json(capsys, EPSILON_ARGS + ["--microbatch-size", "8"])["epsilon"]
+  microbatched = _run_json(capsys, EPSILON_ARGS + ["--num-microbatches", "32"])["epsilon"]
   assert microbatched > 2 * per_example
 
 
@@ -105,12 +105,13 @@ def _exit_2_one_line(capsys, args, *words):
   return lines[0]
 
 
-@pytest.mark.parametrize("microbatch_size", [2, 3, 99, 100, 101, 133, 150, 199, 200, 201, 1000])
-def test_any_microbatch_size_above_one_is_accounted_with_2c(capsys, microbatch_size):
-  # Before: --microbatch-size 150 (> B/2) became one microbatch, accounted with C: epsilon 2.0.
+@pytest.mark.parametrize("num_microbatches", [2, 3, 99, 100, 101, 199, 200])
+def test_any_number_of_microbatches_above_one_is_accounted_with_2c(capsys, num_microbatches):
+  # Even K = B (microbatches of expected size one example): sensitivity 2C, not C.
   microbatched = _run_json(capsys, ["epsilon", *SMALL, "--noise-multiplier", "1.1", "--json",
-                                    "--microbatch-size", str(microbatch_size)])
-  assert microbatched["sensitivity"] == "2C" and microbatched["num_microbatches"] >= 2
+                                    "--num-microbatches", str(num_microbatches)])
+  assert microbatched["sensitivity"] == "2C"
+  assert microbatched["num_microbatches"] == num_microbatches
   assert microbatched["epsilon"] == pytest.approx(_small_epsilon(0.55), rel=1e-9)
   assert microbatched["epsilon"] > 4 * _small_epsilon(1.1)  # 10.2 against 2.0
 
@@ -122,16 +123,16 @@ def _small_epsilon(sigma):
                                     delta=1e-5)
 
 
-def test_microbatch_size_one_is_per_example(capsys):
+def test_one_microbatch_is_per_example(capsys):
   per_example = _run_json(capsys, ["epsilon", *SMALL, "--noise-multiplier", "1.1", "--json",
-                                   "--microbatch-size", "1"])
+                                   "--num-microbatches", "1"])
   assert per_example["sensitivity"] == "C" and per_example["num_microbatches"] is None
   assert per_example["epsilon"] == pytest.approx(_small_epsilon(1.1), rel=1e-9)
 
 
 def test_epsilon_matches_the_training_plan(capsys):
   result = _run_json(capsys, ["epsilon", *SMALL, "--noise-multiplier", "1.1", "--json",
-                              "--microbatch-size", "150"])
+                              "--num-microbatches", "2"])
   plan = TrainingPlan.from_config(DPConfig(noise_multiplier=1.1, batch_size=200, epochs=2,
                                            delta=1e-5, num_microbatches=2), 4000)
   assert result["epsilon"] == plan.epsilon() and result["steps"] == plan.steps == 40
@@ -140,16 +141,18 @@ def test_epsilon_matches_the_training_plan(capsys):
 def test_calibrate_with_microbatches_uses_2c(capsys):
   args = ["calibrate", *SMALL, "--target-epsilon", "2", "--accountant", "rdp", "--json"]
   per_example = _run_json(capsys, args)
-  microbatched = _run_json(capsys, args + ["--microbatch-size", "150"])
+  microbatched = _run_json(capsys, args + ["--num-microbatches", "2"])
   assert microbatched["noise_multiplier"] == pytest.approx(2 * per_example["noise_multiplier"],
                                                            rel=1e-3)
   assert microbatched["epsilon"] <= 2
 
 
-def test_microbatches_need_batches_of_two(capsys):
-  _exit_2_one_line(capsys, ["epsilon", "--n", "100", "--batch-size", "1", "--steps", "5",
-                            "--delta", "1e-5", "--noise-multiplier", "1", "--microbatch-size",
-                            "2"], "--batch-size")
+@pytest.mark.parametrize("num_microbatches, word", [("0", "--num-microbatches"),
+                                                    ("3", "num_microbatches")])  # > B = 2
+def test_impossible_microbatches_are_refused(capsys, num_microbatches, word):
+  _exit_2_one_line(capsys, ["epsilon", "--n", "100", "--batch-size", "2", "--steps", "5",
+                            "--delta", "1e-5", "--noise-multiplier", "1", "--num-microbatches",
+                            num_microbatches], word)
 
 
 @pytest.mark.parametrize("flags, word", [
