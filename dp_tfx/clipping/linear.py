@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import abc
+from typing import NamedTuple, Optional
 
 import keras
 import numpy as np
@@ -18,6 +19,59 @@ from dp_tfx.clipping.base import LayerTap, flatten_positions, register_tap
 _SMALL_PATCH = 128
 
 
+class OuterProducts(NamedTuple):
+  """Per-example gradients of the form sum_t a_t g_t^T ([B, k, j] from [B, T, k] inputs `a` and
+  [B, T, j] output gradients `g`): a Dense layer over T positions, a convolution's patches, a
+  recurrent layer's kernels over T time steps.
+
+  `products` holds the per-example products only when building them is cheaper than ghost norms
+  (see `outer_products`; norms and sums then both reuse them); `a` may be None when they are
+  built another way. A tuple, so that tf.nest sees its tensors.
+  """
+
+  a: Optional[tf.Tensor]
+  g: tf.Tensor
+  products: Optional[tf.Tensor] = None
+
+  @property
+  def ghost(self) -> bool:
+    return self.products is None
+
+  def squared_norms(self) -> tf.Tensor:
+    if self.ghost:
+      # Ghost norm: ||sum_t a_t g_t^T||^2 = sum_{t,s} (a_t . a_s)(g_t . g_s).
+      return tf.reduce_sum(tf.einsum("btk,bsk->bts", self.a, self.a) *
+                           tf.einsum("btj,bsj->bts", self.g, self.g), axis=[1, 2])
+    return tf.reduce_sum(tf.square(self.products), axis=[1, 2])
+
+  def weighted_sum(self, weights) -> tf.Tensor:
+    """[k, j] sum_b weights[b] * product b."""
+    if self.ghost:  # book-keeping: no per-example gradients
+      return tf.einsum("btk,btj->kj", self.a, self.g * weights[:, None, None])
+    return tf.tensordot(weights, self.products, axes=1)
+
+  def per_example(self) -> tf.Tensor:
+    return tf.einsum("btk,btj->bkj", self.a, self.g) if self.ghost else self.products
+
+
+def outer_products(a: tf.Tensor, g: tf.Tensor) -> OuterProducts:
+  """The products of [B, T, k] inputs and [B, T, j] gradients, built per example only where
+  that is cheaper than ghost norms (T * (k + j) > k * j, or T unknown)."""
+  positions, k, j = a.shape[1], a.shape[-1], g.shape[-1]
+  if positions is not None and positions * (k + j) <= k * j:
+    return OuterProducts(a, g)
+  return OuterProducts(a, g, tf.einsum("btk,btj->bkj", a, g))
+
+
+def bias_squared_norms(g) -> tf.Tensor:
+  """[B] squared norms of a bias's per-example gradients sum_t g_t, from [B, T, j] gradients."""
+  return tf.reduce_sum(tf.square(tf.reduce_sum(g, axis=1)), axis=1)
+
+
+def bias_weighted_sum(g, weights) -> tf.Tensor:
+  return tf.einsum("btj,b->j", g, weights)
+
+
 class LinearTap(LayerTap):
   """Dense and convolutions: z = unfold(x) @ W + b, per position."""
 
@@ -28,56 +82,37 @@ class LinearTap(LayerTap):
   def _unfold(self, inputs: tf.Tensor) -> tf.Tensor:
     """Inputs as [B, T, k] rows, one per output position, matching the kernel's [k, j] layout."""
 
-  def prepare(self, output_grads):
-    """[B, T, k] inputs and [B, T, j] grads of all recorded calls (concatenated along positions),
-    and the [B, k, j] per-example kernel gradients when building them is cheaper than ghost norms
-    (then norms and sums both reuse them); else None.
-    """
+  def prepare(self, output_grads) -> OuterProducts:
+    """The outer products of all recorded calls' inputs and gradients (concatenated along
+    positions)."""
     units = self.layer.kernel.shape[-1]
     activations = [self._unfold(record[0]) for record in self.records]
     grads = [flatten_positions(g, units) for g in output_grads]
     a = activations[0] if len(activations) == 1 else tf.concat(activations, axis=1)
     g = grads[0] if len(grads) == 1 else tf.concat(grads, axis=1)
-    positions, k, j = a.shape[1], a.shape[-1], g.shape[-1]
-    ghost = positions is not None and positions * (k + j) <= k * j
-    return a, g, None if ghost else tf.einsum("btk,btj->bkj", a, g)
+    return outer_products(a, g)
 
   def norm_method(self, prepared) -> str:
-    return "ghost" if prepared[2] is None else "per_example"
+    return "ghost" if prepared.ghost else "per_example"
 
   def squared_norms(self, prepared) -> tf.Tensor:
-    a, g, kernel_grads = prepared
-    if kernel_grads is None:
-      # Ghost norm: ||sum_t a_t g_t^T||^2 = sum_{t,s} (a_t . a_s)(g_t . g_s).
-      kernel_sq = tf.reduce_sum(tf.einsum("btk,bsk->bts", a, a) * tf.einsum("btj,bsj->bts", g, g),
-                                axis=[1, 2])
-    else:
-      kernel_sq = tf.reduce_sum(tf.square(kernel_grads), axis=[1, 2])
     if self.bias() is None:
-      return kernel_sq
-    return kernel_sq + tf.reduce_sum(tf.square(tf.reduce_sum(g, axis=1)), axis=1)
+      return prepared.squared_norms()
+    return prepared.squared_norms() + bias_squared_norms(prepared.g)
 
   def weighted_sum(self, prepared, weights) -> list:
-    a, g, kernel_grads = prepared
-    weighted = g * weights[:, None, None]
-    if kernel_grads is None:
-      kernel = tf.einsum("btk,btj->kj", a, weighted)  # book-keeping: no per-example gradients
-    else:
-      kernel = tf.tensordot(weights, kernel_grads, axes=1)
-    kernel = tf.reshape(kernel, self.layer.kernel.shape)
+    kernel = tf.reshape(prepared.weighted_sum(weights), self.layer.kernel.shape)
     if self.bias() is None:
       return [kernel]
-    return [kernel, tf.reduce_sum(weighted, axis=[0, 1])]
+    return [kernel, bias_weighted_sum(prepared.g, weights)]
 
   def per_example(self, prepared) -> list:
-    a, g, kernel_grads = prepared
-    if kernel_grads is None:
-      kernel_grads = tf.einsum("btk,btj->bkj", a, g)
-    batch = tf.shape(g)[0]
-    kernel = tf.reshape(kernel_grads, tf.concat([[batch], self.layer.kernel.shape], axis=0))
+    batch = tf.shape(prepared.g)[0]
+    kernel = tf.reshape(prepared.per_example(),
+                        tf.concat([[batch], self.layer.kernel.shape], axis=0))
     if self.bias() is None:
       return [kernel]
-    return [kernel, tf.reduce_sum(g, axis=1)]
+    return [kernel, tf.reduce_sum(prepared.g, axis=1)]
 
 
 class DenseTap(LinearTap):
@@ -120,7 +155,7 @@ class ConvTap(LinearTap):
     grads = [flatten_positions(g, units) for g in output_grads]
     g = grads[0] if len(grads) == 1 else tf.concat(grads, axis=1)
     batch = tf.shape(g)[0]
-    return None, g, tf.reshape(kernel_grads, [batch, -1, units])
+    return OuterProducts(None, g, tf.reshape(kernel_grads, [batch, -1, units]))
 
   def _per_example_kernel_grads(self, inputs, output_grads):
     """[B, *kernel.shape]: every example's filter gradient from one grouped convolution.
