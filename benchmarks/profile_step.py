@@ -71,7 +71,7 @@ def _stage_functions(model, loss_fn):
   def dp_backward(x, y):
     # Only the pre-activation gradients, without the taps' preparation (as in GradientTaps).
     with tf.GradientTape() as tape:
-      with taps.recording():
+      with taps.recording(tape):
         predictions = model(x, training=True)
       total = tf.reduce_sum(loss_fn(y, predictions))
     return tape.gradient(total, [z for tap in taps.taps for z in tap.outputs()])

@@ -23,7 +23,8 @@ The package: `base` (the tap and the registry: `register_tap`), one module per l
 """
 
 # The built-in taps register themselves for their layer classes on import.
-from dp_tfx.clipping import einsum_dense, embedding, layer_normalization, linear  # noqa: F401
+from dp_tfx.clipping import (einsum_dense, embedding, layer_normalization, linear,  # noqa: F401
+                             recurrent)
 from dp_tfx.clipping.aggregation import (clip_factors, clipped_microbatch_sum, microbatch_sums,
                                          per_example_clipped_sum)
 from dp_tfx.clipping.base import LayerTap, TapOptions, register_tap

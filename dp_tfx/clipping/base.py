@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import abc
 import dataclasses
-from typing import Dict, List, Optional, Type
+from typing import Callable, Dict, List, Optional, Type
 
 import keras
 import tensorflow as tf
@@ -102,14 +102,19 @@ class LayerTap(abc.ABC):
     del prepared
     return "per_example"
 
-  def install(self):
-    """Makes the layer's calls go through `forward` (recording) until `uninstall`."""
-    # An instance attribute shadows the class's `call`; Keras's __call__ looks it up per call.
-    self.layer.__dict__["call"] = self.forward
+  # The layer method `forward` stands in for while installed.
+  PATCHED_METHOD = "call"
+
+  def install(self, watch: Callable[[tf.Tensor], None]):
+    """Makes the layer's calls go through `forward` (recording) until `uninstall`; `watch` is
+    the gradient tape's, for taps that take gradients of tensors of their own (probes)."""
+    # An instance attribute shadows the class's method; Keras looks it up per call.
+    self.layer.__dict__[self.PATCHED_METHOD] = self.forward
+    self.watch = watch
     self.records = []
 
   def uninstall(self):
-    self.layer.__dict__.pop("call", None)
+    self.layer.__dict__.pop(self.PATCHED_METHOD, None)
 
   def _record_and_activate(self, inputs, z, bias):
     """Adds the bias, records (inputs, pre-activation) and applies the layer's activation."""

@@ -115,11 +115,11 @@ class GradientTaps:
     self.fallback_variables = [v for v in self.variables if id(v) not in covered]
 
   @contextlib.contextmanager
-  def recording(self):
-    """Within it, the model's calls record what the taps need (the forward pass of `backward`;
-    also for profiling it alone)."""
+  def recording(self, tape: tf.GradientTape):
+    """Within it (and within `tape`), the model's calls record what the taps need: the forward
+    pass of `backward`, also for profiling it alone."""
     for tap in self.taps:
-      tap.install()
+      tap.install(tape.watch)
     try:
       yield
     finally:
@@ -137,7 +137,7 @@ class GradientTaps:
       training: passed to the model call.
     """
     with tf.GradientTape(persistent=bool(self.fallback_variables)) as tape:
-      with self.recording():
+      with self.recording(tape):
         predictions = self.model(x, training=training)
       losses = loss_fn(y, predictions)
       masked = losses * tf.cast(mask, losses.dtype)

@@ -52,14 +52,24 @@ def attention_model():
   return keras.Model(inputs, keras.layers.Dense(3)(keras.layers.GlobalAveragePooling1D()(x)))
 
 
+def recurrent_model():
+  """LSTM (both directions), GRU and SimpleRNN over masked sequences (id 0 is padding)."""
+  return keras.Sequential([
+      keras.Input((5,), dtype="int32"), keras.layers.Embedding(VOCAB, 4, mask_zero=True),
+      keras.layers.Bidirectional(keras.layers.LSTM(3, return_sequences=True)),
+      keras.layers.GRU(3, return_sequences=True), keras.layers.SimpleRNN(2),
+      keras.layers.Dense(3)])
+
+
 MODELS = {"dense": dense_model, "conv2d": conv2d_model, "conv1d": conv1d_model,
-          "embedding": embedding_model, "fallback": fallback_model, "attention": attention_model}
+          "embedding": embedding_model, "fallback": fallback_model, "attention": attention_model,
+          "recurrent": recurrent_model}
 
 
 def batch_for(kind, size, seed=0):
   rng = np.random.default_rng(seed)
   shapes = {"dense": (6,), "conv2d": (9, 9, 2), "conv1d": (7, 3), "fallback": (6,)}
-  if kind in ("embedding", "attention"):
+  if kind in ("embedding", "attention", "recurrent"):
     x = rng.integers(0, VOCAB, size=(size, 5)).astype("int32")
   else:
     x = rng.normal(size=(size, *shapes[kind])).astype("float32")

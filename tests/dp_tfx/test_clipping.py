@@ -89,7 +89,8 @@ def test_microbatch_clipped_sum_matches_loop(kind):
   _assert_close(actual, expected)
 
 
-@pytest.mark.parametrize("kind", ["dense", "conv2d", "conv1d", "embedding", "attention"])
+@pytest.mark.parametrize("kind", ["dense", "conv2d", "conv1d", "embedding", "attention",
+                                  "recurrent"])
 def test_fast_taps_cover_every_variable_of_supported_layers(kind):
   taps = clipping.GradientTaps(models.MODELS[kind]())
   assert not taps.fallback_variables
@@ -199,3 +200,46 @@ def test_a_subclass_of_a_tapped_layer_takes_the_fallback():
 def test_register_tap_takes_only_layer_taps():
   with pytest.raises(TypeError, match="LayerTap subclass"):
     clipping.register_tap(_Scale, object)
+
+
+@pytest.mark.parametrize("layer, tapped", [
+    (lambda: keras.layers.LSTM(3, go_backwards=True), True),
+    (lambda: keras.layers.LSTM(3, unroll=True, use_bias=False), True),
+    (lambda: keras.layers.GRU(3, go_backwards=True, return_sequences=True), True),
+    (lambda: keras.layers.SimpleRNN(3, activation=None, return_sequences=True), True),
+    (lambda: keras.layers.GRU(3, reset_after=False), False),  # the state is scaled before U
+    (lambda: keras.layers.LSTM(3, dropout=0.5), False),  # a dropout mask the tap cannot redraw
+])
+@pytest.mark.parametrize("mask_zero", [False, True])
+@pytest.mark.filterwarnings("ignore:.*does not support masking")  # Flatten drops the mask
+def test_recurrent_variants_match_loop_or_take_the_fallback(layer, tapped, mask_zero):
+  recurrent = layer()
+  model = keras.Sequential([keras.Input((6,), dtype="int32"),
+                            keras.layers.Embedding(models.VOCAB, 4, mask_zero=mask_zero),
+                            recurrent, keras.layers.Flatten(), keras.layers.Dense(3)])
+  x, y = models.batch_for("recurrent", BATCH, seed=6)
+  x = np.concatenate([x, np.zeros([BATCH, 1], np.int32)], axis=1)  # a padded last step
+  taps = clipping.GradientTaps(model)
+  assert any(tap.layer is recurrent for tap in taps.taps) == tapped
+  mask = np.ones(BATCH, np.float32)
+  mask[5] = 0.0
+  grads = taps.backward(tf.constant(x), tf.constant(y), LOSS, tf.constant(mask))
+  actual = clipping.per_example_clipped_sum(grads, tf.constant(mask), 0.05)
+  # Dropout is off in the reference (training=True there would draw other masks): compare the
+  # tapped layers only where the step is deterministic.
+  if not recurrent.cell.dropout:
+    _assert_close(actual, clipping.reference_clipped_sum(model, LOSS, x, y, 0.05, mask=mask))
+
+
+def test_a_recurrent_layer_called_twice_sums_both_calls():
+  lstm = keras.layers.LSTM(3, return_sequences=True)
+  inputs = keras.Input((5,), dtype="int32")
+  embedded = keras.layers.Embedding(models.VOCAB, 3)(inputs)
+  twice = lstm(lstm(embedded))  # 3 features in, 3 units out: the same weights on both levels
+  model = keras.Model(inputs, keras.layers.Dense(3)(keras.layers.Flatten()(twice)))
+  x, y = models.batch_for("recurrent", BATCH, seed=7)
+  taps = clipping.GradientTaps(model)
+  assert not taps.fallback_variables
+  grads = taps.backward(tf.constant(x), tf.constant(y), LOSS, tf.ones([BATCH]))
+  _assert_close(clipping.per_example_clipped_sum(grads, tf.ones([BATCH]), 0.05),
+                clipping.reference_clipped_sum(model, LOSS, x, y, 0.05))

@@ -1,0 +1,197 @@
+"""Taps of the recurrent layers SimpleRNN, LSTM and GRU (reset_after, Keras's default).
+
+At every time step these layers compute pre-activations z_t = x_t W + h_{t-1} U + b (GRU: the
+input and the recurrent projections separately, each with its own bias row), so each kernel's
+per-example gradient is a sum over time of outer products, like a Dense layer's over T positions:
+W's is sum_t x_t g_t^T, U's sum_t h_{t-1} g_t^T, b's sum_t g_t, where g_t is the gradient of the
+loss with respect to z_t through every later step. The tap gets all g_t from the one backward
+pass by adding a zero "probe" tensor [B, T, width] to the pre-activations inside the recurrence
+(the gradient with respect to the probe is exactly the g_t's), and records x_t and h_{t-1}.
+
+The tap replaces only the layer's inner loop (Keras's RNN.call keeps initial states, masking,
+go_backwards, return_sequences/return_state); the step maths mirror Keras 3's cells. Dropout
+(masks the tap would have to reproduce), stateful layers and GRU with reset_after=False (whose
+candidate gate multiplies the state before the recurrent kernel) take the vectorised fallback.
+"""
+
+from __future__ import annotations
+
+import abc
+
+import keras
+import tensorflow as tf
+from keras.src import backend as keras_backend
+
+from dp_tfx.clipping.base import LayerTap, register_tap
+from dp_tfx.clipping.linear import bias_squared_norms, bias_weighted_sum, outer_products
+
+
+class RecurrentTap(LayerTap):
+  """A recurrent layer whose input and recurrent pre-activations share one probe (SimpleRNN,
+  LSTM); subclasses give the cell's step."""
+
+  # Pre-activation values per unit: 1 for SimpleRNN, 4 gates for LSTM, 3 + 3 for GRU.
+  _WIDTH_PER_UNIT = 1
+
+  @classmethod
+  def for_layer(cls, layer, options):
+    cell = layer.cell
+    if layer.stateful or getattr(cell, "dropout", 0) or getattr(cell, "recurrent_dropout", 0):
+      return None
+    return cls(layer)
+
+  @property
+  def variables(self) -> list:
+    return [v for v in (self.kernel(), self.layer.cell.recurrent_kernel, self.bias())
+            if v is not None]
+
+  def kernel(self):
+    return self.layer.cell.kernel
+
+  def bias(self):
+    return self.layer.cell.bias if self.layer.cell.use_bias else None
+
+  # RNN.call looks up `inner_loop` on the layer per call; everything around it stays Keras's.
+  PATCHED_METHOD = "inner_loop"
+
+  @abc.abstractmethod
+  def _step(self, x, probe, states) -> tuple:
+    """The cell's maths for one time step with `probe` added to its pre-activations:
+    (output h_t, new states)."""
+
+  def forward(self, sequences, initial_state, mask, training=False):
+    """Keras's RNN inner loop, returning (last output, outputs, states), with the probe."""
+    del training  # only dropout depends on it, and layers with dropout are not tapped
+    cell = self.layer.cell
+    steps, features = sequences.shape[1], sequences.shape[-1]
+    time = steps if steps is not None else tf.shape(sequences)[1]
+    width = self._WIDTH_PER_UNIT * cell.units
+    probe = tf.zeros(tf.stack([tf.shape(sequences)[0], time, width]), sequences.dtype)
+    probe.set_shape([None, steps, width])
+    self.watch(probe)
+
+    def step(inputs, states):
+      h_tm1 = states[0]
+      output, new_states = self._step(inputs[:, :features], inputs[:, features:], states)
+      return tf.concat([output, h_tm1], axis=-1), new_states
+
+    # Keras's own loop (no public API exposes it), so that masking, go_backwards and unroll
+    # behave exactly as in the layer.
+    last, outputs, states = keras_backend.rnn(
+        step, tf.concat([sequences, probe], axis=-1), list(initial_state),
+        go_backwards=self.layer.go_backwards, mask=mask, unroll=self.layer.unroll,
+        input_length=steps, zero_output_for_mask=self.layer.zero_output_for_mask,
+        return_all_outputs=True)
+    previous = outputs[..., cell.units:]  # in the order of processing
+    if self.layer.go_backwards:
+      previous = tf.reverse(previous, axis=[1])
+    self.records.append((sequences, previous, probe))
+    return last[..., :cell.units], outputs[..., :cell.units], states
+
+  def _matmuls(self, x, h_tm1):
+    cell = self.layer.cell
+    return keras.ops.matmul(x, cell.kernel) + keras.ops.matmul(h_tm1, cell.recurrent_kernel)
+
+  def _projections(self, grads):
+    """[(inputs, their gradients) for the kernel, the same for the recurrent kernel], and the
+    [B, T, width] gradients of the bias (rows)."""
+    parts = [(record[0], record[1], g) for record, g in zip(self.records, grads)]
+    x = tf.concat([p[0] for p in parts], axis=1)
+    h = tf.concat([p[1] for p in parts], axis=1)
+    g = tf.concat([p[2] for p in parts], axis=1)
+    return (x, g), (h, g), [g]
+
+  def prepare(self, output_grads):
+    inputs, recurrent, bias = self._projections(output_grads)
+    return outer_products(*inputs), outer_products(*recurrent), bias
+
+  def norm_method(self, prepared) -> str:
+    return "ghost" if prepared[0].ghost and prepared[1].ghost else "per_example"
+
+  def squared_norms(self, prepared):
+    kernel, recurrent, bias = prepared
+    total = kernel.squared_norms() + recurrent.squared_norms()
+    if self.bias() is None:
+      return total
+    return total + tf.add_n([bias_squared_norms(g) for g in bias])
+
+  def weighted_sum(self, prepared, weights):
+    kernel, recurrent, bias = prepared
+    sums = [kernel.weighted_sum(weights), recurrent.weighted_sum(weights)]
+    if self.bias() is None:
+      return sums
+    rows = [bias_weighted_sum(g, weights) for g in bias]
+    return sums + [tf.reshape(tf.stack(rows), self.bias().shape)]
+
+  def per_example(self, prepared):
+    kernel, recurrent, bias = prepared
+    parts = [kernel.per_example(), recurrent.per_example()]
+    if self.bias() is None:
+      return parts
+    rows = tf.stack([tf.reduce_sum(g, axis=1) for g in bias], axis=1)
+    batch = tf.shape(rows)[0]
+    return parts + [tf.reshape(rows, tf.concat([[batch], self.bias().shape], axis=0))]
+
+
+class SimpleRNNTap(RecurrentTap):
+
+  def _step(self, x, probe, states):
+    cell = self.layer.cell
+    z = self._matmuls(x, states[0]) + probe
+    if cell.bias is not None:
+      z = z + cell.bias
+    h = cell.activation(z) if cell.activation is not None else z
+    return h, [h]
+
+
+class LSTMTap(RecurrentTap):
+  _WIDTH_PER_UNIT = 4
+
+  def _step(self, x, probe, states):
+    cell = self.layer.cell
+    h_tm1, c_tm1 = states[0], states[1]
+    z = self._matmuls(x, h_tm1) + probe
+    if cell.use_bias:
+      z = z + cell.bias
+    z_i, z_f, z_c, z_o = tf.split(z, 4, axis=-1)
+    i, f = cell.recurrent_activation(z_i), cell.recurrent_activation(z_f)
+    c = f * c_tm1 + i * cell.activation(z_c)
+    h = cell.recurrent_activation(z_o) * cell.activation(c)
+    return h, [h, c]
+
+
+class GRUTap(RecurrentTap):
+  """GRU with reset_after: the input and recurrent projections each get a probe (the first and
+  second halves of it), since the reset gate scales the recurrent candidate after its kernel."""
+
+  _WIDTH_PER_UNIT = 6
+
+  @classmethod
+  def for_layer(cls, layer, options):
+    return super().for_layer(layer, options) if layer.cell.reset_after else None
+
+  def _step(self, x, probe, states):
+    cell = self.layer.cell
+    h_tm1 = states[0]
+    probe_x, probe_h = tf.split(probe, 2, axis=-1)
+    matrix_x = keras.ops.matmul(x, cell.kernel) + probe_x
+    matrix_h = keras.ops.matmul(h_tm1, cell.recurrent_kernel) + probe_h
+    if cell.use_bias:
+      matrix_x, matrix_h = matrix_x + cell.bias[0], matrix_h + cell.bias[1]
+    x_z, x_r, x_h = tf.split(matrix_x, 3, axis=-1)
+    h_z, h_r, h_h = tf.split(matrix_h, 3, axis=-1)
+    z = cell.recurrent_activation(x_z + h_z)
+    r = cell.recurrent_activation(x_r + h_r)
+    candidate = cell.activation(x_h + r * h_h)
+    h = z * h_tm1 + (1 - z) * candidate
+    return h, [h]
+
+  def _projections(self, grads):
+    x, h = [tf.concat([record[i] for record in self.records], axis=1) for i in (0, 1)]
+    g_x, g_h = tf.split(tf.concat(grads, axis=1), 2, axis=-1)
+    return (x, g_x), (h, g_h), [g_x, g_h]
+
+
+register_tap(keras.layers.SimpleRNN, SimpleRNNTap)
+register_tap(keras.layers.LSTM, LSTMTap)
+register_tap(keras.layers.GRU, GRUTap)
