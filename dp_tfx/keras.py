@@ -206,7 +206,8 @@ class DPModel(keras.Model):
 
     Raises:
       PrivacyBudgetExhaustedError: if the request goes past the planned noisy steps.
-      PolicyRefusal: if the model has a policy that the ledger after these steps would fail.
+      PolicyRefusal: if the model has a policy that the ledger after these steps would fail,
+        counting the steps other runs reserved as spent (see PrivacyLedger.with_reservations).
       ValueError: for arguments that would break the guarantee (batch_size, sample weights...),
         and for a model or loss that cannot take a DP step (found on a batch of zeros).
     """
@@ -239,24 +240,34 @@ class DPModel(keras.Model):
           f"{remaining} of the {self.plan.steps} planned noisy steps are left ({epochs_left} "
           "epochs); plan more steps in the DPConfig to spend more privacy")
     steps = min(remaining, epochs * per_epoch)
+    seeded = self.dp_config.seed is not None
     # Everything that could make this run worthless is checked before its first counted step.
     self._rehearse_step(features, labels)
-    if self._policy is not None:
-      self.privacy_ledger.refresh()  # runs recorded since this model opened the history
-      refuse_unless_blessable(self._policy, self.privacy_ledger.if_trained(
-          self.plan, steps, seeded=self.dp_config.seed is not None))
+    if self._policy is not None:  # refused here, a run leaves nothing in the ledger
+      self.privacy_ledger.refresh()  # runs recorded or reserved since this model opened it
+      refuse_unless_blessable(self._policy, self.privacy_ledger.if_trained(self.plan, steps,
+                                                                           seeded))
     self._key.assign(self._segment_key())
     dataset = self._distributed_batches(features, labels, done, done + steps, replicas)
-    self.privacy_ledger.start_segment(self.plan, seeded=self.dp_config.seed is not None)
-    # First, so that epsilon is in the epoch logs every other callback (TensorBoard) sees.
-    callbacks = [_LedgerCallback(self, steps)] + list(callbacks or [])
-    with warnings.catch_warnings():
-      # The sample stream ends exactly where the plan does, inside the last epoch.
-      warnings.filterwarnings("ignore", message=_RAN_OUT_OF_DATA)
-      return super().fit(dataset, epochs=epochs, steps_per_epoch=per_epoch, verbose=verbose,
-                         callbacks=callbacks, validation_data=validation_data,
-                         validation_batch_size=validation_batch_size or self.plan.batch_size,
-                         validation_freq=validation_freq, shuffle=False)
+    # This fit's reservation: until it ends, other runs' pre-checks count these steps as spent.
+    self.privacy_ledger.start_segment(self.plan, seeded=seeded, steps=steps)
+    try:
+      if self._policy is not None:
+        # Again with the reservation written: of two runs checking at once, the later counts
+        # the earlier's reservation (see PrivacyLedger.with_reservations).
+        self.privacy_ledger.refresh()
+        refuse_unless_blessable(self._policy, self.privacy_ledger.with_reservations())
+      # First, so that epsilon is in the epoch logs every other callback (TensorBoard) sees.
+      callbacks = [_LedgerCallback(self, steps)] + list(callbacks or [])
+      with warnings.catch_warnings():
+        # The sample stream ends exactly where the plan does, inside the last epoch.
+        warnings.filterwarnings("ignore", message=_RAN_OUT_OF_DATA)
+        return super().fit(dataset, epochs=epochs, steps_per_epoch=per_epoch, verbose=verbose,
+                           callbacks=callbacks, validation_data=validation_data,
+                           validation_batch_size=validation_batch_size or self.plan.batch_size,
+                           validation_freq=validation_freq, shuffle=False)
+    finally:  # trained, refused or raised: from now on only the steps taken count
+      self.privacy_ledger.finish_segment()
 
   def _segment_key(self) -> tf.Tensor:
     """A key per ledger segment: a restart that continues a ledger never replays its noise or

@@ -7,6 +7,11 @@ compose, whatever data each one had, so rerunning, restarting or changing the da
 was already spent. The trainer counts a step before executing it and writes it out at once, so a
 run killed mid-epoch leaves a record of every step it took (at worst one more).
 
+Before its policy pre-check, a `fit` also *reserves* the steps it is about to run (its segment's
+`reserved_steps`, written before any step) and marks its segment finished when it ends. A pre-check
+counts every unfinished reservation as spent (`PrivacyLedger.with_reservations`), so concurrent
+runs cannot all pass it on the same budget. Epsilon itself only ever counts steps that ran.
+
 Runs record into a *ledger history* (`LedgerHistory`): a directory where each segment is a file of
 its own, written only by the run that created it, so concurrent runs never lose each other's
 steps. The ledger a run outputs is a self-contained snapshot of the history when it ended, and
@@ -18,6 +23,7 @@ evident; it is not a signature against someone who recomputes it.
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import datetime
 import hashlib
@@ -43,6 +49,9 @@ SEGMENT_KIND = "segment"
 # The temporary name files.write_bytes gives a record while writing it: ".NAME-<32 hex digits>".
 _WRITE_IN_FLIGHT = re.compile(r"\.(.+\.json)-[0-9a-f]{32}")
 _STALE_TEMPORARY_SECONDS = 300
+# An unfinished segment not written to for this long is a killed run's: its reservation lapses
+# (see Segment.pre_check_steps). Far longer than any one step, epoch end or first compilation.
+RESERVATION_STALE_SECONDS = 3600
 EXAMPLE = "example"
 SEQUENCE = "sequence"  # the privacy unit of language models trained on text cut into sequences
 
@@ -120,6 +129,10 @@ class Segment:
   data_source: Optional[str] = None
   run_id: Optional[str] = None
   segment_id: Optional[str] = None
+  # Since reservations (absent from older records): the noisy steps its fit was about to run,
+  # written before the policy pre-check, and when that fit ended (trained, refused or raised).
+  reserved_steps: Optional[int] = None
+  finished_at: Optional[str] = None
 
   def dp_event(self, steps: Optional[int] = None) -> dp_accounting.DpEvent:
     """The event of this segment's first `steps` noisy steps (default: all that ran)."""
@@ -128,16 +141,42 @@ class Segment:
                                    self.num_microbatches)
 
   def fixed_facts(self) -> dict:
-    """Every fact but the step count and its time stamp: what may never change once written."""
+    """Every fact but the step count and the time stamps: what may never change once written."""
     facts = dataclasses.asdict(self)
-    del facts["noisy_steps"], facts["updated_at"]
+    del facts["noisy_steps"], facts["updated_at"], facts["finished_at"]
+    if facts["reserved_steps"] is None:  # a record older than reservations keeps its MLMD hash
+      del facts["reserved_steps"]
     return facts
+
+  def pre_check_steps(self, now: datetime.datetime) -> int:
+    """The noisy steps a policy pre-check counts for this segment: those it took, and while its
+    fit is still running, at least those it reserved.
+
+    A run killed mid-fit never finishes its segment. Its reservation lapses once the segment's
+    last write (`updated_at`) is RESERVATION_STALE_SECONDS old, and it then counts the steps it
+    recorded: an upper bound of what it spent, since every step is recorded before it runs. This
+    is safe even for a live run wrongly judged dead: reservations only gate pre-checks, every
+    epsilon (evaluator, report) counts recorded steps alone, so the worst case is a run that
+    trains and is refused afterwards, as without reservations.
+    """
+    if (self.finished_at is not None or not self.reserved_steps
+        or _seconds_since(self.updated_at, now) > RESERVATION_STALE_SECONDS):
+      return self.noisy_steps
+    return max(self.noisy_steps, self.reserved_steps)
+
+
+def _seconds_since(stamp: Optional[str], now: datetime.datetime) -> float:
+  try:
+    return (now - datetime.datetime.fromisoformat(stamp)).total_seconds()
+  except (TypeError, ValueError):  # no time stamp, or one without a time zone: never stale
+    return 0.0
 
 
 _FORMAT_2_SEGMENT_FIELDS = {"dataset_size", "dataset_fingerprint", "data_source", "run_id",
                             "segment_id"}
+_RESERVATION_FIELDS = {"reserved_steps", "finished_at"}
 _REQUIRED_SEGMENT_FIELDS = {field.name for field in dataclasses.fields(Segment)} - (
-    _FORMAT_2_SEGMENT_FIELDS)
+    _FORMAT_2_SEGMENT_FIELDS | _RESERVATION_FIELDS)
 
 
 def _composed(counted) -> dp_accounting.DpEvent:
@@ -218,8 +257,13 @@ def _validate_segment(segment: Segment, where: str) -> None:
   _check(_whole_number(segment.noisy_steps) and 0 <= segment.noisy_steps <= segment.planned_steps,
          f"{where}: noisy_steps must be in [0, planned_steps={segment.planned_steps}]; got "
          f"{segment.noisy_steps!r}")
+  _check(segment.reserved_steps is None or (
+      _whole_number(segment.reserved_steps) and
+      0 <= segment.reserved_steps <= segment.planned_steps),
+         f"{where}: reserved_steps must be null or in [0, planned_steps="
+         f"{segment.planned_steps}]; got {segment.reserved_steps!r}")
   for name in ("started_at", "updated_at", "dataset_fingerprint", "data_source", "run_id",
-               "segment_id"):
+               "segment_id", "finished_at"):
     _check(_optional_text(getattr(segment, name)),
            f"{where}: {name} must be a string; got {getattr(segment, name)!r}")
 
@@ -230,7 +274,8 @@ def _segment_from_dict(fields: Any, where: str) -> Segment:
   if unknown:
     raise LedgerError(f"{where}: {unknown}")
   # Every fact must be written out: a default (noisy_steps 0) must never stand in for a lost one.
-  # Only what format 2 added may be absent, in a format-1 ledger (filled in from the ledger).
+  # Only what format 2 added may be absent, in a format-1 ledger (filled in from the ledger), and
+  # the reservation, in a record older than reservations (it reserved nothing).
   missing = sorted(_REQUIRED_SEGMENT_FIELDS - set(fields))
   _check(not missing, f"{where}: missing segment fields {missing}")
   return Segment(**fields)
@@ -403,16 +448,22 @@ class PrivacyLedger:
     self.path: Optional[str] = None
     self._history: Optional[LedgerHistory] = None  # set when this run writes into the history
     self._own: list = []  # the segments this object started (only these are ever written)
+    # In a pre-check's copy (with_reservations, if_trained): the steps counted in noisy_steps
+    # that no run has taken yet, by run id. Empty in a ledger of what ran.
+    self.reserved: collections.Counter = collections.Counter()
 
   # -- recording ---------------------------------------------------------------------------------
 
-  def start_segment(self, plan, seeded: bool = False) -> Segment:
+  def start_segment(self, plan, seeded: bool = False, steps: Optional[int] = None) -> Segment:
     """Opens a segment for a training run that follows `plan` (a TrainingPlan) on this data.
 
     `seeded` records that sampling and noise came from a fixed seed (reproducible for tests; not
-    private if the seed is known), so a policy can refuse such runs.
+    private if the seed is known), so a policy can refuse such runs. `steps`: the noisy steps
+    this fit reserves (default: the whole plan); other runs' pre-checks count them as spent
+    until `finish_segment`.
     """
     segment = self._segment_for(plan, seeded)
+    segment.reserved_steps = plan.steps if steps is None else steps
     if self._history is not None:
       # A fresh name: never another run's file. Written before any step runs.
       files.create_new(self._history.segment_path(segment.segment_id),
@@ -435,28 +486,57 @@ class PrivacyLedger:
         run_id=self.run_id, segment_id=_new_segment_id())
 
   def if_trained(self, plan, steps: int, seeded: bool = False) -> "PrivacyLedger":
-    """A copy of this ledger after `steps` more noisy steps of `plan`, never written anywhere:
-    the total a run would reach, so that a run that could never be blessed is refused before
-    it spends anything."""
-    planned = PrivacyLedger._from_body(self.body())
+    """A copy of `with_reservations()` after `steps` more noisy steps of `plan`, never written
+    anywhere: the total a run would reach, so that a run that could never be blessed is refused
+    before it spends (or reserves) anything."""
+    planned = self.with_reservations()
     segment = self._segment_for(plan, seeded)
     segment.noisy_steps = steps
     planned.segments.append(segment)
+    planned.reserved[self.run_id] += steps
     planned.validate()
     return planned
+
+  def with_reservations(self) -> "PrivacyLedger":
+    """A copy of this ledger, never written anywhere, where each segment counts the steps a
+    policy pre-check counts (Segment.pre_check_steps): those of every unfinished reservation,
+    this run's own included.
+
+    Every run writes its reservation before its pre-check reads the history, so of two runs
+    that check at once the later one counts the earlier's: they cannot both pass on the same
+    budget. Both may be refused (each counts the other's reservation); that fails closed, and
+    either may retry once the other finished.
+    """
+    now = datetime.datetime.now(datetime.timezone.utc)
+    counted = PrivacyLedger._from_body(self.body())
+    for segment in counted.segments:
+      steps = segment.pre_check_steps(now)
+      if steps > segment.noisy_steps:
+        counted.reserved[segment.run_id] += steps - segment.noisy_steps
+        segment.noisy_steps = steps
+    return counted
 
   @property
   def current_segment(self) -> Optional[Segment]:
     """The segment this object started last (the one `record_step` counts in)."""
     return self._own[-1] if self._own else None
 
+  def _started_segment(self, action: str) -> Segment:
+    if self.current_segment is None:
+      raise LedgerError(f"{action} before start_segment")
+    return self.current_segment
+
   def record_step(self) -> None:
     """Counts one noisy step of the current segment as spent, and writes it out at once."""
-    segment = self.current_segment
-    if segment is None:
-      raise LedgerError("record_step before start_segment")
+    segment = self._started_segment("record_step")
     segment.noisy_steps += 1
     segment.updated_at = _now()
+    self.flush()
+
+  def finish_segment(self) -> None:
+    """Marks the current segment finished (its fit ended: trained, refused or raised) and writes
+    it out: from now on pre-checks count only the steps it took."""
+    self._started_segment("finish_segment").finished_at = _now()
     self.flush()
 
   def set_model_digest(self, digest: str) -> None:

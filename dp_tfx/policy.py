@@ -155,7 +155,12 @@ def decide(policy: PrivacyPolicy, ledger: PrivacyLedger, model_digest: Optional[
 
 def refuse_unless_blessable(policy: PrivacyPolicy, planned: PrivacyLedger) -> PrivacyDecision:
   """Refuses a run before it trains when the ledger it would leave (`planned`: the history and
-  this run's planned steps, see PrivacyLedger.if_trained) could never be blessed.
+  this run's planned steps, see PrivacyLedger.if_trained, or its reservation, see
+  PrivacyLedger.with_reservations) could never be blessed.
+
+  `planned` counts the steps other runs reserved and have not taken yet as spent: a refusal
+  names those runs, since once they finish (having taken fewer steps, or none) a retry may pass.
+  Two runs that reserve at once may refuse each other; that fails closed.
 
   The checks are the decision's own on what training does (noise, sampling, seed, delta, the
   total epsilon), so a refusal here is exactly a NOT blessed verdict avoided after the fact.
@@ -174,12 +179,16 @@ def refuse_unless_blessable(policy: PrivacyPolicy, planned: PrivacyLedger) -> Pr
   except ValueError as error:
     decision.reasons.append(str(error))
   if decision.reasons:
-    this_run = planned.segments[-1].noisy_steps if planned.segments else 0
+    others = planned.reserved.copy()
+    this_run = others.pop(planned.run_id, 0)
     where = f" history {planned.history_dir}" if planned.history_dir else ""
+    names = ", ".join(sorted(map(str, others)))
+    reserving = (f", and the {others.total()} reserved by run(s) {names} still training (another "
+                 "run reserved steps of the budget: retry when it finishes)" if others else "")
     raise PolicyRefusal(
         f"refused before training, nothing was spent: this run ({this_run} noisy steps, after "
-        f"the {planned.noisy_steps - this_run} already recorded in the ledger{where}) could never "
-        "be blessed: " + "; ".join(decision.reasons))
+        f"the {planned.noisy_steps - this_run - others.total()} already recorded in the "
+        f"ledger{where}{reserving}) could never be blessed: " + "; ".join(decision.reasons))
   decision.blessed = True
   return decision
 

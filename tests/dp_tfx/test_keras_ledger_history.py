@@ -34,6 +34,7 @@ def test_a_crashed_run_keeps_its_steps_and_the_next_run_adds_to_them(tmp_path):
     crashed.fit(x, y, verbose=0, callbacks=[_Crash()])
   assert int(crashed.noisy_steps.numpy()) == 3
   assert [s.noisy_steps for s in read_history(tmp_path)] == [3]
+  assert read_history(tmp_path)[0].finished_at  # ended by an exception: reserves no more
   again = _dp_model(tmp_path, steps=10)
   again.fit(x[:-1], y[:-1], verbose=0)  # one example less: the same budget
   segments = read_history(tmp_path)

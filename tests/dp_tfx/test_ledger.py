@@ -73,7 +73,8 @@ def test_edited_ledger_is_rejected(tmp_path):
 
 @pytest.mark.parametrize("field, value", [("noise_multiplier", -1.0), ("sampling_rate", 1.5),
                                           ("planned_steps", 0), ("sampling", "magic"),
-                                          ("noisy_steps", 10**9), ("dataset_size", 10**309)])
+                                          ("noisy_steps", 10**9), ("dataset_size", 10**309),
+                                          ("reserved_steps", -1), ("finished_at", 1)])
 def test_impossible_facts_are_rejected_even_with_a_valid_hash(tmp_path, field, value):
   ledger = _ledger(steps=3)
   setattr(ledger.segments[0], field, value)

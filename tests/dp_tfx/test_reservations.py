@@ -1,0 +1,243 @@
+"""Reservations: a fit records the steps it will run before its policy pre-check, and every
+pre-check counts the unfinished reservations of other runs, so concurrent runs cannot all pass
+it on the same budget. Epsilon itself only counts the steps that ran."""
+
+import datetime
+import json
+import os
+import pathlib
+import subprocess
+import sys
+import time
+
+import keras
+import pytest
+
+import dp_tfx
+from dp_tfx import accounting, signing
+from dp_tfx.config import DPConfig
+from dp_tfx.ledger import (RESERVATION_STALE_SECONDS, LedgerHistory, LedgerIntegrityError,
+                           PrivacyLedger, _hash_body, read_history)
+from dp_tfx.plan import TrainingPlan
+from dp_tfx.policy import PolicyRefusal, PrivacyPolicy, refuse_unless_blessable
+from tests.dp_tfx import models
+
+REPOSITORY = pathlib.Path(__file__).resolve().parents[2]
+PLAN = TrainingPlan.from_config(DPConfig(noise_multiplier=1.1, batch_size=200, steps=100), 4000)
+# 60 steps of PLAN: one run of 40 passes, 40 and 10 pass, two runs of 40 do not.
+POLICY = PrivacyPolicy(max_epsilon=accounting.compute_epsilon(
+    sampling_rate=0.05, noise_multiplier=1.1, steps=60, delta=1e-5, accountant="rdp"),
+                       delta=1e-5, accountant="rdp")
+
+
+@pytest.fixture(autouse=True)
+def _no_key_configured(monkeypatch):
+  monkeypatch.delenv(signing.KEY_ENV, raising=False)
+  monkeypatch.delenv(signing.KEY_FILE_ENV, raising=False)
+
+
+def _reserving(history, run_id, reserved=40, taken=0):
+  """A run that reserved `reserved` steps and has taken `taken` of them so far."""
+  run = PrivacyLedger.open_history(history, 4000, "sha256:data", run_id=run_id)
+  run.start_segment(PLAN, steps=reserved)
+  for _ in range(taken):
+    run.record_step()
+  return run
+
+
+def _pre_check(history, run_id, steps=40):
+  """The pre-check of a new run about to train `steps` steps (as DPModel.fit's first one)."""
+  run = PrivacyLedger.open_history(history, 4000, "sha256:data", run_id=run_id)
+  return refuse_unless_blessable(POLICY, run.if_trained(PLAN, steps))
+
+
+def test_a_reservation_refuses_other_pre_checks_until_its_run_finishes(tmp_path):
+  a = _reserving(tmp_path, "run-a", reserved=40, taken=5)
+  assert a.with_reservations().noisy_steps == 40  # its own reservation counts too
+  with pytest.raises(PolicyRefusal, match="exceeds the policy's max_epsilon") as refusal:
+    _pre_check(tmp_path, "run-b")
+  assert (f"this run (40 noisy steps, after the 5 already recorded in the ledger history "
+          f"{tmp_path}, and the 35 reserved by run(s) run-a still training (another run "
+          "reserved steps of the budget: retry when it finishes))") in str(refusal.value)
+  # Epsilon counts what ran only: the reservation gates pre-checks, nothing else.
+  assert PrivacyLedger.open_history(tmp_path, 4000, "sha256:data").noisy_steps == 5
+  for _ in range(5):
+    a.record_step()
+  a.finish_segment()  # 10 of the 40 steps it reserved
+  (segment,) = read_history(tmp_path)
+  assert (segment.noisy_steps, segment.reserved_steps) == (10, 40) and segment.finished_at
+  assert _pre_check(tmp_path, "run-b").epsilon <= POLICY.max_epsilon  # 10 + 40 steps
+
+
+def test_runs_that_reserve_at_once_may_refuse_each_other_and_leave_no_reservation(tmp_path):
+  a, b = _reserving(tmp_path, "run-a"), _reserving(tmp_path, "run-b")
+  for run, other in ((a, "run-b"), (b, "run-a")):  # both check before either one ends
+    run.refresh()
+    with pytest.raises(PolicyRefusal, match=f"40 reserved by run\\(s\\) {other} still training"):
+      refuse_unless_blessable(POLICY, run.with_reservations())
+  for run in (a, b):
+    run.finish_segment()  # as DPModel.fit does when its pre-check refuses it
+  segments = read_history(tmp_path)
+  assert [(s.noisy_steps, s.reserved_steps) for s in segments] == [(0, 40), (0, 40)]
+  assert all(s.finished_at for s in segments)
+  assert _pre_check(tmp_path, "run-c").epsilon <= POLICY.max_epsilon  # blocked by neither
+
+
+@pytest.mark.parametrize("age, counted", [(RESERVATION_STALE_SECONDS - 60, 40),
+                                          (RESERVATION_STALE_SECONDS + 1, 5)],
+                         ids=["still-training", "killed"])
+def test_an_unfinished_reservation_lapses_once_its_segment_is_stale(tmp_path, age, counted):
+  # A run killed mid-fit never finishes its segment; every step it took was recorded first.
+  killed = _reserving(tmp_path, "killed", reserved=40, taken=5)
+  last_write = datetime.datetime.now(datetime.timezone.utc) - datetime.timedelta(seconds=age)
+  killed.current_segment.updated_at = last_write.isoformat()
+  killed.flush()
+  assert PrivacyLedger.open_history(tmp_path, 4000, "sha256:x").with_reservations(
+  ).noisy_steps == counted
+
+
+def test_records_older_than_reservations_load_and_reserve_nothing(tmp_path):
+  run = _reserving(tmp_path, "old", taken=3)
+  (path,) = tmp_path.glob("segment-*.json")
+  document = json.loads(path.read_text())
+  for name in ("reserved_steps", "finished_at"):
+    del document["body"]["segment"][name]
+  document["content_hash"] = _hash_body(document["body"])
+  path.write_text(json.dumps(document))
+  (old,) = read_history(tmp_path)
+  assert (old.reserved_steps, old.finished_at, old.noisy_steps) == (None, None, 3)
+  assert PrivacyLedger.open_history(tmp_path, 4000, "sha256:x").with_reservations(
+  ).noisy_steps == 3
+  # Its fixed facts (hashed into MLMD by the DPTrainer) are what they were before.
+  assert set(old.fixed_facts()) == set(document["body"]["segment"]) - {"noisy_steps",
+                                                                        "updated_at"}
+  snapshot = run.body()  # a whole ledger of format 2 without the new fields loads too
+  for name in ("reserved_steps", "finished_at"):
+    del snapshot["segments"][0][name]
+  (tmp_path / "snapshot.json").write_text(json.dumps({"body": snapshot,
+                                                      "content_hash": _hash_body(snapshot)}))
+  assert PrivacyLedger.load(tmp_path / "snapshot.json").segments[0].reserved_steps is None
+
+
+@pytest.mark.parametrize("edit", [{"finished_at": None}, {"reserved_steps": 0}],
+                         ids=["unfinished", "reserved-nothing"])
+def test_a_signed_reservation_verifies_and_an_edit_of_it_breaks_the_signature(tmp_path,
+                                                                              monkeypatch, edit):
+  monkeypatch.setenv(signing.KEY_ENV, "k" * 32)
+  run = _reserving(tmp_path, "signed", taken=2)
+  run.finish_segment()
+  (segment,) = LedgerHistory(tmp_path, b"k" * 32).read()
+  assert segment.finished_at and segment.reserved_steps == 40
+  (path,) = tmp_path.glob("segment-*.json")
+  document = json.loads(path.read_text())
+  document["body"]["segment"].update(edit)
+  document["content_hash"] = _hash_body(document["body"])  # what anyone without the key can do
+  path.write_text(json.dumps(document))
+  with pytest.raises(LedgerIntegrityError, match="signature does not match"):
+    LedgerHistory(tmp_path, b"k" * 32).read()
+
+
+# -- DPModel.fit ----------------------------------------------------------------------------------
+
+N = 40
+# 15 steps of the DP models below: one run of 10 passes, 3 and 10 pass, two runs of 10 do not.
+FIT_POLICY = PrivacyPolicy(max_epsilon=accounting.compute_epsilon(
+    sampling_rate=8 / N, noise_multiplier=1.0, steps=15, delta=1e-5, accountant="rdp"),
+                           delta=1e-5, accountant="rdp")
+
+
+def _dp_model(history, run_id):
+  config = dp_tfx.DPConfig(l2_norm_clip=0.3, noise_multiplier=1.0, batch_size=8, steps=10,
+                           delta=1e-5)
+  dp_model = dp_tfx.make_private(models.dense_model(), config, ledger_history=history,
+                                 run_id=run_id, policy=FIT_POLICY, accountant="rdp")
+  dp_model.compile(optimizer=keras.optimizers.SGD(0.1),
+                   loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+  return dp_model
+
+
+class _MeanwhileAndStop(keras.callbacks.Callback):
+  """After the third step, runs `meanwhile` (another run starting) and stops training."""
+
+  def __init__(self, meanwhile):
+    super().__init__()
+    self._meanwhile = meanwhile
+
+  def on_train_batch_end(self, batch, logs=None):
+    if batch == 2:
+      self._meanwhile()
+      self.model.stop_training = True
+
+
+def test_a_fit_started_while_another_trains_is_refused_until_that_one_ends(tmp_path):
+  x, y = models.batch_for("dense", N, seed=1)
+  a, b = _dp_model(tmp_path, "run-a"), _dp_model(tmp_path, "run-b")
+  refusals = []
+
+  def b_starts():
+    with pytest.raises(PolicyRefusal) as refusal:
+      b.fit(x, y, verbose=0)
+    refusals.append(str(refusal.value))
+
+  a.fit(x, y, verbose=0, callbacks=[_MeanwhileAndStop(b_starts)])
+  (refusal,) = refusals
+  assert "after the 3 already recorded" in refusal
+  assert "and the 7 reserved by run(s) run-a still training" in refusal
+  (segment,) = read_history(tmp_path)  # refused by its first check, run-b wrote nothing
+  assert (segment.noisy_steps, segment.reserved_steps) == (3, 10) and segment.finished_at
+  b.fit(x, y, verbose=0)  # run-a took 3 of the 10 steps it reserved: 13 fit the policy
+  assert b.privacy_ledger.noisy_steps == 13
+  assert b.privacy_ledger.epsilon(1e-5, "rdp") <= FIT_POLICY.max_epsilon
+  assert all(s.finished_at for s in read_history(tmp_path))
+
+
+def test_a_fit_refused_by_its_second_check_leaves_a_finished_segment_of_no_steps(tmp_path,
+                                                                                monkeypatch):
+  x, y = models.batch_for("dense", N, seed=1)
+  b = _dp_model(tmp_path, "run-b")
+  a = PrivacyLedger.open_history(tmp_path, N, "sha256:a", run_id="run-a")
+  prepare_batches = b._distributed_batches
+
+  def a_reserves_meanwhile(*args):  # after run-b's first check, before its reservation
+    a.start_segment(b.plan, steps=10)
+    return prepare_batches(*args)
+
+  monkeypatch.setattr(b, "_distributed_batches", a_reserves_meanwhile)
+  with pytest.raises(PolicyRefusal, match="the 10 reserved by run\\(s\\) run-a still training"):
+    b.fit(x, y, verbose=0)
+  (refused,) = [s for s in read_history(tmp_path) if s.run_id == "run-b"]
+  assert (refused.noisy_steps, refused.reserved_steps) == (0, 10) and refused.finished_at
+  a.finish_segment()  # run-a ended without a step
+  monkeypatch.undo()
+  b.fit(x, y, verbose=0)  # the refused attempt blocks no one, its own run included
+  assert b.privacy_ledger.noisy_steps == 10
+
+
+@pytest.mark.slow  # two Python processes that each import TensorFlow: ~20 s on 2 cores
+def test_two_concurrent_fits_never_both_train_past_the_policy(tmp_path):
+  # The issue's case: each run alone is within the policy, both together are not. Without
+  # reservations both passed the pre-check, trained, and were refused by the evaluator after.
+  history, work = tmp_path / "history", tmp_path / "work"
+  work.mkdir()
+  environment = {**os.environ, "PYTHONPATH": str(REPOSITORY)}
+  workers = {name: subprocess.Popen(
+      [sys.executable, "-m", "tests.dp_tfx.fit_worker", str(history), str(work), name,
+       repr(FIT_POLICY.max_epsilon)], cwd=REPOSITORY, env=environment, stderr=subprocess.PIPE)
+             for name in ("run-a", "run-b")}
+  deadline = time.time() + 240
+  while not all((work / f"{name}.ready").exists() for name in workers):
+    assert time.time() < deadline and all(p.poll() is None for p in workers.values()), (
+        [p.stderr.read() for p in workers.values() if p.poll() is not None])
+    time.sleep(0.05)
+  (work / "go").write_text("")
+  for process in workers.values():
+    assert process.wait(timeout=240) == 0, process.stderr.read()
+  results = {name: json.loads((work / f"{name}.json").read_text()) for name in workers}
+  trained = [name for name, result in results.items() if result["trained"]]
+  assert len(trained) <= 1, results  # at most one trains; both may be refused (fail closed)
+  for name, result in results.items():
+    if name not in trained:
+      assert result["trained"] == 0 and "refused before training" in result["refusal"]
+  total = PrivacyLedger.open_history(history, N, "sha256:next")
+  assert total.noisy_steps == 10 * len(trained)
+  assert all(s.finished_at for s in total.segments)
