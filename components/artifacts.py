@@ -1,7 +1,7 @@
 """Artifact types of dp_tfx's components, recorded in MLMD like TFX's standard ones.
 
 Also what the DPTrainer records in MLMD about its PrivacyLedger artifact (`record_ledger`) and
-how the PrivacyEvaluator reads it back (`recorded_segments`): defined here once, for both.
+how later runs read it back (`recorded_segments`, `verify_record`): defined here once, for both.
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ from typing import List, Optional
 from tfx.types import artifact
 
 from dp_tfx import ledger as ledger_lib
+from dp_tfx import signing
 from dp_tfx.ledger import LedgerError, Segment
 
 LEDGER_HASH_PROPERTY = "content_hash"
@@ -24,6 +25,10 @@ LEDGER_HASH_PROPERTY = "content_hash"
 # that was deleted before any later run opened the history.
 LEDGER_HISTORY_DIR_PROPERTY = "ledger_history_dir"
 LEDGER_SEGMENTS_PROPERTY = "ledger_segments"
+# With a ledger key (dp_tfx.signing), an HMAC of the three properties above: the MLMD store is a
+# file in the pipeline root, which whoever can delete a segment file can often edit as well.
+LEDGER_RECORD_SIGNATURE_PROPERTY = "ledger_record_signature"
+_SIGNED_PROPERTIES = (LEDGER_HASH_PROPERTY, LEDGER_HISTORY_DIR_PROPERTY, LEDGER_SEGMENTS_PROPERTY)
 # The privacy facts of a DPTrainer run, on its PrivacyLedger and Model artifacts, so that MLMD can
 # be queried for them without opening files (see record_privacy_facts).
 EPSILON_PROPERTY = "epsilon"
@@ -47,6 +52,7 @@ class PrivacyLedger(artifact.Artifact):
     ledger_history_dir: the ledger history its segments were recorded in ("" for none).
     ledger_segments: JSON list of the ledger's segments, each {"segment_id", "noisy_steps",
       "fixed_facts_sha256"}.
+    ledger_record_signature: with a ledger key set, the HMAC of the three properties above.
   """
 
   TYPE_NAME = "dp_tfx.PrivacyLedger"
@@ -91,13 +97,49 @@ def fixed_facts_hash(segment: Segment) -> str:
 
 def record_ledger(ledger_artifact: artifact.Artifact, ledger: ledger_lib.PrivacyLedger) -> None:
   """Records on the PrivacyLedger artifact (MLMD custom properties) the saved `ledger`'s content
-  hash, its ledger history and its segments."""
+  hash, its ledger history and its segments; signed when a ledger key is configured, as the
+  ledger's files are."""
   ledger_artifact.set_string_custom_property(LEDGER_HASH_PROPERTY, ledger.content_hash())
   ledger_artifact.set_string_custom_property(LEDGER_HISTORY_DIR_PROPERTY,
                                              ledger.history_dir or "")
   ledger_artifact.set_string_custom_property(LEDGER_SEGMENTS_PROPERTY, json.dumps(
       [dataclasses.asdict(RecordedSegment.of(segment)) for segment in ledger.segments],
       separators=(",", ":")))
+  key = signing.configured_key()
+  if key is not None:
+    ledger_artifact.set_string_custom_property(
+        LEDGER_RECORD_SIGNATURE_PROPERTY, signing.sign(_signed_record(ledger_artifact), key))
+
+
+def verify_record(ledger_artifact: artifact.Artifact, key: bytes) -> None:
+  """Raises LedgerError unless the artifact's MLMD record (`record_ledger`) is signed with `key`.
+
+  Without the key, editing the record (say, dropping a segment whose file was deleted) cannot be
+  told from what the trainer wrote. What no signature shows is a record deleted whole, with its
+  artifact: MLMD then knows no such run.
+  """
+  signature = _string_property(ledger_artifact, LEDGER_RECORD_SIGNATURE_PROPERTY)
+  if signing.is_valid(_signed_record(ledger_artifact), signature, key):
+    return
+  where = f"the MLMD record of PrivacyLedger artifact id {ledger_artifact.id}"
+  if signature is None:
+    raise LedgerError(f"{where} is unsigned (written without a ledger key, or its signature was "
+                      "removed) and the policy requires signatures: keep the key set from a "
+                      "pipeline's first run on, or start the pipeline again in a new MLMD store")
+  raise LedgerError(f"{where} does not match its signature: it was edited in MLMD after the "
+                    "DPTrainer wrote it, or signed with another ledger key")
+
+
+def _signed_record(ledger_artifact: artifact.Artifact) -> bytes:
+  """What the record's signature covers: its properties as canonical JSON (absent ones null)."""
+  record = {name: _string_property(ledger_artifact, name) for name in _SIGNED_PROPERTIES}
+  return json.dumps(record, sort_keys=True, separators=(",", ":")).encode()
+
+
+def _string_property(ledger_artifact: artifact.Artifact, name: str) -> Optional[str]:
+  if not ledger_artifact.has_custom_property(name):
+    return None
+  return ledger_artifact.get_string_custom_property(name)
 
 
 def record_privacy_facts(target: artifact.Artifact, ledger: ledger_lib.PrivacyLedger, plan,
@@ -119,9 +161,7 @@ def record_privacy_facts(target: artifact.Artifact, ledger: ledger_lib.PrivacyLe
 
 def recorded_history_dir(ledger_artifact: artifact.Artifact) -> Optional[str]:
   """The ledger history recorded for the artifact: None when none was recorded, "" for none."""
-  if not ledger_artifact.has_custom_property(LEDGER_HISTORY_DIR_PROPERTY):
-    return None
-  return ledger_artifact.get_string_custom_property(LEDGER_HISTORY_DIR_PROPERTY)
+  return _string_property(ledger_artifact, LEDGER_HISTORY_DIR_PROPERTY)
 
 
 def recorded_segments(ledger_artifact: artifact.Artifact) -> Optional[List[RecordedSegment]]:
@@ -131,12 +171,13 @@ def recorded_segments(ledger_artifact: artifact.Artifact) -> Optional[List[Recor
   Raises:
     LedgerError: if the record is there but malformed.
   """
-  if not ledger_artifact.has_custom_property(LEDGER_SEGMENTS_PROPERTY):
+  text = _string_property(ledger_artifact, LEDGER_SEGMENTS_PROPERTY)
+  if text is None:
     return None
   where = (f"the {LEDGER_SEGMENTS_PROPERTY} MLMD property of PrivacyLedger artifact id "
            f"{ledger_artifact.id}")
   try:
-    entries = json.loads(ledger_artifact.get_string_custom_property(LEDGER_SEGMENTS_PROPERTY))
+    entries = json.loads(text)
   except (ValueError, RecursionError) as error:
     raise LedgerError(f"{where} is not valid JSON: {str(error)[:200]}") from None
   names = {field.name for field in dataclasses.fields(RecordedSegment)}

@@ -48,6 +48,13 @@ _MODULE_CONTEXT_INPUTS = {
 }
 
 
+# Every earlier DPTrainer run's ledger artifact in MLMD (possibly none): what they recorded must
+# be in the ledger history the run counts (see earlier_runs.py).
+_EARLIER_RUNS_INPUTS = {
+    EARLIER_PRIVACY_LEDGERS_KEY: ChannelParameter(type=artifacts.PrivacyLedger, optional=True),
+}
+
+
 class DPTrainerSpec(ComponentSpec):
   PARAMETERS = {
       MODULE_FILE_KEY: ExecutionParameter(type=str, optional=True),
@@ -63,6 +70,7 @@ class DPTrainerSpec(ComponentSpec):
   INPUTS = {
       EXAMPLES_KEY: ChannelParameter(type=standard_artifacts.Examples),
       **_MODULE_CONTEXT_INPUTS,
+      **_EARLIER_RUNS_INPUTS,
   }
   OUTPUTS = {
       MODEL_KEY: ChannelParameter(type=standard_artifacts.Model),
@@ -103,9 +111,7 @@ class PrivacyEvaluatorSpec(ComponentSpec):
       PRIVACY_LEDGER_KEY: ChannelParameter(type=artifacts.PrivacyLedger),
       MODEL_BLESSING_KEY: ChannelParameter(type=standard_artifacts.ModelBlessing, optional=True),
       PRIVACY_AUDIT_KEY: ChannelParameter(type=artifacts.PrivacyAudit, optional=True),
-      # Every earlier DPTrainer run's ledger artifact in MLMD (possibly none): what they recorded
-      # must still be in the ledger history (see privacy_evaluator.executor).
-      EARLIER_PRIVACY_LEDGERS_KEY: ChannelParameter(type=artifacts.PrivacyLedger, optional=True),
+      **_EARLIER_RUNS_INPUTS,
   }
   OUTPUTS = {
       BLESSING_KEY: ChannelParameter(type=standard_artifacts.ModelBlessing),

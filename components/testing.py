@@ -98,30 +98,39 @@ def run_dp_trainer(examples: standard_artifacts.Examples, directory, config: DPC
                    module_file: str, custom_config: Optional[dict] = None,
                    ledger_history_dir: Optional[str] = None,
                    data_source: Optional[str] = None,
-                   splits: Optional[Dict[str, str]] = None) -> Dict[str, list]:
+                   splits: Optional[Dict[str, str]] = None,
+                   privacy_policy: Optional[PrivacyPolicy] = None,
+                   earlier_ledgers: Sequence[artifacts.PrivacyLedger] = ()) -> Dict[str, list]:
   """Runs the real DPTrainer executor on `examples`; returns its output dict (model, model_run,
   privacy_ledger artifacts under `directory`; by the DPTrainer's default, the ledger history is
   then directory/history). `splits`: {"train_split": ..., "eval_split": ...} if not the
-  default names."""
+  default names; `earlier_ledgers`: earlier runs' PrivacyLedger artifacts, as the pipeline's
+  Resolver hands them over (see `ledger_artifact`)."""
   from dp_tfx.components.dp_trainer import executor as dp_trainer_executor
 
   root = pathlib.Path(directory)
   outputs = {specs.MODEL_KEY: [_artifact(standard_artifacts.Model, root / "model")],
              specs.MODEL_RUN_KEY: [_artifact(standard_artifacts.ModelRun, root / "run")],
              specs.PRIVACY_LEDGER_KEY: [_artifact(artifacts.PrivacyLedger, root / "ledger")]}
-  dp_trainer_executor.Executor().Do({specs.EXAMPLES_KEY: [examples]}, outputs, {
+  inputs = {specs.EXAMPLES_KEY: [examples]}
+  if earlier_ledgers:
+    inputs[specs.EARLIER_PRIVACY_LEDGERS_KEY] = list(earlier_ledgers)
+  dp_trainer_executor.Executor().Do(inputs, outputs, {
       specs.DP_CONFIG_KEY: config.to_json(), specs.MODULE_FILE_KEY: module_file,
       specs.CUSTOM_CONFIG_KEY: json.dumps(custom_config or {}),
       specs.LEDGER_HISTORY_DIR_KEY: None if ledger_history_dir is None else str(ledger_history_dir),
-      specs.DATA_SOURCE_KEY: data_source, **(splits or {})})
+      specs.DATA_SOURCE_KEY: data_source,
+      specs.PRIVACY_POLICY_KEY: privacy_policy.to_json() if privacy_policy else None,
+      **(splits or {})})
   return outputs
 
 
 def ledger_artifact(ledger: PrivacyLedger, directory,
                     artifact_id: int = 1) -> artifacts.PrivacyLedger:
   """A PrivacyLedger artifact under `directory` holding `ledger`'s file, with what the DPTrainer
-  records in MLMD beside it (content hash, ledger history, segments: artifacts.record_ledger).
-  As an earlier run's artifact, it is an `earlier_ledgers` of run_privacy_evaluator."""
+  records in MLMD beside it (content hash, ledger history, segments, and their signature with a
+  ledger key set: artifacts.record_ledger). As an earlier run's artifact, it is an
+  `earlier_ledgers` of run_privacy_evaluator and run_dp_trainer."""
   artifact = _artifact(artifacts.PrivacyLedger, directory, artifact_id=artifact_id)
   ledger.save(pathlib.Path(artifact.uri) / LEDGER_FILE_NAME)
   artifacts.record_ledger(artifact, ledger)
@@ -152,7 +161,7 @@ def run_privacy_evaluator(ledger: PrivacyLedger, policy: PrivacyPolicy, director
       edit it, as a test of failing closed).
     audit: a PrivacyAuditor result to hand over; it is attached to the stand-in model.
     earlier_ledgers: earlier runs' PrivacyLedger artifacts (see `ledger_artifact`), handed over
-      as the Resolver of the pipeline does (dp_tfx.components.privacy_evaluator.component).
+      as the pipeline's Resolver does (dp_tfx.components.earlier_runs).
   """
   root = pathlib.Path(directory)
   model = _artifact(standard_artifacts.Model, root / "model", artifact_id=7)

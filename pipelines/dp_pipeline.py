@@ -3,8 +3,9 @@
 One `create_pipeline` for every example (MNIST, the character language model); the runners
 (local, beam, kubeflow) only choose the orchestrator. Optional parts: a non-private control (a
 standard TFX Trainer running the module's run_fn, audited beside the DP model, never pushed) and
-the TFX Evaluator's accuracy gate. Locally and on Beam a Resolver also hands the PrivacyEvaluator
-every earlier PrivacyLedger artifact of the pipeline in MLMD (see `check_earlier_ledgers`).
+the TFX Evaluator's accuracy gate. Locally and on Beam a Resolver also hands the DPTrainer and the
+PrivacyEvaluator every earlier PrivacyLedger artifact of the pipeline in MLMD (see
+`check_earlier_ledgers`).
 """
 
 from __future__ import annotations
@@ -14,9 +15,9 @@ from typing import List, Optional
 from tfx import v1 as tfx
 
 from dp_tfx.components.dp_trainer.component import DPTrainer
+from dp_tfx.components.earlier_runs import EARLIER_LEDGERS_OUTPUT, earlier_privacy_ledgers
 from dp_tfx.components.privacy_auditor.component import PrivacyAuditor
-from dp_tfx.components.privacy_evaluator.component import (PrivacyEvaluator,
-                                                           earlier_privacy_ledgers)
+from dp_tfx.components.privacy_evaluator.component import PrivacyEvaluator
 from dp_tfx.config import DPConfig
 from dp_tfx.pipelines import mnist_data
 from dp_tfx.policy import PrivacyPolicy
@@ -61,12 +62,14 @@ def create_pipeline(*, pipeline_name: str, pipeline_root: str, data_root: str,
     canary_file: the canaries inserted into the training data, for the auditor.
     control_config: if set, also train a non-private control with a standard TFX Trainer (the
       module's run_fn, given this custom_config) and audit it beside the DP model.
-    check_earlier_ledgers: hand the PrivacyEvaluator every earlier PrivacyLedger artifact of the
-      pipeline in MLMD (a Resolver, `earlier_privacy_ledgers`), so that a segment of an earlier
-      run deleted from the ledger history is caught even when no later snapshot saw it. Default:
-      when `metadata_path` is given (the local and Beam runners). Without it, i.e. on Kubeflow
-      V2, it is left out: that compiler accepts no Resolver that resolves more than one
-      artifact, so there the evaluator checks the history against this run's snapshot only.
+    check_earlier_ledgers: hand the DPTrainer and the PrivacyEvaluator every earlier
+      PrivacyLedger artifact of the pipeline in MLMD (a Resolver, `earlier_privacy_ledgers`), so
+      that a segment of an earlier run missing from the ledger history (deleted, or left in
+      another history directory) is caught even when no later snapshot saw it: the trainer
+      refuses before training, the evaluator does not bless. Default: when `metadata_path` is
+      given (the local and Beam runners). Without it, i.e. on Kubeflow V2, it is left out: that
+      compiler accepts no Resolver that resolves more than one artifact, so there the evaluator
+      checks the history against this run's snapshot only.
   """
   if min_accuracy is not None and not label_key:
     raise ValueError("the accuracy gate (min_accuracy) needs the label_key")
@@ -76,12 +79,20 @@ def create_pipeline(*, pipeline_name: str, pipeline_root: str, data_root: str,
           tfx.proto.Input.Split(name="train", pattern=f"{mnist_data.TRAIN_DIR}/*"),
           tfx.proto.Input.Split(name="eval", pattern=f"{mnist_data.EVAL_DIR}/*"),
       ]))
+  if check_earlier_ledgers is None:
+    check_earlier_ledgers = metadata_path is not None
+  components = [example_gen]
+  earlier_ledgers = None
+  if check_earlier_ledgers:
+    resolver = earlier_privacy_ledgers()
+    components.append(resolver)
+    earlier_ledgers = resolver.outputs[EARLIER_LEDGERS_OUTPUT]
   trainer = DPTrainer(examples=example_gen.outputs["examples"], module_file=module_file,
                       module_path=module_path, dp_config=dp_config, custom_config=hyperparameters,
                       ledger_history_dir=ledger_history_dir,
                       data_source=data_source or f"{pipeline_name}:{data_root}",
-                      privacy_policy=privacy_policy)
-  components = [example_gen, trainer]
+                      privacy_policy=privacy_policy, earlier_privacy_ledgers=earlier_ledgers)
+  components.append(trainer)
   upstream_blessing = privacy_audit = None
   if min_accuracy is not None:
     accuracy_gate = tfx.components.Evaluator(
@@ -104,13 +115,6 @@ def create_pipeline(*, pipeline_name: str, pipeline_root: str, data_root: str,
         module_path=module_path, custom_config=hyperparameters, canary_file=canary_file)
     components.append(auditor)
     privacy_audit = auditor.outputs["privacy_audit"]
-  if check_earlier_ledgers is None:
-    check_earlier_ledgers = metadata_path is not None
-  earlier_ledgers = None
-  if check_earlier_ledgers:
-    resolver = earlier_privacy_ledgers()
-    components.append(resolver)
-    earlier_ledgers = resolver.outputs["ledgers"]
   privacy_evaluator = PrivacyEvaluator(model=trainer.outputs["model"],
                                        privacy_ledger=trainer.outputs["privacy_ledger"],
                                        privacy_policy=privacy_policy,

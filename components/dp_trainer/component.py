@@ -4,6 +4,11 @@ Inputs:
   examples: Examples with a train and an eval split (train_split, eval_split) of tf.Examples
     (one training example = one privacy unit).
   schema, transform_graph, hyperparameters: optional, handed to the user module.
+  earlier_privacy_ledgers: optional, every earlier DPTrainer run's PrivacyLedger artifact (use
+    `earlier_runs.earlier_privacy_ledgers()`, a Resolver, as the PrivacyEvaluator does). Before
+    anything is read or trained, every segment MLMD recorded for them must be in the ledger
+    history, unchanged and unshortened (see components/earlier_runs.py); else the component
+    fails and nothing is spent: the PrivacyEvaluator would refuse the run anyway.
 Parameters:
   module_file or module_path: the user module (see `components/user_module.py` for the
     functions it provides: feature_spec, decode, build_model, compile_kwargs).
@@ -67,7 +72,8 @@ class DPTrainer(base_component.BaseComponent):
                custom_config: Optional[Dict[str, Any]] = None,
                ledger_history_dir: Optional[str] = None, data_source: Optional[str] = None,
                privacy_policy: Optional[PrivacyPolicy] = None,
-               train_split: str = TRAIN_SPLIT, eval_split: str = EVAL_SPLIT):
+               train_split: str = TRAIN_SPLIT, eval_split: str = EVAL_SPLIT,
+               earlier_privacy_ledgers: Optional[types.BaseChannel] = None):
     if bool(module_file) == bool(module_path):
       raise ValueError("DPTrainer needs exactly one of module_file or module_path")
     if not isinstance(dp_config, DPConfig):
@@ -77,7 +83,8 @@ class DPTrainer(base_component.BaseComponent):
     check_module_functions(module_file, module_path)
     spec = DPTrainerSpec(
         examples=examples, schema=schema, transform_graph=transform_graph,
-        hyperparameters=hyperparameters, module_file=module_file, module_path=module_path,
+        hyperparameters=hyperparameters, earlier_privacy_ledgers=earlier_privacy_ledgers,
+        module_file=module_file, module_path=module_path,
         dp_config=dp_config.to_json(), custom_config=json_utils.dumps(custom_config or {}),
         ledger_history_dir=ledger_history_dir, data_source=data_source,
         privacy_policy=privacy_policy.to_json() if privacy_policy is not None else None,

@@ -18,14 +18,14 @@ from tfx.dsl.components.base import base_executor
 from tfx.types import artifact_utils
 from tfx.utils import path_utils
 
-from dp_tfx.components import artifacts, specs
+from dp_tfx.components import artifacts, earlier_runs, specs
 from dp_tfx.components.model_io import (export_serving_model, read_examples, record_eval_metrics,
                                         split_file_patterns, splits)
 from dp_tfx.components.user_module import MODULE_FUNCTIONS, PRIVACY_UNIT_FUNCTION, trainer_context
 from dp_tfx.config import DPConfig
 from dp_tfx.keras import make_private
 from dp_tfx.ledger import EXAMPLE, LEDGER_FILE_NAME, LedgerError, directory_digest, new_run_id
-from dp_tfx.policy import PrivacyPolicy
+from dp_tfx.policy import PrivacyPolicy, verification_key
 
 EVAL_METRIC_PREFIX = "eval_"
 
@@ -38,6 +38,17 @@ class Executor(base_executor.BaseExecutor):
     config = DPConfig.from_json(exec_properties[specs.DP_CONFIG_KEY])
     policy_json = exec_properties.get(specs.PRIVACY_POLICY_KEY)
     policy = PrivacyPolicy.from_json(policy_json) if policy_json else None
+    ledger_artifact = artifact_utils.get_single_instance(output_dict[specs.PRIVACY_LEDGER_KEY])
+    # Every run on the data source records its steps in one ledger history (invariant 5), each in
+    # segment files of its own, so concurrent runs never lose each other's steps; by default
+    # beside this component's ledger artifacts in the pipeline root, which outlives runs. Every
+    # run recorded there composes with every other, whatever data it had.
+    history_dir = (exec_properties.get(specs.LEDGER_HISTORY_DIR_KEY) or
+                   os.path.join(os.path.dirname(ledger_artifact.uri.rstrip("/")), "history"))
+    # Before anything is read or spent: the PrivacyEvaluator refuses a history that lacks what
+    # MLMD recorded of an earlier run, so a run on it would spend for nothing (earlier_runs.py).
+    earlier_runs.check_history(input_dict.get(specs.EARLIER_PRIVACY_LEDGERS_KEY) or [],
+                               history_dir, verification_key(policy) if policy else None)
     context = trainer_context(input_dict, exec_properties)
     module = {name: udf_utils.get_fn(exec_properties, name) for name in MODULE_FUNCTIONS}
     privacy_unit_fn = udf_utils.try_get_fn(exec_properties, PRIVACY_UNIT_FUNCTION)
@@ -50,16 +61,9 @@ class Executor(base_executor.BaseExecutor):
                                    module["decode"], context)
     logging.info("DPTrainer: %d training examples, %d eval examples", len(y_train), len(y_eval))
 
-    ledger_artifact = artifact_utils.get_single_instance(output_dict[specs.PRIVACY_LEDGER_KEY])
     model_run = artifact_utils.get_single_instance(output_dict[specs.MODEL_RUN_KEY])
     model_artifact = artifact_utils.get_single_instance(output_dict[specs.MODEL_KEY])
     artifact_ledger_path = os.path.join(ledger_artifact.uri, LEDGER_FILE_NAME)
-    # Every run on the data source records its steps in one ledger history (invariant 5), each in
-    # segment files of its own, so concurrent runs never lose each other's steps; by default
-    # beside this component's ledger artifacts in the pipeline root, which outlives runs. Every
-    # run recorded there composes with every other, whatever data it had.
-    history_dir = (exec_properties.get(specs.LEDGER_HISTORY_DIR_KEY) or
-                   os.path.join(os.path.dirname(ledger_artifact.uri.rstrip("/")), "history"))
     with self._strategy().scope():
       keras_model = module["build_model"](context)
       dp_model = make_private(

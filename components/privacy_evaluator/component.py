@@ -12,9 +12,10 @@ Inputs:
     epsilon lower bound exceeds the ledger's epsilon, training or accounting is broken: NOT
     blessed. The policy's max_canary_exposure is checked against it.
   earlier_privacy_ledgers: optional, every earlier DPTrainer run's PrivacyLedger artifact (use
-    `earlier_privacy_ledgers()`, a Resolver). Every segment MLMD recorded for one that names the
-    same ledger history must still be there, unchanged and unshortened: a segment deleted before
-    this run opened the history is caught, which this run's snapshot alone cannot tell.
+    `earlier_runs.earlier_privacy_ledgers()`, a Resolver). Every segment MLMD recorded for any of
+    them, in whatever history directory, must be in this run's ledger history, unchanged and
+    unshortened: a segment deleted before this run opened the history, or left behind in
+    another history, is caught, which this run's snapshot alone cannot tell.
 Parameters:
   privacy_policy: a dp_tfx.policy.PrivacyPolicy, validated when the pipeline is built.
 Outputs:
@@ -23,7 +24,7 @@ Outputs:
   privacy_report: report.json, epsilon.png, summary.txt (and exposure.png with canaries).
 
 Example:
-  earlier = earlier_privacy_ledgers()
+  earlier = earlier_runs.earlier_privacy_ledgers()  # also the DPTrainer's earlier_privacy_ledgers
   evaluator = PrivacyEvaluator(model=trainer.outputs["model"],
                                privacy_ledger=trainer.outputs["privacy_ledger"],
                                privacy_policy=PrivacyPolicy(max_epsilon=3.0, delta=1e-5),
@@ -32,13 +33,11 @@ Example:
                   push_destination=...)
 """
 
-from typing import Dict, List, Optional
+from typing import Optional
 
-import ml_metadata as mlmd
 from tfx import types
 from tfx.dsl.components.base import base_component, executor_spec
-from tfx.dsl.components.common import resolver
-from tfx.types import channel, standard_artifacts
+from tfx.types import standard_artifacts
 
 from dp_tfx.components import artifacts
 from dp_tfx.components.privacy_evaluator import executor
@@ -67,36 +66,3 @@ class PrivacyEvaluator(base_component.BaseComponent):
         blessing=types.Channel(type=standard_artifacts.ModelBlessing),
         privacy_report=types.Channel(type=artifacts.PrivacyReport))
     super().__init__(spec=spec)
-
-
-EARLIER_LEDGERS_RESOLVER_ID = "EarlierPrivacyLedgers"
-EARLIER_LEDGERS_OUTPUT = "ledgers"
-
-
-class EveryArtifactStrategy(resolver.ResolverStrategy):
-  """Resolves every artifact of each channel, oldest first (and an empty list when there is none).
-
-  TFX's LatestArtifactStrategy cannot stand in: with desired_num_of_artifacts=n it resolves
-  nothing unless at least n artifacts exist.
-  """
-
-  def resolve_artifacts(self, store: mlmd.MetadataStore,
-                        input_dict: Dict[str, List[types.Artifact]]
-                        ) -> Dict[str, List[types.Artifact]]:
-    del store  # the artifacts were queried already
-    return {key: sorted(found, key=lambda artifact: artifact.id)
-            for key, found in input_dict.items()}
-
-
-def earlier_privacy_ledgers() -> resolver.Resolver:
-  """A Resolver of every PrivacyLedger artifact MLMD holds for the pipeline (any DPTrainer, any
-  run): the PrivacyEvaluator's `earlier_privacy_ledgers`, from its output "ledgers".
-
-  Local and Beam (portable) orchestrators only: the Kubeflow V2 compiler accepts no resolver
-  strategy but LatestArtifactStrategy with desired_num_of_artifacts=1 and
-  LatestBlessedModelStrategy, and refuses this one.
-  """
-  return resolver.Resolver(
-      strategy_class=EveryArtifactStrategy,
-      **{EARLIER_LEDGERS_OUTPUT: channel.Channel(type=artifacts.PrivacyLedger)},
-  ).with_id(EARLIER_LEDGERS_RESOLVER_ID)

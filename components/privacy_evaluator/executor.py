@@ -13,17 +13,17 @@ segment is refused. A ledger that names no history (e.g. written by `make_privat
 is judged on its own.
 
 The history is also checked against what MLMD recorded of every earlier DPTrainer run of the
-pipeline (`earlier_privacy_ledgers`, see `check_earlier_runs`): a segment deleted before this run
-opened the history is in no snapshot this evaluation reads, but MLMD still lists it.
+pipeline (`earlier_privacy_ledgers`, see components/earlier_runs.py): a segment deleted before
+this run opened the history, or left in another history directory, is in no snapshot this
+evaluation reads, but MLMD still lists it.
 """
 
 from __future__ import annotations
 
 import math
 import os
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Dict, List, Optional
 
-from absl import logging
 from tfx import types
 from tfx.components.evaluator import constants as evaluator_constants
 from tfx.components.util import model_utils
@@ -32,7 +32,7 @@ from tfx.types import artifact_utils
 from tfx.utils import io_utils, path_utils
 
 from dp_tfx.audit.result import PrivacyAudit
-from dp_tfx.components import artifacts, specs
+from dp_tfx.components import artifacts, earlier_runs, specs
 from dp_tfx.ledger import LEDGER_FILE_NAME, LedgerError, PrivacyLedger, directory_digest
 from dp_tfx.policy import PrivacyDecision, PrivacyPolicy, decide, verification_key
 from dp_tfx.report import write_report
@@ -40,55 +40,6 @@ from dp_tfx.report import write_report
 EPSILON_PROPERTY = "epsilon"
 DELTA_PROPERTY = "delta"
 REASON_PROPERTY = "reason"
-
-
-def check_earlier_runs(earlier_ledgers: Sequence[types.Artifact], history: PrivacyLedger) -> None:
-  """Raises LedgerError unless every segment that MLMD recorded for an earlier DPTrainer run's
-  ledger in this ledger history is still there, with the same fixed facts and at least as many
-  noisy steps.
-
-  Why: this run's snapshot holds only the segments the history held while it ran, and the history
-  only the files still in it. A segment deleted before this run opened the history is in neither,
-  and its budget would silently drop out of the total. The earlier run's DPTrainer recorded its
-  snapshot's segments in MLMD, out of reach of whoever can delete a file of the history.
-
-  Args:
-    earlier_ledgers: PrivacyLedger artifacts of earlier runs (this run's may be among them).
-      Those that name another history are not this budget's, and are passed over; those with no
-      segment record (written before dp_tfx recorded one) are passed over with a warning.
-    history: this run's ledger with every segment of its history now (`with_history()`).
-  """
-  if history.history_dir is None:
-    return
-  current = {segment.segment_id: segment for segment in history.segments}
-  for earlier in sorted(earlier_ledgers, key=lambda artifact: artifact.id):
-    run = f"DPTrainer run (artifact id {earlier.id})"
-    recorded = artifacts.recorded_segments(earlier)  # malformed: LedgerError, NOT blessed
-    if recorded is None:
-      logging.warning("PrivacyEvaluator: PrivacyLedger artifact id %s (%s) records no segments "
-                      "in MLMD (written before dp_tfx recorded them): not checked against the "
-                      "ledger history", earlier.id, earlier.uri)
-      continue
-    history_dir = artifacts.recorded_history_dir(earlier)
-    if history_dir is None:
-      raise LedgerError(f"{run} recorded segments in MLMD but no "
-                        f"{artifacts.LEDGER_HISTORY_DIR_PROPERTY}: its record is malformed")
-    if history_dir.rstrip("/") != history.history_dir.rstrip("/"):
-      continue
-    for segment in recorded:
-      now = current.get(segment.segment_id)
-      if now is None:
-        raise LedgerError(f"segment {segment.segment_id} was recorded by {run} but is missing "
-                          f"from the ledger history {history.history_dir}: deleted?")
-      if artifacts.fixed_facts_hash(now) != segment.fixed_facts_sha256:
-        raise LedgerError(f"segment {segment.segment_id} in the ledger history "
-                          f"{history.history_dir} differs from the facts {run} recorded for it "
-                          "in MLMD: it was changed")
-      if now.noisy_steps < segment.noisy_steps:
-        raise LedgerError(f"segment {segment.segment_id} in the ledger history "
-                          f"{history.history_dir} records {now.noisy_steps} noisy steps, fewer "
-                          f"than the {segment.noisy_steps} {run} recorded in MLMD: it was "
-                          "shortened")
 
 
 class Executor(base_executor.BaseExecutor):
@@ -140,7 +91,8 @@ class Executor(base_executor.BaseExecutor):
       raise LedgerError("the ledger file's content_hash differs from the one the DPTrainer "
                         "recorded in MLMD: the file was changed (and re-hashed) after training")
     history = ledger.with_history(key)
-    check_earlier_runs(input_dict.get(specs.EARLIER_PRIVACY_LEDGERS_KEY) or [], history)
+    earlier_runs.check_earlier_runs(input_dict.get(specs.EARLIER_PRIVACY_LEDGERS_KEY) or [],
+                                    history.segments, history.history_dir, key)
     return history
 
   @staticmethod

@@ -14,7 +14,8 @@ from dp_tfx import accounting
 from dp_tfx.components import artifacts, model_io, specs, testing
 from dp_tfx.components.dp_trainer import component
 from dp_tfx.config import DPConfig
-from dp_tfx.ledger import LEDGER_FILE_NAME, PrivacyLedger, directory_digest, read_history
+from dp_tfx.ledger import (LEDGER_FILE_NAME, LedgerError, PrivacyLedger, directory_digest,
+                           read_history)
 from dp_tfx.pipelines import mnist_data, mnist_model
 from dp_tfx.policy import PrivacyPolicy
 
@@ -152,10 +153,12 @@ def test_a_run_on_changed_data_composes_with_the_earlier_run(trained, tmp_path):
       split: data / directory / "data.tfrecord" for split, directory in (
           ("training", mnist_data.TRAIN_DIR), ("validation", mnist_data.EVAL_DIR))})
   config = DPConfig(noise_multiplier=1.0, batch_size=25, steps=4, delta=1e-4, seed=1)
+  # MLMD's record of the earlier run names the history it was copied from: its segment is here.
   second = testing.run_dp_trainer(examples, tmp_path / "run", config, mnist_model.__file__,
                                   {"jit_compile": False}, ledger_history_dir=history,
                                   data_source="mnist digits",
-                                  splits={"train_split": "training", "eval_split": "validation"})
+                                  splits={"train_split": "training", "eval_split": "validation"},
+                                  earlier_ledgers=outputs[specs.PRIVACY_LEDGER_KEY])
   ledger = PrivacyLedger.load(os.path.join(second[specs.PRIVACY_LEDGER_KEY][0].uri,
                                            LEDGER_FILE_NAME))
   assert ledger.dataset_size == 100 and ledger.noisy_steps == 6 + 4
@@ -165,6 +168,27 @@ def test_a_run_on_changed_data_composes_with_the_earlier_run(trained, tmp_path):
       accounting.dp_sgd_event(30 / 120, 1.0, 6), accounting.dp_sgd_event(25 / 100, 1.0, 4)]),
       1e-4, accounting.RDP)
   assert ledger.epsilon(1e-4, accounting.RDP) == pytest.approx(expected, rel=1e-9)
+
+
+def test_a_history_lacking_an_earlier_runs_segment_is_refused_before_training(trained, tmp_path):
+  # MLMD recorded the earlier run's segment in its history; this run is pointed at another one
+  # (a fresh budget, were it not for the record): refused before anything is read or spent.
+  outputs, data = trained
+  earlier = outputs[specs.PRIVACY_LEDGER_KEY][0]
+  examples = testing.examples_artifact(tmp_path / "examples", {
+      split: data / directory / "data.tfrecord"
+      for split, directory in (("train", mnist_data.TRAIN_DIR), ("eval", mnist_data.EVAL_DIR))})
+  history = tmp_path / "new-history"
+  config = DPConfig(noise_multiplier=1.0, batch_size=30, steps=6, delta=1e-4)
+  with pytest.raises(LedgerError, match=f"is missing from the ledger history {history}: that "
+                                        "run's spending would drop out of the total"):
+    testing.run_dp_trainer(examples, tmp_path / "run", config, mnist_model.__file__,
+                           {"jit_compile": False}, ledger_history_dir=history,
+                           privacy_policy=PrivacyPolicy(max_epsilon=100.0, delta=1e-4),
+                           earlier_ledgers=[earlier])
+  assert not history.exists()  # no segment written
+  assert not list((tmp_path / "run").rglob("saved_model.pb"))  # no model
+  assert not list((tmp_path / "run").rglob(LEDGER_FILE_NAME))
 
 
 def test_gzipped_example_files_as_example_gens_write_them_are_read(tmp_path):

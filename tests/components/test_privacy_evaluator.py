@@ -3,6 +3,7 @@
 import json
 import math
 import pathlib
+import shutil
 
 import pytest
 
@@ -408,8 +409,9 @@ def test_a_segment_deleted_before_the_next_run_opened_the_history_is_caught_by_m
                                          earlier_ledgers=[earlier_artifact])
   segment_id = earlier.segments[0].segment_id
   testing.assert_not_blessed(
-      result, f"segment {segment_id} was recorded by DPTrainer run (artifact id 101) but is "
-              f"missing from the ledger history {history}: deleted?")
+      result, f"segment {segment_id}, recorded in MLMD by DPTrainer run (artifact id 101) in the "
+              f"ledger history {history}, is missing from the ledger history {history}: that "
+              "run's spending would drop out of the total; copy its segment file back")
 
 
 def test_every_segment_mlmd_recorded_still_there_is_blessed(tmp_path):
@@ -435,7 +437,8 @@ def test_a_segment_shortened_before_the_next_run_opened_the_history_is_caught(tm
   result = testing.run_privacy_evaluator(this_run, HISTORY_POLICY, tmp_path / "eval",
                                          earlier_ledgers=[earlier_artifact])
   testing.assert_not_blessed(result, "records 4 noisy steps, fewer than the 40 DPTrainer run "
-                                     "(artifact id 101) recorded in MLMD: it was shortened")
+                                     "(artifact id 101) recorded in MLMD: it was shortened; "
+                                     "restore the segment file")
 
 
 def test_a_segment_whose_facts_changed_before_the_next_run_is_caught(tmp_path):
@@ -453,17 +456,50 @@ def test_a_segment_whose_facts_changed_before_the_next_run_is_caught(tmp_path):
                                      "recorded for it in MLMD")
 
 
-def test_earlier_ledgers_of_another_history_or_without_a_record_are_passed_over(tmp_path):
-  _, elsewhere = _earlier_run(tmp_path, tmp_path / "another-history")
-  (tmp_path / "another-history").rename(tmp_path / "gone")  # not this budget: not checked
+def test_an_earlier_run_recorded_in_another_history_directory_is_not_blessed(tmp_path):
+  # The same pipeline (MLMD) rerun with a new ledger history: a fresh budget, unless the earlier
+  # runs' segments come along.
+  old, new = tmp_path / "old-history", tmp_path / "new-history"
+  earlier, elsewhere = _earlier_run(tmp_path, old)
+  this_run = _run_into_history(new, run_id="this")
+  result = testing.run_privacy_evaluator(this_run, HISTORY_POLICY, tmp_path / "eval",
+                                         earlier_ledgers=[elsewhere])
+  testing.assert_not_blessed(
+      result, f"segment {earlier.segments[0].segment_id}, recorded in MLMD by DPTrainer run "
+              f"(artifact id 101) in the ledger history {old}, is missing from the ledger "
+              f"history {new}")
+  assert "run with the history that holds it" in result.reasons[0]
+  # Moved along, the earlier run counts in the new history: blessed, with both runs' steps.
+  shutil.copy(_segment_file(old, earlier), new)
+  result = testing.run_privacy_evaluator(this_run, HISTORY_POLICY, tmp_path / "moved",
+                                         earlier_ledgers=[elsewhere])
+  testing.assert_blessed(result)
+  assert result.report["ledger"]["noisy_steps"] == 80
+
+
+def test_the_same_history_reached_through_a_symlink_is_blessed(tmp_path):
   history = tmp_path / "history"
-  earlier, before_the_record = _earlier_run(tmp_path, history, artifact_id=102)
+  history.mkdir()
+  link = tmp_path / "link-to-history"
+  link.symlink_to(history, target_is_directory=True)
+  _, through_the_link = _earlier_run(tmp_path, link)  # recorded under the link's path
+  this_run = _run_into_history(history, run_id="this")  # the resolved path
+  assert artifacts.recorded_history_dir(through_the_link) == str(link)
+  result = testing.run_privacy_evaluator(this_run, HISTORY_POLICY, tmp_path / "eval",
+                                         earlier_ledgers=[through_the_link])
+  testing.assert_blessed(result)
+  assert result.report["ledger"]["noisy_steps"] == 80
+
+
+def test_an_earlier_ledger_without_a_segment_record_is_passed_over(tmp_path):
+  history = tmp_path / "history"
+  earlier, before_the_record = _earlier_run(tmp_path, history)
   for name in (artifacts.LEDGER_SEGMENTS_PROPERTY, artifacts.LEDGER_HISTORY_DIR_PROPERTY):
     before_the_record.mlmd_artifact.custom_properties.pop(name)  # written by an older dp_tfx
   _segment_file(history, earlier).unlink()
   this_run = _run_into_history(history, run_id="this")
   testing.assert_blessed(testing.run_privacy_evaluator(
-      this_run, HISTORY_POLICY, tmp_path / "eval", earlier_ledgers=[elsewhere, before_the_record]))
+      this_run, HISTORY_POLICY, tmp_path / "eval", earlier_ledgers=[before_the_record]))
 
 
 @pytest.mark.parametrize("value, reason", [
@@ -497,6 +533,8 @@ def test_what_the_dptrainer_records_in_mlmd_reads_back(tmp_path):
              for r, s in zip(recorded, ledger.segments))
   assert artifact.get_string_custom_property(artifacts.LEDGER_HASH_PROPERTY) == (
       ledger.content_hash())
+  # Without a ledger key, nothing to sign the record with.
+  assert not artifact.has_custom_property(artifacts.LEDGER_RECORD_SIGNATURE_PROPERTY)
 
 
 # -- signed ledgers: a policy that requires signatures --------------------------------------------
@@ -552,3 +590,62 @@ def test_one_verdict_line_is_printed_either_way(tmp_path, capsys):
   lines = [line for line in capsys.readouterr().out.splitlines()
            if line.startswith("PrivacyEvaluator:")]
   assert [line.split(":")[1].split()[0:2] for line in lines] == [["BLESSED"], ["NOT", "BLESSED"]]
+
+
+# -- the MLMD record of earlier runs, signed with the ledger key ----------------------------------
+
+def _drop_recorded_segment(artifact):
+  """An MLMD edit: the first recorded segment taken out of the record (its signature kept)."""
+  recorded = json.loads(artifact.get_string_custom_property(artifacts.LEDGER_SEGMENTS_PROPERTY))
+  artifact.set_string_custom_property(artifacts.LEDGER_SEGMENTS_PROPERTY, json.dumps(recorded[1:]))
+
+
+def test_a_signed_record_of_an_earlier_run_is_blessed(tmp_path, ledger_key):
+  history = tmp_path / "history"
+  _, earlier_artifact = _earlier_run(tmp_path, history)
+  assert earlier_artifact.get_string_custom_property(
+      artifacts.LEDGER_RECORD_SIGNATURE_PROPERTY).startswith("hmac-sha256:")
+  this_run = _run_into_history(history, run_id="this")
+  testing.assert_blessed(testing.run_privacy_evaluator(
+      this_run, SIGNED_POLICY, tmp_path / "eval", earlier_ledgers=[earlier_artifact]))
+
+
+def test_a_segment_deleted_with_its_mlmd_record_edited_is_not_blessed(tmp_path, ledger_key):
+  history = tmp_path / "history"
+  earlier, earlier_artifact = _earlier_run(tmp_path, history)
+  _segment_file(history, earlier).unlink()
+  _drop_recorded_segment(earlier_artifact)  # the record agrees with the history now ...
+  this_run = _run_into_history(history, run_id="this")
+  result = testing.run_privacy_evaluator(this_run, SIGNED_POLICY, tmp_path / "eval",
+                                         earlier_ledgers=[earlier_artifact])
+  testing.assert_not_blessed(  # ... but not with its signature
+      result, "the MLMD record of PrivacyLedger artifact id 101 does not match its signature: "
+              "it was edited in MLMD")
+
+
+def test_an_unsigned_record_of_an_earlier_run_is_not_blessed_when_signatures_are_required(
+    tmp_path, ledger_key):
+  history = tmp_path / "history"
+  _, earlier_artifact = _earlier_run(tmp_path, history)  # segment files signed
+  earlier_artifact.mlmd_artifact.custom_properties.pop(artifacts.LEDGER_RECORD_SIGNATURE_PROPERTY)
+  this_run = _run_into_history(history, run_id="this")
+  result = testing.run_privacy_evaluator(this_run, SIGNED_POLICY, tmp_path / "eval",
+                                         earlier_ledgers=[earlier_artifact])
+  testing.assert_not_blessed(result, "PrivacyLedger artifact id 101 is unsigned")
+  # Also when the whole record was removed (not passed over as an older dp_tfx's artifact).
+  for name in (artifacts.LEDGER_SEGMENTS_PROPERTY, artifacts.LEDGER_HISTORY_DIR_PROPERTY):
+    earlier_artifact.mlmd_artifact.custom_properties.pop(name)
+  result = testing.run_privacy_evaluator(this_run, SIGNED_POLICY, tmp_path / "eval-2",
+                                         earlier_ledgers=[earlier_artifact])
+  testing.assert_not_blessed(result, "PrivacyLedger artifact id 101 is unsigned")
+
+
+def test_signatures_of_records_are_checked_only_when_the_policy_requires_them(tmp_path,
+                                                                            ledger_key):
+  # As for the history's files: a policy without require_signature verifies nothing.
+  history = tmp_path / "history"
+  _, earlier_artifact = _earlier_run(tmp_path, history)
+  earlier_artifact.set_string_custom_property(artifacts.LEDGER_RECORD_SIGNATURE_PROPERTY, "x")
+  this_run = _run_into_history(history, run_id="this")
+  testing.assert_blessed(testing.run_privacy_evaluator(
+      this_run, HISTORY_POLICY, tmp_path / "eval", earlier_ledgers=[earlier_artifact]))

@@ -13,7 +13,7 @@ from ml_metadata.proto import metadata_store_pb2
 from tfx.utils import path_utils
 
 from dp_tfx.config import DPConfig
-from dp_tfx.ledger import directory_digest
+from dp_tfx.ledger import LedgerError, directory_digest
 from dp_tfx.pipelines import mnist_data, mnist_model, runner
 from dp_tfx.policy import PolicyRefusal, PrivacyPolicy
 from tests import recomputed
@@ -174,17 +174,29 @@ def test_options_that_could_only_fail_after_training_are_refused_first(tmp_path,
 
 
 @pytest.mark.slow
-def test_a_run_whose_segment_was_deleted_before_the_next_run_is_caught_through_mlmd(tmp_path):
-  # The second run never sees the first run's segment (deleted before it opened the history), so
-  # its snapshot and the history agree; MLMD's record of the first run's ledger does not.
+def test_a_history_lacking_an_earlier_runs_segment_is_refused_before_training(tmp_path):
+  # MLMD lists the first run's segment: the same pipeline pointed at a new ledger history, or its
+  # history without that segment, would start the budget afresh. The DPTrainer refuses either
+  # before it trains.
   first = _run(tmp_path, max_epsilon=100.0)
   assert first["pushed"]
   (segment,) = (tmp_path / "privacy_ledgers").glob("segment-*.json")
+  (first_ledger,) = _store(tmp_path).get_artifacts_by_type("dp_tfx.PrivacyLedger")
+  recorded = (f"segment {segment.stem}, recorded in MLMD by DPTrainer run (artifact id "
+              f"{first_ledger.id}) in the ledger history {tmp_path / 'privacy_ledgers'}, is "
+              "missing from the ledger history ")
+  new_history = tmp_path / "new-history"
+  with pytest.raises(LedgerError, match=re.escape(recorded + str(new_history))):
+    _run(tmp_path, max_epsilon=100.0, ledger_history_dir=str(new_history))
+  written = segment.read_bytes()
   segment.unlink()
-  second = _run(tmp_path, max_epsilon=100.0)
-  assert not second["pushed"]
-  (first_ledger,) = [a for a in _store(tmp_path).get_artifacts_by_type("dp_tfx.PrivacyLedger")
-                     if segment.stem in a.custom_properties["ledger_segments"].string_value]
-  assert any(f"segment {segment.stem} was recorded by DPTrainer run (artifact id "
-             f"{first_ledger.id}) but is missing from the ledger history" in reason
-             and reason.endswith("deleted?") for reason in second["reasons"]), second["reasons"]
+  with pytest.raises(LedgerError, match=re.escape(recorded + str(tmp_path / "privacy_ledgers"))):
+    _run(tmp_path, max_epsilon=100.0)
+  assert len(_store(tmp_path).get_artifacts_by_type("Model")) == 1  # nothing trained since
+  assert not new_history.exists() or not any(new_history.iterdir())
+  # As the refusal says: copied into the new history, the first run counts there.
+  (new_history / segment.name).write_bytes(written)
+  third = _run(tmp_path, max_epsilon=100.0, ledger_history_dir=str(new_history))
+  assert third["pushed"] and third["epsilon"] > first["epsilon"]
+  report = json.loads((pathlib.Path(third["report_dir"]) / "report.json").read_text())
+  assert report["ledger"]["noisy_steps"] == 16
