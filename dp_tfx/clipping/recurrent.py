@@ -54,31 +54,38 @@ class RecurrentTap(LayerTap):
   # RNN.call looks up `inner_loop` on the layer per call; everything around it stays Keras's.
   PATCHED_METHOD = "inner_loop"
 
+  def _input_projection(self, sequences, probe):
+    """What the loop takes per time step: x_t W + b + probe_t for every t at once (one large
+    matmul outside the loop instead of T small ones inside)."""
+    cell = self.layer.cell
+    projected = keras.ops.matmul(sequences, cell.kernel) + probe
+    return projected + cell.bias if cell.use_bias else projected
+
   @abc.abstractmethod
-  def _step(self, x, probe, states) -> tuple:
-    """The cell's maths for one time step with `probe` added to its pre-activations:
-    (output h_t, new states)."""
+  def _step(self, projected, states) -> tuple:
+    """The cell's maths for one time step from its input projection: (output h_t, new states)."""
 
   def forward(self, sequences, initial_state, mask, training=False):
     """Keras's RNN inner loop, returning (last output, outputs, states), with the probe."""
     del training  # only dropout depends on it, and layers with dropout are not tapped
     cell = self.layer.cell
-    steps, features = sequences.shape[1], sequences.shape[-1]
+    steps = sequences.shape[1]
     time = steps if steps is not None else tf.shape(sequences)[1]
     width = self._WIDTH_PER_UNIT * cell.units
     probe = tf.zeros(tf.stack([tf.shape(sequences)[0], time, width]), sequences.dtype)
     probe.set_shape([None, steps, width])
     self.watch(probe)
 
-    def step(inputs, states):
-      h_tm1 = states[0]
-      output, new_states = self._step(inputs[:, :features], inputs[:, features:], states)
-      return tf.concat([output, h_tm1], axis=-1), new_states
+    def step(projected, states):
+      # The output carries h_{t-1} too: the state entering each step, which masked steps
+      # (kept states, zero or repeated outputs) make different from the previous output.
+      output, new_states = self._step(projected, states)
+      return tf.concat([output, states[0]], axis=-1), new_states
 
     # Keras's own loop (no public API exposes it), so that masking, go_backwards and unroll
     # behave exactly as in the layer.
     last, outputs, states = keras_backend.rnn(
-        step, tf.concat([sequences, probe], axis=-1), list(initial_state),
+        step, self._input_projection(sequences, probe), list(initial_state),
         go_backwards=self.layer.go_backwards, mask=mask, unroll=self.layer.unroll,
         input_length=steps, zero_output_for_mask=self.layer.zero_output_for_mask,
         return_all_outputs=True)
@@ -87,10 +94,6 @@ class RecurrentTap(LayerTap):
       previous = tf.reverse(previous, axis=[1])
     self.records.append((sequences, previous, probe))
     return last[..., :cell.units], outputs[..., :cell.units], states
-
-  def _matmuls(self, x, h_tm1):
-    cell = self.layer.cell
-    return keras.ops.matmul(x, cell.kernel) + keras.ops.matmul(h_tm1, cell.recurrent_kernel)
 
   def _projections(self, grads):
     """[(inputs, their gradients) for the kernel, the same for the recurrent kernel], and the
@@ -135,11 +138,9 @@ class RecurrentTap(LayerTap):
 
 class SimpleRNNTap(RecurrentTap):
 
-  def _step(self, x, probe, states):
+  def _step(self, projected, states):
     cell = self.layer.cell
-    z = self._matmuls(x, states[0]) + probe
-    if cell.bias is not None:
-      z = z + cell.bias
+    z = projected + keras.ops.matmul(states[0], cell.recurrent_kernel)
     h = cell.activation(z) if cell.activation is not None else z
     return h, [h]
 
@@ -147,12 +148,10 @@ class SimpleRNNTap(RecurrentTap):
 class LSTMTap(RecurrentTap):
   _WIDTH_PER_UNIT = 4
 
-  def _step(self, x, probe, states):
+  def _step(self, projected, states):
     cell = self.layer.cell
     h_tm1, c_tm1 = states[0], states[1]
-    z = self._matmuls(x, h_tm1) + probe
-    if cell.use_bias:
-      z = z + cell.bias
+    z = projected + keras.ops.matmul(h_tm1, cell.recurrent_kernel)
     z_i, z_f, z_c, z_o = tf.split(z, 4, axis=-1)
     i, f = cell.recurrent_activation(z_i), cell.recurrent_activation(z_f)
     c = f * c_tm1 + i * cell.activation(z_c)
@@ -170,14 +169,22 @@ class GRUTap(RecurrentTap):
   def for_layer(cls, layer, options):
     return super().for_layer(layer, options) if layer.cell.reset_after else None
 
-  def _step(self, x, probe, states):
+  def _input_projection(self, sequences, probe):
+    """[x_t W + b_input + probe_x_t, probe_h_t] for every t."""
+    cell = self.layer.cell
+    probe_x, probe_h = tf.split(probe, 2, axis=-1)
+    matrix_x = keras.ops.matmul(sequences, cell.kernel) + probe_x
+    if cell.use_bias:
+      matrix_x = matrix_x + cell.bias[0]
+    return tf.concat([matrix_x, probe_h], axis=-1)
+
+  def _step(self, projected, states):
     cell = self.layer.cell
     h_tm1 = states[0]
-    probe_x, probe_h = tf.split(probe, 2, axis=-1)
-    matrix_x = keras.ops.matmul(x, cell.kernel) + probe_x
+    matrix_x, probe_h = tf.split(projected, 2, axis=-1)
     matrix_h = keras.ops.matmul(h_tm1, cell.recurrent_kernel) + probe_h
     if cell.use_bias:
-      matrix_x, matrix_h = matrix_x + cell.bias[0], matrix_h + cell.bias[1]
+      matrix_h = matrix_h + cell.bias[1]
     x_z, x_r, x_h = tf.split(matrix_x, 3, axis=-1)
     h_z, h_r, h_h = tf.split(matrix_h, 3, axis=-1)
     z = cell.recurrent_activation(x_z + h_z)
