@@ -8,6 +8,7 @@ measured in its own subprocess.
 
     .venv/bin/python -m benchmarks.step_overhead --quick
     .venv/bin/python -m benchmarks.step_overhead --models cnn text transformer --batch-sizes 64 256
+    .venv/bin/python -m benchmarks.step_overhead --models char_lstm --batch-sizes 128 512
 
 Each timed span runs from the first step's start to the end of the last step of an epoch, whose
 results are fetched (forcing the work to finish) before the clock stops; per-epoch work outside the
@@ -53,13 +54,27 @@ def small_transformer():
   return keras.Model(inputs, outputs, name="small_transformer")
 
 
-MODELS = {"cnn": models.tutorial_cnn, "text": text_classifier, "transformer": small_transformer}
+CHARACTERS, CHARACTER_SEQUENCE = 64, 32
+
+
+def character_lstm():
+  """The issue's recurrent character model: the next character after 32, by an LSTM."""
+  return keras.Sequential([keras.Input((CHARACTER_SEQUENCE,), dtype="int32"),
+                           keras.layers.Embedding(CHARACTERS, 32), keras.layers.LSTM(64),
+                           keras.layers.Dense(CHARACTERS)], name="character_lstm")
+
+
+MODELS = {"cnn": models.tutorial_cnn, "text": text_classifier, "transformer": small_transformer,
+          "char_lstm": character_lstm}
 
 
 def _data(model_name, size, rng):
   if model_name == "cnn":
     return (rng.random((size, 28, 28, 1), dtype=np.float32),
             rng.integers(0, 10, size).astype(np.int32))
+  if model_name == "char_lstm":
+    return (rng.integers(0, CHARACTERS, (size, CHARACTER_SEQUENCE)).astype(np.int32),
+            rng.integers(0, CHARACTERS, size).astype(np.int32))
   return (rng.integers(0, VOCAB, (size, SEQUENCE)).astype(np.int32),
           rng.integers(0, 2, size).astype(np.int32))
 

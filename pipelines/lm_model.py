@@ -1,4 +1,5 @@
-"""The DPTrainer module of the language-model pipeline: a small causal character transformer.
+"""The DPTrainer module of the language-model pipeline: a small causal character transformer, or
+the recurrent model of the TensorFlow Privacy announcement (hyperparameter architecture="lstm").
 
 Examples hold "chars": SEQUENCE_LENGTH + 1 character ids, one sequence of Shakespeare (or a canary
 followed by PAD ids). The model reads the first SEQUENCE_LENGTH ids and predicts, at every
@@ -7,12 +8,13 @@ characters. One sequence is the privacy unit: DP-SGD bounds what any one sequenc
 inserted canary copy) can do to the model.
 
 Only layers whose per-example gradients dp_tfx.clipping computes from one backward pass are used
-(Embedding, Dense, the EinsumDense inside MultiHeadAttention, LayerNormalization), which is why
-positions come in as a second input built by `decode` (a plain Embedding) rather than as a
-position layer with its own weights.
+(Embedding, Dense, the EinsumDense inside MultiHeadAttention, LayerNormalization, LSTM), which is
+why positions come in as a second input built by `decode` (a plain Embedding) rather than as a
+position layer with its own weights; the LSTM ignores them.
 
-Hyperparameters (custom_config): learning_rate (default 0.01, Adam), model_dim (32), num_heads
-(4), num_blocks (2), jit_compile (default "auto": XLA on accelerators only). With DP noise of a
+Hyperparameters (custom_config): architecture ("transformer", default, or "lstm"), learning_rate
+(default 0.01, Adam), model_dim (32; the LSTM's units and embedding width, default 64),
+num_heads (4), num_blocks (2), jit_compile (default "auto": XLA on accelerators only). With DP noise of a
 given multiplier, a model with fewer weights gets less noise in all: at model_dim 64 (117k
 weights) DP training reached the same held-out bits per character as at 32 (34k) in twice the
 time. The non-private control (`run_fn`, for a standard TFX Trainer) also needs epochs and
@@ -29,6 +31,7 @@ import tensorflow as tf
 
 from dp_tfx.components.dp_trainer import control
 from dp_tfx.ledger import SEQUENCE
+from dp_tfx.pipelines.examples import LM_ARCHITECTURES
 
 CHARS_KEY = "chars"
 TOKENS_KEY = "tokens"
@@ -94,13 +97,35 @@ def decode(parsed, context):
   return {TOKENS_KEY: tokens, POSITIONS_KEY: positions}, chars[:, 1:]
 
 
+TRANSFORMER, LSTM = LM_ARCHITECTURES
+
+
 def build_model(context):
-  """Pre-norm causal transformer: logits [B, SEQUENCE_LENGTH, VOCABULARY_SIZE]."""
+  """Logits [B, SEQUENCE_LENGTH, VOCABULARY_SIZE] of the next character at every position."""
   hyperparameters = context.hyperparameters
-  model_dim = hyperparameters.get("model_dim", 32)
-  num_heads = hyperparameters.get("num_heads", 4)
+  architecture = hyperparameters.get("architecture", TRANSFORMER)
+  if architecture not in LM_ARCHITECTURES:
+    raise ValueError(f"architecture must be one of {LM_ARCHITECTURES}; got {architecture!r}")
   tokens = keras.Input((SEQUENCE_LENGTH,), dtype="int32", name=TOKENS_KEY)
   positions = keras.Input((SEQUENCE_LENGTH,), dtype="int32", name=POSITIONS_KEY)
+  if architecture == LSTM:
+    logits = _lstm(tokens, hyperparameters.get("model_dim", 64))
+  else:
+    logits = _transformer(tokens, positions, hyperparameters)
+  return keras.Model({TOKENS_KEY: tokens, POSITIONS_KEY: positions}, logits,
+                     name=f"char_{architecture}")
+
+
+def _lstm(tokens, units: int):
+  """One LSTM layer over character embeddings: the recurrent model of the TF Privacy seed."""
+  x = keras.layers.Embedding(VOCABULARY_SIZE, units)(tokens)
+  return keras.layers.Dense(VOCABULARY_SIZE)(keras.layers.LSTM(units, return_sequences=True)(x))
+
+
+def _transformer(tokens, positions, hyperparameters):
+  """Pre-norm causal transformer."""
+  model_dim = hyperparameters.get("model_dim", 32)
+  num_heads = hyperparameters.get("num_heads", 4)
   x = (keras.layers.Embedding(VOCABULARY_SIZE, model_dim)(tokens) +
        keras.layers.Embedding(SEQUENCE_LENGTH, model_dim)(positions))
   for _ in range(hyperparameters.get("num_blocks", 2)):
@@ -110,9 +135,7 @@ def build_model(context):
     normalized = keras.layers.LayerNormalization()(x)
     x = x + keras.layers.Dense(model_dim)(
         keras.layers.Dense(4 * model_dim, activation="gelu")(normalized))
-  logits = keras.layers.Dense(VOCABULARY_SIZE)(keras.layers.LayerNormalization()(x))
-  return keras.Model({TOKENS_KEY: tokens, POSITIONS_KEY: positions}, logits,
-                     name="char_transformer")
+  return keras.layers.Dense(VOCABULARY_SIZE)(keras.layers.LayerNormalization()(x))
 
 
 class CharacterAccuracy(keras.metrics.SparseCategoricalAccuracy):

@@ -1,4 +1,4 @@
-"""The language-model example: Shakespeare, canaries, the character transformer, its control."""
+"""The language-model example: Shakespeare, canaries, the character models, the control."""
 
 import json
 import os
@@ -149,8 +149,9 @@ def test_bits_per_character_counts_real_characters_only():
       "bits_per_character": pytest.approx(np.log2(lm_model.VOCABULARY_SIZE))}
 
 
-def test_every_weight_of_the_model_has_a_fast_clipping_tap():
-  context = _context({})  # the example's default size
+@pytest.mark.parametrize("architecture", lm_model.LM_ARCHITECTURES)
+def test_every_weight_of_the_model_has_a_fast_clipping_tap(architecture):
+  context = _context({"architecture": architecture})  # the example's default size
   model = lm_model.build_model(context)
   inputs, _ = lm_model.decode({lm_model.CHARS_KEY: tf.zeros(
       [2, lm_model.SEQUENCE_LENGTH + 1], tf.int64)}, context)
@@ -158,8 +159,9 @@ def test_every_weight_of_the_model_has_a_fast_clipping_tap():
   assert clipping.GradientTaps(model).fallback_variables == []
 
 
-def test_the_model_is_causal():
-  context = _context()
+@pytest.mark.parametrize("architecture", lm_model.LM_ARCHITECTURES)
+def test_the_model_is_causal(architecture):
+  context = _context({**SMALL_MODEL, "architecture": architecture})
   model = lm_model.build_model(context)
   chars = np.random.default_rng(0).integers(2, lm_model.VOCABULARY_SIZE,
                                             (1, lm_model.SEQUENCE_LENGTH + 1)).repeat(2, axis=0)
@@ -182,12 +184,15 @@ def _assert_serves_character_logits(serving_dir, serialized):
   return logits
 
 
-def test_dp_trainer_records_sequences_and_exports_character_logits(lm_data_root, tmp_path):
+@pytest.mark.parametrize("architecture", lm_model.LM_ARCHITECTURES)
+def test_dp_trainer_records_sequences_and_exports_character_logits(lm_data_root, tmp_path,
+                                                                   architecture):
   root, summary = lm_data_root
   examples = testing.examples_artifact(tmp_path / "examples", {
       "train": summary["train_file"], "eval": summary["eval_file"]})
   config = DPConfig(noise_multiplier=1.0, batch_size=16, steps=2, delta=1e-4, seed=1)
-  outputs = testing.run_dp_trainer(examples, tmp_path, config, lm_model.__file__, SMALL_MODEL)
+  outputs = testing.run_dp_trainer(examples, tmp_path, config, lm_model.__file__,
+                                   {**SMALL_MODEL, "architecture": architecture})
 
   ledger = PrivacyLedger.load(os.path.join(outputs[specs.PRIVACY_LEDGER_KEY][0].uri,
                                            LEDGER_FILE_NAME))
