@@ -63,7 +63,8 @@ MNIST = Example(
     hyperparameters={"learning_rate": 0.5, "momentum": 0.5},
     hyperparameter_names=("learning_rate", "momentum", "jit_compile"), label_key="label")
 
-# The models the lm example's module builds (hyperparameter "architecture"; the first is the default).
+# The models the lm example's module builds (hyperparameter "architecture"; the first is the
+# default).
 LM_ARCHITECTURES = ("transformer", "lstm")
 
 LM = Example(

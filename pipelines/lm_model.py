@@ -12,12 +12,12 @@ Only layers whose per-example gradients dp_tfx.clipping computes from one backwa
 why positions come in as a second input built by `decode` (a plain Embedding) rather than as a
 position layer with its own weights; the LSTM ignores them.
 
-Hyperparameters (custom_config): architecture ("transformer", default, or "lstm"), learning_rate
-(default 0.01, Adam), model_dim (32; the LSTM's units and embedding width, default 64),
-num_heads (4), num_blocks (2), jit_compile (default "auto": XLA on accelerators only). With DP noise of a
-given multiplier, a model with fewer weights gets less noise in all: at model_dim 64 (117k
-weights) DP training reached the same held-out bits per character as at 32 (34k) in twice the
-time. The non-private control (`run_fn`, for a standard TFX Trainer) also needs epochs and
+Hyperparameters (custom_config): architecture ("transformer", default, or "lstm"),
+learning_rate (default 0.01, Adam), model_dim (32; the LSTM's units and embedding width, 64),
+num_heads (4), num_blocks (2), jit_compile (default "auto": XLA on accelerators only). With DP
+noise of a given multiplier, a model with fewer weights gets less noise in all: at model_dim 64
+(117k weights) the transformer reached the same held-out bits per character as at 32 (34k) in
+twice the time. The non-private control (`run_fn`, for a standard TFX Trainer) also needs epochs and
 batch_size, see dp_tfx.components.dp_trainer.control.
 """
 
