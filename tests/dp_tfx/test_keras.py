@@ -43,7 +43,8 @@ def _sampled_batch(dp_model, x, y, step=0):
   return bx.numpy()[real], by.numpy()[real], microbatches.numpy()[real]
 
 
-@pytest.mark.parametrize("kind", ["dense", "conv2d", "embedding", "recurrent"])
+@pytest.mark.parametrize("kind", ["dense", "conv2d", "embedding",
+                                  pytest.param("recurrent", marks=pytest.mark.slow)])
 @pytest.mark.parametrize("jit_compile", [False, pytest.param(True, marks=pytest.mark.slow)])
 @pytest.mark.parametrize("physical_batch_size", [None, 3])  # 3 forces several physical batches
 def test_one_step_is_the_clipped_mean_gradient(kind, jit_compile, physical_batch_size):
