@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import uuid
+from typing import Optional
 
 
 def _tf():
@@ -95,6 +96,21 @@ def age_seconds(path) -> float:
   import time  # pylint: disable=import-outside-toplevel
 
   return time.time() - _gfile().stat(os.fspath(path)).mtime_nsec / 1e9
+
+
+def modified_time(path) -> Optional[float]:
+  """When the storage last modified the file, in seconds since the epoch on the storage's clock
+  (a local disk's, an object store's: not the clock of whoever wrote it); None where the
+  filesystem gives no modification time (TensorFlow's ram://, for one). A missing or unreadable
+  file raises OSError."""
+  tf = _tf()
+  try:
+    nanoseconds = _gfile().stat(os.fspath(path)).mtime_nsec
+  except tf.errors.NotFoundError:
+    raise FileNotFoundError(f"no file at {path}") from None
+  except tf.errors.OpError as error:
+    raise OSError(f"cannot stat {path}: {error.message}") from None
+  return nanoseconds / 1e9 if nanoseconds > 0 else None
 
 
 def create_new(path, data: bytes) -> str:

@@ -210,6 +210,8 @@ class DPModel(keras.Model):
         counting the steps other runs reserved as spent (see PrivacyLedger.with_reservations).
       ValueError: for arguments that would break the guarantee (batch_size, sample weights...),
         and for a model or loss that cannot take a DP step (found on a batch of zeros).
+      LedgerError: with a ledger_path, if another run is still training on that file, or another
+        process wrote it since this one did (before a step is taken: nothing is lost).
     """
     refused = sorted(k for k in kwargs if k in (
         "batch_size", "steps_per_epoch", "shuffle", "sample_weight", "class_weight",
@@ -251,7 +253,11 @@ class DPModel(keras.Model):
     dataset = self._distributed_batches(features, labels, done, done + steps, replicas)
     # This fit's reservation: until it ends, other runs' pre-checks count these steps as spent.
     self.privacy_ledger.start_segment(self.plan, seeded=seeded, steps=steps)
+    heartbeat = None
     try:
+      # While this fit runs its segment is rewritten every HEARTBEAT_SECONDS, so its reservation
+      # holds; a killed run's lapses RESERVATION_STALE_SECONDS after its last write.
+      heartbeat = self.privacy_ledger.start_heartbeat()
       if self._policy is not None:
         # Again with the reservation written: of two runs checking at once, the later counts
         # the earlier's reservation (see PrivacyLedger.with_reservations).
@@ -267,6 +273,8 @@ class DPModel(keras.Model):
                            validation_batch_size=validation_batch_size or self.plan.batch_size,
                            validation_freq=validation_freq, shuffle=False)
     finally:  # trained, refused or raised: from now on only the steps taken count
+      if heartbeat is not None:
+        heartbeat.stop()
       self.privacy_ledger.finish_segment()
 
   def _segment_key(self) -> tf.Tensor:

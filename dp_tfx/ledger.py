@@ -10,7 +10,10 @@ run killed mid-epoch leaves a record of every step it took (at worst one more).
 Before its policy pre-check, a `fit` also *reserves* the steps it is about to run (its segment's
 `reserved_steps`, written before any step) and marks its segment finished when it ends. A pre-check
 counts every unfinished reservation as spent (`PrivacyLedger.with_reservations`), so concurrent
-runs cannot all pass it on the same budget. Epsilon itself only ever counts steps that ran.
+runs cannot all pass it on the same budget. Epsilon itself only ever counts steps that ran. While
+a fit runs, its segment is rewritten every HEARTBEAT_SECONDS (`start_heartbeat`); a reservation
+whose file the storage last modified over RESERVATION_STALE_SECONDS ago is a killed run's, and
+lapses (judged by the storage's modification time, never by a writer's clock).
 
 Runs record into a *ledger history* (`LedgerHistory`): a directory where each segment is a file of
 its own, written only by the run that created it, so concurrent runs never lose each other's
@@ -28,9 +31,12 @@ import dataclasses
 import datetime
 import hashlib
 import json
+import logging
 import math
 import os
 import re
+import threading
+import time
 import uuid
 from typing import Any, Optional, Sequence
 
@@ -49,11 +55,17 @@ SEGMENT_KIND = "segment"
 # The temporary name files.write_bytes gives a record while writing it: ".NAME-<32 hex digits>".
 _WRITE_IN_FLIGHT = re.compile(r"\.(.+\.json)-[0-9a-f]{32}")
 _STALE_TEMPORARY_SECONDS = 300
-# An unfinished segment not written to for this long is a killed run's: its reservation lapses
-# (see Segment.pre_check_steps). Far longer than any one step, epoch end or first compilation.
-RESERVATION_STALE_SECONDS = 3600
+# A running fit rewrites its segment this often (PrivacyLedger.start_heartbeat), whatever its
+# steps take: a first compilation, a long epoch end or a slow step does not make it look killed.
+HEARTBEAT_SECONDS = 30
+# An unfinished segment whose file the storage last modified this long ago is a killed run's: its
+# reservation lapses (see Segment.pre_check_steps). Ten heartbeats.
+RESERVATION_STALE_SECONDS = 300
 EXAMPLE = "example"
 SEQUENCE = "sequence"  # the privacy unit of language models trained on text cut into sequences
+
+
+_LOG = logging.getLogger(__name__)
 
 
 class LedgerError(ValueError):
@@ -148,28 +160,45 @@ class Segment:
       del facts["reserved_steps"]
     return facts
 
-  def pre_check_steps(self, now: datetime.datetime) -> int:
-    """The noisy steps a policy pre-check counts for this segment: those it took, and while its
-    fit is still running, at least those it reserved.
+  def reserving(self, age_seconds: Optional[float]) -> bool:
+    """Whether this segment holds a reservation: its fit has not finished and, by `age_seconds`
+    (since the storage last modified its file; None when unknown), was not killed.
 
-    A run killed mid-fit never finishes its segment. Its reservation lapses once the segment's
-    last write (`updated_at`) is RESERVATION_STALE_SECONDS old, and it then counts the steps it
-    recorded: an upper bound of what it spent, since every step is recorded before it runs. This
-    is safe even for a live run wrongly judged dead: reservations only gate pre-checks, every
-    epsilon (evaluator, report) counts recorded steps alone, so the worst case is a run that
-    trains and is refused afterwards, as without reservations.
+    A running fit rewrites its segment every HEARTBEAT_SECONDS; a run killed mid-fit never
+    finishes its segment, and its reservation lapses once the file is RESERVATION_STALE_SECONDS
+    old. The age comes from the storage's modification time, never from `updated_at`, which the
+    writer's clock stamps (a host behind or ahead would make reservations lapse at once, or
+    hold for hours). Where the storage gives no modification time, the reservation holds until
+    the segment is finished (fail closed).
     """
-    if (self.finished_at is not None or not self.reserved_steps
-        or _seconds_since(self.updated_at, now) > RESERVATION_STALE_SECONDS):
+    return (self.finished_at is None and bool(self.reserved_steps)
+            and (age_seconds is None or age_seconds <= RESERVATION_STALE_SECONDS))
+
+  def pre_check_steps(self, age_seconds: Optional[float]) -> int:
+    """The noisy steps a policy pre-check counts for this segment: those it took, and while it
+    holds a reservation (see `reserving`), at least those it reserved.
+
+    A lapsed reservation counts the steps it recorded: an upper bound of what it spent, since
+    every step is recorded before it runs. This is safe even for a live run wrongly judged dead:
+    reservations only gate pre-checks, every epsilon (evaluator, report) counts recorded steps
+    alone, so the worst case is a run that trains and is refused afterwards, as without
+    reservations.
+    """
+    if not self.reserving(age_seconds):
       return self.noisy_steps
     return max(self.noisy_steps, self.reserved_steps)
 
 
-def _seconds_since(stamp: Optional[str], now: datetime.datetime) -> float:
-  try:
-    return (now - datetime.datetime.fromisoformat(stamp)).total_seconds()
-  except (TypeError, ValueError):  # no time stamp, or one without a time zone: never stale
-    return 0.0
+def _lapses_at(age_seconds: Optional[float]) -> Optional[float]:
+  """When (on this host's clock, seconds since the epoch) a reservation whose file is
+  `age_seconds` old lapses if its run does not write again; None when its age is unknown."""
+  return None if age_seconds is None else time.time() + RESERVATION_STALE_SECONDS - age_seconds
+
+
+def format_time(seconds: float) -> str:
+  """A time (seconds since the epoch) as ISO 8601 UTC to the second, for messages."""
+  return datetime.datetime.fromtimestamp(seconds, datetime.timezone.utc).isoformat(
+      timespec="seconds").replace("+00:00", "Z")
 
 
 _FORMAT_2_SEGMENT_FIELDS = {"dataset_size", "dataset_fingerprint", "data_source", "run_id",
@@ -325,6 +354,9 @@ class LedgerHistory:
     """`key`: if given, every record there must be signed with it (see dp_tfx.signing)."""
     self.directory = os.fspath(directory)
     self.key = key
+    # After `read`: when the storage last modified the file of each segment (seconds since the
+    # epoch, by segment id; None where it gives no modification time).
+    self.modified: dict = {}
 
   def segment_path(self, segment_id: str) -> str:
     return os.path.join(self.directory, segment_id + ".json")
@@ -337,7 +369,7 @@ class LedgerHistory:
         privacy unit than `privacy_unit` (when given), or is not a ledger record at all: a record
         renamed, hidden or moved into a subdirectory must not silently drop out of the total.
     """
-    segments = []
+    segments, modified_by_id = [], {}
     for name in files.listdir(self.directory):
       if _WRITE_IN_FLIGHT.fullmatch(name):  # a temporary of files.write_bytes
         # Renamed within milliseconds; one that stays is a crash's leftover or a record hidden
@@ -358,11 +390,18 @@ class LedgerHistory:
       if privacy_unit is not None and unit != privacy_unit:
         raise LedgerError(f"ledger history {self.directory}: {name} counts {unit}s, this run "
                           f"{privacy_unit}s; use another ledger history for other privacy units")
+      try:  # after reading: a write in between makes the record look younger, never staler
+        modified = files.modified_time(path)
+      except OSError:  # gone since: its reservation counts (fail closed)
+        modified = None
+      for segment in found:
+        modified_by_id[segment.segment_id] = modified
       segments.extend(found)
     ids = [segment.segment_id for segment in segments]
     duplicated = sorted({i for i in ids if ids.count(i) > 1})
     _check(not duplicated, f"ledger history {self.directory}: segment ids {duplicated} appear "
                            "more than once")
+    self.modified = modified_by_id
     return sorted(segments, key=_order)
 
   @staticmethod
@@ -412,7 +451,10 @@ class PrivacyLedger:
   * in a ledger history (`open_history`): a directory shared by every run on the data source,
     where this run writes only its own segment files. Safe for any number of concurrent runs.
   * in one file (`open_for`, `save`): rewritten whole at every step. For a single process only:
-    two processes continuing the same file would each rewrite it with their own view.
+    before every write, the file must still hold what this object last wrote or read there (or
+    be absent before its first write), and `open_for` refuses a file whose run is still training
+    (an unfinished reservation), so a second process fails closed (LedgerError) rather than
+    overwrite the first one's steps.
 
   The trainer's output (`save` to the artifact) is a self-contained snapshot: every segment of the
   history when the run ended, and where the history is, so the PrivacyEvaluator can check the
@@ -449,8 +491,20 @@ class PrivacyLedger:
     self._history: Optional[LedgerHistory] = None  # set when this run writes into the history
     self._own: list = []  # the segments this object started (only these are ever written)
     # In a pre-check's copy (with_reservations, if_trained): the steps counted in noisy_steps
-    # that no run has taken yet, by run id. Empty in a ledger of what ran.
+    # that no run has taken yet, by run id, and when each run's reservation lapses if it does not
+    # write again (seconds since the epoch on this host's clock; None: not before it finishes).
+    # Empty in a ledger of what ran.
     self.reserved: collections.Counter = collections.Counter()
+    self.reserved_until: dict = {}
+    # Every write (a step, a heartbeat, the end of a segment) holds it: see start_heartbeat.
+    self._lock = threading.RLock()
+    # SHA-256 of what this object last wrote to (or read from) `path`; None: nothing yet, and
+    # the file must be absent before the first write (see _check_unchanged).
+    self._written: Optional[str] = None
+    # When the storage last modified the file each segment was read from (by segment id).
+    self._modified: dict = {}
+    # This object's last write: (file, time.monotonic() after it), to read the storage's clock.
+    self._last_write: Optional[tuple] = None
 
   # -- recording ---------------------------------------------------------------------------------
 
@@ -464,13 +518,20 @@ class PrivacyLedger:
     """
     segment = self._segment_for(plan, seeded)
     segment.reserved_steps = plan.steps if steps is None else steps
-    if self._history is not None:
-      # A fresh name: never another run's file. Written before any step runs.
-      files.create_new(self._history.segment_path(segment.segment_id),
-                       _segment_document(segment, self.privacy_unit).encode("utf-8"))
-    self.segments.append(segment)
-    self._own.append(segment)
-    self._flush_whole()
+    with self._lock:
+      if self._history is not None:
+        # A fresh name: never another run's file. Written before any step runs.
+        path = self._history.segment_path(segment.segment_id)
+        files.create_new(path, _segment_document(segment, self.privacy_unit).encode("utf-8"))
+        self._last_write = (path, time.monotonic())
+      self.segments.append(segment)
+      self._own.append(segment)
+      try:
+        self._flush_whole()
+      except LedgerError:  # the file is another process's now: this segment never started
+        self.segments.remove(segment)
+        self._own.remove(segment)
+        raise
     return segment
 
   def _segment_for(self, plan, seeded: bool) -> Segment:
@@ -507,14 +568,43 @@ class PrivacyLedger:
     budget. Both may be refused (each counts the other's reservation); that fails closed, and
     either may retry once the other finished.
     """
-    now = datetime.datetime.now(datetime.timezone.utc)
+    ages = self._ages()
     counted = PrivacyLedger._from_body(self.body())
     for segment in counted.segments:
-      steps = segment.pre_check_steps(now)
+      age = ages.get(segment.segment_id)
+      steps = segment.pre_check_steps(age)
       if steps > segment.noisy_steps:
         counted.reserved[segment.run_id] += steps - segment.noisy_steps
         segment.noisy_steps = steps
+        lapses, known = _lapses_at(age), counted.reserved_until.get(segment.run_id, 0.0)
+        counted.reserved_until[segment.run_id] = (
+            None if lapses is None or known is None else max(lapses, known))
     return counted
+
+  def _ages(self) -> dict:
+    """Seconds since the storage last modified each segment's file (by segment id; None where
+    unknown), on the storage's clock as far as this process can read it: this object's own
+    segments are 0 (it is running them)."""
+    now = self._storage_now()
+    ages = {segment_id: None if modified is None else now - modified
+            for segment_id, modified in self._modified.items()}
+    ages.update({segment.segment_id: 0.0 for segment in self._own})
+    return ages
+
+  def _storage_now(self) -> float:
+    """Now on the storage's clock, as near as this process can tell: the modification time of
+    its own last write plus the time since (a monotonic clock), so that neither this host's
+    clock nor a writer's is trusted; this host's clock before it wrote anything."""
+    with self._lock:
+      if self._last_write is not None:
+        path, written = self._last_write
+        try:
+          modified = files.modified_time(path)
+        except OSError:
+          modified = None
+        if modified is not None:
+          return modified + (time.monotonic() - written)
+    return time.time()
 
   @property
   def current_segment(self) -> Optional[Segment]:
@@ -528,20 +618,38 @@ class PrivacyLedger:
 
   def record_step(self) -> None:
     """Counts one noisy step of the current segment as spent, and writes it out at once."""
-    segment = self._started_segment("record_step")
-    segment.noisy_steps += 1
-    segment.updated_at = _now()
-    self.flush()
+    with self._lock:
+      segment = self._started_segment("record_step")
+      segment.noisy_steps += 1
+      segment.updated_at = _now()
+      self.flush()
 
   def finish_segment(self) -> None:
     """Marks the current segment finished (its fit ended: trained, refused or raised) and writes
     it out: from now on pre-checks count only the steps it took."""
-    self._started_segment("finish_segment").finished_at = _now()
-    self.flush()
+    with self._lock:
+      self._started_segment("finish_segment").finished_at = _now()
+      self.flush()
+
+  def heartbeat(self) -> None:
+    """Rewrites the current segment, if it is unfinished, with a fresh `updated_at`: its run is
+    alive, so its reservation holds (see Segment.reserving). A no-op otherwise."""
+    with self._lock:
+      segment = self.current_segment
+      if segment is None or segment.finished_at is not None:
+        return
+      segment.updated_at = _now()
+      self.flush()
+
+  def start_heartbeat(self, interval: Optional[float] = None) -> "Heartbeat":
+    """Starts a daemon thread that calls `heartbeat` every `interval` seconds (default
+    HEARTBEAT_SECONDS) until its `stop`: a fit holds it from its reservation to its end."""
+    return Heartbeat(self, HEARTBEAT_SECONDS if interval is None else interval)
 
   def set_model_digest(self, digest: str) -> None:
-    self.model_digest = digest
-    self._flush_whole()
+    with self._lock:
+      self.model_digest = digest
+      self._flush_whole()
 
   def refresh(self) -> None:
     """Re-reads the ledger history: every other run's segments as they are now (runs that
@@ -555,6 +663,7 @@ class PrivacyLedger:
       return
     current = {segment.segment_id: segment for segment in self._history.read(self.privacy_unit)}
     _check_still_recorded(self.segments, current, self.history_dir)
+    self._modified = dict(self._history.modified)
     own = {segment.segment_id for segment in self._own}
     others = [s for s in current.values() if s.segment_id not in own]
     self.segments = sorted(others + self._own, key=_order)
@@ -566,10 +675,18 @@ class PrivacyLedger:
     return sum(segment.noisy_steps for segment in self.segments)
 
   @property
+  def spent_segments(self) -> list:
+    """The segments that took noisy steps: only these spent privacy, so only their facts (seed,
+    sampling, N) bind a policy. A run refused or killed before its first step leaves a segment
+    of 0 steps, which must not lock its history out. (In a pre-check's copy, a reservation
+    counts as steps: see with_reservations.)"""
+    return [segment for segment in self.segments if segment.noisy_steps > 0]
+
+  @property
   def largest_dataset_size(self) -> int:
-    """The largest N among this run's data and every segment's: delta "1/N" uses it, so that
-    delta is at most one over the size of every dataset the total covers."""
-    return max([self.dataset_size] + [s.dataset_size for s in self.segments
+    """The largest N among this run's data and every segment's that spent steps: delta "1/N"
+    uses it, so that delta is at most one over the size of every dataset the total covers."""
+    return max([self.dataset_size] + [s.dataset_size for s in self.spent_segments
                                       if _whole_number(s.dataset_size)])
 
   def dp_event(self) -> dp_accounting.DpEvent:
@@ -603,8 +720,9 @@ class PrivacyLedger:
 
   @property
   def rigorous(self) -> bool:
-    """False when any segment used shuffled batches: the Poisson-based bound is then heuristic."""
-    return all(segment.sampling == POISSON for segment in self.segments)
+    """False when any segment that took steps used shuffled batches: the Poisson-based bound is
+    then heuristic."""
+    return all(segment.sampling == POISSON for segment in self.spent_segments)
 
   def runs(self) -> list:
     """Every run the total includes, in the order they started: run id, data source, data
@@ -738,25 +856,65 @@ class PrivacyLedger:
 
   def save(self, path: os.PathLike | str) -> str:
     """Writes the ledger to `path` (local or a URL such as gs://) atomically and keeps it there:
-    later steps flush to it."""
-    self.path = os.fspath(path)
-    self._flush_whole()
+    later steps flush to it.
+
+    Raises:
+      LedgerError: if a file is at `path` that this object did not read or write there (another
+        ledger, or another process's: it is never overwritten).
+    """
+    with self._lock:
+      path = os.fspath(path)
+      if path != self.path:
+        self.path, self._written = path, None
+      self._flush_whole()
     return self.path
 
   def flush(self) -> None:
     """Writes this object's current segment to the history (if it writes into one) and the whole
     ledger to `path` (if it has one)."""
-    segment = self.current_segment
-    if self._history is not None and segment is not None:
-      files.write_text(self._history.segment_path(segment.segment_id),
-                       _segment_document(segment, self.privacy_unit))  # never half-written
-    self._flush_whole()
+    with self._lock:
+      segment = self.current_segment
+      if self._history is not None and segment is not None:
+        path = self._history.segment_path(segment.segment_id)
+        files.write_text(path, _segment_document(segment, self.privacy_unit))  # never half-written
+        self._last_write = (path, time.monotonic())
+      self._flush_whole()
 
   def _flush_whole(self) -> None:
     if self.path is None:
       return
     _check_writable(self.path)
-    files.write_text(self.path, self.to_json())  # never half-written, even on a crash
+    with self._lock:
+      self._check_unchanged()
+      data = self.to_json().encode("utf-8")
+      files.write_bytes(self.path, data)  # never half-written, even on a crash
+      self._written = _digest(data)
+      if self._history is None:  # a one-file ledger: its file is where the storage's clock is read
+        self._last_write = (self.path, time.monotonic())
+
+  def _check_unchanged(self) -> None:
+    """Raises LedgerError unless the file at `path` holds what this object last wrote or read
+    there (or, before its first write, that no file is there): a one-file ledger written by two
+    processes at once would lose one's steps; the second to write fails closed instead."""
+    try:
+      current = _digest(files.read_bytes(self.path))
+    except FileNotFoundError:
+      current = None
+    if current == self._written:
+      return
+    if self._written is None:
+      what = ("is there already, and this run did not read it (another ledger, or one another "
+              "process started meanwhile)")
+    elif current is None:
+      what = "was deleted since this run wrote it"
+    else:
+      what = ("was rewritten since this run last read or wrote it: another process is "
+              "continuing it at the same time (or it was edited)")
+    raise LedgerError(
+        f"the ledger file {self.path} {what}. Writing it now could lose recorded steps, so "
+        "nothing was written. A ledger file takes one run at a time; for runs that may overlap, "
+        "use a ledger history (make_private(..., ledger_history=DIR), the DPTrainer's "
+        "ledger_history_dir), where each run writes only its own segment files")
 
   @classmethod
   def load(cls, path: os.PathLike | str, key: Optional[bytes] = None) -> "PrivacyLedger":
@@ -764,8 +922,18 @@ class PrivacyLedger:
     path = os.fspath(path)
     if not files.exists(path) or files.is_dir(path):
       raise LedgerError(f"no privacy ledger at {path}")
-    ledger = cls.from_json(files.read_text(path), key)
-    ledger.path = path
+    data = files.read_bytes(path)
+    try:
+      text = data.decode("utf-8")
+    except UnicodeDecodeError as error:
+      raise LedgerError(f"the ledger at {path} is not UTF-8 text: {error}") from None
+    ledger = cls.from_json(text, key)
+    try:  # after reading: a write in between makes it look younger, never staler
+      modified = files.modified_time(path)
+    except OSError:  # gone since: its reservations count (fail closed)
+      modified = None
+    ledger.path, ledger._written = path, _digest(data)
+    ledger._modified = {segment.segment_id: modified for segment in ledger.segments}
     return ledger
 
   @classmethod
@@ -778,13 +946,28 @@ class PrivacyLedger:
     Runs on other data continue it too: every segment keeps its own N, and all compose.
 
     Raises:
-      LedgerError: if the existing ledger counts another privacy unit.
+      LedgerError: if the existing ledger counts another privacy unit, or another run is still
+        training on it (its segment holds a reservation: see Segment.reserving).
     """
     if path is not None and files.exists(path):
       ledger = cls.load(path)
       if ledger.privacy_unit != privacy_unit:
         raise LedgerError(f"the ledger at {path} counts {ledger.privacy_unit}s, this run "
                           f"{privacy_unit}s; use a new ledger path")
+      ages = ledger._ages()
+      for segment in ledger.segments:
+        age = ages.get(segment.segment_id)
+        if segment.reserving(age):
+          lapses = _lapses_at(age)
+          raise LedgerError(
+              f"the ledger file {path} is in use: run {segment.run_id} reserved "
+              f"{segment.reserved_steps} noisy steps and is still training ("
+              + ("its segment is unfinished and the storage gives no modification time, so its "
+                 "reservation holds until it finishes" if lapses is None else
+                 f"last written {age:.0f} s ago; if it was killed, its reservation lapses at "
+                 f"{format_time(lapses)} unless it writes again")
+              + "). A ledger file takes one run at a time; for runs that may overlap, use a "
+              "ledger history (make_private(..., ledger_history=DIR))")
       ledger.dataset_size, ledger.dataset_fingerprint = dataset_size, fingerprint
       ledger.data_source, ledger.run_id = data_source, new_run_id()
       return ledger
@@ -816,7 +999,40 @@ class PrivacyLedger:
                  privacy_unit=privacy_unit, segments=history.read(privacy_unit),
                  data_source=data_source, run_id=run_id, history_dir=directory)
     ledger._history = history
+    ledger._modified = dict(history.modified)
     return ledger
+
+
+class Heartbeat:
+  """A daemon thread that rewrites a ledger's current segment every `interval` seconds (see
+  PrivacyLedger.heartbeat) until `stop`: while a fit runs, its reservation never looks stale.
+
+  Each beat takes the ledger's lock, as every step's write does, and writes through the same
+  flush (content hash, signature). A beat that fails (the storage, or a one-file ledger that
+  another process rewrote) stops the thread; the run's next write meets the same error and
+  raises it.
+  """
+
+  def __init__(self, ledger: "PrivacyLedger", interval: float):
+    self._stopped = threading.Event()
+    self.error: Optional[BaseException] = None
+    self._thread = threading.Thread(target=self._beat, args=(ledger, interval), daemon=True,
+                                    name="dp_tfx-ledger-heartbeat")
+    self._thread.start()
+
+  def _beat(self, ledger: "PrivacyLedger", interval: float) -> None:
+    while not self._stopped.wait(interval):
+      try:
+        ledger.heartbeat()
+      except Exception as error:  # the storage's errors too: the run's next write raises it
+        self.error = error
+        _LOG.warning("dp_tfx: the ledger heartbeat stopped: %s", error)
+        return
+
+  def stop(self) -> None:
+    """Stops the beats and waits for a write in progress to end."""
+    self._stopped.set()
+    self._thread.join()
 
 
 def _document(body: dict) -> str:
@@ -860,3 +1076,7 @@ def _canonical(body: dict) -> bytes:
 
 def _hash_body(body: dict) -> str:
   return "sha256:" + hashlib.sha256(_canonical(body)).hexdigest()
+
+
+def _digest(data: bytes) -> str:
+  return "sha256:" + hashlib.sha256(data).hexdigest()

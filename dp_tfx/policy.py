@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any, Optional, Union
 
 from dp_tfx import accounting, signing
 from dp_tfx.checks import is_finite_number, unknown_fields
-from dp_tfx.ledger import PrivacyLedger
+from dp_tfx.ledger import RESERVATION_STALE_SECONDS, PrivacyLedger, format_time
 
 if TYPE_CHECKING:
   from dp_tfx.audit.result import PrivacyAudit
@@ -184,7 +184,8 @@ def refuse_unless_blessable(policy: PrivacyPolicy, planned: PrivacyLedger) -> Pr
     where = f" history {planned.history_dir}" if planned.history_dir else ""
     names = ", ".join(sorted(map(str, others)))
     reserving = (f", and the {others.total()} reserved by run(s) {names} still training (another "
-                 "run reserved steps of the budget: retry when it finishes)" if others else "")
+                 "run reserved steps of the budget: retry when it finishes; "
+                 f"{_reservations_hold(planned, others)})" if others else "")
     raise PolicyRefusal(
         f"refused before training, nothing was spent: this run ({this_run} noisy steps, after "
         f"the {planned.noisy_steps - this_run - others.total()} already recorded in the "
@@ -193,17 +194,34 @@ def refuse_unless_blessable(policy: PrivacyPolicy, planned: PrivacyLedger) -> Pr
   return decision
 
 
+def _reservations_hold(planned: PrivacyLedger, others) -> str:
+  """Until when the reservations of the runs in `others` hold if those runs never write again
+  (killed): the storage's modification time of their segments, plus the stale window."""
+  until = [planned.reserved_until.get(run_id) for run_id in others]
+  if any(moment is None for moment in until):
+    return ("the storage gives no modification times, so a reservation holds until its run "
+            "finishes")
+  return (f"if a run was killed, its reservation holds until {format_time(max(until))} unless it "
+          f"writes again: {RESERVATION_STALE_SECONDS // 60} min after its last write")
+
+
 def _check_training(policy: PrivacyPolicy, ledger: PrivacyLedger,
                     decision: PrivacyDecision) -> None:
-  """Adds a reason for each fact of training that the policy refuses; sets epsilon and delta."""
+  """Adds a reason for each fact of training that the policy refuses; sets epsilon and delta.
+
+  Only segments that spent steps are judged on their seed, sampling and N (a run refused or
+  killed before its first step spent nothing, and must not lock its history out); a pre-check's
+  copy counts a pending reservation as steps, so a seeded run about to train is still refused.
+  """
   reasons = decision.reasons
+  spent = ledger.spent_segments
   if policy.require_poisson and not ledger.rigorous:
     reasons.append("training used shuffled fixed-size batches, so epsilon is not a rigorous bound, "
                    "and the policy requires Poisson sampling")
-  if not policy.allow_seeded and any(segment.seeded for segment in ledger.segments):
+  if not policy.allow_seeded and any(segment.seeded for segment in spent):
     reasons.append("training used a fixed seed (DPConfig.seed), so its noise can be regenerated "
                    "by whoever knows the seed; the policy does not allow seeded runs")
-  if any(segment.noise_multiplier == 0 for segment in ledger.segments):
+  if any(segment.noise_multiplier == 0 for segment in spent):
     reasons.append("training ran without noise (noise_multiplier 0): epsilon is infinite")
   # The total may cover runs on datasets of different sizes: delta must be at most 1/N for each.
   largest = ledger.largest_dataset_size

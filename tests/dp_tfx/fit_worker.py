@@ -2,9 +2,10 @@
 
     python -m tests.dp_tfx.fit_worker HISTORY WORKDIR NAME MAX_EPSILON
 
-Builds a DP model (10 noisy steps on 40 examples, ledger history HISTORY, run id NAME), says so
-(WORKDIR/NAME.ready), waits for WORKDIR/go, then fits and writes WORKDIR/NAME.json: the steps it
-trained and, if the policy refused it, why.
+Builds a DP model (10 noisy steps on 40 examples, ledger history HISTORY, run id NAME; with
+HISTORY ending in .json, that one ledger file as its ledger_path), says so (WORKDIR/NAME.ready),
+waits for WORKDIR/go, then fits and writes WORKDIR/NAME.json: the steps it trained and, if the
+policy refused it, why (or, if the ledger did, its error).
 """
 
 import json
@@ -15,6 +16,7 @@ import time
 import keras
 
 import dp_tfx
+from dp_tfx.ledger import LedgerError
 from dp_tfx.policy import PolicyRefusal, PrivacyPolicy
 from tests.dp_tfx import models
 
@@ -33,20 +35,24 @@ def main(history: str, workdir: str, name: str, max_epsilon: str) -> None:
   config = dp_tfx.DPConfig(l2_norm_clip=0.3, noise_multiplier=1.0, batch_size=8, steps=10,
                            delta=1e-5)
   policy = PrivacyPolicy(max_epsilon=float(max_epsilon), delta=1e-5, accountant="rdp")
-  dp_model = dp_tfx.make_private(models.dense_model(), config, ledger_history=history,
-                                 run_id=name, policy=policy, accountant="rdp")
+  ledger = (dict(ledger_path=history) if history.endswith(".json")
+            else dict(ledger_history=history, run_id=name))
+  dp_model = dp_tfx.make_private(models.dense_model(), config, policy=policy, accountant="rdp",
+                                 **ledger)
   dp_model.compile(optimizer=keras.optimizers.SGD(0.1),
                    loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
   (work / f"{name}.ready").write_text("")
   while not (work / "go").exists():
     time.sleep(0.01)
-  refusal = None
+  refusal = error = None
   try:
     dp_model.fit(x, y, verbose=0, callbacks=[_Slow()])
-  except PolicyRefusal as error:
-    refusal = str(error)
+  except PolicyRefusal as refused:
+    refusal = str(refused)
+  except LedgerError as failed:
+    error = str(failed)
   (work / f"{name}.json").write_text(json.dumps(
-      {"trained": int(dp_model.noisy_steps.numpy()), "refusal": refusal}))
+      {"trained": int(dp_model.noisy_steps.numpy()), "refusal": refusal, "error": error}))
 
 
 if __name__ == "__main__":

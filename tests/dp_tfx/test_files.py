@@ -5,6 +5,7 @@ artifact there): it goes through the same tf.io.gfile calls, and pathlib cannot 
 """
 
 import hashlib
+import os
 import pathlib
 import uuid
 
@@ -38,9 +39,21 @@ def test_a_ledger_is_saved_flushed_continued_and_verified_on_a_remote_filesystem
   ledger.record_step()  # flushes to the same place
   loaded = PrivacyLedger.load(path)
   assert loaded.noisy_steps == 300 and loaded.content_hash() == ledger.content_hash()
+  ledger.finish_segment()  # ram:// gives no modification time: only a finished run lets go
   continued = PrivacyLedger.open_for(path, 4000, "sha256:test-data")
   assert continued.noisy_steps == 300
   assert tf.io.gfile.listdir(f"{remote_dir}/history") == ["ledger.json"]  # no temporary left
+
+
+def test_modification_times_come_from_the_storage_or_are_unknown(tmp_path, remote_dir):
+  path = tmp_path / "a.json"
+  path.write_text("{}")
+  os.utime(path, (1_000_000_000, 1_000_000_000))
+  assert files.modified_time(path) == 1_000_000_000  # the filesystem's, whoever wrote the file
+  files.write_text(f"{remote_dir}/a.json", "{}")
+  assert files.modified_time(f"{remote_dir}/a.json") is None  # ram:// keeps none
+  with pytest.raises(FileNotFoundError):
+    files.modified_time(tmp_path / "absent.json")
 
 
 def test_a_missing_ledger_is_reported_as_missing(remote_dir):

@@ -15,8 +15,8 @@ from dp_accounting.rdp import rdp_privacy_accountant
 
 from dp_tfx import accounting
 from dp_tfx.config import DPConfig
-from dp_tfx.ledger import (LedgerError, LedgerIntegrityError, PrivacyLedger, _hash_body,
-                           dataset_fingerprint, read_history)
+from dp_tfx.ledger import (RESERVATION_STALE_SECONDS, LedgerError, LedgerIntegrityError,
+                           PrivacyLedger, _hash_body, dataset_fingerprint, read_history)
 from dp_tfx.plan import TrainingPlan
 from dp_tfx.policy import PrivacyPolicy, decide
 
@@ -123,6 +123,7 @@ def test_runs_on_the_same_data_compose(tmp_path):
   first.start_segment(PLAN)
   for _ in range(100):
     first.record_step()
+  first.finish_segment()  # its fit ended
   second = PrivacyLedger.open_for(path, 60000, "sha256:abc")  # a restart on the same data
   second.start_segment(PLAN)
   for _ in range(100):
@@ -140,6 +141,7 @@ def test_a_run_on_other_data_continues_the_ledger_and_composes(tmp_path):
   first.start_segment(_plan(4000, epochs=2))
   for _ in range(40):
     first.record_step()
+  first.finish_segment()
   second = PrivacyLedger.open_for(path, 3999, "sha256:def")
   second.start_segment(_plan(3999, epochs=2))
   for _ in range(39):
@@ -150,6 +152,67 @@ def test_a_run_on_other_data_continues_the_ledger_and_composes(tmp_path):
   assert loaded.epsilon(1e-5, "rdp") == pytest.approx(
       _rdp_epsilon([(200 / 4000, 1.1, 40), (200 / 3999, 1.1, 39)], 1e-5), rel=1e-9)
   assert loaded.largest_dataset_size == 4000
+
+
+def test_a_ledger_file_written_by_another_process_meanwhile_fails_closed(tmp_path):
+  # The review's case: two processes continuing one ledger file each rewrote it with their own
+  # view, and the file kept 10 of the 20 steps taken. Now the second writer finds the file
+  # changed and writes nothing: its step is never taken.
+  path = tmp_path / "ledger.json"
+  a = PrivacyLedger.open_for(path, 4000, "sha256:abc")
+  b = PrivacyLedger.open_for(path, 4000, "sha256:abc")  # both opened before either reserved
+  a.start_segment(_plan(4000, steps=10))
+  a.record_step()
+  held = path.read_bytes()
+  with pytest.raises(LedgerError, match=r"was rewritten since this run last read or wrote it: "
+                     r"another process is continuing it.*nothing was written.*ledger_history=DIR"):
+    b.start_segment(_plan(4000, steps=10))
+  assert path.read_bytes() == held and b.current_segment is None and b.segments == []
+  c = PrivacyLedger.load(path)  # another process that got past open_for: it writes first
+  c.start_segment(_plan(4000, steps=10))
+  with pytest.raises(LedgerError, match="was rewritten"):
+    a.record_step()  # the step it was about to take is not taken
+  assert PrivacyLedger.load(path).noisy_steps == 1
+
+
+def test_a_ledger_file_deleted_or_found_in_place_is_never_written_over(tmp_path):
+  path = tmp_path / "ledger.json"
+  run = PrivacyLedger.open_for(path, 4000, "sha256:abc")
+  run.start_segment(_plan(4000, steps=10))
+  path.unlink()
+  with pytest.raises(LedgerError, match="was deleted since this run wrote it"):
+    run.record_step()
+  _ledger(steps=3).save(path)
+  with pytest.raises(LedgerError, match="is there already, and this run did not read it"):
+    _ledger(steps=1).save(path)
+  assert PrivacyLedger.load(path).noisy_steps == 3
+
+
+def test_a_ledger_file_a_run_is_training_on_is_not_opened(tmp_path):
+  path = tmp_path / "ledger.json"
+  training = PrivacyLedger.open_for(path, 4000, "sha256:abc")
+  training.start_segment(_plan(4000, steps=10))
+  training.record_step()
+  with pytest.raises(LedgerError, match=r"is in use: run \w+ reserved 10 noisy steps and is still "
+                     r"training \(last written \d+ s ago; if it was killed, its reservation lapses "
+                     r"at \S+Z unless it writes again\).*ledger_history=DIR"):
+    PrivacyLedger.open_for(path, 4000, "sha256:abc")
+  training.finish_segment()
+  assert PrivacyLedger.open_for(path, 4000, "sha256:abc").noisy_steps == 1
+
+
+def test_a_ledger_file_of_a_killed_run_opens_once_it_is_stale(tmp_path):
+  path = tmp_path / "ledger.json"
+  killed = PrivacyLedger.open_for(path, 4000, "sha256:abc")
+  killed.start_segment(_plan(4000, steps=10))
+  killed.record_step()
+  del killed  # killed: its segment is never finished
+  long_ago = time.time() - RESERVATION_STALE_SECONDS - 60  # the storage's clock, not updated_at
+  os.utime(path, (long_ago, long_ago))
+  again = PrivacyLedger.open_for(path, 4000, "sha256:abc")
+  again.start_segment(_plan(4000, steps=10))
+  again.record_step()
+  assert PrivacyLedger.load(path).noisy_steps == 2
 
 
 def test_a_ledger_counting_another_privacy_unit_is_refused(tmp_path):
@@ -164,6 +227,8 @@ def test_shuffled_runs_are_not_rigorous():
       DPConfig(noise_multiplier=1.1, batch_size=256, epochs=1, sampling="shuffle"), 60000)
   ledger = PrivacyLedger(dataset_size=60000, dataset_fingerprint="sha256:abc")
   ledger.start_segment(plan)
+  assert ledger.rigorous  # a shuffled segment that took no step spent nothing
+  ledger.record_step()
   assert not ledger.rigorous
   assert _ledger(steps=1).rigorous
 

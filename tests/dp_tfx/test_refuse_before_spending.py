@@ -7,8 +7,9 @@ import pytest
 
 import dp_tfx
 from dp_tfx import accounting
-from dp_tfx.ledger import read_history
-from dp_tfx.policy import PolicyRefusal, PrivacyPolicy
+from dp_tfx.ledger import PrivacyLedger, read_history
+from dp_tfx.plan import TrainingPlan
+from dp_tfx.policy import PolicyRefusal, PrivacyPolicy, refuse_unless_blessable
 from tests.dp_tfx import models
 
 N = 40
@@ -53,6 +54,49 @@ def test_a_run_the_policy_could_never_bless_is_refused_before_its_first_step(
   dp_model = _dp_model(tmp_path, policy=policy, **config)
   _assert_refused_without_spending(dp_model, tmp_path, x, y, match)
   assert read_history(tmp_path) == []
+
+
+class _KilledBeforeTheFirstStep(keras.callbacks.Callback):
+  def on_train_begin(self, logs=None):
+    raise KeyboardInterrupt("killed")
+
+
+@pytest.mark.parametrize("config", [dict(seed=3), dict(sampling="shuffle")],
+                         ids=["seeded", "shuffled"])
+def test_a_run_interrupted_before_its_first_step_locks_no_one_out(tmp_path, config):
+  # The review's case: a seeded run that the policy allowed, interrupted before its first step,
+  # left a finished segment of 0 steps, and every later default-policy run was refused "training
+  # used a fixed seed" forever, though no seeded step ever ran.
+  x, y = models.batch_for("dense", N, seed=1)
+  allowing = PrivacyPolicy(max_epsilon=5.0, delta=1e-5, allow_seeded=True, require_poisson=False)
+  interrupted = _dp_model(tmp_path, policy=allowing, **config)
+  with pytest.raises(KeyboardInterrupt):
+    interrupted.fit(x, y, verbose=0, callbacks=[_KilledBeforeTheFirstStep()])
+  (segment,) = read_history(tmp_path)
+  assert segment.noisy_steps == 0 and segment.finished_at
+  later = _dp_model(tmp_path)  # the default policy: no seed, Poisson sampling
+  later.fit(x, y, verbose=0)
+  assert later.privacy_ledger.noisy_steps == 10
+
+
+def test_segments_of_no_steps_are_judged_on_nothing_but_a_pending_one_counts(tmp_path):
+  odd = dict(seed=3, sampling="shuffle", noise_multiplier=0.0)
+  size_over_one_over_delta = 200_000  # delta 1e-5 > 1/N: refused had it taken a step
+  plan = TrainingPlan.from_config(dp_tfx.DPConfig(batch_size=8, steps=10, delta=1e-5, **{
+      k: v for k, v in odd.items() if k != "seed"}), size_over_one_over_delta)
+  refused = PrivacyLedger.open_history(tmp_path, size_over_one_over_delta, "sha256:odd")
+  refused.start_segment(plan, seeded=True)
+  pending = PrivacyLedger.open_history(tmp_path, N, "sha256:next")
+  this_plan = TrainingPlan.from_config(dp_tfx.DPConfig(noise_multiplier=1.0, batch_size=8,
+                                                       steps=10, delta=1e-5), N)
+  with pytest.raises(PolicyRefusal) as refusal:  # its reservation is a step about to run
+    refuse_unless_blessable(POLICY, pending.if_trained(this_plan, 10))
+  for reason in ("shuffled", "fixed seed", "without noise", "delta 1e-05 exceeds 1/N = 5e-06"):
+    assert reason in str(refusal.value)
+  refused.finish_segment()  # ended without a step
+  decision = refuse_unless_blessable(
+      POLICY, PrivacyLedger.open_history(tmp_path, N, "sha256:next").if_trained(this_plan, 10))
+  assert decision.blessed and decision.delta == 1e-5
 
 
 def test_a_run_that_would_take_the_history_over_the_policy_is_refused(tmp_path):

@@ -6,18 +6,21 @@ import datetime
 import json
 import os
 import pathlib
+import re
 import subprocess
 import sys
+import threading
 import time
 
 import keras
 import pytest
 
 import dp_tfx
-from dp_tfx import accounting, signing
+from dp_tfx import accounting, files, signing
+from dp_tfx import ledger as ledger_module
 from dp_tfx.config import DPConfig
-from dp_tfx.ledger import (RESERVATION_STALE_SECONDS, LedgerHistory, LedgerIntegrityError,
-                           PrivacyLedger, _hash_body, read_history)
+from dp_tfx.ledger import (HEARTBEAT_SECONDS, RESERVATION_STALE_SECONDS, LedgerHistory,
+                           LedgerIntegrityError, PrivacyLedger, _hash_body, read_history)
 from dp_tfx.plan import TrainingPlan
 from dp_tfx.policy import PolicyRefusal, PrivacyPolicy, refuse_unless_blessable
 from tests.dp_tfx import models
@@ -58,7 +61,14 @@ def test_a_reservation_refuses_other_pre_checks_until_its_run_finishes(tmp_path)
     _pre_check(tmp_path, "run-b")
   assert (f"this run (40 noisy steps, after the 5 already recorded in the ledger history "
           f"{tmp_path}, and the 35 reserved by run(s) run-a still training (another run "
-          "reserved steps of the budget: retry when it finishes))") in str(refusal.value)
+          "reserved steps of the budget: retry when it finishes; if a run was killed, its "
+          "reservation holds until ") in str(refusal.value)
+  # Until when: the storage's modification time of run-a's segment plus the stale window.
+  (path,) = tmp_path.glob("segment-*.json")
+  until = re.search(r"holds until (\S+) unless it writes again: 5 min after its last write\)\)",
+                    str(refusal.value)).group(1)
+  lapses = datetime.datetime.fromisoformat(until.replace("Z", "+00:00")).timestamp()
+  assert abs(lapses - (path.stat().st_mtime + RESERVATION_STALE_SECONDS)) <= 2
   # Epsilon counts what ran only: the reservation gates pre-checks, nothing else.
   assert PrivacyLedger.open_history(tmp_path, 4000, "sha256:data").noisy_steps == 5
   for _ in range(5):
@@ -83,17 +93,114 @@ def test_runs_that_reserve_at_once_may_refuse_each_other_and_leave_no_reservatio
   assert _pre_check(tmp_path, "run-c").epsilon <= POLICY.max_epsilon  # blocked by neither
 
 
+def _last_written(history, seconds_ago):
+  """Sets the storage's modification time of every segment file to `seconds_ago`."""
+  moment = time.time() - seconds_ago
+  for path in pathlib.Path(history).glob("segment-*.json"):
+    os.utime(path, (moment, moment))
+
+
+def _stamped(run, seconds_ago):
+  """Rewrites the run's segment with an `updated_at` from a clock `seconds_ago` behind."""
+  stamp = datetime.datetime.now(datetime.timezone.utc) - datetime.timedelta(seconds=seconds_ago)
+  run.current_segment.updated_at = stamp.isoformat()
+  run.flush()
+
+
+def test_a_killed_run_blocks_for_minutes_not_an_hour():
+  # A running fit rewrites its segment every HEARTBEAT_SECONDS: a few minutes without a write
+  # is a killed run, and a killed run must not lock the budget for an hour.
+  assert HEARTBEAT_SECONDS * 5 <= RESERVATION_STALE_SECONDS <= 600
+
+
 @pytest.mark.parametrize("age, counted", [(RESERVATION_STALE_SECONDS - 60, 40),
-                                          (RESERVATION_STALE_SECONDS + 1, 5)],
+                                          (RESERVATION_STALE_SECONDS + 60, 5)],
                          ids=["still-training", "killed"])
-def test_an_unfinished_reservation_lapses_once_its_segment_is_stale(tmp_path, age, counted):
+def test_an_unfinished_reservation_lapses_once_its_segment_file_is_stale(tmp_path, age, counted):
   # A run killed mid-fit never finishes its segment; every step it took was recorded first.
-  killed = _reserving(tmp_path, "killed", reserved=40, taken=5)
-  last_write = datetime.datetime.now(datetime.timezone.utc) - datetime.timedelta(seconds=age)
-  killed.current_segment.updated_at = last_write.isoformat()
-  killed.flush()
+  _reserving(tmp_path, "killed", reserved=40, taken=5)
+  _last_written(tmp_path, age)
   assert PrivacyLedger.open_history(tmp_path, 4000, "sha256:x").with_reservations(
   ).noisy_steps == counted
+
+
+@pytest.mark.parametrize("skew", [-7200, 7200], ids=["writer-2h-behind", "writer-2h-ahead"])
+def test_staleness_is_the_storages_modification_time_not_the_writers_clock(tmp_path, skew):
+  # A host whose clock is 2 h behind stamps updated_at 2 h in the past: its live reservation
+  # must not look stale at once; one 2 h ahead must not hold a killed run's reservation for 2 h.
+  run = _reserving(tmp_path, "skewed", reserved=40, taken=5)
+  _stamped(run, -skew)  # just written, on the storage's clock
+  pre_check = lambda: PrivacyLedger.open_history(tmp_path, 4000, "sha256:x").with_reservations()
+  assert pre_check().noisy_steps == 40
+  _last_written(tmp_path, RESERVATION_STALE_SECONDS + 60)  # then killed, minutes ago
+  assert pre_check().noisy_steps == 5
+
+
+def test_a_reservation_counts_where_the_storage_gives_no_modification_time(tmp_path, monkeypatch):
+  _reserving(tmp_path, "killed", reserved=40, taken=5)
+  _last_written(tmp_path, 10 * RESERVATION_STALE_SECONDS)
+  monkeypatch.setattr(files, "modified_time", lambda path: None)  # as on ram://
+  planned = PrivacyLedger.open_history(tmp_path, 4000, "sha256:x").if_trained(PLAN, 40)
+  assert planned.noisy_steps == 80  # fail closed: the reservation holds
+  with pytest.raises(PolicyRefusal, match="the storage gives no modification times, so a "
+                     "reservation holds until its run finishes"):
+    refuse_unless_blessable(POLICY, planned)
+
+
+def test_the_pre_check_reads_the_storages_clock_not_this_hosts(tmp_path, monkeypatch):
+  # After its own reservation is written, a run judges other runs' segments by the storage's
+  # modification times alone: a checking host whose clock runs 2 h ahead still counts them.
+  _reserving(tmp_path, "other", reserved=40, taken=5)
+  checking = _reserving(tmp_path, "checking", reserved=10)
+  real_time = time.time
+  monkeypatch.setattr(time, "time", lambda: real_time() + 7200)
+  assert checking.with_reservations().noisy_steps == 50
+
+
+def _segment_file(history, run_id):
+  (path,) = [path for path in pathlib.Path(history).glob("segment-*.json")
+             if json.loads(path.read_text())["body"]["segment"]["run_id"] == run_id]
+  return path
+
+
+def test_a_heartbeat_keeps_a_reservation_alive_and_stops_when_told(tmp_path):
+  run = _reserving(tmp_path, "alive", reserved=40, taken=5)
+  _last_written(tmp_path, RESERVATION_STALE_SECONDS + 60)  # as if no step for minutes
+  stamp = run.current_segment.updated_at
+  heartbeat = run.start_heartbeat(interval=0.02)
+  try:
+    deadline = time.time() + 10
+    while read_history(tmp_path)[0].updated_at == stamp:
+      assert time.time() < deadline
+      time.sleep(0.01)
+  finally:
+    heartbeat.stop()
+  assert not any(thread.name == "dp_tfx-ledger-heartbeat" for thread in threading.enumerate())
+  (segment,) = read_history(tmp_path)
+  assert (segment.noisy_steps, segment.finished_at) == (5, None)  # only the time stamp changed
+  assert PrivacyLedger.open_history(tmp_path, 4000, "sha256:x").with_reservations(
+  ).noisy_steps == 40
+  written = _segment_file(tmp_path, "alive").read_bytes()
+  time.sleep(0.1)
+  assert _segment_file(tmp_path, "alive").read_bytes() == written  # stopped: no more writes
+  run.finish_segment()
+  finished = _segment_file(tmp_path, "alive").read_bytes()
+  heartbeat = run.start_heartbeat(interval=0.01)
+  time.sleep(0.1)
+  heartbeat.stop()
+  assert _segment_file(tmp_path, "alive").read_bytes() == finished  # a finished one: no beats
+
+
+def test_heartbeats_and_steps_never_overwrite_each_other(tmp_path):
+  run = _reserving(tmp_path, "busy", reserved=100)
+  heartbeat = run.start_heartbeat(interval=0.001)
+  try:
+    for step in range(1, 101):
+      run.record_step()
+      assert read_history(tmp_path)[0].noisy_steps == step  # no older beat written after it
+  finally:
+    heartbeat.stop()
+  assert heartbeat.error is None
 
 
 def test_records_older_than_reservations_load_and_reserve_nothing(tmp_path):
@@ -213,17 +320,40 @@ def test_a_fit_refused_by_its_second_check_leaves_a_finished_segment_of_no_steps
   assert b.privacy_ledger.noisy_steps == 10
 
 
-@pytest.mark.slow  # two Python processes that each import TensorFlow: ~20 s on 2 cores
-def test_two_concurrent_fits_never_both_train_past_the_policy(tmp_path):
-  # The issue's case: each run alone is within the policy, both together are not. Without
-  # reservations both passed the pre-check, trained, and were refused by the evaluator after.
-  history, work = tmp_path / "history", tmp_path / "work"
-  work.mkdir()
+class _SlowFirstStep(keras.callbacks.Callback):
+  """Holds the first step for a while, and notes what the segment file said meanwhile."""
+
+  def __init__(self, history):
+    super().__init__()
+    self._history, self.seen = history, []
+
+  def on_train_batch_end(self, batch, logs=None):
+    if not self.seen:
+      before = read_history(self._history)[0].updated_at
+      time.sleep(0.3)
+      (segment,) = read_history(self._history)
+      self.seen.append((segment.noisy_steps, segment.updated_at > before))
+
+
+def test_a_fit_beats_while_it_trains_and_stops_when_it_ends(tmp_path, monkeypatch):
+  monkeypatch.setattr(ledger_module, "HEARTBEAT_SECONDS", 0.02)
+  x, y = models.batch_for("dense", N, seed=1)
+  slow = _SlowFirstStep(tmp_path)
+  _dp_model(tmp_path, "run-a").fit(x, y, verbose=0, callbacks=[slow])
+  assert slow.seen == [(1, True)]  # rewritten while no step was recorded
+  assert not any(thread.name == "dp_tfx-ledger-heartbeat" for thread in threading.enumerate())
+  (segment,) = read_history(tmp_path)
+  assert segment.noisy_steps == 10 and segment.finished_at
+
+
+def _run_workers(ledger_place, work, names):
+  """Starts a fit_worker per name (ledger history or file `ledger_place`), lets them fit at once
+  and returns their results by name."""
   environment = {**os.environ, "PYTHONPATH": str(REPOSITORY)}
   workers = {name: subprocess.Popen(
-      [sys.executable, "-m", "tests.dp_tfx.fit_worker", str(history), str(work), name,
+      [sys.executable, "-m", "tests.dp_tfx.fit_worker", str(ledger_place), str(work), name,
        repr(FIT_POLICY.max_epsilon)], cwd=REPOSITORY, env=environment, stderr=subprocess.PIPE)
-             for name in ("run-a", "run-b")}
+             for name in names}
   deadline = time.time() + 240
   while not all((work / f"{name}.ready").exists() for name in workers):
     assert time.time() < deadline and all(p.poll() is None for p in workers.values()), (
@@ -232,7 +362,35 @@ def test_two_concurrent_fits_never_both_train_past_the_policy(tmp_path):
   (work / "go").write_text("")
   for process in workers.values():
     assert process.wait(timeout=240) == 0, process.stderr.read()
-  results = {name: json.loads((work / f"{name}.json").read_text()) for name in workers}
+  return {name: json.loads((work / f"{name}.json").read_text()) for name in workers}
+
+
+@pytest.mark.slow  # two Python processes that each import TensorFlow: ~20 s on 2 cores
+def test_two_concurrent_fits_on_one_ledger_file_never_lose_a_step(tmp_path):
+  # The review's case: two processes on one ledger_path both trained 10 steps under a policy
+  # that allows 15; the file held 10 (the last writer's), the truth was 20. Now the second to
+  # write finds the file changed (or in use) and fails closed before its first step.
+  path, work = tmp_path / "ledger.json", tmp_path / "work"
+  work.mkdir()
+  results = _run_workers(path, work, ("run-a", "run-b"))
+  trained = [name for name, result in results.items() if result["trained"]]
+  assert len(trained) <= 1, results
+  for name, result in results.items():
+    if name not in trained:
+      assert result["trained"] == 0 and "ledger_history" in result["error"], results
+  ledger = PrivacyLedger.load(path)
+  assert ledger.noisy_steps == sum(result["trained"] for result in results.values())
+  assert all(s.finished_at for s in ledger.segments)
+  assert ledger.epsilon(1e-5, "rdp") <= FIT_POLICY.max_epsilon
+
+
+@pytest.mark.slow  # two Python processes that each import TensorFlow: ~20 s on 2 cores
+def test_two_concurrent_fits_never_both_train_past_the_policy(tmp_path):
+  # The issue's case: each run alone is within the policy, both together are not. Without
+  # reservations both passed the pre-check, trained, and were refused by the evaluator after.
+  history, work = tmp_path / "history", tmp_path / "work"
+  work.mkdir()
+  results = _run_workers(history, work, ("run-a", "run-b"))
   trained = [name for name, result in results.items() if result["trained"]]
   assert len(trained) <= 1, results  # at most one trains; both may be refused (fail closed)
   for name, result in results.items():
