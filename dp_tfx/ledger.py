@@ -201,6 +201,48 @@ def format_time(seconds: float) -> str:
       timespec="seconds").replace("+00:00", "Z")
 
 
+  def validate(self, where: str) -> None:
+    """Raises LedgerError (naming `where`) unless the facts are possible and consistent:
+    what every segment read from a file, and every one built from a plan, must pass."""
+    size = self.dataset_size
+    _check(_whole_number(size) and 1 <= size <= _MAX_DATASET_SIZE,
+           f"{where}: dataset_size must be an integer in [1, 2**53]; got {str(size)[:40]}")
+    _check(self.sampling in SAMPLING_METHODS,
+           f"{where}: sampling must be one of {SAMPLING_METHODS}; got {self.sampling!r}")
+    _check(_finite_number(self.sampling_rate) and 0 < self.sampling_rate <= 1,
+           f"{where}: sampling_rate must be in (0, 1]; got {self.sampling_rate!r}")
+    _check(_whole_number(self.batch_size) and 1 <= self.batch_size <= size,
+           f"{where}: batch_size must be in [1, dataset_size]; got {self.batch_size!r}")
+    _check(math.isclose(self.sampling_rate, self.batch_size / size, rel_tol=1e-9),
+           f"{where}: sampling_rate {self.sampling_rate} is not batch_size/dataset_size "
+           f"= {self.batch_size}/{size}")
+    _check(_finite_number(self.noise_multiplier) and self.noise_multiplier >= 0,
+           f"{where}: noise_multiplier must be a finite number >= 0; got "
+           f"{self.noise_multiplier!r}")
+    _check(_finite_number(self.l2_norm_clip) and self.l2_norm_clip > 0,
+           f"{where}: l2_norm_clip must be > 0; got {self.l2_norm_clip!r}")
+    _check(self.num_microbatches is None or (
+        _whole_number(self.num_microbatches) and self.num_microbatches >= 1),
+           f"{where}: num_microbatches must be null or >= 1; got {self.num_microbatches!r}")
+    _check(_whole_number(self.physical_batch_size) and self.physical_batch_size >= 1,
+           f"{where}: physical_batch_size must be >= 1; got {self.physical_batch_size!r}")
+    _check(_whole_number(self.planned_steps) and self.planned_steps >= 1,
+           f"{where}: planned_steps must be >= 1; got {self.planned_steps!r}")
+    _check(isinstance(self.seeded, bool),
+           f"{where}: seeded must be true or false; got {self.seeded!r}")
+    _check(_whole_number(self.noisy_steps) and 0 <= self.noisy_steps <= self.planned_steps,
+           f"{where}: noisy_steps must be in [0, planned_steps={self.planned_steps}]; got "
+           f"{self.noisy_steps!r}")
+    _check(self.reserved_steps is None or (
+        _whole_number(self.reserved_steps) and
+        0 <= self.reserved_steps <= self.planned_steps),
+           f"{where}: reserved_steps must be null or in [0, planned_steps="
+           f"{self.planned_steps}]; got {self.reserved_steps!r}")
+    for name in ("started_at", "updated_at", "dataset_fingerprint", "data_source", "run_id",
+                 "segment_id", "finished_at"):
+      _check(_optional_text(getattr(self, name)),
+             f"{where}: {name} must be a string; got {getattr(self, name)!r}")
+
 _FORMAT_2_SEGMENT_FIELDS = {"dataset_size", "dataset_fingerprint", "data_source", "run_id",
                             "segment_id"}
 _RESERVATION_FIELDS = {"reserved_steps", "finished_at"}
@@ -253,48 +295,6 @@ def _whole_number(value: Any) -> bool:
 
 def _optional_text(value: Any) -> bool:
   return value is None or isinstance(value, str)
-
-
-def _validate_segment(segment: Segment, where: str) -> None:
-  """Raises LedgerError unless the segment's facts are possible and consistent."""
-  size = segment.dataset_size
-  _check(_whole_number(size) and 1 <= size <= _MAX_DATASET_SIZE,
-         f"{where}: dataset_size must be an integer in [1, 2**53]; got {str(size)[:40]}")
-  _check(segment.sampling in SAMPLING_METHODS,
-         f"{where}: sampling must be one of {SAMPLING_METHODS}; got {segment.sampling!r}")
-  _check(_finite_number(segment.sampling_rate) and 0 < segment.sampling_rate <= 1,
-         f"{where}: sampling_rate must be in (0, 1]; got {segment.sampling_rate!r}")
-  _check(_whole_number(segment.batch_size) and 1 <= segment.batch_size <= size,
-         f"{where}: batch_size must be in [1, dataset_size]; got {segment.batch_size!r}")
-  _check(math.isclose(segment.sampling_rate, segment.batch_size / size, rel_tol=1e-9),
-         f"{where}: sampling_rate {segment.sampling_rate} is not batch_size/dataset_size "
-         f"= {segment.batch_size}/{size}")
-  _check(_finite_number(segment.noise_multiplier) and segment.noise_multiplier >= 0,
-         f"{where}: noise_multiplier must be a finite number >= 0; got "
-         f"{segment.noise_multiplier!r}")
-  _check(_finite_number(segment.l2_norm_clip) and segment.l2_norm_clip > 0,
-         f"{where}: l2_norm_clip must be > 0; got {segment.l2_norm_clip!r}")
-  _check(segment.num_microbatches is None or (
-      _whole_number(segment.num_microbatches) and segment.num_microbatches >= 1),
-         f"{where}: num_microbatches must be null or >= 1; got {segment.num_microbatches!r}")
-  _check(_whole_number(segment.physical_batch_size) and segment.physical_batch_size >= 1,
-         f"{where}: physical_batch_size must be >= 1; got {segment.physical_batch_size!r}")
-  _check(_whole_number(segment.planned_steps) and segment.planned_steps >= 1,
-         f"{where}: planned_steps must be >= 1; got {segment.planned_steps!r}")
-  _check(isinstance(segment.seeded, bool),
-         f"{where}: seeded must be true or false; got {segment.seeded!r}")
-  _check(_whole_number(segment.noisy_steps) and 0 <= segment.noisy_steps <= segment.planned_steps,
-         f"{where}: noisy_steps must be in [0, planned_steps={segment.planned_steps}]; got "
-         f"{segment.noisy_steps!r}")
-  _check(segment.reserved_steps is None or (
-      _whole_number(segment.reserved_steps) and
-      0 <= segment.reserved_steps <= segment.planned_steps),
-         f"{where}: reserved_steps must be null or in [0, planned_steps="
-         f"{segment.planned_steps}]; got {segment.reserved_steps!r}")
-  for name in ("started_at", "updated_at", "dataset_fingerprint", "data_source", "run_id",
-               "segment_id", "finished_at"):
-    _check(_optional_text(getattr(segment, name)),
-           f"{where}: {name} must be a string; got {getattr(segment, name)!r}")
 
 
 def _segment_from_dict(fields: Any, where: str) -> Segment:
@@ -420,7 +420,7 @@ class LedgerHistory:
       _check(isinstance(segment.segment_id, str) and segment.segment_id + ".json" == name,
              f"the file's name does not match its segment_id {segment.segment_id!r}: it was "
              "renamed or copied")
-      _validate_segment(segment, "segment")
+      segment.validate("segment")
       return [segment], unit
     if body.get("format_version") == 1:  # a whole ledger of the first format: read, never written
       ledger = PrivacyLedger._from_body(body)
@@ -756,7 +756,7 @@ class PrivacyLedger:
              f"{name} must be a string; got {getattr(self, name)!r}")
     seen = set()
     for index, segment in enumerate(self.segments):
-      _validate_segment(segment, f"segment {index}")
+      segment.validate(f"segment {index}")
       _check(segment.segment_id is None or segment.segment_id not in seen,
              f"segment {index}: segment_id {segment.segment_id!r} appears twice")
       seen.add(segment.segment_id)
