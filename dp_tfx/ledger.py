@@ -188,19 +188,6 @@ class Segment:
       return self.noisy_steps
     return max(self.noisy_steps, self.reserved_steps)
 
-
-def _lapses_at(age_seconds: Optional[float]) -> Optional[float]:
-  """When (on this host's clock, seconds since the epoch) a reservation whose file is
-  `age_seconds` old lapses if its run does not write again; None when its age is unknown."""
-  return None if age_seconds is None else time.time() + RESERVATION_STALE_SECONDS - age_seconds
-
-
-def format_time(seconds: float) -> str:
-  """A time (seconds since the epoch) as ISO 8601 UTC to the second, for messages."""
-  return datetime.datetime.fromtimestamp(seconds, datetime.timezone.utc).isoformat(
-      timespec="seconds").replace("+00:00", "Z")
-
-
   def validate(self, where: str) -> None:
     """Raises LedgerError (naming `where`) unless the facts are possible and consistent:
     what every segment read from a file, and every one built from a plan, must pass."""
@@ -242,6 +229,19 @@ def format_time(seconds: float) -> str:
                  "segment_id", "finished_at"):
       _check(_optional_text(getattr(self, name)),
              f"{where}: {name} must be a string; got {getattr(self, name)!r}")
+
+
+def _lapses_at(age_seconds: Optional[float]) -> Optional[float]:
+  """When (on this host's clock, seconds since the epoch) a reservation whose file is
+  `age_seconds` old lapses if its run does not write again; None when its age is unknown."""
+  return None if age_seconds is None else time.time() + RESERVATION_STALE_SECONDS - age_seconds
+
+
+def format_time(seconds: float) -> str:
+  """A time (seconds since the epoch) as ISO 8601 UTC to the second, for messages."""
+  return datetime.datetime.fromtimestamp(seconds, datetime.timezone.utc).isoformat(
+      timespec="seconds").replace("+00:00", "Z")
+
 
 _FORMAT_2_SEGMENT_FIELDS = {"dataset_size", "dataset_fingerprint", "data_source", "run_id",
                             "segment_id"}
