@@ -128,6 +128,10 @@ def _calibrate(args) -> dict:
           "target_epsilon": args.target_epsilon}
 
 
+_UNCHECKED = ("a segment file deleted before any later run saw it lowers this total unseen, "
+              "and the PrivacyEvaluator would refuse it")
+
+
 def _report(args) -> dict:
   # The ledger's snapshot checked against its ledger history and with every run there now, as
   # the PrivacyEvaluator judges it; delta "1/N" over the largest dataset the total covers.
@@ -136,7 +140,14 @@ def _report(args) -> dict:
   if args.require_signature and key is None:
     raise ValueError(f"--require-signature needs the ledger key ({signing.KEY_ENV} or "
                      f"{signing.KEY_FILE_ENV})")
-  ledger = PrivacyLedger.load(args.ledger, key).with_history(key)
+  snapshot = PrivacyLedger.load(args.ledger, key)
+  ledger = snapshot.with_history(key)
+  # The files alone cannot tell a segment deleted before any later run saw it: MLMD can.
+  cross_check = f"not run (give --metadata PATH, the pipeline's metadata.sqlite): {_UNCHECKED}"
+  if args.metadata:
+    from dp_tfx.components import earlier_runs  # TFX loads only for this option
+
+    cross_check = earlier_runs.check_store(args.metadata, args.ledger, snapshot, ledger, key)
   delta = args.delta if args.delta is not None else 1.0 / ledger.largest_dataset_size
   epsilon = ledger.epsilon(delta, args.accountant)
   reason = None
@@ -148,7 +159,8 @@ def _report(args) -> dict:
           "history": ledger.history_dir, "rigorous": ledger.rigorous, "delta": delta,
           "accountant": args.accountant, "epsilon": epsilon,
           "epsilon_infinite": not math.isfinite(epsilon), "epsilon_reason": reason,
-          "content_hash": ledger.content_hash(), "signatures_verified": key is not None}
+          "content_hash": ledger.content_hash(), "signatures_verified": key is not None,
+          "mlmd_cross_check": cross_check}
 
 
 def _demo(args) -> dict:
@@ -171,7 +183,9 @@ def _pipeline(args) -> dict:
                     sampling=args.sampling)
   policy = PrivacyPolicy(max_epsilon=args.max_epsilon, delta=args.delta,
                          accountant=args.accountant, require_poisson=not args.allow_shuffle,
-                         max_canary_exposure=args.max_canary_exposure)
+                         max_canary_exposure=args.max_canary_exposure,
+                         require_signature=_require_signature(args.require_signature,
+                                                              args.runner))
   return runner.run(runner.PipelineOptions(
       output_dir=args.output_dir or EXAMPLES[args.example].default_output_dir,
       dp_config=config, privacy_policy=policy, example=args.example,
@@ -181,6 +195,17 @@ def _pipeline(args) -> dict:
       container_image=args.container_image, serving_model_dir=args.serving_model_dir,
       min_accuracy=args.min_accuracy, audit=args.audit, control=args.control,
       ledger_history_dir=args.ledger_history))
+
+
+def _require_signature(flag: Optional[bool], runner: str) -> bool:
+  """`--require-signature`: on by default where a ledger key is set (records are signed then,
+  and a signature nobody verifies protects nothing); `--no-require-signature` turns it off. A
+  Kubeflow pipeline is only compiled here: its key is needed where its steps run."""
+  key_set = signing.configured_key() is not None  # a misconfigured key: SigningKeyError
+  if flag and not key_set and runner != "kubeflow":
+    raise ValueError(f"--require-signature needs the ledger key ({signing.KEY_ENV} or "
+                     f"{signing.KEY_FILE_ENV}) where the pipeline runs")
+  return key_set if flag is None else flag
 
 
 def _print(result: dict, as_json: bool) -> None:
@@ -218,6 +243,10 @@ def build_parser() -> argparse.ArgumentParser:
   report.add_argument("--require-signature", action="store_true",
                       help="refuse unless a ledger key is set; with one set (DP_TFX_LEDGER_KEY or "
                       "DP_TFX_LEDGER_KEY_FILE) every record's signature is always verified")
+  report.add_argument("--metadata", default=None, metavar="PATH",
+                      help="the pipeline's MLMD store (OUTPUT_DIR/metadata.sqlite for dp-tfx "
+                      "pipeline): also check, as the PrivacyEvaluator does, that every segment "
+                      "MLMD recorded for any DPTrainer run of the pipeline is in the history")
   report.add_argument("--json", action="store_true")
   report.set_defaults(handler=_report)
 
@@ -270,6 +299,13 @@ def build_parser() -> argparse.ArgumentParser:
                         help=example_default)
   _add_num_microbatches(pipeline)
   pipeline.add_argument("--sampling", choices=SAMPLING_METHODS, default=POISSON)
+  pipeline.add_argument("--require-signature", action=argparse.BooleanOptionalAction,
+                        default=None,
+                        help="the policy: accept only ledger files and MLMD records signed with "
+                        "the ledger key (DP_TFX_LEDGER_KEY or DP_TFX_LEDGER_KEY_FILE); default: "
+                        "on when a key is set. --no-require-signature: records are still signed "
+                        "with a key set, but not verified (e.g. for a store whose earlier records "
+                        "were written without one)")
   pipeline.add_argument("--allow-shuffle", action="store_true",
                         help="let the policy accept shuffled batches (epsilon then not rigorous)")
   pipeline.add_argument("--learning-rate", type=_number(0, open_low=True), help=example_default)

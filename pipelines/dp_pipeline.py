@@ -84,7 +84,7 @@ def create_pipeline(*, pipeline_name: str, pipeline_root: str, data_root: str,
   components = [example_gen]
   earlier_ledgers = None
   if check_earlier_ledgers:
-    resolver = earlier_privacy_ledgers()
+    resolver = earlier_privacy_ledgers(pipeline_name=pipeline_name)
     components.append(resolver)
     earlier_ledgers = resolver.outputs[EARLIER_LEDGERS_OUTPUT]
   trainer = DPTrainer(examples=example_gen.outputs["examples"], module_file=module_file,

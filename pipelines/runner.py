@@ -138,6 +138,12 @@ def _check_before_training(options: PipelineOptions, example) -> None:
       options.audit and example.has_canaries):
     raise ValueError(f"max_canary_exposure needs the audit of an example with canaries (lm); "
                      f"{example.name} with audit={options.audit} would never be blessed")
+  if options.privacy_policy.require_signature and options.runner != KUBEFLOW:
+    from dp_tfx.policy import verification_key
+
+    # No ledger key where the pipeline runs: ValueError, before anything is written. (A Kubeflow
+    # pipeline is compiled here; its steps need the key where they run.)
+    verification_key(options.privacy_policy)
   unknown = sorted(set(options.hyperparameters or {}) - set(example.hyperparameter_names))
   if unknown:
     raise ValueError(f"the {example.name} example's module does not use {unknown}; it takes "

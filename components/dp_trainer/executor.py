@@ -7,7 +7,7 @@ and exporting the model, shared with the non-private control and the auditor, in
 from __future__ import annotations
 
 import os
-from typing import Any, Dict, List
+from typing import Any, Dict, List, Optional
 
 import keras
 import tensorflow as tf
@@ -48,7 +48,8 @@ class Executor(base_executor.BaseExecutor):
     # Before anything is read or spent: the PrivacyEvaluator refuses a history that lacks what
     # MLMD recorded of an earlier run, so a run on it would spend for nothing (earlier_runs.py).
     earlier_runs.check_history(input_dict.get(specs.EARLIER_PRIVACY_LEDGERS_KEY) or [],
-                               history_dir, verification_key(policy) if policy else None)
+                               history_dir, verification_key(policy) if policy else None,
+                               self._pipeline_name())
     context = trainer_context(input_dict, exec_properties)
     module = {name: udf_utils.get_fn(exec_properties, name) for name in MODULE_FUNCTIONS}
     privacy_unit_fn = udf_utils.try_get_fn(exec_properties, PRIVACY_UNIT_FUNCTION)
@@ -94,7 +95,7 @@ class Executor(base_executor.BaseExecutor):
     ledger.save(artifact_ledger_path)
     # In MLMD beside the file: its content hash, the history and the snapshot's segments (what a
     # later PrivacyEvaluator checks that history against; see artifacts.record_ledger).
-    artifacts.record_ledger(ledger_artifact, ledger)
+    artifacts.record_ledger(ledger_artifact, ledger, self._record_origin(ledger_artifact))
     epsilon = dp_model.epsilon()
     for target in (ledger_artifact, model_artifact):
       artifacts.record_privacy_facts(target, ledger, dp_model.plan, epsilon)
@@ -112,8 +113,20 @@ class Executor(base_executor.BaseExecutor):
 
   def _default_data_source(self) -> str:
     """The pipeline's name (a label only: the history, not the name, decides what composes)."""
+    name = self._pipeline_name()
+    return f"pipeline {name}" if name else "unnamed"
+
+  def _pipeline_name(self) -> Optional[str]:
     info = self._context.pipeline_info if self._context is not None else None
-    return f"pipeline {info.id}" if info is not None and info.id else "unnamed"
+    return info.id if info is not None and info.id else None
+
+  def _record_origin(self, ledger_artifact: types.Artifact) -> artifacts.RecordOrigin:
+    """The artifact the MLMD record is written for, and who wrote it (signed with the record)."""
+    node = self._context.pipeline_node if self._context is not None else None
+    return artifacts.RecordOrigin(
+        uri=ledger_artifact.uri, pipeline=self._pipeline_name(),
+        pipeline_run_id=(self._context.pipeline_run_id or None) if self._context else None,
+        component=(node.node_info.id or None) if node is not None else None)
 
   def _run_id(self) -> str:
     """The pipeline run's id with a random suffix (two runs may start in the same instant)."""

@@ -55,7 +55,7 @@ class Executor(base_executor.BaseExecutor):
     decision = PrivacyDecision()
     try:
       policy = PrivacyPolicy.from_json(exec_properties.get(specs.PRIVACY_POLICY_KEY))
-      ledger = self._ledger(input_dict, verification_key(policy))
+      ledger = self._ledger(input_dict, verification_key(policy), self._pipeline_name())
       audit = self._audit(input_dict)
       decision = decide(policy, ledger, model_digest=self._model_digest(model),
                         upstream_blessed=self._upstream_blessed(input_dict), audit=audit)
@@ -74,14 +74,21 @@ class Executor(base_executor.BaseExecutor):
     # One verdict line either way, on stdout: absl logs INFO (a blessing) out of sight by default.
     print(f"PrivacyEvaluator: {decision.summary} (report: {report.uri})", flush=True)
 
+  def _pipeline_name(self) -> Optional[str]:
+    info = self._context.pipeline_info if self._context is not None else None
+    return info.id if info is not None and info.id else None
+
   @staticmethod
-  def _ledger(input_dict, key: Optional[bytes]) -> PrivacyLedger:
+  def _ledger(input_dict, key: Optional[bytes], pipeline: Optional[str] = None) -> PrivacyLedger:
     """The ledger artifact's file, verified against the content hash the DPTrainer recorded in
     MLMD (the file's own hash anyone can recompute; the trainer's record they cannot edit
     through the file), then against its ledger history, which is checked against what MLMD
     recorded of earlier runs; with every segment of the history now. With `key` (a policy
-    that requires signatures), every record must be signed with it."""
+    that requires signatures), every record must be signed with it, this run's included."""
     artifact = artifact_utils.get_single_instance(input_dict[specs.PRIVACY_LEDGER_KEY])
+    if key is not None:
+      artifacts.verify_record(artifact, key)
+    artifacts.check_origin(artifact, pipeline)
     ledger = PrivacyLedger.load(os.path.join(artifact.uri, LEDGER_FILE_NAME), key)
     if not artifact.has_custom_property(artifacts.LEDGER_HASH_PROPERTY):
       raise LedgerError("the DPTrainer recorded no content_hash for this ledger artifact in "
@@ -92,7 +99,8 @@ class Executor(base_executor.BaseExecutor):
                         "recorded in MLMD: the file was changed (and re-hashed) after training")
     history = ledger.with_history(key)
     earlier_runs.check_earlier_runs(input_dict.get(specs.EARLIER_PRIVACY_LEDGERS_KEY) or [],
-                                    history.segments, history.history_dir, key)
+                                    history.segments, history.history_dir, key, pipeline,
+                                    current=artifact)
     return history
 
   @staticmethod

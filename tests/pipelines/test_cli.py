@@ -270,3 +270,60 @@ def test_tensorflow_filesystem_errors_exit_2_with_one_line(monkeypatch, capsys):
 
 def test_a_missing_ledger_exits_2_with_one_line(tmp_path, capsys):
   _exit_2_one_line(capsys, ["report", str(tmp_path / "missing.json")])
+
+
+# --- signed MLMD records: `pipeline --require-signature`, `report --metadata` ---
+
+@pytest.fixture
+def no_ledger_key(monkeypatch):
+  from dp_tfx import signing
+
+  monkeypatch.delenv(signing.KEY_ENV, raising=False)
+  monkeypatch.delenv(signing.KEY_FILE_ENV, raising=False)
+  return monkeypatch
+
+
+def _pipeline_policy(monkeypatch, args):
+  """The PrivacyPolicy `dp-tfx pipeline ARGS` would run under (the run itself stubbed out)."""
+  from dp_tfx.pipelines import runner
+
+  seen = {}
+
+  def run(options):
+    seen["policy"] = options.privacy_policy
+    return {"verdict": "stubbed"}
+  monkeypatch.setattr(runner, "run", run)
+  assert cli.main(["pipeline", *args]) == 0
+  return seen["policy"]
+
+
+def test_pipeline_requires_signatures_whenever_a_ledger_key_is_set(no_ledger_key, capsys):
+  from dp_tfx import signing
+
+  assert not _pipeline_policy(no_ledger_key, []).require_signature
+  no_ledger_key.setenv(signing.KEY_ENV, "a-ledger-key-of-32-bytes-or-more")
+  assert _pipeline_policy(no_ledger_key, []).require_signature  # signed, so verified
+  assert _pipeline_policy(no_ledger_key, ["--require-signature"]).require_signature
+  assert not _pipeline_policy(no_ledger_key, ["--no-require-signature"]).require_signature
+
+
+def test_pipeline_require_signature_without_a_key_exits_2_with_one_line(no_ledger_key, capsys,
+                                                                        tmp_path):
+  _exit_2_one_line(capsys, ["pipeline", "--require-signature", "--output-dir", str(tmp_path)],
+                   "--require-signature needs the ledger key")
+  assert not any(tmp_path.iterdir())  # nothing written
+  # A Kubeflow pipeline is only compiled here: the key is needed where its steps run.
+  assert _pipeline_policy(no_ledger_key, ["--require-signature", "--runner",
+                                          "kubeflow"]).require_signature
+
+
+def test_report_says_the_mlmd_cross_check_was_not_run_without_the_store(tmp_path, capsys):
+  ledger = PrivacyLedger(dataset_size=60000, dataset_fingerprint="sha256:x")
+  ledger.save(tmp_path / "ledger.json")
+  result = _run_json(capsys, ["report", str(tmp_path / "ledger.json"), "--json"])
+  assert result["mlmd_cross_check"].startswith("not run (give --metadata PATH")
+  _exit_2_one_line(capsys, ["report", str(tmp_path / "ledger.json"), "--metadata",
+                            str(tmp_path / "missing.sqlite")], "is not a file")
+  (tmp_path / "not-a-store.sqlite").write_text("not SQLite")
+  _exit_2_one_line(capsys, ["report", str(tmp_path / "ledger.json"), "--metadata",
+                            str(tmp_path / "not-a-store.sqlite")], "cannot be read")
