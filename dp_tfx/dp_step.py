@@ -22,7 +22,8 @@ ChunkCallback = Callable[[object, tf.Tensor, tf.Tensor, tf.Tensor], None]
 def noisy_gradients(taps: clipping.GradientTaps, loss_fn: clipping.LossFn, plan: TrainingPlan,
                     features, labels: tf.Tensor, mask: tf.Tensor, key: tf.Tensor,
                     step: tf.Tensor, static_chunks: bool = False,
-                    on_chunk: Optional[ChunkCallback] = None) -> tuple:
+                    on_chunk: Optional[ChunkCallback] = None,
+                    step_noise: Optional[list] = None) -> tuple:
   """The noisy, averaged DP-SGD gradient of one logical batch (or of this replica's slice of it).
 
   Args:
@@ -34,6 +35,8 @@ def noisy_gradients(taps: clipping.GradientTaps, loss_fn: clipping.LossFn, plan:
     static_chunks: slice chunks of static size (under XLA, where batches are padded to whole
       chunks).
     on_chunk: called with each physical chunk's features, labels, predictions and mask.
+    step_noise: this step's noise, drawn ahead (noise.gaussian_noise with the same key and
+      step); by default it is drawn here.
 
   Returns:
     (gradients in the order of taps.variables, the sum of the chunks' masked losses).
@@ -83,5 +86,8 @@ def noisy_gradients(taps: clipping.GradientTaps, loss_fn: clipping.LossFn, plan:
   _, sums, loss_sum = tf.while_loop(lambda chunk, *_: chunk < chunks, accumulate, first)
   if plan.num_microbatches is not None:
     sums = clipping.clipped_microbatch_sum(sums[:-1], sums[-1], plan.l2_norm_clip)
-  noisy = noise.add_gaussian_noise(sums, plan.noise_multiplier * plan.l2_norm_clip, key, step)
+  if step_noise is None:
+    noisy = noise.add_gaussian_noise(sums, plan.noise_multiplier * plan.l2_norm_clip, key, step)
+  else:
+    noisy = [s + n for s, n in zip(sums, step_noise, strict=True)]
   return [g / plan.expected_clipping_units for g in noisy], loss_sum

@@ -25,7 +25,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from dp_tfx import accounting, clipping, dp_step, keys, sampling
+from dp_tfx import accounting, clipping, dp_step, keys, noise, sampling
 from dp_tfx.config import DPConfig
 from dp_tfx.ledger import EXAMPLE, PrivacyLedger, dataset_fingerprint
 from dp_tfx.plan import TrainingPlan
@@ -35,6 +35,9 @@ EPSILON_LOG_KEY = "epsilon"
 _RAN_OUT_OF_DATA = ".*Your input ran out of data.*"
 # Without XLA shapes may vary, so logical batches are padded only to a multiple of this.
 _PAD_MULTIPLE_WITHOUT_XLA = 8
+# Models with at most this many trainable values get each step's noise from the input pipeline
+# (prefetched batches each carry one step's noise: 64 MiB of float32 at most).
+_PIPELINE_NOISE_MAX_VALUES = 1 << 24
 
 
 class PrivacyBudgetExhaustedError(RuntimeError):
@@ -299,13 +302,27 @@ class DPModel(keras.Model):
     slices (sampling.replica_slices) and distributed by the model's strategy."""
     pad_multiple = (self.plan.physical_batch_size if self.jit_compile
                     else _PAD_MULTIPLE_WITHOUT_XLA * replicas)
-    batches = sampling.logical_batches(features, labels, self.plan,
-                                       tf.constant(self._key.numpy()), first_step,
-                                       last_step, pad_multiple=pad_multiple)
-    if replicas == 1:
-      return batches
-    slices = sampling.replica_slices(batches, last_step - first_step, replicas)
-    return self.distribute_strategy.distribute_datasets_from_function(lambda _: slices)
+    key = tf.constant(self._key.numpy())
+    if replicas > 1:  # each replica draws its own noise in its step
+      batches = sampling.logical_batches(features, labels, self.plan, key, first_step, last_step,
+                                         pad_multiple=pad_multiple)
+      slices = sampling.replica_slices(batches, last_step - first_step, replicas)
+      return self.distribute_strategy.distribute_datasets_from_function(lambda _: slices)
+    return sampling.logical_batches(features, labels, self.plan, key, first_step, last_step,
+                                    pad_multiple=pad_multiple,
+                                    step_noise=self._pipeline_noise(key))
+
+  def _pipeline_noise(self, key):
+    """step -> that step's noise, for the input pipeline to draw while the previous step trains
+    (the text classifier at batch 64: DP step 4.2 -> 3.6 ms; its 160k-value embedding's noise
+    takes ~1.3 ms to draw, more than a plain step); None for models whose noise would make every
+    prefetched batch large. The same streams as a draw in the step: the same noise."""
+    variables = self._taps.variables
+    if sum(v.shape.num_elements() for v in variables) > _PIPELINE_NOISE_MAX_VALUES:
+      return None
+    shapes, dtypes = [v.shape for v in variables], [v.dtype for v in variables]
+    stddev = self.plan.noise_multiplier * self.plan.l2_norm_clip
+    return lambda step: noise.gaussian_noise(shapes, dtypes, stddev, key, step)
 
   def _prepare(self, features, labels):
     """Fixes the plan and the ledger on the first fit; later fits must use the same data."""
@@ -353,12 +370,13 @@ class DPModel(keras.Model):
     self.reset_metrics()
 
   def train_step(self, data):
-    features, labels, mask = data
+    features, labels, mask, *step_noise = data
     record_metrics = lambda x, y, predictions, chunk_mask: self.compute_metrics(
         x, y, predictions, sample_weight=chunk_mask)
     gradients, loss_sum = dp_step.noisy_gradients(
         self._taps, self._loss_fn, self.plan, features, labels, mask, self._key, self.noisy_steps,
-        static_chunks=bool(self.jit_compile), on_chunk=record_metrics)
+        static_chunks=bool(self.jit_compile), on_chunk=record_metrics,
+        step_noise=step_noise[0] if step_noise else None)
     self.optimizer.apply_gradients(zip(gradients, self._taps.variables))
     self.noisy_steps.assign_add(1)
     examples = tf.reduce_sum(mask)

@@ -36,6 +36,25 @@ def _draw_groups(sizes: list) -> list:
   return groups + ([current] if current else [])
 
 
+def gaussian_noise(shapes: Sequence, dtypes: Sequence[tf.DType], stddev: float, key: tf.Tensor,
+                   step, replica_id=0, replicas: int = 1) -> list:
+  """N(0, stddev^2 / replicas) tensors of the given shapes (static TensorShapes, or shape
+  tensors) and dtypes, from streams unique to (key, step, replica, draw)."""
+  per_replica_stddev = stddev / (replicas ** 0.5)
+  sizes = [shape.num_elements() if isinstance(shape, tf.TensorShape) else tf.reduce_prod(shape)
+           for shape in shapes]
+  dtype = tf.float64 if tf.float64 in dtypes else tf.float32
+  drawn = [None] * len(shapes)
+  for group_index, group in enumerate(_draw_groups(sizes)):
+    draw = tf.random.stateless_normal(
+        [sum(sizes[i] for i in group)], dtype=dtype,
+        seed=keys.stream_key(key, keys.NOISE_STREAM, step, replica_id, group_index))
+    parts = tf.split(draw, [sizes[i] for i in group], num=len(group)) if len(group) > 1 else [draw]
+    for index, part in zip(group, parts):
+      drawn[index] = tf.cast(per_replica_stddev * tf.reshape(part, shapes[index]), dtypes[index])
+  return drawn
+
+
 def add_gaussian_noise(tensors: Sequence[tf.Tensor], stddev: float, key: tf.Tensor,
                        step: tf.Tensor) -> list:
   """tensors[i] + N(0, stddev^2 / R), from streams unique to (key, step, replica, draw)."""
@@ -44,19 +63,8 @@ def add_gaussian_noise(tensors: Sequence[tf.Tensor], stddev: float, key: tf.Tens
   if replica_context is not None:
     replicas = replica_context.num_replicas_in_sync
     replica_id = replica_context.replica_id_in_sync_group
-  per_replica_stddev = stddev / (replicas ** 0.5)
   # Static shapes (variables have them) let the draws start before the gradients are done.
-  static = [tensor.shape.is_fully_defined() for tensor in tensors]
-  shapes = [t.shape if known else tf.shape(t) for t, known in zip(tensors, static)]
-  sizes = [t.shape.num_elements() if known else tf.size(t) for t, known in zip(tensors, static)]
-  dtype = tf.float64 if any(t.dtype == tf.float64 for t in tensors) else tf.float32
-  noisy = list(tensors)
-  for group_index, group in enumerate(_draw_groups(sizes)):
-    draw = tf.random.stateless_normal(
-        [sum(sizes[i] for i in group)], dtype=dtype,
-        seed=keys.stream_key(key, keys.NOISE_STREAM, step, replica_id, group_index))
-    parts = tf.split(draw, [sizes[i] for i in group], num=len(group)) if len(group) > 1 else [draw]
-    for index, part in zip(group, parts):
-      noise = tf.cast(per_replica_stddev * tf.reshape(part, shapes[index]), tensors[index].dtype)
-      noisy[index] = tensors[index] + noise
-  return noisy
+  shapes = [t.shape if t.shape.is_fully_defined() else tf.shape(t) for t in tensors]
+  drawn = gaussian_noise(shapes, [t.dtype for t in tensors], stddev, key, step, replica_id,
+                         replicas)
+  return [tensor + noise for tensor, noise in zip(tensors, drawn)]

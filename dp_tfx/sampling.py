@@ -13,7 +13,7 @@ an uninterrupted run would have drawn, and no two steps share randomness.
 
 from __future__ import annotations
 
-from typing import Optional
+from typing import Callable, Optional
 
 import tensorflow as tf
 
@@ -82,12 +82,15 @@ def microbatch_assignment(key: tf.Tensor, step, slots: tf.Tensor,
 
 
 def logical_batches(features, labels, plan, key: tf.Tensor, first_step: int,
-                    last_step: int, pad_multiple: Optional[int] = None) -> tf.data.Dataset:
+                    last_step: int, pad_multiple: Optional[int] = None,
+                    step_noise: Optional[Callable[[tf.Tensor], list]] = None) -> tf.data.Dataset:
   """The dataset of logical steps [first_step, last_step) for `plan` (a TrainingPlan).
 
   Elements are (features, labels, mask [L]) with L a multiple of
   `pad_multiple`: by default plan.physical_batch_size, the static shapes XLA wants. Without XLA a
-  small multiple saves computing on padding (a Poisson batch of mean 256 pads to 320).
+  small multiple saves computing on padding (a Poisson batch of mean 256 pads to 320). With
+  `step_noise` (step -> the step's noise tensors) elements carry the step's noise too: drawn by
+  the input pipeline while the previous step trains.
   """
   features = tf.nest.map_structure(tf.convert_to_tensor, features)
   labels = tf.convert_to_tensor(labels)
@@ -99,7 +102,9 @@ def logical_batches(features, labels, plan, key: tf.Tensor, first_step: int,
       indices = shuffled_indices(key, step, plan.dataset_size, plan.batch_size)
     indices, mask = pad_indices(indices, pad_multiple or plan.physical_batch_size)
     gather = lambda tensor: tf.gather(tensor, indices)
-    return tf.nest.map_structure(gather, features), gather(labels), mask
+    batch = tf.nest.map_structure(gather, features), gather(labels), mask
+    # A tuple: tf.data would stack a list into one tensor.
+    return batch if step_noise is None else (*batch, tuple(step_noise(step)))
 
   return (tf.data.Dataset.range(first_step, last_step)
           .map(select, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)

@@ -89,7 +89,8 @@ def _run(root: pathlib.Path):
 def broken(tmp_path_factory):
   """The trainer with its noise switched off; the ledger still records sigma = 8."""
   with pytest.MonkeyPatch.context() as patch:
-    patch.setattr(noise, "add_gaussian_noise", lambda tensors, *args, **kwargs: list(tensors))
+    patch.setattr(noise, "gaussian_noise", lambda shapes, dtypes, *args, **kwargs: [
+        tf.zeros(shape, dtype) for shape, dtype in zip(shapes, dtypes)])
     return _run(tmp_path_factory.mktemp("broken"))
 
 

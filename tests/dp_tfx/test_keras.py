@@ -88,6 +88,25 @@ def test_noise_added_to_the_step_has_std_sigma_c_over_b():
   assert abs(noise.std() / (2.0 * 0.3 / 8) - 1) < 0.35
 
 
+def test_noise_drawn_by_the_input_pipeline_is_the_noise_a_step_would_draw(monkeypatch):
+  # Small models get each step's noise from the input pipeline; the same streams must give the
+  # same noise as a draw inside the step (forced here by a zero size limit), step for step.
+  x, y = _data()
+  weights = {}
+  for in_pipeline in (True, False):
+    with monkeypatch.context() as patch:
+      if in_pipeline:  # the step must not draw noise itself
+        patch.setattr(dp_tfx.noise, "add_gaussian_noise", None)
+      else:
+        patch.setattr(dp_tfx.keras, "_PIPELINE_NOISE_MAX_VALUES", 0)
+      keras.utils.set_random_seed(5)  # the same initial weights
+      dp_model = _dp_model(noise_multiplier=2.0, steps=3)
+      dp_model.fit(x, y, verbose=0)
+    weights[in_pipeline] = [v.numpy() for v in dp_model.model.trainable_variables]
+  for drawn_ahead, drawn_in_step in zip(weights[True], weights[False], strict=True):
+    np.testing.assert_allclose(drawn_ahead, drawn_in_step, rtol=1e-6, atol=1e-7)
+
+
 def test_ledger_counts_every_step_and_fit_stops_at_the_plan(tmp_path):
   x, y = _data()
   path = tmp_path / "ledger.json"
