@@ -12,6 +12,7 @@ import dp_tfx
 from dp_tfx import clipping, sampling
 from dp_tfx.keras import per_example_loss
 from tests.dp_tfx import models
+from tests.dp_tfx.callbacks import MeanwhileAndStop
 
 N = 40
 LOSS = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
@@ -149,19 +150,6 @@ def test_a_crashed_run_leaves_a_ledger_with_every_step_it_took(tmp_path):
   assert dp_tfx.PrivacyLedger.load(path).noisy_steps == 13
 
 
-class _Meanwhile(keras.callbacks.Callback):
-  """After the third step, runs `meanwhile` (another process's fit, say) and stops training."""
-
-  def __init__(self, meanwhile):
-    super().__init__()
-    self._meanwhile = meanwhile
-
-  def on_train_batch_end(self, batch, logs=None):
-    if batch == 2:
-      self._meanwhile()
-      self.model.stop_training = True
-
-
 def test_a_ledger_file_takes_one_fit_at_a_time(tmp_path):
   # Two fits on one ledger_path at once lost steps (each rewrote the file with its own view):
   # the second is refused while the first trains, and continues the file once it ended.
@@ -174,7 +162,7 @@ def test_a_ledger_file_takes_one_fit_at_a_time(tmp_path):
     with pytest.raises(dp_tfx.LedgerError, match="is in use: .*still training"):
       second.fit(x, y, verbose=0)
 
-  first.fit(x, y, verbose=0, callbacks=[_Meanwhile(second_fits)])
+  first.fit(x, y, verbose=0, callbacks=[MeanwhileAndStop(second_fits)])
   assert dp_tfx.PrivacyLedger.load(path).noisy_steps == 3
   second.fit(x, y, verbose=0)
   assert dp_tfx.PrivacyLedger.load(path).noisy_steps == 13 == second.privacy_ledger.noisy_steps

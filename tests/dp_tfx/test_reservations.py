@@ -24,6 +24,7 @@ from dp_tfx.ledger import (HEARTBEAT_SECONDS, RESERVATION_STALE_SECONDS, LedgerH
 from dp_tfx.plan import TrainingPlan
 from dp_tfx.policy import PolicyRefusal, PrivacyPolicy, refuse_unless_blessable
 from tests.dp_tfx import models
+from tests.dp_tfx.callbacks import MeanwhileAndStop
 
 REPOSITORY = pathlib.Path(__file__).resolve().parents[2]
 PLAN = TrainingPlan.from_config(DPConfig(noise_multiplier=1.1, batch_size=200, steps=100), 4000)
@@ -263,19 +264,6 @@ def _dp_model(history, run_id):
   return dp_model
 
 
-class _MeanwhileAndStop(keras.callbacks.Callback):
-  """After the third step, runs `meanwhile` (another run starting) and stops training."""
-
-  def __init__(self, meanwhile):
-    super().__init__()
-    self._meanwhile = meanwhile
-
-  def on_train_batch_end(self, batch, logs=None):
-    if batch == 2:
-      self._meanwhile()
-      self.model.stop_training = True
-
-
 def test_a_fit_started_while_another_trains_is_refused_until_that_one_ends(tmp_path):
   x, y = models.batch_for("dense", N, seed=1)
   a, b = _dp_model(tmp_path, "run-a"), _dp_model(tmp_path, "run-b")
@@ -286,7 +274,7 @@ def test_a_fit_started_while_another_trains_is_refused_until_that_one_ends(tmp_p
       b.fit(x, y, verbose=0)
     refusals.append(str(refusal.value))
 
-  a.fit(x, y, verbose=0, callbacks=[_MeanwhileAndStop(b_starts)])
+  a.fit(x, y, verbose=0, callbacks=[MeanwhileAndStop(b_starts)])
   (refusal,) = refusals
   assert "after the 3 already recorded" in refusal
   assert "and the 7 reserved by run(s) run-a still training" in refusal
