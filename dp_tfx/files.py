@@ -91,11 +91,15 @@ def listdir(directory) -> list:
   return sorted(name.rstrip("/") for name in _gfile().listdir(directory))
 
 
-def age_seconds(path) -> float:
-  """Seconds since the file was last modified."""
+def age_seconds(path) -> Optional[float]:
+  """Seconds since the file was last modified; None if it no longer exists (a temporary renamed
+  into place between a directory listing and this call)."""
   import time  # pylint: disable=import-outside-toplevel
 
-  return time.time() - _gfile().stat(os.fspath(path)).mtime_nsec / 1e9
+  try:
+    return time.time() - _gfile().stat(os.fspath(path)).mtime_nsec / 1e9
+  except _tf().errors.NotFoundError:
+    return None
 
 
 def modified_time(path) -> Optional[float]:

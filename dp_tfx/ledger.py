@@ -374,7 +374,8 @@ class LedgerHistory:
       if _WRITE_IN_FLIGHT.fullmatch(name):  # a temporary of files.write_bytes
         # Renamed within milliseconds; one that stays is a crash's leftover or a record hidden
         # under a temporary's name, and must not silently drop out of the total.
-        _check(files.age_seconds(os.path.join(self.directory, name)) < _STALE_TEMPORARY_SECONDS,
+        age = files.age_seconds(os.path.join(self.directory, name))  # None: renamed meanwhile
+        _check(age is None or age < _STALE_TEMPORARY_SECONDS,
                f"ledger history {self.directory}: {name} has the name of a write in progress but "
                f"is over {_STALE_TEMPORARY_SECONDS} s old: a record hidden under it, or a "
                "crash's leftover (remove it only if its segment file is there too)")

@@ -13,7 +13,7 @@ import dp_accounting
 import pytest
 from dp_accounting.rdp import rdp_privacy_accountant
 
-from dp_tfx import accounting
+from dp_tfx import accounting, files
 from dp_tfx.config import DPConfig
 from dp_tfx.ledger import (RESERVATION_STALE_SECONDS, LedgerError, LedgerIntegrityError,
                            PrivacyLedger, _hash_body, dataset_fingerprint, read_history)
@@ -469,6 +469,17 @@ def test_a_history_refuses_another_privacy_unit_and_whole_ledgers(tmp_path):
 def test_temporaries_of_writes_in_flight_are_not_segments(tmp_path):
   _history_with_two_runs(tmp_path)
   (tmp_path / (".segment-x.json-" + "0123456789abcdef" * 2)).write_text("{half a wri")
+  assert sum(s.noisy_steps for s in read_history(tmp_path)) == 20
+
+
+def test_a_temporary_renamed_into_place_while_the_history_is_read_is_skipped(tmp_path,
+                                                                             monkeypatch):
+  # A concurrent write's temporary, listed, then renamed before its age is read: the reader
+  # (another run's pre-check) once crashed with NotFoundError.
+  _history_with_two_runs(tmp_path)
+  listdir = files.listdir
+  monkeypatch.setattr(files, "listdir", lambda directory: listdir(directory) + [
+      ".segment-x.json-" + "0123456789abcdef" * 2])  # gone by the time it is looked at
   assert sum(s.noisy_steps for s in read_history(tmp_path)) == 20
 
 
