@@ -102,11 +102,16 @@ def age_seconds(path) -> Optional[float]:
     return None
 
 
+# Filesystems that keep no modification times (TensorFlow's in-memory one reports 0 for all).
+NO_MODIFICATION_TIME_SCHEMES = ("ram",)
+
+
 def modified_time(path) -> Optional[float]:
   """When the storage last modified the file, in seconds since the epoch on the storage's clock
-  (a local disk's, an object store's: not the clock of whoever wrote it); None where the
-  filesystem gives no modification time (TensorFlow's ram://, for one). A missing or unreadable
-  file raises OSError."""
+  (a local disk's, an object store's: not the clock of whoever wrote it); None only on
+  NO_MODIFICATION_TIME_SCHEMES. Elsewhere the time is returned as the storage gives it, 0 or
+  in the future included: read as "unknown", it would hold a killed run's reservation for ever
+  (the caller judges it). A missing or unreadable file raises OSError."""
   tf = _tf()
   try:
     nanoseconds = _gfile().stat(os.fspath(path)).mtime_nsec
@@ -114,7 +119,14 @@ def modified_time(path) -> Optional[float]:
     raise FileNotFoundError(f"no file at {path}") from None
   except tf.errors.OpError as error:
     raise OSError(f"cannot stat {path}: {error.message}") from None
-  return nanoseconds / 1e9 if nanoseconds > 0 else None
+  return None if scheme(path) in NO_MODIFICATION_TIME_SCHEMES else nanoseconds / 1e9
+
+
+def normalised(path) -> str:
+  """A local path made absolute and normal, so that two spellings of one file compare equal
+  (the working directory may change meanwhile); a URL (gs://...) as it is."""
+  path = os.fspath(path)
+  return path if scheme(path) else os.path.abspath(path)
 
 
 def create_new(path, data: bytes) -> str:

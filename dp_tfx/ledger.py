@@ -13,7 +13,9 @@ counts every unfinished reservation as spent (`PrivacyLedger.with_reservations`)
 runs cannot all pass it on the same budget. Epsilon itself only ever counts steps that ran. While
 a fit runs, its segment is rewritten every HEARTBEAT_SECONDS (`start_heartbeat`); a reservation
 whose file the storage last modified over RESERVATION_STALE_SECONDS ago is a killed run's, and
-lapses (judged by the storage's modification time, never by a writer's clock).
+lapses (judged by the storage's modification time, never by a writer's clock). Where that time is
+missing or suspect a reservation holds until its run finishes; `release_reservation` (`dp-tfx
+release-reservation`) finishes a killed run's segment by hand.
 
 Runs record into a *ledger history* (`LedgerHistory`): a directory where each segment is a file of
 its own, written only by the run that created it, so concurrent runs never lose each other's
@@ -61,6 +63,10 @@ HEARTBEAT_SECONDS = 30
 # An unfinished segment whose file the storage last modified this long ago is a killed run's: its
 # reservation lapses (see Segment.pre_check_steps). Ten heartbeats.
 RESERVATION_STALE_SECONDS = 300
+# A modification time further than this ahead of now (on the storage's clock as far as this
+# process can read it) is not one the storage gave a write: judged, it would hold a reservation
+# for as long as it is ahead.
+MODIFIED_TIME_SLACK_SECONDS = 60
 EXAMPLE = "example"
 SEQUENCE = "sequence"  # the privacy unit of language models trained on text cut into sequences
 
@@ -162,17 +168,18 @@ class Segment:
 
   def reserving(self, age_seconds: Optional[float]) -> bool:
     """Whether this segment holds a reservation: its fit has not finished and, by `age_seconds`
-    (since the storage last modified its file; None when unknown), was not killed.
+    (since the storage last modified its file; None when unknown or suspect, see `_age`), was
+    not killed.
 
     A running fit rewrites its segment every HEARTBEAT_SECONDS; a run killed mid-fit never
     finishes its segment, and its reservation lapses once the file is RESERVATION_STALE_SECONDS
     old. The age comes from the storage's modification time, never from `updated_at`, which the
     writer's clock stamps (a host behind or ahead would make reservations lapse at once, or
-    hold for hours). Where the storage gives no modification time, the reservation holds until
-    the segment is finished (fail closed).
+    hold for hours). Without a trustworthy modification time, the reservation holds until the
+    segment is finished (fail closed; `release_reservation` finishes a killed run's).
     """
     return (self.finished_at is None and bool(self.reserved_steps)
-            and (age_seconds is None or age_seconds <= RESERVATION_STALE_SECONDS))
+            and _may_be_running(age_seconds))
 
   def pre_check_steps(self, age_seconds: Optional[float]) -> int:
     """The noisy steps a policy pre-check counts for this segment: those it took, and while it
@@ -231,10 +238,37 @@ class Segment:
              f"{where}: {name} must be a string; got {getattr(self, name)!r}")
 
 
-def _lapses_at(age_seconds: Optional[float]) -> Optional[float]:
-  """When (on this host's clock, seconds since the epoch) a reservation whose file is
-  `age_seconds` old lapses if its run does not write again; None when its age is unknown."""
-  return None if age_seconds is None else time.time() + RESERVATION_STALE_SECONDS - age_seconds
+def _may_be_running(age_seconds: Optional[float]) -> bool:
+  """Whether the run of an unfinished segment whose file is `age_seconds` old (None: unknown)
+  may still be training: it rewrites its file every HEARTBEAT_SECONDS while it does."""
+  return age_seconds is None or age_seconds <= RESERVATION_STALE_SECONDS
+
+
+def _age(modified: Optional[float], now: float) -> tuple:
+  """(seconds since `modified`, None), or (None, why) when the modification time cannot be
+  judged: none given (ram://), or one no storage stamps on a write (<= 0, or ahead of `now` by
+  over MODIFIED_TIME_SLACK_SECONDS); judged, it would hold a killed run's reservation for ever,
+  or for as long as it is ahead."""
+  if modified is None:
+    return None, "the storage gives no modification time"
+  if modified <= 0 or modified > now + MODIFIED_TIME_SLACK_SECONDS:
+    when = "not after 1970" if modified <= 0 else f"{modified - now:.0f} s in the future"
+    return None, f"its segment file's modification time is suspect ({when})"
+  return now - modified, None
+
+
+def _reservation_note(segment: Segment, age: Optional[float], why: Optional[str],
+                      where: Optional[str]) -> str:
+  """How the reservation of `segment` (its file `age` old, or `why` not judged) ends, and how to
+  release it by hand, for the messages that refuse a run because of it."""
+  if why is None:
+    lapses = format_time(time.time() + RESERVATION_STALE_SECONDS - age)
+    holds = (f"last written {age:.0f} s ago, its reservation lapses at {lapses} unless it "
+             f"writes again ({RESERVATION_STALE_SECONDS // 60} min after its last write)")
+  else:
+    holds = f"{why}, so its reservation holds until it finishes"
+  return (f"{holds}; if that run was killed: dp-tfx release-reservation {where or 'LEDGER'} "
+          f"--segment {segment.segment_id} --force")
 
 
 def format_time(seconds: float) -> str:
@@ -318,6 +352,17 @@ def _check_writable(path: str) -> None:
                       "replace there); use a local path, gs:// or s3://")
 
 
+def _check_key_kept(signed: bool, where: str) -> None:
+  """Raises LedgerError if `where` holds signed records and no ledger key is set: a run that
+  forgot the key would write unsigned records there, which every later run that requires
+  signatures refuses, for good. (Reading, for a report, needs no key.)"""
+  if signed and signing.configured_key() is None:
+    raise LedgerError(
+        f"{where} holds signed records, but no ledger key is set ({signing.KEY_ENV} or "
+        f"{signing.KEY_FILE_ENV}): this run's records would be unsigned, and every run that "
+        "requires signatures would refuse them for good. Set the key it was signed with")
+
+
 def _check_still_recorded(recorded_segments, current: dict, history_dir: str) -> None:
   """Raises LedgerError unless every recorded segment is still in the history (`current`, by
   segment id) with the same facts and at least as many steps."""
@@ -341,10 +386,11 @@ class LedgerHistory:
 
   Each segment (one `fit` of one run) is a file of its own, `segment-<time>-<random>.json`,
   created under a fresh name and only ever rewritten by the process that created it (its step
-  count grows, nothing else changes). No process reads, merges and rewrites another's record, so
-  no update can be lost, however many runs write at once, on a local disk or an object store
-  alike (a file is replaced whole through a temporary and a rename). The history's total is the
-  composition of every segment file in it, each with its own content hash.
+  count grows, nothing else changes; `release_reservation` may finish a killed run's). No
+  process reads, merges and rewrites another's record, so no update can be lost, however many
+  runs write at once, on a local disk or an object store alike (a file is replaced whole
+  through a temporary and a rename). The history's total is the composition of every segment
+  file in it, each with its own content hash.
 
   Format-1 ledgers found there (one file per exact dataset, written before segment files) are
   read as well, never written: what they recorded keeps counting.
@@ -355,8 +401,10 @@ class LedgerHistory:
     self.directory = os.fspath(directory)
     self.key = key
     # After `read`: when the storage last modified the file of each segment (seconds since the
-    # epoch, by segment id; None where it gives no modification time).
+    # epoch, by segment id; None where it gives no modification time), and whether any record
+    # there carries a signature.
     self.modified: dict = {}
+    self.signed = False
 
   def segment_path(self, segment_id: str) -> str:
     return os.path.join(self.directory, segment_id + ".json")
@@ -369,7 +417,7 @@ class LedgerHistory:
         privacy unit than `privacy_unit` (when given), or is not a ledger record at all: a record
         renamed, hidden or moved into a subdirectory must not silently drop out of the total.
     """
-    segments, modified_by_id = [], {}
+    segments, modified_by_id, signed = [], {}, False
     for name in files.listdir(self.directory):
       if _WRITE_IN_FLIGHT.fullmatch(name):  # a temporary of files.write_bytes
         # Renamed within milliseconds; one that stays is a crash's leftover or a record hidden
@@ -385,7 +433,7 @@ class LedgerHistory:
         raise LedgerError(f"ledger history {self.directory}: {name} is not a ledger record; "
                           "nothing else belongs there (move it out if it is not one)")
       try:
-        found, unit = self._read_file(path, name, self.key)
+        found, unit, signed_file = self._read_file(path, name, self.key)
       except LedgerError as error:
         raise type(error)(f"ledger history {self.directory}: {name}: {error}") from None
       if privacy_unit is not None and unit != privacy_unit:
@@ -398,11 +446,12 @@ class LedgerHistory:
       for segment in found:
         modified_by_id[segment.segment_id] = modified
       segments.extend(found)
+      signed = signed or signed_file
     ids = [segment.segment_id for segment in segments]
     duplicated = sorted({i for i in ids if ids.count(i) > 1})
     _check(not duplicated, f"ledger history {self.directory}: segment ids {duplicated} appear "
                            "more than once")
-    self.modified = modified_by_id
+    self.modified, self.signed = modified_by_id, signed
     return sorted(segments, key=_order)
 
   @staticmethod
@@ -411,7 +460,7 @@ class LedgerHistory:
       text = files.read_text(path)
     except (OSError, UnicodeDecodeError) as error:
       raise LedgerError(f"cannot be read: {error}") from None
-    body = _verified_body(text, key)
+    body, signed = _verified_body(text, key)
     if body.get("kind") == SEGMENT_KIND:
       _check(body.get("format_version") == FORMAT_VERSION,
              f"unsupported segment format_version {body.get('format_version')!r}")
@@ -422,13 +471,13 @@ class LedgerHistory:
              f"the file's name does not match its segment_id {segment.segment_id!r}: it was "
              "renamed or copied")
       segment.validate("segment")
-      return [segment], unit
+      return [segment], unit, signed
     if body.get("format_version") == 1:  # a whole ledger of the first format: read, never written
       ledger = PrivacyLedger._from_body(body)
       for index, segment in enumerate(ledger.segments):
         segment.segment_id = f"{name}#{index}"
         segment.run_id = segment.run_id or f"format-1 ledger {name}"
-      return ledger.segments, ledger.privacy_unit
+      return ledger.segments, ledger.privacy_unit, signed
     raise LedgerError("not a segment file (a whole ledger does not belong in a ledger history)")
 
 
@@ -492,11 +541,10 @@ class PrivacyLedger:
     self._history: Optional[LedgerHistory] = None  # set when this run writes into the history
     self._own: list = []  # the segments this object started (only these are ever written)
     # In a pre-check's copy (with_reservations, if_trained): the steps counted in noisy_steps
-    # that no run has taken yet, by run id, and when each run's reservation lapses if it does not
-    # write again (seconds since the epoch on this host's clock; None: not before it finishes).
-    # Empty in a ledger of what ran.
+    # that no run has taken yet, by run id, and for each run how its reservations end (one
+    # _reservation_note per segment). Empty in a ledger of what ran.
     self.reserved: collections.Counter = collections.Counter()
-    self.reserved_until: dict = {}
+    self.reserved_notes: dict = {}
     # Every write (a step, a heartbeat, the end of a segment) holds it: see start_heartbeat.
     self._lock = threading.RLock()
     # SHA-256 of what this object last wrote to (or read from) `path`; None: nothing yet, and
@@ -504,6 +552,8 @@ class PrivacyLedger:
     self._written: Optional[str] = None
     # When the storage last modified the file each segment was read from (by segment id).
     self._modified: dict = {}
+    # Whether the file `load` read carried a signature (see _check_key_kept).
+    self.signed = False
     # This object's last write: (file, time.monotonic() after it), to read the storage's clock.
     self._last_write: Optional[tuple] = None
 
@@ -572,25 +622,23 @@ class PrivacyLedger:
     ages = self._ages()
     counted = PrivacyLedger._from_body(self.body())
     for segment in counted.segments:
-      age = ages.get(segment.segment_id)
+      age, why = ages[segment.segment_id]
       steps = segment.pre_check_steps(age)
       if steps > segment.noisy_steps:
         counted.reserved[segment.run_id] += steps - segment.noisy_steps
         segment.noisy_steps = steps
-        lapses, known = _lapses_at(age), counted.reserved_until.get(segment.run_id, 0.0)
-        counted.reserved_until[segment.run_id] = (
-            None if lapses is None or known is None else max(lapses, known))
+        counted.reserved_notes.setdefault(segment.run_id, []).append(
+            _reservation_note(segment, age, why, self.history_dir or self.path))
     return counted
 
   def _ages(self) -> dict:
-    """Seconds since the storage last modified each segment's file (by segment id; None where
-    unknown), on the storage's clock as far as this process can read it: this object's own
-    segments are 0 (it is running them)."""
+    """(age, why) of each segment's file (by segment id; see `_age`): seconds since the storage
+    last modified it, on the storage's clock as far as this process can read it; this object's
+    own segments are 0 (it is running them)."""
     now = self._storage_now()
-    ages = {segment_id: None if modified is None else now - modified
-            for segment_id, modified in self._modified.items()}
-    ages.update({segment.segment_id: 0.0 for segment in self._own})
-    return ages
+    own = {segment.segment_id for segment in self._own}
+    return {segment.segment_id: (0.0, None) if segment.segment_id in own else
+            _age(self._modified.get(segment.segment_id), now) for segment in self.segments}
 
   def _storage_now(self) -> float:
     """Now on the storage's clock, as near as this process can tell: the modification time of
@@ -827,7 +875,7 @@ class PrivacyLedger:
       LedgerIntegrityError: if the body does not match its content hash.
       LedgerError: if the text is not a ledger or its facts are impossible.
     """
-    return cls._from_body(_verified_body(text, key))
+    return cls._from_body(_verified_body(text, key)[0])
 
   @classmethod
   def _from_body(cls, body: dict) -> "PrivacyLedger":
@@ -864,7 +912,7 @@ class PrivacyLedger:
         ledger, or another process's: it is never overwritten).
     """
     with self._lock:
-      path = os.fspath(path)
+      path = files.normalised(path)  # "ledger.json" and "./ledger.json" are one file
       if path != self.path:
         self.path, self._written = path, None
       self._flush_whole()
@@ -928,12 +976,13 @@ class PrivacyLedger:
       text = data.decode("utf-8")
     except UnicodeDecodeError as error:
       raise LedgerError(f"the ledger at {path} is not UTF-8 text: {error}") from None
-    ledger = cls.from_json(text, key)
+    body, signed = _verified_body(text, key)
+    ledger = cls._from_body(body)
     try:  # after reading: a write in between makes it look younger, never staler
       modified = files.modified_time(path)
     except OSError:  # gone since: its reservations count (fail closed)
       modified = None
-    ledger.path, ledger._written = path, _digest(data)
+    ledger.path, ledger._written, ledger.signed = files.normalised(path), _digest(data), signed
     ledger._modified = {segment.segment_id: modified for segment in ledger.segments}
     return ledger
 
@@ -947,28 +996,26 @@ class PrivacyLedger:
     Runs on other data continue it too: every segment keeps its own N, and all compose.
 
     Raises:
-      LedgerError: if the existing ledger counts another privacy unit, or another run is still
-        training on it (its segment holds a reservation: see Segment.reserving).
+      LedgerError: if the existing ledger counts another privacy unit, holds signed records and
+        no ledger key is set (see _check_key_kept), or another run is still training on it (its
+        segment holds a reservation: see Segment.reserving).
     """
     if path is not None and files.exists(path):
       ledger = cls.load(path)
       if ledger.privacy_unit != privacy_unit:
         raise LedgerError(f"the ledger at {path} counts {ledger.privacy_unit}s, this run "
                           f"{privacy_unit}s; use a new ledger path")
+      _check_key_kept(ledger.signed, f"the ledger at {path}")
       ages = ledger._ages()
       for segment in ledger.segments:
-        age = ages.get(segment.segment_id)
+        age, why = ages[segment.segment_id]
         if segment.reserving(age):
-          lapses = _lapses_at(age)
           raise LedgerError(
               f"the ledger file {path} is in use: run {segment.run_id} reserved "
               f"{segment.reserved_steps} noisy steps and is still training ("
-              + ("its segment is unfinished and the storage gives no modification time, so its "
-                 "reservation holds until it finishes" if lapses is None else
-                 f"last written {age:.0f} s ago; if it was killed, its reservation lapses at "
-                 f"{format_time(lapses)} unless it writes again")
-              + "). A ledger file takes one run at a time; for runs that may overlap, use a "
-              "ledger history (make_private(..., ledger_history=DIR))")
+              f"{_reservation_note(segment, age, why, ledger.path)}). A ledger file takes one "
+              "run at a time; for runs that may overlap, use a ledger history "
+              "(make_private(..., ledger_history=DIR))")
       ledger.dataset_size, ledger.dataset_fingerprint = dataset_size, fingerprint
       ledger.data_source, ledger.run_id = data_source, new_run_id()
       return ledger
@@ -990,14 +1037,17 @@ class PrivacyLedger:
     source, whatever data each had), and writes only this run's own segment files there.
 
     Raises:
-      LedgerError: if the history is malformed or edited, counts another privacy unit, or lies on
-        a filesystem without whole-file replace.
+      LedgerError: if the history is malformed or edited, counts another privacy unit, lies on
+        a filesystem without whole-file replace, or holds signed records and no ledger key is
+        set (see _check_key_kept).
     """
     directory = os.fspath(directory)
     _check_writable(directory)
     history = LedgerHistory(directory, key)  # with `key`, every record there must be signed
+    segments = history.read(privacy_unit)
+    _check_key_kept(history.signed, f"the ledger history {directory}")
     ledger = cls(dataset_size=dataset_size, dataset_fingerprint=fingerprint,
-                 privacy_unit=privacy_unit, segments=history.read(privacy_unit),
+                 privacy_unit=privacy_unit, segments=segments,
                  data_source=data_source, run_id=run_id, history_dir=directory)
     ledger._history = history
     ledger._modified = dict(history.modified)
@@ -1010,8 +1060,9 @@ class Heartbeat:
 
   Each beat takes the ledger's lock, as every step's write does, and writes through the same
   flush (content hash, signature). A beat that fails (the storage, or a one-file ledger that
-  another process rewrote) stops the thread; the run's next write meets the same error and
-  raises it.
+  another process rewrote) is logged (`error` keeps the last) and tried again at the next beat:
+  a passing storage error must not let a long fit's reservation go stale. A lasting one is
+  raised by the run's own next write.
   """
 
   def __init__(self, ledger: "PrivacyLedger", interval: float):
@@ -1027,13 +1078,68 @@ class Heartbeat:
         ledger.heartbeat()
       except Exception as error:  # the storage's errors too: the run's next write raises it
         self.error = error
-        _LOG.warning("dp_tfx: the ledger heartbeat stopped: %s", error)
-        return
+        _LOG.warning("dp_tfx: a ledger heartbeat failed (tried again in %s s): %s", interval,
+                     error)
 
   def stop(self) -> None:
     """Stops the beats and waits for a write in progress to end."""
     self._stopped.set()
     self._thread.join()
+
+
+def release_reservation(place: os.PathLike | str, segment_id: str,
+                        force: bool = False) -> Segment:
+  """Marks the unfinished segment `segment_id` of the ledger history (a directory) or ledger
+  file at `place` finished, as its fit would have at its end: for a run that was killed where
+  its reservation cannot lapse (the storage gives no modification time, or a suspect one), or
+  sooner than it would. Safe for the budget: epsilon counts recorded steps only, each recorded
+  before it ran; a reservation only gates pre-checks.
+
+  Written as its run would (content hash; signature with a ledger key, which must be set where
+  records are signed: _check_key_kept). Unless `force`, refused while its run may be alive
+  (its file modified under RESERVATION_STALE_SECONDS ago, or when that cannot be judged): a
+  rewrite racing the run's next step could drop that step.
+
+  Returns:
+    The segment as released (its recorded and reserved steps, its run).
+
+  Raises:
+    LedgerError: if there is no such segment, it holds no reservation (finished, or reserved
+      nothing), may belong to a live run (without `force`), or was rewritten meanwhile.
+  """
+  place, key = os.fspath(place), signing.configured_key()
+  _check_writable(place)
+  if files.is_dir(place):
+    history, ledger = LedgerHistory(place), None
+    found, signed, modified = history.read(), history.signed, history.modified
+  else:
+    history, ledger = None, PrivacyLedger.load(place, key)
+    found, signed, modified = ledger.segments, ledger.signed, ledger._modified
+  _check_key_kept(signed, place)
+  segment = next((s for s in found if s.segment_id == segment_id), None)
+  _check(segment is not None, f"{place} holds no segment {segment_id}")
+  _check(segment.finished_at is None and bool(segment.reserved_steps),
+         f"segment {segment_id} (run {segment.run_id}) holds no reservation: "
+         + (f"it finished at {segment.finished_at}" if segment.finished_at else
+            "it reserved no steps"))
+  age, why = _age(modified.get(segment_id), time.time())
+  if not force and _may_be_running(age):
+    raise LedgerError(
+        f"segment {segment_id} of run {segment.run_id} may belong to a run still training (a "
+        f"running fit rewrites its segment every {HEARTBEAT_SECONDS} s; "
+        + (why or f"this one was last written {age:.0f} s ago") + "), so nothing was written. "
+        "If that run was killed, add --force")
+  if ledger is not None:
+    segment.finished_at = _now()
+    ledger._flush_whole()  # refused if the file changed since it was read
+    return segment
+  path = history.segment_path(segment_id)
+  (segment,), unit, _ = LedgerHistory._read_file(path, segment_id + ".json", key)
+  _check(files.modified_time(path) == modified[segment_id],
+         f"segment {segment_id} was rewritten meanwhile: its run is alive; nothing was written")
+  segment.finished_at = _now()
+  files.write_text(path, _segment_document(segment, unit))
+  return segment
 
 
 def _document(body: dict) -> str:
@@ -1046,9 +1152,9 @@ def _document(body: dict) -> str:
   return json.dumps(document, indent=2, sort_keys=True)
 
 
-def _verified_body(text: str, key: Optional[bytes] = None) -> dict:
-  """The body of a ledger or segment document whose content hash matches it (and, with `key`,
-  that is signed with that key)."""
+def _verified_body(text: str, key: Optional[bytes] = None) -> tuple:
+  """(body, signed): the body of a ledger or segment document whose content hash matches it (and,
+  with `key`, that is signed with that key), and whether it carries a signature."""
   try:
     document = json.loads(text)
   except (ValueError, RecursionError) as error:  # JSONDecodeError, huge integers, deep nesting
@@ -1065,7 +1171,7 @@ def _verified_body(text: str, key: Optional[bytes] = None) -> dict:
         "the record is unsigned or its signature does not match the ledger key: "
         + ("it was written without a key" if "signature" not in document else
            "it was changed, or signed with another key"))
-  return body
+  return body, "signature" in document
 
 
 def _canonical(body: dict) -> bytes:

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any, Optional, Union
 
 from dp_tfx import accounting, signing
 from dp_tfx.checks import is_finite_number, unknown_fields
-from dp_tfx.ledger import RESERVATION_STALE_SECONDS, PrivacyLedger, format_time
+from dp_tfx.ledger import PrivacyLedger
 
 if TYPE_CHECKING:
   from dp_tfx.audit.result import PrivacyAudit
@@ -183,26 +183,17 @@ def refuse_unless_blessable(policy: PrivacyPolicy, planned: PrivacyLedger) -> Pr
     this_run = others.pop(planned.run_id, 0)
     where = f" history {planned.history_dir}" if planned.history_dir else ""
     names = ", ".join(sorted(map(str, others)))
+    notes = "; ".join(f"run {run_id}: {note}" for run_id in sorted(others, key=str)
+                      for note in planned.reserved_notes.get(run_id, []))
     reserving = (f", and the {others.total()} reserved by run(s) {names} still training (another "
-                 "run reserved steps of the budget: retry when it finishes; "
-                 f"{_reservations_hold(planned, others)})" if others else "")
+                 f"run reserved steps of the budget: retry when it finishes; {notes})"
+                 if others else "")
     raise PolicyRefusal(
         f"refused before training, nothing was spent: this run ({this_run} noisy steps, after "
         f"the {planned.noisy_steps - this_run - others.total()} already recorded in the "
         f"ledger{where}{reserving}) could never be blessed: " + "; ".join(decision.reasons))
   decision.blessed = True
   return decision
-
-
-def _reservations_hold(planned: PrivacyLedger, others) -> str:
-  """Until when the reservations of the runs in `others` hold if those runs never write again
-  (killed): the storage's modification time of their segments, plus the stale window."""
-  until = [planned.reserved_until.get(run_id) for run_id in others]
-  if any(moment is None for moment in until):
-    return ("the storage gives no modification times, so a reservation holds until its run "
-            "finishes")
-  return (f"if a run was killed, its reservation holds until {format_time(max(until))} unless it "
-          f"writes again: {RESERVATION_STALE_SECONDS // 60} min after its last write")
 
 
 def _check_training(policy: PrivacyPolicy, ledger: PrivacyLedger,

@@ -3,6 +3,7 @@
     dp-tfx epsilon --n 60000 --batch-size 256 --noise-multiplier 1.1 --epochs 60 --delta 1e-5
     dp-tfx calibrate --n 60000 --batch-size 256 --epochs 60 --delta 1e-5 --target-epsilon 3
     dp-tfx report path/to/privacy_ledger.json --delta 1e-5
+    dp-tfx release-reservation output/pipeline/privacy_ledgers --segment segment-...
     dp-tfx demo
     dp-tfx pipeline --runner local --max-epsilon 5 --json
     dp-tfx pipeline --example lm --control --json
@@ -23,7 +24,7 @@ from typing import Optional, Sequence
 from dp_tfx import accounting, datasets, json_output, signing
 from dp_tfx.config import (MAX_NOISE_MULTIPLIER, MAX_STEPS, MIN_NOISE_MULTIPLIER, POISSON,
                            SAMPLING_METHODS, DPConfig)
-from dp_tfx.ledger import PrivacyLedger
+from dp_tfx.ledger import RESERVATION_STALE_SECONDS, PrivacyLedger, release_reservation
 from dp_tfx.plan import TrainingPlan
 from dp_tfx.pipelines.examples import EXAMPLES, LM_ARCHITECTURES
 
@@ -163,6 +164,13 @@ def _report(args) -> dict:
           "mlmd_cross_check": cross_check}
 
 
+def _release_reservation(args) -> dict:
+  segment = release_reservation(args.ledger, args.segment, force=args.force)
+  return {"ledger": args.ledger, "released": segment.segment_id, "run_id": segment.run_id,
+          "recorded_steps": segment.noisy_steps, "reserved_steps": segment.reserved_steps,
+          "finished_at": segment.finished_at}
+
+
 def _demo(args) -> dict:
   from dp_tfx.pipelines import demo  # TensorFlow loads only for commands that train
 
@@ -249,6 +257,24 @@ def build_parser() -> argparse.ArgumentParser:
                       "MLMD recorded for any DPTrainer run of the pipeline is in the history")
   report.add_argument("--json", action="store_true")
   report.set_defaults(handler=_report)
+
+  release = commands.add_parser(
+      "release-reservation", help="finish a killed run's segment, ending its reservation",
+      description="Marks an unfinished segment finished, as its run would have at its end, so "
+      "that pre-checks stop counting the steps it reserved: for a run that was killed where its "
+      "reservation does not lapse (no or a suspect modification time), or sooner than it would. "
+      "Epsilon counts the steps it recorded, as before. Signed with the ledger key, which must "
+      "be set where records are signed.")
+  release.add_argument("ledger", metavar="HISTORY_DIR_OR_LEDGER_FILE",
+                       help="the ledger history (e.g. OUTPUT_DIR/privacy_ledgers) or ledger file")
+  release.add_argument("--segment", required=True, metavar="SEGMENT_ID",
+                       help="the segment to finish, as the refusal names it")
+  release.add_argument("--force", action="store_true",
+                       help="also when its file was modified less than "
+                       f"{RESERVATION_STALE_SECONDS // 60} min ago or its modification time "
+                       "cannot be judged: only for a run you know was killed")
+  release.add_argument("--json", action="store_true")
+  release.set_defaults(handler=_release_reservation)
 
   demo = commands.add_parser("demo", help="train the tutorial CNN with DP-SGD on embedded MNIST")
   demo.add_argument("--epochs", type=_positive_int, default=None)

@@ -50,6 +50,8 @@ def test_modification_times_come_from_the_storage_or_are_unknown(tmp_path, remot
   path.write_text("{}")
   os.utime(path, (1_000_000_000, 1_000_000_000))
   assert files.modified_time(path) == 1_000_000_000  # the filesystem's, whoever wrote the file
+  os.utime(path, (0, 0))
+  assert files.modified_time(path) == 0  # a suspect time, not "unknown" (the ledger judges it)
   files.write_text(f"{remote_dir}/a.json", "{}")
   assert files.modified_time(f"{remote_dir}/a.json") is None  # ram:// keeps none
   with pytest.raises(FileNotFoundError):

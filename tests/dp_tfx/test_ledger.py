@@ -188,14 +188,31 @@ def test_a_ledger_file_deleted_or_found_in_place_is_never_written_over(tmp_path)
   assert PrivacyLedger.load(path).noisy_steps == 3
 
 
+def test_a_ledger_saved_again_under_another_spelling_of_its_path_is_the_same_file(
+    tmp_path, monkeypatch):
+  monkeypatch.chdir(tmp_path)
+  ledger = _ledger(steps=3)
+  ledger.save(tmp_path / "ledger.json")
+  ledger.save("ledger.json")  # was refused: "another process started meanwhile"
+  ledger.save("./sub/../ledger.json")
+  ledger.record_step()
+  assert PrivacyLedger.load("ledger.json").noisy_steps == 4
+  loaded = PrivacyLedger.load("ledger.json")  # read by a relative path, saved by another
+  loaded.set_model_digest("sha256:model")
+  loaded.save(tmp_path / "ledger.json")
+  assert PrivacyLedger.load(tmp_path / "ledger.json").model_digest == "sha256:model"
+
+
 def test_a_ledger_file_a_run_is_training_on_is_not_opened(tmp_path):
   path = tmp_path / "ledger.json"
   training = PrivacyLedger.open_for(path, 4000, "sha256:abc")
   training.start_segment(_plan(4000, steps=10))
   training.record_step()
   with pytest.raises(LedgerError, match=r"is in use: run \w+ reserved 10 noisy steps and is still "
-                     r"training \(last written \d+ s ago; if it was killed, its reservation lapses "
-                     r"at \S+Z unless it writes again\).*ledger_history=DIR"):
+                     r"training \(last written \d+ s ago, its reservation lapses at \S+Z unless "
+                     r"it writes again \(5 min after its last write\); if that run was killed: "
+                     r"dp-tfx release-reservation \S+ --segment segment-\S+ --force\)"
+                     r".*ledger_history=DIR"):
     PrivacyLedger.open_for(path, 4000, "sha256:abc")
   training.finish_segment()
   assert PrivacyLedger.open_for(path, 4000, "sha256:abc").noisy_steps == 1

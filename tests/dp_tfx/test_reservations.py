@@ -62,11 +62,13 @@ def test_a_reservation_refuses_other_pre_checks_until_its_run_finishes(tmp_path)
     _pre_check(tmp_path, "run-b")
   assert (f"this run (40 noisy steps, after the 5 already recorded in the ledger history "
           f"{tmp_path}, and the 35 reserved by run(s) run-a still training (another run "
-          "reserved steps of the budget: retry when it finishes; if a run was killed, its "
-          "reservation holds until ") in str(refusal.value)
+          "reserved steps of the budget: retry when it finishes; run run-a: last written ") in str(
+              refusal.value)
   # Until when: the storage's modification time of run-a's segment plus the stale window.
   (path,) = tmp_path.glob("segment-*.json")
-  until = re.search(r"holds until (\S+) unless it writes again: 5 min after its last write\)\)",
+  until = re.search(r"its reservation lapses at (\S+) unless it writes again \(5 min after its "
+                    r"last write\); if that run was killed: dp-tfx release-reservation "
+                    f"{re.escape(str(tmp_path))} --segment {path.stem} --force\\)\\)",
                     str(refusal.value)).group(1)
   lapses = datetime.datetime.fromisoformat(until.replace("Z", "+00:00")).timestamp()
   assert abs(lapses - (path.stat().st_mtime + RESERVATION_STALE_SECONDS)) <= 2
@@ -143,9 +145,98 @@ def test_a_reservation_counts_where_the_storage_gives_no_modification_time(tmp_p
   monkeypatch.setattr(files, "modified_time", lambda path: None)  # as on ram://
   planned = PrivacyLedger.open_history(tmp_path, 4000, "sha256:x").if_trained(PLAN, 40)
   assert planned.noisy_steps == 80  # fail closed: the reservation holds
-  with pytest.raises(PolicyRefusal, match="the storage gives no modification times, so a "
-                     "reservation holds until its run finishes"):
+  with pytest.raises(PolicyRefusal, match="the storage gives no modification time, so its "
+                     "reservation holds until it finishes; if that run was killed: dp-tfx "
+                     "release-reservation "):
     refuse_unless_blessable(POLICY, planned)
+
+
+def _release(capsys, place, segment_id, *flags):
+  """`dp-tfx release-reservation PLACE --segment SEGMENT_ID FLAGS --json`: (status, output)."""
+  from dp_tfx.pipelines import cli
+
+  status = cli.main(["release-reservation", str(place), "--segment", segment_id, *flags,
+                     "--json"])
+  captured = capsys.readouterr()
+  return status, json.loads(captured.out) if status == 0 else captured.err
+
+
+@pytest.mark.parametrize("ahead, suspect", [
+    (None, "not after 1970"), (3600, r"\d+ s in the future")], ids=["zero", "future"])
+def test_a_suspect_modification_time_is_named_and_the_reservation_can_be_released(
+    tmp_path, capsys, ahead, suspect):
+  # Read as "unknown", a time of 0 held a killed run's reservation for ever; one an hour ahead
+  # was accepted as fresh. It still holds (it cannot be judged), but the refusal says why and
+  # how to end it, and releasing it is safe: epsilon counts the 5 recorded steps either way.
+  _reserving(tmp_path, "killed", reserved=40, taken=5)
+  (path,) = tmp_path.glob("segment-*.json")
+  moment = 0 if ahead is None else time.time() + ahead
+  os.utime(path, (moment, moment))
+  with pytest.raises(PolicyRefusal, match=(
+      f"run killed: its segment file's modification time is suspect \\({suspect}\\), so its "
+      "reservation holds until it finishes; if that run was killed: dp-tfx release-reservation "
+      f"{re.escape(str(tmp_path))} --segment {path.stem} --force")):
+    _pre_check(tmp_path, "next")
+  status, error = _release(capsys, tmp_path, path.stem)
+  assert status == 2 and "may belong to a run still training" in error and "--force" in error
+  status, released = _release(capsys, tmp_path, path.stem, "--force")
+  assert status == 0 and released["run_id"] == "killed" and released["released"] == path.stem
+  assert (released["recorded_steps"], released["reserved_steps"]) == (5, 40)
+  (segment,) = read_history(tmp_path)
+  assert (segment.noisy_steps, segment.finished_at) == (5, released["finished_at"])
+  assert _pre_check(tmp_path, "next").epsilon <= POLICY.max_epsilon  # 5 + 40 steps
+  status, error = _release(capsys, tmp_path, path.stem, "--force")
+  assert status == 2 and "holds no reservation: it finished at" in error
+
+
+def test_release_reservation_refuses_a_live_run_and_a_missing_segment(tmp_path, capsys):
+  run = _reserving(tmp_path, "alive", reserved=40, taken=5)
+  (path,) = tmp_path.glob("segment-*.json")
+  written = path.read_bytes()
+  status, error = _release(capsys, tmp_path, path.stem)
+  assert status == 2 and len(error.strip().splitlines()) == 1
+  assert re.search(r"this one was last written \d+ s ago\), so nothing was written", error)
+  assert path.read_bytes() == written
+  status, error = _release(capsys, tmp_path, "segment-nonexistent")
+  assert status == 2 and "holds no segment segment-nonexistent" in error
+  _last_written(tmp_path, RESERVATION_STALE_SECONDS + 60)  # killed minutes ago: no --force
+  assert _release(capsys, tmp_path, path.stem)[0] == 0
+  assert read_history(tmp_path)[0].finished_at
+  run.record_step()  # not dead after all: its next write takes its reservation back
+  (segment,) = read_history(tmp_path)
+  assert (segment.noisy_steps, segment.finished_at) == (6, None)
+
+
+def test_a_ledger_file_of_a_killed_run_can_be_released(tmp_path, capsys, monkeypatch):
+  path = tmp_path / "ledger.json"
+  killed = PrivacyLedger.open_for(path, 4000, "sha256:data")
+  killed.start_segment(PLAN, steps=40)
+  killed.record_step()
+  segment_id = killed.current_segment.segment_id
+  del killed
+  monkeypatch.setattr(files, "modified_time", lambda path: None)  # as on ram://
+  with pytest.raises(ledger_module.LedgerError, match=(
+      f"if that run was killed: dp-tfx release-reservation {re.escape(str(path))} --segment "
+      f"{segment_id} --force")):
+    PrivacyLedger.open_for(path, 4000, "sha256:data")
+  status, released = _release(capsys, path, segment_id, "--force")
+  assert status == 0 and (released["recorded_steps"], released["reserved_steps"]) == (1, 40)
+  assert PrivacyLedger.open_for(path, 4000, "sha256:data").noisy_steps == 1
+
+
+def test_a_released_signed_segment_stays_signed_and_needs_the_key(tmp_path, capsys,
+                                                                   monkeypatch):
+  monkeypatch.setenv(signing.KEY_ENV, "k" * 32)
+  _reserving(tmp_path, "killed", taken=2)
+  (path,) = tmp_path.glob("segment-*.json")
+  monkeypatch.delenv(signing.KEY_ENV)
+  status, error = _release(capsys, tmp_path, path.stem, "--force")
+  assert status == 2 and "no ledger key is set (DP_TFX_LEDGER_KEY or" in error
+  assert "signature" in json.loads(path.read_text())  # nothing was written
+  monkeypatch.setenv(signing.KEY_ENV, "k" * 32)
+  assert _release(capsys, tmp_path, path.stem, "--force")[0] == 0
+  (segment,) = LedgerHistory(tmp_path, b"k" * 32).read()
+  assert segment.finished_at and segment.noisy_steps == 2
 
 
 def test_the_pre_check_reads_the_storages_clock_not_this_hosts(tmp_path, monkeypatch):
@@ -190,6 +281,32 @@ def test_a_heartbeat_keeps_a_reservation_alive_and_stops_when_told(tmp_path):
   time.sleep(0.1)
   heartbeat.stop()
   assert _segment_file(tmp_path, "alive").read_bytes() == finished  # a finished one: no beats
+
+
+def test_a_failed_heartbeat_is_logged_and_tried_again_at_the_next_beat(tmp_path, monkeypatch,
+                                                                       caplog):
+  # A beat that failed once used to stop the thread: a long fit's reservation then went stale.
+  run = _reserving(tmp_path, "flaky", reserved=40, taken=5)
+  stamp = read_history(tmp_path)[0].updated_at
+  write_bytes, failures = files.write_bytes, []
+
+  def flaky(path, data):
+    if len(failures) < 2:
+      failures.append(path)
+      raise OSError("the storage is unavailable for a moment")
+    return write_bytes(path, data)
+
+  monkeypatch.setattr(files, "write_bytes", flaky)
+  heartbeat = run.start_heartbeat(interval=0.02)
+  try:
+    deadline = time.time() + 10
+    while read_history(tmp_path)[0].updated_at == stamp:
+      assert time.time() < deadline, "the heartbeat stopped at its first error"
+      time.sleep(0.01)
+  finally:
+    heartbeat.stop()
+  assert len(failures) == 2 and isinstance(heartbeat.error, OSError)
+  assert "a ledger heartbeat failed" in caplog.text
 
 
 def test_heartbeats_and_steps_never_overwrite_each_other(tmp_path):

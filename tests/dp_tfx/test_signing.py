@@ -8,7 +8,7 @@ import pytest
 
 from dp_tfx import signing
 from dp_tfx.config import DPConfig
-from dp_tfx.ledger import LedgerHistory, LedgerIntegrityError, PrivacyLedger
+from dp_tfx.ledger import LedgerError, LedgerHistory, LedgerIntegrityError, PrivacyLedger
 from dp_tfx.plan import TrainingPlan
 from dp_tfx.policy import PolicyRefusal, PrivacyPolicy, refuse_unless_blessable, verification_key
 
@@ -71,6 +71,27 @@ def test_an_unsigned_record_or_one_signed_with_another_key_is_refused(tmp_path, 
   _record_run(tmp_path / "other")
   with pytest.raises(LedgerIntegrityError, match="signed with another key"):
     LedgerHistory(tmp_path / "other", KEY.encode()).read()
+
+
+def test_a_run_without_the_key_is_refused_where_records_are_signed_but_may_read_them(
+    tmp_path, monkeypatch):
+  # Forgetting the key once used to train and leave an unsigned segment, which every later run
+  # requiring signatures refused for good. Now it is refused before it writes anything.
+  monkeypatch.setenv(signing.KEY_ENV, KEY)
+  _record_run(tmp_path / "history").save(tmp_path / "ledger.json")
+  written = sorted(p.read_bytes() for p in (tmp_path / "history").iterdir())
+  monkeypatch.delenv(signing.KEY_ENV)
+  for where, open_ in (("ledger history", lambda: PrivacyLedger.open_history(
+      tmp_path / "history", 40, "sha256:data")), ("ledger at", lambda: PrivacyLedger.open_for(
+          tmp_path / "ledger.json", 40, "sha256:data"))):
+    with pytest.raises(LedgerError, match=f"the {where} .* holds signed records, but no ledger "
+                       "key is set \\(DP_TFX_LEDGER_KEY or DP_TFX_LEDGER_KEY_FILE\\)"):
+      open_()
+  assert sorted(p.read_bytes() for p in (tmp_path / "history").iterdir()) == written
+  # Reading, for a report, needs no key.
+  assert PrivacyLedger.load(tmp_path / "ledger.json").with_history().noisy_steps == 3
+  monkeypatch.setenv(signing.KEY_ENV, KEY)  # with it, the run goes on signing
+  assert PrivacyLedger.open_history(tmp_path / "history", 40, "sha256:data").noisy_steps == 3
 
 
 def test_the_key_can_come_from_a_file_such_as_a_mounted_secret(tmp_path, monkeypatch):
