@@ -15,6 +15,7 @@ dataset is not cached and cannot be downloaded (before anything trains).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import math
 import os
@@ -390,8 +391,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
   if args.command in ("epsilon", "calibrate", "report"):  # not the pipeline's TFX logs
     logging.getLogger("absl").setLevel(logging.ERROR)  # dp_accounting's per-order RDP warnings
   prefix = f"dp-tfx {args.command}: error:"
+  # With --json stdout carries the one JSON object: what a run prints there (Keras's progress
+  # lines) goes to stderr instead.
+  printed_by_the_run = contextlib.redirect_stdout(sys.stderr) if args.json else (
+      contextlib.nullcontext())
   try:
-    result = args.handler(args)
+    with printed_by_the_run:
+      result = args.handler(args)
   except (ValueError, ArithmeticError) as error:  # LedgerError, CalibrationError: a reason
     print(f"{prefix} {_one_line(error)}", file=sys.stderr)
     return USAGE_ERROR

@@ -297,6 +297,20 @@ def _pipeline_policy(monkeypatch, args):
   return seen["policy"]
 
 
+def test_pipeline_json_is_all_of_stdout(monkeypatch, capsys):
+  # Keras printed its epoch lines to stdout before the JSON object: `| jq` failed.
+  from dp_tfx.pipelines import runner
+
+  def run(options):
+    print("Epoch 1/1 - 3s - loss: 2.3")
+    return {"verdict": "stubbed", "epsilon": 1.5}
+  monkeypatch.setattr(runner, "run", run)
+  assert cli.main(["pipeline", "--json", "--output-dir", "unused"]) == 0
+  captured = capsys.readouterr()
+  assert json.loads(captured.out) == {"verdict": "stubbed", "epsilon": 1.5}
+  assert "Epoch 1/1" in captured.err
+
+
 def test_pipeline_requires_signatures_whenever_a_ledger_key_is_set(no_ledger_key, capsys):
   from dp_tfx import signing
 
