@@ -85,16 +85,23 @@ def copy_of_two_runs(two_signed_runs, tmp_path):
   return target
 
 
-@pytest.mark.slow
-def test_a_record_copied_onto_a_later_runs_artifact_is_refused(copy_of_two_runs, key_set):
-  # The second run's record replaced by the first run's, signature and all, and the second run's
-  # segment deleted: the record agrees with the history, and its signature is genuine.
-  store = _store(copy_of_two_runs)
+def _first_record_copied_onto_the_second(store):
+  """The first ledger artifact's record (signature and all) copied onto the second's properties
+  (not yet saved): (first, second, the id of the second run's own segment)."""
   first, second = _ledger_artifacts(store)
   deleted = _own_segment_id(second, _recorded_segment_ids(first))
   for name, value in first.custom_properties.items():
     if name.startswith("ledger_") or name == artifacts.LEDGER_HASH_PROPERTY:
       second.custom_properties[name].CopyFrom(value)
+  return first, second, deleted
+
+
+@pytest.mark.slow
+def test_a_record_copied_onto_a_later_runs_artifact_is_refused(copy_of_two_runs, key_set):
+  # The second run's record replaced by the first run's, signature and all, and the second run's
+  # segment deleted: the record agrees with the history, and its signature is genuine.
+  store = _store(copy_of_two_runs)
+  first, second, deleted = _first_record_copied_onto_the_second(store)
   store.put_artifacts([second])
   (copy_of_two_runs / "privacy_ledgers" / f"{deleted}.json").unlink()
   with pytest.raises(LedgerError, match=f"artifact id {second.id}.* another artifact"):
@@ -107,11 +114,7 @@ def test_a_record_copied_onto_a_later_runs_artifact_is_refused(copy_of_two_runs,
 def test_the_same_record_on_two_artifacts_is_refused(copy_of_two_runs, key_set):
   # The copy made to look like its own: the second artifact's uri set to the first's too.
   store = _store(copy_of_two_runs)
-  first, second = _ledger_artifacts(store)
-  deleted = _own_segment_id(second, _recorded_segment_ids(first))
-  for name, value in first.custom_properties.items():
-    if name.startswith("ledger_") or name == artifacts.LEDGER_HASH_PROPERTY:
-      second.custom_properties[name].CopyFrom(value)
+  first, second, deleted = _first_record_copied_onto_the_second(store)
   second.uri = first.uri
   store.put_artifacts([second])
   (copy_of_two_runs / "privacy_ledgers" / f"{deleted}.json").unlink()
