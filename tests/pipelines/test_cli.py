@@ -284,14 +284,14 @@ def no_ledger_key(monkeypatch):
 
 
 def _pipeline_policy(monkeypatch, args):
-  """The PrivacyPolicy `dp-tfx pipeline ARGS` would run under (the run itself stubbed out)."""
+  """The PrivacyPolicy `dp-tfx pipeline ARGS` would run under (runner.run replaced by one that records its options)."""
   from dp_tfx.pipelines import runner
 
   seen = {}
 
   def run(options):
     seen["policy"] = options.privacy_policy
-    return {"verdict": "stubbed"}
+    return {"verdict": "recorded"}
   monkeypatch.setattr(runner, "run", run)
   assert cli.main(["pipeline", *args]) == 0
   return seen["policy"]
@@ -303,11 +303,11 @@ def test_pipeline_json_is_all_of_stdout(monkeypatch, capsys):
 
   def run(options):
     print("Epoch 1/1 - 3s - loss: 2.3")
-    return {"verdict": "stubbed", "epsilon": 1.5}
+    return {"verdict": "printed by the run", "epsilon": 1.5}
   monkeypatch.setattr(runner, "run", run)
   assert cli.main(["pipeline", "--json", "--output-dir", "unused"]) == 0
   captured = capsys.readouterr()
-  assert json.loads(captured.out) == {"verdict": "stubbed", "epsilon": 1.5}
+  assert json.loads(captured.out) == {"verdict": "printed by the run", "epsilon": 1.5}
   assert "Epoch 1/1" in captured.err
 
 
