@@ -284,7 +284,10 @@ def no_ledger_key(monkeypatch):
 
 
 def _pipeline_policy(monkeypatch, args):
-  """The PrivacyPolicy `dp-tfx pipeline ARGS` would run under (runner.run replaced by one that records its options)."""
+  """The PrivacyPolicy `dp-tfx pipeline ARGS` would run under.
+
+  runner.run is replaced by one that records its options.
+  """
   from dp_tfx.pipelines import runner
 
   seen = {}
