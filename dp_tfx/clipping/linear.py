@@ -63,15 +63,19 @@ def outer_products(a: tf.Tensor, g: tf.Tensor) -> OuterProducts:
   """The products of [B, T, k] inputs and [B, T, j] gradients, built per example where that is
   cheaper than ghost norms.
 
-  Per example, ghost norms take T^2 (k + j) multiply-adds for the Gram matrices plus T k j for the
-  book-keeping sum; built products take T k j once, then k j each for the norm and the sum. So
-  products win in operations when T^2 (k + j) > 2 k j, and in memory when T (k + j) > k j; they
-  are built when they win in memory, or in operations while small (_SMALL_PRODUCT). An LSTM's
-  recurrent kernel over 32 steps (k 64, j 256): ghost norms took 30 ms of a 113 ms step at batch
-  512.
+  Per example, ghost norms take T^2 (k + j) multiply-adds for the Gram matrices, and their
+  book-keeping sum T k j more; built products take T k j once, then k j each for the norm and the
+  sum. The book-keeping sum is one large matmul over the whole batch, products B small ones: on
+  this project's CPUs the large one ran about twice as fast per multiply-add (batch 512, T 32,
+  k 97, j 256: 6.5 ms against 10-12 ms), so it counts half. Products are built when they take
+  less memory (T (k + j) > k j), or fewer weighted operations (T^2 (k + j) > T k j / 2 + 2 k j)
+  while small (_SMALL_PRODUCT). Measured choices: an LSTM's kernels, recurrent kernel and bias
+  together over 32 steps (k 97, j 256) get ghost norms (DP step at batch 512: 53 ms, products
+  67 ms); the recurrent kernel alone (k 64) would get products.
   """
   positions, k, j = a.shape[1], a.shape[-1], g.shape[-1]
-  fewer_operations = positions is None or positions**2 * (k + j) > 2 * k * j
+  fewer_operations = (positions is None or
+                      positions**2 * (k + j) > positions * k * j / 2 + 2 * k * j)
   less_memory = positions is None or positions * (k + j) > k * j
   if less_memory or (fewer_operations and k * j <= _SMALL_PRODUCT):
     return OuterProducts(a, g, tf.einsum("btk,btj->bkj", a, g))

@@ -232,6 +232,32 @@ def test_recurrent_variants_match_loop_or_take_the_fallback(layer, tapped, mask_
     _assert_close(actual, clipping.reference_clipped_sum(model, LOSS, x, y, 0.05, mask=mask))
 
 
+@pytest.mark.parametrize("build_products", [False, True], ids=["ghost", "products"])
+def test_recurrent_taps_match_loop_by_ghost_norms_and_by_built_products(monkeypatch,
+                                                                       build_products):
+  # Which way a shape goes depends on its sizes (linear.outer_products): both must be exact.
+  from dp_tfx.clipping import linear, recurrent
+
+  def forced(a, g):
+    return linear.OuterProducts(a, g, tf.einsum("btk,btj->bkj", a, g) if build_products else None)
+
+  monkeypatch.setattr(recurrent, "outer_products", forced)
+  model = models.recurrent_model()
+  x, y = models.batch_for("recurrent", BATCH, seed=8)
+  mask = np.ones(BATCH, np.float32)
+  mask[3] = 0.0
+  grads = clipping.GradientTaps(model).backward(tf.constant(x), tf.constant(y), LOSS,
+                                                tf.constant(mask))
+  recurrent_methods = {method for name, method in grads.norm_methods()
+                       if "dense" not in name and "embedding" not in name}
+  assert recurrent_methods == {"per_example" if build_products else "ghost"}
+  _assert_close(clipping.per_example_clipped_sum(grads, tf.constant(mask), 0.05),
+                clipping.reference_clipped_sum(model, LOSS, x, y, 0.05, mask=mask))
+  materialised = grads.materialize()
+  expected = sum(np.sum(np.reshape(np.asarray(g), (BATCH, -1)) ** 2, axis=1) for g in materialised)
+  np.testing.assert_allclose(grads.squared_norms(), expected, rtol=1e-5)
+
+
 def test_a_recurrent_layer_called_twice_sums_both_calls():
   lstm = keras.layers.LSTM(3, return_sequences=True)
   inputs = keras.Input((5,), dtype="int32")
