@@ -58,6 +58,7 @@ def build_report(decision: PrivacyDecision, policy: Optional[PrivacyPolicy],
     report["audit"].update(model_digest=audit.model_digest, canary_format=audit.canary_format)
     if audit.control is not None:
       report["audit"]["control"] = _audit_section(audit.control, delta, audit.confidence)
+      report["audit"]["disagreements"] = [d.to_dict() for d in audit.disagreements]
   return report
 
 
@@ -126,7 +127,26 @@ def _summary(decision, policy, ledger, audit_section: Optional[dict]) -> str:
     lines.append(_audit_line("audit", audit_section))
     if audit_section.get("control"):
       lines.append(_audit_line("non-private control", audit_section["control"]))
+    disagreements = audit_section.get("disagreements") or []
+    if disagreements:
+      lines.append(f"training examples the control finds likelier than the DP model, by the most "
+                   f"(loss DP vs control; {min(_SUMMARY_DISAGREEMENTS, len(disagreements))} of "
+                   f"{len(disagreements)} in "
+                   f"report.json):")
+      lines.extend(_disagreement_line(d) for d in disagreements[:_SUMMARY_DISAGREEMENTS])
   return "\n".join(lines)
+
+
+_SUMMARY_DISAGREEMENTS = 5
+_SUMMARY_TEXT_CHARACTERS = 70
+
+
+def _disagreement_line(disagreement: dict) -> str:
+  text = disagreement["text"]
+  shown = (repr(text if len(text) <= _SUMMARY_TEXT_CHARACTERS
+                else text[:_SUMMARY_TEXT_CHARACTERS] + "...")
+           if text is not None else f"training record {disagreement['record']}")
+  return (f"  {disagreement['model_loss']:.3g} vs {disagreement['control_loss']:.3g}: {shown}")
 
 
 def _audit_line(name: str, section: dict) -> str:

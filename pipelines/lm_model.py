@@ -84,6 +84,20 @@ def canary_examples(texts: Sequence[str], context) -> list:
   return [serialize(padded_record(text)) for text in texts]
 
 
+def decode_text(ids) -> str:
+  """The text of character ids: PAD ids dropped, UNKNOWN_ID as U+FFFD (the inverse of `encode`
+  on VOCABULARY's characters)."""
+  ids = np.asarray(ids)
+  return "".join("\ufffd" if i == UNKNOWN_ID else VOCABULARY[i - 2] for i in ids[ids != PAD_ID])
+
+
+def example_text(parsed, context) -> list:
+  """Each parsed example's sequence as text: how the audit shows the training sequences the DP
+  model and the non-private control disagree on."""
+  del context
+  return [decode_text(ids) for ids in np.asarray(parsed[CHARS_KEY])]
+
+
 def feature_spec(context):
   del context
   return {CHARS_KEY: tf.io.FixedLenFeature([SEQUENCE_LENGTH + 1], tf.int64)}

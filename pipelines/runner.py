@@ -243,7 +243,8 @@ def _evaluated_model(store, report_artifact):
 
 
 def _audit_summary(section: Optional[dict]) -> Optional[dict]:
-  """The --json "audit" entry: the lower bound and exposure by repetitions (and the control's)."""
+  """The --json "audit" entry: the lower bound and exposure by repetitions (and the control's,
+  with the training examples the two models disagree on most)."""
   if section is None:
     return None
 
@@ -255,4 +256,5 @@ def _audit_summary(section: Optional[dict]) -> Optional[dict]:
   summary = one(section)
   if section.get("control"):
     summary["control"] = one(section["control"])
+    summary["disagreements"] = section.get("disagreements", [])
   return summary

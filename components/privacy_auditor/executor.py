@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import collections
 import dataclasses
-from typing import Any, Callable, Dict, List, Optional
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import numpy as np
 import tensorflow as tf
@@ -20,6 +20,7 @@ from tfx.types import artifact_utils
 from tfx.utils import path_utils
 
 from dp_tfx.audit import canaries as canary_lib
+from dp_tfx.audit.disagreement import most_disagreeing
 from dp_tfx.audit import exposure as exposure_lib
 from dp_tfx.audit.membership import loss_threshold_attack
 from dp_tfx.audit.result import CanaryResult, ModelAudit, PrivacyAudit
@@ -58,25 +59,33 @@ class Executor(base_executor.BaseExecutor):
       raise ValueError(f"the audit needs at least 4 training and 4 eval examples; the splits hold "
                        f"{len(members)} and {len(held_out)}")
     rng = np.random.default_rng(_SEED)
-    attacked_members = members[rng.choice(len(members), sample_size, replace=False)]
+    member_indices = rng.choice(len(members), sample_size, replace=False)
+    attacked_members = members[member_indices]
     attacked_non_members = held_out[rng.choice(len(held_out), sample_size, replace=False)]
 
-    def audit(model_artifact) -> ModelAudit:
+    def audit(model_artifact) -> Tuple[ModelAudit, np.ndarray]:
+      """The model's audit, and its losses on the attacked members."""
       scorer = _ModelScorer(model_artifact, module, context)
-      membership = loss_threshold_attack(scorer.losses(attacked_members),
-                                         scorer.losses(attacked_non_members), delta=delta,
-                                         confidence=CONFIDENCE, seed=_SEED)
+      member_losses = scorer.losses(attacked_members)
+      membership = loss_threshold_attack(member_losses, scorer.losses(attacked_non_members),
+                                         delta=delta, confidence=CONFIDENCE, seed=_SEED)
       return ModelAudit(membership=membership,
                         canaries=scorer.canary_results(canary_format, canaries),
-                        held_out_metrics=scorer.held_out_metrics(held_out))
+                        held_out_metrics=scorer.held_out_metrics(held_out)), member_losses
 
     model = artifact_utils.get_single_instance(input_dict[specs.MODEL_KEY])
-    control = input_dict.get(specs.CONTROL_MODEL_KEY)
+    model_audit, model_losses = audit(model)
+    control_audit, disagreements = None, []
+    if input_dict.get(specs.CONTROL_MODEL_KEY):
+      control_audit, control_losses = audit(
+          artifact_utils.get_single_instance(input_dict[specs.CONTROL_MODEL_KEY]))
+      disagreements = most_disagreeing(member_indices, model_losses, control_losses,
+                                       texts=module.texts(attacked_members, context))
     result = PrivacyAudit(
         model_digest=directory_digest(path_utils.serving_model_dir(model.uri)), delta=delta,
-        confidence=CONFIDENCE, model=audit(model),
-        control=audit(artifact_utils.get_single_instance(control)) if control else None,
-        canary_format=dataclasses.asdict(canary_format) if canary_format else None)
+        confidence=CONFIDENCE, model=model_audit, control=control_audit,
+        canary_format=dataclasses.asdict(canary_format) if canary_format else None,
+        disagreements=disagreements)
     output = artifact_utils.get_single_instance(output_dict[specs.PRIVACY_AUDIT_KEY])
     result.save(output.uri)
     bound = result.empirical_epsilon_lower_bound()
@@ -126,14 +135,24 @@ class _UserModule:
   compile_kwargs: Callable
   canary_examples: Optional[Callable]
   held_out_metrics: Optional[Callable]
+  example_text: Optional[Callable]
 
   @classmethod
   def load(cls, exec_properties) -> "_UserModule":
     required = {name: udf_utils.get_fn(exec_properties, name)
                 for name in ("feature_spec", "decode", "compile_kwargs")}
     optional = {name: udf_utils.try_get_fn(exec_properties, name)
-                for name in ("canary_examples", "held_out_metrics")}
+                for name in ("canary_examples", "held_out_metrics", "example_text")}
     return cls(**required, **optional)
+
+  def texts(self, serialized: np.ndarray, context) -> Optional[List[str]]:
+    """The examples as the module's `example_text(parsed_features, context)` renders them (None
+    without one): what a reader of the disagreements sees."""
+    if self.example_text is None:
+      return None
+    parsed = tf.io.parse_example(tf.constant(list(serialized), dtype=tf.string),
+                                 self.feature_spec(context))
+    return [str(text) for text in self.example_text(parsed, context)]
 
   def canary_records(self, canary_format, canaries, context) -> List[bytes]:
     if self.canary_examples is None:

@@ -16,6 +16,7 @@ from typing import Dict, List, Optional
 
 from dp_tfx import files
 from dp_tfx.audit.canaries import CanaryFormat
+from dp_tfx.audit.disagreement import Disagreement
 from dp_tfx.audit.exposure import Exposure
 from dp_tfx.audit.membership import MembershipAudit
 from dp_tfx.checks import is_finite_number, is_int
@@ -100,6 +101,8 @@ class PrivacyAudit:
     model: the measurements on the DP model.
     control: the same measurements on the non-private control, when one was trained.
     canary_format: {"prefix": ..., "digits": ...} of the canaries, when there were any.
+    disagreements: with a control, the attacked training examples the control finds likelier
+      than the DP model by the most, largest gap first (see dp_tfx.audit.disagreement).
   """
 
   model_digest: str
@@ -108,6 +111,7 @@ class PrivacyAudit:
   model: ModelAudit
   control: Optional[ModelAudit] = None
   canary_format: Optional[dict] = None
+  disagreements: List[Disagreement] = dataclasses.field(default_factory=list)
 
   def __post_init__(self):
     # Read back from a file the gate trusts: anything malformed must fail here, readably.
@@ -130,7 +134,8 @@ class PrivacyAudit:
             "delta": self.delta, "confidence": self.confidence,
             "model": self.model.to_dict(),
             "control": self.control.to_dict() if self.control else None,
-            "canary_format": self.canary_format}
+            "canary_format": self.canary_format,
+            "disagreements": [d.to_dict() for d in self.disagreements]}
 
   @classmethod
   def from_dict(cls, values: dict) -> "PrivacyAudit":
@@ -140,7 +145,9 @@ class PrivacyAudit:
                confidence=values["confidence"],
                model=ModelAudit.from_dict(values["model"]),
                control=ModelAudit.from_dict(values["control"]) if values.get("control") else None,
-               canary_format=values.get("canary_format"))
+               canary_format=values.get("canary_format"),
+               disagreements=[Disagreement.from_dict(d)
+                              for d in values.get("disagreements", [])])
 
   def save(self, directory) -> str:
     return files.write_text(os.path.join(os.fspath(directory), AUDIT_FILE),

@@ -24,15 +24,18 @@ def test_lm_pipeline_reports_the_audit_for_the_dp_model_and_the_control(tmp_path
                                                                          monkeypatch):
   # What each model's audit scores, first the attacked members, then the attacked non-members.
   scored = collections.defaultdict(list)
+  member_losses = {}  # the attacked members' losses under each model
   scorers = []  # kept alive, so that no two scorers share an id()
   losses = auditor_executor._ModelScorer.losses
 
   def recording_losses(scorer, serialized):
     if id(scorer) not in scored:
       scorers.append(scorer)
+    result = losses(scorer, serialized)
     if len(scored[id(scorer)]) < 2:
       scored[id(scorer)].append(list(serialized))
-    return losses(scorer, serialized)
+      member_losses.setdefault(id(scorer), result)
+    return result
 
   monkeypatch.setattr(auditor_executor._ModelScorer, "losses", recording_losses)
 
@@ -87,6 +90,22 @@ def test_lm_pipeline_reports_the_audit_for_the_dp_model_and_the_control(tmp_path
     assert sum(record not in train_set for record in members) == 0
     assert sum(record in copy_set for record in members) == 0  # canary copies attacked
     assert sum(record not in held_out_set for record in non_members) == 0
+
+  # The training sequences the control finds likelier than the DP model by the most: the largest
+  # loss gaps among the attacked members, as text.
+  model_losses, control_losses = (member_losses[id(scorer)] for scorer in scorers)
+  gaps = model_losses - control_losses
+  largest = sorted(range(attacked), key=lambda i: -gaps[i])[:10]
+  members = scored[id(scorers[0])][0]
+  parsed = tf.io.parse_example(tf.constant(members), lm_model.feature_spec(None))
+  texts = lm_model.example_text(parsed, None)
+  disagreements = audit["disagreements"]
+  assert [d["text"] for d in disagreements] == [texts[i] for i in largest]
+  assert [d["gap"] for d in disagreements] == pytest.approx([gaps[i] for i in largest])
+  assert all(len(d["text"]) == lm_model.SEQUENCE_LENGTH + 1 for d in disagreements)
+  assert result["audit"]["disagreements"] == disagreements
+  assert "training examples the control finds likelier" in (
+      pathlib.Path(result["report_dir"]) / "summary.txt").read_text()
 
   # Six noisy steps with sigma 1: the attack proves nothing beyond the ledger's epsilon.
   assert audit["empirical_epsilon_lower_bound"] <= result["epsilon"]
