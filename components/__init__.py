@@ -1,6 +1,6 @@
 """TFX components for DP training (installed as dp_tfx.components), imported the TFX way:
 
-    from dp_tfx.components import DPTrainer, PrivacyAuditor, PrivacyEvaluator
+    from dp_tfx.components import DPTrainer, PoissonBatchGen, PrivacyAuditor, PrivacyEvaluator
 
 Names load on first use (as in dp_tfx), so importing one submodule does not build every component.
 """
@@ -9,6 +9,7 @@ import importlib
 
 _EXPORTS = {
     "DPTrainer": "dp_tfx.components.dp_trainer.component",
+    "PoissonBatchGen": "dp_tfx.components.poisson_batch_gen.component",
     "PrivacyAuditor": "dp_tfx.components.privacy_auditor.component",
     "PrivacyEvaluator": "dp_tfx.components.privacy_evaluator.component",
 }

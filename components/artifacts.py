@@ -65,6 +65,17 @@ class PrivacyLedger(artifact.Artifact):
   TYPE_NAME = "dp_tfx.PrivacyLedger"
 
 
+class PoissonBatches(artifact.Artifact):
+  """PoissonBatchGen's output: step-ordered TFRecord shards of padded Poisson samples and
+  `{uri}/poisson_batches.json` (dp_tfx.poisson_batches.BatchManifest).
+
+  Custom properties (see `record_batch_facts`): dataset_size, sampling_rate, steps, first_step,
+  last_step, manifest_digest.
+  """
+
+  TYPE_NAME = "dp_tfx.PoissonBatches"
+
+
 class PrivacyReport(artifact.Artifact):
   """The PrivacyEvaluator's report: report.json, epsilon.png and summary.txt under `{uri}`."""
 
@@ -282,3 +293,11 @@ def recorded_segments(ledger_artifact: artifact.Artifact) -> Optional[List[Recor
       raise LedgerError(f"{where}: entry {index} is malformed: {str(entry)[:200]}")
     segments.append(RecordedSegment(**entry))
   return segments
+
+
+def record_batch_facts(target: artifact.Artifact, manifest) -> None:
+  """A PoissonBatches artifact's sampling facts in MLMD (dp_tfx.poisson_batches.BatchManifest)."""
+  for name in ("dataset_size", "steps", "first_step", "last_step"):
+    target.set_int_custom_property(name, getattr(manifest, name))
+  target.set_float_custom_property("sampling_rate", manifest.sampling_rate)
+  target.set_string_custom_property("manifest_digest", manifest.digest())

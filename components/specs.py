@@ -35,6 +35,10 @@ CONTROL_MODEL_KEY = "control_model"
 CANARY_FILE_KEY = "canary_file"
 MAX_EXAMPLES_KEY = "max_examples"
 DELTA_KEY = "delta"
+POISSON_BATCHES_KEY = "poisson_batches"
+FIRST_STEP_KEY = "first_step"
+LAST_STEP_KEY = "last_step"
+STEPS_PER_SHARD_KEY = "steps_per_shard"
 # Which splits of the Examples are trained on (members, for the auditor) and evaluated on
 # (non-members), like the splits of TFX Trainer's train_args / eval_args.
 TRAIN_SPLIT_KEY = "train_split"
@@ -76,6 +80,22 @@ class DPTrainerSpec(ComponentSpec):
       MODEL_KEY: ChannelParameter(type=standard_artifacts.Model),
       MODEL_RUN_KEY: ChannelParameter(type=standard_artifacts.ModelRun),
       PRIVACY_LEDGER_KEY: ChannelParameter(type=artifacts.PrivacyLedger),
+  }
+
+
+class PoissonBatchGenSpec(ComponentSpec):
+  PARAMETERS = {
+      DP_CONFIG_KEY: ExecutionParameter(type=str),
+      TRAIN_SPLIT_KEY: ExecutionParameter(type=str, optional=True),
+      FIRST_STEP_KEY: ExecutionParameter(type=int, optional=True),
+      LAST_STEP_KEY: ExecutionParameter(type=int, optional=True),
+      STEPS_PER_SHARD_KEY: ExecutionParameter(type=int, optional=True),
+  }
+  INPUTS = {
+      EXAMPLES_KEY: ChannelParameter(type=standard_artifacts.Examples),
+  }
+  OUTPUTS = {
+      POISSON_BATCHES_KEY: ChannelParameter(type=artifacts.PoissonBatches),
   }
 
 

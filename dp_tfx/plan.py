@@ -17,6 +17,50 @@ from dp_tfx.config import MAX_STEPS, POISSON, DPConfig
 
 
 @dataclasses.dataclass(frozen=True)
+class SamplingPlan:
+  """Which examples each step takes: the part of a plan that batch generation needs (PoissonBatchGen
+  draws every step's sample from it, before any noise is chosen).
+
+  Attributes:
+    dataset_size: N, the number of privacy units (examples) in the training data.
+    batch_size: the expected logical batch size B.
+    sampling_rate: q = B / N.
+    steps: the number of noisy steps planned.
+    physical_batch_size: examples processed at once.
+  """
+
+  dataset_size: int
+  batch_size: int
+  sampling_rate: float
+  steps: int
+  physical_batch_size: int
+
+  @classmethod
+  def from_config(cls, config: DPConfig, dataset_size: int) -> "SamplingPlan":
+    """Resolves a config's batch size, epochs or steps and physical batch against the data.
+
+    Raises:
+      ValueError: if the config does not fit the data (e.g. a batch larger than the dataset).
+    """
+    if not isinstance(dataset_size, int) or dataset_size < 1:
+      raise ValueError(f"the training data must hold at least one example; got {dataset_size!r}")
+    if config.batch_size > dataset_size:
+      raise ValueError(f"DPConfig.batch_size ({config.batch_size}) is larger than the dataset "
+                       f"({dataset_size} examples)")
+    sampling_rate = config.batch_size / dataset_size
+    steps = config.steps or accounting.steps_for_epochs(config.epochs, dataset_size,
+                                                        config.batch_size)
+    if steps > MAX_STEPS:
+      raise ValueError(f"DPConfig.epochs ({config.epochs:g}) gives {steps:.3g} noisy steps on "
+                       f"{dataset_size} examples at batch_size {config.batch_size}, more than the "
+                       f"{MAX_STEPS:,} the accountants handle")
+    return cls(dataset_size=dataset_size, batch_size=config.batch_size,
+               sampling_rate=sampling_rate, steps=steps,
+               physical_batch_size=config.physical_batch_size or default_physical_batch_size(
+                   config.batch_size, sampling_rate, config.sampling))
+
+
+@dataclasses.dataclass(frozen=True)
 class TrainingPlan:
   """DP-SGD as it will run on a dataset of `dataset_size` examples.
 
@@ -55,39 +99,23 @@ class TrainingPlan:
     Raises:
       ValueError: if the config does not fit the data (e.g. a batch larger than the dataset).
     """
-    if not isinstance(dataset_size, int) or dataset_size < 1:
-      raise ValueError(f"the training data must hold at least one example; got {dataset_size!r}")
-    if config.batch_size > dataset_size:
-      raise ValueError(f"DPConfig.batch_size ({config.batch_size}) is larger than the dataset "
-                       f"({dataset_size} examples)")
+    sampling = SamplingPlan.from_config(config, dataset_size)
     if config.num_microbatches is not None and config.num_microbatches > config.batch_size:
       raise ValueError(f"DPConfig.num_microbatches ({config.num_microbatches}) exceeds "
                        f"batch_size ({config.batch_size})")
-    sampling_rate = config.batch_size / dataset_size
-    steps = config.steps or accounting.steps_for_epochs(config.epochs, dataset_size,
-                                                        config.batch_size)
-    if steps > MAX_STEPS:
-      raise ValueError(f"DPConfig.epochs ({config.epochs:g}) gives {steps:.3g} noisy steps on "
-                       f"{dataset_size} examples at batch_size {config.batch_size}, more than the "
-                       f"{MAX_STEPS:,} the accountants handle")
     delta = config.delta if config.delta is not None else 1.0 / dataset_size
     noise_multiplier = config.noise_multiplier
     if noise_multiplier is None:
       noise_multiplier = accounting.calibrate_noise_multiplier(
-          target_epsilon=config.target_epsilon, delta=delta, sampling_rate=sampling_rate,
-          steps=steps, num_microbatches=config.num_microbatches, accountant=accountant,
-          spent=spent)
+          target_epsilon=config.target_epsilon, delta=delta,
+          sampling_rate=sampling.sampling_rate, steps=sampling.steps,
+          num_microbatches=config.num_microbatches, accountant=accountant, spent=spent)
     return cls(
-        dataset_size=dataset_size,
-        batch_size=config.batch_size,
-        sampling_rate=sampling_rate,
-        steps=steps,
+        **dataclasses.asdict(sampling),
         noise_multiplier=float(noise_multiplier),
         l2_norm_clip=float(config.l2_norm_clip),
         num_microbatches=None if config.per_example_clipping else config.num_microbatches,
         sampling=config.sampling,
-        physical_batch_size=config.physical_batch_size or default_physical_batch_size(
-            config.batch_size, sampling_rate, config.sampling),
         delta=delta,
     )
 

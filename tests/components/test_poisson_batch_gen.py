@@ -1,0 +1,133 @@
+"""PoissonBatchGen on Beam's DirectRunner (in-process and two worker processes): N counted
+exactly, every step present in order, each step's sample a Poisson sample of the data, padded."""
+
+import collections
+import math
+
+import numpy as np
+import pytest
+import tensorflow as tf
+from scipy import stats
+
+from dp_tfx import poisson_batches as pb
+from dp_tfx.components import artifacts, specs, testing
+from dp_tfx.components.poisson_batch_gen import PoissonBatchGen
+from dp_tfx.components.poisson_batch_gen import executor as batch_gen_executor
+from dp_tfx.config import DPConfig
+from dp_tfx.plan import SamplingPlan
+
+EXAMPLES = 300
+SIGNIFICANCE = 1e-3
+
+
+def _example(index: int) -> bytes:
+  return tf.train.Example(features=tf.train.Features(feature={
+      "x": tf.train.Feature(float_list=tf.train.FloatList(value=[float(index)])),
+      "label": tf.train.Feature(int64_list=tf.train.Int64List(value=[index % 2])),
+  })).SerializeToString()
+
+
+@pytest.fixture
+def examples(tmp_path):
+  path = tmp_path / "train.tfrecord.gz"
+  with tf.io.TFRecordWriter(str(path), options="GZIP") as writer:
+    for index in range(EXAMPLES):
+      writer.write(_example(index))
+  return testing.examples_artifact(tmp_path / "examples", {"train": path})
+
+
+def _run(examples, directory, config, beam_args=(), **properties):
+  output = artifacts.PoissonBatches()
+  output.uri = str(directory)
+  directory.mkdir()
+  exec_properties = {specs.DP_CONFIG_KEY: config.to_json(), **properties}
+  batch_gen_executor.Executor(
+      batch_gen_executor.Executor.Context(beam_pipeline_args=list(beam_args))).Do(
+      {specs.EXAMPLES_KEY: [examples]}, {specs.POISSON_BATCHES_KEY: [output]}, exec_properties)
+  return output
+
+
+def _steps(directory, manifest):
+  """step -> (sampled examples, padding count), read back from the shards in file order."""
+  read = []
+  for shard in manifest.shards:
+    path = str(directory / shard.file)
+    assert pb.file_sha256(path) == shard.sha256
+    dataset = tf.data.TFRecordDataset(path, compression_type="GZIP")
+    parsed = [tf.io.parse_single_example(r, pb.RECORD_SPEC) for r in dataset]
+    assert len(parsed) == shard.records
+    read += [(int(p[pb.STEP_FEATURE]), int(p[pb.MASK_FEATURE]), p[pb.EXAMPLE_FEATURE].numpy())
+             for p in parsed]
+  steps = collections.OrderedDict()
+  for step, mask, example in read:
+    sample, padding = steps.setdefault(step, ([], [0]))
+    if mask:
+      assert not padding[0], "padding comes after the sample"
+      sample.append(example)
+    else:
+      padding[0] += 1
+  return read, {step: (sample, padding[0]) for step, (sample, padding) in steps.items()}
+
+
+@pytest.mark.parametrize("beam_args", [
+    (), ("--direct_num_workers=2", "--direct_running_mode=multi_processing")],
+    ids=["in_process", "two_workers"])
+def test_every_step_is_a_padded_poisson_sample_of_the_data(tmp_path, examples, beam_args):
+  config = DPConfig(noise_multiplier=1.0, batch_size=30, steps=60, physical_batch_size=24)
+  output = _run(examples, tmp_path / "batches", config, beam_args, steps_per_shard=25)
+  manifest = pb.BatchManifest.load(output.uri)
+  plan = SamplingPlan.from_config(config, EXAMPLES)
+  assert (manifest.dataset_size, manifest.sampling_rate, manifest.steps,
+          manifest.physical_batch_size) == (EXAMPLES, 0.1, 60, 24)
+  assert (plan.sampling_rate, plan.steps, plan.physical_batch_size) == (0.1, 60, 24)
+  assert [(s.first_step, s.last_step) for s in manifest.shards] == [(0, 25), (25, 50), (50, 60)]
+  assert output.get_string_custom_property("manifest_digest") == manifest.digest()
+  assert output.get_int_custom_property("dataset_size") == EXAMPLES
+
+  read, steps = _steps(tmp_path / "batches", manifest)
+  assert list(steps) == list(range(60))  # every step once, in order
+  data = {_example(i) for i in range(EXAMPLES)}
+  padding_example = min(data)
+  inclusions = collections.Counter()
+  for step, (sample, padding) in steps.items():
+    assert set(sample) <= data and len(set(sample)) == len(sample)  # no example twice in a step
+    assert (len(sample) + padding) % 24 == 0 and len(sample) + padding >= 24
+    assert padding < 24 or not sample  # whole physical batches, no more
+    inclusions.update(sample)
+  assert all(example == padding_example for _, mask, example in read if not mask)
+  # Sample sizes ~ Binomial(N, q) per step; each example's inclusions ~ Binomial(steps, q).
+  sizes = np.array([len(sample) for sample, _ in steps.values()])
+  chi2 = np.sum((sizes - 30) ** 2 / (30 * 0.9))
+  assert stats.chi2.sf(chi2, 60) > SIGNIFICANCE
+  counts = np.array([inclusions[example] for example in data])
+  assert abs(counts.mean() - 6) < 4 * math.sqrt(60 * 0.1 * 0.9 / EXAMPLES)
+
+
+def test_a_range_of_steps_and_runs_that_never_repeat_their_samples(tmp_path, examples):
+  config = DPConfig(noise_multiplier=1.0, batch_size=30, steps=60)
+  first = _run(examples, tmp_path / "a", config, first_step=10, last_step=20)
+  manifest = pb.BatchManifest.load(first.uri)
+  assert (manifest.first_step, manifest.last_step, manifest.steps) == (10, 20, 60)
+  _, steps = _steps(tmp_path / "a", manifest)
+  assert list(steps) == list(range(10, 20))
+  # No seed: a second run draws other samples (equal by chance with negligible probability).
+  second = _run(examples, tmp_path / "b", config, first_step=10, last_step=20)
+  _, again = _steps(tmp_path / "b", pb.BatchManifest.load(second.uri))
+  assert [sorted(s) for s, _ in steps.values()] != [sorted(s) for s, _ in again.values()]
+
+
+def test_steps_outside_the_plan_are_refused(tmp_path, examples):
+  config = DPConfig(noise_multiplier=1.0, batch_size=30, steps=60)
+  with pytest.raises(ValueError, match=r"steps \[50, 70\) are not a range within the plan's 60"):
+    _run(examples, tmp_path / "a", config, first_step=50, last_step=70)
+
+
+def test_the_component_checks_its_arguments():
+  config = DPConfig(noise_multiplier=1.0, batch_size=30, steps=60)
+  with pytest.raises(ValueError, match="draws Poisson samples"):
+    PoissonBatchGen(examples=None, dp_config=DPConfig(noise_multiplier=1.0, batch_size=30,
+                                                      steps=60, sampling="shuffle"))
+  with pytest.raises(ValueError, match="last_step .* must be above first_step"):
+    PoissonBatchGen(examples=None, dp_config=config, first_step=5, last_step=5)
+  with pytest.raises(ValueError, match="steps_per_shard must be"):
+    PoissonBatchGen(examples=None, dp_config=config, steps_per_shard=True)
