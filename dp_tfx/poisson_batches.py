@@ -6,9 +6,10 @@ for each example, the steps whose sample includes it; a group-by-step collects e
 each sample is padded. Each example joins each step independently with probability q, drawn as
 geometric gaps between its inclusions (`inclusion_steps`: O(expected inclusions), not O(steps)).
 
-A step's records are its sample, then masked copies of a padding example up to a whole number of
+A step's record holds its sample, then masked copies of a padding example up to a whole number of
 physical batches (at least one: a step with an empty sample still adds its noise). Nothing is
-truncated. Steps are written in order, in TFRecord shards of consecutive steps; the manifest
+truncated. Steps are written in order, a record each, in TFRecord shards of consecutive steps
+(memory to read one: a step's sample); the manifest
 (`BatchManifest`) records the facts the accountant needs (N, q, steps) and each shard's digest.
 The sampling randomness comes from the OS and is written nowhere.
 """
@@ -20,7 +21,7 @@ import hashlib
 import json
 import math
 import os
-from typing import List, Sequence, Tuple
+from typing import Sequence, Tuple
 
 import numpy as np
 import tensorflow as tf
@@ -30,14 +31,15 @@ from dp_tfx.checks import is_finite_number, is_int, unknown_fields
 
 MANIFEST_FILE = "poisson_batches.json"
 FORMAT_VERSION = 1
-# The features of a batch record (a tf.Example): its step, 1 for a sampled example and 0 for
-# padding, and the example itself as the Examples artifact holds it (serialized).
+# A step's record (a tf.Example): its number, its slots (the sampled examples as the Examples
+# artifact holds them, serialized, then copies of the padding example) and their mask (1 for a
+# sampled example, 0 for padding).
 STEP_FEATURE = "dp_tfx_step"
+EXAMPLES_FEATURE = "dp_tfx_examples"
 MASK_FEATURE = "dp_tfx_mask"
-EXAMPLE_FEATURE = "dp_tfx_example"
 RECORD_SPEC = {STEP_FEATURE: tf.io.FixedLenFeature([], tf.int64),
-               MASK_FEATURE: tf.io.FixedLenFeature([], tf.int64),
-               EXAMPLE_FEATURE: tf.io.FixedLenFeature([], tf.string)}
+               EXAMPLES_FEATURE: tf.io.RaggedFeature(tf.string),
+               MASK_FEATURE: tf.io.RaggedFeature(tf.int64)}
 
 
 def inclusion_steps(rng: np.random.Generator, sampling_rate: float, first_step: int,
@@ -59,33 +61,37 @@ def inclusion_steps(rng: np.random.Generator, sampling_rate: float, first_step: 
   return np.concatenate(found) if found else np.zeros([0], np.int64)
 
 
-def batch_record(step: int, mask: int, example: bytes) -> bytes:
-  """One slot of a step's padded sample, as a serialized tf.Example."""
+def step_record(step: int, sample: Sequence[bytes], physical_batch_size: int,
+                padding_example: bytes) -> bytes:
+  """A step's record: its sample, then masked padding up to whole physical batches (>= 1)."""
+  slots = max(1, math.ceil(len(sample) / physical_batch_size)) * physical_batch_size
+  padding = slots - len(sample)
   feature = tf.train.Feature
   return tf.train.Example(features=tf.train.Features(feature={
       STEP_FEATURE: feature(int64_list=tf.train.Int64List(value=[step])),
-      MASK_FEATURE: feature(int64_list=tf.train.Int64List(value=[mask])),
-      EXAMPLE_FEATURE: feature(bytes_list=tf.train.BytesList(value=[example])),
+      EXAMPLES_FEATURE: feature(bytes_list=tf.train.BytesList(
+          value=list(sample) + [padding_example] * padding)),
+      MASK_FEATURE: feature(int64_list=tf.train.Int64List(value=[1] * len(sample) +
+                                                          [0] * padding)),
   })).SerializeToString()
 
 
-def padded_step(step: int, sample: Sequence[bytes], physical_batch_size: int,
-                padding_example: bytes) -> List[bytes]:
-  """A step's records: its sample, then masked padding up to whole physical batches (>= 1)."""
-  slots = max(1, math.ceil(len(sample) / physical_batch_size)) * physical_batch_size
-  return ([batch_record(step, 1, example) for example in sample] +
-          [batch_record(step, 0, padding_example)] * (slots - len(sample)))
+def parse_step_record(record: tf.Tensor) -> tuple:
+  """(step, [L] serialized examples, [L] float32 mask) of one step's record."""
+  parsed = tf.io.parse_single_example(record, RECORD_SPEC)
+  return (parsed[STEP_FEATURE], parsed[EXAMPLES_FEATURE],
+          tf.cast(parsed[MASK_FEATURE], tf.float32))
 
 
 @dataclasses.dataclass(frozen=True)
 class Shard:
-  """One file of consecutive steps [first_step, last_step): `records` records, and the sha256 of
-  the file's bytes."""
+  """One file of consecutive steps [first_step, last_step), a record each: `sampled` examples in
+  all (padding aside), and the sha256 of the file's bytes."""
 
   file: str
   first_step: int
   last_step: int
-  records: int
+  sampled: int
   sha256: str
 
   def __post_init__(self):
@@ -96,9 +102,8 @@ class Shard:
             0 <= self.first_step < self.last_step):
       raise ValueError(f"shard {self.file}: steps [{self.first_step!r}, {self.last_step!r}) are "
                        f"not a range")
-    if not (is_int(self.records) and self.records >= self.last_step - self.first_step):
-      raise ValueError(f"shard {self.file}: {self.records!r} records cannot hold steps "
-                       f"[{self.first_step}, {self.last_step}) (each has at least one batch)")
+    if not (is_int(self.sampled) and self.sampled >= 0):
+      raise ValueError(f"shard {self.file}: sampled must be an int >= 0; got {self.sampled!r}")
     if not (isinstance(self.sha256, str) and len(self.sha256) == 64):
       raise ValueError(f"shard {self.file}: {self.sha256!r} is not a sha256")
 
@@ -202,16 +207,14 @@ def shard_name(first_step: int, last_step: int) -> str:
 
 def write_shard(directory: str, first_step: int, last_step: int,
                 samples: dict, physical_batch_size: int, padding_example: bytes) -> Shard:
-  """Writes steps [first_step, last_step) in order, each padded (`samples`: step -> its sampled
-  examples; a step missing from it sampled none)."""
+  """Writes steps [first_step, last_step) in order, a record each (`samples`: step -> its
+  sampled examples; a step missing from it sampled none)."""
   name = shard_name(first_step, last_step)
   path = os.path.join(directory, name)
-  records = 0
   with tf.io.TFRecordWriter(path, options="GZIP") as writer:
     for step in range(first_step, last_step):
-      for record in padded_step(step, samples.get(step, ()), physical_batch_size,
-                                padding_example):
-        writer.write(record)
-        records += 1
-  return Shard(file=name, first_step=first_step, last_step=last_step, records=records,
+      writer.write(step_record(step, samples.get(step, ()), physical_batch_size,
+                               padding_example))
+  return Shard(file=name, first_step=first_step, last_step=last_step,
+               sampled=sum(len(samples.get(step, ())) for step in range(first_step, last_step)),
                sha256=file_sha256(path))

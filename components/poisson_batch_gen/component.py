@@ -19,9 +19,9 @@ Parameters:
     physical_batch_size fix q, the steps and the padding exactly as the DPTrainer plans them.
   train_split: the split to sample (default "train").
   first_step, last_step: the range of steps to write (default: all the plan's steps).
-  steps_per_shard: consecutive steps per TFRecord file (default: about 100,000 records).
+  steps_per_shard: consecutive steps per TFRecord file (default: about 100,000 examples).
 Outputs:
-  poisson_batches: TFRecord shards of batch records (dp_tfx.poisson_batches) and
+  poisson_batches: TFRecord shards of step records (dp_tfx.poisson_batches) and
     poisson_batches.json, the manifest: N, q, steps, physical batch, each shard's sha256. Custom
     properties: dataset_size, sampling_rate, steps, first_step, last_step, manifest_digest.
 

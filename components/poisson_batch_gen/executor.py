@@ -28,8 +28,8 @@ from dp_tfx.components.model_io import TRAIN_SPLIT, split_file_patterns
 from dp_tfx.config import DPConfig
 from dp_tfx.plan import SamplingPlan
 
-# Shards hold about this many records (sampled and padding), unless steps_per_shard says.
-_RECORDS_PER_SHARD = 100_000
+# Shards hold about this many examples (sampled and padding), unless steps_per_shard says.
+_EXAMPLES_PER_SHARD = 100_000
 # Where a Beam pipeline leaves its small result for the executor (then removed).
 _RESULT_FILE = "_beam_result.json"
 
@@ -53,7 +53,7 @@ class Executor(base_beam_executor.BaseBeamExecutor):
       raise ValueError(f"steps [{first_step}, {last_step}) are not a range within the plan's "
                        f"{sampling.steps} steps")
     steps_per_shard = exec_properties.get(specs.STEPS_PER_SHARD_KEY) or max(
-        1, _RECORDS_PER_SHARD // sampling.physical_batch_size)
+        1, _EXAMPLES_PER_SHARD // sampling.physical_batch_size)
     logging.info("PoissonBatchGen: %d examples, q = %.4g, steps [%d, %d) of %d, %d steps per "
                  "shard", dataset_size, sampling.sampling_rate, first_step, last_step,
                  sampling.steps, steps_per_shard)
@@ -72,8 +72,9 @@ class Executor(base_beam_executor.BaseBeamExecutor):
         shards=tuple(written[first] for first, _ in shard_ranges))
     manifest.save(output.uri)
     artifacts.record_batch_facts(output, manifest)
-    logging.info("PoissonBatchGen: wrote %d records in %d shards, manifest %s",
-                 sum(s.records for s in manifest.shards), len(manifest.shards), manifest.digest())
+    logging.info("PoissonBatchGen: wrote %d steps (%d sampled examples) in %d shards, manifest %s",
+                 last_step - first_step, sum(s.sampled for s in manifest.shards),
+                 len(manifest.shards), manifest.digest())
 
   def _records(self, pipeline, patterns) -> beam.PCollection:
     reads = [pipeline | f"Read{i}" >> beam.io.ReadFromTFRecord(

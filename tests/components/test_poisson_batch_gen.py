@@ -48,25 +48,23 @@ def _run(examples, directory, config, beam_args=(), **properties):
 
 
 def _steps(directory, manifest):
-  """step -> (sampled examples, padding count), read back from the shards in file order."""
-  read = []
+  """step -> (sampled examples, padding count), read back from the shards in file order, and
+  the padding examples."""
+  steps, padding_examples = {}, set()
   for shard in manifest.shards:
     path = str(directory / shard.file)
     assert pb.file_sha256(path) == shard.sha256
-    dataset = tf.data.TFRecordDataset(path, compression_type="GZIP")
-    parsed = [tf.io.parse_single_example(r, pb.RECORD_SPEC) for r in dataset]
-    assert len(parsed) == shard.records
-    read += [(int(p[pb.STEP_FEATURE]), int(p[pb.MASK_FEATURE]), p[pb.EXAMPLE_FEATURE].numpy())
-             for p in parsed]
-  steps = collections.OrderedDict()
-  for step, mask, example in read:
-    sample, padding = steps.setdefault(step, ([], [0]))
-    if mask:
-      assert not padding[0], "padding comes after the sample"
-      sample.append(example)
-    else:
-      padding[0] += 1
-  return read, {step: (sample, padding[0]) for step, (sample, padding) in steps.items()}
+    sampled = 0
+    for record in tf.data.TFRecordDataset(path, compression_type="GZIP"):
+      step, examples, mask = (t.numpy() for t in pb.parse_step_record(record))
+      assert int(step) not in steps
+      count = int(mask.sum())
+      assert list(mask) == [1] * count + [0] * (len(mask) - count)  # the sample, then padding
+      steps[int(step)] = (list(examples[:count]), len(mask) - count)
+      padding_examples.update(examples[count:])
+      sampled += count
+    assert sampled == shard.sampled
+  return steps, padding_examples
 
 
 @pytest.mark.parametrize("beam_args", [
@@ -84,7 +82,7 @@ def test_every_step_is_a_padded_poisson_sample_of_the_data(tmp_path, examples, b
   assert output.get_string_custom_property("manifest_digest") == manifest.digest()
   assert output.get_int_custom_property("dataset_size") == EXAMPLES
 
-  read, steps = _steps(tmp_path / "batches", manifest)
+  steps, padding_examples = _steps(tmp_path / "batches", manifest)
   assert list(steps) == list(range(60))  # every step once, in order
   data = {_example(i) for i in range(EXAMPLES)}
   padding_example = min(data)
@@ -94,7 +92,7 @@ def test_every_step_is_a_padded_poisson_sample_of_the_data(tmp_path, examples, b
     assert (len(sample) + padding) % 24 == 0 and len(sample) + padding >= 24
     assert padding < 24 or not sample  # whole physical batches, no more
     inclusions.update(sample)
-  assert all(example == padding_example for _, mask, example in read if not mask)
+  assert padding_examples == {padding_example}
   # Sample sizes ~ Binomial(N, q) per step; each example's inclusions ~ Binomial(steps, q).
   sizes = np.array([len(sample) for sample, _ in steps.values()])
   chi2 = np.sum((sizes - 30) ** 2 / (30 * 0.9))
@@ -108,11 +106,11 @@ def test_a_range_of_steps_and_runs_that_never_repeat_their_samples(tmp_path, exa
   first = _run(examples, tmp_path / "a", config, first_step=10, last_step=20)
   manifest = pb.BatchManifest.load(first.uri)
   assert (manifest.first_step, manifest.last_step, manifest.steps) == (10, 20, 60)
-  _, steps = _steps(tmp_path / "a", manifest)
+  steps, _ = _steps(tmp_path / "a", manifest)
   assert list(steps) == list(range(10, 20))
   # No seed: a second run draws other samples (equal by chance with negligible probability).
   second = _run(examples, tmp_path / "b", config, first_step=10, last_step=20)
-  _, again = _steps(tmp_path / "b", pb.BatchManifest.load(second.uri))
+  again, _ = _steps(tmp_path / "b", pb.BatchManifest.load(second.uri))
   assert [sorted(s) for s, _ in steps.values()] != [sorted(s) for s, _ in again.values()]
 
 

@@ -64,18 +64,16 @@ def test_a_rate_outside_zero_one_is_refused(rate):
     pb.inclusion_steps(np.random.default_rng(0), rate, 0, 10)
 
 
-def _parse(records):
-  parsed = tf.io.parse_example(tf.constant(records), pb.RECORD_SPEC)
-  return [(int(s), int(m), e) for s, m, e in zip(parsed[pb.STEP_FEATURE].numpy(),
-                                                 parsed[pb.MASK_FEATURE].numpy(),
-                                                 parsed[pb.EXAMPLE_FEATURE].numpy())]
+def _parse(record):
+  step, examples, mask = pb.parse_step_record(tf.constant(record))
+  return int(step), list(examples.numpy()), list(mask.numpy())
 
 
 def test_a_step_is_its_sample_then_masked_padding_to_whole_physical_batches():
-  assert _parse(pb.padded_step(3, [b"a", b"b", b"c"], 2, b"pad")) == [
-      (3, 1, b"a"), (3, 1, b"b"), (3, 1, b"c"), (3, 0, b"pad")]
-  assert _parse(pb.padded_step(4, [], 2, b"pad")) == [(4, 0, b"pad"), (4, 0, b"pad")]
-  assert len(pb.padded_step(5, [b"a", b"b"], 2, b"pad")) == 2
+  assert _parse(pb.step_record(3, [b"a", b"b", b"c"], 2, b"pad")) == (
+      3, [b"a", b"b", b"c", b"pad"], [1, 1, 1, 0])
+  assert _parse(pb.step_record(4, [], 2, b"pad")) == (4, [b"pad", b"pad"], [0, 0])
+  assert _parse(pb.step_record(5, [b"a", b"b"], 2, b"pad")) == (5, [b"a", b"b"], [1, 1])
 
 
 def _manifest(tmp_path):
@@ -91,15 +89,15 @@ def test_shards_hold_their_steps_in_order_with_their_digests(tmp_path):
   manifest.save(tmp_path)
   loaded = pb.BatchManifest.load(tmp_path)
   assert loaded == manifest and loaded.digest() == manifest.digest()
+  assert [shard.sampled for shard in loaded.shards] == [3, 1]
   records = []
   for shard in loaded.shards:
     path = str(tmp_path / shard.file)
     assert pb.file_sha256(path) == shard.sha256
-    shard_records = [r.numpy() for r in tf.data.TFRecordDataset(path, compression_type="GZIP")]
-    assert len(shard_records) == shard.records
-    records += shard_records
-  assert _parse(records) == [(0, 1, b"x"), (0, 1, b"y"), (0, 1, b"z"), (0, 0, b"pad"),
-                             (1, 0, b"pad"), (1, 0, b"pad"), (2, 1, b"w"), (2, 0, b"pad")]
+    records += [r.numpy() for r in tf.data.TFRecordDataset(path, compression_type="GZIP")]
+  assert [_parse(record) for record in records] == [
+      (0, [b"x", b"y", b"z", b"pad"], [1, 1, 1, 0]), (1, [b"pad", b"pad"], [0, 0]),
+      (2, [b"w", b"pad"], [1, 0])]
 
 
 @pytest.mark.parametrize("edit, message", [
@@ -107,7 +105,7 @@ def test_shards_hold_their_steps_in_order_with_their_digests(tmp_path):
     (lambda d: d.update(last_step=6), "not a range within the plan"),
     (lambda d: d["shards"].pop(0), "starts at step 2, not at 0"),
     (lambda d: d["shards"].pop(), "end at step 2, not at 3"),
-    (lambda d: d["shards"][0].update(records=1), "cannot hold steps"),
+    (lambda d: d["shards"][0].update(sampled=-1), "sampled must be"),
     (lambda d: d["shards"][0].update(file="../elsewhere.gz"), "a file name"),
     (lambda d: d.update(format_version=2), "unsupported"),
     (lambda d: d.update(seed=1), "unknown BatchManifest field"),
@@ -130,7 +128,7 @@ def test_the_digest_names_every_fact():
 
 
 def _manifest_without_files():
-  shard = pb.Shard(file=pb.shard_name(0, 3), first_step=0, last_step=3, records=3,
+  shard = pb.Shard(file=pb.shard_name(0, 3), first_step=0, last_step=3, sampled=3,
                    sha256="0" * 64)
   return pb.BatchManifest(dataset_size=10, batch_size=2, sampling_rate=0.2, steps=5,
                           first_step=0, last_step=3, physical_batch_size=1, shards=(shard,))
