@@ -29,6 +29,7 @@ from dp_tfx import accounting, clipping, dp_step, keys, noise, sampling
 from dp_tfx.config import DPConfig
 from dp_tfx.ledger import EXAMPLE, PrivacyLedger, dataset_fingerprint
 from dp_tfx.plan import TrainingPlan
+from dp_tfx.poisson_batches import PoissonBatchStream
 from dp_tfx.policy import PrivacyPolicy, refuse_unless_blessable, verification_key
 
 EPSILON_LOG_KEY = "epsilon"
@@ -67,6 +68,34 @@ def per_example_loss(loss: Any):
     return tf.cast(values, tf.float32)
 
   return losses
+
+
+class _ExampleArrays:
+  """Training data held in memory: each step's Poisson (or shuffled) sample is gathered from the
+  arrays by the input pipeline (sampling.logical_batches). PoissonBatchStream is the same for
+  data that does not fit: samples drawn ahead on Beam, read a step at a time."""
+
+  def __init__(self, features, labels):
+    self.features, self.labels = features, labels
+    self.dataset_size = len(labels)
+    self.fingerprint = dataset_fingerprint(features, labels)
+
+  def example_batch(self, size: int = 2) -> tuple:
+    return tf.nest.map_structure(lambda a: a[:size], self.features), self.labels[:size]
+
+  def logical_batches(self, plan, key, first_step, last_step, pad_multiple=None,
+                      step_noise=None) -> tf.data.Dataset:
+    return sampling.logical_batches(self.features, self.labels, plan, key, first_step, last_step,
+                                    pad_multiple=pad_multiple, step_noise=step_noise)
+
+
+def _training_data(x, y):
+  """A PoissonBatchStream as it is; arrays, dicts of arrays or a dataset of examples in memory."""
+  if isinstance(x, PoissonBatchStream):
+    if y is not None:
+      raise ValueError("a PoissonBatchStream carries its labels; call fit(stream) without y")
+    return x
+  return _ExampleArrays(*_materialize(x, y))
 
 
 def _materialize(x, y):
@@ -226,8 +255,8 @@ class DPModel(keras.Model):
       raise TypeError(f"unexpected fit arguments {sorted(kwargs)}")
     if self._loss_fn is None:
       raise RuntimeError("compile the DP model (optimizer, loss) before fit")
-    features, labels = _materialize(x, y)
-    self._prepare(features, labels)
+    data = _training_data(x, y)
+    self._prepare(data)
     replicas = self._replicas()
     done = int(self.noisy_steps.numpy())
     remaining = self.plan.steps - done
@@ -247,13 +276,13 @@ class DPModel(keras.Model):
     steps = min(remaining, epochs * per_epoch)
     seeded = self.dp_config.seed is not None
     # Everything that could make this run worthless is checked before its first counted step.
-    self._rehearse_step(features, labels)
+    self._rehearse_step(data)
     if self._policy is not None:  # refused here, a run leaves nothing in the ledger
       self.privacy_ledger.refresh()  # runs recorded or reserved since this model opened it
       refuse_unless_blessable(self._policy, self.privacy_ledger.if_trained(self.plan, steps,
                                                                            seeded))
     self._key.assign(self._segment_key())
-    dataset = self._distributed_batches(features, labels, done, done + steps, replicas)
+    dataset = self._distributed_batches(data, done, done + steps, replicas)
     # This fit's reservation: until it ends, other runs' pre-checks count these steps as spent.
     self.privacy_ledger.start_segment(self.plan, seeded=seeded, steps=steps)
     heartbeat = None
@@ -297,20 +326,19 @@ class DPModel(keras.Model):
                          f"be a multiple of the {replicas} replicas")
     return replicas
 
-  def _distributed_batches(self, features, labels, first_step, last_step, replicas):
-    """The steps' logical batches (sampling.logical_batches); with R replicas, each cut into R
+  def _distributed_batches(self, data, first_step, last_step, replicas):
+    """The steps' logical batches (`data.logical_batches`); with R replicas, each cut into R
     slices (sampling.replica_slices) and distributed by the model's strategy."""
     pad_multiple = (self.plan.physical_batch_size if self.jit_compile
                     else _PAD_MULTIPLE_WITHOUT_XLA * replicas)
     key = tf.constant(self._key.numpy())
     if replicas > 1:  # each replica draws its own noise in its step
-      batches = sampling.logical_batches(features, labels, self.plan, key, first_step, last_step,
-                                         pad_multiple=pad_multiple)
+      batches = data.logical_batches(self.plan, key, first_step, last_step,
+                                     pad_multiple=pad_multiple)
       slices = sampling.replica_slices(batches, last_step - first_step, replicas)
       return self.distribute_strategy.distribute_datasets_from_function(lambda _: slices)
-    return sampling.logical_batches(features, labels, self.plan, key, first_step, last_step,
-                                    pad_multiple=pad_multiple,
-                                    step_noise=self._pipeline_noise(key))
+    return data.logical_batches(self.plan, key, first_step, last_step, pad_multiple=pad_multiple,
+                                step_noise=self._pipeline_noise(key))
 
   def _pipeline_noise(self, key):
     """step -> that step's noise, for the input pipeline to draw while the previous step trains
@@ -324,10 +352,9 @@ class DPModel(keras.Model):
     stddev = self.plan.noise_multiplier * self.plan.l2_norm_clip
     return lambda step: noise.gaussian_noise(shapes, dtypes, stddev, key, step)
 
-  def _prepare(self, features, labels):
+  def _prepare(self, data):
     """Fixes the plan and the ledger on the first fit; later fits must use the same data."""
-    fingerprint = dataset_fingerprint(features, labels)
-    size = len(labels)
+    fingerprint, size = data.fingerprint, data.dataset_size
     if self.plan is None:
       if self._ledger_history is not None:
         # Under a policy that requires signatures, an unsigned record there is found now, not
@@ -345,7 +372,7 @@ class DPModel(keras.Model):
       raise ValueError("this DP model was trained on other data; its plan and ledger describe "
                        "that data. Make a new DP model (and ledger) for new data")
     if not self.model.built:
-      self.model(tf.nest.map_structure(lambda a: a[:1], features))
+      self.model(data.example_batch(1)[0])
     if self._taps is None or self._taps.static_shapes != bool(self.jit_compile):
       self._taps = clipping.GradientTaps(self.model, static_shapes=bool(self.jit_compile))
 
@@ -358,12 +385,11 @@ class DPModel(keras.Model):
     spent = ledger.dp_event() if ledger.noisy_steps else None
     return TrainingPlan.from_config(config, size, self.accountant, spent=spent)
 
-  def _rehearse_step(self, features, labels) -> None:
+  def _rehearse_step(self, data) -> None:
     """One forward and backward pass, with the metrics, on two examples of zeros: a loss with
     one value per batch, a model the taps refuse or metrics that do not fit the labels then fail
     here, before a counted step, and no private value is touched."""
-    zeros = lambda a: np.zeros_like(a[:2])
-    x, y = tf.nest.map_structure(zeros, features), zeros(labels)
+    x, y = tf.nest.map_structure(np.zeros_like, data.example_batch(2))
     mask = tf.ones([len(y)])
     grads = self._taps.backward(x, y, self._loss_fn, mask)
     self.compute_metrics(x, y, grads.predictions, sample_weight=mask)

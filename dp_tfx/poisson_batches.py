@@ -21,13 +21,14 @@ import hashlib
 import json
 import math
 import os
-from typing import Sequence, Tuple
+from typing import Callable, Optional, Sequence, Tuple
 
 import numpy as np
 import tensorflow as tf
 
-from dp_tfx import files
+from dp_tfx import files, sampling
 from dp_tfx.checks import is_finite_number, is_int, unknown_fields
+from dp_tfx.config import POISSON
 
 MANIFEST_FILE = "poisson_batches.json"
 FORMAT_VERSION = 1
@@ -218,3 +219,100 @@ def write_shard(directory: str, first_step: int, last_step: int,
   return Shard(file=name, first_step=first_step, last_step=last_step,
                sampled=sum(len(samples.get(step, ())) for step in range(first_step, last_step)),
                sha256=file_sha256(path))
+
+
+# serialized examples [L] -> (features, labels): e.g. a user module's feature_spec and decode.
+DecodeFn = Callable[[tf.Tensor], tuple]
+
+
+class PoissonBatchStream:
+  """Training data as PoissonBatchGen wrote it, for `DPModel.fit(stream)`: each step's sample is
+  read from the shards when that step comes, so memory holds a few steps, whatever N is.
+
+  Args:
+    directory: the batches' directory (a PoissonBatches artifact's uri).
+    decode: [L] serialized examples -> (features, labels), as training wants them.
+  Raises:
+    ValueError: if the manifest is missing or malformed, or a shard's bytes are not the ones
+      it records (checked when the stream opens: a shard changed since it was written would
+      feed samples the manifest does not describe).
+  """
+
+  def __init__(self, directory, decode: DecodeFn):
+    self.directory = os.fspath(directory)
+    self.manifest = BatchManifest.load(self.directory)
+    self._decode = decode
+    for shard in self.manifest.shards:
+      actual = file_sha256(os.path.join(self.directory, shard.file))
+      if actual != shard.sha256:
+        raise ValueError(f"Poisson batch shard {shard.file} in {self.directory} is not the one "
+                         f"the manifest records (sha256 {actual}, recorded {shard.sha256})")
+
+  @property
+  def fingerprint(self) -> str:
+    """Names the data in the ledger: the manifest's digest (and through it every shard's)."""
+    return self.manifest.digest()
+
+  @property
+  def dataset_size(self) -> int:
+    return self.manifest.dataset_size
+
+  def example_batch(self, size: int = 2) -> tuple:
+    """(features, labels) of `size` copies of the padding example: real shapes and dtypes, for
+    building the model and checking a step before any sample is read."""
+    first = os.path.join(self.directory, self.manifest.shards[0].file)
+    record = next(iter(tf.data.TFRecordDataset(first, compression_type="GZIP")))
+    _, examples, _ = parse_step_record(record)
+    return self._decode(tf.repeat(examples[-1:], size))
+
+  def logical_batches(self, plan, key, first_step: int, last_step: int,
+                      pad_multiple: Optional[int] = None,
+                      step_noise: Optional[Callable] = None) -> tf.data.Dataset:
+    """As sampling.logical_batches for data in memory: the steps' samples for `plan` (a
+    TrainingPlan), which must be the plan the batches were drawn for. `key` is not used: the
+    samples were drawn with the OS's randomness."""
+    del key
+    manifest = self.manifest
+    drawn_for = (manifest.dataset_size, manifest.sampling_rate, manifest.steps,
+                 manifest.physical_batch_size)
+    planned = (plan.dataset_size, plan.sampling_rate, plan.steps, plan.physical_batch_size)
+    if plan.sampling != POISSON or drawn_for != planned:
+      raise ValueError(f"the Poisson batches in {self.directory} were drawn for another plan: "
+                       f"(N, q, steps, physical batch) {drawn_for}, this run plans {planned} "
+                       f"with {plan.sampling} sampling")
+    batches = self.steps(first_step, last_step, pad_multiple)
+    return sampling.with_step_noise(batches, first_step, last_step, step_noise).prefetch(
+        tf.data.AUTOTUNE)
+
+  def steps(self, first_step: int, last_step: int,
+            pad_multiple: Optional[int] = None) -> tf.data.Dataset:
+    """(features, labels, mask) for each step of [first_step, last_step), in order; with
+    `pad_multiple` (a divisor of the physical batch) a step's padding is cut to a multiple of it.
+
+    Raises:
+      ValueError: if the batches do not hold those steps. While reading, a record out of order
+        (a step skipped or repeated) stops training with an error.
+    """
+    if not self.manifest.first_step <= first_step < last_step <= self.manifest.last_step:
+      raise ValueError(f"the Poisson batches in {self.directory} hold steps "
+                       f"[{self.manifest.first_step}, {self.manifest.last_step}); training "
+                       f"needs [{first_step}, {last_step})")
+    files = [os.path.join(self.directory, shard.file) for shard in self.manifest.shards
+             if shard.first_step < last_step and shard.last_step > first_step]
+    records = tf.data.TFRecordDataset(files, compression_type="GZIP").map(parse_step_record)
+    records = records.filter(lambda step, *_: (step >= first_step) & (step < last_step))
+
+    def checked(record, expected_step):
+      step, examples, mask = record
+      if pad_multiple is not None:  # the sample comes first: only padding is cut
+        sampled = tf.cast(tf.reduce_sum(mask), tf.int32)
+        kept = tf.maximum(1, (sampled + pad_multiple - 1) // pad_multiple) * pad_multiple
+        examples, mask = examples[:kept], mask[:kept]
+      with tf.control_dependencies([tf.debugging.assert_equal(
+          step, expected_step, message="the Poisson batches skip or repeat a step")]):
+        features, labels = self._decode(tf.identity(examples))
+      return features, labels, mask
+
+    expected = tf.data.Dataset.range(first_step, last_step)
+    return tf.data.Dataset.zip((records, expected)).map(checked,
+                                                        num_parallel_calls=tf.data.AUTOTUNE)

@@ -102,13 +102,23 @@ def logical_batches(features, labels, plan, key: tf.Tensor, first_step: int,
       indices = shuffled_indices(key, step, plan.dataset_size, plan.batch_size)
     indices, mask = pad_indices(indices, pad_multiple or plan.physical_batch_size)
     gather = lambda tensor: tf.gather(tensor, indices)
-    batch = tf.nest.map_structure(gather, features), gather(labels), mask
-    # A tuple: tf.data would stack a list into one tensor.
-    return batch if step_noise is None else (*batch, tuple(step_noise(step)))
+    return tf.nest.map_structure(gather, features), gather(labels), mask
 
-  return (tf.data.Dataset.range(first_step, last_step)
-          .map(select, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-          .prefetch(tf.data.AUTOTUNE))
+  batches = tf.data.Dataset.range(first_step, last_step).map(
+      select, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+  return with_step_noise(batches, first_step, last_step, step_noise).prefetch(tf.data.AUTOTUNE)
+
+
+def with_step_noise(batches: tf.data.Dataset, first_step: int, last_step: int,
+                    step_noise: Optional[Callable[[tf.Tensor], list]]) -> tf.data.Dataset:
+  """The steps' elements (features, labels, mask), each with its step's noise tensors appended
+  when `step_noise` is given: drawn by the input pipeline while the previous step trains."""
+  if step_noise is None:
+    return batches
+  # A tuple: tf.data would stack a list into one tensor.
+  return tf.data.Dataset.zip((batches, tf.data.Dataset.range(first_step, last_step))).map(
+      lambda batch, step: (*batch, tuple(step_noise(step))),
+      num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
 
 
 def replica_slices(batches: tf.data.Dataset, steps: int, replicas: int) -> tf.data.Dataset:

@@ -10,6 +10,7 @@ import tensorflow as tf
 
 import dp_tfx
 from dp_tfx import clipping, sampling
+from dp_tfx import keras as dp_keras
 from dp_tfx.keras import per_example_loss
 from tests.dp_tfx import models
 from tests.dp_tfx.callbacks import MeanwhileAndStop
@@ -51,7 +52,7 @@ def _sampled_batch(dp_model, x, y, step=0):
 def test_one_step_is_the_clipped_mean_gradient(kind, jit_compile, physical_batch_size):
   x, y = _data(kind)
   dp_model = _dp_model(kind, jit_compile, physical_batch_size=physical_batch_size)
-  dp_model._prepare(x, y)
+  dp_model._prepare(dp_keras._training_data(x, y))
   before = [v.numpy().copy() for v in dp_model.trainable_variables]
   bx, by, _ = _sampled_batch(dp_model, x, y)
   expected_sum = clipping.reference_clipped_sum(dp_model.model, PER_EXAMPLE_LOSS, bx, by, 0.3)
@@ -64,7 +65,7 @@ def test_one_step_is_the_clipped_mean_gradient(kind, jit_compile, physical_batch
 def test_one_microbatched_step_is_the_mean_of_clipped_microbatch_means():
   x, y = _data()
   dp_model = _dp_model(num_microbatches=4, physical_batch_size=3)
-  dp_model._prepare(x, y)
+  dp_model._prepare(dp_keras._training_data(x, y))
   before = [v.numpy().copy() for v in dp_model.trainable_variables]
   bx, by, ids = _sampled_batch(dp_model, x, y)
   expected_sum = clipping.reference_clipped_sum(dp_model.model, PER_EXAMPLE_LOSS, bx, by, 0.3,
@@ -236,7 +237,7 @@ def test_any_keras_optimizer_receives_the_clipped_mean_gradient(make_optimizer):
   dp_model = dp_tfx.make_private(models.dense_model(), dp_tfx.DPConfig(
       l2_norm_clip=0.3, noise_multiplier=0.0, batch_size=8, steps=1, seed=21))
   dp_model.compile(optimizer=make_optimizer(), loss=LOSS)
-  dp_model._prepare(x, y)
+  dp_model._prepare(dp_keras._training_data(x, y))
   shadow = models.dense_model()
   shadow.set_weights(dp_model.model.get_weights())
   bx, by, _ = _sampled_batch(dp_model, x, y)
