@@ -73,6 +73,7 @@ class DPTrainerSpec(ComponentSpec):
   }
   INPUTS = {
       EXAMPLES_KEY: ChannelParameter(type=standard_artifacts.Examples),
+      POISSON_BATCHES_KEY: ChannelParameter(type=artifacts.PoissonBatches, optional=True),
       **_MODULE_CONTEXT_INPUTS,
       **_EARLIER_RUNS_INPUTS,
   }

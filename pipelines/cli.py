@@ -203,7 +203,7 @@ def _pipeline(args) -> dict:
       beam_pipeline_args=shlex.split(args.beam_pipeline_args or ""),
       container_image=args.container_image, serving_model_dir=args.serving_model_dir,
       min_accuracy=args.min_accuracy, audit=args.audit, control=args.control,
-      ledger_history_dir=args.ledger_history))
+      ledger_history_dir=args.ledger_history, poisson_batches=args.poisson_batches))
 
 
 def _require_signature(flag: Optional[bool], runner: str) -> bool:
@@ -293,6 +293,10 @@ def build_parser() -> argparse.ArgumentParser:
   pipeline.add_argument("--control", action="store_true",
                         help="also train a non-private control the same way (a standard TFX "
                         "Trainer), audited beside the DP model and never pushed")
+  pipeline.add_argument("--poisson-batches", action="store_true",
+                        help="draw every step's Poisson sample on Beam first (PoissonBatchGen; "
+                        "disk: about epochs x the training data) and stream them into the "
+                        "DPTrainer a step at a time, for training data larger than memory")
   pipeline.add_argument("--no-audit", dest="audit", action="store_false",
                         help="skip the PrivacyAuditor (membership attack and canary exposure)")
   pipeline.add_argument("--runner", choices=("local", "beam", "kubeflow"), default="local",

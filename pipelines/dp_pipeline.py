@@ -16,6 +16,7 @@ from tfx import v1 as tfx
 
 from dp_tfx.components.dp_trainer.component import DPTrainer
 from dp_tfx.components.earlier_runs import EARLIER_LEDGERS_OUTPUT, earlier_privacy_ledgers
+from dp_tfx.components.poisson_batch_gen.component import PoissonBatchGen
 from dp_tfx.components.privacy_auditor.component import PrivacyAuditor
 from dp_tfx.components.privacy_evaluator.component import PrivacyEvaluator
 from dp_tfx.config import DPConfig
@@ -34,7 +35,8 @@ def create_pipeline(*, pipeline_name: str, pipeline_root: str, data_root: str,
                     audit: bool = True,
                     canary_file: Optional[str] = None,
                     control_config: Optional[dict] = None,
-                    check_earlier_ledgers: Optional[bool] = None) -> tfx.dsl.Pipeline:
+                    check_earlier_ledgers: Optional[bool] = None,
+                    poisson_batches: bool = False) -> tfx.dsl.Pipeline:
   """Builds the pipeline.
 
   Args:
@@ -70,6 +72,9 @@ def create_pipeline(*, pipeline_name: str, pipeline_root: str, data_root: str,
       given (the local and Beam runners). Without it, i.e. on Kubeflow V2, it is left out: that
       compiler accepts no Resolver that resolves more than one artifact, so there the evaluator
       checks the history against this run's snapshot only.
+    poisson_batches: draw every step's Poisson sample on Beam first (PoissonBatchGen) and have
+      the DPTrainer stream them, a step at a time, instead of loading the train split into
+      memory: for training data larger than memory. Disk: about epochs x the train split.
   """
   if min_accuracy is not None and not label_key:
     raise ValueError("the accuracy gate (min_accuracy) needs the label_key")
@@ -87,11 +92,17 @@ def create_pipeline(*, pipeline_name: str, pipeline_root: str, data_root: str,
     resolver = earlier_privacy_ledgers(pipeline_name=pipeline_name)
     components.append(resolver)
     earlier_ledgers = resolver.outputs[EARLIER_LEDGERS_OUTPUT]
+  batches = None
+  if poisson_batches:
+    batch_gen = PoissonBatchGen(examples=example_gen.outputs["examples"], dp_config=dp_config)
+    components.append(batch_gen)
+    batches = batch_gen.outputs["poisson_batches"]
   trainer = DPTrainer(examples=example_gen.outputs["examples"], module_file=module_file,
                       module_path=module_path, dp_config=dp_config, custom_config=hyperparameters,
                       ledger_history_dir=ledger_history_dir,
                       data_source=data_source or f"{pipeline_name}:{data_root}",
-                      privacy_policy=privacy_policy, earlier_privacy_ledgers=earlier_ledgers)
+                      privacy_policy=privacy_policy, earlier_privacy_ledgers=earlier_ledgers,
+                      poisson_batches=batches)
   components.append(trainer)
   upstream_blessing = privacy_audit = None
   if min_accuracy is not None:

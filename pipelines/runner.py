@@ -45,6 +45,8 @@ class PipelineOptions:
   min_accuracy: Optional[float] = None
   audit: bool = True
   control: bool = False
+  # Draw every step's Poisson sample on Beam first (PoissonBatchGen); the DPTrainer streams them.
+  poisson_batches: bool = False
   # The name the privacy ledger records for the data (default "PIPELINE_NAME:OUTPUT_DIR/data").
   # Every run recorded in one ledger history composes with every other whatever its name or data.
   ledger_data_source: Optional[str] = None
@@ -100,7 +102,8 @@ def run(options: PipelineOptions) -> dict:
       audit=options.audit, canary_file=canary_file,
       control_config=control_config,
       # Kubeflow V2 compiles no Resolver of more than one artifact (see create_pipeline).
-      check_earlier_ledgers=options.runner != KUBEFLOW)
+      check_earlier_ledgers=options.runner != KUBEFLOW,
+      poisson_batches=options.poisson_batches)
   summary = {"example": example.name, "runner": options.runner,
              "ledger_history": options.ledger_history,
              "max_epsilon": options.privacy_policy.max_epsilon,

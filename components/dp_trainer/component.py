@@ -29,6 +29,12 @@ Parameters:
     The refusal fails the component with the reasons; nothing is recorded or spent.
   train_split, eval_split: the splits of `examples` to train on (the privacy unit's dataset, N)
     and to evaluate on (default "train" and "eval", as ExampleGens name them).
+  poisson_batches: optional, a PoissonBatchGen's output for the same examples and dp_config:
+    the trainer then reads each step's sample from it when the step comes (memory: a few steps,
+    whatever N is) instead of loading the train split; the batches must have been drawn for
+    this run's plan (N, q, steps, physical batch), else the run is refused before its first
+    step. Without it the train split is read into memory and sampled there (fine for data that
+    fits; the same privacy and ledger facts).
 Outputs:
   model: Model, exported for serving under Format-Serving (signature serving_default takes
     serialized tf.Examples, as the TFX Evaluator expects).
@@ -73,7 +79,8 @@ class DPTrainer(base_component.BaseComponent):
                ledger_history_dir: Optional[str] = None, data_source: Optional[str] = None,
                privacy_policy: Optional[PrivacyPolicy] = None,
                train_split: str = TRAIN_SPLIT, eval_split: str = EVAL_SPLIT,
-               earlier_privacy_ledgers: Optional[types.BaseChannel] = None):
+               earlier_privacy_ledgers: Optional[types.BaseChannel] = None,
+               poisson_batches: Optional[types.BaseChannel] = None):
     if bool(module_file) == bool(module_path):
       raise ValueError("DPTrainer needs exactly one of module_file or module_path")
     if not isinstance(dp_config, DPConfig):
@@ -84,6 +91,7 @@ class DPTrainer(base_component.BaseComponent):
     spec = DPTrainerSpec(
         examples=examples, schema=schema, transform_graph=transform_graph,
         hyperparameters=hyperparameters, earlier_privacy_ledgers=earlier_privacy_ledgers,
+        poisson_batches=poisson_batches,
         module_file=module_file, module_path=module_path,
         dp_config=dp_config.to_json(), custom_config=json_utils.dumps(custom_config or {}),
         ledger_history_dir=ledger_history_dir, data_source=data_source,

@@ -25,6 +25,7 @@ from dp_tfx.components.user_module import MODULE_FUNCTIONS, PRIVACY_UNIT_FUNCTIO
 from dp_tfx.config import DPConfig
 from dp_tfx.keras import make_private
 from dp_tfx.ledger import EXAMPLE, LEDGER_FILE_NAME, LedgerError, directory_digest, new_run_id
+from dp_tfx.poisson_batches import PoissonBatchStream
 from dp_tfx.policy import PrivacyPolicy, verification_key
 
 EVAL_METRIC_PREFIX = "eval_"
@@ -56,11 +57,11 @@ class Executor(base_executor.BaseExecutor):
     examples = artifact_utils.get_single_instance(input_dict[specs.EXAMPLES_KEY])
     spec = module["feature_spec"](context)
     train_split, eval_split = splits(exec_properties)
-    x_train, y_train = read_examples(split_file_patterns(examples, train_split), spec,
-                                     module["decode"], context)
+    training_data = self._training_data(input_dict, examples, train_split, spec, module["decode"],
+                                        context)
     x_eval, y_eval = read_examples(split_file_patterns(examples, eval_split), spec,
                                    module["decode"], context)
-    logging.info("DPTrainer: %d training examples, %d eval examples", len(y_train), len(y_eval))
+    logging.info("DPTrainer: %d eval examples", len(y_eval))
 
     model_run = artifact_utils.get_single_instance(output_dict[specs.MODEL_RUN_KEY])
     model_artifact = artifact_utils.get_single_instance(output_dict[specs.MODEL_KEY])
@@ -74,7 +75,7 @@ class Executor(base_executor.BaseExecutor):
           privacy_unit=privacy_unit_fn(context) if privacy_unit_fn else EXAMPLE,
           policy=policy)  # a run the policy could never bless is refused before its first step
       dp_model.compile(**module["compile_kwargs"](context))
-    dp_model.fit(x_train, y_train, validation_data=(x_eval, y_eval), verbose=2,
+    dp_model.fit(*training_data, validation_data=(x_eval, y_eval), verbose=2,
                  callbacks=[keras.callbacks.TensorBoard(log_dir=model_run.uri)])
 
     metrics = record_eval_metrics(dp_model, x_eval, y_eval, model_run.uri)
@@ -101,6 +102,23 @@ class Executor(base_executor.BaseExecutor):
       artifacts.record_privacy_facts(target, ledger, dp_model.plan, epsilon)
     logging.info("DPTrainer: %d noisy steps, epsilon %.4f at delta %.3g; ledger %s",
                  ledger.noisy_steps, epsilon, dp_model.plan.delta, ledger.path)
+
+  @staticmethod
+  def _training_data(input_dict, examples, train_split, spec, decode, context) -> tuple:
+    """fit's (x, y): the PoissonBatchGen's batches as a stream when given (read a step at a
+    time), else the train split in memory."""
+    batches = input_dict.get(specs.POISSON_BATCHES_KEY)
+    if batches:
+      uri = artifact_utils.get_single_uri(batches)
+      stream = PoissonBatchStream(
+          uri, lambda serialized: decode(tf.io.parse_example(serialized, spec), context))
+      logging.info("DPTrainer: streaming the Poisson batches of %d training examples from %s",
+                   stream.dataset_size, uri)
+      return stream, None
+    x_train, y_train = read_examples(split_file_patterns(examples, train_split), spec, decode,
+                                     context)
+    logging.info("DPTrainer: %d training examples, in memory", len(y_train))
+    return x_train, y_train
 
   @staticmethod
   def _strategy() -> tf.distribute.Strategy:

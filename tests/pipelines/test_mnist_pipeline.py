@@ -60,6 +60,27 @@ def test_beam_runner_pushes_within_policy(tmp_path):
   assert result["pushed"] and result["runner"] == "beam"
 
 
+@pytest.mark.slow
+def test_streamed_poisson_batches_train_and_report_the_in_memory_epsilon(tmp_path):
+  # ExampleGen -> PoissonBatchGen (Beam, two worker processes) -> DPTrainer streaming the
+  # batches -> auditor -> evaluator -> Pusher; then the same facts in memory.
+  streamed = _run(tmp_path / "streamed", max_epsilon=10.0, runner_name=runner.BEAM,
+                  beam_pipeline_args=["--direct_num_workers=2",
+                                      "--direct_running_mode=multi_processing"],
+                  poisson_batches=True)
+  assert streamed["pushed"], streamed["reasons"]
+  store = _store(tmp_path / "streamed")
+  (batches,) = store.get_artifacts_by_type("dp_tfx.PoissonBatches")
+  manifest = json.loads((pathlib.Path(batches.uri) / "poisson_batches.json").read_text())
+  assert (manifest["dataset_size"], manifest["steps"], manifest["sampling_rate"]) == (200, 8, 0.25)
+  report = json.loads((pathlib.Path(streamed["report_dir"]) / "report.json").read_text())
+  assert report["ledger"]["noisy_steps"] == 8
+  assert report["ledger"]["facts"]["segments"][0]["dataset_fingerprint"] == (
+      batches.custom_properties["manifest_digest"].string_value)
+  in_memory = _run(tmp_path / "in_memory", max_epsilon=10.0)
+  assert streamed["epsilon"] == in_memory["epsilon"]
+
+
 def test_kubeflow_compiles_to_a_pipeline_spec_naming_both_components(tmp_path):
   from kfp.pipeline_spec import pipeline_spec_pb2
   from google.protobuf import json_format
