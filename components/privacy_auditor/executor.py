@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import collections
 import dataclasses
-from typing import Any, Callable, Dict, List, Optional, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import tensorflow as tf
@@ -32,6 +32,9 @@ from dp_tfx.keras import per_example_loss
 from dp_tfx.ledger import directory_digest
 
 DEFAULT_MAX_EXAMPLES = 1000
+# The held-out metrics (the module's held_out_metrics) are computed on up to this many eval
+# examples: the whole eval split of the examples here, a uniform sample of a larger one.
+HELD_OUT_METRIC_EXAMPLES = 10_000
 CONFIDENCE = 0.95
 _SCORING_BATCH = 1024
 _SEED = 0  # which examples are attacked; fixed so that an audit can be repeated exactly
@@ -46,22 +49,26 @@ class Executor(base_executor.BaseExecutor):
     module = _UserModule.load(exec_properties)
     examples = artifact_utils.get_single_instance(input_dict[specs.EXAMPLES_KEY])
     train_split, eval_split = splits(exec_properties)
-    members = _serialized_split(examples, train_split)
-    held_out = _serialized_split(examples, eval_split)
-    delta = exec_properties.get(specs.DELTA_KEY) or 1.0 / len(members)
+    max_examples = exec_properties.get(specs.MAX_EXAMPLES_KEY) or DEFAULT_MAX_EXAMPLES
     canary_format, canaries = _canaries(exec_properties.get(specs.CANARY_FILE_KEY))
-    if canaries:
-      members = _without_canaries(members, module.canary_records(canary_format, canaries, context),
-                                  canaries)
-    sample_size = min(exec_properties.get(specs.MAX_EXAMPLES_KEY) or DEFAULT_MAX_EXAMPLES,
-                      len(members), len(held_out))
+    canary_records = module.canary_records(canary_format, canaries, context) if canaries else []
+    rng = np.random.default_rng(_SEED)
+    # One pass over each split, holding samples only: members without the canaries' copies (a
+    # canary repeated r times is a group of r privacy units, not one), counted as they pass.
+    members = _SplitSample.draw(examples, train_split, max_examples, rng, skip=canary_records)
+    _check_canary_copies(members.skipped, canary_records, canaries)
+    held_out = _SplitSample.draw(examples, eval_split, max(max_examples, HELD_OUT_METRIC_EXAMPLES),
+                                 rng)
+    delta = exec_properties.get(specs.DELTA_KEY) or 1.0 / (
+        members.count + sum(members.skipped.values()))
+    sample_size = min(max_examples, members.count, held_out.count)
     if sample_size < 4:
       raise ValueError(f"the audit needs at least 4 training and 4 eval examples; the splits hold "
-                       f"{len(members)} and {len(held_out)}")
-    rng = np.random.default_rng(_SEED)
-    member_indices = rng.choice(len(members), sample_size, replace=False)
-    attacked_members = members[member_indices]
-    attacked_non_members = held_out[rng.choice(len(held_out), sample_size, replace=False)]
+                       f"{members.count} (without canary copies) and {held_out.count}")
+    member_indices = rng.choice(len(members.records), sample_size, replace=False)
+    attacked_members = members.records[member_indices]
+    attacked_non_members = held_out.records[rng.choice(len(held_out.records), sample_size,
+                                                       replace=False)]
 
     def audit(model_artifact) -> Tuple[ModelAudit, np.ndarray]:
       """The model's audit, and its losses on the attacked members."""
@@ -71,7 +78,7 @@ class Executor(base_executor.BaseExecutor):
                                          delta=delta, confidence=CONFIDENCE, seed=_SEED)
       return ModelAudit(membership=membership,
                         canaries=scorer.canary_results(canary_format, canaries),
-                        held_out_metrics=scorer.held_out_metrics(held_out)), member_losses
+                        held_out_metrics=scorer.held_out_metrics(held_out.records)), member_losses
 
     model = artifact_utils.get_single_instance(input_dict[specs.MODEL_KEY])
     model_audit, model_losses = audit(model)
@@ -79,7 +86,8 @@ class Executor(base_executor.BaseExecutor):
     if input_dict.get(specs.CONTROL_MODEL_KEY):
       control_audit, control_losses = audit(
           artifact_utils.get_single_instance(input_dict[specs.CONTROL_MODEL_KEY]))
-      disagreements = most_disagreeing(member_indices, model_losses, control_losses,
+      disagreements = most_disagreeing(members.positions[member_indices], model_losses,
+                                       control_losses,
                                        texts=module.texts(attacked_members, context))
     result = PrivacyAudit(
         model_digest=directory_digest(path_utils.serving_model_dir(model.uri)), delta=delta,
@@ -97,10 +105,39 @@ class Executor(base_executor.BaseExecutor):
                  result.model.exposure_by_repetitions())
 
 
-def _serialized_split(examples, split: str) -> np.ndarray:
-  """Every serialized tf.Example of a split, in file order."""
-  records = example_records(split_file_patterns(examples, split))
-  return np.array(list(records.as_numpy_iterator()), dtype=object)
+@dataclasses.dataclass(frozen=True)
+class _SplitSample:
+  """Up to `size` records of a split drawn uniformly without replacement, in one pass that holds
+  only the sample (reservoir sampling, Algorithm R: the auditor reads TFRecords directly, outside
+  any Beam pipeline), with their positions in the split (file order, skipped records not
+  counted), how many records were eligible, and how often each skipped record occurred."""
+
+  records: np.ndarray
+  positions: np.ndarray
+  count: int
+  skipped: collections.Counter
+
+  @classmethod
+  def draw(cls, examples, split: str, size: int, rng: np.random.Generator,
+           skip: Sequence[bytes] = ()) -> "_SplitSample":
+    skip = frozenset(skip)
+    records, positions, skipped, count = [], [], collections.Counter(), 0
+    for batch in example_records(split_file_patterns(examples, split)).batch(
+        _SCORING_BATCH).as_numpy_iterator():
+      for record in batch:
+        if record in skip:
+          skipped[record] += 1
+          continue
+        if count < size:
+          records.append(record)
+          positions.append(count)
+        else:
+          slot = rng.integers(0, count + 1)
+          if slot < size:
+            records[slot], positions[slot] = record, count
+        count += 1
+    return cls(np.array(records, dtype=object), np.array(positions, dtype=np.int64), count,
+               skipped)
 
 
 def _canaries(canary_file: Optional[str]):
@@ -109,21 +146,18 @@ def _canaries(canary_file: Optional[str]):
   return canary_lib.load_canaries(canary_file)
 
 
-def _without_canaries(members: np.ndarray, canary_records: List[bytes], canaries) -> np.ndarray:
-  """The training records minus the canaries' copies, after checking the copies are all there.
+def _check_canary_copies(found: collections.Counter, canary_records: List[bytes],
+                         canaries) -> None:
+  """Each canary is in the train split as often as the canary file says.
 
   A canary file that does not describe this data (regenerated data, another seed, a wrong path)
-  would measure secrets the model never saw and pass any exposure limit, so it is refused. The
-  copies are kept out of the membership attack: a canary repeated r times is a group of r privacy
-  units, not one.
+  would measure secrets the model never saw and pass any exposure limit, so it is refused.
   """
-  found = collections.Counter(members.tolist())
   for canary, record in zip(canaries, canary_records):
     if found[record] != canary.repetitions:
       raise ValueError(f"the canary file does not describe the training data: canary "
                        f"{canary.secret!r} is in the train split {found[record]} times, the file "
                        f"says {canary.repetitions}")
-  return members[~np.isin(members, np.array(canary_records, dtype=object))]
 
 
 @dataclasses.dataclass(frozen=True)

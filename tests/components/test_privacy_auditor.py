@@ -13,6 +13,7 @@ import pathlib
 import numpy as np
 import pytest
 import tensorflow as tf
+from scipy import stats
 from tfx.types import standard_artifacts
 
 from dp_tfx import noise
@@ -151,12 +152,42 @@ def test_component_validates_its_arguments():
     component.PrivacyAuditor(examples=examples, model=model, module_file="m.py", delta=1.5)
 
 
-def test_a_canary_file_that_does_not_describe_the_training_data_is_refused():
+def _examples(tmp_path, records):
+  path = tmp_path / "train.tfrecord"
+  with tf.io.TFRecordWriter(str(path)) as writer:
+    for record in records:
+      writer.write(record)
+  return testing.examples_artifact(tmp_path / "examples", {"train": path})
+
+
+def test_a_canary_file_that_does_not_describe_the_training_data_is_refused(tmp_path):
   from dp_tfx.audit.canaries import Canary
 
-  records = np.array([b"a", b"canary-1", b"b", b"canary-1", b"canary-2"], dtype=object)
+  examples = _examples(tmp_path, [b"a", b"canary-1", b"b", b"canary-1", b"canary-2"])
   canaries = [Canary("11111", 2), Canary("22222", 1), Canary("33333", 0)]
-  kept = executor._without_canaries(records, [b"canary-1", b"canary-2", b"canary-3"], canaries)
-  assert kept.tolist() == [b"a", b"b"]
+  copies = [b"canary-1", b"canary-2", b"canary-3"]
+  sample = executor._SplitSample.draw(examples, "train", 10, np.random.default_rng(0),
+                                      skip=copies)
+  assert sample.records.tolist() == [b"a", b"b"] and sample.positions.tolist() == [0, 1]
+  assert sample.count == 2
+  executor._check_canary_copies(sample.skipped, copies, canaries)
+  # A canary file for other data: its third canary (never inserted) is a training record.
+  wrong = [b"canary-1", b"canary-2", b"b"]
+  sample = executor._SplitSample.draw(examples, "train", 10, np.random.default_rng(0), skip=wrong)
   with pytest.raises(ValueError, match="does not describe the training data"):
-    executor._without_canaries(records, [b"canary-1", b"canary-2", b"b"], canaries)
+    executor._check_canary_copies(sample.skipped, wrong, canaries)
+
+
+def test_the_attacked_examples_are_a_uniform_sample_drawn_in_one_pass(tmp_path):
+  # 50 records, samples of 10 under 400 seeds: every record in about a fifth of them.
+  records = [b"record-%02d" % i for i in range(50)]
+  examples = _examples(tmp_path, records)
+  included = np.zeros(50)
+  for seed in range(400):
+    sample = executor._SplitSample.draw(examples, "train", 10, np.random.default_rng(seed))
+    assert sample.count == 50 and len(sample.records) == 10
+    assert [records[p] for p in sample.positions] == sample.records.tolist()
+    included[sample.positions] += 1
+  expected = 400 * 10 / 50
+  chi2 = np.sum((included - expected) ** 2 / (expected * (1 - 10 / 50)))
+  assert stats.chi2.sf(chi2, 49) > 1e-3
