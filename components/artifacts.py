@@ -43,6 +43,8 @@ NOISY_STEPS_PROPERTY = "noisy_steps"
 HISTORY_NOISY_STEPS_PROPERTY = "history_noisy_steps"
 DATASET_SIZE_PROPERTY = "dataset_size"
 PRIVACY_UNIT_PROPERTY = "privacy_unit"
+# On a PoissonBatches artifact: its manifest's digest (see record_batch_facts).
+MANIFEST_DIGEST_PROPERTY = "manifest_digest"
 # On a PrivacyAudit at the audit's delta (AUDIT_DELTA_PROPERTY); on the PrivacyEvaluator's
 # ModelBlessing at the policy's delta (the blessing's "delta").
 LOWER_BOUND_PROPERTY = "empirical_epsilon_lower_bound"
@@ -296,8 +298,9 @@ def recorded_segments(ledger_artifact: artifact.Artifact) -> Optional[List[Recor
 
 
 def record_batch_facts(target: artifact.Artifact, manifest) -> None:
-  """A PoissonBatches artifact's sampling facts in MLMD (dp_tfx.poisson_batches.BatchManifest)."""
+  """A PoissonBatches artifact's sampling facts in MLMD (dp_tfx.poisson_batches.BatchManifest);
+  the DPTrainer trains only on batches whose manifest has the recorded digest."""
   for name in ("dataset_size", "steps", "first_step", "last_step"):
     target.set_int_custom_property(name, getattr(manifest, name))
   target.set_float_custom_property("sampling_rate", manifest.sampling_rate)
-  target.set_string_custom_property("manifest_digest", manifest.digest())
+  target.set_string_custom_property(MANIFEST_DIGEST_PROPERTY, manifest.digest())

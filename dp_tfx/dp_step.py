@@ -42,6 +42,13 @@ def noisy_gradients(taps: clipping.GradientTaps, loss_fn: clipping.LossFn, plan:
     (gradients in the order of taps.variables, the sum of the chunks' masked losses).
   """
   variables = taps.variables
+  # A mask other than 0/1 would weigh an example more than once (its sensitivity above C): such
+  # a batch stops the step (the batches' own checks should have refused it earlier), and under
+  # XLA, which drops assertions, every slot still weighs 0 or 1.
+  checks = [tf.debugging.assert_equal(mask * (1.0 - mask), tf.zeros_like(mask),
+                                      message="the mask must be 0 or 1 in every slot")]
+  with tf.control_dependencies(checks):
+    mask = tf.cast(tf.equal(mask, 1.0), mask.dtype)
   if plan.num_microbatches is not None:
     microbatch_ids = sampling.microbatch_assignment(key, step, tf.shape(mask)[0],
                                                     plan.num_microbatches)

@@ -258,6 +258,11 @@ class DPModel(keras.Model):
     data = _training_data(x, y)
     self._prepare(data)
     replicas = self._replicas()
+    if isinstance(data, PoissonBatchStream):
+      # Samples drawn ahead are used once: a rerun or a restart on the same batches goes on at
+      # the first step no run recorded (a crashed run's recorded steps are spent).
+      self.privacy_ledger.refresh()
+      self.noisy_steps.assign(data.next_step(self.privacy_ledger))
     done = int(self.noisy_steps.numpy())
     remaining = self.plan.steps - done
     if remaining <= 0:
@@ -290,11 +295,16 @@ class DPModel(keras.Model):
       # While this fit runs its segment is rewritten every HEARTBEAT_SECONDS, so its reservation
       # holds; a killed run's lapses RESERVATION_STALE_SECONDS after its last write.
       heartbeat = self.privacy_ledger.start_heartbeat()
+      if self._policy is not None or isinstance(data, PoissonBatchStream):
+        self.privacy_ledger.refresh()
       if self._policy is not None:
         # Again with the reservation written: of two runs checking at once, the later counts
         # the earlier's reservation (see PrivacyLedger.with_reservations).
-        self.privacy_ledger.refresh()
         refuse_unless_blessable(self._policy, self.privacy_ledger.with_reservations())
+      if isinstance(data, PoissonBatchStream):
+        # Again with the reservation written: of two runs starting on the same batches at once,
+        # at least one sees the other's segment here and stops before a step.
+        data.next_step(self.privacy_ledger, own_segment=self.privacy_ledger.current_segment)
       # First, so that epsilon is in the epoch logs every other callback (TensorBoard) sees.
       callbacks = [_LedgerCallback(self, steps)] + list(callbacks or [])
       with warnings.catch_warnings():

@@ -21,6 +21,7 @@ import hashlib
 import json
 import math
 import os
+import secrets
 from typing import Callable, Optional, Sequence, Tuple
 
 import numpy as np
@@ -121,6 +122,7 @@ class BatchManifest:
     first_step, last_step: the steps this directory holds, [first_step, last_step).
     physical_batch_size: each step's records are a whole number of these.
     shards: the files, consecutive, covering [first_step, last_step) in order.
+    source, split: the Examples artifact (its uri) and the split the samples were drawn from.
   """
 
   dataset_size: int
@@ -131,8 +133,14 @@ class BatchManifest:
   last_step: int
   physical_batch_size: int
   shards: Tuple[Shard, ...]
+  source: str
+  split: str
 
   def __post_init__(self):
+    for name in ("source", "split"):
+      if not (isinstance(getattr(self, name), str) and getattr(self, name)):
+        raise ValueError(f"BatchManifest.{name} must name the examples sampled; got "
+                         f"{getattr(self, name)!r}")
     for name in ("dataset_size", "batch_size", "steps", "physical_batch_size"):
       if not (is_int(getattr(self, name)) and getattr(self, name) >= 1):
         raise ValueError(f"BatchManifest.{name} must be an int >= 1; got {getattr(self, name)!r}")
@@ -223,30 +231,78 @@ def write_shard(directory: str, first_step: int, last_step: int,
 
 # serialized examples [L] -> (features, labels): e.g. a user module's feature_spec and decode.
 DecodeFn = Callable[[tf.Tensor], tuple]
+# The range of the keyed record fingerprints (tf.strings.to_hash_bucket_strong's SipHash).
+_FINGERPRINT_BUCKETS = 2**63 - 1
 
 
 class PoissonBatchStream:
   """Training data as PoissonBatchGen wrote it, for `DPModel.fit(stream)`: each step's sample is
   read from the shards when that step comes, so memory holds a few steps, whatever N is.
 
+  Opening reads every shard once (before any step is counted) and refuses batches that are not
+  what the manifest describes: a shard whose sha256 differs, a step missing, repeated or out of
+  order, a record whose mask is not its sample's 1s then 0s, whose length is not the whole
+  physical batches its sample needs, or whose sample holds an example twice. It keeps a keyed
+  fingerprint of every step's record (SipHash, a key drawn from the OS when the stream opens):
+  while training each record read must match it, so a shard changed after the check stops
+  training instead of feeding unchecked samples.
+
   Args:
     directory: the batches' directory (a PoissonBatches artifact's uri).
     decode: [L] serialized examples -> (features, labels), as training wants them.
   Raises:
-    ValueError: if the manifest is missing or malformed, or a shard's bytes are not the ones
-      it records (checked when the stream opens: a shard changed since it was written would
-      feed samples the manifest does not describe).
+    ValueError: if the manifest is missing or malformed, or the shards are not what it says.
   """
 
   def __init__(self, directory, decode: DecodeFn):
     self.directory = os.fspath(directory)
     self.manifest = BatchManifest.load(self.directory)
     self._decode = decode
-    for shard in self.manifest.shards:
-      actual = file_sha256(os.path.join(self.directory, shard.file))
-      if actual != shard.sha256:
-        raise ValueError(f"Poisson batch shard {shard.file} in {self.directory} is not the one "
-                         f"the manifest records (sha256 {actual}, recorded {shard.sha256})")
+    self._key = [secrets.randbits(63), secrets.randbits(63)]  # TensorFlow takes int64 keys
+    self._fingerprints = np.concatenate([self._checked_shard(shard)
+                                         for shard in self.manifest.shards])
+
+  def _fingerprint(self, record: tf.Tensor) -> tf.Tensor:
+    return tf.strings.to_hash_bucket_strong(record, _FINGERPRINT_BUCKETS, self._key)
+
+  def _checked_shard(self, shard: Shard) -> np.ndarray:
+    """The shard's step fingerprints, after checking its bytes and every record in it."""
+    path = os.path.join(self.directory, shard.file)
+    refuse = lambda why: ValueError(f"Poisson batch shard {shard.file} in {self.directory}: "
+                                    f"{why}")
+    actual = file_sha256(path)
+    if actual != shard.sha256:
+      raise refuse(f"is not the one the manifest records (sha256 {actual}, recorded "
+                   f"{shard.sha256})")
+    physical = self.manifest.physical_batch_size
+
+    def inspect(record):
+      step, examples, mask = parse_step_record(record)
+      length = tf.size(mask)
+      sampled = tf.reduce_sum(tf.cast(tf.equal(mask, 1.0), tf.int32))
+      slots = tf.maximum(1, (sampled + physical - 1) // physical) * physical
+      well_formed = (tf.equal(tf.size(examples), length) & tf.equal(length, slots) &
+                     tf.reduce_all(tf.equal(mask, tf.cast(tf.range(length) < sampled,
+                                                          tf.float32))) &
+                     tf.equal(tf.size(tf.unique(examples[:sampled]).y), sampled))
+      return step, sampled, well_formed, self._fingerprint(record)
+
+    records = tf.data.TFRecordDataset(path, compression_type="GZIP").map(
+        inspect, num_parallel_calls=tf.data.AUTOTUNE)
+    parts = list(records.batch(4096).as_numpy_iterator())
+    steps, sampled, well_formed, fingerprints = (
+        np.concatenate([part[i] for part in parts]) if parts else np.zeros([0], np.int64)
+        for i in range(4))
+    if not np.array_equal(steps, np.arange(shard.first_step, shard.last_step)):
+      raise refuse(f"holds steps other than [{shard.first_step}, {shard.last_step}) in order")
+    if not np.all(well_formed):
+      bad = int(steps[np.flatnonzero(~well_formed.astype(bool))[0]])
+      raise refuse(f"step {bad}'s record is not a padded sample (its mask must be 1 for each "
+                   f"sampled example, then 0 to whole physical batches of {physical}, and no "
+                   f"example may be sampled twice)")
+    if int(np.sum(sampled)) != shard.sampled:
+      raise refuse(f"samples {int(np.sum(sampled))} examples, the manifest says {shard.sampled}")
+    return fingerprints.astype(np.int64)
 
   @property
   def fingerprint(self) -> str:
@@ -290,29 +346,52 @@ class PoissonBatchStream:
     `pad_multiple` (a divisor of the physical batch) a step's padding is cut to a multiple of it.
 
     Raises:
-      ValueError: if the batches do not hold those steps. While reading, a record out of order
-        (a step skipped or repeated) stops training with an error.
+      ValueError: if the batches do not hold those steps. While reading, a record other than the
+        one checked when the stream opened stops training with an error.
     """
-    if not self.manifest.first_step <= first_step < last_step <= self.manifest.last_step:
+    manifest = self.manifest
+    if not manifest.first_step <= first_step < last_step <= manifest.last_step:
       raise ValueError(f"the Poisson batches in {self.directory} hold steps "
-                       f"[{self.manifest.first_step}, {self.manifest.last_step}); training "
-                       f"needs [{first_step}, {last_step})")
-    files = [os.path.join(self.directory, shard.file) for shard in self.manifest.shards
-             if shard.first_step < last_step and shard.last_step > first_step]
-    records = tf.data.TFRecordDataset(files, compression_type="GZIP").map(parse_step_record)
-    records = records.filter(lambda step, *_: (step >= first_step) & (step < last_step))
+                       f"[{manifest.first_step}, {manifest.last_step}); training needs "
+                       f"[{first_step}, {last_step})")
+    shards = [shard for shard in manifest.shards
+              if shard.first_step < last_step and shard.last_step > first_step]
+    records = tf.data.TFRecordDataset([os.path.join(self.directory, shard.file)
+                                       for shard in shards], compression_type="GZIP")
+    records = records.skip(first_step - shards[0].first_step).take(last_step - first_step)
+    expected = tf.constant(self._fingerprints)
 
-    def checked(record, expected_step):
-      step, examples, mask = record
+    def checked(record, step):
+      unchanged = tf.debugging.assert_equal(
+          self._fingerprint(record), expected[step - manifest.first_step],
+          message="the Poisson batches changed since the stream opened (or skip a step)")
+      with tf.control_dependencies([unchanged]):
+        _, examples, mask = parse_step_record(tf.identity(record))
       if pad_multiple is not None:  # the sample comes first: only padding is cut
         sampled = tf.cast(tf.reduce_sum(mask), tf.int32)
         kept = tf.maximum(1, (sampled + pad_multiple - 1) // pad_multiple) * pad_multiple
         examples, mask = examples[:kept], mask[:kept]
-      with tf.control_dependencies([tf.debugging.assert_equal(
-          step, expected_step, message="the Poisson batches skip or repeat a step")]):
-        features, labels = self._decode(tf.identity(examples))
+      features, labels = self._decode(examples)
       return features, labels, mask
 
-    expected = tf.data.Dataset.range(first_step, last_step)
-    return tf.data.Dataset.zip((records, expected)).map(checked,
-                                                        num_parallel_calls=tf.data.AUTOTUNE)
+    steps = tf.data.Dataset.range(first_step, last_step)
+    return tf.data.Dataset.zip((records, steps)).map(checked,
+                                                     num_parallel_calls=tf.data.AUTOTUNE)
+
+  def next_step(self, ledger, own_segment=None) -> int:
+    """The first step no run has taken: every step of these batches that a segment of `ledger`
+    (its whole history) recorded was spent, and a sample must never be used twice.
+
+    Raises:
+      ValueError: while a segment on these batches other than `own_segment` is unfinished (its
+        run may be taking the next steps now).
+    """
+    mine = [segment for segment in ledger.segments
+            if segment.dataset_fingerprint == self.fingerprint]
+    live = [segment for segment in mine
+            if segment.finished_at is None and segment is not own_segment]
+    if live:
+      raise ValueError(f"run {live[0].run_id} is training on the Poisson batches in "
+                       f"{self.directory} (its segment {live[0].segment_id} is unfinished); "
+                       f"two runs must never use the same samples")
+    return self.manifest.first_step + sum(segment.noisy_steps for segment in mine)

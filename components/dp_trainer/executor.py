@@ -109,11 +109,12 @@ class Executor(base_executor.BaseExecutor):
     time), else the train split in memory."""
     batches = input_dict.get(specs.POISSON_BATCHES_KEY)
     if batches:
-      uri = artifact_utils.get_single_uri(batches)
+      artifact = artifact_utils.get_single_instance(batches)
       stream = PoissonBatchStream(
-          uri, lambda serialized: decode(tf.io.parse_example(serialized, spec), context))
+          artifact.uri, lambda serialized: decode(tf.io.parse_example(serialized, spec), context))
+      _check_batches_describe(stream, artifact, examples, train_split)
       logging.info("DPTrainer: streaming the Poisson batches of %d training examples from %s",
-                   stream.dataset_size, uri)
+                   stream.dataset_size, artifact.uri)
       return stream, None
     x_train, y_train = read_examples(split_file_patterns(examples, train_split), spec, decode,
                                      context)
@@ -152,3 +153,23 @@ class Executor(base_executor.BaseExecutor):
     return f"{run}-{new_run_id()[:6]}" if run else new_run_id()
 
 
+
+
+def _check_batches_describe(stream: PoissonBatchStream, artifact: types.Artifact,
+                            examples: types.Artifact, train_split: str) -> None:
+  """The batches are what PoissonBatchGen recorded in MLMD, drawn from this run's examples.
+
+  The manifest's N and q make epsilon: a manifest edited after it was written (a larger N claims
+  a smaller q), or batches drawn from other examples or another split, would train on samples
+  the ledger does not describe.
+  """
+  recorded = artifact.get_string_custom_property(artifacts.MANIFEST_DIGEST_PROPERTY)
+  if recorded != stream.fingerprint:
+    raise ValueError(f"the Poisson batches in {artifact.uri} are not the ones PoissonBatchGen "
+                     f"recorded in MLMD (manifest digest {stream.fingerprint}, recorded "
+                     f"{recorded or 'none'})")
+  manifest = stream.manifest
+  if (manifest.source, manifest.split) != (examples.uri, train_split):
+    raise ValueError(f"the Poisson batches in {artifact.uri} were drawn from split "
+                     f"{manifest.split!r} of {manifest.source}; this DPTrainer trains on split "
+                     f"{train_split!r} of {examples.uri}")

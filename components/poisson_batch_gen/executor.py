@@ -69,7 +69,8 @@ class Executor(base_beam_executor.BaseBeamExecutor):
         dataset_size=dataset_size, batch_size=sampling.batch_size,
         sampling_rate=sampling.sampling_rate, steps=sampling.steps, first_step=first_step,
         last_step=last_step, physical_batch_size=sampling.physical_batch_size,
-        shards=tuple(written[first] for first, _ in shard_ranges))
+        shards=tuple(written[first] for first, _ in shard_ranges), source=examples.uri,
+        split=split)
     manifest.save(output.uri)
     artifacts.record_batch_facts(output, manifest)
     logging.info("PoissonBatchGen: wrote %d steps (%d sampled examples) in %d shards, manifest %s",

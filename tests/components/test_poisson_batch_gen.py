@@ -129,3 +129,25 @@ def test_the_component_checks_its_arguments():
     PoissonBatchGen(examples=None, dp_config=config, first_step=5, last_step=5)
   with pytest.raises(ValueError, match="steps_per_shard must be"):
     PoissonBatchGen(examples=None, dp_config=config, steps_per_shard=True)
+
+
+def test_the_trainer_takes_only_the_batches_recorded_for_its_examples(tmp_path, examples):
+  import json
+
+  from dp_tfx.components.dp_trainer import executor as trainer_executor
+
+  config = DPConfig(noise_multiplier=1.0, batch_size=30, steps=6)
+  output = _run(examples, tmp_path / "batches", config)
+  decode = lambda serialized: (serialized, serialized)
+  stream = pb.PoissonBatchStream(output.uri, decode)
+  trainer_executor._check_batches_describe(stream, output, examples, "train")
+  with pytest.raises(ValueError, match="drawn from split 'train' of .* trains on split 'eval'"):
+    trainer_executor._check_batches_describe(stream, output, examples, "eval")
+  # N edited in the manifest (q = B / N with it: a smaller q, a smaller epsilon), shards intact.
+  path = tmp_path / "batches" / pb.MANIFEST_FILE
+  manifest = json.loads(path.read_text())
+  manifest.update(dataset_size=3000, sampling_rate=30 / 3000)
+  path.write_text(json.dumps(manifest))
+  edited = pb.PoissonBatchStream(output.uri, decode)
+  with pytest.raises(ValueError, match="not the ones PoissonBatchGen recorded in MLMD"):
+    trainer_executor._check_batches_describe(edited, output, examples, "train")

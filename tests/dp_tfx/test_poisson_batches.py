@@ -81,7 +81,8 @@ def _manifest(tmp_path):
   shards = (pb.write_shard(str(tmp_path), 0, 2, samples, 2, b"pad"),
             pb.write_shard(str(tmp_path), 2, 3, samples, 2, b"pad"))
   return pb.BatchManifest(dataset_size=10, batch_size=2, sampling_rate=0.2, steps=5,
-                          first_step=0, last_step=3, physical_batch_size=2, shards=shards)
+                          first_step=0, last_step=3, physical_batch_size=2, shards=shards,
+                          source="/examples/1", split="train")
 
 
 def test_shards_hold_their_steps_in_order_with_their_digests(tmp_path):
@@ -110,6 +111,7 @@ def test_shards_hold_their_steps_in_order_with_their_digests(tmp_path):
     (lambda d: d.update(format_version=2), "unsupported"),
     (lambda d: d.update(seed=1), "unknown BatchManifest field"),
     (lambda d: d.pop("steps"), "steps"),
+    (lambda d: d.update(source=""), "must name the examples sampled"),
 ])
 def test_malformed_manifests_are_refused_readably(tmp_path, edit, message):
   document = _manifest(tmp_path).to_dict()
@@ -131,4 +133,5 @@ def _manifest_without_files():
   shard = pb.Shard(file=pb.shard_name(0, 3), first_step=0, last_step=3, sampled=3,
                    sha256="0" * 64)
   return pb.BatchManifest(dataset_size=10, batch_size=2, sampling_rate=0.2, steps=5,
-                          first_step=0, last_step=3, physical_batch_size=1, shards=(shard,))
+                          first_step=0, last_step=3, physical_batch_size=1, shards=(shard,),
+                          source="/examples/1", split="train")

@@ -53,7 +53,8 @@ def _write_batches(directory, config, seed=0):
                          plan.physical_batch_size, min(examples))
   pb.BatchManifest(dataset_size=N, batch_size=plan.batch_size, sampling_rate=plan.sampling_rate,
                    steps=plan.steps, first_step=0, last_step=plan.steps,
-                   physical_batch_size=plan.physical_batch_size, shards=(shard,)).save(directory)
+                   physical_batch_size=plan.physical_batch_size, shards=(shard,),
+                   source="/examples/1", split="train").save(directory)
   return (x, y), samples
 
 
@@ -132,24 +133,139 @@ def test_a_changed_shard_is_refused_when_the_stream_opens(tmp_path):
     pb.PoissonBatchStream(tmp_path, _decode)
 
 
-def test_a_skipped_step_stops_training_and_every_step_taken_is_counted(tmp_path):
+def _rewrite(directory, records, sampled):
+  """The batches' one shard rewritten with these raw step records (the manifest re-signed to
+  them: an attacker who can write the whole directory)."""
+  manifest = pb.BatchManifest.load(directory)
+  (shard,) = manifest.shards
+  with tf.io.TFRecordWriter(str(directory / shard.file), options="GZIP") as writer:
+    for record in records:
+      writer.write(record)
+  shard = pb.Shard(file=shard.file, first_step=shard.first_step, last_step=shard.last_step,
+                   sampled=sampled, sha256=pb.file_sha256(str(directory / shard.file)))
+  pb.BatchManifest(**{**manifest.__dict__, "shards": (shard,)}).save(directory)
+
+
+def _step(step, examples, mask):
+  feature = tf.train.Feature
+  return tf.train.Example(features=tf.train.Features(feature={
+      pb.STEP_FEATURE: feature(int64_list=tf.train.Int64List(value=[step])),
+      pb.EXAMPLES_FEATURE: feature(bytes_list=tf.train.BytesList(value=examples)),
+      pb.MASK_FEATURE: feature(int64_list=tf.train.Int64List(value=mask)),
+  })).SerializeToString()
+
+
+def _physical(directory):
+  return pb.BatchManifest.load(directory).physical_batch_size
+
+
+@pytest.mark.parametrize("first_mask, message", [
+    ([2], "is not a padded sample"),  # an example weighed twice
+    ([-1], "is not a padded sample"),
+    ("padding first", "is not a padded sample"),
+    ("twice", "is not a padded sample"),  # one example sampled twice in a step
+    ("short", "is not a padded sample"),  # not whole physical batches
+    ("mask longer", "is not a padded sample"),
+    ("missing step", "holds steps other than"),
+    ("out of order", "holds steps other than"),
+])
+def test_batches_that_are_not_padded_samples_are_refused_when_the_stream_opens(
+    tmp_path, first_mask, message):
+  (x, y), _ = _write_batches(tmp_path, _config())
+  a, b = _serialized(x[:2], y[:2])
+  physical = _physical(tmp_path)
+  padded = lambda sample: pb.step_record(0, sample, physical, a)
+  first = {"padding first": _step(0, [a, b] + [a] * (physical - 2), [0, 1] + [0] * (physical - 2)),
+           "twice": padded([b, b]),
+           "short": _step(0, [b], [1]),
+           "mask longer": _step(0, [b] * physical, [1] * (physical + 1))}.get(
+               first_mask if isinstance(first_mask, str) else None)
+  if first is None and not isinstance(first_mask, str):
+    first = _step(0, [b] + [a] * (physical - 1), first_mask + [0] * (physical - 1))
+  steps = [first or padded([b]), pb.step_record(1, [a], physical, a),
+           pb.step_record(2, [], physical, a)]
+  if first_mask == "missing step":
+    steps = steps[:2]
+  if first_mask == "out of order":
+    steps = [steps[0], steps[2], steps[1]]
+  _rewrite(tmp_path, steps, sampled=3)
+  with pytest.raises(ValueError, match=message):
+    pb.PoissonBatchStream(tmp_path, _decode)
+
+
+def test_a_shard_changed_after_the_stream_opened_stops_training(tmp_path):
   config = _config()
-  (x, y), _ = _write_batches(tmp_path, config)
-  example = _serialized(x[:1], y[:1])[0]
-  name = pb.shard_name(0, 3)
-  with tf.io.TFRecordWriter(str(tmp_path / name), options="GZIP") as writer:
-    for step in (0, 2, 1):  # step 1 comes after step 2
-      writer.write(pb.step_record(step, [example], 16, example))
-  manifest = pb.BatchManifest.load(tmp_path)
-  shard = pb.Shard(file=name, first_step=0, last_step=3, sampled=3,
-                   sha256=pb.file_sha256(str(tmp_path / name)))
-  pb.BatchManifest(**{**manifest.__dict__, "shards": (shard,)}).save(tmp_path)
+  (x, y), samples = _write_batches(tmp_path, config)
+  stream = pb.PoissonBatchStream(tmp_path, _decode)
+  a, b = _serialized(x[:2], y[:2])
+  physical = _physical(tmp_path)
+  # The same facts and a valid shard, other samples: written after the checks at open.
+  _rewrite(tmp_path, [pb.step_record(step, [b] * 0 + [a], physical, a) for step in range(3)],
+           sampled=3)
   dp_model = _dp_model(config, ledger_path=str(tmp_path / "ledger.json"))
-  with pytest.raises(tf.errors.InvalidArgumentError, match="skip or repeat a step"):
-    dp_model.fit(pb.PoissonBatchStream(tmp_path, _decode), verbose=0)
-  # Step 0 trained; the failed step 1 counts too (its counter does not wait for the data, and
-  # the ledger records a step before it runs): over-counted by one, never under.
-  assert dp_model.privacy_ledger.noisy_steps == int(dp_model.noisy_steps.numpy()) == 2
+  with pytest.raises(tf.errors.InvalidArgumentError, match="changed since the stream opened"):
+    dp_model.fit(stream, verbose=0)
+  # The failed first step is counted (over, never under), and nothing trained on the new shard.
+  assert dp_model.privacy_ledger.noisy_steps == 1
+
+
+def test_a_rerun_on_the_same_batches_goes_on_at_the_next_step_and_never_reuses_one(tmp_path):
+  config = _config(noise_multiplier=1.0)
+  _write_batches(tmp_path / "batches", config)
+  history = str(tmp_path / "history")
+  first = _dp_model(config, ledger_history=history)
+  first.fit(pb.PoissonBatchStream(tmp_path / "batches", _decode), epochs=1, verbose=0)
+  assert first.privacy_ledger.noisy_steps == 3 and int(first.noisy_steps.numpy()) == 3
+  # All 3 steps (one epoch of 40 / 8 = 5, cut at the plan) are spent: a new run has none left.
+  again = _dp_model(config, ledger_history=history)
+  with pytest.raises(dp_tfx.PrivacyBudgetExhaustedError, match="3 planned noisy steps"):
+    again.fit(pb.PoissonBatchStream(tmp_path / "batches", _decode), verbose=0)
+
+
+def test_a_restart_after_a_crash_takes_the_steps_no_run_recorded(tmp_path):
+  config = _config(noise_multiplier=1.0, steps=6)
+  _write_batches(tmp_path / "batches", config)
+  history = str(tmp_path / "history")
+  crashed = _dp_model(config, ledger_history=history)
+  taken = []
+
+  class CrashAfterTwoSteps(keras.callbacks.Callback):
+    def on_train_batch_end(self, batch, logs=None):
+      taken.append(batch)
+      if len(taken) == 2:
+        raise RuntimeError("killed")
+
+  with pytest.raises(RuntimeError, match="killed"):
+    crashed.fit(pb.PoissonBatchStream(tmp_path / "batches", _decode), verbose=0,
+                callbacks=[CrashAfterTwoSteps()])
+  restarted = _dp_model(config, ledger_history=history)
+  steps = []
+  original = pb.PoissonBatchStream.steps
+
+  def recording_steps(stream, first_step, last_step, pad_multiple=None):
+    steps.append((first_step, last_step))
+    return original(stream, first_step, last_step, pad_multiple)
+
+  pb.PoissonBatchStream.steps = recording_steps
+  try:
+    restarted.fit(pb.PoissonBatchStream(tmp_path / "batches", _decode), verbose=0)
+  finally:
+    pb.PoissonBatchStream.steps = original
+  assert steps == [(2, 6)]
+  assert restarted.privacy_ledger.noisy_steps == 6  # 2 + 4, every step once
+
+
+def test_a_second_run_is_refused_while_another_trains_on_the_same_batches(tmp_path):
+  config = _config(noise_multiplier=1.0)
+  _write_batches(tmp_path / "batches", config)
+  history = str(tmp_path / "history")
+  live = _dp_model(config, ledger_history=history)
+  live._prepare(pb.PoissonBatchStream(tmp_path / "batches", _decode))
+  live.privacy_ledger.start_segment(live.plan, seeded=True, steps=3)  # a run mid-training
+  other = _dp_model(config, ledger_history=history)
+  with pytest.raises(ValueError, match="two runs must never use the same samples"):
+    other.fit(pb.PoissonBatchStream(tmp_path / "batches", _decode), verbose=0)
+  assert other.privacy_ledger.noisy_steps == 0
 
 
 def test_a_stream_carries_its_labels():
