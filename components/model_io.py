@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import warnings
 from typing import Dict, List, Sequence
 
 import keras
@@ -57,10 +58,25 @@ def read_examples(file_patterns: Sequence[str], spec, decode, context):
   return inputs, np.concatenate([p[1] for p in parts])
 
 
-def record_eval_metrics(model: keras.Model, inputs, labels, model_run_dir: str) -> Dict[str, float]:
-  """Evaluates the compiled model and writes the metrics as METRICS_FILE into model_run_dir."""
-  metrics = {name: float(value) for name, value in
-             model.evaluate(inputs, labels, return_dict=True, verbose=0).items()}
+def examples_dataset(file_patterns: Sequence[str], spec, decode, context,
+                     batch_size: int = 1024) -> tf.data.Dataset:
+  """The examples in the files matching `file_patterns`, parsed and decoded in batches, read as
+  they are used: evaluation holds a batch at a time, whatever the split's size."""
+  return example_records(file_patterns).batch(batch_size).map(
+      lambda serialized: decode(tf.io.parse_example(serialized, spec), context),
+      num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
+
+
+def record_eval_metrics(model: keras.Model, dataset: tf.data.Dataset,
+                        model_run_dir: str) -> Dict[str, float]:
+  """Evaluates the compiled model on a dataset of (inputs, labels) batches and writes the
+  metrics as METRICS_FILE into model_run_dir."""
+  with warnings.catch_warnings():
+    # Keras remembers how many batches the validation passes took and calls the end of the
+    # dataset (read whole, as meant) running out of data.
+    warnings.filterwarnings("ignore", message=".*Your input ran out of data.*")
+    metrics = {name: float(value) for name, value in
+               model.evaluate(dataset, return_dict=True, verbose=0).items()}
   io_utils.write_string_file(os.path.join(model_run_dir, METRICS_FILE), json.dumps(metrics))
   return metrics
 

@@ -312,7 +312,9 @@ class DPModel(keras.Model):
         warnings.filterwarnings("ignore", message=_RAN_OUT_OF_DATA)
         return super().fit(dataset, epochs=epochs, steps_per_epoch=per_epoch, verbose=verbose,
                            callbacks=callbacks, validation_data=validation_data,
-                           validation_batch_size=validation_batch_size or self.plan.batch_size,
+                           validation_batch_size=(
+                               None if isinstance(validation_data, tf.data.Dataset)
+                               else validation_batch_size or self.plan.batch_size),
                            validation_freq=validation_freq, shuffle=False)
     finally:  # trained, refused or raised: from now on only the steps taken count
       if heartbeat is not None:

@@ -26,7 +26,8 @@ from types import ModuleType
 import keras
 from tfx.components.trainer.fn_args_utils import FnArgs
 
-from dp_tfx.components.model_io import export_serving_model, read_examples, record_eval_metrics
+from dp_tfx.components.model_io import (examples_dataset, export_serving_model, read_examples,
+                                        record_eval_metrics)
 from dp_tfx.components.user_module import TrainerContext
 
 EPOCHS_KEY = "epochs"
@@ -85,12 +86,12 @@ def train_non_private_control(fn_args: FnArgs, module: ModuleType) -> keras.call
   batch_size = _whole_number(context.hyperparameters, BATCH_SIZE_KEY)
   spec = module.feature_spec(context)
   x_train, y_train = read_examples(fn_args.train_files, spec, module.decode, context)
-  x_eval, y_eval = read_examples(fn_args.eval_files, spec, module.decode, context)
+  eval_data = examples_dataset(fn_args.eval_files, spec, module.decode, context, batch_size)
   model = module.build_model(context)
   model.compile(**module.compile_kwargs(context))
   history = model.fit(x_train, y_train, batch_size=batch_size, epochs=epochs,
-                      validation_data=(x_eval, y_eval), verbose=2,
+                      validation_data=eval_data, verbose=2,
                       callbacks=[keras.callbacks.TensorBoard(log_dir=fn_args.model_run_dir)])
-  record_eval_metrics(model, x_eval, y_eval, fn_args.model_run_dir)
+  record_eval_metrics(model, eval_data, fn_args.model_run_dir)
   export_serving_model(model, spec, module.decode, context, fn_args.serving_model_dir)
   return history

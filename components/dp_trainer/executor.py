@@ -19,8 +19,8 @@ from tfx.types import artifact_utils
 from tfx.utils import path_utils
 
 from dp_tfx.components import artifacts, earlier_runs, specs
-from dp_tfx.components.model_io import (export_serving_model, read_examples, record_eval_metrics,
-                                        split_file_patterns, splits)
+from dp_tfx.components.model_io import (examples_dataset, export_serving_model, read_examples,
+                                        record_eval_metrics, split_file_patterns, splits)
 from dp_tfx.components.user_module import MODULE_FUNCTIONS, PRIVACY_UNIT_FUNCTION, trainer_context
 from dp_tfx.config import DPConfig
 from dp_tfx.keras import make_private
@@ -59,9 +59,8 @@ class Executor(base_executor.BaseExecutor):
     train_split, eval_split = splits(exec_properties)
     training_data = self._training_data(input_dict, examples, train_split, spec, module["decode"],
                                         context)
-    x_eval, y_eval = read_examples(split_file_patterns(examples, eval_split), spec,
-                                   module["decode"], context)
-    logging.info("DPTrainer: %d eval examples", len(y_eval))
+    eval_data = examples_dataset(split_file_patterns(examples, eval_split), spec,
+                                 module["decode"], context)
 
     model_run = artifact_utils.get_single_instance(output_dict[specs.MODEL_RUN_KEY])
     model_artifact = artifact_utils.get_single_instance(output_dict[specs.MODEL_KEY])
@@ -75,10 +74,10 @@ class Executor(base_executor.BaseExecutor):
           privacy_unit=privacy_unit_fn(context) if privacy_unit_fn else EXAMPLE,
           policy=policy)  # a run the policy could never bless is refused before its first step
       dp_model.compile(**module["compile_kwargs"](context))
-    dp_model.fit(*training_data, validation_data=(x_eval, y_eval), verbose=2,
+    dp_model.fit(*training_data, validation_data=eval_data, verbose=2,
                  callbacks=[keras.callbacks.TensorBoard(log_dir=model_run.uri)])
 
-    metrics = record_eval_metrics(dp_model, x_eval, y_eval, model_run.uri)
+    metrics = record_eval_metrics(dp_model, eval_data, model_run.uri)
     for name, value in metrics.items():
       model_artifact.set_float_custom_property(EVAL_METRIC_PREFIX + name, value)
     serving_dir = path_utils.serving_model_dir(model_artifact.uri)
