@@ -43,8 +43,10 @@ NOISY_STEPS_PROPERTY = "noisy_steps"
 HISTORY_NOISY_STEPS_PROPERTY = "history_noisy_steps"
 DATASET_SIZE_PROPERTY = "dataset_size"
 PRIVACY_UNIT_PROPERTY = "privacy_unit"
-# On a PoissonBatches artifact: its manifest's digest (see record_batch_facts).
+# On a PoissonBatches artifact: its manifest's digest and, with a ledger key, the digest's HMAC
+# (see record_batch_facts): whoever can edit the manifest and MLMD cannot sign a forgery.
 MANIFEST_DIGEST_PROPERTY = "manifest_digest"
+MANIFEST_SIGNATURE_PROPERTY = "manifest_signature"
 # On a PrivacyAudit at the audit's delta (AUDIT_DELTA_PROPERTY); on the PrivacyEvaluator's
 # ModelBlessing at the policy's delta (the blessing's "delta").
 LOWER_BOUND_PROPERTY = "empirical_epsilon_lower_bound"
@@ -304,3 +306,7 @@ def record_batch_facts(target: artifact.Artifact, manifest) -> None:
     target.set_int_custom_property(name, getattr(manifest, name))
   target.set_float_custom_property("sampling_rate", manifest.sampling_rate)
   target.set_string_custom_property(MANIFEST_DIGEST_PROPERTY, manifest.digest())
+  key = signing.configured_key()
+  if key is not None:
+    target.set_string_custom_property(MANIFEST_SIGNATURE_PROPERTY,
+                                      signing.sign(manifest.digest().encode(), key))

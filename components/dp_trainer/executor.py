@@ -18,6 +18,7 @@ from tfx.dsl.components.base import base_executor
 from tfx.types import artifact_utils
 from tfx.utils import path_utils
 
+from dp_tfx import signing
 from dp_tfx.components import artifacts, earlier_runs, specs
 from dp_tfx.components.model_io import (examples_dataset, export_serving_model, read_examples,
                                         record_eval_metrics, split_file_patterns, splits)
@@ -160,13 +161,20 @@ def _check_batches_describe(stream: PoissonBatchStream, artifact: types.Artifact
 
   The manifest's N and q make epsilon: a manifest edited after it was written (a larger N claims
   a smaller q), or batches drawn from other examples or another split, would train on samples
-  the ledger does not describe.
+  the ledger does not describe. With a ledger key set (dp_tfx.signing), the recorded digest must
+  carry the key's signature too: MLMD is a file whoever edits the manifest may edit as well.
   """
   recorded = artifact.get_string_custom_property(artifacts.MANIFEST_DIGEST_PROPERTY)
   if recorded != stream.fingerprint:
     raise ValueError(f"the Poisson batches in {artifact.uri} are not the ones PoissonBatchGen "
                      f"recorded in MLMD (manifest digest {stream.fingerprint}, recorded "
                      f"{recorded or 'none'})")
+  key = signing.configured_key()
+  signature = artifact.get_string_custom_property(artifacts.MANIFEST_SIGNATURE_PROPERTY)
+  if key is not None and not signing.is_valid(stream.fingerprint.encode(), signature, key):
+    raise ValueError(f"the Poisson batches in {artifact.uri} are not signed with this run's "
+                     f"ledger key ({'a wrong signature' if signature else 'no signature'}): "
+                     f"with a key set, only batches a PoissonBatchGen holding it wrote are used")
   manifest = stream.manifest
   if (manifest.source, manifest.split) != (examples.uri, train_split):
     raise ValueError(f"the Poisson batches in {artifact.uri} were drawn from split "

@@ -151,3 +151,25 @@ def test_the_trainer_takes_only_the_batches_recorded_for_its_examples(tmp_path, 
   edited = pb.PoissonBatchStream(output.uri, decode)
   with pytest.raises(ValueError, match="not the ones PoissonBatchGen recorded in MLMD"):
     trainer_executor._check_batches_describe(edited, output, examples, "train")
+
+
+def test_with_a_ledger_key_the_trainer_takes_only_batches_signed_with_it(tmp_path, examples,
+                                                                         monkeypatch):
+  from dp_tfx import signing
+  from dp_tfx.components.dp_trainer import executor as trainer_executor
+
+  monkeypatch.setenv(signing.KEY_ENV, "a-ledger-key-of-32-bytes-or-more")
+  config = DPConfig(noise_multiplier=1.0, batch_size=30, steps=6)
+  output = _run(examples, tmp_path / "batches", config)
+  stream = pb.PoissonBatchStream(output.uri, lambda serialized: (serialized, serialized))
+  trainer_executor._check_batches_describe(stream, output, examples, "train")
+  # The digest recorded again (as whoever edits the manifest and MLMD could), not re-signed.
+  output.set_string_custom_property(artifacts.MANIFEST_SIGNATURE_PROPERTY, "")
+  with pytest.raises(ValueError, match="not signed with this run's ledger key"):
+    trainer_executor._check_batches_describe(stream, output, examples, "train")
+  monkeypatch.setenv(signing.KEY_ENV, "another-ledger-key-of-32-bytes-or-more")
+  signed_by_other = _run(examples, tmp_path / "other", config)
+  monkeypatch.setenv(signing.KEY_ENV, "a-ledger-key-of-32-bytes-or-more")
+  other = pb.PoissonBatchStream(signed_by_other.uri, lambda serialized: (serialized, serialized))
+  with pytest.raises(ValueError, match="a wrong signature"):
+    trainer_executor._check_batches_describe(other, signed_by_other, examples, "train")
