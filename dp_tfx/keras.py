@@ -261,6 +261,10 @@ class DPModel(keras.Model):
     if isinstance(data, PoissonBatchStream):
       # Samples drawn ahead are used once: a rerun or a restart on the same batches goes on at
       # the first step no run recorded (a crashed run's recorded steps are spent).
+      if self._ledger_path is None and self._ledger_history is None:
+        raise ValueError("training on Poisson batches drawn ahead needs a ledger that outlives "
+                         "this model (ledger_path or ledger_history): it is what tells the "
+                         "steps whose samples were used from those still unused")
       self.privacy_ledger.refresh()
       self.noisy_steps.assign(data.next_step(self.privacy_ledger))
     done = int(self.noisy_steps.numpy())
@@ -304,7 +308,8 @@ class DPModel(keras.Model):
       if isinstance(data, PoissonBatchStream):
         # Again with the reservation written: of two runs starting on the same batches at once,
         # at least one sees the other's segment here and stops before a step.
-        data.next_step(self.privacy_ledger, own_segment=self.privacy_ledger.current_segment)
+        data.next_step(self.privacy_ledger, own_segment=self.privacy_ledger.current_segment,
+                       expected=done)
       # First, so that epsilon is in the epoch logs every other callback (TensorBoard) sees.
       callbacks = [_LedgerCallback(self, steps)] + list(callbacks or [])
       with warnings.catch_warnings():

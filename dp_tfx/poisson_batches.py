@@ -39,9 +39,13 @@ FORMAT_VERSION = 1
 STEP_FEATURE = "dp_tfx_step"
 EXAMPLES_FEATURE = "dp_tfx_examples"
 MASK_FEATURE = "dp_tfx_mask"
+# Which draw the sample belongs to (see `new_draw`): the samples' identity, whatever files,
+# compression or manifest carry them later.
+DRAW_FEATURE = "dp_tfx_draw"
 RECORD_SPEC = {STEP_FEATURE: tf.io.FixedLenFeature([], tf.int64),
                EXAMPLES_FEATURE: tf.io.RaggedFeature(tf.string),
-               MASK_FEATURE: tf.io.RaggedFeature(tf.int64)}
+               MASK_FEATURE: tf.io.RaggedFeature(tf.int64),
+               DRAW_FEATURE: tf.io.FixedLenFeature([], tf.string)}
 
 
 def inclusion_steps(rng: np.random.Generator, sampling_rate: float, first_step: int,
@@ -63,8 +67,23 @@ def inclusion_steps(rng: np.random.Generator, sampling_rate: float, first_step: 
   return np.concatenate(found) if found else np.zeros([0], np.int64)
 
 
+def new_draw(first_step: int, last_step: int) -> str:
+  """A fresh draw's identity: random, with the steps it covers. Every record of the draw names
+  it and the ledger records it, so that no step of a draw is trained on twice (see
+  PoissonBatchStream.next_step), however its files are copied, renamed or re-packed."""
+  return f"{secrets.token_hex(16)}/{first_step}-{last_step}"
+
+
+def draw_first_step(draw: str) -> int:
+  """The first step a draw covers (see `new_draw`)."""
+  try:
+    return int(draw.rsplit("/", 1)[1].split("-")[0])
+  except (IndexError, ValueError):
+    raise ValueError(f"{draw!r} is not a draw's identity") from None
+
+
 def step_record(step: int, sample: Sequence[bytes], physical_batch_size: int,
-                padding_example: bytes) -> bytes:
+                padding_example: bytes, draw: str) -> bytes:
   """A step's record: its sample, then masked padding up to whole physical batches (>= 1)."""
   slots = max(1, math.ceil(len(sample) / physical_batch_size)) * physical_batch_size
   padding = slots - len(sample)
@@ -75,6 +94,7 @@ def step_record(step: int, sample: Sequence[bytes], physical_batch_size: int,
           value=list(sample) + [padding_example] * padding)),
       MASK_FEATURE: feature(int64_list=tf.train.Int64List(value=[1] * len(sample) +
                                                           [0] * padding)),
+      DRAW_FEATURE: feature(bytes_list=tf.train.BytesList(value=[draw.encode()])),
   })).SerializeToString()
 
 
@@ -123,6 +143,7 @@ class BatchManifest:
     physical_batch_size: each step's records are a whole number of these.
     shards: the files, consecutive, covering [first_step, last_step) in order.
     source, split: the Examples artifact (its uri) and the split the samples were drawn from.
+    draw: the draw's identity (`new_draw`), which every record names.
   """
 
   dataset_size: int
@@ -135,9 +156,10 @@ class BatchManifest:
   shards: Tuple[Shard, ...]
   source: str
   split: str
+  draw: str
 
   def __post_init__(self):
-    for name in ("source", "split"):
+    for name in ("source", "split", "draw"):
       if not (isinstance(getattr(self, name), str) and getattr(self, name)):
         raise ValueError(f"BatchManifest.{name} must name the examples sampled; got "
                          f"{getattr(self, name)!r}")
@@ -161,6 +183,8 @@ class BatchManifest:
     if covered != self.last_step:
       raise ValueError(f"BatchManifest: the shards end at step {covered}, not at "
                        f"{self.last_step}")
+    if draw_first_step(self.draw) > self.first_step:
+      raise ValueError(f"BatchManifest: draw {self.draw} starts after step {self.first_step}")
 
   def to_dict(self) -> dict:
     values = dataclasses.asdict(self)
@@ -214,8 +238,8 @@ def shard_name(first_step: int, last_step: int) -> str:
   return f"steps-{first_step:09d}-{last_step:09d}.tfrecord.gz"
 
 
-def write_shard(directory: str, first_step: int, last_step: int,
-                samples: dict, physical_batch_size: int, padding_example: bytes) -> Shard:
+def write_shard(directory: str, first_step: int, last_step: int, samples: dict,
+                physical_batch_size: int, padding_example: bytes, draw: str) -> Shard:
   """Writes steps [first_step, last_step) in order, a record each (`samples`: step -> its
   sampled examples; a step missing from it sampled none)."""
   name = shard_name(first_step, last_step)
@@ -223,7 +247,7 @@ def write_shard(directory: str, first_step: int, last_step: int,
   with tf.io.TFRecordWriter(path, options="GZIP") as writer:
     for step in range(first_step, last_step):
       writer.write(step_record(step, samples.get(step, ()), physical_batch_size,
-                               padding_example))
+                               padding_example, draw))
   return Shard(file=name, first_step=first_step, last_step=last_step,
                sampled=sum(len(samples.get(step, ())) for step in range(first_step, last_step)),
                sha256=file_sha256(path))
@@ -276,15 +300,19 @@ class PoissonBatchStream:
                    f"{shard.sha256})")
     physical = self.manifest.physical_batch_size
 
+    draw = self.manifest.draw
+
     def inspect(record):
       step, examples, mask = parse_step_record(record)
       length = tf.size(mask)
+      of_this_draw = tf.equal(tf.io.parse_single_example(record, RECORD_SPEC)[DRAW_FEATURE], draw)
       sampled = tf.reduce_sum(tf.cast(tf.equal(mask, 1.0), tf.int32))
       slots = tf.maximum(1, (sampled + physical - 1) // physical) * physical
       well_formed = (tf.equal(tf.size(examples), length) & tf.equal(length, slots) &
                      tf.reduce_all(tf.equal(mask, tf.cast(tf.range(length) < sampled,
                                                           tf.float32))) &
-                     tf.equal(tf.size(tf.unique(examples[:sampled]).y), sampled))
+                     tf.equal(tf.size(tf.unique(examples[:sampled]).y), sampled) &
+                     of_this_draw)
       return step, sampled, well_formed, self._fingerprint(record)
 
     records = tf.data.TFRecordDataset(path, compression_type="GZIP").map(
@@ -297,17 +325,18 @@ class PoissonBatchStream:
       raise refuse(f"holds steps other than [{shard.first_step}, {shard.last_step}) in order")
     if not np.all(well_formed):
       bad = int(steps[np.flatnonzero(~well_formed.astype(bool))[0]])
-      raise refuse(f"step {bad}'s record is not a padded sample (its mask must be 1 for each "
-                   f"sampled example, then 0 to whole physical batches of {physical}, and no "
-                   f"example may be sampled twice)")
+      raise refuse(f"step {bad}'s record is not a padded sample of draw {draw} (its mask must "
+                   f"be 1 for each sampled example, then 0 to whole physical batches of "
+                   f"{physical}, and no example may be sampled twice)")
     if int(np.sum(sampled)) != shard.sampled:
       raise refuse(f"samples {int(np.sum(sampled))} examples, the manifest says {shard.sampled}")
     return fingerprints.astype(np.int64)
 
   @property
   def fingerprint(self) -> str:
-    """Names the data in the ledger: the manifest's digest (and through it every shard's)."""
-    return self.manifest.digest()
+    """Names the data in the ledger: the draw (the samples themselves, however packaged). The
+    DPTrainer ties the manifest to MLMD by its digest."""
+    return f"poisson-draw:{self.manifest.draw}"
 
   @property
   def dataset_size(self) -> int:
@@ -378,13 +407,15 @@ class PoissonBatchStream:
     return tf.data.Dataset.zip((records, steps)).map(checked,
                                                      num_parallel_calls=tf.data.AUTOTUNE)
 
-  def next_step(self, ledger, own_segment=None) -> int:
-    """The first step no run has taken: every step of these batches that a segment of `ledger`
-    (its whole history) recorded was spent, and a sample must never be used twice.
+  def next_step(self, ledger, own_segment=None, expected: Optional[int] = None) -> int:
+    """The first step of the draw no run has taken: the draw's steps are trained on in order,
+    each once, so it is the draw's first step plus every step a segment of `ledger` (its whole
+    history) recorded on the draw (a crashed run's recorded steps are spent). Only a ledger
+    that outlives its model knows them: DPModel.fit takes a stream only with one.
 
     Raises:
-      ValueError: while a segment on these batches other than `own_segment` is unfinished (its
-        run may be taking the next steps now).
+      ValueError: while a segment on the draw other than `own_segment` is unfinished (its run may
+        be taking the next steps now), or if it is not `expected` (another run took steps since).
     """
     mine = [segment for segment in ledger.segments
             if segment.dataset_fingerprint == self.fingerprint]
@@ -394,4 +425,8 @@ class PoissonBatchStream:
       raise ValueError(f"run {live[0].run_id} is training on the Poisson batches in "
                        f"{self.directory} (its segment {live[0].segment_id} is unfinished); "
                        f"two runs must never use the same samples")
-    return self.manifest.first_step + sum(segment.noisy_steps for segment in mine)
+    step = draw_first_step(self.manifest.draw) + sum(s.noisy_steps for s in mine)
+    if expected is not None and step != expected:
+      raise ValueError(f"another run took steps {expected} to {step - 1} of the Poisson batches "
+                       f"in {self.directory} while this one prepared; start it again")
+    return step

@@ -164,14 +164,15 @@ def _check_batches_describe(stream: PoissonBatchStream, artifact: types.Artifact
   the ledger does not describe. With a ledger key set (dp_tfx.signing), the recorded digest must
   carry the key's signature too: MLMD is a file whoever edits the manifest may edit as well.
   """
+  digest = stream.manifest.digest()
   recorded = artifact.get_string_custom_property(artifacts.MANIFEST_DIGEST_PROPERTY)
-  if recorded != stream.fingerprint:
+  if recorded != digest:
     raise ValueError(f"the Poisson batches in {artifact.uri} are not the ones PoissonBatchGen "
-                     f"recorded in MLMD (manifest digest {stream.fingerprint}, recorded "
+                     f"recorded in MLMD (manifest digest {digest}, recorded "
                      f"{recorded or 'none'})")
   key = signing.configured_key()
   signature = artifact.get_string_custom_property(artifacts.MANIFEST_SIGNATURE_PROPERTY)
-  if key is not None and not signing.is_valid(stream.fingerprint.encode(), signature, key):
+  if key is not None and not signing.is_valid(digest.encode(), signature, key):
     raise ValueError(f"the Poisson batches in {artifact.uri} are not signed with this run's "
                      f"ledger key ({'a wrong signature' if signature else 'no signature'}): "
                      f"with a key set, only batches a PoissonBatchGen holding it wrote are used")

@@ -60,17 +60,20 @@ class Executor(base_beam_executor.BaseBeamExecutor):
 
     shard_ranges = [(start, min(start + steps_per_shard, last_step))
                     for start in range(first_step, last_step, steps_per_shard)]
-    written = self._draw_and_write(patterns, output.uri, sampling, shard_ranges, padding_example)
+    draw = poisson_batches.new_draw(first_step, last_step)
+    written = self._draw_and_write(patterns, output.uri, sampling, shard_ranges, padding_example,
+                                   draw)
     for first, last in shard_ranges:
       if first not in written:  # no step of it sampled anything
         written[first] = poisson_batches.write_shard(output.uri, first, last, {},
-                                                     sampling.physical_batch_size, padding_example)
+                                                     sampling.physical_batch_size,
+                                                     padding_example, draw)
     manifest = poisson_batches.BatchManifest(
         dataset_size=dataset_size, batch_size=sampling.batch_size,
         sampling_rate=sampling.sampling_rate, steps=sampling.steps, first_step=first_step,
         last_step=last_step, physical_batch_size=sampling.physical_batch_size,
         shards=tuple(written[first] for first, _ in shard_ranges), source=examples.uri,
-        split=split)
+        split=split, draw=draw)
     manifest.save(output.uri)
     artifacts.record_batch_facts(output, manifest)
     logging.info("PoissonBatchGen: wrote %d steps (%d sampled examples) in %d shards, manifest %s",
@@ -101,7 +104,7 @@ class Executor(base_beam_executor.BaseBeamExecutor):
     return facts["count"], bytes.fromhex(facts["padding_example"])
 
   def _draw_and_write(self, patterns, directory, sampling: SamplingPlan, shard_ranges,
-                      padding_example) -> dict:
+                      padding_example, draw: str) -> dict:
     """Shard first step -> Shard, for every shard some step of which sampled an example."""
     starts = [first for first, _ in shard_ranges]
     path = os.path.join(directory, _RESULT_FILE)
@@ -111,7 +114,7 @@ class Executor(base_beam_executor.BaseBeamExecutor):
                                                   shard_ranges[-1][1], starts))
            | "ByShard" >> beam.GroupByKey()
            | "WriteShard" >> beam.Map(_write_shard, directory, dict(shard_ranges),
-                                      sampling.physical_batch_size, padding_example)
+                                      sampling.physical_batch_size, padding_example, draw)
            | "All" >> beam.combiners.ToList()
            | "List" >> beam.Map(_write_json, path))
     with tf.io.gfile.GFile(path) as stream:
@@ -139,13 +142,14 @@ class _DrawInclusions(beam.DoFn):
       yield shard, (step, example)
 
 
-def _write_shard(keyed, directory, last_step_of, physical_batch_size, padding_example) -> dict:
+def _write_shard(keyed, directory, last_step_of, physical_batch_size, padding_example,
+                 draw) -> dict:
   first, draws = keyed
   samples = {}
   for step, example in draws:
     samples.setdefault(step, []).append(example)
   return dataclasses.asdict(poisson_batches.write_shard(
-      directory, first, last_step_of[first], samples, physical_batch_size, padding_example))
+      directory, first, last_step_of[first], samples, physical_batch_size, padding_example, draw))
 
 
 def _write_count(count, path, smallest) -> None:

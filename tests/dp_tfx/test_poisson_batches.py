@@ -12,6 +12,7 @@ from scipy import stats
 from dp_tfx import poisson_batches as pb
 
 SIGNIFICANCE = 1e-3  # each statistical test below fails an honest sampler this rarely
+DRAW = pb.new_draw(0, 3)
 
 
 def _draws(examples, rate, first, last, seed=0):
@@ -70,19 +71,19 @@ def _parse(record):
 
 
 def test_a_step_is_its_sample_then_masked_padding_to_whole_physical_batches():
-  assert _parse(pb.step_record(3, [b"a", b"b", b"c"], 2, b"pad")) == (
+  assert _parse(pb.step_record(3, [b"a", b"b", b"c"], 2, b"pad", DRAW)) == (
       3, [b"a", b"b", b"c", b"pad"], [1, 1, 1, 0])
-  assert _parse(pb.step_record(4, [], 2, b"pad")) == (4, [b"pad", b"pad"], [0, 0])
-  assert _parse(pb.step_record(5, [b"a", b"b"], 2, b"pad")) == (5, [b"a", b"b"], [1, 1])
+  assert _parse(pb.step_record(4, [], 2, b"pad", DRAW)) == (4, [b"pad", b"pad"], [0, 0])
+  assert _parse(pb.step_record(5, [b"a", b"b"], 2, b"pad", DRAW)) == (5, [b"a", b"b"], [1, 1])
 
 
 def _manifest(tmp_path):
   samples = {0: [b"x", b"y", b"z"], 2: [b"w"]}
-  shards = (pb.write_shard(str(tmp_path), 0, 2, samples, 2, b"pad"),
-            pb.write_shard(str(tmp_path), 2, 3, samples, 2, b"pad"))
+  shards = (pb.write_shard(str(tmp_path), 0, 2, samples, 2, b"pad", DRAW),
+            pb.write_shard(str(tmp_path), 2, 3, samples, 2, b"pad", DRAW))
   return pb.BatchManifest(dataset_size=10, batch_size=2, sampling_rate=0.2, steps=5,
                           first_step=0, last_step=3, physical_batch_size=2, shards=shards,
-                          source="/examples/1", split="train")
+                          source="/examples/1", split="train", draw=DRAW)
 
 
 def test_shards_hold_their_steps_in_order_with_their_digests(tmp_path):
@@ -112,6 +113,8 @@ def test_shards_hold_their_steps_in_order_with_their_digests(tmp_path):
     (lambda d: d.update(seed=1), "unknown BatchManifest field"),
     (lambda d: d.pop("steps"), "steps"),
     (lambda d: d.update(source=""), "must name the examples sampled"),
+    (lambda d: d.update(draw="1234/2-3"), "starts after step 0"),
+    (lambda d: d.update(draw="no-range"), "is not a draw's identity"),
 ])
 def test_malformed_manifests_are_refused_readably(tmp_path, edit, message):
   document = _manifest(tmp_path).to_dict()
@@ -134,4 +137,4 @@ def _manifest_without_files():
                    sha256="0" * 64)
   return pb.BatchManifest(dataset_size=10, batch_size=2, sampling_rate=0.2, steps=5,
                           first_step=0, last_step=3, physical_batch_size=1, shards=(shard,),
-                          source="/examples/1", split="train")
+                          source="/examples/1", split="train", draw=DRAW)

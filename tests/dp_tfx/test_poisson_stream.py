@@ -48,13 +48,14 @@ def _write_batches(directory, config, seed=0):
   for index in range(N):
     for step in pb.inclusion_steps(rng, plan.sampling_rate, 0, plan.steps):
       samples.setdefault(int(step), []).append(index)
+  draw = pb.new_draw(0, plan.steps)
   shard = pb.write_shard(str(directory), 0, plan.steps,
                          {s: [examples[i] for i in idx] for s, idx in samples.items()},
-                         plan.physical_batch_size, min(examples))
+                         plan.physical_batch_size, min(examples), draw)
   pb.BatchManifest(dataset_size=N, batch_size=plan.batch_size, sampling_rate=plan.sampling_rate,
                    steps=plan.steps, first_step=0, last_step=plan.steps,
                    physical_batch_size=plan.physical_batch_size, shards=(shard,),
-                   source="/examples/1", split="train").save(directory)
+                   source="/examples/1", split="train", draw=draw).save(directory)
   return (x, y), samples
 
 
@@ -68,7 +69,7 @@ def _dp_model(config, **kwargs):
 def test_one_step_is_the_clipped_mean_gradient_of_that_steps_sample(tmp_path, jit_compile):
   config = _config(steps=1, physical_batch_size=5)  # several physical batches for most samples
   (x, y), samples = _write_batches(tmp_path, config, seed=4)
-  dp_model = _dp_model(config)
+  dp_model = _dp_model(config, ledger_path=str(tmp_path / "ledger.json"))
   dp_model.compile(optimizer=keras.optimizers.SGD(1.0), loss=LOSS, jit_compile=jit_compile)
   dp_model.model(x[:1])
   before = [v.numpy().copy() for v in dp_model.trainable_variables]
@@ -94,8 +95,9 @@ def test_the_ledger_records_what_the_in_memory_path_records(tmp_path):
   assert facts(streamed.privacy_ledger) == facts(in_memory.privacy_ledger) == [
       (N, "poisson", 0.2, 1.0, 0.3, 3)]
   assert streamed.epsilon() == in_memory.epsilon()
+  # The ledger names the draw (the samples, however their files are packed later).
   assert (streamed.privacy_ledger.dataset_fingerprint ==
-          pb.BatchManifest.load(tmp_path / "batches").digest())
+          "poisson-draw:" + pb.BatchManifest.load(tmp_path / "batches").draw)
 
 
 def test_without_xla_a_steps_padding_is_cut_to_a_multiple_of_eight(tmp_path):
@@ -146,17 +148,20 @@ def _rewrite(directory, records, sampled):
   pb.BatchManifest(**{**manifest.__dict__, "shards": (shard,)}).save(directory)
 
 
-def _step(step, examples, mask):
+def _step(step, examples, mask, draw):
   feature = tf.train.Feature
   return tf.train.Example(features=tf.train.Features(feature={
       pb.STEP_FEATURE: feature(int64_list=tf.train.Int64List(value=[step])),
       pb.EXAMPLES_FEATURE: feature(bytes_list=tf.train.BytesList(value=examples)),
       pb.MASK_FEATURE: feature(int64_list=tf.train.Int64List(value=mask)),
+      pb.DRAW_FEATURE: feature(bytes_list=tf.train.BytesList(value=[draw.encode()])),
   })).SerializeToString()
 
 
-def _physical(directory):
-  return pb.BatchManifest.load(directory).physical_batch_size
+def _format(directory):
+  """(physical batch size, draw) of the batches there."""
+  manifest = pb.BatchManifest.load(directory)
+  return manifest.physical_batch_size, manifest.draw
 
 
 @pytest.mark.parametrize("first_mask, message", [
@@ -166,6 +171,7 @@ def _physical(directory):
     ("twice", "is not a padded sample"),  # one example sampled twice in a step
     ("short", "is not a padded sample"),  # not whole physical batches
     ("mask longer", "is not a padded sample"),
+    ("another draw", "is not a padded sample of draw"),  # a step of other batches mixed in
     ("missing step", "holds steps other than"),
     ("out of order", "holds steps other than"),
 ])
@@ -173,17 +179,19 @@ def test_batches_that_are_not_padded_samples_are_refused_when_the_stream_opens(
     tmp_path, first_mask, message):
   (x, y), _ = _write_batches(tmp_path, _config())
   a, b = _serialized(x[:2], y[:2])
-  physical = _physical(tmp_path)
-  padded = lambda sample: pb.step_record(0, sample, physical, a)
-  first = {"padding first": _step(0, [a, b] + [a] * (physical - 2), [0, 1] + [0] * (physical - 2)),
+  physical, draw = _format(tmp_path)
+  padded = lambda sample: pb.step_record(0, sample, physical, a, draw)
+  first = {"padding first": _step(0, [a, b] + [a] * (physical - 2),
+                                  [0, 1] + [0] * (physical - 2), draw),
            "twice": padded([b, b]),
-           "short": _step(0, [b], [1]),
-           "mask longer": _step(0, [b] * physical, [1] * (physical + 1))}.get(
+           "short": _step(0, [b], [1], draw),
+           "mask longer": _step(0, [b] * physical, [1] * (physical + 1), draw),
+           "another draw": pb.step_record(0, [b], physical, a, pb.new_draw(0, 3))}.get(
                first_mask if isinstance(first_mask, str) else None)
   if first is None and not isinstance(first_mask, str):
-    first = _step(0, [b] + [a] * (physical - 1), first_mask + [0] * (physical - 1))
-  steps = [first or padded([b]), pb.step_record(1, [a], physical, a),
-           pb.step_record(2, [], physical, a)]
+    first = _step(0, [b] + [a] * (physical - 1), first_mask + [0] * (physical - 1), draw)
+  steps = [first or padded([b]), pb.step_record(1, [a], physical, a, draw),
+           pb.step_record(2, [], physical, a, draw)]
   if first_mask == "missing step":
     steps = steps[:2]
   if first_mask == "out of order":
@@ -198,9 +206,9 @@ def test_a_shard_changed_after_the_stream_opened_stops_training(tmp_path):
   (x, y), samples = _write_batches(tmp_path, config)
   stream = pb.PoissonBatchStream(tmp_path, _decode)
   a, b = _serialized(x[:2], y[:2])
-  physical = _physical(tmp_path)
+  physical, draw = _format(tmp_path)
   # The same facts and a valid shard, other samples: written after the checks at open.
-  _rewrite(tmp_path, [pb.step_record(step, [b] * 0 + [a], physical, a) for step in range(3)],
+  _rewrite(tmp_path, [pb.step_record(step, [a], physical, a, draw) for step in range(3)],
            sampled=3)
   dp_model = _dp_model(config, ledger_path=str(tmp_path / "ledger.json"))
   with pytest.raises(tf.errors.InvalidArgumentError, match="changed since the stream opened"):
@@ -266,6 +274,58 @@ def test_a_second_run_is_refused_while_another_trains_on_the_same_batches(tmp_pa
   with pytest.raises(ValueError, match="two runs must never use the same samples"):
     other.fit(pb.PoissonBatchStream(tmp_path / "batches", _decode), verbose=0)
   assert other.privacy_ledger.noisy_steps == 0
+
+
+def test_a_stream_needs_a_ledger_that_outlives_the_model(tmp_path):
+  _write_batches(tmp_path, _config())
+  with pytest.raises(ValueError, match="needs a ledger that outlives this model"):
+    _dp_model(_config()).fit(pb.PoissonBatchStream(tmp_path, _decode), verbose=0)
+
+
+def test_batches_copied_or_repacked_are_the_same_draw_and_never_trained_on_twice(tmp_path):
+  config = _config(noise_multiplier=1.0)
+  (x, y), _ = _write_batches(tmp_path / "batches", config)
+  history = str(tmp_path / "history")
+  _dp_model(config, ledger_history=history).fit(
+      pb.PoissonBatchStream(tmp_path / "batches", _decode), verbose=0)
+  # A copy re-compressed under another file name, with another source: another manifest
+  # digest, the same samples.
+  manifest = pb.BatchManifest.load(tmp_path / "batches")
+  (shard,) = manifest.shards
+  copy = tmp_path / "copy"
+  copy.mkdir()
+  records = [r.numpy() for r in tf.data.TFRecordDataset(
+      str(tmp_path / "batches" / shard.file), compression_type="GZIP")]
+  options = tf.io.TFRecordOptions(compression_type="GZIP", compression_level=1)
+  with tf.io.TFRecordWriter(str(copy / "renamed.tfrecord.gz"), options=options) as writer:
+    for record in records:
+      writer.write(record)
+  pb.BatchManifest(**{**manifest.__dict__, "source": "/elsewhere", "shards": (pb.Shard(
+      file="renamed.tfrecord.gz", first_step=0, last_step=3, sampled=shard.sampled,
+      sha256=pb.file_sha256(str(copy / "renamed.tfrecord.gz"))),)}).save(copy)
+  assert pb.BatchManifest.load(copy).digest() != manifest.digest()
+  again = _dp_model(config, ledger_history=history)
+  with pytest.raises((dp_tfx.PrivacyBudgetExhaustedError, ValueError)):
+    again.fit(pb.PoissonBatchStream(copy, _decode), verbose=0)
+  assert again.privacy_ledger.noisy_steps == 3  # the first run's, nothing more
+
+
+def test_a_run_that_others_overtook_while_it_prepared_stops_before_a_step(tmp_path):
+  config = _config(noise_multiplier=1.0)
+  _write_batches(tmp_path / "batches", config)
+  history = str(tmp_path / "history")
+  late = _dp_model(config, ledger_history=history)
+  rehearse = late._rehearse_step
+
+  def another_run_trains_meanwhile(data):
+    _dp_model(config, ledger_history=history).fit(
+        pb.PoissonBatchStream(tmp_path / "batches", _decode), epochs=1, verbose=0)
+    rehearse(data)
+
+  late._rehearse_step = another_run_trains_meanwhile
+  with pytest.raises(ValueError, match="another run took steps 0 to 2"):
+    late.fit(pb.PoissonBatchStream(tmp_path / "batches", _decode), verbose=0)
+  assert late.privacy_ledger.noisy_steps == 3  # the other run's three steps, none of its own
 
 
 def test_a_stream_carries_its_labels():

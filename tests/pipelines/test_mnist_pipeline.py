@@ -76,7 +76,8 @@ def test_streamed_poisson_batches_train_and_report_the_in_memory_epsilon(tmp_pat
   report = json.loads((pathlib.Path(streamed["report_dir"]) / "report.json").read_text())
   assert report["ledger"]["noisy_steps"] == 8
   assert report["ledger"]["facts"]["segments"][0]["dataset_fingerprint"] == (
-      batches.custom_properties["manifest_digest"].string_value)
+      "poisson-draw:" + manifest["draw"])
+  assert batches.custom_properties["manifest_digest"].string_value.startswith("sha256:")
   in_memory = _run(tmp_path / "in_memory", max_epsilon=10.0)
   assert streamed["epsilon"] == in_memory["epsilon"]
 
