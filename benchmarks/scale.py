@@ -107,6 +107,7 @@ def train(mode: str, examples_dir: str, batches_dir: str, steps: int) -> dict:
   import keras
 
   import dp_tfx
+  from benchmarks.step_overhead import _status_kib
   from dp_tfx import poisson_batches
   from dp_tfx.components.model_io import read_examples
 
@@ -130,13 +131,6 @@ def train(mode: str, examples_dir: str, batches_dir: str, steps: int) -> dict:
           "added_rss_mb": round((peak_kib - baseline_kib) / 1024),
           "steps_per_s": round(rate.steps_per_s, 1)}
 
-
-def _status_kib(field: str) -> int:
-  with open("/proc/self/status") as status:
-    for line in status:
-      if line.startswith(field + ":"):
-        return int(line.split()[1])
-  raise RuntimeError(f"no {field} in /proc/self/status")
 
 
 def _train_in_subprocess(mode, examples_dir, batches_dir, steps) -> dict:
