@@ -6,6 +6,7 @@ that the DP model and its control see the same data and serve the same signature
 from __future__ import annotations
 
 import json
+import contextlib
 import os
 import warnings
 from typing import Dict, List, Sequence
@@ -67,14 +68,20 @@ def examples_dataset(file_patterns: Sequence[str], spec, decode, context,
       num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
 
 
+@contextlib.contextmanager
+def eval_dataset_read_whole():
+  """Keras remembers how many batches a validation pass over a dataset of unknown length took
+  and calls the end of the next pass (the dataset read whole, as meant) running out of data."""
+  with warnings.catch_warnings():
+    warnings.filterwarnings("ignore", message=".*Your input ran out of data.*")
+    yield
+
+
 def record_eval_metrics(model: keras.Model, dataset: tf.data.Dataset,
                         model_run_dir: str) -> Dict[str, float]:
   """Evaluates the compiled model on a dataset of (inputs, labels) batches and writes the
   metrics as METRICS_FILE into model_run_dir."""
-  with warnings.catch_warnings():
-    # Keras remembers how many batches the validation passes took and calls the end of the
-    # dataset (read whole, as meant) running out of data.
-    warnings.filterwarnings("ignore", message=".*Your input ran out of data.*")
+  with eval_dataset_read_whole():
     metrics = {name: float(value) for name, value in
                model.evaluate(dataset, return_dict=True, verbose=0).items()}
   io_utils.write_string_file(os.path.join(model_run_dir, METRICS_FILE), json.dumps(metrics))

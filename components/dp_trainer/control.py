@@ -26,8 +26,8 @@ from types import ModuleType
 import keras
 from tfx.components.trainer.fn_args_utils import FnArgs
 
-from dp_tfx.components.model_io import (examples_dataset, export_serving_model, read_examples,
-                                        record_eval_metrics)
+from dp_tfx.components.model_io import (eval_dataset_read_whole, examples_dataset,
+                                        export_serving_model, read_examples, record_eval_metrics)
 from dp_tfx.components.user_module import TrainerContext
 
 EPOCHS_KEY = "epochs"
@@ -89,9 +89,10 @@ def train_non_private_control(fn_args: FnArgs, module: ModuleType) -> keras.call
   eval_data = examples_dataset(fn_args.eval_files, spec, module.decode, context, batch_size)
   model = module.build_model(context)
   model.compile(**module.compile_kwargs(context))
-  history = model.fit(x_train, y_train, batch_size=batch_size, epochs=epochs,
-                      validation_data=eval_data, verbose=2,
-                      callbacks=[keras.callbacks.TensorBoard(log_dir=fn_args.model_run_dir)])
+  with eval_dataset_read_whole():
+    history = model.fit(x_train, y_train, batch_size=batch_size, epochs=epochs,
+                        validation_data=eval_data, verbose=2,
+                        callbacks=[keras.callbacks.TensorBoard(log_dir=fn_args.model_run_dir)])
   record_eval_metrics(model, eval_data, fn_args.model_run_dir)
   export_serving_model(model, spec, module.decode, context, fn_args.serving_model_dir)
   return history
