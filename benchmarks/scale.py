@@ -121,7 +121,9 @@ def train(mode: str, examples_dir: str, batches_dir: str, steps: int) -> dict:
     data = read_examples([pattern], SPEC, lambda parsed, _: (parsed["x"], parsed["label"]), None)
   model = keras.Sequential([keras.Input((FEATURES,)), keras.layers.Dense(32, activation="relu"),
                             keras.layers.Dense(2)])
-  dp_model = dp_tfx.make_private(model, _config(steps))
+  # A ledger that outlives the model, as streaming needs (samples drawn ahead are used once).
+  ledger_path = os.path.join(batches_dir, f"ledger-{mode}.json")
+  dp_model = dp_tfx.make_private(model, _config(steps), ledger_path=ledger_path)
   dp_model.compile(optimizer=keras.optimizers.SGD(0.1),
                    loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
   rate = _StepRate()
