@@ -52,9 +52,7 @@ def read_examples(file_patterns: Sequence[str], spec, decode, context):
   Returns:
     (inputs, labels) as the user module's `decode` makes them, concatenated over all files.
   """
-  dataset = example_records(file_patterns).batch(1024).map(
-      lambda serialized: decode(tf.io.parse_example(serialized, spec), context))
-  parts = list(dataset.as_numpy_iterator())
+  parts = list(examples_dataset(file_patterns, spec, decode, context).as_numpy_iterator())
   inputs = tf.nest.map_structure(lambda *a: np.concatenate(a), *[p[0] for p in parts])
   return inputs, np.concatenate([p[1] for p in parts])
 

@@ -99,10 +99,10 @@ def step_record(step: int, sample: Sequence[bytes], physical_batch_size: int,
 
 
 def parse_step_record(record: tf.Tensor) -> tuple:
-  """(step, [L] serialized examples, [L] float32 mask) of one step's record."""
+  """(step, [L] serialized examples, [L] float32 mask, draw) of one step's record."""
   parsed = tf.io.parse_single_example(record, RECORD_SPEC)
   return (parsed[STEP_FEATURE], parsed[EXAMPLES_FEATURE],
-          tf.cast(parsed[MASK_FEATURE], tf.float32))
+          tf.cast(parsed[MASK_FEATURE], tf.float32), parsed[DRAW_FEATURE])
 
 
 @dataclasses.dataclass(frozen=True)
@@ -303,9 +303,9 @@ class PoissonBatchStream:
     draw = self.manifest.draw
 
     def inspect(record):
-      step, examples, mask = parse_step_record(record)
+      step, examples, mask, record_draw = parse_step_record(record)
       length = tf.size(mask)
-      of_this_draw = tf.equal(tf.io.parse_single_example(record, RECORD_SPEC)[DRAW_FEATURE], draw)
+      of_this_draw = tf.equal(record_draw, draw)
       sampled = tf.reduce_sum(tf.cast(tf.equal(mask, 1.0), tf.int32))
       slots = tf.maximum(1, (sampled + physical - 1) // physical) * physical
       well_formed = (tf.equal(tf.size(examples), length) & tf.equal(length, slots) &
@@ -347,7 +347,7 @@ class PoissonBatchStream:
     building the model and checking a step before any sample is read."""
     first = os.path.join(self.directory, self.manifest.shards[0].file)
     record = next(iter(tf.data.TFRecordDataset(first, compression_type="GZIP")))
-    _, examples, _ = parse_step_record(record)
+    _, examples, _, _ = parse_step_record(record)
     return self._decode(tf.repeat(examples[-1:], size))
 
   def logical_batches(self, plan, key, first_step: int, last_step: int,
@@ -395,7 +395,7 @@ class PoissonBatchStream:
           self._fingerprint(record), expected[step - manifest.first_step],
           message="the Poisson batches changed since the stream opened (or skip a step)")
       with tf.control_dependencies([unchanged]):
-        _, examples, mask = parse_step_record(tf.identity(record))
+        _, examples, mask, _ = parse_step_record(tf.identity(record))
       if pad_multiple is not None:  # the sample comes first: only padding is cut
         sampled = tf.cast(tf.reduce_sum(mask), tf.int32)
         kept = tf.maximum(1, (sampled + pad_multiple - 1) // pad_multiple) * pad_multiple

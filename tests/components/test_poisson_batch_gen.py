@@ -56,7 +56,7 @@ def _steps(directory, manifest):
     assert pb.file_sha256(path) == shard.sha256
     sampled = 0
     for record in tf.data.TFRecordDataset(path, compression_type="GZIP"):
-      step, examples, mask = (t.numpy() for t in pb.parse_step_record(record))
+      step, examples, mask, _ = (t.numpy() for t in pb.parse_step_record(record))
       assert int(step) not in steps
       count = int(mask.sum())
       assert list(mask) == [1] * count + [0] * (len(mask) - count)  # the sample, then padding

@@ -66,7 +66,8 @@ def test_a_rate_outside_zero_one_is_refused(rate):
 
 
 def _parse(record):
-  step, examples, mask = pb.parse_step_record(tf.constant(record))
+  step, examples, mask, draw = pb.parse_step_record(tf.constant(record))
+  assert draw.numpy().decode() == DRAW
   return int(step), list(examples.numpy()), list(mask.numpy())
 
 
