@@ -25,7 +25,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from dp_tfx import accounting, clipping, dp_step, keys, noise, sampling
+from dp_tfx import accounting, clipping, dp_step, keys, noise, sampling, workers
 from dp_tfx.config import DPConfig
 from dp_tfx.ledger import EXAMPLE, PrivacyLedger, dataset_fingerprint
 from dp_tfx.plan import TrainingPlan
@@ -125,21 +125,26 @@ class _LedgerCallback(keras.callbacks.Callback):
     super().__init__()
     self._dp_model = dp_model
     self._steps = steps
-    self._recorded = 0
+    self._started = 0
+    # On several workers only the chief records (each step needs every worker, the chief too).
+    self._records = workers.is_chief(dp_model.distribute_strategy)
 
   def on_train_begin(self, logs=None):
     self._steps_before = int(self._dp_model.noisy_steps.numpy())
 
   def on_train_batch_begin(self, batch, logs=None):
-    self._dp_model.privacy_ledger.record_step()
-    self._recorded += 1
+    if self._records:
+      self._dp_model.privacy_ledger.record_step()
+    self._started += 1
 
   def on_train_batch_end(self, batch, logs=None):
-    if self._recorded >= self._steps:
+    if self._started >= self._steps:
       # The plan is spent: no further step, even if an input pipeline would yield one more.
       self._dp_model.stop_training = True
 
   def on_train_end(self, logs=None):
+    if not self._records:
+      return
     # Belt and braces: never record fewer steps than the model actually took.
     ledger = self._dp_model.privacy_ledger
     taken = int(self._dp_model.noisy_steps.numpy()) - self._steps_before
@@ -147,7 +152,7 @@ class _LedgerCallback(keras.callbacks.Callback):
       ledger.record_step()
 
   def on_epoch_end(self, epoch, logs=None):
-    if logs is not None:
+    if logs is not None and self._records:
       logs[EPSILON_LOG_KEY] = self._dp_model.epsilon()
 
 
@@ -228,6 +233,8 @@ class DPModel(keras.Model):
     """epsilon(delta) of everything recorded in the ledger (delta defaults to the plan's)."""
     if self.privacy_ledger is None or self.plan is None:
       raise RuntimeError("nothing has been trained yet")
+    if not workers.is_chief(self.distribute_strategy):
+      raise RuntimeError("on several workers only the chief keeps the ledger: read epsilon there")
     return self.privacy_ledger.epsilon(delta or self.plan.delta, self.accountant)
 
   # -- training ------------------------------------------------------------------------------------
@@ -255,16 +262,78 @@ class DPModel(keras.Model):
       raise TypeError(f"unexpected fit arguments {sorted(kwargs)}")
     if self._loss_fn is None:
       raise RuntimeError("compile the DP model (optimizer, loss) before fit")
-    data = _training_data(x, y)
-    self._prepare(data)
-    replicas = self._replicas()
-    if isinstance(data, PoissonBatchStream):
-      # Samples drawn ahead are used once: a rerun or a restart on the same batches goes on at
-      # the first step no run recorded (a crashed run's recorded steps are spent).
-      if self._ledger_path is None and self._ledger_history is None:
+    strategy = self.distribute_strategy
+    chief = workers.is_chief(strategy)
+    # On several workers the chief alone reads what the ledger allows, and any worker's refusal
+    # stops all of them before the first step (workers.start_together).
+    try:
+      data = _training_data(x, y)
+      self._prepare(data)
+      replicas = self._replicas()
+      if isinstance(data, PoissonBatchStream) and (
+          self._ledger_path is None and self._ledger_history is None):
         raise ValueError("training on Poisson batches drawn ahead needs a ledger that outlives "
                          "this model (ledger_path or ledger_history): it is what tells the "
                          "steps whose samples were used from those still unused")
+      done, key = 0, np.zeros([2], np.int64)
+      if chief:
+        done, steps, epochs = self._steps_to_take(data, epochs)
+      # Everything that could make this run worthless is checked before its first counted step.
+      self._rehearse_step(data)
+      if chief:
+        if self._policy is not None:  # refused here, a run leaves nothing in the ledger
+          self.privacy_ledger.refresh()  # runs recorded or reserved since this model opened it
+          refuse_unless_blessable(self._policy, self.privacy_ledger.if_trained(
+              self.plan, steps, self.dp_config.seed is not None))
+        key = self._segment_key().numpy()
+    except Exception:
+      workers.start_together(strategy, None, "", 0, key=np.zeros([2], np.int64), failed=True)
+      raise
+    done, key = workers.start_together(strategy, self.plan, data.fingerprint, done, key)
+    if not chief:
+      self.noisy_steps.assign(done)
+      done, steps, epochs = self._steps_to_take(data, epochs)
+    self._key.assign(key)
+    self._build_batch = (*data.example_batch(2), np.ones([2], np.float32))
+    dataset = self._distributed_batches(data, done, done + steps, replicas)
+    if not chief:
+      workers.all_ready(strategy, True)
+      return self._fit_steps(dataset, steps, epochs, verbose, callbacks, validation_data,
+                             validation_batch_size, validation_freq)
+    # This fit's reservation: until it ends, other runs' pre-checks count these steps as spent.
+    try:
+      self.privacy_ledger.start_segment(self.plan, seeded=self.dp_config.seed is not None,
+                                        steps=steps)
+    except Exception:
+      workers.all_ready(strategy, False)
+      raise
+    heartbeat = None
+    try:
+      try:
+        # While this fit runs its segment is rewritten every HEARTBEAT_SECONDS, so its
+        # reservation holds; a killed run's lapses RESERVATION_STALE_SECONDS after its last write.
+        heartbeat = self.privacy_ledger.start_heartbeat()
+        self._check_reserved(data, done)
+      except Exception:
+        workers.all_ready(strategy, False)
+        raise
+      workers.all_ready(strategy, True)
+      return self._fit_steps(dataset, steps, epochs, verbose, callbacks, validation_data,
+                             validation_batch_size, validation_freq)
+    finally:  # trained, refused or raised: from now on only the steps taken count
+      if heartbeat is not None:
+        heartbeat.stop()
+      self.privacy_ledger.finish_segment()
+
+  def _steps_to_take(self, data, epochs: Optional[int]) -> tuple:
+    """(first step, steps, epochs) of this fit; on a PoissonBatchStream (on the chief) the first
+    step no run recorded, so that samples drawn ahead are used once: a rerun or a restart on
+    the same batches goes on there (a crashed run's recorded steps are spent).
+
+    Raises:
+      PrivacyBudgetExhaustedError: if the plan is spent, or `epochs` asks for more than is left.
+    """
+    if isinstance(data, PoissonBatchStream) and workers.is_chief(self.distribute_strategy):
       self.privacy_ledger.refresh()
       self.noisy_steps.assign(data.next_step(self.privacy_ledger))
     done = int(self.noisy_steps.numpy())
@@ -282,49 +351,35 @@ class DPModel(keras.Model):
           f"out of privacy budget: {epochs} epochs of {per_epoch} steps were asked for, but only "
           f"{remaining} of the {self.plan.steps} planned noisy steps are left ({epochs_left} "
           "epochs); plan more steps in the DPConfig to spend more privacy")
-    steps = min(remaining, epochs * per_epoch)
-    seeded = self.dp_config.seed is not None
-    # Everything that could make this run worthless is checked before its first counted step.
-    self._rehearse_step(data)
-    if self._policy is not None:  # refused here, a run leaves nothing in the ledger
-      self.privacy_ledger.refresh()  # runs recorded or reserved since this model opened it
-      refuse_unless_blessable(self._policy, self.privacy_ledger.if_trained(self.plan, steps,
-                                                                           seeded))
-    self._key.assign(self._segment_key())
-    dataset = self._distributed_batches(data, done, done + steps, replicas)
-    # This fit's reservation: until it ends, other runs' pre-checks count these steps as spent.
-    self.privacy_ledger.start_segment(self.plan, seeded=seeded, steps=steps)
-    heartbeat = None
-    try:
-      # While this fit runs its segment is rewritten every HEARTBEAT_SECONDS, so its reservation
-      # holds; a killed run's lapses RESERVATION_STALE_SECONDS after its last write.
-      heartbeat = self.privacy_ledger.start_heartbeat()
-      if self._policy is not None or isinstance(data, PoissonBatchStream):
-        self.privacy_ledger.refresh()
-      if self._policy is not None:
-        # Again with the reservation written: of two runs checking at once, the later counts
-        # the earlier's reservation (see PrivacyLedger.with_reservations).
-        refuse_unless_blessable(self._policy, self.privacy_ledger.with_reservations())
-      if isinstance(data, PoissonBatchStream):
-        # Again with the reservation written: of two runs starting on the same batches at once,
-        # at least one sees the other's segment here and stops before a step.
-        data.next_step(self.privacy_ledger, own_segment=self.privacy_ledger.current_segment,
-                       expected=done)
-      # First, so that epsilon is in the epoch logs every other callback (TensorBoard) sees.
-      callbacks = [_LedgerCallback(self, steps)] + list(callbacks or [])
-      with warnings.catch_warnings():
-        # The sample stream ends exactly where the plan does, inside the last epoch.
-        warnings.filterwarnings("ignore", message=_RAN_OUT_OF_DATA)
-        return super().fit(dataset, epochs=epochs, steps_per_epoch=per_epoch, verbose=verbose,
-                           callbacks=callbacks, validation_data=validation_data,
-                           validation_batch_size=(
-                               None if isinstance(validation_data, tf.data.Dataset)
-                               else validation_batch_size or self.plan.batch_size),
-                           validation_freq=validation_freq, shuffle=False)
-    finally:  # trained, refused or raised: from now on only the steps taken count
-      if heartbeat is not None:
-        heartbeat.stop()
-      self.privacy_ledger.finish_segment()
+    return done, min(remaining, epochs * per_epoch), epochs
+
+  def _check_reserved(self, data, done: int) -> None:
+    """The checks again with this fit's reservation written (see PrivacyLedger.with_reservations):
+    of two runs checking at once, the later counts the earlier's reservation; of two runs
+    starting on the same batches at once, at least one sees the other's segment and stops
+    before a step."""
+    if self._policy is not None or isinstance(data, PoissonBatchStream):
+      self.privacy_ledger.refresh()
+    if self._policy is not None:
+      refuse_unless_blessable(self._policy, self.privacy_ledger.with_reservations())
+    if isinstance(data, PoissonBatchStream):
+      data.next_step(self.privacy_ledger, own_segment=self.privacy_ledger.current_segment,
+                     expected=done)
+
+  def _fit_steps(self, dataset, steps, epochs, verbose, callbacks, validation_data,
+                 validation_batch_size, validation_freq):
+    """Keras's fit over the planned steps, each counted in the ledger (by the chief) first."""
+    # First, so that epsilon is in the epoch logs every other callback (TensorBoard) sees.
+    callbacks = [_LedgerCallback(self, steps)] + list(callbacks or [])
+    with warnings.catch_warnings():
+      # The sample stream ends exactly where the plan does, inside the last epoch.
+      warnings.filterwarnings("ignore", message=_RAN_OUT_OF_DATA)
+      return super().fit(dataset, epochs=epochs, steps_per_epoch=self.plan.steps_per_epoch,
+                         verbose=verbose, callbacks=callbacks, validation_data=validation_data,
+                         validation_batch_size=(
+                             None if isinstance(validation_data, tf.data.Dataset)
+                             else validation_batch_size or self.plan.batch_size),
+                         validation_freq=validation_freq, shuffle=False)
 
   def _segment_key(self) -> tf.Tensor:
     """A key per ledger segment: a restart that continues a ledger never replays its noise or
@@ -352,8 +407,13 @@ class DPModel(keras.Model):
     if replicas > 1:  # each replica draws its own noise in its step
       batches = data.logical_batches(self.plan, key, first_step, last_step,
                                      pad_multiple=pad_multiple)
-      slices = sampling.replica_slices(batches, last_step - first_step, replicas)
-      return self.distribute_strategy.distribute_datasets_from_function(lambda _: slices)
+
+      def this_workers_slices(context: tf.distribute.InputContext):
+        local = replicas // context.num_input_pipelines
+        return sampling.replica_slices(batches, last_step - first_step, replicas,
+                                       first=context.input_pipeline_id * local, count=local)
+
+      return self.distribute_strategy.distribute_datasets_from_function(this_workers_slices)
     return data.logical_batches(self.plan, key, first_step, last_step, pad_multiple=pad_multiple,
                                 step_noise=self._pipeline_noise(key))
 
@@ -381,9 +441,10 @@ class DPModel(keras.Model):
             data_source=self._data_source, run_id=self._run_id,
             key=verification_key(self._policy) if self._policy is not None else None)
       else:
-        self.privacy_ledger = PrivacyLedger.open_for(self._ledger_path, size, fingerprint,
-                                                     self._privacy_unit,
-                                                     data_source=self._data_source)
+        self.privacy_ledger = PrivacyLedger.open_for(
+            self._ledger_path, size, fingerprint, self._privacy_unit,
+            data_source=self._data_source,
+            read_only=not workers.is_chief(self.distribute_strategy))
       self.plan = self._plan_after(self.privacy_ledger, size)
     elif self.privacy_ledger.dataset_fingerprint != fingerprint:
       raise ValueError("this DP model was trained on other data; its plan and ledger describe "
@@ -412,6 +473,15 @@ class DPModel(keras.Model):
     self.compute_metrics(x, y, grads.predictions, sample_weight=mask)
     self.reset_metrics()
 
+  def _maybe_symbolic_build(self, iterator=None, data_batch=None):
+    """Keras builds a distributed model from the first training element, averaged across
+    replicas: a collective every worker must join, and one that fails on a tuple of per-replica
+    values under MultiWorkerMirroredStrategy (Keras 3.15). The DP model builds from two of the
+    training examples instead (`_build_batch`, set by fit), on each worker by itself."""
+    if iterator is not None:
+      data_batch = self._build_batch
+    super()._maybe_symbolic_build(data_batch=data_batch)
+
   def train_step(self, data):
     features, labels, mask, *step_noise = data
     record_metrics = lambda x, y, predictions, chunk_mask: self.compute_metrics(
@@ -425,7 +495,12 @@ class DPModel(keras.Model):
     examples = tf.reduce_sum(mask)
     self._loss_tracker.update_state(tf.math.divide_no_nan(loss_sum, examples),
                                     sample_weight=examples)
-    return self.get_metrics_result()
+    logs = self.get_metrics_result()
+    if workers.several(self.distribute_strategy):
+      # Keras 3.15 averages each log across workers with strategy.reduce(MEAN, log, axis=0),
+      # which needs an axis to reduce: a scalar log fails the step.
+      logs = {name: tf.reshape(value, [1]) for name, value in logs.items()}
+    return logs
 
 
 def make_private(model: keras.Model, config: DPConfig, *, ledger_path: Optional[str] = None,

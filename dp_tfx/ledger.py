@@ -989,11 +989,14 @@ class PrivacyLedger:
   @classmethod
   def open_for(cls, path: Optional[os.PathLike | str], dataset_size: int,
                fingerprint: str, privacy_unit: str = EXAMPLE,
-               data_source: Optional[str] = None) -> "PrivacyLedger":
+               data_source: Optional[str] = None,
+               read_only: bool = False) -> "PrivacyLedger":
     """Continues the one-file ledger at `path` or starts a new one there (one process at a time;
     see `open_history` for runs that may overlap).
 
     Runs on other data continue it too: every segment keeps its own N, and all compose.
+    `read_only`: what a training worker other than the chief reads (the chief writes): a new
+    ledger is not written to `path`.
 
     Raises:
       LedgerError: if the existing ledger counts another privacy unit, holds signed records and
@@ -1021,7 +1024,7 @@ class PrivacyLedger:
       return ledger
     ledger = cls(dataset_size=dataset_size, dataset_fingerprint=fingerprint,
                  privacy_unit=privacy_unit, data_source=data_source)
-    if path is not None:
+    if path is not None and not read_only:
       _check_writable(os.fspath(path))
       ledger.save(path)
     return ledger

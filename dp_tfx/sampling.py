@@ -121,18 +121,22 @@ def with_step_noise(batches: tf.data.Dataset, first_step: int, last_step: int,
       num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
 
 
-def replica_slices(batches: tf.data.Dataset, steps: int, replicas: int) -> tf.data.Dataset:
-  """Each logical batch cut into `replicas` equal slices, in turn (for Keras's
-  distribute_datasets_from_function, which hands consecutive elements to replicas in turn).
+def replica_slices(batches: tf.data.Dataset, steps: int, replicas: int, first: int = 0,
+                   count: Optional[int] = None) -> tf.data.Dataset:
+  """Each logical batch cut into `replicas` equal slices, and of those the `count` (default: all)
+  from slice `first` on, in turn: a worker's share for its own replicas (Keras's
+  distribute_datasets_from_function hands each worker's consecutive elements to its replicas
+  in turn).
 
   All slices of a step share that step's sample and mask, so the replicas' clipped sums (and
   their independent noise, sigma^2 C^2 / R each) add up to exactly one DP-SGD step. The asserted
   length lets Keras stop at the last step instead of starting one more.
   """
+  count = replicas - first if count is None else count
 
   def per_replica(*element):
-    split = lambda t: tf.reshape(t, [replicas, -1, *t.shape[1:]])
+    split = lambda t: tf.reshape(t, [replicas, -1, *t.shape[1:]])[first:first + count]
     return tf.data.Dataset.from_tensor_slices(tf.nest.map_structure(split, element))
 
   return batches.flat_map(per_replica).apply(
-      tf.data.experimental.assert_cardinality(steps * replicas))
+      tf.data.experimental.assert_cardinality(steps * count))
