@@ -60,10 +60,16 @@ def read_examples(file_patterns: Sequence[str], spec, decode, context):
 def examples_dataset(file_patterns: Sequence[str], spec, decode, context,
                      batch_size: int = 1024) -> tf.data.Dataset:
   """The examples in the files matching `file_patterns`, parsed and decoded in batches, read as
-  they are used: evaluation holds a batch at a time, whatever the split's size."""
+  they are used: evaluation holds a batch at a time, whatever the split's size.
+
+  Not sharded across workers: on several workers each evaluates every batch (the averaged
+  metrics are then every worker's own, and no worker runs out of batches while another waits
+  for it in a collective step)."""
+  options = tf.data.Options()
+  options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.OFF
   return example_records(file_patterns).batch(batch_size).map(
       lambda serialized: decode(tf.io.parse_example(serialized, spec), context),
-      num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
+      num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE).with_options(options)
 
 
 @contextlib.contextmanager
@@ -75,13 +81,17 @@ def eval_dataset_read_whole():
     yield
 
 
+def evaluate_metrics(model: keras.Model, dataset: tf.data.Dataset) -> Dict[str, float]:
+  """The compiled model's metrics on a dataset of (inputs, labels) batches."""
+  with eval_dataset_read_whole():
+    return {name: float(value) for name, value in
+            model.evaluate(dataset, return_dict=True, verbose=0).items()}
+
+
 def record_eval_metrics(model: keras.Model, dataset: tf.data.Dataset,
                         model_run_dir: str) -> Dict[str, float]:
-  """Evaluates the compiled model on a dataset of (inputs, labels) batches and writes the
-  metrics as METRICS_FILE into model_run_dir."""
-  with eval_dataset_read_whole():
-    metrics = {name: float(value) for name, value in
-               model.evaluate(dataset, return_dict=True, verbose=0).items()}
+  """evaluate_metrics, also written as METRICS_FILE into model_run_dir."""
+  metrics = evaluate_metrics(model, dataset)
   io_utils.write_string_file(os.path.join(model_run_dir, METRICS_FILE), json.dumps(metrics))
   return metrics
 

@@ -495,12 +495,17 @@ class DPModel(keras.Model):
     examples = tf.reduce_sum(mask)
     self._loss_tracker.update_state(tf.math.divide_no_nan(loss_sum, examples),
                                     sample_weight=examples)
-    logs = self.get_metrics_result()
-    if workers.several(self.distribute_strategy):
-      # Keras 3.15 averages each log across workers with strategy.reduce(MEAN, log, axis=0),
-      # which needs an axis to reduce: a scalar log fails the step.
-      logs = {name: tf.reshape(value, [1]) for name, value in logs.items()}
-    return logs
+    return self._reducible(self.get_metrics_result())
+
+  def test_step(self, data):
+    return self._reducible(super().test_step(data))
+
+  def _reducible(self, logs: dict) -> dict:
+    """Keras 3.15 averages each log across workers with strategy.reduce(MEAN, log, axis=0),
+    which fails on a scalar: on several workers each log gets an axis of one value."""
+    if not workers.several(self.distribute_strategy):
+      return logs
+    return {name: tf.reshape(value, [1]) for name, value in logs.items()}
 
 
 def make_private(model: keras.Model, config: DPConfig, *, ledger_path: Optional[str] = None,

@@ -6,6 +6,7 @@ and exporting the model, shared with the non-private control and the auditor, in
 
 from __future__ import annotations
 
+import json
 import os
 from typing import Any, Dict, List, Optional
 
@@ -18,10 +19,11 @@ from tfx.dsl.components.base import base_executor
 from tfx.types import artifact_utils
 from tfx.utils import path_utils
 
-from dp_tfx import signing
+from dp_tfx import signing, workers
 from dp_tfx.components import artifacts, earlier_runs, specs
 from dp_tfx.components.model_io import (examples_dataset, export_serving_model, read_examples,
-                                        record_eval_metrics, split_file_patterns, splits)
+                                        evaluate_metrics, record_eval_metrics,
+                                        split_file_patterns, splits)
 from dp_tfx.components.user_module import MODULE_FUNCTIONS, PRIVACY_UNIT_FUNCTION, trainer_context
 from dp_tfx.config import DPConfig
 from dp_tfx.keras import make_private
@@ -37,6 +39,9 @@ class Executor(base_executor.BaseExecutor):
 
   def Do(self, input_dict: Dict[str, List[types.Artifact]],
          output_dict: Dict[str, List[types.Artifact]], exec_properties: Dict[str, Any]) -> None:
+    # First: several workers' collective ops must be set up before TensorFlow runs anything.
+    strategy = self._strategy()
+    chief = workers.is_chief(strategy)
     config = DPConfig.from_json(exec_properties[specs.DP_CONFIG_KEY])
     policy_json = exec_properties.get(specs.PRIVACY_POLICY_KEY)
     policy = PrivacyPolicy.from_json(policy_json) if policy_json else None
@@ -66,7 +71,7 @@ class Executor(base_executor.BaseExecutor):
     model_run = artifact_utils.get_single_instance(output_dict[specs.MODEL_RUN_KEY])
     model_artifact = artifact_utils.get_single_instance(output_dict[specs.MODEL_KEY])
     artifact_ledger_path = os.path.join(ledger_artifact.uri, LEDGER_FILE_NAME)
-    with self._strategy().scope():
+    with strategy.scope():
       keras_model = module["build_model"](context)
       dp_model = make_private(
           keras_model, config, ledger_history=history_dir,
@@ -76,8 +81,13 @@ class Executor(base_executor.BaseExecutor):
           policy=policy)  # a run the policy could never bless is refused before its first step
       dp_model.compile(**module["compile_kwargs"](context))
     dp_model.fit(*training_data, validation_data=eval_data, verbose=2,
-                 callbacks=[keras.callbacks.TensorBoard(log_dir=model_run.uri)])
-
+                 callbacks=[keras.callbacks.TensorBoard(log_dir=model_run.uri)] if chief else [])
+    if not chief:
+      # Every worker evaluates (a collective step); only the chief writes.
+      evaluate_metrics(dp_model, eval_data)
+      logging.info("DPTrainer: this worker's part is done; the chief writes the model, the "
+                   "metrics and the ledger")
+      return
     metrics = record_eval_metrics(dp_model, eval_data, model_run.uri)
     for name, value in metrics.items():
       model_artifact.set_float_custom_property(EVAL_METRIC_PREFIX + name, value)
@@ -123,7 +133,16 @@ class Executor(base_executor.BaseExecutor):
 
   @staticmethod
   def _strategy() -> tf.distribute.Strategy:
-    """Every GPU present (MirroredStrategy; noise is split across replicas), else the default."""
+    """Several workers when TF_CONFIG names them (as Vertex AI and Kubeflow training jobs set
+    it: MultiWorkerMirroredStrategy, see dp_tfx.workers); else every GPU present
+    (MirroredStrategy); else the default. Noise is split across all replicas."""
+    cluster = json.loads(os.environ.get("TF_CONFIG") or "{}").get("cluster", {})
+    if sum(len(tasks) for name, tasks in cluster.items() if name in ("chief", "worker")) > 1:
+      strategy = tf.distribute.MultiWorkerMirroredStrategy()
+      logging.info("DPTrainer: training on %d replicas of several workers (this one: %s)",
+                   strategy.num_replicas_in_sync,
+                   "the chief" if workers.is_chief(strategy) else "not the chief")
+      return strategy
     gpus = tf.config.list_logical_devices("GPU")
     if len(gpus) > 1:
       logging.info("DPTrainer: training on %d GPUs", len(gpus))
