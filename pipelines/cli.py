@@ -203,7 +203,8 @@ def _pipeline(args) -> dict:
       beam_pipeline_args=shlex.split(args.beam_pipeline_args or ""),
       container_image=args.container_image, serving_model_dir=args.serving_model_dir,
       min_accuracy=args.min_accuracy, audit=args.audit, control=args.control,
-      ledger_history_dir=args.ledger_history, poisson_batches=args.poisson_batches))
+      ledger_history_dir=args.ledger_history, poisson_batches=args.poisson_batches,
+      pipeline_root=args.pipeline_root, data_root=args.data_root))
 
 
 def _require_signature(flag: Optional[bool], runner: str) -> bool:
@@ -353,7 +354,16 @@ def build_parser() -> argparse.ArgumentParser:
                         help="mnist: use only the first N examples of each split; lm: N training "
                         "sequences (default 32,000) and N/9 eval sequences")
   pipeline.add_argument("--serving-model-dir", default=None,
-                        help="push destination (default: OUTPUT_DIR/serving_model)")
+                        help="push destination (default: OUTPUT_DIR/serving_model, or "
+                        "PIPELINE_ROOT/serving_model with --pipeline-root)")
+  pipeline.add_argument("--pipeline-root", default=None, metavar="URI",
+                        help="where the pipeline writes its artifacts: a local path or any "
+                        "tf.io.gfile filesystem (gs://, s3://), as Kubeflow needs (default: "
+                        "OUTPUT_DIR/pipeline_root); pushed models and the ledger history then "
+                        "default to places under it")
+  pipeline.add_argument("--data-root", default=None, metavar="URI",
+                        help="where the example's data is written and ExampleGen reads it "
+                        "(default: OUTPUT_DIR/data; gs:// etc. too)")
   pipeline.add_argument("--beam-pipeline-args", default="",
                         help='Beam options, e.g. "--direct_num_workers=2 '
                         '--direct_running_mode=multi_processing"')

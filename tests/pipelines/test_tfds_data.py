@@ -124,7 +124,8 @@ def test_tfds_shakespeare_is_the_text_of_the_one_train_example(probed):
 def test_mnist_writer_with_tfds_writes_what_the_trainer_reads(tmp_path, probed):
   with _mock_mnist(30):
     (x_train, y_train), (x_test, y_test) = datasets.load_mnist(datasets.TFDS)
-    root = mnist_data.write_mnist_tfrecords(tmp_path / "data", datasets.TFDS, limit=20)
+    root = pathlib.Path(mnist_data.write_mnist_tfrecords(tmp_path / "data", datasets.TFDS,
+                                                             limit=20))
   assert (root / "_COMPLETE_tfds_20").exists()
   for name, images, labels in ((mnist_data.TRAIN_DIR, x_train, y_train),
                                (mnist_data.EVAL_DIR, x_test, y_test)):
