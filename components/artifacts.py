@@ -299,6 +299,26 @@ def recorded_segments(ledger_artifact: artifact.Artifact) -> Optional[List[Recor
   return segments
 
 
+def check_batches_recorded(batches: artifact.Artifact, manifest, key: Optional[bytes]) -> None:
+  """Raises ValueError unless `manifest` (a BatchManifest read from `batches`) has the digest
+  PoissonBatchGen recorded in MLMD for the artifact and, with `key`, that digest's signature.
+
+  The manifest's N and q make epsilon: one edited after it was written (a larger N claims a
+  smaller q) would describe samples that were not drawn. MLMD is a file whoever edits the
+  manifest may edit as well: with a ledger key, the signature is what they cannot forge.
+  """
+  digest = manifest.digest()
+  recorded = _string_property(batches, MANIFEST_DIGEST_PROPERTY)
+  if recorded != digest:
+    raise ValueError(f"the Poisson batches in {batches.uri} are not the ones PoissonBatchGen "
+                     f"recorded in MLMD (manifest digest {digest}, recorded {recorded or 'none'})")
+  signature = _string_property(batches, MANIFEST_SIGNATURE_PROPERTY)
+  if key is not None and not signing.is_valid(digest.encode(), signature, key):
+    raise ValueError(f"the Poisson batches in {batches.uri} are not signed with the ledger key "
+                     f"({'a wrong signature' if signature else 'no signature'}): with a key "
+                     "set, only batches a PoissonBatchGen holding it wrote count")
+
+
 def record_batch_facts(target: artifact.Artifact, manifest) -> None:
   """A PoissonBatches artifact's sampling facts in MLMD (dp_tfx.poisson_batches.BatchManifest);
   the DPTrainer trains only on batches whose manifest has the recorded digest."""

@@ -132,6 +132,7 @@ class PrivacyEvaluatorSpec(ComponentSpec):
       PRIVACY_LEDGER_KEY: ChannelParameter(type=artifacts.PrivacyLedger),
       MODEL_BLESSING_KEY: ChannelParameter(type=standard_artifacts.ModelBlessing, optional=True),
       PRIVACY_AUDIT_KEY: ChannelParameter(type=artifacts.PrivacyAudit, optional=True),
+      POISSON_BATCHES_KEY: ChannelParameter(type=artifacts.PoissonBatches, optional=True),
       **_EARLIER_RUNS_INPUTS,
   }
   OUTPUTS = {

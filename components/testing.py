@@ -33,6 +33,7 @@ from dp_tfx.components.privacy_evaluator import executor as privacy_evaluator_ex
 from dp_tfx.config import POISSON, DPConfig
 from dp_tfx.ledger import LEDGER_FILE_NAME, PrivacyLedger, directory_digest
 from dp_tfx.plan import TrainingPlan
+from dp_tfx.poisson_batches import BatchManifest
 from dp_tfx.policy import PrivacyPolicy
 from dp_tfx.report import REPORT_FILE
 
@@ -148,7 +149,8 @@ def run_privacy_evaluator(ledger: PrivacyLedger, policy: PrivacyPolicy, director
                           upstream_blessed: Optional[bool] = None,
                           tamper: Optional[Callable[[pathlib.Path], None]] = None,
                           audit: Optional[PrivacyAudit] = None,
-                          earlier_ledgers: Sequence[artifacts.PrivacyLedger] = ()
+                          earlier_ledgers: Sequence[artifacts.PrivacyLedger] = (),
+                          poisson_batches: Optional[BatchManifest] = None,
                           ) -> EvaluationResult:
   """Runs the real PrivacyEvaluator executor on `ledger`, paired with a stand-in model.
 
@@ -158,10 +160,12 @@ def run_privacy_evaluator(ledger: PrivacyLedger, policy: PrivacyPolicy, director
     directory: where the artifacts are created.
     upstream_blessed: None for no upstream blessing, else its verdict.
     tamper: called with the written ledger file's path before the evaluator runs (to delete or
-      edit it, as a test of failing closed).
+      edit it, or the other inputs beside it, as a test of failing closed).
     audit: a PrivacyAuditor result to hand over; it is attached to the stand-in model.
     earlier_ledgers: earlier runs' PrivacyLedger artifacts (see `ledger_artifact`), handed over
       as the pipeline's Resolver does (dp_tfx.components.earlier_runs).
+    poisson_batches: the manifest of the PoissonBatches the DPTrainer streamed: an artifact
+      with it, and the facts PoissonBatchGen records in MLMD, is handed over.
   """
   root = pathlib.Path(directory)
   model = _artifact(standard_artifacts.Model, root / "model", artifact_id=7)
@@ -173,8 +177,6 @@ def run_privacy_evaluator(ledger: PrivacyLedger, policy: PrivacyPolicy, director
   # against it).
   this_ledger = ledger_artifact(ledger, root / "ledger")
   ledger_path = pathlib.Path(this_ledger.uri) / LEDGER_FILE_NAME
-  if tamper is not None:
-    tamper(ledger_path)
   input_dict = {specs.MODEL_KEY: [model], specs.PRIVACY_LEDGER_KEY: [this_ledger]}
   if earlier_ledgers:
     input_dict[specs.EARLIER_PRIVACY_LEDGERS_KEY] = list(earlier_ledgers)
@@ -183,10 +185,17 @@ def run_privacy_evaluator(ledger: PrivacyLedger, policy: PrivacyPolicy, director
     upstream.set_int_custom_property(evaluator_constants.ARTIFACT_PROPERTY_BLESSED_KEY,
                                      int(upstream_blessed))
     input_dict[specs.MODEL_BLESSING_KEY] = [upstream]
+  if poisson_batches is not None:
+    batches = _artifact(artifacts.PoissonBatches, root / "batches")
+    poisson_batches.save(batches.uri)
+    artifacts.record_batch_facts(batches, poisson_batches)
+    input_dict[specs.POISSON_BATCHES_KEY] = [batches]
   if audit is not None:
     audit_artifact = _artifact(artifacts.PrivacyAudit, root / "audit")
     dataclasses.replace(audit, model_digest=ledger.model_digest).save(audit_artifact.uri)
     input_dict[specs.PRIVACY_AUDIT_KEY] = [audit_artifact]
+  if tamper is not None:
+    tamper(ledger_path)
   blessing = _artifact(standard_artifacts.ModelBlessing, root / "blessing")
   report = _artifact(artifacts.PrivacyReport, root / "report")
   privacy_evaluator_executor.Executor().Do(

@@ -210,6 +210,40 @@ class BatchManifest:
     canonical = json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"))
     return "sha256:" + hashlib.sha256(canonical.encode()).hexdigest()
 
+  @property
+  def fingerprint(self) -> str:
+    """What a ledger records as the dataset fingerprint of a run on these samples."""
+    return f"poisson-draw:{self.draw}"
+
+  def check_recorded_runs(self, segments: Sequence) -> None:
+    """Refuses ledger segments (dp_tfx.ledger.Segment) that do not describe runs on this draw as
+    it is: each of the draw's segments must have its N, q, planned steps and physical batch, and
+    together they cannot have taken more steps than the draw holds (a step taken twice: the
+    second time its sample is no longer a fresh Poisson sample). A stream takes the draw's steps
+    in order from the first no run recorded, so a step cannot be skipped.
+
+    Raises:
+      ValueError: naming the first difference; also if no segment is on this draw.
+    """
+    mine = [segment for segment in segments if segment.dataset_fingerprint == self.fingerprint]
+    if not mine:
+      raise ValueError(f"the ledger records no run on the Poisson batches of draw {self.draw}")
+    for segment in mine:
+      recorded = (segment.sampling, segment.dataset_size, segment.planned_steps,
+                  segment.physical_batch_size)
+      expected = (POISSON, self.dataset_size, self.steps, self.physical_batch_size)
+      if recorded != expected or not math.isclose(segment.sampling_rate, self.sampling_rate,
+                                                   rel_tol=1e-12):
+        raise ValueError(
+            f"segment {segment.segment_id} of the ledger describes a run on the Poisson batches "
+            f"of draw {self.draw} with (sampling, N, planned steps, physical batch) {recorded} "
+            f"and q {segment.sampling_rate}; the batches' manifest says {expected} and q "
+            f"{self.sampling_rate}")
+    taken = sum(segment.noisy_steps for segment in mine)
+    if taken > self.steps:
+      raise ValueError(f"the ledger records {taken} steps on the Poisson batches of draw "
+                       f"{self.draw}, which hold {self.steps}: a step was taken twice")
+
   def save(self, directory) -> str:
     return files.write_text(os.path.join(os.fspath(directory), MANIFEST_FILE),
                             json.dumps(self.to_dict(), indent=2, sort_keys=True))
@@ -336,7 +370,7 @@ class PoissonBatchStream:
   def fingerprint(self) -> str:
     """Names the data in the ledger: the draw (the samples themselves, however packaged). The
     DPTrainer ties the manifest to MLMD by its digest."""
-    return f"poisson-draw:{self.manifest.draw}"
+    return self.manifest.fingerprint
 
   @property
   def dataset_size(self) -> int:

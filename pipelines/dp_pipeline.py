@@ -131,7 +131,8 @@ def create_pipeline(*, pipeline_name: str, pipeline_root: str, data_root: str,
                                        privacy_policy=privacy_policy,
                                        model_blessing=upstream_blessing,
                                        privacy_audit=privacy_audit,
-                                       earlier_privacy_ledgers=earlier_ledgers)
+                                       earlier_privacy_ledgers=earlier_ledgers,
+                                       poisson_batches=batches)
   pusher = tfx.components.Pusher(
       model=trainer.outputs["model"], model_blessing=privacy_evaluator.outputs["blessing"],
       push_destination=tfx.proto.PushDestination(

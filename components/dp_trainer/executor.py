@@ -176,25 +176,10 @@ class Executor(base_executor.BaseExecutor):
 
 def _check_batches_describe(stream: PoissonBatchStream, artifact: types.Artifact,
                             examples: types.Artifact, train_split: str) -> None:
-  """The batches are what PoissonBatchGen recorded in MLMD, drawn from this run's examples.
-
-  The manifest's N and q make epsilon: a manifest edited after it was written (a larger N claims
-  a smaller q), or batches drawn from other examples or another split, would train on samples
-  the ledger does not describe. With a ledger key set (dp_tfx.signing), the recorded digest must
-  carry the key's signature too: MLMD is a file whoever edits the manifest may edit as well.
-  """
-  digest = stream.manifest.digest()
-  recorded = artifact.get_string_custom_property(artifacts.MANIFEST_DIGEST_PROPERTY)
-  if recorded != digest:
-    raise ValueError(f"the Poisson batches in {artifact.uri} are not the ones PoissonBatchGen "
-                     f"recorded in MLMD (manifest digest {digest}, recorded "
-                     f"{recorded or 'none'})")
-  key = signing.configured_key()
-  signature = artifact.get_string_custom_property(artifacts.MANIFEST_SIGNATURE_PROPERTY)
-  if key is not None and not signing.is_valid(digest.encode(), signature, key):
-    raise ValueError(f"the Poisson batches in {artifact.uri} are not signed with this run's "
-                     f"ledger key ({'a wrong signature' if signature else 'no signature'}): "
-                     f"with a key set, only batches a PoissonBatchGen holding it wrote are used")
+  """The batches are what PoissonBatchGen recorded in MLMD (artifacts.check_batches_recorded,
+  with the ledger key when one is set), drawn from this run's examples and split: batches drawn
+  from other examples would train on samples the ledger does not describe."""
+  artifacts.check_batches_recorded(artifact, stream.manifest, signing.configured_key())
   manifest = stream.manifest
   if (manifest.source, manifest.split) != (examples.uri, train_split):
     raise ValueError(f"the Poisson batches in {artifact.uri} were drawn from split "

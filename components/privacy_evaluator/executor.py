@@ -34,6 +34,7 @@ from tfx.utils import io_utils, path_utils
 from dp_tfx.audit.result import PrivacyAudit
 from dp_tfx.components import artifacts, earlier_runs, specs
 from dp_tfx.ledger import LEDGER_FILE_NAME, LedgerError, PrivacyLedger, directory_digest
+from dp_tfx.poisson_batches import BatchManifest
 from dp_tfx.policy import PrivacyDecision, PrivacyPolicy, decide, verification_key
 from dp_tfx.report import write_report
 
@@ -56,6 +57,7 @@ class Executor(base_executor.BaseExecutor):
     try:
       policy = PrivacyPolicy.from_json(exec_properties.get(specs.PRIVACY_POLICY_KEY))
       ledger = self._ledger(input_dict, verification_key(policy), self._pipeline_name())
+      self._check_batches(input_dict, ledger, verification_key(policy))
       audit = self._audit(input_dict)
       decision = decide(policy, ledger, model_digest=self._model_digest(model),
                         upstream_blessed=self._upstream_blessed(input_dict), audit=audit)
@@ -102,6 +104,19 @@ class Executor(base_executor.BaseExecutor):
                                     history.segments, history.history_dir, key, pipeline,
                                     current=artifact)
     return history
+
+  @staticmethod
+  def _check_batches(input_dict, ledger: PrivacyLedger, key: Optional[bytes]) -> None:
+    """With the PoissonBatches the DPTrainer streamed: they are what PoissonBatchGen recorded in
+    MLMD, and the ledger's runs on their draw are runs on them as they are (same N, q and steps;
+    no step taken twice: BatchManifest.check_recorded_runs)."""
+    batches = input_dict.get(specs.POISSON_BATCHES_KEY)
+    if not batches:
+      return
+    artifact = artifact_utils.get_single_instance(batches)
+    manifest = BatchManifest.load(artifact.uri)
+    artifacts.check_batches_recorded(artifact, manifest, key)
+    manifest.check_recorded_runs(ledger.segments)
 
   @staticmethod
   def _audit(input_dict) -> Optional[PrivacyAudit]:
