@@ -374,7 +374,9 @@ class DPModel(keras.Model):
     with warnings.catch_warnings():
       # The sample stream ends exactly where the plan does, inside the last epoch.
       warnings.filterwarnings("ignore", message=_RAN_OUT_OF_DATA)
-      return super().fit(dataset, epochs=epochs, steps_per_epoch=self.plan.steps_per_epoch,
+      # A plan shorter than an epoch shows (and Keras counts) its own steps, not an epoch's.
+      return super().fit(dataset, epochs=epochs,
+                         steps_per_epoch=min(self.plan.steps_per_epoch, steps),
                          verbose=verbose, callbacks=callbacks, validation_data=validation_data,
                          validation_batch_size=(
                              None if isinstance(validation_data, tf.data.Dataset)
