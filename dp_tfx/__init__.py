@@ -20,6 +20,7 @@ _EXPORTS = {
     "make_private": "dp_tfx.keras",
     "PrivacyPolicy": "dp_tfx.policy",
     "PolicyRefusal": "dp_tfx.policy",
+    "StepCheckpoint": "dp_tfx.resume",
 }
 
 __all__ = sorted(_EXPORTS) + ["__version__"]

@@ -453,6 +453,7 @@ class DPModel(keras.Model):
                        "that data. Make a new DP model (and ledger) for new data")
     if not self.model.built:
       self.model(data.example_batch(1)[0])
+    self.built = True  # a wrapper around a built model (Keras saves only built models' weights)
     if self._taps is None or self._taps.static_shapes != bool(self.jit_compile):
       self._taps = clipping.GradientTaps(self.model, static_shapes=bool(self.jit_compile))
 

@@ -27,11 +27,14 @@ from dp_tfx.components.model_io import (examples_dataset, export_serving_model, 
 from dp_tfx.components.user_module import MODULE_FUNCTIONS, PRIVACY_UNIT_FUNCTION, trainer_context
 from dp_tfx.config import DPConfig
 from dp_tfx.keras import make_private
+from dp_tfx.resume import StepCheckpoint
 from dp_tfx.ledger import EXAMPLE, LEDGER_FILE_NAME, LedgerError, directory_digest, new_run_id
 from dp_tfx.poisson_batches import PoissonBatchStream
 from dp_tfx.policy import PrivacyPolicy, verification_key
 
 EVAL_METRIC_PREFIX = "eval_"
+# Beside the DPTrainer's output artifacts: the weights a streamed run had reached, per draw.
+CHECKPOINTS_DIR = "checkpoints"
 
 
 class Executor(base_executor.BaseExecutor):
@@ -80,8 +83,12 @@ class Executor(base_executor.BaseExecutor):
           privacy_unit=privacy_unit_fn(context) if privacy_unit_fn else EXAMPLE,
           policy=policy)  # a run the policy could never bless is refused before its first step
       dp_model.compile(**module["compile_kwargs"](context))
-    dp_model.fit(*training_data, validation_data=eval_data, verbose=2,
-                 callbacks=[keras.callbacks.TensorBoard(log_dir=model_run.uri)] if chief else [])
+    callbacks = [keras.callbacks.TensorBoard(log_dir=model_run.uri)] if chief else []
+    if isinstance(training_data[0], PoissonBatchStream):
+      # A killed run's restart goes on at the draw's next unused step: with these weights.
+      callbacks.append(StepCheckpoint(os.path.join(
+          os.path.dirname(os.path.dirname(model_artifact.uri.rstrip("/"))), CHECKPOINTS_DIR)))
+    dp_model.fit(*training_data, validation_data=eval_data, verbose=2, callbacks=callbacks)
     if not chief:
       # Every worker evaluates (a collective step); only the chief writes.
       evaluate_metrics(dp_model, eval_data)

@@ -331,3 +331,57 @@ def test_a_run_that_others_overtook_while_it_prepared_stops_before_a_step(tmp_pa
 def test_a_stream_carries_its_labels():
   with pytest.raises(ValueError, match="carries its labels"):
     dp_tfx.keras._training_data(object.__new__(pb.PoissonBatchStream), np.zeros(3))
+
+
+def test_a_restart_goes_on_from_the_weights_of_the_last_checkpoint(tmp_path):
+  config = _config(noise_multiplier=1.0, steps=6)
+  _write_batches(tmp_path / "batches", config)
+  history, checkpoints = str(tmp_path / "history"), str(tmp_path / "checkpoints")
+  saved = {}
+
+  class CrashAtStepFive(keras.callbacks.Callback):
+    def on_train_batch_end(self, batch, logs=None):
+      step = int(self.model.noisy_steps.numpy())
+      saved[step] = [w.numpy().copy() for w in self.model.model.weights]
+      if step == 5:
+        raise RuntimeError("killed")
+
+  crashed = _dp_model(config, ledger_history=history)
+  with pytest.raises(RuntimeError, match="killed"):
+    crashed.fit(pb.PoissonBatchStream(tmp_path / "batches", _decode), verbose=0,
+                callbacks=[dp_tfx.StepCheckpoint(checkpoints, every_steps=2), CrashAtStepFive()])
+  restarted = _dp_model(config, ledger_history=history)
+  restarted.model(np.zeros([1, 6], np.float32))
+  fresh = [w.numpy().copy() for w in restarted.model.weights]
+  resume = dp_tfx.StepCheckpoint(checkpoints, every_steps=2)
+  starts = {}
+
+  class FirstStep(keras.callbacks.Callback):
+    def on_train_batch_begin(self, batch, logs=None):
+      if not starts:
+        starts["step"] = int(self.model.noisy_steps.numpy())
+        starts["weights"] = [w.numpy().copy() for w in self.model.model.weights]
+
+  restarted.fit(pb.PoissonBatchStream(tmp_path / "batches", _decode), verbose=0,
+                callbacks=[resume, FirstStep()])
+  # Saved after steps 2 and 4; killed after step 5 (spent, its update lost): the restart trains
+  # step 5 on from the weights of step 4, not from its own fresh ones.
+  assert resume.restored_step == 4 and starts["step"] == 5
+  for restored, at_four, new in zip(starts["weights"], saved[4], fresh, strict=True):
+    np.testing.assert_array_equal(restored, at_four)
+    assert not np.array_equal(restored, new)
+  assert restarted.privacy_ledger.noisy_steps == 6
+
+
+def test_a_checkpoint_past_the_ledgers_next_step_is_refused(tmp_path):
+  config = _config(noise_multiplier=1.0, steps=6)
+  _write_batches(tmp_path / "batches", config)
+  checkpoints = str(tmp_path / "checkpoints")
+  first = _dp_model(config, ledger_path=str(tmp_path / "first.json"))
+  first.fit(pb.PoissonBatchStream(tmp_path / "batches", _decode), verbose=0, epochs=1,
+            callbacks=[dp_tfx.StepCheckpoint(checkpoints)])
+  # Another ledger (one that lost the first run's steps) would start the draw again at step 0.
+  other = _dp_model(config, ledger_path=str(tmp_path / "other.json"))
+  with pytest.raises(ValueError, match="not of draw .* at a step before 0"):
+    other.fit(pb.PoissonBatchStream(tmp_path / "batches", _decode), verbose=0,
+              callbacks=[dp_tfx.StepCheckpoint(checkpoints)])
