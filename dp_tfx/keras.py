@@ -31,6 +31,7 @@ from dp_tfx.ledger import EXAMPLE, PrivacyLedger, dataset_fingerprint
 from dp_tfx.plan import TrainingPlan
 from dp_tfx.poisson_batches import PoissonBatchStream
 from dp_tfx.policy import PrivacyPolicy, refuse_unless_blessable, verification_key
+from dp_tfx.version import __version__
 
 EPSILON_LOG_KEY = "epsilon"
 _RAN_OUT_OF_DATA = ".*Your input ran out of data.*"
@@ -252,21 +253,13 @@ class DPModel(keras.Model):
       LedgerError: with a ledger_path, if another run is still training on that file, or another
         process wrote it since this one did (before a step is taken: nothing is lost).
     """
-    refused = sorted(k for k in kwargs if k in (
-        "batch_size", "steps_per_epoch", "shuffle", "sample_weight", "class_weight",
-        "validation_split", "initial_epoch"))
-    if refused:
-      raise ValueError(f"DP fit does not take {refused}: batch size, sampling and steps come from "
-                       "the DPConfig (sample weights would change each example's sensitivity)")
-    if kwargs:
-      raise TypeError(f"unexpected fit arguments {sorted(kwargs)}")
-    if self._loss_fn is None:
-      raise RuntimeError("compile the DP model (optimizer, loss) before fit")
     strategy = self.distribute_strategy
     chief = workers.is_chief(strategy)
-    # On several workers the chief alone reads what the ledger allows, and any worker's refusal
-    # stops all of them before the first step (workers.start_together).
+    # On several workers the chief alone reads what the ledger allows, and any worker's error or
+    # refusal stops all of them before the first step: here (workers.start_together), and after
+    # the chief wrote its reservation (workers.all_ready).
     try:
+      self._check_fit_arguments(kwargs)
       data = _training_data(x, y)
       self._prepare(data)
       replicas = self._replicas()
@@ -275,6 +268,7 @@ class DPModel(keras.Model):
         raise ValueError("training on Poisson batches drawn ahead needs a ledger that outlives "
                          "this model (ledger_path or ledger_history): it is what tells the "
                          "steps whose samples were used from those still unused")
+      requested_epochs = epochs
       done, key = 0, np.zeros([2], np.int64)
       if chief:
         done, steps, epochs = self._steps_to_take(data, epochs)
@@ -287,33 +281,29 @@ class DPModel(keras.Model):
               self.plan, steps, self.dp_config.seed is not None))
         key = self._segment_key().numpy()
     except Exception:
-      workers.start_together(strategy, None, "", 0, key=np.zeros([2], np.int64), failed=True)
+      workers.start_together(strategy, None, "", 0, np.zeros([2], np.int64), failed=True)
       raise
-    done, key = workers.start_together(strategy, self.plan, data.fingerprint, done, key)
-    if not chief:
-      self.noisy_steps.assign(done)
-      done, steps, epochs = self._steps_to_take(data, epochs)
-    self._key.assign(key)
-    self._build_batch = (*data.example_batch(2), np.ones([2], np.float32))
-    dataset = self._distributed_batches(data, done, done + steps, replicas)
-    if not chief:
-      workers.all_ready(strategy, True)
-      return self._fit_steps(dataset, steps, epochs, verbose, callbacks, validation_data,
-                             validation_batch_size, validation_freq)
-    # This fit's reservation: until it ends, other runs' pre-checks count these steps as spent.
-    try:
-      self.privacy_ledger.start_segment(self.plan, seeded=self.dp_config.seed is not None,
-                                        steps=steps)
-    except Exception:
-      workers.all_ready(strategy, False)
-      raise
-    heartbeat = None
+    done, key = workers.start_together(strategy, self.plan, data.fingerprint, done, key,
+                                       self._run_facts(requested_epochs, replicas))
+    heartbeat, reserved = None, False
     try:
       try:
-        # While this fit runs its segment is rewritten every HEARTBEAT_SECONDS, so its
-        # reservation holds; a killed run's lapses RESERVATION_STALE_SECONDS after its last write.
-        heartbeat = self.privacy_ledger.start_heartbeat()
-        self._check_reserved(data, done)
+        if not chief:
+          self.noisy_steps.assign(done)
+          done, steps, epochs = self._steps_to_take(data, requested_epochs)
+        self._key.assign(key)
+        self._build_batch = (*data.example_batch(2), np.ones([2], np.float32))
+        dataset = self._distributed_batches(data, done, done + steps, replicas)
+        if chief:
+          # This fit's reservation: until it ends, other runs' pre-checks count these steps as
+          # spent. While it runs its segment is rewritten every HEARTBEAT_SECONDS, so the
+          # reservation holds; a killed run's lapses RESERVATION_STALE_SECONDS after its last
+          # write.
+          self.privacy_ledger.start_segment(self.plan, seeded=self.dp_config.seed is not None,
+                                            steps=steps)
+          reserved = True
+          heartbeat = self.privacy_ledger.start_heartbeat()
+          self._check_reserved(data, done)
       except Exception:
         workers.all_ready(strategy, False)
         raise
@@ -323,7 +313,29 @@ class DPModel(keras.Model):
     finally:  # trained, refused or raised: from now on only the steps taken count
       if heartbeat is not None:
         heartbeat.stop()
-      self.privacy_ledger.finish_segment()
+      if reserved:
+        self.privacy_ledger.finish_segment()
+
+  @staticmethod
+  def _check_fit_arguments(kwargs) -> None:
+    refused = sorted(k for k in kwargs if k in (
+        "batch_size", "steps_per_epoch", "shuffle", "sample_weight", "class_weight",
+        "validation_split", "initial_epoch"))
+    if refused:
+      raise ValueError(f"DP fit does not take {refused}: batch size, sampling and steps come from "
+                       "the DPConfig (sample weights would change each example's sensitivity)")
+    if kwargs:
+      raise TypeError(f"unexpected fit arguments {sorted(kwargs)}")
+
+  def _run_facts(self, epochs: Optional[int], replicas: int) -> dict:
+    """What every worker must share beside the plan and the data (workers.start_together): how
+    each logical batch is padded and cut into replica slices (a worker that padded otherwise
+    would slice other rows: examples summed twice), the epochs asked for, the policy, and the
+    versions that draw the samples and the noise."""
+    return {"pad_multiple": self._pad_multiple(replicas), "jit_compile": bool(self.jit_compile),
+            "epochs": -1 if epochs is None else epochs,
+            "policy": self._policy.to_json() if self._policy is not None else "",
+            "versions": f"dp_tfx {__version__}, tensorflow {tf.__version__}"}
 
   def _steps_to_take(self, data, epochs: Optional[int]) -> tuple:
     """(first step, steps, epochs) of this fit; on a PoissonBatchStream (on the chief) the first
@@ -337,6 +349,9 @@ class DPModel(keras.Model):
       self.privacy_ledger.refresh()
       self.noisy_steps.assign(data.next_step(self.privacy_ledger))
     done = int(self.noisy_steps.numpy())
+    if not 0 <= done <= self.plan.steps:
+      raise RuntimeError(f"the model's step counter reads {done}, outside the plan's "
+                         f"0..{self.plan.steps}: make a new DP model")
     remaining = self.plan.steps - done
     if remaining <= 0:
       raise PrivacyBudgetExhaustedError(
@@ -400,11 +415,16 @@ class DPModel(keras.Model):
                          f"be a multiple of the {replicas} replicas")
     return replicas
 
+  def _pad_multiple(self, replicas: int) -> int:
+    """Logical batches are padded to a multiple of this (then cut into `replicas` slices)."""
+    if self.jit_compile:
+      return self.plan.physical_batch_size
+    return _PAD_MULTIPLE_WITHOUT_XLA * replicas
+
   def _distributed_batches(self, data, first_step, last_step, replicas):
     """The steps' logical batches (`data.logical_batches`); with R replicas, each cut into R
     slices (sampling.replica_slices) and distributed by the model's strategy."""
-    pad_multiple = (self.plan.physical_batch_size if self.jit_compile
-                    else _PAD_MULTIPLE_WITHOUT_XLA * replicas)
+    pad_multiple = self._pad_multiple(replicas)
     key = tf.constant(self._key.numpy())
     if replicas > 1:  # each replica draws its own noise in its step
       batches = data.logical_batches(self.plan, key, first_step, last_step,

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import json
 import struct
 
 from typing import Optional
@@ -24,8 +25,8 @@ import tensorflow as tf
 
 from dp_tfx.plan import TrainingPlan
 
-# The plan's facts and the data fingerprint (see _words).
-_FACT_WORDS = len(dataclasses.fields(TrainingPlan)) + 1
+# The plan's facts, the data fingerprint and the run facts (see start_together).
+_FACT_WORDS = len(dataclasses.fields(TrainingPlan)) + 2
 
 
 class WorkersDisagreeError(RuntimeError):
@@ -47,18 +48,21 @@ def is_chief(strategy: tf.distribute.Strategy) -> bool:
 
 def start_together(strategy: tf.distribute.Strategy, plan: Optional[TrainingPlan],
                    fingerprint: str, first_step: int, key: np.ndarray,
-                   failed: bool = False) -> tuple:
-  """(first step, key) as the chief has them, on every worker, once every worker's plan and
-  training data fingerprint are the chief's. A collective: every worker must call it, and one
+                   run_facts: Optional[dict] = None, failed: bool = False) -> tuple:
+  """(first step, key) as the chief has them, on every worker, once every worker's plan,
+  training data fingerprint and `run_facts` (a dict of ints and strings: how batches are cut,
+  the epochs asked for...) are the chief's. A collective: every worker must call it, and one
   that `failed` to prepare (it raises its own error after this call) calls it too.
 
   Raises:
-    WorkersDisagreeError: on every other worker, if a worker failed, or if a worker's plan or
-      data differ from the chief's.
+    WorkersDisagreeError: on every other worker, if a worker failed, or if a worker's plan, data
+      or run facts differ from the chief's.
   """
   if not several(strategy):
     return first_step, key
-  facts = _words(plan, fingerprint) if plan is not None else [0] * _FACT_WORDS
+  facts = [0] * _FACT_WORDS
+  if plan is not None:
+    facts = _words(plan, fingerprint) + [_hash63(json.dumps(run_facts or {}, sort_keys=True))]
   mine = np.array([first_step, *np.asarray(key, np.int64), *facts], np.int64)
   chiefs = _from_chief(strategy, mine)
   failures = _count(strategy, failed)
@@ -70,9 +74,10 @@ def start_together(strategy: tf.distribute.Strategy, plan: Optional[TrainingPlan
                                "chief's and the workers' logs)")
   if disagreeing:
     raise WorkersDisagreeError(
-        f"{disagreeing} replica(s) have another plan or other training data than the chief "
-        f"(this worker's plan: {plan}). Every worker must get the same config, the same data and "
-        "the same ledger storage (read by the chief and the workers alike)")
+        f"{disagreeing} replica(s) have another plan, other training data or other run facts "
+        f"than the chief (this worker's plan: {plan}; {run_facts}). Every worker must get the "
+        "same config, data, fit arguments, compile settings, policy and versions, and the same "
+        "ledger storage (read by the chief and the workers alike)")
   return int(chiefs[0]), chiefs[1:3]
 
 

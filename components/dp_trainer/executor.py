@@ -35,6 +35,7 @@ from dp_tfx.policy import PrivacyPolicy, verification_key
 EVAL_METRIC_PREFIX = "eval_"
 # Beside the DPTrainer's output artifacts: the weights a streamed run had reached, per draw.
 CHECKPOINTS_DIR = "checkpoints"
+COLLECTIVE_TIMEOUT_SECONDS = 600
 
 
 class Executor(base_executor.BaseExecutor):
@@ -145,7 +146,11 @@ class Executor(base_executor.BaseExecutor):
     (MirroredStrategy); else the default. Noise is split across all replicas."""
     cluster = json.loads(os.environ.get("TF_CONFIG") or "{}").get("cluster", {})
     if sum(len(tasks) for name, tasks in cluster.items() if name in ("chief", "worker")) > 1:
-      strategy = tf.distribute.MultiWorkerMirroredStrategy()
+      # A worker that stops taking part without exiting (its peers would wait for it in a
+      # collective forever) ends the run after this long.
+      strategy = tf.distribute.MultiWorkerMirroredStrategy(
+          communication_options=tf.distribute.experimental.CommunicationOptions(
+              timeout_seconds=COLLECTIVE_TIMEOUT_SECONDS))
       logging.info("DPTrainer: training on %d replicas of several workers (this one: %s)",
                    strategy.num_replicas_in_sync,
                    "the chief" if workers.is_chief(strategy) else "not the chief")

@@ -18,12 +18,13 @@ import dp_tfx
 pytestmark = pytest.mark.slow
 
 # One worker of the cluster; argv: index, ports, output directory, sigma, steps (of worker 0,
-# of worker 1), examples.
+# of worker 1), examples, jit_compile (of worker 0, of worker 1).
 _WORKER = """
 import json, os, sys
 index, ports, out, sigma, steps, examples = (int(sys.argv[1]), sys.argv[2].split(","),
     sys.argv[3], float(sys.argv[4]), int(sys.argv[5].split(",")[int(sys.argv[1])]),
     int(sys.argv[6]))
+jit_compile = sys.argv[7].split(",")[index] == "True"
 os.environ["TF_CONFIG"] = json.dumps({"cluster": {"worker": [f"127.0.0.1:{p}" for p in ports]},
                                       "task": {"type": "worker", "index": index}})
 import tensorflow as tf
@@ -33,7 +34,8 @@ from tests.dp_tfx.test_workers import data, one_step_update
 
 x, y = data(examples)
 with strategy.scope():
-  update, dp_model = one_step_update(x, y, sigma, steps, os.path.join(out, f"ledger{index}.json"))
+  update, dp_model = one_step_update(x, y, sigma, steps, os.path.join(out, f"ledger{index}.json"),
+                                     jit_compile)
   try:
     update()
   except Exception as error:
@@ -51,7 +53,7 @@ def data(examples: int):
           rng.integers(0, 3, examples).astype("int32"))
 
 
-def one_step_update(x, y, sigma: float, steps: int, ledger_path):
+def one_step_update(x, y, sigma: float, steps: int, ledger_path, jit_compile=False):
   """(update, dp_model): update() fits `steps` steps and sets update.result to start - end
   weights; the model and its start weights are the same in every process (seeded)."""
   keras.utils.set_random_seed(1)
@@ -62,7 +64,8 @@ def one_step_update(x, y, sigma: float, steps: int, ledger_path):
       l2_norm_clip=0.3, noise_multiplier=sigma, batch_size=16, steps=steps, seed=21,
       physical_batch_size=16), ledger_path=ledger_path)
   dp_model.compile(optimizer=keras.optimizers.SGD(1.0),
-                   loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+                   loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+                   jit_compile=jit_compile)
 
   def update():
     dp_model.fit(x, y, verbose=0)
@@ -82,12 +85,13 @@ def _free_ports(count: int) -> list:
   return ports
 
 
-def _start_workers(out, sigma, steps, examples=64, worker_steps=None):
+def _start_workers(out, sigma, steps, examples=64, worker_steps=None, jit_compile=(False, False)):
   ports = ",".join(map(str, _free_ports(2)))
   env = dict(os.environ, PYTHONPATH=os.getcwd(), TF_CPP_MIN_LOG_LEVEL="2")
   env.pop("TF_CONFIG", None)
   return [subprocess.Popen([sys.executable, "-c", _WORKER, str(index), ports, str(out),
-                            str(sigma), f"{steps},{worker_steps or steps}", str(examples)],
+                            str(sigma), f"{steps},{worker_steps or steps}", str(examples),
+                            ",".join(map(str, jit_compile))],
                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
           for index in range(2)]
 
@@ -132,13 +136,19 @@ def test_two_workers_take_the_single_process_step_and_one_draw_of_noise(tmp_path
     assert abs(noise.std() / (sigma * 0.3 / 16) - 1) < 0.12
 
 
-def test_workers_with_another_plan_than_the_chief_stop_before_the_first_step(tmp_path):
-  workers = _start_workers(tmp_path, 1.0, steps=1, worker_steps=2)
+@pytest.mark.parametrize("difference", [
+    {"worker_steps": 2},  # another plan
+    # Padded to the physical batch (XLA) on one, to a multiple of 8 on the other: their slices
+    # of a step would overlap (examples summed twice under noise sized for one).
+    {"jit_compile": (True, False)},
+])
+def test_workers_unlike_the_chief_stop_before_the_first_step(tmp_path, difference):
+  workers = _start_workers(tmp_path, 1.0, steps=1, **difference)
   for worker in workers:
     code, result, stderr = _finish(worker)
     assert code == 3, stderr[-3000:]
     assert result["error"] == "WorkersDisagreeError" and result["noisy_steps"] == 0
-    assert "another plan or other training data than the chief" in result["message"]
+    assert "another plan, other training data or other run facts" in result["message"]
   assert dp_tfx.PrivacyLedger.load(tmp_path / "ledger0.json").segments == []
   assert not (tmp_path / "ledger1.json").exists()
 
