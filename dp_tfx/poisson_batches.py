@@ -27,11 +27,12 @@ from typing import Callable, Optional, Sequence, Tuple
 import numpy as np
 import tensorflow as tf
 
-from dp_tfx import files, sampling
+from dp_tfx import files, sampling, signing
 from dp_tfx.checks import is_finite_number, is_int, unknown_fields
 from dp_tfx.config import POISSON
 
 MANIFEST_FILE = "poisson_batches.json"
+SIGNATURE_FILE = "poisson_batches.json.sig"
 FORMAT_VERSION = 1
 # A step's record (a tf.Example): its number, its slots (the sampled examples as the Examples
 # artifact holds them, serialized, then copies of the padding example) and their mask (1 for a
@@ -244,9 +245,24 @@ class BatchManifest:
       raise ValueError(f"the ledger records {taken} steps on the Poisson batches of draw "
                        f"{self.draw}, which hold {self.steps}: a step was taken twice")
 
-  def save(self, directory) -> str:
+  def save(self, directory, key: Optional[bytes] = None) -> str:
+    """Writes the manifest; with a ledger key (dp_tfx.signing), its digest's signature beside it,
+    which a PoissonBatchStream opened with the key set requires."""
+    if key is not None:
+      files.write_text(os.path.join(os.fspath(directory), SIGNATURE_FILE),
+                       signing.sign(self.digest().encode(), key))
     return files.write_text(os.path.join(os.fspath(directory), MANIFEST_FILE),
                             json.dumps(self.to_dict(), indent=2, sort_keys=True))
+
+  def check_signature(self, directory, key: bytes) -> None:
+    """Raises ValueError unless `directory` holds this manifest's signature with `key`: without
+    MLMD (Keras alone) it is what a manifest edited to a larger N (a smaller q) cannot forge."""
+    path = os.path.join(os.fspath(directory), SIGNATURE_FILE)
+    signature = files.read_text(path).strip() if files.exists(path) else None
+    if not signing.is_valid(self.digest().encode(), signature, key):
+      raise ValueError(f"the Poisson batches in {directory} are not signed with the ledger key "
+                       f"({'a wrong signature' if signature else 'no signature'}): with a key "
+                       "set, only batches a PoissonBatchGen holding it wrote are used")
 
   @classmethod
   def load(cls, directory) -> "BatchManifest":
@@ -308,13 +324,21 @@ class PoissonBatchStream:
   Args:
     directory: the batches' directory (a PoissonBatches artifact's uri).
     decode: [L] serialized examples -> (features, labels), as training wants them.
+  With a ledger key set (dp_tfx.signing), the manifest must carry the key's signature (as
+  PoissonBatchGen holding the key writes it): without MLMD, whoever edits the manifest's N could
+  otherwise claim a smaller q.
+
   Raises:
-    ValueError: if the manifest is missing or malformed, or the shards are not what it says.
+    ValueError: if the manifest is missing, malformed or (with a key) not signed with the key,
+      or the shards are not what it says.
   """
 
   def __init__(self, directory, decode: DecodeFn):
     self.directory = os.fspath(directory)
     self.manifest = BatchManifest.load(self.directory)
+    key = signing.configured_key()
+    if key is not None:
+      self.manifest.check_signature(self.directory, key)
     self._decode = decode
     self._key = [secrets.randbits(63), secrets.randbits(63)]  # TensorFlow takes int64 keys
     self._fingerprints = np.concatenate([self._checked_shard(shard)

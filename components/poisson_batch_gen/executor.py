@@ -22,7 +22,7 @@ from tfx import types
 from tfx.dsl.components.base import base_beam_executor
 from tfx.types import artifact_utils
 
-from dp_tfx import poisson_batches
+from dp_tfx import poisson_batches, signing
 from dp_tfx.components import artifacts, specs
 from dp_tfx.components.model_io import TRAIN_SPLIT, split_file_patterns
 from dp_tfx.config import DPConfig
@@ -74,7 +74,7 @@ class Executor(base_beam_executor.BaseBeamExecutor):
         last_step=last_step, physical_batch_size=sampling.physical_batch_size,
         shards=tuple(written[first] for first, _ in shard_ranges), source=examples.uri,
         split=split, draw=draw)
-    manifest.save(output.uri)
+    manifest.save(output.uri, signing.configured_key())
     artifacts.record_batch_facts(output, manifest)
     logging.info("PoissonBatchGen: wrote %d steps (%d sampled examples) in %d shards, manifest %s",
                  last_step - first_step, sum(s.sampled for s in manifest.shards),

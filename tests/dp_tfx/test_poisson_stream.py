@@ -2,6 +2,8 @@
 gradient of exactly that step's sample, the ledger's facts are the in-memory path's, and batches
 that do not fit the plan, or were changed, are refused before a step is counted."""
 
+import dataclasses
+
 import keras
 import numpy as np
 import pytest
@@ -385,3 +387,21 @@ def test_a_checkpoint_past_the_ledgers_next_step_is_refused(tmp_path):
   with pytest.raises(ValueError, match="not of draw .* at a step before 0"):
     other.fit(pb.PoissonBatchStream(tmp_path / "batches", _decode), verbose=0,
               callbacks=[dp_tfx.StepCheckpoint(checkpoints)])
+
+
+def test_with_a_ledger_key_a_stream_opens_only_batches_signed_with_it(tmp_path, monkeypatch):
+  from dp_tfx import signing
+
+  config = _config(noise_multiplier=1.0)
+  _write_batches(tmp_path / "batches", config)
+  manifest = pb.BatchManifest.load(tmp_path / "batches")
+  monkeypatch.setenv(signing.KEY_ENV, "a-ledger-key-of-32-bytes-or-more")
+  with pytest.raises(ValueError, match="not signed with the ledger key .no signature"):
+    pb.PoissonBatchStream(tmp_path / "batches", _decode)
+  manifest.save(tmp_path / "batches", signing.configured_key())
+  pb.PoissonBatchStream(tmp_path / "batches", _decode)
+  # The manifest edited to a larger N (q 8/80 instead of 8/40), keeping the signature: refused.
+  edited = dataclasses.replace(manifest, dataset_size=80, sampling_rate=8 / 80)
+  edited.save(tmp_path / "batches")
+  with pytest.raises(ValueError, match="a wrong signature"):
+    pb.PoissonBatchStream(tmp_path / "batches", _decode)
