@@ -308,7 +308,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "under it (default: output/pipeline, output/pipeline-lm for lm)")
   pipeline.add_argument("--ledger-history", default=None, metavar="DIR",
                         help="the privacy budget of the data: every run recorded there composes "
-                        "with every other (default: OUTPUT_DIR/privacy_ledgers, so another "
+                        "with every other (default: OUTPUT_DIR/privacy_ledgers, or "
+                        "PIPELINE_ROOT/privacy_ledgers with --pipeline-root, so another "
                         "--output-dir starts an empty budget for the same data: give runs on the "
                         "same people the same --ledger-history)")
   pipeline.add_argument("--max-epsilon", type=_number(0, open_low=True), default=5.0,
