@@ -75,12 +75,18 @@ def new_draw(first_step: int, last_step: int) -> str:
   return f"{secrets.token_hex(16)}/{first_step}-{last_step}"
 
 
-def draw_first_step(draw: str) -> int:
-  """The first step a draw covers (see `new_draw`)."""
+def draw_steps(draw: str) -> Tuple[int, int]:
+  """The steps [first, last) a draw covers (see `new_draw`)."""
   try:
-    return int(draw.rsplit("/", 1)[1].split("-")[0])
+    first, last = (int(part) for part in draw.rsplit("/", 1)[1].split("-"))
   except (IndexError, ValueError):
     raise ValueError(f"{draw!r} is not a draw's identity") from None
+  return first, last
+
+
+def draw_first_step(draw: str) -> int:
+  """The first step a draw covers (see `new_draw`)."""
+  return draw_steps(draw)[0]
 
 
 def step_record(step: int, sample: Sequence[bytes], physical_batch_size: int,
@@ -241,9 +247,10 @@ class BatchManifest:
             f"and q {segment.sampling_rate}; the batches' manifest says {expected} and q "
             f"{self.sampling_rate}")
     taken = sum(segment.noisy_steps for segment in mine)
-    if taken > self.steps:
+    first, last = draw_steps(self.draw)
+    if taken > last - first:
       raise ValueError(f"the ledger records {taken} steps on the Poisson batches of draw "
-                       f"{self.draw}, which hold {self.steps}: a step was taken twice")
+                       f"{self.draw}, which hold {last - first}: a step was taken twice")
 
   def save(self, directory, key: Optional[bytes] = None) -> str:
     """Writes the manifest; with a ledger key (dp_tfx.signing), its digest's signature beside it,

@@ -804,3 +804,18 @@ def test_batches_edited_after_poisson_batch_gen_recorded_them_are_refused(tmp_pa
       testing.run_privacy_evaluator(ledger, LENIENT, tmp_path, poisson_batches=manifest,
                                     tamper=edit_manifest),
       "not the ones PoissonBatchGen recorded")
+
+
+def test_steps_past_a_partial_draw_are_refused(tmp_path):
+  # PoissonBatchGen drew steps 4-8 of an 8-step plan: 6 steps recorded on them is 2 too many.
+  ledger, manifest = _streamed_ledger(runs_steps=(8, 3))
+  ledger.segments[0].noisy_steps = 3
+  draw = poisson_batches.new_draw(4, 8)
+  for segment in ledger.segments:
+    segment.dataset_fingerprint = f"poisson-draw:{draw}"
+  partial = dataclasses.replace(
+      manifest, draw=draw, first_step=4,
+      shards=(poisson_batches.Shard("steps-4.tfrecord", 4, 8, 200, "0" * 64),))
+  testing.assert_not_blessed(
+      testing.run_privacy_evaluator(ledger, LENIENT, tmp_path, poisson_batches=partial),
+      "which hold 4: a step was taken twice")
