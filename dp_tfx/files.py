@@ -9,6 +9,7 @@ argument errors stay one line.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import uuid
 from typing import Optional
@@ -146,3 +147,12 @@ def files_under(directory) -> list:
     relative_parent = parent[len(root):].strip("/")
     found.extend(f"{relative_parent}/{name}" if relative_parent else name for name in names)
   return sorted(found, key=lambda relative: relative.split("/"))
+
+
+def sha256(path) -> str:
+  """sha256 of a file's bytes (any tf.io.gfile filesystem), read in blocks."""
+  digest = hashlib.sha256()
+  with _gfile().GFile(os.fspath(path), "rb") as stream:
+    for block in iter(lambda: stream.read(1 << 20), b""):
+      digest.update(block)
+  return digest.hexdigest()

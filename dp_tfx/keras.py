@@ -31,6 +31,7 @@ from dp_tfx.ledger import EXAMPLE, PrivacyLedger, dataset_fingerprint
 from dp_tfx.plan import TrainingPlan
 from dp_tfx.poisson_batches import PoissonBatchStream
 from dp_tfx.policy import PrivacyPolicy, refuse_unless_blessable, verification_key
+from dp_tfx.resume import StepCheckpoint
 from dp_tfx.version import __version__
 
 EPSILON_LOG_KEY = "epsilon"
@@ -294,6 +295,10 @@ class DPModel(keras.Model):
         self._key.assign(key)
         self._build_batch = (*data.example_batch(2), np.ones([2], np.float32))
         dataset = self._distributed_batches(data, done, done + steps, replicas)
+        # Weights a killed run on the draw reached (resume.StepCheckpoint); every worker must
+        # start from the same.
+        restored = ";".join(callback.restore(self) for callback in callbacks or []
+                            if isinstance(callback, StepCheckpoint))
         if chief:
           # This fit's reservation: until it ends, other runs' pre-checks count these steps as
           # spent. While it runs its segment is rewritten every HEARTBEAT_SECONDS, so the
@@ -307,7 +312,7 @@ class DPModel(keras.Model):
       except Exception:
         workers.all_ready(strategy, False)
         raise
-      workers.all_ready(strategy, True)
+      workers.all_ready(strategy, True, restored)
       return self._fit_steps(dataset, steps, epochs, verbose, callbacks, validation_data,
                              validation_batch_size, validation_freq)
     finally:  # trained, refused or raised: from now on only the steps taken count

@@ -282,13 +282,6 @@ class BatchManifest:
       raise ValueError(f"cannot read the Poisson batches manifest at {path}: {error}") from None
 
 
-def file_sha256(path: str) -> str:
-  """sha256 of a file's bytes (any tf.io.gfile filesystem), read in blocks."""
-  digest = hashlib.sha256()
-  with tf.io.gfile.GFile(path, "rb") as stream:
-    for block in iter(lambda: stream.read(1 << 20), b""):
-      digest.update(block)
-  return digest.hexdigest()
 
 
 def shard_name(first_step: int, last_step: int) -> str:
@@ -307,7 +300,7 @@ def write_shard(directory: str, first_step: int, last_step: int, samples: dict,
                                padding_example, draw))
   return Shard(file=name, first_step=first_step, last_step=last_step,
                sampled=sum(len(samples.get(step, ())) for step in range(first_step, last_step)),
-               sha256=file_sha256(path))
+               sha256=files.sha256(path))
 
 
 # serialized examples [L] -> (features, labels): e.g. a user module's feature_spec and decode.
@@ -359,7 +352,7 @@ class PoissonBatchStream:
     path = os.path.join(self.directory, shard.file)
     refuse = lambda why: ValueError(f"Poisson batch shard {shard.file} in {self.directory}: "
                                     f"{why}")
-    actual = file_sha256(path)
+    actual = files.sha256(path)
     if actual != shard.sha256:
       raise refuse(f"is not the one the manifest records (sha256 {actual}, recorded "
                    f"{shard.sha256})")

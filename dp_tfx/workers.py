@@ -81,11 +81,20 @@ def start_together(strategy: tf.distribute.Strategy, plan: Optional[TrainingPlan
   return int(chiefs[0]), chiefs[1:3]
 
 
-def all_ready(strategy: tf.distribute.Strategy, ready: bool) -> None:
+def all_ready(strategy: tf.distribute.Strategy, ready: bool, facts: str = "") -> None:
   """A collective after the chief's last checks: raises WorkersDisagreeError on every worker
-  where any worker is not `ready`."""
-  if several(strategy) and _count(strategy, not ready):
-    raise WorkersDisagreeError("a worker (the chief: see its log) stopped before the first step")
+  where any worker is not `ready`, or has other `facts` than the chief (e.g. the weights it
+  restored)."""
+  if not several(strategy):
+    return
+  if _count(strategy, not ready):
+    raise WorkersDisagreeError("a worker stopped before the first step (see the chief's and the "
+                               "workers' logs)")
+  chiefs = _from_chief(strategy, np.array([_hash63(facts)], np.int64))
+  if _count(strategy, int(chiefs[0]) != _hash63(facts)):
+    raise WorkersDisagreeError(f"a worker starts from other weights than the chief (this one: "
+                               f"{facts or 'fresh'}): checkpoints must be on storage every "
+                               "worker reads")
 
 
 def _words(plan, fingerprint: str) -> list:

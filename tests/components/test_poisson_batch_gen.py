@@ -9,6 +9,7 @@ import pytest
 import tensorflow as tf
 from scipy import stats
 
+from dp_tfx import files
 from dp_tfx import poisson_batches as pb
 from dp_tfx.components import artifacts, specs, testing
 from dp_tfx.components.poisson_batch_gen import PoissonBatchGen
@@ -53,7 +54,7 @@ def _steps(directory, manifest):
   steps, padding_examples = {}, set()
   for shard in manifest.shards:
     path = str(directory / shard.file)
-    assert pb.file_sha256(path) == shard.sha256
+    assert files.sha256(path) == shard.sha256
     sampled = 0
     for record in tf.data.TFRecordDataset(path, compression_type="GZIP"):
       step, examples, mask, _ = (t.numpy() for t in pb.parse_step_record(record))

@@ -9,6 +9,7 @@ import pytest
 import tensorflow as tf
 from scipy import stats
 
+from dp_tfx import files
 from dp_tfx import poisson_batches as pb
 
 SIGNIFICANCE = 1e-3  # each statistical test below fails an honest sampler this rarely
@@ -96,7 +97,7 @@ def test_shards_hold_their_steps_in_order_with_their_digests(tmp_path):
   records = []
   for shard in loaded.shards:
     path = str(tmp_path / shard.file)
-    assert pb.file_sha256(path) == shard.sha256
+    assert files.sha256(path) == shard.sha256
     records += [r.numpy() for r in tf.data.TFRecordDataset(path, compression_type="GZIP")]
   assert [_parse(record) for record in records] == [
       (0, [b"x", b"y", b"z", b"pad"], [1, 1, 1, 0]), (1, [b"pad", b"pad"], [0, 0]),

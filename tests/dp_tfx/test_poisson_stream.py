@@ -10,7 +10,7 @@ import pytest
 import tensorflow as tf
 
 import dp_tfx
-from dp_tfx import clipping
+from dp_tfx import clipping, files, signing
 from dp_tfx import poisson_batches as pb
 from dp_tfx.keras import per_example_loss
 from dp_tfx.plan import SamplingPlan
@@ -57,7 +57,8 @@ def _write_batches(directory, config, seed=0):
   pb.BatchManifest(dataset_size=N, batch_size=plan.batch_size, sampling_rate=plan.sampling_rate,
                    steps=plan.steps, first_step=0, last_step=plan.steps,
                    physical_batch_size=plan.physical_batch_size, shards=(shard,),
-                   source="/examples/1", split="train", draw=draw).save(directory)
+                   source="/examples/1", split="train", draw=draw).save(
+                       directory, signing.configured_key())
   return (x, y), samples
 
 
@@ -146,7 +147,7 @@ def _rewrite(directory, records, sampled):
     for record in records:
       writer.write(record)
   shard = pb.Shard(file=shard.file, first_step=shard.first_step, last_step=shard.last_step,
-                   sampled=sampled, sha256=pb.file_sha256(str(directory / shard.file)))
+                   sampled=sampled, sha256=files.sha256(str(directory / shard.file)))
   pb.BatchManifest(**{**manifest.__dict__, "shards": (shard,)}).save(directory)
 
 
@@ -304,7 +305,7 @@ def test_batches_copied_or_repacked_are_the_same_draw_and_never_trained_on_twice
       writer.write(record)
   pb.BatchManifest(**{**manifest.__dict__, "source": "/elsewhere", "shards": (pb.Shard(
       file="renamed.tfrecord.gz", first_step=0, last_step=3, sampled=shard.sampled,
-      sha256=pb.file_sha256(str(copy / "renamed.tfrecord.gz"))),)}).save(copy)
+      sha256=files.sha256(str(copy / "renamed.tfrecord.gz"))),)}).save(copy)
   assert pb.BatchManifest.load(copy).digest() != manifest.digest()
   again = _dp_model(config, ledger_history=history)
   with pytest.raises((dp_tfx.PrivacyBudgetExhaustedError, ValueError)):
@@ -375,23 +376,57 @@ def test_a_restart_goes_on_from_the_weights_of_the_last_checkpoint(tmp_path):
   assert restarted.privacy_ledger.noisy_steps == 6
 
 
-def test_a_checkpoint_past_the_ledgers_next_step_is_refused(tmp_path):
-  config = _config(noise_multiplier=1.0, steps=6)
+def _checkpointed_run(tmp_path, config):
+  """A first run of 5 steps on fresh batches, checkpointed; returns its checkpoint's folder."""
   _write_batches(tmp_path / "batches", config)
-  checkpoints = str(tmp_path / "checkpoints")
   first = _dp_model(config, ledger_path=str(tmp_path / "first.json"))
   first.fit(pb.PoissonBatchStream(tmp_path / "batches", _decode), verbose=0, epochs=1,
-            callbacks=[dp_tfx.StepCheckpoint(checkpoints)])
-  # Another ledger (one that lost the first run's steps) would start the draw again at step 0.
-  other = _dp_model(config, ledger_path=str(tmp_path / "other.json"))
-  with pytest.raises(ValueError, match="not of draw .* at a step before 0"):
-    other.fit(pb.PoissonBatchStream(tmp_path / "batches", _decode), verbose=0,
-              callbacks=[dp_tfx.StepCheckpoint(checkpoints)])
+            callbacks=[dp_tfx.StepCheckpoint(str(tmp_path / "checkpoints"))])
+  (folder,) = (tmp_path / "checkpoints").iterdir()
+  return folder
+
+
+def _restart(tmp_path, config, ledger="first.json"):
+  restarted = _dp_model(config, ledger_path=str(tmp_path / ledger))
+  restarted.fit(pb.PoissonBatchStream(tmp_path / "batches", _decode), verbose=0,
+                callbacks=[dp_tfx.StepCheckpoint(str(tmp_path / "checkpoints"))])
+  return restarted
+
+
+def test_a_checkpoint_no_run_in_the_ledger_wrote_is_refused(tmp_path):
+  config = _config(noise_multiplier=1.0, steps=6)
+  _checkpointed_run(tmp_path, config)
+  # Another ledger (one that lost the first run, or weights planted where checkpoints are
+  # kept, naming no recorded run): training would start from a model DP did not make.
+  with pytest.raises(ValueError, match="names no run the ledger recorded on this data"):
+    _restart(tmp_path, config, ledger="other.json")
+
+
+def test_a_checkpoint_whose_weights_changed_is_refused(tmp_path):
+  config = _config(noise_multiplier=1.0, steps=6)
+  folder = _checkpointed_run(tmp_path, config)
+  planted = _dp_model(config)  # other weights, saved over the checkpoint's
+  planted.model(np.zeros([1, 6], np.float32))
+  planted.built = True
+  planted.save_weights(str(folder / "model.weights.h5"))
+  with pytest.raises(ValueError, match="its weights are not the ones it recorded"):
+    _restart(tmp_path, config)
+
+
+def test_with_a_ledger_key_only_signed_checkpoints_are_restored(tmp_path, monkeypatch):
+  import json
+
+  monkeypatch.setenv(signing.KEY_ENV, "a-ledger-key-of-32-bytes-or-more")
+  config = _config(noise_multiplier=1.0, steps=6)
+  folder = _checkpointed_run(tmp_path, config)
+  state = json.loads((folder / "checkpoint.json").read_text())
+  state["step"] = 1  # anything edited, the signature kept
+  (folder / "checkpoint.json").write_text(json.dumps(state))
+  with pytest.raises(ValueError, match="not signed with the ledger key"):
+    _restart(tmp_path, config)
 
 
 def test_with_a_ledger_key_a_stream_opens_only_batches_signed_with_it(tmp_path, monkeypatch):
-  from dp_tfx import signing
-
   config = _config(noise_multiplier=1.0)
   _write_batches(tmp_path / "batches", config)
   manifest = pb.BatchManifest.load(tmp_path / "batches")
