@@ -482,7 +482,9 @@ class PoissonBatchStream:
     if live:
       raise ValueError(f"run {live[0].run_id} is training on the Poisson batches in "
                        f"{self.directory} (its segment {live[0].segment_id} is unfinished); "
-                       f"two runs must never use the same samples")
+                       f"two runs must never use the same samples. If that run was killed, "
+                       f"finish its segment first: dp-tfx release-reservation "
+                       f"{ledger.history_dir or ledger.path} --segment {live[0].segment_id}")
     step = draw_first_step(self.manifest.draw) + sum(s.noisy_steps for s in mine)
     if expected is not None and step != expected:
       raise ValueError(f"another run took steps {expected} to {step - 1} of the Poisson batches "

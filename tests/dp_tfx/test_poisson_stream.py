@@ -274,7 +274,8 @@ def test_a_second_run_is_refused_while_another_trains_on_the_same_batches(tmp_pa
   live._prepare(pb.PoissonBatchStream(tmp_path / "batches", _decode))
   live.privacy_ledger.start_segment(live.plan, seeded=True, steps=3)  # a run mid-training
   other = _dp_model(config, ledger_history=history)
-  with pytest.raises(ValueError, match="two runs must never use the same samples"):
+  with pytest.raises(ValueError, match="two runs must never use the same samples. If that run "
+                     "was killed, finish its segment first: dp-tfx release-reservation"):
     other.fit(pb.PoissonBatchStream(tmp_path / "batches", _decode), verbose=0)
   assert other.privacy_ledger.noisy_steps == 0
 
