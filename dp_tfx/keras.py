@@ -261,6 +261,8 @@ class DPModel(keras.Model):
     # the chief wrote its reservation (workers.all_ready).
     try:
       self._check_fit_arguments(kwargs)
+      if self._loss_fn is None:
+        raise RuntimeError("compile the DP model (optimizer, loss) before fit")
       data = _training_data(x, y)
       self._prepare(data)
       replicas = self._replicas()

@@ -325,3 +325,11 @@ def test_a_restart_with_the_same_seed_draws_fresh_noise(tmp_path):
   assert not np.allclose(updates[0], updates[1])
   ledger = dp_tfx.PrivacyLedger.load(path)
   assert [segment.seeded for segment in ledger.segments] == [True, True]
+
+
+def test_fit_before_compile_is_refused_readably():
+  x, y = _data()
+  dp_model = dp_tfx.make_private(models.dense_model(), dp_tfx.DPConfig(noise_multiplier=1.0,
+                                                                       batch_size=8, steps=2))
+  with pytest.raises(RuntimeError, match="compile the DP model .optimizer, loss. before fit"):
+    dp_model.fit(x, y, verbose=0)
