@@ -312,11 +312,9 @@ def check_batches_recorded(batches: artifact.Artifact, manifest, key: Optional[b
   if recorded != digest:
     raise ValueError(f"the Poisson batches in {batches.uri} are not the ones PoissonBatchGen "
                      f"recorded in MLMD (manifest digest {digest}, recorded {recorded or 'none'})")
-  signature = _string_property(batches, MANIFEST_SIGNATURE_PROPERTY)
-  if key is not None and not signing.is_valid(digest.encode(), signature, key):
-    raise ValueError(f"the Poisson batches in {batches.uri} are not signed with the ledger key "
-                     f"({'a wrong signature' if signature else 'no signature'}): with a key "
-                     "set, only batches a PoissonBatchGen holding it wrote count")
+  if key is not None:
+    manifest.check_signature(_string_property(batches, MANIFEST_SIGNATURE_PROPERTY), key,
+                             f"{batches.uri} (as MLMD records them)")
 
 
 def record_batch_facts(target: artifact.Artifact, manifest) -> None:
@@ -328,5 +326,4 @@ def record_batch_facts(target: artifact.Artifact, manifest) -> None:
   target.set_string_custom_property(MANIFEST_DIGEST_PROPERTY, manifest.digest())
   key = signing.configured_key()
   if key is not None:
-    target.set_string_custom_property(MANIFEST_SIGNATURE_PROPERTY,
-                                      signing.sign(manifest.digest().encode(), key))
+    target.set_string_custom_property(MANIFEST_SIGNATURE_PROPERTY, manifest.signature(key))

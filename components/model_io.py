@@ -5,8 +5,8 @@ that the DP model and its control see the same data and serve the same signature
 
 from __future__ import annotations
 
-import json
 import contextlib
+import json
 import os
 import warnings
 from typing import Dict, List, Sequence

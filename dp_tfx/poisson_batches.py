@@ -256,20 +256,27 @@ class BatchManifest:
     """Writes the manifest; with a ledger key (dp_tfx.signing), its digest's signature beside it,
     which a PoissonBatchStream opened with the key set requires."""
     if key is not None:
-      files.write_text(os.path.join(os.fspath(directory), SIGNATURE_FILE),
-                       signing.sign(self.digest().encode(), key))
+      files.write_text(os.path.join(os.fspath(directory), SIGNATURE_FILE), self.signature(key))
     return files.write_text(os.path.join(os.fspath(directory), MANIFEST_FILE),
                             json.dumps(self.to_dict(), indent=2, sort_keys=True))
 
-  def check_signature(self, directory, key: bytes) -> None:
-    """Raises ValueError unless `directory` holds this manifest's signature with `key`: without
-    MLMD (Keras alone) it is what a manifest edited to a larger N (a smaller q) cannot forge."""
-    path = os.path.join(os.fspath(directory), SIGNATURE_FILE)
-    signature = files.read_text(path).strip() if files.exists(path) else None
+  def signature(self, key: bytes) -> str:
+    """The manifest's digest signed with the ledger key `key`."""
+    return signing.sign(self.digest().encode(), key)
+
+  def check_signature(self, signature: Optional[str], key: bytes, where: str) -> None:
+    """Raises ValueError unless `signature` (beside the manifest, or in MLMD) is this manifest's
+    digest signed with `key`: what a manifest edited to a larger N (a smaller q) cannot forge."""
     if not signing.is_valid(self.digest().encode(), signature, key):
-      raise ValueError(f"the Poisson batches in {directory} are not signed with the ledger key "
+      raise ValueError(f"the Poisson batches in {where} are not signed with the ledger key "
                        f"({'a wrong signature' if signature else 'no signature'}): with a key "
                        "set, only batches a PoissonBatchGen holding it wrote are used")
+
+  @staticmethod
+  def signature_beside(directory) -> Optional[str]:
+    """The signature `save` wrote beside the manifest in `directory`, if any."""
+    path = os.path.join(os.fspath(directory), SIGNATURE_FILE)
+    return files.read_text(path).strip() if files.exists(path) else None
 
   @classmethod
   def load(cls, directory) -> "BatchManifest":
@@ -280,8 +287,6 @@ class BatchManifest:
       return cls.from_dict(json.loads(files.read_text(path)))
     except (OSError, ValueError, KeyError, TypeError, tf.errors.OpError) as error:
       raise ValueError(f"cannot read the Poisson batches manifest at {path}: {error}") from None
-
-
 
 
 def shard_name(first_step: int, last_step: int) -> str:
@@ -324,6 +329,7 @@ class PoissonBatchStream:
   Args:
     directory: the batches' directory (a PoissonBatches artifact's uri).
     decode: [L] serialized examples -> (features, labels), as training wants them.
+
   With a ledger key set (dp_tfx.signing), the manifest must carry the key's signature (as
   PoissonBatchGen holding the key writes it): without MLMD, whoever edits the manifest's N could
   otherwise claim a smaller q.
@@ -338,7 +344,8 @@ class PoissonBatchStream:
     self.manifest = BatchManifest.load(self.directory)
     key = signing.configured_key()
     if key is not None:
-      self.manifest.check_signature(self.directory, key)
+      self.manifest.check_signature(BatchManifest.signature_beside(self.directory), key,
+                                    self.directory)
     self._decode = decode
     self._key = [secrets.randbits(63), secrets.randbits(63)]  # TensorFlow takes int64 keys
     self._fingerprints = np.concatenate([self._checked_shard(shard)

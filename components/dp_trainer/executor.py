@@ -27,10 +27,10 @@ from dp_tfx.components.model_io import (examples_dataset, export_serving_model, 
 from dp_tfx.components.user_module import MODULE_FUNCTIONS, PRIVACY_UNIT_FUNCTION, trainer_context
 from dp_tfx.config import DPConfig
 from dp_tfx.keras import make_private
-from dp_tfx.resume import StepCheckpoint
 from dp_tfx.ledger import EXAMPLE, LEDGER_FILE_NAME, LedgerError, directory_digest, new_run_id
 from dp_tfx.poisson_batches import PoissonBatchStream
 from dp_tfx.policy import PrivacyPolicy, verification_key
+from dp_tfx.resume import StepCheckpoint
 
 EVAL_METRIC_PREFIX = "eval_"
 # Beside the DPTrainer's output artifacts: the weights a streamed run had reached, per draw.

@@ -56,8 +56,9 @@ class Executor(base_executor.BaseExecutor):
     decision = PrivacyDecision()
     try:
       policy = PrivacyPolicy.from_json(exec_properties.get(specs.PRIVACY_POLICY_KEY))
-      ledger = self._ledger(input_dict, verification_key(policy), self._pipeline_name())
-      self._check_batches(input_dict, ledger, verification_key(policy))
+      key = verification_key(policy)
+      ledger = self._ledger(input_dict, key, self._pipeline_name())
+      self._check_batches(input_dict, ledger, key)
       audit = self._audit(input_dict)
       decision = decide(policy, ledger, model_digest=self._model_digest(model),
                         upstream_blessed=self._upstream_blessed(input_dict), audit=audit)
