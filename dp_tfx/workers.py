@@ -16,17 +16,12 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import struct
-
 from typing import Optional
 
 import numpy as np
 import tensorflow as tf
 
 from dp_tfx.plan import TrainingPlan
-
-# The plan's facts, the data fingerprint and the run facts (see start_together).
-_FACT_WORDS = len(dataclasses.fields(TrainingPlan)) + 2
 
 
 class WorkersDisagreeError(RuntimeError):
@@ -60,10 +55,11 @@ def start_together(strategy: tf.distribute.Strategy, plan: Optional[TrainingPlan
   """
   if not several(strategy):
     return first_step, key
-  facts = [0] * _FACT_WORDS
-  if plan is not None:
-    facts = _words(plan, fingerprint) + [_hash63(json.dumps(run_facts or {}, sort_keys=True))]
-  mine = np.array([first_step, *np.asarray(key, np.int64), *facts], np.int64)
+  facts = 0
+  if plan is not None:  # JSON writes floats exactly (shortest round-trip form): equal iff equal
+    facts = _hash63(json.dumps({"plan": dataclasses.asdict(plan), "data": fingerprint,
+                                "run": run_facts or {}}, sort_keys=True))
+  mine = np.array([first_step, *np.asarray(key, np.int64), facts], np.int64)
   chiefs = _from_chief(strategy, mine)
   failures = _count(strategy, failed)
   disagreeing = _count(strategy, not np.array_equal(chiefs[3:], mine[3:]))
@@ -95,22 +91,6 @@ def all_ready(strategy: tf.distribute.Strategy, ready: bool, facts: str = "") ->
     raise WorkersDisagreeError(f"a worker starts from other weights than the chief (this one: "
                                f"{facts or 'fresh'}): checkpoints must be on storage every "
                                "worker reads")
-
-
-def _words(plan, fingerprint: str) -> list:
-  """The plan's facts and the data fingerprint as int64 words (floats by their bits), so that
-  equality is exact."""
-  words = []
-  for value in dataclasses.astuple(plan):
-    if value is None:
-      words.append(-1)
-    elif isinstance(value, float):
-      words.append(struct.unpack("<q", struct.pack("<d", value))[0])
-    elif isinstance(value, str):
-      words.append(_hash63(value))
-    else:
-      words.append(int(value))
-  return words + [_hash63(fingerprint)]
 
 
 def _hash63(text: str) -> int:
