@@ -38,20 +38,35 @@ class OuterProducts(NamedTuple):
     return self.products is None
 
   def squared_norms(self) -> tf.Tensor:
-    if self.ghost:
-      # Ghost norm: ||sum_t a_t g_t^T||^2 = sum_{t,s} (a_t . a_s)(g_t . g_s).
-      return tf.reduce_sum(tf.einsum("btk,bsk->bts", self.a, self.a) *
-                           tf.einsum("btj,bsj->bts", self.g, self.g), axis=[1, 2])
-    return tf.reduce_sum(tf.square(self.products), axis=[1, 2])
+    if not self.ghost:
+      return tf.reduce_sum(tf.square(self.products), axis=[1, 2])
+    if self.a.shape[1] == 1:  # one position: ||a g^T||^2 = ||a||^2 ||g||^2
+      return (tf.reduce_sum(tf.square(self.a), axis=[1, 2]) *
+              tf.reduce_sum(tf.square(self.g), axis=[1, 2]))
+    # Ghost norm: ||sum_t a_t g_t^T||^2 = sum_{t,s} (a_t . a_s)(g_t . g_s).
+    return tf.reduce_sum(tf.matmul(self.a, self.a, transpose_b=True) *
+                         tf.matmul(self.g, self.g, transpose_b=True), axis=[1, 2])
 
   def weighted_sum(self, weights) -> tf.Tensor:
     """[k, j] sum_b weights[b] * product b."""
     if self.ghost:  # book-keeping: no per-example gradients
-      return tf.einsum("btk,btj->kj", self.a, self.g * weights[:, None, None])
+      return tf.matmul(_rows(self.a), _rows(self.g * weights[:, None, None]), transpose_a=True)
     return tf.tensordot(weights, self.products, axes=1)
 
   def per_example(self) -> tf.Tensor:
-    return tf.einsum("btk,btj->bkj", self.a, self.g) if self.ghost else self.products
+    return per_example_products(self.a, self.g) if self.ghost else self.products
+
+
+# Matmuls rather than tf.einsum: with oneDNN on, an einsum this small cost ~0.15 ms of overhead
+# each (text classifier, batch 64: its seven einsums ~1 ms of a 4 ms DP step).
+def _rows(tensor: tf.Tensor) -> tf.Tensor:
+  """[B, T, n] -> [B * T, n]."""
+  return tf.reshape(tensor, [-1, tensor.shape[-1]])
+
+
+def per_example_products(a: tf.Tensor, g: tf.Tensor) -> tf.Tensor:
+  """[B, k, j] sum_t a_t g_t^T from [B, T, k] and [B, T, j]."""
+  return tf.matmul(a, g, transpose_a=True)
 
 
 # Per-example products of at most this many values per example (256 KiB of float32) may be built
@@ -78,7 +93,7 @@ def outer_products(a: tf.Tensor, g: tf.Tensor) -> OuterProducts:
                       positions**2 * (k + j) > positions * k * j / 2 + 2 * k * j)
   less_memory = positions is None or positions * (k + j) > k * j
   if less_memory or (fewer_operations and k * j <= _SMALL_PRODUCT):
-    return OuterProducts(a, g, tf.einsum("btk,btj->bkj", a, g))
+    return OuterProducts(a, g, per_example_products(a, g))
   return OuterProducts(a, g)
 
 
@@ -88,7 +103,7 @@ def bias_squared_norms(g) -> tf.Tensor:
 
 
 def bias_weighted_sum(g, weights) -> tf.Tensor:
-  return tf.einsum("btj,b->j", g, weights)
+  return tf.reduce_sum(_rows(g * weights[:, None, None]), axis=0)
 
 
 class LinearTap(LayerTap):
