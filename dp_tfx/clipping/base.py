@@ -23,9 +23,11 @@ class TapOptions:
   Attributes:
     grouped_convolutions: small-patch convolutions may take their per-example kernel gradients
       from one grouped convolution (where this process's kernels compute them).
+    static_shapes: only operations XLA compiles, with shapes known when it compiles.
   """
 
   grouped_convolutions: bool = False
+  static_shapes: bool = False
 
 
 def flatten_positions(tensor: tf.Tensor, last_dim: int) -> tf.Tensor:

@@ -109,7 +109,7 @@ class GradientTaps:
     self.static_shapes = static_shapes
     self.grouped_convolutions = grouped_convolutions
     self.variables = list(model.trainable_variables)
-    options = TapOptions(grouped_convolutions=grouped_convolutions)
+    options = TapOptions(grouped_convolutions=grouped_convolutions, static_shapes=static_shapes)
     self.taps = [tap for tap in (tap_for(layer, options) for layer in layers) if tap is not None]
     covered = {id(v) for tap in self.taps for v in tap.variables}
     self.fallback_variables = [v for v in self.variables if id(v) not in covered]

@@ -55,6 +55,29 @@ def test_clipped_sum_with_an_unknown_batch_size_matches_loop(kind):
   _assert_close(clipped_sum(x, y, mask), expected)
 
 
+@pytest.mark.parametrize("static_shapes", [False, True])
+def test_embedding_norms_by_sorted_runs_match_materialised_gradients(static_shapes):
+  # Ids repeat within examples (runs of up to 6) and across them; with static shapes (XLA) the
+  # runs are summed by an unsorted segment sum, without by the sorted one.
+  model = keras.Sequential([keras.Input((6,), dtype="int32"), keras.layers.Embedding(7, 3),
+                            keras.layers.Flatten(), keras.layers.Dense(2)])
+  x = np.array([[1, 1, 1, 1, 1, 1], [0, 6, 0, 6, 0, 6], [5, 4, 3, 2, 1, 0], [2, 2, 5, 2, 5, 2]],
+               np.int32)
+  y = np.array([0, 1, 1, 0], np.int32)
+  taps = clipping.GradientTaps(model, static_shapes=static_shapes)
+  norms = tf.function(lambda x, y: taps.backward(x, y, LOSS, tf.ones([4])).squared_norms(),
+                      jit_compile=static_shapes)
+  grads = taps.backward(tf.constant(x), tf.constant(y), LOSS, tf.ones([4])).materialize()
+  expected = sum(np.sum(np.reshape(np.asarray(g), (4, -1)) ** 2, axis=1) for g in grads)
+  np.testing.assert_allclose(norms(tf.constant(x), tf.constant(y)), expected, rtol=1e-5)
+
+
+def test_embedding_norms_of_an_empty_batch_are_empty():
+  taps = clipping.GradientTaps(models.embedding_model())
+  grads = taps.backward(tf.zeros([0, 5], tf.int32), tf.zeros([0], tf.int32), LOSS, tf.zeros([0]))
+  assert grads.squared_norms().shape == (0,)
+
+
 def test_ghost_norm_choice_does_not_depend_on_a_known_batch_size():
   # The tutorial CNN's dense layers are cheaper by ghost norms (one position each); with an
   # unknown batch size the choice once fell to materialised per-example gradients (+20% step).
