@@ -90,8 +90,11 @@ def _run(root: pathlib.Path):
 def broken(tmp_path_factory):
   """The trainer with its noise switched off; the ledger still records sigma = 8."""
   with pytest.MonkeyPatch.context() as patch:
-    patch.setattr(noise, "gaussian_noise", lambda shapes, dtypes, *args, **kwargs: [
-        tf.zeros(shape, dtype) for shape, dtype in zip(shapes, dtypes)])
+    zeros = lambda shapes, dtypes: [tf.zeros(shape, dtype) for shape, dtype in zip(shapes, dtypes)]
+    patch.setattr(noise, "gaussian_noise",
+                  lambda shapes, dtypes, *args, **kwargs: zeros(shapes, dtypes))
+    patch.setattr(noise, "host_gaussian_noise",
+                  lambda shapes, dtypes, *args, **kwargs: lambda step: zeros(shapes, dtypes))
     return _run(tmp_path_factory.mktemp("broken"))
 
 

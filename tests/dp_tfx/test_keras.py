@@ -75,7 +75,10 @@ def test_one_microbatched_step_is_the_mean_of_clipped_microbatch_means():
     np.testing.assert_allclose(b - a.numpy(), s / 4, rtol=1e-4, atol=1e-6)
 
 
-def test_noise_added_to_the_step_has_std_sigma_c_over_b():
+@pytest.mark.parametrize("in_pipeline", [True, False])
+def test_noise_added_to_the_step_has_std_sigma_c_over_b(monkeypatch, in_pipeline):
+  if not in_pipeline:  # as for a model too large to carry its noise in prefetched batches
+    monkeypatch.setattr(dp_tfx.keras, "_PIPELINE_NOISE_MAX_VALUES", 0)
   x, y = _data()
   updates = {}
   for sigma in (0.0, 2.0):
@@ -90,23 +93,46 @@ def test_noise_added_to_the_step_has_std_sigma_c_over_b():
   assert abs(noise.std() / (2.0 * 0.3 / 8) - 1) < 0.35
 
 
-def test_noise_drawn_by_the_input_pipeline_is_the_noise_a_step_would_draw(monkeypatch):
-  # Small models get each step's noise from the input pipeline; the same streams must give the
-  # same noise as a draw inside the step (forced here by a zero size limit), step for step.
+def test_the_input_pipeline_carries_the_host_samplers_noise_for_each_step(monkeypatch):
+  # Small models get each step's noise from the input pipeline (noise.host_gaussian_noise, for
+  # the run's key and the step); the step must not draw noise itself.
+  monkeypatch.setattr(dp_tfx.noise, "add_gaussian_noise", None)
   x, y = _data()
-  weights = {}
-  for in_pipeline in (True, False):
-    with monkeypatch.context() as patch:
-      if in_pipeline:  # the step must not draw noise itself
-        patch.setattr(dp_tfx.noise, "add_gaussian_noise", None)
-      else:
-        patch.setattr(dp_tfx.keras, "_PIPELINE_NOISE_MAX_VALUES", 0)
-      keras.utils.set_random_seed(5)  # the same initial weights
-      dp_model = _dp_model(noise_multiplier=2.0, steps=3)
-      dp_model.fit(x, y, verbose=0)
-    weights[in_pipeline] = [v.numpy() for v in dp_model.model.trainable_variables]
-  for drawn_ahead, drawn_in_step in zip(weights[True], weights[False], strict=True):
-    np.testing.assert_allclose(drawn_ahead, drawn_in_step, rtol=1e-6, atol=1e-7)
+  updates = {}
+  for sigma in (0.0, 2.0):
+    keras.utils.set_random_seed(5)  # the same initial weights
+    dp_model = _dp_model(noise_multiplier=sigma)
+    dp_model._prepare(dp_keras._training_data(x, y))
+    key = dp_model._segment_key()  # the key the fit will use
+    variables = dp_model.model.trainable_variables
+    start = [v.numpy().copy() for v in variables]
+    dp_model.fit(x, y, verbose=0)
+    updates[sigma] = [s - v.numpy() for s, v in zip(start, variables)]
+  drawn = dp_tfx.noise.host_gaussian_noise([v.shape for v in variables],
+                                           [v.dtype for v in variables], 2.0 * 0.3, key)(
+                                               tf.constant(0, tf.int64))
+  for noisy, noiseless, step_noise in zip(updates[2.0], updates[0.0], drawn, strict=True):
+    # Same sample, same clipped sum; SGD with learning rate 1: w' = w - (sum + noise) / 8.
+    np.testing.assert_allclose(noisy - noiseless, step_noise.numpy() / 8, rtol=1e-5, atol=1e-7)
+
+
+def test_each_pipeline_element_carries_its_own_steps_noise():
+  x, y = _data()
+  dp_model = _dp_model(noise_multiplier=1.0, steps=6)
+  data = dp_keras._training_data(x, y)
+  dp_model._prepare(data)
+  variables = dp_model.model.trainable_variables
+  host_noise = dp_tfx.noise.host_gaussian_noise([v.shape for v in variables],
+                                                [v.dtype for v in variables], 0.3,
+                                                dp_model._key)
+  elements = list(dp_model._distributed_batches(data, 2, 5, replicas=1))
+  assert len(elements) == 3
+  for step, (*_, carried) in zip(range(2, 5), elements):
+    for carried_part, drawn_part in zip(carried, host_noise(tf.constant(step, tf.int64)),
+                                        strict=True):
+      np.testing.assert_array_equal(carried_part, drawn_part)
+  first_values = [np.ravel(element[-1][0]) for element in elements]
+  assert len({tuple(values) for values in first_values}) == 3  # fresh noise every step
 
 
 def test_ledger_counts_every_step_and_fit_stops_at_the_plan(tmp_path):

@@ -1,6 +1,7 @@
 """Gaussian noise: the right standard deviation, fresh every step and every variable."""
 
 import numpy as np
+from scipy import stats
 import tensorflow as tf
 
 from dp_tfx import keys, noise
@@ -63,3 +64,55 @@ def test_float64_tensors_get_float64_noise():
   values = noisy[0].numpy()
   assert values.dtype == np.float64
   assert np.any(values != values.astype(np.float32).astype(np.float64))  # not float32 precision
+
+
+def _host_draw(sizes, stddev, key, step, dtype=tf.float32):
+  shapes = [tf.TensorShape(size) for size in sizes]
+  return noise.host_gaussian_noise(shapes, [dtype] * len(sizes), stddev, key)(
+      tf.constant(step, tf.int64))
+
+
+def test_host_noise_is_normal_with_std_sigma_times_clip():
+  values = np.concatenate([t.numpy().ravel()
+                           for t in _host_draw([[300, 200], [1001]], 0.7, keys.run_key(4), 0)])
+  assert values.size == 61001 and values.dtype == np.float32
+  # 61,001 draws at a fixed seed: the mean's standard error is 0.7 / 247, the std's 0.29%,
+  # skewness's 0.0099, excess kurtosis's 0.0198; allow about 4 standard errors each.
+  assert abs(values.mean()) < 4 * 0.7 / np.sqrt(values.size)
+  assert abs(values.std() / 0.7 - 1) < 0.012
+  assert abs(stats.skew(values)) < 0.04
+  assert abs(stats.kurtosis(values)) < 0.08
+  # Normality, the whole distribution: Kolmogorov-Smirnov and D'Agostino-Pearson.
+  assert stats.kstest(values / 0.7, "norm").pvalue > 0.01
+  assert stats.normaltest(values).pvalue > 0.01
+  # Box-Muller's two halves (cosines, sines of shared radii) are independent normals too.
+  half = values.size // 2
+  assert abs(np.corrcoef(values[:half], values[half:2 * half])[0, 1]) < 4 / np.sqrt(half)
+  assert abs(np.corrcoef(values[:half] ** 2, values[half:2 * half] ** 2)[0, 1]) < 4 / np.sqrt(half)
+
+
+def test_host_noise_tails_follow_the_normal():
+  values = _host_draw([[1_000_000]], 1.0, keys.run_key(9), 0)[0].numpy()
+  # P(|z| > 3) = 0.0027: 2,700 expected of 1M (standard deviation 52); P(|z| > 4.5) = 6.8e-6.
+  assert abs(np.sum(np.abs(values) > 3) - 2700) < 4 * 52
+  assert 0 < np.sum(np.abs(values) > 4.5) < 25
+  assert np.all(np.isfinite(values))
+
+
+def test_host_noise_is_fresh_every_step_and_reproducible_for_a_key():
+  key = keys.run_key(seed=4)
+  first, second = (_host_draw([[1000]], 1.0, key, step)[0].numpy() for step in (0, 1))
+  assert abs(np.corrcoef(first, second)[0, 1]) < 0.15
+  np.testing.assert_array_equal(first, _host_draw([[1000]], 1.0, key, 0)[0].numpy())
+  other_key = _host_draw([[1000]], 1.0, keys.run_key(seed=5), 0)[0].numpy()
+  assert abs(np.corrcoef(first, other_key)[0, 1]) < 0.15
+
+
+def test_host_noise_takes_each_tensors_shape_and_dtype():
+  drawn = noise.host_gaussian_noise([tf.TensorShape([2, 3]), tf.TensorShape([5])],
+                                    [tf.float32, tf.float64], 1.0, keys.run_key(3))(
+                                        tf.constant(0, tf.int64))
+  assert [(t.shape, t.dtype) for t in drawn] == [((2, 3), tf.float32), ((5,), tf.float64)]
+  float64 = _host_draw([[1000]], 1.0, keys.run_key(7), 0, tf.float64)[0].numpy()
+  assert float64.dtype == np.float64
+  assert np.any(float64 != float64.astype(np.float32).astype(np.float64))  # not float32 precision
