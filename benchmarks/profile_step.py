@@ -10,8 +10,12 @@ real-size inputs (all examples real, no padding), each as its own tf.function:
                        per-example kernel gradients
   dp_norms             ... + per-example squared gradient norms
   dp_clipped_sum       ... + the clipped sum (the whole per-example clipping)
-  dp_noise             ... + the Gaussian noise
-  dp_step              the DP model's whole training step (+ the update, metrics)
+  dp_noise             ... + the Gaussian noise drawn in the step (TensorFlow's sampler, as for
+                       several replicas and for models too large for pipeline noise)
+  dp_step              the DP model's whole training step (+ the update, metrics), its noise
+                       drawn in the step
+  host_noise           one step's noise drawn by NumPy, as the input pipeline of one replica
+                       draws it while the previous step trains (not included in dp_step)
 
 and the differences between consecutive stages, so the overhead splits into backward, prepare,
 norms, sum, noise and update. Poisson sampling and Keras's loop come on top in real training
@@ -119,6 +123,16 @@ def _train_steps(model_name, x, y):
   return plain_step, dp_step
 
 
+def _host_noise_ms(model, repeats: int, iterations: int) -> float:
+  """One step's noise drawn by NumPy in a tf.data map, as the DP input pipeline draws it."""
+  variables = model.trainable_variables
+  host_noise = noise.host_gaussian_noise([v.shape for v in variables],
+                                         [v.dtype for v in variables],
+                                         _NOISE_MULTIPLIER * _CLIP, keys.run_key(seed=0))
+  elements = iter(tf.data.Dataset.range(1 << 40).map(lambda step: tuple(host_noise(step))))
+  return _timed(lambda: next(elements), (), repeats, iterations)
+
+
 def profile(model_name: str, batch_size: int, repeats: int, iterations: int) -> dict:
   keras.utils.set_random_seed(0)
   model = MODELS[model_name]()
@@ -129,6 +143,7 @@ def profile(model_name: str, batch_size: int, repeats: int, iterations: int) -> 
   functions = _stage_functions(model, loss)
   functions["plain_step"], functions["dp_step"] = _train_steps(model_name, x, y)
   stages = {name: _timed(fn, (x, y), repeats, iterations) for name, fn in functions.items()}
+  stages["host_noise"] = _host_noise_ms(model, repeats, iterations)
   previous = stages["non_private"]
   overhead = {}
   for name in _STAGES:
