@@ -53,7 +53,8 @@ class EmbeddingTap(LayerTap):
     batch, positions = tf.shape(ids)[0], tf.shape(ids)[1]
     order = tf.argsort(ids, axis=1)
     sorted_ids = tf.gather(ids, order, batch_dims=1)
-    run_starts = tf.reshape(tf.concat([tf.ones([batch, 1], tf.bool),
+    first_positions = tf.ones([batch, tf.minimum(positions, 1)], tf.bool)  # none if T is 0
+    run_starts = tf.reshape(tf.concat([first_positions,
                                        sorted_ids[:, 1:] != sorted_ids[:, :-1]], axis=1), [-1])
     runs = tf.cumsum(tf.cast(run_starts, tf.int32)) - 1  # each position's run, batch-wide
     rows = tf.reshape(tf.gather(g, order, batch_dims=1), [-1, g.shape[-1]])

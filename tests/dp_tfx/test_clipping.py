@@ -78,6 +78,17 @@ def test_embedding_norms_of_an_empty_batch_are_empty():
   assert grads.squared_norms().shape == (0,)
 
 
+@pytest.mark.parametrize("static_shapes", [False, True])
+def test_an_embedding_of_no_positions_has_zero_norms(static_shapes):
+  model = keras.Sequential([keras.Input((0,), dtype="int32"), keras.layers.Embedding(7, 3),
+                            keras.layers.GlobalAveragePooling1D(), keras.layers.Dense(2)])
+  taps = clipping.GradientTaps(model, static_shapes=static_shapes)
+  embedding_tap = taps.taps[0]
+  ids, g = tf.zeros([3, 0], tf.int32), tf.zeros([3, 0, 3])
+  norms = tf.function(embedding_tap.squared_norms, jit_compile=static_shapes)
+  np.testing.assert_array_equal(norms((ids, g)), np.zeros(3))
+
+
 def test_ghost_norm_choice_does_not_depend_on_a_known_batch_size():
   # The tutorial CNN's dense layers are cheaper by ghost norms (one position each); with an
   # unknown batch size the choice once fell to materialised per-example gradients (+20% step).
