@@ -106,7 +106,9 @@ def _box_muller(rng: np.random.Generator, size: int, stddev: float, dtype) -> np
 def host_generator(key: tf.Tensor, stream: int, step: int) -> np.random.Generator:
   """NumPy's generator for (run key, stream, step): SeedSequence's spawn keys give independent
   streams for distinct (stream, step)."""
-  words = [int(word) % 2**64 for word in np.asarray(key)]
+  # Fixed-width 32-bit words: SeedSequence splits larger ints into as many words as they need,
+  # so two different keys could otherwise spell the same entropy.
+  words = [int(word) for word in np.asarray(key, np.int64).view(np.uint32)]
   return np.random.Generator(np.random.PCG64(np.random.SeedSequence(words,
                                                                     spawn_key=(stream, step))))
 

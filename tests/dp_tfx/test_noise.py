@@ -116,3 +116,11 @@ def test_host_noise_takes_each_tensors_shape_and_dtype():
   float64 = _host_draw([[1000]], 1.0, keys.run_key(7), 0, tf.float64)[0].numpy()
   assert float64.dtype == np.float64
   assert np.any(float64 != float64.astype(np.float32).astype(np.float64))  # not float32 precision
+
+
+def test_host_streams_of_different_keys_differ_even_where_their_words_overflow_32_bits():
+  # SeedSequence would read 1 + 5 * 2^32 as two words, 2^33 + 5 as two: fixed-width words keep
+  # [1, 2^33 + 5] and [1 + 5 * 2^32, 2] apart.
+  first = noise.host_generator(tf.constant([1, 2**33 + 5], tf.int64), keys.NOISE_STREAM, 7)
+  second = noise.host_generator(tf.constant([1 + 5 * 2**32, 2], tf.int64), keys.NOISE_STREAM, 7)
+  assert not np.array_equal(first.random(8), second.random(8))
