@@ -125,10 +125,8 @@ def _train_steps(model_name, x, y):
 
 def _host_noise_ms(model, repeats: int, iterations: int) -> float:
   """One step's noise drawn by NumPy in a tf.data map, as the DP input pipeline draws it."""
-  variables = model.trainable_variables
-  host_noise = noise.host_gaussian_noise([v.shape for v in variables],
-                                         [v.dtype for v in variables],
-                                         _NOISE_MULTIPLIER * _CLIP, keys.run_key(seed=0))
+  host_noise = noise.host_gaussian_noise(model.trainable_variables, _NOISE_MULTIPLIER * _CLIP,
+                                         keys.run_key(seed=0))
   elements = iter(tf.data.Dataset.range(1 << 40).map(lambda step: tuple(host_noise(step))))
   return _timed(lambda: next(elements), (), repeats, iterations)
 

@@ -454,7 +454,7 @@ class DPModel(keras.Model):
     variables = self._taps.variables
     if sum(v.shape.num_elements() for v in variables) > _PIPELINE_NOISE_MAX_VALUES:
       return None
-    return noise.host_gaussian_noise([v.shape for v in variables], [v.dtype for v in variables],
+    return noise.host_gaussian_noise(variables,
                                      self.plan.noise_multiplier * self.plan.l2_norm_clip, key)
 
   def _prepare(self, data):

@@ -113,10 +113,12 @@ def host_generator(key: tf.Tensor, stream: int, step: int) -> np.random.Generato
                                                                     spawn_key=(stream, step))))
 
 
-def host_gaussian_noise(shapes: Sequence[tf.TensorShape], dtypes: Sequence[tf.DType],
-                        stddev: float, key: tf.Tensor) -> Callable[[tf.Tensor], list]:
-  """step -> that step's N(0, stddev^2) tensors of the given static shapes and dtypes, drawn by
-  NumPy on the host from the stream of (key, step): for the input pipeline of one replica."""
+def host_gaussian_noise(variables: Sequence, stddev: float,
+                        key: tf.Tensor) -> Callable[[tf.Tensor], list]:
+  """step -> that step's N(0, stddev^2) tensors of the variables' (static) shapes and dtypes,
+  drawn by NumPy on the host from the stream of (key, step): for the input pipeline of one
+  replica."""
+  shapes, dtypes = [v.shape for v in variables], [v.dtype for v in variables]
   sizes = [shape.num_elements() for shape in shapes]
   dtype = tf.float64 if tf.float64 in dtypes else tf.float32
   key = np.asarray(key)  # read once, eagerly: the pipeline's function captures the value

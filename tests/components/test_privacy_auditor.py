@@ -90,11 +90,10 @@ def _run(root: pathlib.Path):
 def broken(tmp_path_factory):
   """The trainer with its noise switched off; the ledger still records sigma = 8."""
   with pytest.MonkeyPatch.context() as patch:
-    zeros = lambda shapes, dtypes: [tf.zeros(shape, dtype) for shape, dtype in zip(shapes, dtypes)]
-    patch.setattr(noise, "gaussian_noise",
-                  lambda shapes, dtypes, *args, **kwargs: zeros(shapes, dtypes))
-    patch.setattr(noise, "host_gaussian_noise",
-                  lambda shapes, dtypes, *args, **kwargs: lambda step: zeros(shapes, dtypes))
+    patch.setattr(noise, "gaussian_noise", lambda shapes, dtypes, *args, **kwargs: [
+        tf.zeros(shape, dtype) for shape, dtype in zip(shapes, dtypes)])
+    patch.setattr(noise, "host_gaussian_noise", lambda variables, *args, **kwargs: lambda step: [
+        tf.zeros_like(v) for v in variables])
     return _run(tmp_path_factory.mktemp("broken"))
 
 

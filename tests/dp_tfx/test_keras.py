@@ -108,9 +108,7 @@ def test_the_input_pipeline_carries_the_host_samplers_noise_for_each_step(monkey
     start = [v.numpy().copy() for v in variables]
     dp_model.fit(x, y, verbose=0)
     updates[sigma] = [s - v.numpy() for s, v in zip(start, variables)]
-  drawn = dp_tfx.noise.host_gaussian_noise([v.shape for v in variables],
-                                           [v.dtype for v in variables], 2.0 * 0.3, key)(
-                                               tf.constant(0, tf.int64))
+  drawn = dp_tfx.noise.host_gaussian_noise(variables, 2.0 * 0.3, key)(tf.constant(0, tf.int64))
   for noisy, noiseless, step_noise in zip(updates[2.0], updates[0.0], drawn, strict=True):
     # Same sample, same clipped sum; SGD with learning rate 1: w' = w - (sum + noise) / 8.
     np.testing.assert_allclose(noisy - noiseless, step_noise.numpy() / 8, rtol=1e-5, atol=1e-7)
@@ -121,9 +119,7 @@ def test_each_pipeline_element_carries_its_own_steps_noise():
   dp_model = _dp_model(noise_multiplier=1.0, steps=6)
   data = dp_keras._training_data(x, y)
   dp_model._prepare(data)
-  variables = dp_model.model.trainable_variables
-  host_noise = dp_tfx.noise.host_gaussian_noise([v.shape for v in variables],
-                                                [v.dtype for v in variables], 0.3,
+  host_noise = dp_tfx.noise.host_gaussian_noise(dp_model.model.trainable_variables, 0.3,
                                                 dp_model._key)
   elements = list(dp_model._distributed_batches(data, 2, 5, replicas=1))
   assert len(elements) == 3

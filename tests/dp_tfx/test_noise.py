@@ -67,9 +67,8 @@ def test_float64_tensors_get_float64_noise():
 
 
 def _host_draw(sizes, stddev, key, step, dtype=tf.float32):
-  shapes = [tf.TensorShape(size) for size in sizes]
-  return noise.host_gaussian_noise(shapes, [dtype] * len(sizes), stddev, key)(
-      tf.constant(step, tf.int64))
+  tensors = [tf.zeros(size, dtype) for size in sizes]
+  return noise.host_gaussian_noise(tensors, stddev, key)(tf.constant(step, tf.int64))
 
 
 def test_host_noise_is_normal_with_std_sigma_times_clip():
@@ -109,9 +108,8 @@ def test_host_noise_is_fresh_every_step_and_reproducible_for_a_key():
 
 
 def test_host_noise_takes_each_tensors_shape_and_dtype():
-  drawn = noise.host_gaussian_noise([tf.TensorShape([2, 3]), tf.TensorShape([5])],
-                                    [tf.float32, tf.float64], 1.0, keys.run_key(3))(
-                                        tf.constant(0, tf.int64))
+  drawn = noise.host_gaussian_noise([tf.zeros([2, 3]), tf.zeros([5], tf.float64)], 1.0,
+                                    keys.run_key(3))(tf.constant(0, tf.int64))
   assert [(t.shape, t.dtype) for t in drawn] == [((2, 3), tf.float32), ((5,), tf.float64)]
   float64 = _host_draw([[1000]], 1.0, keys.run_key(7), 0, tf.float64)[0].numpy()
   assert float64.dtype == np.float64
