@@ -55,21 +55,43 @@ def test_clipped_sum_with_an_unknown_batch_size_matches_loop(kind):
   _assert_close(clipped_sum(x, y, mask), expected)
 
 
+# Ids repeat within examples (runs of up to 6) and across them; an id (3) is used by one
+# example only, and the largest (7) by none.
+_REPEATED_IDS = np.array([[1, 1, 1, 1, 1, 1], [0, 6, 0, 6, 0, 6], [5, 4, 3, 2, 1, 0],
+                          [2, 2, 5, 2, 5, 2]], np.int32)
+
+
+def _repeated_ids_model():
+  return keras.Sequential([keras.Input((6,), dtype="int32"), keras.layers.Embedding(8, 3),
+                           keras.layers.Flatten(), keras.layers.Dense(2)])
+
+
 @pytest.mark.parametrize("static_shapes", [False, True])
 def test_embedding_norms_by_sorted_runs_match_materialised_gradients(static_shapes):
-  # Ids repeat within examples (runs of up to 6) and across them; with static shapes (XLA) the
-  # runs are summed by an unsorted segment sum, without by the sorted one.
-  model = keras.Sequential([keras.Input((6,), dtype="int32"), keras.layers.Embedding(7, 3),
-                            keras.layers.Flatten(), keras.layers.Dense(2)])
-  x = np.array([[1, 1, 1, 1, 1, 1], [0, 6, 0, 6, 0, 6], [5, 4, 3, 2, 1, 0], [2, 2, 5, 2, 5, 2]],
-               np.int32)
-  y = np.array([0, 1, 1, 0], np.int32)
-  taps = clipping.GradientTaps(model, static_shapes=static_shapes)
+  # With static shapes (XLA) the runs are summed by an unsorted segment sum, without by the
+  # sorted one.
+  x, y = _REPEATED_IDS, np.array([0, 1, 1, 0], np.int32)
+  taps = clipping.GradientTaps(_repeated_ids_model(), static_shapes=static_shapes)
   norms = tf.function(lambda x, y: taps.backward(x, y, LOSS, tf.ones([4])).squared_norms(),
                       jit_compile=static_shapes)
   grads = taps.backward(tf.constant(x), tf.constant(y), LOSS, tf.ones([4])).materialize()
   expected = sum(np.sum(np.reshape(np.asarray(g), (4, -1)) ** 2, axis=1) for g in grads)
   np.testing.assert_allclose(norms(tf.constant(x), tf.constant(y)), expected, rtol=1e-5)
+
+
+@pytest.mark.parametrize("static_shapes", [False, True])
+def test_embedding_clipped_sum_of_repeated_ids_matches_loop(static_shapes):
+  # The runs' weighted sums go onto their ids by a sorted segment sum (rows up to the largest
+  # id used, then padded to the vocabulary), or with static shapes by an unsorted one.
+  model = _repeated_ids_model()
+  x, y = _REPEATED_IDS, np.array([0, 1, 1, 0], np.int32)
+  mask = np.array([1, 1, 0, 1], np.float32)
+  taps = clipping.GradientTaps(model, static_shapes=static_shapes)
+  clipped_sum = tf.function(
+      lambda x, y, mask: clipping.per_example_clipped_sum(taps.backward(x, y, LOSS, mask), mask,
+                                                          0.05), jit_compile=static_shapes)
+  _assert_close(clipped_sum(tf.constant(x), tf.constant(y), tf.constant(mask)),
+                clipping.reference_clipped_sum(model, LOSS, x, y, 0.05, mask=mask))
 
 
 def test_embedding_norms_of_an_empty_batch_are_empty():
@@ -79,14 +101,22 @@ def test_embedding_norms_of_an_empty_batch_are_empty():
 
 
 @pytest.mark.parametrize("static_shapes", [False, True])
-def test_an_embedding_of_no_positions_has_zero_norms(static_shapes):
+def test_an_embedding_of_no_positions_has_zero_norms_and_sum(static_shapes):
   model = keras.Sequential([keras.Input((0,), dtype="int32"), keras.layers.Embedding(7, 3),
                             keras.layers.GlobalAveragePooling1D(), keras.layers.Dense(2)])
   taps = clipping.GradientTaps(model, static_shapes=static_shapes)
   embedding_tap = taps.taps[0]
   ids, g = tf.zeros([3, 0], tf.int32), tf.zeros([3, 0, 3])
-  norms = tf.function(embedding_tap.squared_norms, jit_compile=static_shapes)
-  np.testing.assert_array_equal(norms((ids, g)), np.zeros(3))
+
+  def norms_and_sum(ids, g):
+    embedding_tap.records = [(ids, None)]
+    prepared = embedding_tap.prepare([g])
+    return embedding_tap.squared_norms(prepared), embedding_tap.weighted_sum(prepared,
+                                                                             tf.ones([3]))
+
+  norms, (summed,) = tf.function(norms_and_sum, jit_compile=static_shapes)(ids, g)
+  np.testing.assert_array_equal(norms, np.zeros(3))
+  np.testing.assert_array_equal(summed, np.zeros([7, 3]))
 
 
 def test_ghost_norm_choice_does_not_depend_on_a_known_batch_size():

@@ -41,6 +41,8 @@ CASES = {
     "Conv2D": (models.conv2d_model, "conv2d", (keras.layers.Conv2D,), False),
     "Conv2D-static-shapes": (models.conv2d_model, "conv2d", (keras.layers.Conv2D,), True),
     "Embedding": (models.embedding_model, "embedding", (keras.layers.Embedding,), False),
+    "Embedding-static-shapes": (models.embedding_model, "embedding", (keras.layers.Embedding,),
+                                True),
     "EinsumDense": (models.attention_model, "attention", (keras.layers.EinsumDense,), False),
     "LayerNormalization": (models.attention_model, "attention",
                            (keras.layers.LayerNormalization,), False),
