@@ -49,7 +49,10 @@ class EmbeddingTap(LayerTap):
   def forward(self, inputs, *args, **kwargs):
     layer = self.layer
     ids = inputs if inputs.dtype in (tf.int32, tf.int64) else tf.cast(inputs, tf.int32)
-    z = keras.ops.take(layer.embeddings, ids, axis=0)
+    # keras.ops.take's lookup, its negative ids counted from the end, recorded as the rows used
+    # (the sorted segment sums need ids >= 0).
+    ids = tf.where(ids < 0, ids + layer.embeddings.shape[0], ids)
+    z = tf.gather(layer.embeddings, ids)
     self.records.append((ids, z))
     return keras.ops.cast(z, layer.compute_dtype)
 

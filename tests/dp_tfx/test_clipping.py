@@ -94,6 +94,16 @@ def test_embedding_clipped_sum_of_repeated_ids_matches_loop(static_shapes):
                 clipping.reference_clipped_sum(model, LOSS, x, y, 0.05, mask=mask))
 
 
+def test_embedding_ids_counted_from_the_end_match_loop():
+  # Keras looks negative ids up from the end of the table (-1 is the last row, -8 the first).
+  model = _repeated_ids_model()
+  x = np.array([[-1, 7, -1, 2, -8, 0], [3, -2, 6, 6, -8, 1]], np.int32)
+  y = np.array([0, 1], np.int32)
+  grads = clipping.GradientTaps(model).backward(tf.constant(x), tf.constant(y), LOSS, tf.ones([2]))
+  _assert_close(clipping.per_example_clipped_sum(grads, tf.ones([2]), 0.05),
+                clipping.reference_clipped_sum(model, LOSS, x, y, 0.05))
+
+
 def test_embedding_norms_of_an_empty_batch_are_empty():
   taps = clipping.GradientTaps(models.embedding_model())
   grads = taps.backward(tf.zeros([0, 5], tf.int32), tf.zeros([0], tf.int32), LOSS, tf.zeros([0]))
