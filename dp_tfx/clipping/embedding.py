@@ -49,11 +49,15 @@ class EmbeddingTap(LayerTap):
   def forward(self, inputs, *args, **kwargs):
     layer = self.layer
     ids = inputs if inputs.dtype in (tf.int32, tf.int64) else tf.cast(inputs, tf.int32)
-    # keras.ops.take's lookup, its negative ids counted from the end, recorded as the rows used
-    # (the sorted segment sums need ids >= 0).
-    ids = tf.where(ids < 0, ids + layer.embeddings.shape[0], ids)
+    vocab = layer.embeddings.shape[0]
+    # keras.ops.take's lookup: negative ids count from the end of the table.
+    ids = tf.where(ids < 0, ids + vocab, ids)
     z = tf.gather(layer.embeddings, ids)
-    self.records.append((ids, z))
+    # Recorded as the rows used. An id still outside the table fails the lookup on CPU, but
+    # XLA's gather clamps it to the first or last row (and a GPU's gives zeros): the norms and
+    # the sums must take every position's gradient to one row in [0, vocab), the same for
+    # both, or an example's norm could miss what its runs add up to on a shared row.
+    self.records.append((tf.clip_by_value(ids, 0, vocab - 1), z))
     return keras.ops.cast(z, layer.compute_dtype)
 
   def prepare(self, output_grads) -> EmbeddingRuns:

@@ -104,6 +104,34 @@ def test_embedding_ids_counted_from_the_end_match_loop():
                 clipping.reference_clipped_sum(model, LOSS, x, y, 0.05))
 
 
+@pytest.mark.parametrize("microbatches", [False, True])
+def test_embedding_ids_outside_the_table_under_xla_are_the_rows_xla_looked_up(microbatches):
+  # XLA's gather clamps ids outside the table (CPU's raises): -9 and -13 (-1 and -5 from the
+  # end) are looked up in row 0, 8 and 40 in row 7. Found by an attack review: the run of -9
+  # was counted apart from row 0's own run but summed onto row 0 (1.2 C for one example), and
+  # with microbatches an id of 8 in example b went to example b + 1's gradient.
+  model = _repeated_ids_model()
+  x = np.array([[0, -9, -13, 3, 8, 40], [7, 7, 1, -1, 0, -20], [2, 8, 2, 0, -9, 5]], np.int32)
+  y = np.array([1, 0, 1], np.int32)
+  mask = np.array([1, 1, 1], np.float32)
+  microbatch_ids = np.array([0, 1, 1], np.int32)
+  taps = clipping.GradientTaps(model, static_shapes=True)
+
+  def clipped_sum(x, y, mask):
+    grads = taps.backward(x, y, LOSS, mask)
+    if not microbatches:
+      return clipping.per_example_clipped_sum(grads, mask, 1e-3)
+    sums, counts = clipping.microbatch_sums(grads, mask, tf.constant(microbatch_ids), 2)
+    return clipping.clipped_microbatch_sum(sums, counts, 1e-3)
+
+  actual = tf.function(clipped_sum, jit_compile=True)(tf.constant(x), tf.constant(y),
+                                                      tf.constant(mask))
+  clamped = np.clip(np.where(x < 0, x + 8, x), 0, 7)
+  _assert_close(actual, clipping.reference_clipped_sum(
+      model, LOSS, clamped, y, 1e-3, mask=mask,
+      **({"microbatch_ids": microbatch_ids, "num_microbatches": 2} if microbatches else {})))
+
+
 def test_embedding_norms_of_an_empty_batch_are_empty():
   taps = clipping.GradientTaps(models.embedding_model())
   grads = taps.backward(tf.zeros([0, 5], tf.int32), tf.zeros([0], tf.int32), LOSS, tf.zeros([0]))
