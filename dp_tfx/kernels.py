@@ -1,10 +1,11 @@
 """Which kernels this process's TensorFlow runs, decided once per process.
 
 TensorFlow picks its CPU kernels at start-up: oneDNN's where it turns them on (by default only on
-x86 CPUs with AVX-512 VNNI/BF16/AMX, or when TF_ENABLE_ONEDNN_OPTS=1), else Eigen's (AMD, older
-Intel, ARM, or TF_ENABLE_ONEDNN_OPTS=0); GPUs use cuDNN. Some fast paths exist on only some of
-them: Eigen's Conv2DBackpropFilter rejects grouped convolutions. TensorFlow has no public query
-for that, so we run the op once on a tiny input and compare it with the obvious computation.
+x86 CPUs with AVX-512 VNNI/BF16/AMX, Intel's or AMD's, or when TF_ENABLE_ONEDNN_OPTS=1), else
+Eigen's (older AMD and Intel, ARM, or TF_ENABLE_ONEDNN_OPTS=0); GPUs use cuDNN. Some fast paths
+exist on only some of them: Eigen's Conv2DBackpropFilter rejects grouped convolutions. TensorFlow
+has no public query for that, so we run the op once on a tiny input and compare it with the
+obvious computation.
 """
 
 from __future__ import annotations
