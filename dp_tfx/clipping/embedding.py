@@ -106,8 +106,9 @@ class EmbeddingTap(LayerTap):
     weighted = prepared.run_sums * tf.gather(weights, prepared.run_examples)[:, None]
     if self.static_shapes:
       return [tf.math.unsorted_segment_sum(weighted, prepared.run_ids, vocab)]
-    # The runs are in id order: a sorted segment sum has a row up to the largest id used.
-    used = tf.math.segment_sum(weighted, prepared.run_ids)[:vocab]
+    # The runs are in id order (ids in [0, vocab), as `forward` records them): a sorted segment
+    # sum has a row up to the largest id used.
+    used = tf.math.segment_sum(weighted, prepared.run_ids)
     return [tf.pad(used, [[0, vocab - tf.shape(used)[0]], [0, 0]])]
 
   def per_example(self, prepared: EmbeddingRuns):
