@@ -14,7 +14,7 @@ real-size inputs (all examples real, no padding), each as its own tf.function:
                        several replicas and for models too large for pipeline noise)
   dp_step              the DP model's whole training step (+ the update, metrics), its noise
                        drawn in the step
-  host_noise           one step's noise drawn by NumPy, as the input pipeline of one replica
+  host_noise           one step's noise drawn in a tf.data map, as one replica's input pipeline
                        draws it while the previous step trains (not included in dp_step)
 
 and the differences between consecutive stages, so the overhead splits into backward, prepare,
@@ -124,7 +124,7 @@ def _train_steps(model_name, x, y):
 
 
 def _host_noise_ms(model, repeats: int, iterations: int) -> float:
-  """One step's noise drawn by NumPy in a tf.data map, as the DP input pipeline draws it."""
+  """One step's noise drawn in a tf.data map, as the DP input pipeline draws it."""
   host_noise = noise.host_gaussian_noise(model.trainable_variables, _NOISE_MULTIPLIER * _CLIP,
                                          keys.run_key(seed=0))
   elements = iter(tf.data.Dataset.range(1 << 40).map(lambda step: tuple(host_noise(step))))

@@ -447,9 +447,9 @@ class DPModel(keras.Model):
                                 step_noise=self._pipeline_noise(key))
 
   def _pipeline_noise(self, key):
-    """step -> that step's noise, drawn by NumPy in the input pipeline while the previous step
-    trains (noise.host_gaussian_noise: the text classifier's 160k-value embedding took ~2 ms of
-    CPU time per step from TensorFlow's sampler, more than a plain step); None for models whose
+    """step -> that step's noise, drawn in the input pipeline while the previous step trains
+    (noise.host_gaussian_noise: the text classifier's 160k-value embedding took ~2 ms of CPU
+    time per step from TensorFlow's sampler, more than a plain step); None for models whose
     noise would make every prefetched batch large (their steps draw it themselves)."""
     variables = self._taps.variables
     if sum(v.shape.num_elements() for v in variables) > _PIPELINE_NOISE_MAX_VALUES:

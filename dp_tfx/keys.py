@@ -1,6 +1,4 @@
-"""Keys for TensorFlow's stateless RNGs: one secret key per run, one derived key per stream
-(the input pipeline's NumPy noise seeds its generators from the same run key:
-noise.host_generator).
+"""Keys for TensorFlow's stateless RNGs: one secret key per run, one derived key per stream.
 
 Sampling, noise and microbatch assignment each draw from their own stream of the run key, and
 every draw folds in what makes it unique (the step, the replica, the draw): no two draws share
