@@ -34,12 +34,15 @@ def noisy_gradients(taps: clipping.GradientTaps, loss_fn: clipping.LossFn, plan:
     key, step: the run's noise key and the step number (noise and microbatches depend on both).
     static_chunks: slice chunks of static size (under XLA, where batches are padded to whole
       chunks).
-    on_chunk: called with each physical chunk's features, labels, predictions and mask.
+    on_chunk: called with each physical chunk's features, labels, predictions and the mask of
+      its kept units (the labels and predictions of the others zeroed).
     step_noise: this step's noise, drawn ahead (noise.gaussian_noise with the same key and
       step); by default it is drawn here.
 
   Returns:
-    (gradients in the order of taps.variables, the sum of the chunks' masked losses).
+    (gradients in the order of taps.variables, the sum of the kept units' losses, the number of
+    units kept: those of mask 1 whose gradient is finite; a unit whose gradient is NaN or
+    infinite contributes exactly zero, to the sum as to the loss).
   """
   variables = taps.variables
   # A mask other than 0/1 would weigh an example more than once (its sensitivity above C): such
@@ -70,31 +73,36 @@ def noisy_gradients(taps: clipping.GradientTaps, loss_fn: clipping.LossFn, plan:
                                 [physical, *t.shape[1:]])
     return lambda t: t[chunk * physical:(chunk + 1) * physical]
 
-  def accumulate(chunk, sums, loss_sum):
+  def accumulate(chunk, sums, loss_sum, units):
     window = window_of(chunk)
     x, y = tf.nest.map_structure(window, features), window(labels)
     chunk_mask = window(mask)
     grads = taps.backward(x, y, loss_fn, chunk_mask)
-    if on_chunk is not None:
-      on_chunk(x, y, grads.predictions, chunk_mask)
-    loss_sum += tf.reduce_sum(grads.losses * chunk_mask)
     if plan.num_microbatches is None:
-      parts = clipping.per_example_clipped_sum(grads, chunk_mask, plan.l2_norm_clip)
+      parts, kept = clipping.clipped_sum_and_kept(grads, chunk_mask, plan.l2_norm_clip)
     else:
-      part_sums, counts = clipping.microbatch_sums(grads, chunk_mask, window(microbatch_ids),
-                                                   plan.num_microbatches)
+      part_sums, counts, kept = clipping.microbatch_sums(grads, chunk_mask, window(microbatch_ids),
+                                                         plan.num_microbatches)
       parts = part_sums + [counts]
-    return chunk + 1, [s + p for s, p in zip(sums, parts)], loss_sum
+    # Units whose gradient is NaN or infinite are left out of the loss and the metrics too.
+    kept_rows = tf.equal(kept, 1.0)
+    if on_chunk is not None:
+      on_chunk(x, clipping.zero_rows(kept_rows, y),
+               tf.nest.map_structure(lambda t: clipping.zero_rows(kept_rows, t),
+                                     grads.predictions), kept)
+    loss_sum += tf.reduce_sum(clipping.zero_rows(kept_rows, grads.losses))
+    return (chunk + 1, [s + p for s, p in zip(sums, parts)], loss_sum,
+            units + tf.reduce_sum(kept))
 
   # The first chunk outside the loop: almost every Poisson sample fits one physical batch, and
   # a loop body is a scheduling boundary that cost ~20% of a CNN step (noise, updates and the
   # backward pass could not overlap across it).
-  first = accumulate(tf.constant(0), initial, tf.constant(0.0))
-  _, sums, loss_sum = tf.while_loop(lambda chunk, *_: chunk < chunks, accumulate, first)
+  first = accumulate(tf.constant(0), initial, tf.constant(0.0), tf.constant(0.0))
+  _, sums, loss_sum, units = tf.while_loop(lambda chunk, *_: chunk < chunks, accumulate, first)
   if plan.num_microbatches is not None:
     sums = clipping.clipped_microbatch_sum(sums[:-1], sums[-1], plan.l2_norm_clip)
   if step_noise is None:
     noisy = noise.add_gaussian_noise(sums, plan.noise_multiplier * plan.l2_norm_clip, key, step)
   else:
     noisy = [s + n for s, n in zip(sums, step_noise, strict=True)]
-  return [g / plan.expected_clipping_units for g in noisy], loss_sum
+  return [g / plan.expected_clipping_units for g in noisy], loss_sum, units

@@ -515,13 +515,12 @@ class DPModel(keras.Model):
     features, labels, mask, *step_noise = data
     record_metrics = lambda x, y, predictions, chunk_mask: self.compute_metrics(
         x, y, predictions, sample_weight=chunk_mask)
-    gradients, loss_sum = dp_step.noisy_gradients(
+    gradients, loss_sum, examples = dp_step.noisy_gradients(
         self._taps, self._loss_fn, self.plan, features, labels, mask, self._key, self.noisy_steps,
         static_chunks=bool(self.jit_compile), on_chunk=record_metrics,
         step_noise=step_noise[0] if step_noise else None)
     self.optimizer.apply_gradients(zip(gradients, self._taps.variables))
     self.noisy_steps.assign_add(1)
-    examples = tf.reduce_sum(mask)
     self._loss_tracker.update_state(tf.math.divide_no_nan(loss_sum, examples),
                                     sample_weight=examples)
     return self._reducible(self.get_metrics_result())

@@ -16,6 +16,23 @@ from dp_tfx.clipping.base import TapOptions, tap_for
 LossFn = Callable[[tf.Tensor, tf.Tensor], tf.Tensor]
 
 
+def zero_rows(keep: tf.Tensor, tensor):
+  """`tensor` with the rows (first axis) where `keep` is False replaced by zeros; anything else
+  than a tensor as it is. By selection: 0 * NaN is NaN."""
+  if not tf.is_tensor(tensor) or tensor.shape.rank == 0:
+    return tensor
+  rows = tf.reshape(keep, [-1] + [1] * (tensor.shape.rank - 1))
+  return tf.where(rows, tensor, tf.zeros_like(tensor))
+
+
+def _squared_row_norms(tensors, like: tf.Tensor) -> tf.Tensor:
+  """[B] squared norms of the rows (first axis) across `tensors` (zeros like `like` if none)."""
+  total = tf.zeros_like(like)
+  for tensor in tensors:
+    total += tf.reduce_sum(tf.square(tf.reshape(tensor, [tf.shape(tensor)[0], -1])), axis=1)
+  return total
+
+
 class PerExampleGradients:
   """The per-example gradients of one physical batch, kept implicit where a tap allows it.
 
@@ -24,13 +41,50 @@ class PerExampleGradients:
     predictions: the model's outputs for the batch.
   """
 
-  def __init__(self, taps, tap_grads, fallback_jacobians, variables, losses, predictions):
+  def __init__(self, taps, tap_grads, fallback_jacobians, variables, losses, predictions,
+               records=None, separate_fallback: Optional[Callable[[], list]] = None):
     self._taps = taps
-    self._prepared = [tap.prepare(grads) for tap, grads in zip(taps, tap_grads)]
+    self._tap_grads = tap_grads
+    self._records = [tap.records for tap in taps] if records is None else records
+    self._prepared = [self._prepare(tap, tap_records, grads)
+                      for tap, tap_records, grads in zip(taps, self._records, tap_grads)]
     self._fallback = fallback_jacobians
+    self._separate_fallback = separate_fallback
     self._variables = variables
     self.losses = losses
     self.predictions = predictions
+
+  @staticmethod
+  def _prepare(tap, records, grads):
+    """tap.prepare(grads) on `records` in place of the tap's own."""
+    own, tap.records = tap.records, records
+    try:
+      return tap.prepare(grads)
+    finally:
+      tap.records = own
+
+  def without_nonfinite_units(self) -> tuple:
+    """(these gradients with every unit whose gradient norm is NaN or infinite made exactly
+    zero, the [B] squared norms before that).
+
+    The unit's rows of the taps' records, of their output gradients and of the fallback's
+    Jacobians are replaced by zeros (by selection: through a weight of 0, 0 * NaN is NaN). The
+    fallback's Jacobians are taken again one example at a time first: in the batch's backward
+    pass one example's NaN reaches every row (0 * NaN in the batched weight gradients).
+    """
+    fallback = self._fallback
+    if fallback and self._separate_fallback is not None:
+      fallback = self._separate_fallback()
+    squared_norms = self._tap_squared_norms() + _squared_row_norms(fallback, self.losses)
+    keep = tf.math.is_finite(squared_norms)
+    zero = lambda tensor: zero_rows(keep, tensor)
+    records = [[tuple(zero(t) for t in record) for record in tap_records]
+               for tap_records in self._records]
+    zeroed = PerExampleGradients(
+        self._taps, [[zero(g) for g in grads] for grads in self._tap_grads],
+        [zero(j) for j in fallback], self._variables, zero(self.losses),
+        tf.nest.map_structure(zero, self.predictions), records=records)
+    return zeroed, squared_norms
 
   def norm_methods(self) -> list:
     """[(layer name, "ghost" or "per_example")]: how each tap computes its norms for this batch
@@ -42,17 +96,15 @@ class PerExampleGradients:
     """Every tensor the taps prepared from the backward pass (for profiling that stage)."""
     return [t for prepared in self._prepared for t in tf.nest.flatten(prepared) if t is not None]
 
-  def _fallback_flat(self):
-    return [tf.reshape(j, [tf.shape(j)[0], -1]) for j in self._fallback]
-
-  def squared_norms(self) -> tf.Tensor:
-    """[B] squared L2 norms of the per-example gradients over all trainable variables."""
+  def _tap_squared_norms(self) -> tf.Tensor:
     total = tf.zeros_like(self.losses)
     for tap, prepared in zip(self._taps, self._prepared):
       total += tap.squared_norms(prepared)
-    for flat in self._fallback_flat():
-      total += tf.reduce_sum(tf.square(flat), axis=1)
     return total
+
+  def squared_norms(self) -> tf.Tensor:
+    """[B] squared L2 norms of the per-example gradients over all trainable variables."""
+    return self._tap_squared_norms() + _squared_row_norms(self._fallback, self.losses)
 
   def _assemble(self, tap_parts, fallback_parts) -> list:
     by_variable = {}
@@ -155,5 +207,20 @@ class GradientTaps:
       fallback = tape.jacobian(masked, self.fallback_variables,
                                unconnected_gradients=tf.UnconnectedGradients.ZERO)
       del tape
-    return PerExampleGradients(self.taps, tap_grads, fallback, self.variables, losses,
-                               predictions)
+    return PerExampleGradients(
+        self.taps, tap_grads, fallback, self.variables, losses, predictions,
+        separate_fallback=lambda: self._fallback_one_at_a_time(x, y, loss_fn, mask, training))
+
+  def _fallback_one_at_a_time(self, x, y, loss_fn: LossFn, mask: tf.Tensor,
+                              training: bool) -> list:
+    """[B, *variable.shape] per-example gradients of the fallback variables, each from the
+    example's own forward and backward pass (vectorised over the batch): slower than the
+    batch's Jacobian, and no example's NaN reaches another's row."""
+    def one_example(example):
+      x_b, y_b, mask_b = tf.nest.map_structure(lambda t: t[None], example)
+      with tf.GradientTape() as tape:
+        loss = tf.reduce_sum(loss_fn(y_b, self.model(x_b, training=training)) * mask_b)
+      return tape.gradient(loss, self.fallback_variables,
+                           unconnected_gradients=tf.UnconnectedGradients.ZERO)
+
+    return tf.vectorized_map(one_example, (x, y, mask))

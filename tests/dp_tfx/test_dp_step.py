@@ -27,7 +27,7 @@ def test_noisy_gradients_are_the_reference_clipped_sum_plus_the_steps_noise(num_
       num_microbatches=num_microbatches), 90)
   key, step = keys.run_key(seed=7), tf.constant(2, tf.int64)
   chunks = []
-  gradients, loss_sum = dp_step.noisy_gradients(
+  gradients, loss_sum, units = dp_step.noisy_gradients(
       clipping.GradientTaps(model), LOSS, plan, tf.constant(x), tf.constant(y),
       tf.constant(mask), key, step, on_chunk=lambda x, y, predictions, m: chunks.append(m))
 
@@ -46,3 +46,4 @@ def test_noisy_gradients_are_the_reference_clipped_sum_plus_the_steps_noise(num_
     np.testing.assert_allclose(actual, (clipped + drawn.numpy()) / plan.expected_clipping_units,
                                rtol=1e-4, atol=1e-6)
   np.testing.assert_allclose(loss_sum, np.sum(LOSS(y, model(x)).numpy() * mask), rtol=1e-5)
+  assert units == mask.sum()

@@ -122,8 +122,8 @@ class _Case:
     """The library's sum of clipped microbatch means over `rows`, flattened."""
     mask = np.ones(len(rows)) if mask is None else mask
     grads, mask = self._backward(rows, mask)
-    sums, counts = clipping.microbatch_sums(grads, mask, tf.constant(ids, tf.int32),
-                                            num_microbatches)
+    sums, counts, _ = clipping.microbatch_sums(grads, mask, tf.constant(ids, tf.int32),
+                                               num_microbatches)
     total = clipping.clipped_microbatch_sum(sums, counts, self.clip)
     assert len(total) == len(self.model.trainable_variables)
     return _flat(total)
