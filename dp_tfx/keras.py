@@ -35,6 +35,9 @@ from dp_tfx.resume import StepCheckpoint
 from dp_tfx.version import __version__
 
 EPSILON_LOG_KEY = "epsilon"
+# Units of the epoch's samples whose gradient was NaN or infinite (they contributed zero): a
+# statistic of the private data, in the training log only, never in the ledger or a report.
+NONFINITE_LOG_KEY = "nonfinite_units"
 _RAN_OUT_OF_DATA = ".*Your input ran out of data.*"
 # Without XLA shapes may vary, so logical batches are padded only to a multiple of this.
 _PAD_MULTIPLE_WITHOUT_XLA = 8
@@ -210,6 +213,7 @@ class DPModel(keras.Model):
     # The key of the current training segment (see _segment_key). Kept out of Keras's weight
     # tracking on purpose: a saved noise key would let anyone subtract the noise.
     self.__dict__["_key"] = tf.Variable(self._base_key, trainable=False, name="dp_noise_key")
+    self._nonfinite_units = keras.metrics.Sum(name=NONFINITE_LOG_KEY)
     self.noisy_steps = self.add_weight(name="noisy_steps", shape=(), dtype="int64",
                                        initializer="zeros", trainable=False,
                                        aggregation="only_first_replica")
@@ -523,10 +527,13 @@ class DPModel(keras.Model):
     self.noisy_steps.assign_add(1)
     self._loss_tracker.update_state(tf.math.divide_no_nan(loss_sum, examples),
                                     sample_weight=examples)
+    self._nonfinite_units.update_state(tf.reduce_sum(mask) - examples)
     return self._reducible(self.get_metrics_result())
 
   def test_step(self, data):
-    return self._reducible(super().test_step(data))
+    logs = super().test_step(data)
+    logs.pop(NONFINITE_LOG_KEY, None)
+    return self._reducible(logs)
 
   def _reducible(self, logs: dict) -> dict:
     """Keras 3.15 averages each log across workers with strategy.reduce(MEAN, log, axis=0),
