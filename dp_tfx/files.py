@@ -61,13 +61,17 @@ def scheme(path) -> str:
   return path.split("://", 1)[0] if "://" in path else ""
 
 
+def _temporary_beside(path: str) -> str:
+  return os.path.join(os.path.dirname(path), f".{os.path.basename(path)}-{uuid.uuid4().hex}")
+
+
 def write_bytes(path, data: bytes) -> str:
   """Writes `data` to `path` (creating its directory) through a temporary file and a rename, so
   on WHOLE_REPLACE_SCHEMES a crash never leaves a half-written file where a whole one was."""
   path = os.fspath(path)
   gfile = _gfile()
   gfile.makedirs(os.path.dirname(path) or ".")
-  temporary = os.path.join(os.path.dirname(path), f".{os.path.basename(path)}-{uuid.uuid4().hex}")
+  temporary = _temporary_beside(path)
   try:
     with gfile.GFile(temporary, "wb") as handle:
       handle.write(data)
@@ -131,11 +135,40 @@ def normalised(path) -> str:
 
 
 def create_new(path, data: bytes) -> str:
-  """Writes `data` to `path` like write_bytes, but refuses to replace a file already there (a
-  name meant to be unique was not: nothing is overwritten)."""
-  if exists(path):
-    raise FileExistsError(f"{path} exists already; it is not replaced")
-  return write_bytes(path, data)
+  """Writes `data` to `path` like write_bytes, but never replaces a file already there (a name
+  meant to be unique was not: FileExistsError, nothing overwritten).
+
+  Locally by a hard link of the written temporary file, which the OS refuses atomically where
+  the name exists (O_EXCL's guarantee, for a whole file); elsewhere by a rename that checks
+  first, so the names given must be unique (segment ids carry a full uuid4).
+  """
+  path = os.fspath(path)
+  if scheme(path):
+    if exists(path):
+      raise FileExistsError(f"{path} exists already; it is not replaced")
+    gfile = _gfile()
+    gfile.makedirs(os.path.dirname(path))
+    temporary = _temporary_beside(path)
+    try:
+      with gfile.GFile(temporary, "wb") as handle:
+        handle.write(data)
+      gfile.rename(temporary, path, overwrite=False)
+    finally:
+      if gfile.exists(temporary):
+        gfile.remove(temporary)
+    return path
+  os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+  temporary = _temporary_beside(path)
+  try:
+    with open(temporary, "wb") as handle:
+      handle.write(data)
+    try:
+      os.link(temporary, path)
+    except FileExistsError:
+      raise FileExistsError(f"{path} exists already; it is not replaced") from None
+  finally:
+    os.remove(temporary)
+  return path
 
 
 def files_under(directory) -> list:

@@ -303,7 +303,9 @@ def _order(segment: Segment):
 
 def _new_segment_id() -> str:
   stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%dT%H%M%S%fZ")
-  return f"{SEGMENT_PREFIX}{stamp}-{uuid.uuid4().hex[:12]}"
+  # A full uuid4: on object stores, where creating a file cannot be made exclusive, the name
+  # alone keeps two runs' segments apart.
+  return f"{SEGMENT_PREFIX}{stamp}-{uuid.uuid4().hex}"
 
 
 def new_run_id() -> str:

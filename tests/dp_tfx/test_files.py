@@ -119,3 +119,16 @@ def test_report_with_its_plot_is_written_to_a_remote_filesystem(remote_dir):
 def test_a_ledger_is_refused_where_a_crash_could_lose_it():
   with pytest.raises(LedgerError, match="cannot be written on hdfs://"):
     _ledger().save("hdfs://namenode/ledgers/ledger.json")
+
+
+def test_create_new_never_replaces_a_file_even_one_made_after_its_check(tmp_path, monkeypatch):
+  path = tmp_path / "segment.json"
+  assert files.create_new(path, b"first") == str(path)
+  with pytest.raises(FileExistsError):
+    files.create_new(path, b"second")
+  # Another run creates the file between the check and the write: the OS still refuses.
+  monkeypatch.setattr(files, "exists", lambda path: False)
+  with pytest.raises(FileExistsError):
+    files.create_new(path, b"third")
+  assert path.read_bytes() == b"first"
+  assert sorted(p.name for p in tmp_path.iterdir()) == ["segment.json"]  # no temporary left
