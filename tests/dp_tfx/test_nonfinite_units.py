@@ -140,14 +140,14 @@ def test_a_unit_whose_norm_overflows_contributes_zero_not_nan():
 
 def _fit(model, x, y, loss):
   dp_model = dp_tfx.make_private(model, dp_tfx.DPConfig(
-      l2_norm_clip=1.0, noise_multiplier=1.0, batch_size=10, steps=12, delta=1e-5, seed=4))
+      l2_norm_clip=1.0, noise_multiplier=1.0, batch_size=8, steps=10, delta=1e-5, seed=4))
   dp_model.compile(optimizer=keras.optimizers.SGD(0.5), loss=loss, metrics=["accuracy"])
   return dp_model, dp_model.fit(x, y, verbose=0)
 
 
 @pytest.mark.parametrize("kind", ["dense", "all_padding"])
 def test_a_fit_with_a_nonfinite_example_keeps_every_weight_and_log_finite(kind):
-  x, y = models.batch_for("embedding" if kind == "all_padding" else kind, 20, seed=2)
+  x, y = models.batch_for("embedding" if kind == "all_padding" else kind, 40, seed=2)
   if kind == "all_padding":
     x[:, 0] = np.where(x[:, 0] == 0, 1, x[:, 0])  # every other sequence has a real token
     x[7] = 0
@@ -156,12 +156,12 @@ def test_a_fit_with_a_nonfinite_example_keeps_every_weight_and_log_finite(kind):
     x[7] = np.nan
     model = models.dense_model()
   dp_model, history = _fit(model, x, y, "sparse_categorical_crossentropy")
-  assert int(dp_model.noisy_steps.numpy()) == 12
+  assert int(dp_model.noisy_steps.numpy()) == 10
   assert all(np.all(np.isfinite(w)) for w in dp_model.model.get_weights())
   for name in ("loss", "accuracy"):
     assert np.all(np.isfinite(history.history[name])), name
-  # Example 7 was sampled in some of the 12 steps (q = 0.5): the training log says how often.
-  assert 1 <= sum(history.history["nonfinite_units"]) <= 12
+  # Example 7 was sampled in some of the 10 steps (q = 0.2): the training log says how often.
+  assert 1 <= sum(history.history["nonfinite_units"]) <= 10
 
 
 _TWO_REPLICA_SCRIPT = """
