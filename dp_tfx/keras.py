@@ -411,8 +411,10 @@ class DPModel(keras.Model):
 
   def _segment_key(self) -> tf.Tensor:
     """A key per ledger segment: a restart that continues a ledger never replays its noise or
-    samples, even with a fixed seed."""
-    return keys.stream_key(self._base_key, len(self.privacy_ledger.segments))
+    samples, even with a fixed seed, and neither does a concurrent run with the same seed,
+    which sees the same segments (its run id differs)."""
+    return keys.stream_key(self._base_key, keys.text_word(self.privacy_ledger.run_id),
+                           len(self.privacy_ledger.segments))
 
   def _replicas(self) -> int:
     """The replica count, after checking the plan can be split evenly across replicas."""
@@ -475,7 +477,7 @@ class DPModel(keras.Model):
       else:
         self.privacy_ledger = PrivacyLedger.open_for(
             self._ledger_path, size, fingerprint, self._privacy_unit,
-            data_source=self._data_source,
+            data_source=self._data_source, run_id=self._run_id,
             read_only=not workers.is_chief(self.distribute_strategy))
       self.plan = self._plan_after(self.privacy_ledger, size)
     elif self.privacy_ledger.dataset_fingerprint != fingerprint:

@@ -8,6 +8,7 @@ run key (a seed) to reproduce a run.
 
 from __future__ import annotations
 
+import hashlib
 import secrets
 from typing import Optional
 
@@ -22,6 +23,11 @@ def run_key(seed: Optional[int]) -> tf.Tensor:
   """A [2] int64 key for stateless RNGs: from `seed` for tests, else fresh OS entropy."""
   value = secrets.randbits(63) if seed is None else seed
   return tf.constant([value, 0x5EED_D9_7F], dtype=tf.int64)
+
+
+def text_word(text: str) -> int:
+  """A 63-bit word of sha256(text), to fold a name (a run id) into a key."""
+  return int.from_bytes(hashlib.sha256(text.encode("utf-8")).digest()[:8], "big") >> 1
 
 
 def stream_key(key: tf.Tensor, *path) -> tf.Tensor:

@@ -991,10 +991,10 @@ class PrivacyLedger:
   @classmethod
   def open_for(cls, path: Optional[os.PathLike | str], dataset_size: int,
                fingerprint: str, privacy_unit: str = EXAMPLE,
-               data_source: Optional[str] = None,
-               read_only: bool = False) -> "PrivacyLedger":
+               data_source: Optional[str] = None, read_only: bool = False,
+               run_id: Optional[str] = None) -> "PrivacyLedger":
     """Continues the one-file ledger at `path` or starts a new one there (one process at a time;
-    see `open_history` for runs that may overlap).
+    see `open_history` for runs that may overlap), for the run `run_id` (default: a new id).
 
     Runs on other data continue it too: every segment keeps its own N, and all compose.
     `read_only`: what a training worker other than the chief reads (the chief writes): a new
@@ -1022,10 +1022,10 @@ class PrivacyLedger:
               "run at a time; for runs that may overlap, use a ledger history "
               "(make_private(..., ledger_history=DIR))")
       ledger.dataset_size, ledger.dataset_fingerprint = dataset_size, fingerprint
-      ledger.data_source, ledger.run_id = data_source, new_run_id()
+      ledger.data_source, ledger.run_id = data_source, run_id or new_run_id()
       return ledger
     ledger = cls(dataset_size=dataset_size, dataset_fingerprint=fingerprint,
-                 privacy_unit=privacy_unit, data_source=data_source)
+                 privacy_unit=privacy_unit, data_source=data_source, run_id=run_id)
     if path is not None and not read_only:
       _check_writable(os.fspath(path))
       ledger.save(path)

@@ -28,8 +28,10 @@ def _dp_model(kind="dense", jit_compile=False, learning_rate=1.0, ledger_path=No
   values = dict(l2_norm_clip=0.3, noise_multiplier=0.0, batch_size=8, steps=1, seed=21,
                 delta=1e-5)
   values.update(config)
+  # One run id: two models of one seed then draw the same samples and noise (runs of other run
+  # ids draw others: test_concurrent_runs_with_the_same_seed_draw_different_noise).
   dp_model = dp_tfx.make_private(models.MODELS[kind](), dp_tfx.DPConfig(**values),
-                                 ledger_path=ledger_path)
+                                 ledger_path=ledger_path, run_id="test-run")
   dp_model.compile(optimizer=keras.optimizers.SGD(learning_rate), loss=LOSS, metrics=["accuracy"],
                    jit_compile=jit_compile)
   return dp_model
@@ -290,7 +292,7 @@ def updates(strategy, sigma):
     start = [w.copy() for w in model.get_weights()]
     dp_model = dp_tfx.make_private(model, dp_tfx.DPConfig(
         l2_norm_clip=0.3, noise_multiplier=sigma, batch_size=16, steps=1, seed=21,
-        physical_batch_size=16))
+        physical_batch_size=16), run_id="replicas")  # one run id: the same samples
     dp_model.compile(optimizer=keras.optimizers.SGD(1.0),
                      loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
   dp_model.fit(x, y, verbose=0)
@@ -355,3 +357,19 @@ def test_fit_before_compile_is_refused_readably():
                                                                        batch_size=8, steps=2))
   with pytest.raises(RuntimeError, match="compile the DP model .optimizer, loss. before fit"):
     dp_model.fit(x, y, verbose=0)
+
+
+def test_concurrent_runs_with_the_same_seed_draw_different_noise(tmp_path):
+  # Two runs opening one history at once see the same segments: their run ids keep their
+  # samples and noise apart; one run id reproduces its key.
+  x, y = _data()
+  keys_by_run = {}
+  for run_id in ("first", "second", "first"):
+    dp_model = dp_tfx.make_private(models.dense_model(), dp_tfx.DPConfig(
+        noise_multiplier=1.0, batch_size=8, steps=1, seed=21, delta=1e-5),
+                                   ledger_history=tmp_path / run_id, run_id=run_id)
+    dp_model.compile(optimizer="sgd", loss=LOSS)
+    dp_model._prepare(dp_keras._training_data(x, y))
+    keys_by_run.setdefault(run_id, []).append(tuple(dp_model._segment_key().numpy()))
+  assert keys_by_run["first"][0] == keys_by_run["first"][1]
+  assert keys_by_run["first"][0] != keys_by_run["second"][0]
