@@ -30,6 +30,7 @@ PRIVACY_POLICY_KEY = "privacy_policy"
 PRIVACY_REPORT_KEY = "privacy_report"
 LEDGER_HISTORY_DIR_KEY = "ledger_history_dir"
 DATA_SOURCE_KEY = "data_source"
+BUDGET_ROOT_KEY = "budget_root"
 PRIVACY_AUDIT_KEY = "privacy_audit"
 CONTROL_MODEL_KEY = "control_model"
 CANARY_FILE_KEY = "canary_file"
@@ -67,6 +68,7 @@ class DPTrainerSpec(ComponentSpec):
       CUSTOM_CONFIG_KEY: ExecutionParameter(type=str, optional=True),
       LEDGER_HISTORY_DIR_KEY: ExecutionParameter(type=str, optional=True),
       DATA_SOURCE_KEY: ExecutionParameter(type=str, optional=True),
+      BUDGET_ROOT_KEY: ExecutionParameter(type=str, optional=True),
       PRIVACY_POLICY_KEY: ExecutionParameter(type=str, optional=True),
       TRAIN_SPLIT_KEY: ExecutionParameter(type=str, optional=True),
       EVAL_SPLIT_KEY: ExecutionParameter(type=str, optional=True),

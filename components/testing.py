@@ -101,15 +101,19 @@ def run_dp_trainer(examples: standard_artifacts.Examples, directory, config: DPC
                    data_source: Optional[str] = None,
                    splits: Optional[Dict[str, str]] = None,
                    privacy_policy: Optional[PrivacyPolicy] = None,
-                   earlier_ledgers: Sequence[artifacts.PrivacyLedger] = ()) -> Dict[str, list]:
+                   earlier_ledgers: Sequence[artifacts.PrivacyLedger] = (),
+                   budget_root: Optional[str] = None) -> Dict[str, list]:
   """Runs the real DPTrainer executor on `examples`; returns its output dict (model, model_run,
-  privacy_ledger artifacts under `directory`; by the DPTrainer's default, the ledger history is
-  then directory/history). `splits`: {"train_split": ..., "eval_split": ...} if not the
-  default names; `earlier_ledgers`: earlier runs' PrivacyLedger artifacts, as the pipeline's
-  Resolver hands them over (see `ledger_artifact`)."""
+  privacy_ledger artifacts under `directory`). The ledger history: `ledger_history_dir`; with
+  `budget_root`, the DPTrainer's default (the data source's budget there); else
+  directory/history, a budget of the run's own. `splits`: {"train_split": ..., "eval_split":
+  ...} if not the default names; `earlier_ledgers`: earlier runs' PrivacyLedger artifacts, as
+  the pipeline's Resolver hands them over (see `ledger_artifact`)."""
   from dp_tfx.components.dp_trainer import executor as dp_trainer_executor
 
   root = pathlib.Path(directory)
+  if ledger_history_dir is None and budget_root is None:
+    ledger_history_dir = root / "history"
   outputs = {specs.MODEL_KEY: [_artifact(standard_artifacts.Model, root / "model")],
              specs.MODEL_RUN_KEY: [_artifact(standard_artifacts.ModelRun, root / "run")],
              specs.PRIVACY_LEDGER_KEY: [_artifact(artifacts.PrivacyLedger, root / "ledger")]}
@@ -120,7 +124,7 @@ def run_dp_trainer(examples: standard_artifacts.Examples, directory, config: DPC
       specs.DP_CONFIG_KEY: config.to_json(), specs.MODULE_FILE_KEY: module_file,
       specs.CUSTOM_CONFIG_KEY: json.dumps(custom_config or {}),
       specs.LEDGER_HISTORY_DIR_KEY: None if ledger_history_dir is None else str(ledger_history_dir),
-      specs.DATA_SOURCE_KEY: data_source,
+      specs.DATA_SOURCE_KEY: data_source, specs.BUDGET_ROOT_KEY: budget_root,
       specs.PRIVACY_POLICY_KEY: privacy_policy.to_json() if privacy_policy else None,
       **(splits or {})})
   return outputs

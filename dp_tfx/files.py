@@ -87,6 +87,10 @@ def write_text(path, text: str) -> str:
   return write_bytes(path, text.encode("utf-8"))
 
 
+def makedirs(directory) -> None:
+  _gfile().makedirs(os.fspath(directory))
+
+
 def listdir(directory) -> list:
   """The names in `directory` (files and subdirectories, without a trailing '/'), sorted; [] when
   it does not exist."""

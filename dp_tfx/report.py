@@ -13,7 +13,7 @@ import math
 import os
 from typing import TYPE_CHECKING, Optional
 
-from dp_tfx import files, json_output
+from dp_tfx import budget, files, json_output
 from dp_tfx.audit.membership import epsilon_lower_bound
 from dp_tfx.ledger import PrivacyLedger
 from dp_tfx.policy import PrivacyDecision, PrivacyPolicy
@@ -46,7 +46,9 @@ def build_report(decision: PrivacyDecision, policy: Optional[PrivacyPolicy],
     report["ledger"] = {"facts": ledger.body(), "content_hash": ledger.content_hash(),
                         "noisy_steps": ledger.noisy_steps, "privacy_unit": ledger.privacy_unit,
                         "rigorous": ledger.rigorous, "history_dir": ledger.history_dir,
-                        "runs": ledger.runs()}
+                        "runs": ledger.runs(), "first_run_in_budget": len(ledger.runs()) == 1,
+                        "budget_started": (budget.fresh_start(ledger.history_dir)
+                                           if ledger.history_dir else None)}
     if not ledger.rigorous:
       report["note"] = ("training used shuffled fixed-size batches; the epsilon is computed as if "
                         "batches were Poisson-sampled and is not a rigorous bound")

@@ -3,7 +3,7 @@
     dp-tfx epsilon --n 60000 --batch-size 256 --noise-multiplier 1.1 --epochs 60 --delta 1e-5
     dp-tfx calibrate --n 60000 --batch-size 256 --epochs 60 --delta 1e-5 --target-epsilon 3
     dp-tfx report path/to/privacy_ledger.json --delta 1e-5
-    dp-tfx release-reservation output/pipeline/privacy_ledgers --segment segment-...
+    dp-tfx release-reservation HISTORY_DIR --segment segment-...
     dp-tfx demo
     dp-tfx pipeline --runner local --max-epsilon 5 --json
     dp-tfx pipeline --example lm --control --json
@@ -172,6 +172,15 @@ def _release_reservation(args) -> dict:
           "finished_at": segment.finished_at}
 
 
+def _new_budget(args) -> dict:
+  from dp_tfx import budget
+
+  root = args.budget_root or budget.default_budget_root()
+  history = budget.start_new_budget(root, args.data_source, args.reason)
+  return {"data_source": args.data_source, "budget_root": root, "ledger_history": history,
+          **budget.fresh_start(history)}
+
+
 def _demo(args) -> dict:
   from dp_tfx.pipelines import demo  # TensorFlow loads only for commands that train
 
@@ -203,7 +212,8 @@ def _pipeline(args) -> dict:
       beam_pipeline_args=shlex.split(args.beam_pipeline_args or ""),
       container_image=args.container_image, serving_model_dir=args.serving_model_dir,
       min_accuracy=args.min_accuracy, audit=args.audit, control=args.control,
-      ledger_history_dir=args.ledger_history, poisson_batches=args.poisson_batches,
+      ledger_history_dir=args.ledger_history, budget_root=args.budget_root,
+      poisson_batches=args.poisson_batches,
       pipeline_root=args.pipeline_root, data_root=args.data_root))
 
 
@@ -268,7 +278,7 @@ def build_parser() -> argparse.ArgumentParser:
       "Epsilon counts the steps it recorded, as before. Signed with the ledger key, which must "
       "be set where records are signed.")
   release.add_argument("ledger", metavar="HISTORY_DIR_OR_LEDGER_FILE",
-                       help="the ledger history (e.g. OUTPUT_DIR/privacy_ledgers) or ledger file")
+                       help="the ledger history (as a refusal names it) or ledger file")
   release.add_argument("--segment", required=True, metavar="SEGMENT_ID",
                        help="the segment to finish, as the refusal names it")
   release.add_argument("--force", action="store_true",
@@ -277,6 +287,21 @@ def build_parser() -> argparse.ArgumentParser:
                        "cannot be judged: only for a run you know was killed")
   release.add_argument("--json", action="store_true")
   release.set_defaults(handler=_release_reservation)
+
+  new_budget = commands.add_parser(
+      "new-budget", help="start a new, empty privacy budget for a data source",
+      description="Starts a new ledger history for the data source under the budget root: "
+      "later runs compose from zero there. Recorded beside it: who asked, why, and the budget "
+      "it supersedes (whose runs stay on disk). Honest only if no model trained under the "
+      "superseded budget is ever released.")
+  new_budget.add_argument("--data-source", required=True,
+                          help="the data source's name (dp-tfx pipeline: EXAMPLE:DATA, e.g. "
+                          "mnist:embedded; a DPTrainer: its data_source, or 'pipeline NAME')")
+  new_budget.add_argument("--reason", required=True, help="why: recorded with the new budget")
+  new_budget.add_argument("--budget-root", default=None, metavar="URI",
+                          help="default: $DP_TFX_BUDGET_ROOT, else ~/.local/state/dp_tfx/budgets")
+  new_budget.add_argument("--json", action="store_true")
+  new_budget.set_defaults(handler=_new_budget)
 
   demo = commands.add_parser("demo", help="train the tutorial CNN with DP-SGD on embedded MNIST")
   demo.add_argument("--epochs", type=_positive_int, default=None)
@@ -306,12 +331,14 @@ def build_parser() -> argparse.ArgumentParser:
   pipeline.add_argument("--output-dir", default=None,
                         help="pipeline root, MLMD store, pushed models and compiled files go "
                         "under it (default: output/pipeline, output/pipeline-lm for lm)")
+  pipeline.add_argument("--budget-root", default=None, metavar="URI",
+                        help="where the data sources' privacy budgets live: every run on the "
+                        "data composes there, whatever its --output-dir (default: "
+                        "$DP_TFX_BUDGET_ROOT, else ~/.local/state/dp_tfx/budgets; a Kubeflow "
+                        "pipeline needs one its containers share, e.g. gs://...)")
   pipeline.add_argument("--ledger-history", default=None, metavar="DIR",
-                        help="the privacy budget of the data: every run recorded there composes "
-                        "with every other (default: OUTPUT_DIR/privacy_ledgers, or "
-                        "PIPELINE_ROOT/privacy_ledgers with --pipeline-root, so another "
-                        "--output-dir starts an empty budget for the same data: give runs on the "
-                        "same people the same --ledger-history)")
+                        help="the ledger history itself, instead of the data's budget under "
+                        "--budget-root: every run recorded there composes with every other")
   pipeline.add_argument("--max-epsilon", type=_number(0, open_low=True), default=5.0,
                         help="the policy: push only if epsilon <= this (default: 5)")
   pipeline.add_argument("--delta", type=_number(0, 1, open_low=True), default=1e-5,

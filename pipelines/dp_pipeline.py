@@ -32,7 +32,7 @@ def create_pipeline(*, pipeline_name: str, pipeline_root: str, data_root: str,
                     beam_pipeline_args: Optional[List[str]] = None,
                     min_accuracy: Optional[float] = None, label_key: Optional[str] = None,
                     ledger_history_dir: Optional[str] = None, data_source: Optional[str] = None,
-                    audit: bool = True,
+                    budget_root: Optional[str] = None, audit: bool = True,
                     canary_file: Optional[str] = None,
                     control_config: Optional[dict] = None,
                     check_earlier_ledgers: Optional[bool] = None,
@@ -57,9 +57,10 @@ def create_pipeline(*, pipeline_name: str, pipeline_root: str, data_root: str,
     label_key: the label feature, for the accuracy gate.
     ledger_history_dir: the privacy budget of the data source: a directory that outlives runs,
       where every run records its steps (concurrent runs included) and composes with every
-      other run recorded there, whatever data it had.
-    data_source: a name for the data source, recorded with each run and listed in the privacy
-      report (default: "PIPELINE_NAME:DATA_ROOT"); a label, it never separates budgets.
+      other run recorded there, whatever data it had (default: the data source's budget under
+      `budget_root`).
+    data_source: the data source's name, which names its budget (default: "pipeline NAME").
+    budget_root: where the data sources' budgets live (see DPTrainer).
     audit: run the PrivacyAuditor (membership attack, canaries) and gate on it.
     canary_file: the canaries inserted into the training data, for the auditor.
     control_config: if set, also train a non-private control with a standard TFX Trainer (the
@@ -100,7 +101,7 @@ def create_pipeline(*, pipeline_name: str, pipeline_root: str, data_root: str,
   trainer = DPTrainer(examples=example_gen.outputs["examples"], module_file=module_file,
                       module_path=module_path, dp_config=dp_config, custom_config=hyperparameters,
                       ledger_history_dir=ledger_history_dir,
-                      data_source=data_source or f"{pipeline_name}:{data_root}",
+                      data_source=data_source, budget_root=budget_root,
                       privacy_policy=privacy_policy, earlier_privacy_ledgers=earlier_ledgers,
                       poisson_batches=batches)
   components.append(trainer)

@@ -15,6 +15,7 @@ import time
 import uuid
 from typing import List, Optional
 
+from dp_tfx import budget
 from dp_tfx.config import DPConfig
 from dp_tfx.policy import PrivacyPolicy
 from dp_tfx.report import REPORT_FILE
@@ -47,12 +48,13 @@ class PipelineOptions:
   control: bool = False
   # Draw every step's Poisson sample on Beam first (PoissonBatchGen); the DPTrainer streams them.
   poisson_batches: bool = False
-  # The name the privacy ledger records for the data (default "PIPELINE_NAME:OUTPUT_DIR/data").
-  # Every run recorded in one ledger history composes with every other whatever its name or data.
+  # The data source's name, which names its budget (default "EXAMPLE:DATA", e.g. "mnist:embedded":
+  # the same people whatever the output dir or --data-limit).
   ledger_data_source: Optional[str] = None
-  # The privacy budget of the data: the ledger history (default OUTPUT_DIR/privacy_ledgers). Give
-  # every run on the same people the same one, whatever its output_dir: another output dir with
-  # the default starts a new, empty budget for the same data.
+  # Where the data sources' budgets live (default $DP_TFX_BUDGET_ROOT, else the user's state
+  # directory): every run on the data source composes there, whatever its output_dir.
+  budget_root: Optional[str] = None
+  # Or the ledger history itself, instead of the data source's budget under the budget root.
   ledger_history_dir: Optional[str] = None
   # Where the pipeline's artifacts and the example's data are written (default OUTPUT_DIR/
   # pipeline_root and OUTPUT_DIR/data): any tf.io.gfile filesystem (gs://, s3://) too, as a
@@ -83,8 +85,17 @@ class PipelineOptions:
     return _location(self.serving_model_dir) or self._default_place("serving_model")
 
   @property
+  def data_source_name(self) -> str:
+    return self.ledger_data_source or f"{self.example}:{self.data_source}"
+
+  @property
+  def budget_root_uri(self) -> str:
+    return _location(self.budget_root) or _location(budget.default_budget_root())
+
+  @property
   def ledger_history(self) -> str:
-    return _location(self.ledger_history_dir) or self._default_place("privacy_ledgers")
+    return (_location(self.ledger_history_dir) or
+            budget.history_dir(self.budget_root_uri, self.data_source_name))
 
 
 def _location(path: Optional[str]) -> Optional[str]:
@@ -124,7 +135,7 @@ def run(options: PipelineOptions) -> dict:
       metadata_path=None if options.runner == KUBEFLOW else options.path("metadata.sqlite"),
       beam_pipeline_args=options.beam_pipeline_args, min_accuracy=options.min_accuracy,
       label_key=example.label_key, ledger_history_dir=options.ledger_history,
-      data_source=options.ledger_data_source,
+      data_source=options.data_source_name,
       audit=options.audit, canary_file=canary_file,
       control_config=control_config,
       # Kubeflow V2 compiles no Resolver of more than one artifact (see create_pipeline).
@@ -132,7 +143,7 @@ def run(options: PipelineOptions) -> dict:
       poisson_batches=options.poisson_batches)
   summary = {"example": example.name, "runner": options.runner,
              "pipeline_root": options.pipeline_root_uri, "data_root": data_root,
-             "ledger_history": options.ledger_history,
+             "data_source": options.data_source_name, "ledger_history": options.ledger_history,
              "max_epsilon": options.privacy_policy.max_epsilon,
              "policy": json.loads(options.privacy_policy.to_json())}
   started = time.time()
@@ -183,7 +194,7 @@ def _check_before_training(options: PipelineOptions, example) -> None:
 def _check_output_dir(options: PipelineOptions) -> None:
   """Refuses an output dir that cannot be created or written, before anything is written there.
 
-  Found later, such a dir failed with a traceback, and OUTPUT_DIR/privacy_ledgers (where the
+  Found later, such a dir failed with a traceback, and the ledger history (where the
   DPTrainer records its steps) only once training had spent privacy. Each directory is created
   and a probe file written and removed in it, through tf.io.gfile as the pipeline writes; the
   probe's name is one that ledger-history readers skip as a write in flight. A Kubeflow run
@@ -199,7 +210,7 @@ def _check_output_dir(options: PipelineOptions) -> None:
              "--output-dir")]
   if options.runner != KUBEFLOW:
     checks.append(("the ledger history", options.ledger_history,
-                   "--ledger-history" if options.ledger_history_dir else "--output-dir"))
+                   "--ledger-history" if options.ledger_history_dir else "--budget-root"))
   for what, directory, option in checks:
     probe = os.path.join(directory, f".write-probe.json-{uuid.uuid4().hex}")
     try:
@@ -211,6 +222,10 @@ def _check_output_dir(options: PipelineOptions) -> None:
       reason = getattr(error, "message", None) or str(error)  # TF's: "PATH; No such file ..."
       raise ValueError(f"{what} {directory} cannot be created or written "
                        f"({reason.split('; ')[-1]}); choose another {option}") from None
+  if options.runner == KUBEFLOW and not (options.budget_root or options.ledger_history_dir):
+    raise ValueError("a Kubeflow pipeline's containers cannot see this machine's budgets: give "
+                     "--budget-root (or --ledger-history) on storage every run shares, e.g. "
+                     "gs://BUCKET/dp_tfx/budgets")
 
 
 def _verdict(summary: dict) -> str:

@@ -18,11 +18,14 @@ Parameters:
     source. Every run records its steps there, each in segment files of its own (so concurrent
     runs never lose each other's steps), and every run recorded there composes with every other,
     whatever data it had: a rerun, a retry after a crash, or a run on changed, added or dropped
-    examples adds to what earlier runs spent (invariant 5). Only data that shares no privacy
-    unit with it may get a history of its own. Default: "history" beside the privacy_ledger
-    artifacts in the pipeline root.
-  data_source: a name for the data source, recorded with each run in the history and listed in
-    the privacy report (default: "pipeline NAME"). A label: it never separates budgets.
+    examples adds to what earlier runs spent. Only data that shares no privacy unit with it may
+    get a history of its own. Default: the data source's budget under `budget_root`.
+  data_source: the name of the data source (default: "pipeline NAME"): it names the budget
+    under `budget_root`, so a new pipeline root or output directory keeps composing with it.
+    Data already trained on under another name of the same budget root is refused.
+  budget_root: where the data sources' budgets live (default: $DP_TFX_BUDGET_ROOT, else the
+    user's state directory ~/.local/state/dp_tfx/budgets); any tf.io.gfile URI, e.g. an object
+    store a team shares. Starting a new budget for a source is explicit: `dp-tfx new-budget`.
   privacy_policy: the PrivacyEvaluator's policy, if the trainer should refuse, before its first
     step, a run the evaluator could never bless (no noise, a delta above 1/N, shuffled batches
     under a Poisson policy, or an epsilon over max_epsilon once added to the ledger history).
@@ -77,7 +80,7 @@ class DPTrainer(base_component.BaseComponent):
                hyperparameters: Optional[types.BaseChannel] = None,
                custom_config: Optional[Dict[str, Any]] = None,
                ledger_history_dir: Optional[str] = None, data_source: Optional[str] = None,
-               privacy_policy: Optional[PrivacyPolicy] = None,
+               budget_root: Optional[str] = None, privacy_policy: Optional[PrivacyPolicy] = None,
                train_split: str = TRAIN_SPLIT, eval_split: str = EVAL_SPLIT,
                earlier_privacy_ledgers: Optional[types.BaseChannel] = None,
                poisson_batches: Optional[types.BaseChannel] = None):
@@ -94,7 +97,7 @@ class DPTrainer(base_component.BaseComponent):
         poisson_batches=poisson_batches,
         module_file=module_file, module_path=module_path,
         dp_config=dp_config.to_json(), custom_config=json_utils.dumps(custom_config or {}),
-        ledger_history_dir=ledger_history_dir, data_source=data_source,
+        ledger_history_dir=ledger_history_dir, data_source=data_source, budget_root=budget_root,
         privacy_policy=privacy_policy.to_json() if privacy_policy is not None else None,
         train_split=train_split, eval_split=eval_split,
         model=types.Channel(type=standard_artifacts.Model),

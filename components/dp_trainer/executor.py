@@ -19,7 +19,7 @@ from tfx.dsl.components.base import base_executor
 from tfx.types import artifact_utils
 from tfx.utils import path_utils
 
-from dp_tfx import signing, workers
+from dp_tfx import budget, files, signing, workers
 from dp_tfx.components import artifacts, earlier_runs, specs
 from dp_tfx.components.model_io import (examples_dataset, export_serving_model, read_examples,
                                         evaluate_metrics, record_eval_metrics,
@@ -27,7 +27,8 @@ from dp_tfx.components.model_io import (examples_dataset, export_serving_model, 
 from dp_tfx.components.user_module import MODULE_FUNCTIONS, PRIVACY_UNIT_FUNCTION, trainer_context
 from dp_tfx.config import DPConfig
 from dp_tfx.keras import make_private
-from dp_tfx.ledger import EXAMPLE, LEDGER_FILE_NAME, LedgerError, directory_digest, new_run_id
+from dp_tfx.ledger import (EXAMPLE, LEDGER_FILE_NAME, LedgerError, dataset_fingerprint,
+                           directory_digest, new_run_id, read_history)
 from dp_tfx.poisson_batches import PoissonBatchStream
 from dp_tfx.policy import PrivacyPolicy, verification_key
 from dp_tfx.resume import StepCheckpoint
@@ -50,12 +51,14 @@ class Executor(base_executor.BaseExecutor):
     policy_json = exec_properties.get(specs.PRIVACY_POLICY_KEY)
     policy = PrivacyPolicy.from_json(policy_json) if policy_json else None
     ledger_artifact = artifact_utils.get_single_instance(output_dict[specs.PRIVACY_LEDGER_KEY])
-    # Every run on the data source records its steps in one ledger history (invariant 5), each in
-    # segment files of its own, so concurrent runs never lose each other's steps; by default
-    # beside this component's ledger artifacts in the pipeline root, which outlives runs. Every
-    # run recorded there composes with every other, whatever data it had.
-    history_dir = (exec_properties.get(specs.LEDGER_HISTORY_DIR_KEY) or
-                   os.path.join(os.path.dirname(ledger_artifact.uri.rstrip("/")), "history"))
+    # Every run on the data source records its steps in one ledger history, each in segment
+    # files of its own, so concurrent runs never lose each other's steps; by default the data
+    # source's budget under the budget root, which no output dir, pipeline root or component id
+    # decides (dp_tfx.budget). Every run recorded there composes with every other.
+    data_source = exec_properties.get(specs.DATA_SOURCE_KEY) or self._default_data_source()
+    budget_root = exec_properties.get(specs.BUDGET_ROOT_KEY) or budget.default_budget_root()
+    explicit_history = exec_properties.get(specs.LEDGER_HISTORY_DIR_KEY)
+    history_dir = explicit_history or budget.history_dir(budget_root, data_source)
     # Before anything is read or spent: the PrivacyEvaluator refuses a history that lacks what
     # MLMD recorded of an earlier run, so a run on it would spend for nothing (earlier_runs.py).
     earlier_runs.check_history(input_dict.get(specs.EARLIER_PRIVACY_LEDGERS_KEY) or [],
@@ -72,6 +75,10 @@ class Executor(base_executor.BaseExecutor):
     eval_data = examples_dataset(split_file_patterns(examples, eval_split), spec,
                                  module["decode"], context)
 
+    if chief:
+      self._check_budget(history_dir, None if explicit_history else budget_root, data_source,
+                         training_data)
+
     model_run = artifact_utils.get_single_instance(output_dict[specs.MODEL_RUN_KEY])
     model_artifact = artifact_utils.get_single_instance(output_dict[specs.MODEL_KEY])
     artifact_ledger_path = os.path.join(ledger_artifact.uri, LEDGER_FILE_NAME)
@@ -79,7 +86,7 @@ class Executor(base_executor.BaseExecutor):
       keras_model = module["build_model"](context)
       dp_model = make_private(
           keras_model, config, ledger_history=history_dir,
-          data_source=exec_properties.get(specs.DATA_SOURCE_KEY) or self._default_data_source(),
+          data_source=data_source,
           run_id=self._run_id(),
           privacy_unit=privacy_unit_fn(context) if privacy_unit_fn else EXAMPLE,
           policy=policy)  # a run the policy could never bless is refused before its first step
@@ -161,8 +168,26 @@ class Executor(base_executor.BaseExecutor):
       return tf.distribute.MirroredStrategy([gpu.name for gpu in gpus])
     return tf.distribute.get_strategy()
 
+  @staticmethod
+  def _check_budget(history_dir: str, budget_root: Optional[str], data_source: str,
+                    training_data: tuple) -> None:
+    """Before anything is spent: refuses data that another data source of the budget root
+    already trained on (a new name never opens a fresh budget for the same data), and says in
+    one line when this run is the first in its budget."""
+    if budget_root is not None:
+      stream, labels = training_data
+      fingerprint = (stream.fingerprint if isinstance(stream, PoissonBatchStream)
+                     else dataset_fingerprint(stream, labels))
+      budget.refuse_data_budgeted_elsewhere(budget_root, data_source, fingerprint)
+    if not (files.is_dir(history_dir) and read_history(history_dir)):
+      started = budget.fresh_start(history_dir)
+      logging.warning("DPTrainer: no earlier run in the privacy budget of %r (%s): this run is "
+                      "its first%s", data_source, history_dir,
+                      f" (a new budget, started by {started['requested_by']}: "
+                      f"{started['reason']})" if started else "")
+
   def _default_data_source(self) -> str:
-    """The pipeline's name (a label only: the history, not the name, decides what composes)."""
+    """The pipeline's name: its runs share one budget, wherever their pipeline root is."""
     name = self._pipeline_name()
     return f"pipeline {name}" if name else "unnamed"
 

@@ -10,7 +10,7 @@ import tensorflow as tf
 from tfx.types import standard_artifacts
 from tfx.utils import path_utils
 
-from dp_tfx import accounting
+from dp_tfx import accounting, budget
 from dp_tfx.components import artifacts, model_io, specs, testing
 from dp_tfx.components.dp_trainer import component
 from dp_tfx.config import DPConfig
@@ -127,10 +127,10 @@ def test_a_module_lacking_a_function_is_refused_when_the_pipeline_is_built(tmp_p
     component.DPTrainer(examples=examples, dp_config=config, module_path="dp_tfx.config")
 
 
-def test_ledger_history_defaults_to_the_pipeline_root(trained):
+def test_a_run_records_its_segment_in_the_history_its_artifact_names(trained):
   outputs, _ = trained
   ledger_uri = outputs[specs.PRIVACY_LEDGER_KEY][0].uri
-  history = pathlib.Path(ledger_uri).parent / "history"
+  history = pathlib.Path(ledger_uri).parent / "history"  # testing.run_dp_trainer's own budget
   (segment_file,) = history.glob("segment-*.json")  # this run's own segment file
   (segment,) = read_history(history)
   assert segment.noisy_steps == 6 and segment.dataset_size == 120
@@ -139,6 +139,37 @@ def test_ledger_history_defaults_to_the_pipeline_root(trained):
   assert ledger.history_dir == str(history)  # the artifact names the history it snapshots
   assert [s.segment_id for s in ledger.segments] == [segment.segment_id]
   assert ledger.data_source == segment.data_source == "unnamed"  # no pipeline around it here
+
+
+def test_runs_under_other_pipeline_roots_compose_in_the_data_sources_budget(trained, tmp_path,
+                                                                           caplog):
+  # The default history is the data source's budget under the budget root: another pipeline
+  # root (output directory) reaches it, and says so when it is the first run there.
+  _, data = trained
+  examples = testing.examples_artifact(tmp_path / "examples", {
+      split: data / directory / "data.tfrecord"
+      for split, directory in (("train", mnist_data.TRAIN_DIR), ("eval", mnist_data.EVAL_DIR))})
+  config = DPConfig(noise_multiplier=1.0, batch_size=30, steps=3, delta=1e-4)
+  root = str(tmp_path / "budgets")
+  run = lambda directory, source="mnist digits": testing.run_dp_trainer(
+      examples, tmp_path / directory, config, mnist_model.__file__, {"jit_compile": False},
+      data_source=source, budget_root=root)
+  with caplog.at_level("WARNING"):
+    run("first-root")
+  assert "no earlier run in the privacy budget of 'mnist digits'" in caplog.text
+  caplog.clear()
+  with caplog.at_level("WARNING"):
+    second = run("second-root")
+  assert "no earlier run" not in caplog.text
+  ledger = PrivacyLedger.load(os.path.join(second[specs.PRIVACY_LEDGER_KEY][0].uri,
+                                           LEDGER_FILE_NAME))
+  assert ledger.history_dir == budget.history_dir(root, "mnist digits")
+  assert [s.noisy_steps for s in ledger.segments] == [3, 3]
+  # The same examples under a new name open no fresh budget: refused before anything is spent.
+  with pytest.raises(LedgerError, match="under the data source 'mnist digits'"):
+    run("third-root", source="mnist digits, renamed")
+  assert not list((tmp_path / "third-root").rglob("saved_model.pb"))
+  assert not os.path.exists(budget.history_dir(root, "mnist digits, renamed"))
 
 
 def test_a_run_on_changed_data_composes_with_the_earlier_run(trained, tmp_path):

@@ -344,3 +344,22 @@ def test_report_says_the_mlmd_cross_check_was_not_run_without_the_store(tmp_path
   (tmp_path / "not-a-store.sqlite").write_text("not SQLite")
   _exit_2_one_line(capsys, ["report", str(tmp_path / "ledger.json"), "--metadata",
                             str(tmp_path / "not-a-store.sqlite")], "cannot be read")
+
+
+def test_new_budget_starts_an_empty_history_recording_who_and_why(tmp_path, capsys):
+  from dp_tfx import budget
+
+  root = str(tmp_path / "budgets")
+  args = ["new-budget", "--data-source", "mnist:embedded", "--budget-root", root]
+  _exit_2_one_line(capsys, args + ["--reason", "none yet"], "has no run")
+  current = budget.history_dir(root, "mnist:embedded")
+  plan = TrainingPlan.from_config(DPConfig(noise_multiplier=1.0, batch_size=10, steps=4), 100)
+  ledger = PrivacyLedger.open_history(current, 100, "sha256:digits", data_source="mnist:embedded")
+  ledger.start_segment(plan)
+  for _ in range(4):
+    ledger.record_step()
+  ledger.finish_segment()
+  result = _run_json(capsys, args + ["--reason", "every earlier model was deleted", "--json"])
+  assert result["ledger_history"] == budget.history_dir(root, "mnist:embedded") != current
+  assert result["reason"] == "every earlier model was deleted" and "@" in result["requested_by"]
+  assert result["supersedes"] == {"history_dir": current, "runs": 1, "noisy_steps": 4}

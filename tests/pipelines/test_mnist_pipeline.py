@@ -2,6 +2,7 @@
 privacy audit and the non-private control."""
 
 import json
+import os
 import re
 import pathlib
 
@@ -12,6 +13,7 @@ from ml_metadata import metadata_store
 from ml_metadata.proto import metadata_store_pb2
 from tfx.utils import path_utils
 
+from dp_tfx import budget
 from dp_tfx.config import DPConfig
 from dp_tfx.ledger import LedgerError, directory_digest
 from dp_tfx.pipelines import mnist_data, mnist_model, runner
@@ -87,7 +89,7 @@ def test_kubeflow_compiles_to_a_pipeline_spec_naming_both_components(tmp_path):
   from google.protobuf import json_format
 
   result = _run(tmp_path, max_epsilon=3.0, runner_name=runner.KUBEFLOW,
-                container_image="example.org/dp-tfx:test")
+                container_image="example.org/dp-tfx:test", budget_root="gs://dp-tfx-test/budgets")
   document = json.loads(pathlib.Path(result["pipeline_file"]).read_text())
   spec = json_format.ParseDict(document["pipelineSpec"], pipeline_spec_pb2.PipelineSpec(),
                                ignore_unknown_fields=True)
@@ -154,15 +156,21 @@ def test_tfx_evaluator_accuracy_gate_combines_with_the_privacy_gate(tmp_path):
 
 
 @pytest.mark.slow
-def test_a_rerun_on_the_same_data_adds_to_what_was_spent(tmp_path):
-  # Two output dirs, one budget: the ledger history, not the output dir, keys what composes.
-  history = str(tmp_path / "budget")
-  first = _run(tmp_path / "a", max_epsilon=100.0, ledger_history_dir=history)
-  second = _run(tmp_path / "b", max_epsilon=100.0, ledger_history_dir=history)
-  assert second["ledger_history"] == history
-  report = json.loads((pathlib.Path(second["report_dir"]) / "report.json").read_text())
-  assert report["ledger"]["noisy_steps"] == 16 and len(report["ledger"]["facts"]["segments"]) == 2
+def test_a_rerun_from_another_output_dir_adds_to_what_was_spent(tmp_path):
+  # Two output dirs, one budget: the data source's, under the budget root.
+  first = _run(tmp_path / "a", max_epsilon=100.0)
+  second = _run(tmp_path / "b", max_epsilon=100.0)
+  assert second["ledger_history"] == first["ledger_history"] == budget.history_dir(
+      os.environ[budget.BUDGET_ROOT_ENV], "mnist:embedded")
+  reports = [json.loads((pathlib.Path(result["report_dir"]) / "report.json").read_text())
+             for result in (first, second)]
+  assert [report["ledger"]["first_run_in_budget"] for report in reports] == [True, False]
+  assert reports[1]["ledger"]["noisy_steps"] == 16
+  assert len(reports[1]["ledger"]["facts"]["segments"]) == 2
   assert second["epsilon"] > first["epsilon"]
+  # A history named directly composes the same way.
+  third = _run(tmp_path / "c", max_epsilon=100.0, ledger_history_dir=first["ledger_history"])
+  assert third["epsilon"] > second["epsilon"]
 
 
 def test_a_run_that_could_never_be_blessed_is_refused_before_it_trains(tmp_path):
@@ -170,7 +178,7 @@ def test_a_run_that_could_never_be_blessed_is_refused_before_it_trains(tmp_path)
   with pytest.raises(PolicyRefusal, match=r"refused before training, nothing was spent: this run "
                      r"\(8 noisy steps.*epsilon 4.6\d* exceeds the policy's max_epsilon 0.5"):
     _run(tmp_path, max_epsilon=0.5, audit=False)
-  history = tmp_path / "privacy_ledgers"
+  history = pathlib.Path(budget.history_dir(os.environ[budget.BUDGET_ROOT_ENV], "mnist:embedded"))
   assert not history.exists() or not any(history.iterdir())
   assert not _store(tmp_path).get_artifacts_by_type("Model")
 
@@ -202,17 +210,18 @@ def test_a_history_lacking_an_earlier_runs_segment_is_refused_before_training(tm
   # before it trains.
   first = _run(tmp_path, max_epsilon=100.0)
   assert first["pushed"]
-  (segment,) = (tmp_path / "privacy_ledgers").glob("segment-*.json")
+  history = pathlib.Path(first["ledger_history"])
+  (segment,) = history.glob("segment-*.json")
   (first_ledger,) = _store(tmp_path).get_artifacts_by_type("dp_tfx.PrivacyLedger")
   recorded = (f"segment {segment.stem}, recorded in MLMD by DPTrainer run (artifact id "
-              f"{first_ledger.id}) in the ledger history {tmp_path / 'privacy_ledgers'}, is "
+              f"{first_ledger.id}) in the ledger history {history}, is "
               "missing from the ledger history ")
   new_history = tmp_path / "new-history"
   with pytest.raises(LedgerError, match=re.escape(recorded + str(new_history))):
     _run(tmp_path, max_epsilon=100.0, ledger_history_dir=str(new_history))
   written = segment.read_bytes()
   segment.unlink()
-  with pytest.raises(LedgerError, match=re.escape(recorded + str(tmp_path / "privacy_ledgers"))):
+  with pytest.raises(LedgerError, match=re.escape(recorded + str(history))):
     _run(tmp_path, max_epsilon=100.0)
   assert len(_store(tmp_path).get_artifacts_by_type("Model")) == 1  # nothing trained since
   assert not new_history.exists() or not any(new_history.iterdir())

@@ -1,6 +1,6 @@
 """`dp-tfx pipeline --output-dir X` refuses an X it cannot write with one line and exit 2, before
 any data is written or anything trains (runner._check_output_dir): X under /proc, X or its parent
-a regular file, X not writable, OUTPUT_DIR/privacy_ledgers a file or not writable.
+a regular file, X not writable, the data's budget (under --budget-root) a file or not writable.
 
 No test here trains: the DAG runners are replaced by a stand-in that fails the test if reached.
 """
@@ -31,10 +31,10 @@ def _nothing_runs(monkeypatch):
   monkeypatch.setattr(beam_dag_runner.BeamDagRunner, "run", reached)
 
 
-def _refused(capsys, output_dir, named, runner_name="local"):
+def _refused(capsys, output_dir, named, runner_name="local", extra=()):
   """Runs the command; asserts exit 2, one stderr line naming `named`, nothing on stdout."""
   assert cli.main(["pipeline", "--output-dir", str(output_dir), "--runner", runner_name,
-                   *ARGS]) == 2
+                   *ARGS, *extra]) == 2
   out, err = capsys.readouterr()
   assert out == ""
   lines = err.splitlines()
@@ -90,47 +90,63 @@ def test_an_existing_dir_that_is_not_writable(tmp_path, capsys):
     output_dir.chmod(0o755)
 
 
-def test_a_ledger_history_that_is_a_file(tmp_path, capsys):
+def _budget_root(tmp_path):
+  root = tmp_path.resolve() / "budgets"
+  return root, ["--budget-root", str(root)]
+
+
+def test_a_budget_root_that_is_a_file(tmp_path, capsys):
   output_dir = tmp_path.resolve() / "out"
-  output_dir.mkdir()
-  (output_dir / "privacy_ledgers").write_text("x")
-  line = _refused(capsys, output_dir, output_dir / "privacy_ledgers")
+  root, extra = _budget_root(tmp_path)
+  root.write_text("x")
+  line = _refused(capsys, output_dir, root, extra=extra)
   assert "ledger history" in line and "not a directory" in line
+  assert line.endswith("choose another --budget-root")
   _nothing_trained(output_dir)
-  assert sorted(p.name for p in output_dir.iterdir()) == ["privacy_ledgers"]
+  assert root.read_text() == "x"
 
 
 @NEEDS_PROC
-def test_a_ledger_history_that_is_not_writable_even_for_root(tmp_path, capsys):
+def test_a_budget_root_that_is_not_writable_even_for_root(tmp_path, capsys):
   output_dir = tmp_path.resolve() / "out"
-  output_dir.mkdir()
-  (output_dir / "privacy_ledgers").symlink_to("/proc")  # a directory nobody can create files in
-  _refused(capsys, output_dir, output_dir / "privacy_ledgers")
+  root, extra = _budget_root(tmp_path)
+  root.symlink_to("/proc")  # a directory nobody can create files in
+  line = _refused(capsys, output_dir, "/proc/", extra=extra)  # the link resolved
+  assert line.endswith("choose another --budget-root")
   _nothing_trained(output_dir)
-  assert sorted(p.name for p in output_dir.iterdir()) == ["privacy_ledgers"]
 
 
 @ROOT_WRITES_ANYWHERE
-def test_a_ledger_history_that_is_not_writable(tmp_path, capsys):
+def test_a_budget_root_that_is_not_writable(tmp_path, capsys):
   output_dir = tmp_path.resolve() / "out"
-  (output_dir / "privacy_ledgers").mkdir(parents=True)
-  (output_dir / "privacy_ledgers").chmod(0o555)
+  root, extra = _budget_root(tmp_path)
+  root.mkdir()
+  root.chmod(0o555)
   try:
-    line = _refused(capsys, output_dir, output_dir / "privacy_ledgers")
+    line = _refused(capsys, output_dir, root, extra=extra)
     assert "Permission denied" in line
     _nothing_trained(output_dir)
   finally:
-    (output_dir / "privacy_ledgers").chmod(0o755)
+    root.chmod(0o755)
 
 
-@pytest.mark.parametrize("runner_name, made", [("local", ["privacy_ledgers"]), ("kubeflow", [])])
+def test_a_kubeflow_pipeline_without_a_shared_budget_root_is_refused(tmp_path, capsys):
+  line = _refused(capsys, tmp_path / "out", "--budget-root", runner_name="kubeflow")
+  assert "containers cannot see this machine's budgets" in line
+
+
+@pytest.mark.parametrize("runner_name, made", [("local", ["budgets"]), ("kubeflow", [])])
 def test_a_writable_dir_passes_and_keeps_no_probe(tmp_path, runner_name, made):
   output_dir = tmp_path / "new" / "out"
   runner._check_output_dir(runner.PipelineOptions(
-      output_dir=str(output_dir), dp_config=None, privacy_policy=None, runner=runner_name))
-  assert sorted(p.name for p in output_dir.iterdir()) == made
+      output_dir=str(output_dir), dp_config=None, privacy_policy=None, runner=runner_name,
+      budget_root=str(tmp_path / "budgets")))
+  assert os.listdir(output_dir) == []
+  assert sorted(os.listdir(tmp_path)) == sorted(["new", *made])
   if made:
-    assert list((output_dir / "privacy_ledgers").iterdir()) == []
+    (source,) = (tmp_path / "budgets").iterdir()
+    assert [p.name for p in source.iterdir()] == ["budget-1"]
+    assert list((source / "budget-1").iterdir()) == []
 
 
 def test_an_unwritable_ledger_history_is_refused_naming_its_option(tmp_path, capsys):
