@@ -62,7 +62,7 @@ def one_step_update(x, y, sigma: float, steps: int, ledger_path, jit_compile=Fal
   start = [w.copy() for w in model.get_weights()]
   dp_model = dp_tfx.make_private(model, dp_tfx.DPConfig(
       l2_norm_clip=0.3, noise_multiplier=sigma, batch_size=16, steps=steps, seed=21,
-      physical_batch_size=16), ledger_path=ledger_path)
+      physical_batch_size=16), ledger_path=ledger_path, run_id="one-step")  # same samples
   dp_model.compile(optimizer=keras.optimizers.SGD(1.0),
                    loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
                    jit_compile=jit_compile)

@@ -32,9 +32,15 @@ CLI_SMALL = ["pipeline", "--no-audit", "--data-limit", "200", "--batch-size", "5
 SIGNED_POLICY = PrivacyPolicy(max_epsilon=100.0, delta=1e-5, require_signature=True)
 
 
+def _history(output_dir) -> str:
+  """The output dir's own ledger history: the copies the tests tamper with carry it along."""
+  return str(pathlib.Path(output_dir) / "privacy_ledgers")
+
+
 def _run(output_dir, policy=SIGNED_POLICY):
   return runner.run(runner.PipelineOptions(output_dir=str(output_dir), dp_config=CONFIG,
-                                           privacy_policy=policy, **SMALL))
+                                           privacy_policy=policy,
+                                           ledger_history_dir=_history(output_dir), **SMALL))
 
 
 def _store(output_dir):
@@ -153,8 +159,8 @@ def test_dp_tfx_pipeline_verifies_signed_records_whenever_a_ledger_key_is_set(co
   second.custom_properties[artifacts.LEDGER_SEGMENTS_PROPERTY].string_value = "[]"
   store.put_artifacts([second])
   (copy_of_two_runs / "privacy_ledgers" / f"{deleted}.json").unlink()
-  status = cli.main([*CLI_SMALL, "--output-dir", str(copy_of_two_runs), "--max-epsilon", "100",
-                     "--json"])
+  status = cli.main([*CLI_SMALL, "--output-dir", str(copy_of_two_runs), "--ledger-history",
+                     _history(copy_of_two_runs), "--max-epsilon", "100", "--json"])
   captured = capsys.readouterr()
   lines = captured.err.strip().splitlines()
   assert status == 2 and lines, captured.out[-2000:]

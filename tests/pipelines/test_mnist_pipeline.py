@@ -80,7 +80,9 @@ def test_streamed_poisson_batches_train_and_report_the_in_memory_epsilon(tmp_pat
   assert report["ledger"]["facts"]["segments"][0]["dataset_fingerprint"] == (
       "poisson-draw:" + manifest["draw"])
   assert batches.custom_properties["manifest_digest"].string_value.startswith("sha256:")
-  in_memory = _run(tmp_path / "in_memory", max_epsilon=10.0)
+  # In a budget of its own: the same people, a second run would compose with the first.
+  in_memory = _run(tmp_path / "in_memory", max_epsilon=10.0,
+                   budget_root=str(tmp_path / "other-budgets"))
   assert streamed["epsilon"] == in_memory["epsilon"]
 
 
