@@ -151,6 +151,10 @@ class Segment:
   # written before the policy pre-check, and when that fit ended (trained, refused or raised).
   reserved_steps: Optional[int] = None
   finished_at: Optional[str] = None
+  # Since the chain (absent from older records): [{"segment_id", "noisy_steps"}] of every
+  # segment of the history this one saw when it started, inside its hash and signature, so that
+  # a segment deleted or shortened after a later run opened the history is found.
+  predecessors: Optional[list] = None
 
   def dp_event(self, steps: Optional[int] = None) -> dp_accounting.DpEvent:
     """The event of this segment's first `steps` noisy steps (default: all that ran)."""
@@ -162,8 +166,9 @@ class Segment:
     """Every fact but the step count and the time stamps: what may never change once written."""
     facts = dataclasses.asdict(self)
     del facts["noisy_steps"], facts["updated_at"], facts["finished_at"]
-    if facts["reserved_steps"] is None:  # a record older than reservations keeps its MLMD hash
-      del facts["reserved_steps"]
+    for name in ("reserved_steps", "predecessors"):
+      if facts[name] is None:  # a record older than these fields keeps its MLMD hash
+        del facts[name]
     return facts
 
   def reserving(self, age_seconds: Optional[float]) -> bool:
@@ -236,6 +241,11 @@ class Segment:
                  "segment_id", "finished_at"):
       _check(_optional_text(getattr(self, name)),
              f"{where}: {name} must be a string; got {getattr(self, name)!r}")
+    _check(self.predecessors is None or (isinstance(self.predecessors, list) and all(
+        isinstance(p, dict) and set(p) == {"segment_id", "noisy_steps"} and
+        isinstance(p["segment_id"], str) and _whole_number(p["noisy_steps"]) and
+        p["noisy_steps"] >= 0 for p in self.predecessors)),
+           f"{where}: predecessors must be null or a list of {{segment_id, noisy_steps}}")
 
 
 def _may_be_running(age_seconds: Optional[float]) -> bool:
@@ -280,8 +290,9 @@ def format_time(seconds: float) -> str:
 _FORMAT_2_SEGMENT_FIELDS = {"dataset_size", "dataset_fingerprint", "data_source", "run_id",
                             "segment_id"}
 _RESERVATION_FIELDS = {"reserved_steps", "finished_at"}
+_CHAIN_FIELDS = {"predecessors"}
 _REQUIRED_SEGMENT_FIELDS = {field.name for field in dataclasses.fields(Segment)} - (
-    _FORMAT_2_SEGMENT_FIELDS | _RESERVATION_FIELDS)
+    _FORMAT_2_SEGMENT_FIELDS | _RESERVATION_FIELDS | _CHAIN_FIELDS)
 
 
 def _composed(counted) -> dp_accounting.DpEvent:
@@ -363,6 +374,24 @@ def _check_key_kept(signed: bool, where: str) -> None:
         f"{where} holds signed records, but no ledger key is set ({signing.KEY_ENV} or "
         f"{signing.KEY_FILE_ENV}): this run's records would be unsigned, and every run that "
         "requires signatures would refuse them for good. Set the key it was signed with")
+
+
+def check_chain(segments: list, history_dir: Optional[str]) -> None:
+  """Raises LedgerError unless every segment that a segment of the history saw when it started
+  (its `predecessors`) is still there, with at least the steps it had then: a segment deleted or
+  shortened after a later run opened the history is found without any other record of it.
+  (Checked after the snapshot's and MLMD's checks, whose messages say more where they apply.)"""
+  steps_by_id = {segment.segment_id: segment.noisy_steps for segment in segments}
+  for segment in segments:
+    for seen in segment.predecessors or ():
+      now = steps_by_id.get(seen["segment_id"])
+      _check(now is not None, f"segment {seen['segment_id']}, which segment "
+             f"{segment.segment_id} saw when it started, is missing from the ledger history "
+             f"{history_dir}: it was deleted or renamed, and its steps would drop out of the "
+             "total")
+      _check(now >= seen["noisy_steps"], f"segment {seen['segment_id']} in the ledger history "
+             f"{history_dir} records {now} noisy steps, fewer than the {seen['noisy_steps']} "
+             f"segment {segment.segment_id} saw when it started: it was shortened")
 
 
 def _check_still_recorded(recorded_segments, current: dict, history_dir: str) -> None:
@@ -573,6 +602,8 @@ class PrivacyLedger:
     segment.reserved_steps = plan.steps if steps is None else steps
     with self._lock:
       if self._history is not None:
+        segment.predecessors = [{"segment_id": seen.segment_id, "noisy_steps": seen.noisy_steps}
+                                for seen in self.segments]
         # A fresh name: never another run's file. Written before any step runs.
         path = self._history.segment_path(segment.segment_id)
         files.create_new(path, _segment_document(segment, self.privacy_unit).encode("utf-8"))
@@ -1050,6 +1081,7 @@ class PrivacyLedger:
     _check_writable(directory)
     history = LedgerHistory(directory, key)  # with `key`, every record there must be signed
     segments = history.read(privacy_unit)
+    check_chain(segments, directory)
     _check_key_kept(history.signed, f"the ledger history {directory}")
     ledger = cls(dataset_size=dataset_size, dataset_fingerprint=fingerprint,
                  privacy_unit=privacy_unit, segments=segments,

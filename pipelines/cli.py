@@ -25,7 +25,8 @@ from typing import Optional, Sequence
 from dp_tfx import accounting, datasets, json_output, signing
 from dp_tfx.config import (MAX_NOISE_MULTIPLIER, MAX_STEPS, MIN_NOISE_MULTIPLIER, POISSON,
                            SAMPLING_METHODS, DPConfig)
-from dp_tfx.ledger import RESERVATION_STALE_SECONDS, PrivacyLedger, release_reservation
+from dp_tfx.ledger import (RESERVATION_STALE_SECONDS, PrivacyLedger, check_chain,
+                           release_reservation)
 from dp_tfx.plan import TrainingPlan
 from dp_tfx.pipelines.examples import EXAMPLES, LM_ARCHITECTURES
 
@@ -150,6 +151,7 @@ def _report(args) -> dict:
     from dp_tfx.components import earlier_runs  # TFX loads only for this option
 
     cross_check = earlier_runs.check_store(args.metadata, args.ledger, snapshot, ledger, key)
+  check_chain(ledger.segments, ledger.history_dir)
   delta = args.delta if args.delta is not None else 1.0 / ledger.largest_dataset_size
   epsilon = ledger.epsilon(delta, args.accountant)
   reason = None

@@ -33,7 +33,8 @@ from tfx.utils import io_utils, path_utils
 
 from dp_tfx.audit.result import PrivacyAudit
 from dp_tfx.components import artifacts, earlier_runs, specs
-from dp_tfx.ledger import LEDGER_FILE_NAME, LedgerError, PrivacyLedger, directory_digest
+from dp_tfx.ledger import (LEDGER_FILE_NAME, LedgerError, PrivacyLedger, check_chain,
+                           directory_digest)
 from dp_tfx.poisson_batches import BatchManifest
 from dp_tfx.policy import PrivacyDecision, PrivacyPolicy, decide, verification_key
 from dp_tfx.report import write_report
@@ -104,6 +105,7 @@ class Executor(base_executor.BaseExecutor):
     earlier_runs.check_earlier_runs(input_dict.get(specs.EARLIER_PRIVACY_LEDGERS_KEY) or [],
                                     history.segments, history.history_dir, key, pipeline,
                                     current=artifact)
+    check_chain(history.segments, history.history_dir)
     return history
 
   @staticmethod

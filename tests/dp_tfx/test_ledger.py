@@ -16,7 +16,8 @@ from dp_accounting.rdp import rdp_privacy_accountant
 from dp_tfx import accounting, files
 from dp_tfx.config import DPConfig
 from dp_tfx.ledger import (RESERVATION_STALE_SECONDS, LedgerError, LedgerIntegrityError,
-                           PrivacyLedger, _hash_body, dataset_fingerprint, read_history)
+                           PrivacyLedger, _hash_body, check_chain, dataset_fingerprint,
+                           read_history)
 from dp_tfx.plan import TrainingPlan
 from dp_tfx.policy import PrivacyPolicy, decide
 
@@ -574,3 +575,50 @@ def test_a_segment_file_is_never_replaced_by_another_run(tmp_path, monkeypatch):
   other = PrivacyLedger.open_history(tmp_path, 4000, "sha256:abc")
   with pytest.raises(FileExistsError):
     other.start_segment(_plan(4000, epochs=2))
+
+
+def test_a_segment_deleted_or_shortened_after_a_later_run_opened_the_history_is_found(tmp_path):
+  # No snapshot and no MLMD record needed: the later run's segment names what it saw, inside
+  # its own hash.
+  first = PrivacyLedger.open_history(tmp_path, 4000, "sha256:abc")
+  first.start_segment(_plan(4000, epochs=2))
+  for _ in range(10):
+    first.record_step()
+  first.finish_segment()
+  later = PrivacyLedger.open_history(tmp_path, 4000, "sha256:abc")
+  later.start_segment(_plan(4000, epochs=2))
+  assert later.current_segment.predecessors == [
+      {"segment_id": first.segments[0].segment_id, "noisy_steps": 10}]
+  assert [s.noisy_steps for s in read_history(tmp_path)] == [10, 0]
+  first_file = tmp_path / (first.segments[0].segment_id + ".json")
+  written = first_file.read_text()
+  document = json.loads(written)
+  document["body"]["segment"]["noisy_steps"] = 3
+  document["content_hash"] = _hash_body(document["body"])  # re-hashed: its own check passes
+  first_file.write_text(json.dumps(document))
+  judged = lambda: check_chain(read_history(tmp_path), str(tmp_path))
+  with pytest.raises(LedgerError, match="records 3 noisy steps, fewer than the 10 segment .* saw"):
+    judged()
+  with pytest.raises(LedgerError, match="shortened"):  # no later run starts on it
+    PrivacyLedger.open_history(tmp_path, 4000, "sha256:abc")
+  first_file.unlink()
+  with pytest.raises(LedgerError, match=f"{first.segments[0].segment_id}, which segment .* saw "
+                                        "when it started, is missing from the ledger history"):
+    judged()
+  with pytest.raises(LedgerError, match="is missing"):
+    PrivacyLedger.open_history(tmp_path, 4000, "sha256:abc")
+  first_file.write_text(written)  # put back, the history is whole again
+  judged()
+  assert [s.noisy_steps for s in read_history(tmp_path)] == [10, 0]
+
+
+def test_the_chain_is_inside_the_segments_hash(tmp_path):
+  first = PrivacyLedger.open_history(tmp_path, 4000, "sha256:abc")
+  first.start_segment(_plan(4000, epochs=2))
+  first.record_step()
+  later = PrivacyLedger.open_history(tmp_path, 4000, "sha256:abc")
+  later.start_segment(_plan(4000, epochs=2))
+  later_file = tmp_path / (later.current_segment.segment_id + ".json")
+  _rewrite(later_file, lambda body: body["segment"].update(predecessors=[]))
+  with pytest.raises(LedgerError, match="content_hash"):
+    read_history(tmp_path)
