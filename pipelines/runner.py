@@ -163,7 +163,7 @@ def run(options: PipelineOptions) -> dict:
     else:
       from tfx.orchestration.beam.beam_dag_runner import BeamDagRunner
       BeamDagRunner().run(pipeline)
-    summary.update(read_outcome(options.path("metadata.sqlite")))
+    summary.update(read_outcome(options.path("metadata.sqlite"), since_ms=int(started * 1000)))
   summary["wall_seconds"] = round(time.time() - started, 1)
   summary["verdict"] = _verdict(summary)
   return summary
@@ -237,8 +237,10 @@ def _verdict(summary: dict) -> str:
   return "NOT PUSHED: " + "; ".join(summary.get("reasons") or ["the model was not blessed"])
 
 
-def read_outcome(metadata_path: str) -> dict:
-  """epsilon, delta, accuracy, verdict and paths of the latest run, from its MLMD records."""
+def read_outcome(metadata_path: str, since_ms: int = 0) -> dict:
+  """epsilon, delta, accuracy, verdict and paths of the run that started at `since_ms`
+  (milliseconds since the epoch), from the MLMD records it wrote: never an earlier run's
+  verdict, when this one wrote none."""
   from ml_metadata import metadata_store
   from ml_metadata.proto import metadata_store_pb2
   from tfx.types import standard_artifacts
@@ -251,10 +253,15 @@ def read_outcome(metadata_path: str) -> dict:
   store = metadata_store.MetadataStore(config)
 
   def latest(type_name):
-    found = store.get_artifacts_by_type(type_name)
+    found = [artifact for artifact in store.get_artifacts_by_type(type_name)
+             if artifact.create_time_since_epoch >= since_ms]
     return max(found, key=lambda a: a.id) if found else None
 
   report_artifact = latest(artifacts.PrivacyReport.TYPE_NAME)
+  if report_artifact is None:
+    return {"audit": None, "epsilon": None, "delta": None, "blessed": False,
+            "reasons": ["this run wrote no privacy report: it ended before the PrivacyEvaluator"],
+            "accuracy": None, "pushed": False, "pushed_model_dir": None, "report_dir": None}
   model = _evaluated_model(store, report_artifact)
   pushed = latest(standard_artifacts.PushedModel.TYPE_NAME)
   report = json.loads((pathlib.Path(report_artifact.uri) / REPORT_FILE).read_text())

@@ -5,6 +5,7 @@ import json
 import os
 import re
 import pathlib
+import time
 
 import numpy as np
 import pytest
@@ -173,6 +174,13 @@ def test_a_rerun_from_another_output_dir_adds_to_what_was_spent(tmp_path):
   # A history named directly composes the same way.
   third = _run(tmp_path / "c", max_epsilon=100.0, ledger_history_dir=first["ledger_history"])
   assert third["epsilon"] > second["epsilon"]
+  # The outcome is the run's own: one that wrote no report never shows an earlier verdict.
+  metadata = str(tmp_path / "a" / "metadata.sqlite")
+  assert runner.read_outcome(metadata)["epsilon"] == first["epsilon"]
+  later = runner.read_outcome(metadata, since_ms=int(time.time() * 1000) + 1000)
+  assert (later["blessed"], later["pushed"], later["epsilon"]) == (False, False, None)
+  assert later["reasons"] == ["this run wrote no privacy report: it ended before the "
+                              "PrivacyEvaluator"]
 
 
 def test_a_run_that_could_never_be_blessed_is_refused_before_it_trains(tmp_path):
