@@ -279,3 +279,52 @@ def test_the_pld_curve_from_cached_one_step_plds_equals_the_accountant_point_by_
   assert [s for s, _ in curve] == points
   for steps, epsilon in curve:
     assert epsilon == pytest.approx(accounting.epsilon_of_event(after(steps), 1e-5), rel=1e-9)
+
+
+def _distinct_runs(count, steps=50):
+  """`count` runs of DP-SGD, each its own (q, sigma): as a history of changing data leaves."""
+  return accounting.compose([accounting.dp_sgd_event(64 / (4000 + 37 * index), 1.0 + 0.02 * index,
+                                                     steps) for index in range(count)])
+
+
+def test_a_few_groups_are_composed_exactly():
+  event = _distinct_runs(accounting.PLD_MAX_GROUPS)
+  assert accounting.merged_conservatively(event) is event
+
+
+def test_many_groups_are_merged_into_a_dominating_event_never_lower():
+  event = _distinct_runs(12)
+  merged = accounting.merged_conservatively(event, max_groups=3)
+  assert len(merged.events) == 3
+  assert sum(part.count for part in merged.events) == 12 * 50
+  exact = accounting._run_accountant(event, 1e-5, accounting.PLD).epsilon
+  bound = accounting._run_accountant(merged, 1e-5, accounting.PLD).epsilon
+  # Never lower than the exact composition; for runs this alike, within 10% of it.
+  assert exact <= bound <= 1.10 * exact
+  # epsilon_result merges only the PLD answer, and only beyond PLD_MAX_GROUPS.
+  many = _distinct_runs(accounting.PLD_MAX_GROUPS + 4)
+  assert accounting.epsilon_of_event(many, 1e-5) >= accounting._run_accountant(
+      many, 1e-5, accounting.PLD).epsilon
+  assert accounting.epsilon_of_event(many, 1e-5, accounting.RDP) == pytest.approx(
+      accounting._run_accountant(many, 1e-5, accounting.RDP).epsilon, rel=1e-12)
+
+
+def test_a_curve_over_many_groups_bounds_each_point_and_ends_at_the_decision():
+  runs = [accounting.dp_sgd_event(64 / (4000 + 37 * index), 1.0 + 0.02 * index, 50)
+          for index in range(accounting.PLD_MAX_GROUPS + 4)]
+
+  def after(steps):  # the first `steps` steps, run after run
+    counted, left = [], steps
+    for run in runs:
+      counted.append(accounting.dp_sgd_event(run.event.sampling_probability,
+                                             run.event.event.noise_multiplier,
+                                             min(left, run.count)))
+      left -= min(left, run.count)
+    return accounting.compose(counted)
+
+  curve = accounting.epsilon_curve(after, [100, 300, 600], 1e-5)
+  assert [step for step, _ in curve] == [100, 300, 600]
+  assert curve[-1][1] == accounting.epsilon_of_event(after(600), 1e-5)
+  for step, epsilon in curve[:-1]:
+    assert epsilon >= accounting._run_accountant(after(step), 1e-5, accounting.PLD).epsilon
+  assert [e for _, e in curve] == sorted(e for _, e in curve)
