@@ -62,9 +62,21 @@ def _generations(source_dir: str) -> list:
 
 
 def history_dir(budget_root: str, data_source: str) -> str:
-  """The ledger history of the data source's current budget (the latest one started)."""
+  """The ledger history of the data source's current budget (the latest one started).
+
+  Raises:
+    LedgerError: where budgets are numbered with a gap, or a budget after the first lacks the
+      record of who started it: a folder made by hand must not open a fresh budget.
+  """
   source_dir = source_directory(budget_root, data_source)
   generations = _generations(source_dir)
+  if generations and generations != list(range(1, generations[-1] + 1)):
+    raise LedgerError(f"the budgets of {data_source!r} in {source_dir} are numbered "
+                      f"{generations}, with a gap: one was removed or made by hand")
+  for number in generations[1:]:
+    if not files.exists(os.path.join(source_dir, f"budget-{number}.json")):
+      raise LedgerError(f"budget-{number} of {data_source!r} in {source_dir} has no record of "
+                        "who started it and why: only `dp-tfx new-budget` starts a budget")
   return os.path.join(source_dir, f"budget-{generations[-1] if generations else 1}")
 
 

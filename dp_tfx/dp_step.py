@@ -90,7 +90,9 @@ def noisy_gradients(taps: clipping.GradientTaps, loss_fn: clipping.LossFn, plan:
       on_chunk(x, clipping.zero_rows(kept_rows, y),
                tf.nest.map_structure(lambda t: clipping.zero_rows(kept_rows, t),
                                      grads.predictions), kept)
-    loss_sum += tf.reduce_sum(clipping.zero_rows(kept_rows, grads.losses))
+    # (A unit's loss may be NaN where its gradient is not: a stop_gradient penalty.)
+    loss_sum += tf.reduce_sum(clipping.zero_rows(
+        tf.logical_and(kept_rows, tf.math.is_finite(grads.losses)), grads.losses))
     return (chunk + 1, [s + p for s, p in zip(sums, parts)], loss_sum,
             units + tf.reduce_sum(kept))
 

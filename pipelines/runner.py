@@ -134,8 +134,8 @@ def run(options: PipelineOptions) -> dict:
       hyperparameters=hyperparameters,
       metadata_path=None if options.runner == KUBEFLOW else options.path("metadata.sqlite"),
       beam_pipeline_args=options.beam_pipeline_args, min_accuracy=options.min_accuracy,
-      label_key=example.label_key, ledger_history_dir=options.ledger_history,
-      data_source=options.data_source_name,
+      label_key=example.label_key, ledger_history_dir=_location(options.ledger_history_dir),
+      data_source=options.data_source_name, budget_root=options.budget_root_uri,
       audit=options.audit, canary_file=canary_file,
       control_config=control_config,
       # Kubeflow V2 compiles no Resolver of more than one artifact (see create_pipeline).
@@ -222,10 +222,11 @@ def _check_output_dir(options: PipelineOptions) -> None:
       reason = getattr(error, "message", None) or str(error)  # TF's: "PATH; No such file ..."
       raise ValueError(f"{what} {directory} cannot be created or written "
                        f"({reason.split('; ')[-1]}); choose another {option}") from None
-  if options.runner == KUBEFLOW and not (options.budget_root or options.ledger_history_dir):
-    raise ValueError("a Kubeflow pipeline's containers cannot see this machine's budgets: give "
-                     "--budget-root (or --ledger-history) on storage every run shares, e.g. "
-                     "gs://BUCKET/dp_tfx/budgets")
+  shared = options.ledger_history_dir or options.budget_root
+  if options.runner == KUBEFLOW and not (shared and "://" in shared):
+    raise ValueError("a Kubeflow pipeline's containers cannot see this machine's disk, nor its "
+                     "budgets: give --budget-root (or --ledger-history) on storage every run "
+                     "shares, e.g. gs://BUCKET/dp_tfx/budgets")
 
 
 def _verdict(summary: dict) -> str:

@@ -80,3 +80,17 @@ def test_the_same_data_under_another_name_is_refused_naming_its_budget(tmp_path)
     budget.refuse_data_budgeted_elsewhere(root, "digits, renamed", fingerprint)
   # Other data under another name is another budget.
   budget.refuse_data_budgeted_elsewhere(root, "other", dataset_fingerprint(x[:-1], y[:-1]))
+
+
+def test_a_budget_folder_made_by_hand_opens_no_fresh_budget(tmp_path):
+  x, y = models.batch_for("dense", 40, seed=1)
+  root = str(tmp_path)
+  _train(budget.history_dir(root, "digits"), x, y)
+  source = budget.source_directory(root, "digits")
+  os.makedirs(os.path.join(source, "budget-2"))  # no record of who started it
+  with pytest.raises(LedgerError, match="budget-2 .* has no record of who started it"):
+    budget.history_dir(root, "digits")
+  os.rmdir(os.path.join(source, "budget-2"))
+  os.makedirs(os.path.join(source, "budget-3"))  # a gap
+  with pytest.raises(LedgerError, match=r"numbered \[1, 3\], with a gap"):
+    budget.history_dir(root, "digits")

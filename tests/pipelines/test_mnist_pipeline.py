@@ -174,6 +174,10 @@ def test_a_rerun_from_another_output_dir_adds_to_what_was_spent(tmp_path):
   # A history named directly composes the same way.
   third = _run(tmp_path / "c", max_epsilon=100.0, ledger_history_dir=first["ledger_history"])
   assert third["epsilon"] > second["epsilon"]
+  # The same digits under another data source name: refused before training.
+  with pytest.raises(LedgerError, match="under the data source 'mnist:embedded'"):
+    _run(tmp_path / "d", max_epsilon=100.0, ledger_data_source="renamed digits")
+  assert not _store(tmp_path / "d").get_artifacts_by_type("Model")
   # The outcome is the run's own: one that wrote no report never shows an earlier verdict.
   metadata = str(tmp_path / "a" / "metadata.sqlite")
   assert runner.read_outcome(metadata)["epsilon"] == first["epsilon"]

@@ -130,17 +130,19 @@ def test_a_budget_root_that_is_not_writable(tmp_path, capsys):
     root.chmod(0o755)
 
 
-def test_a_kubeflow_pipeline_without_a_shared_budget_root_is_refused(tmp_path, capsys):
-  line = _refused(capsys, tmp_path / "out", "--budget-root", runner_name="kubeflow")
-  assert "containers cannot see this machine's budgets" in line
+@pytest.mark.parametrize("extra", [[], ["--budget-root", "budgets"]], ids=["none", "local"])
+def test_a_kubeflow_pipeline_without_a_shared_budget_root_is_refused(tmp_path, capsys, extra):
+  line = _refused(capsys, tmp_path / "out", "--budget-root", runner_name="kubeflow", extra=extra)
+  assert "containers cannot see this machine's disk, nor its budgets" in line
 
 
 @pytest.mark.parametrize("runner_name, made", [("local", ["budgets"]), ("kubeflow", [])])
 def test_a_writable_dir_passes_and_keeps_no_probe(tmp_path, runner_name, made):
   output_dir = tmp_path / "new" / "out"
+  budget_root = str(tmp_path / "budgets") if runner_name == "local" else "gs://team/budgets"
   runner._check_output_dir(runner.PipelineOptions(
       output_dir=str(output_dir), dp_config=None, privacy_policy=None, runner=runner_name,
-      budget_root=str(tmp_path / "budgets")))
+      budget_root=budget_root))
   assert os.listdir(output_dir) == []
   assert sorted(os.listdir(tmp_path)) == sorted(["new", *made])
   if made:
