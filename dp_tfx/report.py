@@ -33,15 +33,17 @@ def _json_number(value):
 
 def build_report(decision: PrivacyDecision, policy: Optional[PrivacyPolicy],
                  ledger: Optional[PrivacyLedger], curve: list,
-                 audit: Optional["PrivacyAudit"] = None) -> dict:
-  """The report as a dict: the decision, the policy, the ledger's facts, the epsilon curve and the
-  empirical audit (if one ran)."""
+                 audit: Optional["PrivacyAudit"] = None,
+                 mlmd_cross_check: Optional[str] = None) -> dict:
+  """The report as a dict: the decision, the policy, the ledger's facts, the epsilon curve, the
+  empirical audit (if one ran) and what the history was checked against in MLMD."""
   report = {"decision": decision.to_dict(),
             "epsilon": _json_number(decision.epsilon),
             "epsilon_is_infinite": decision.epsilon is not None and math.isinf(decision.epsilon),
             "delta": decision.delta,
             "policy": json.loads(policy.to_json()) if policy else None,
-            "epsilon_curve": [{"step": s, "epsilon": _json_number(e)} for s, e in curve]}
+            "epsilon_curve": [{"step": s, "epsilon": _json_number(e)} for s, e in curve],
+            "mlmd_cross_check": mlmd_cross_check}
   if ledger is not None:
     report["ledger"] = {"facts": ledger.body(), "content_hash": ledger.content_hash(),
                         "noisy_steps": ledger.noisy_steps, "privacy_unit": ledger.privacy_unit,
@@ -85,11 +87,12 @@ def _audit_section(model_audit: "ModelAudit", delta: float, confidence: float) -
 
 def write_report(directory, decision: PrivacyDecision, policy: Optional[PrivacyPolicy],
                  ledger: Optional[PrivacyLedger], curve: list,
-                 audit: Optional["PrivacyAudit"] = None) -> str:
+                 audit: Optional["PrivacyAudit"] = None,
+                 mlmd_cross_check: Optional[str] = None) -> str:
   """Writes report.json, summary.txt, epsilon.png (when there is a curve) and exposure.png (when
   the audit measured canaries) under `directory` (local or a URL such as gs://)."""
   directory = os.fspath(directory)
-  report = build_report(decision, policy, ledger, curve, audit)
+  report = build_report(decision, policy, ledger, curve, audit, mlmd_cross_check)
   files.write_text(os.path.join(directory, REPORT_FILE),
                    json_output.dumps(report, indent=2, sort_keys=True))
   files.write_text(os.path.join(directory, SUMMARY_FILE),

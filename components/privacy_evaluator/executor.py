@@ -74,7 +74,8 @@ class Executor(base_executor.BaseExecutor):
       raise
     finally:
       self._write_blessing(blessing, model, decision)
-    write_report(report.uri, decision, policy, ledger, curve, audit)
+    write_report(report.uri, decision, policy, ledger, curve, audit,
+                 self._mlmd_cross_check(input_dict))
     # One verdict line either way, on stdout: absl logs INFO (a blessing) out of sight by default.
     print(f"PrivacyEvaluator: {decision.summary} (report: {report.uri})", flush=True)
 
@@ -107,6 +108,18 @@ class Executor(base_executor.BaseExecutor):
                                     current=artifact)
     check_chain(history.segments, history.history_dir)
     return history
+
+  @staticmethod
+  def _mlmd_cross_check(input_dict) -> str:
+    """What the history was checked against in MLMD, for the report: said also where it could
+    not be (no Resolver handed the earlier runs' ledgers over, as on Kubeflow V2)."""
+    if specs.EARLIER_PRIVACY_LEDGERS_KEY not in input_dict:
+      return ("not possible here: no earlier runs' PrivacyLedger artifacts reached the "
+              "PrivacyEvaluator (on Kubeflow V2 the pipeline has no Resolver of several "
+              "artifacts), so a segment deleted before any later run saw it would go unseen")
+    earlier = input_dict[specs.EARLIER_PRIVACY_LEDGERS_KEY] or []
+    return (f"the history holds every segment of the {len(earlier)} DPTrainer run(s) of this "
+            "pipeline that MLMD recorded")
 
   @staticmethod
   def _check_batches(input_dict, ledger: PrivacyLedger, key: Optional[bytes]) -> None:

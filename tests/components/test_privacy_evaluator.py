@@ -404,8 +404,10 @@ def test_a_segment_deleted_before_the_next_run_opened_the_history_is_caught_by_m
   this_run = _run_into_history(history, run_id="this")
   # This run's snapshot and the history agree: alone, they cannot tell the earlier run's budget
   # vanished.
-  testing.assert_blessed(testing.run_privacy_evaluator(this_run, HISTORY_POLICY,
-                                                       tmp_path / "alone"))
+  alone = testing.run_privacy_evaluator(this_run, HISTORY_POLICY, tmp_path / "alone")
+  testing.assert_blessed(alone)
+  # ... and the report says the MLMD check was not possible (no earlier ledgers handed over).
+  assert alone.report["mlmd_cross_check"].startswith("not possible here")
   result = testing.run_privacy_evaluator(this_run, HISTORY_POLICY, tmp_path / "eval",
                                          earlier_ledgers=[earlier_artifact])
   segment_id = earlier.segments[0].segment_id
@@ -424,6 +426,9 @@ def test_every_segment_mlmd_recorded_still_there_is_blessed(tmp_path):
                                          earlier_ledgers=[second, first])
   testing.assert_blessed(result)
   assert result.report["ledger"]["noisy_steps"] == 120
+  assert result.report["mlmd_cross_check"] == (
+      "the history holds every segment of the 2 DPTrainer run(s) of this pipeline that MLMD "
+      "recorded")
   # Its own artifact among them (as a Resolver that ran after the DPTrainer hands it over).
   this_artifact = testing.ledger_artifact(this_run, tmp_path / "this-artifact", artifact_id=103)
   testing.assert_blessed(testing.run_privacy_evaluator(
