@@ -6,7 +6,7 @@ from typing import Sequence
 
 import tensorflow as tf
 
-from dp_tfx.clipping.gradients import PerExampleGradients, zero_rows
+from dp_tfx.clipping.gradients import PerExampleGradients, squared_row_norms, zero_rows
 
 # Guards the division C / norm for an all-zero gradient (padded slots).
 NORM_EPSILON = 1e-12
@@ -16,12 +16,6 @@ def clip_factors(squared_norms: tf.Tensor, l2_norm_clip: float) -> tf.Tensor:
   """min(1, C / ||g||): scales each gradient to norm at most C."""
   norms = tf.sqrt(squared_norms)
   return tf.minimum(1.0, l2_norm_clip / tf.maximum(norms, NORM_EPSILON))
-
-
-def _squared_row_norms(tensors: Sequence[tf.Tensor]) -> tf.Tensor:
-  """[B] squared norms of the rows (first axis) across `tensors`."""
-  return tf.add_n([tf.reduce_sum(tf.reshape(tf.square(t), [tf.shape(t)[0], -1]), axis=1)
-                   for t in tensors])
 
 
 def per_example_clipped_sum(grads: PerExampleGradients, mask: tf.Tensor,
@@ -66,7 +60,7 @@ def microbatch_sums(grads: PerExampleGradients, mask: tf.Tensor, microbatch_ids:
     return sums_and_counts(zeroed.materialize(), squared_norms)
 
   per_example = grads.materialize()
-  squared_norms = _squared_row_norms(per_example)
+  squared_norms = squared_row_norms(per_example, grads.losses)
   return tf.cond(tf.reduce_all(tf.math.is_finite(squared_norms)),
                  lambda: sums_and_counts(per_example, squared_norms), without_nonfinite_units)
 
@@ -77,7 +71,7 @@ def clipped_microbatch_sum(sums: Sequence[tf.Tensor], counts: tf.Tensor,
   norm overflows, contribute nothing."""
   inverse = tf.math.divide_no_nan(tf.ones_like(counts), counts)
   means = [s * tf.reshape(inverse, [-1] + [1] * (s.shape.rank - 1)) for s in sums]
-  squared = _squared_row_norms(means)
+  squared = squared_row_norms(means, counts)
   finite = tf.math.is_finite(squared)
   factors = tf.where(finite, clip_factors(squared, l2_norm_clip), 0.0)
   return [tf.tensordot(factors, zero_rows(finite, m), axes=1) for m in means]

@@ -25,7 +25,7 @@ def zero_rows(keep: tf.Tensor, tensor):
   return tf.where(rows, tensor, tf.zeros_like(tensor))
 
 
-def _squared_row_norms(tensors, like: tf.Tensor) -> tf.Tensor:
+def squared_row_norms(tensors, like: tf.Tensor) -> tf.Tensor:
   """[B] squared norms of the rows (first axis) across `tensors` (zeros like `like` if none)."""
   total = tf.zeros_like(like)
   for tensor in tensors:
@@ -75,7 +75,7 @@ class PerExampleGradients:
     fallback = self._fallback
     if fallback and self._separate_fallback is not None:
       fallback = self._separate_fallback()
-    squared_norms = self._tap_squared_norms() + _squared_row_norms(fallback, self.losses)
+    squared_norms = self._tap_squared_norms() + squared_row_norms(fallback, self.losses)
     keep = tf.math.is_finite(squared_norms)
     zero = lambda tensor: zero_rows(keep, tensor)
     records = [[tuple(zero(t) for t in record) for record in tap_records]
@@ -104,7 +104,7 @@ class PerExampleGradients:
 
   def squared_norms(self) -> tf.Tensor:
     """[B] squared L2 norms of the per-example gradients over all trainable variables."""
-    return self._tap_squared_norms() + _squared_row_norms(self._fallback, self.losses)
+    return self._tap_squared_norms() + squared_row_norms(self._fallback, self.losses)
 
   def _assemble(self, tap_parts, fallback_parts) -> list:
     by_variable = {}
