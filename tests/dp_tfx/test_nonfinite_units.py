@@ -148,20 +148,23 @@ def _fit(model, x, y, loss):
 @pytest.mark.parametrize("kind", ["dense", "all_padding"])
 def test_a_fit_with_a_nonfinite_example_keeps_every_weight_and_log_finite(kind):
   x, y = models.batch_for("embedding" if kind == "all_padding" else kind, 40, seed=2)
+  # Ten of the 40 examples are non-finite. The sampling is fresh per run (its key folds in the
+  # run id), so with q = 0.2 over 10 steps none of them is sampled with probability 0.8^100.
+  nonfinite = slice(0, 10)
   if kind == "all_padding":
     x[:, 0] = np.where(x[:, 0] == 0, 1, x[:, 0])  # every other sequence has a real token
-    x[7] = 0
+    x[nonfinite] = 0
     model = all_padding_model()
   else:
-    x[7] = np.nan
+    x[nonfinite] = np.nan
     model = models.dense_model()
   dp_model, history = _fit(model, x, y, "sparse_categorical_crossentropy")
   assert int(dp_model.noisy_steps.numpy()) == 10
   assert all(np.all(np.isfinite(w)) for w in dp_model.model.get_weights())
   for name in ("loss", "accuracy"):
     assert np.all(np.isfinite(history.history[name])), name
-  # Example 7 was sampled in some of the 10 steps (q = 0.2): the training log says how often.
-  assert 1 <= sum(history.history["nonfinite_units"]) <= 10
+  # The training log says how often a non-finite example was sampled: at most 10 x 10 times.
+  assert 1 <= sum(history.history["nonfinite_units"]) <= 100
 
 
 _TWO_REPLICA_SCRIPT = """
