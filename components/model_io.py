@@ -18,6 +18,7 @@ from tfx import types
 from tfx.types import artifact_utils
 from tfx.utils import io_utils
 
+from dp_tfx import record_digest
 from dp_tfx.components import specs
 
 TRAIN_SPLIT = "train"
@@ -44,6 +45,16 @@ def example_records(file_patterns: Sequence[str]) -> tf.data.Dataset:
     raise ValueError(f"no example files match {list(file_patterns)}")
   compression = "GZIP" if all(f.endswith(".gz") for f in files) else None
   return tf.data.TFRecordDataset(files, compression_type=compression)
+
+
+def records_digest(file_patterns: Sequence[str]) -> str:
+  """The dp_tfx.record_digest of the serialized tf.Examples in the files: what PoissonBatchGen
+  records of the same split, so the budget root knows the data either way."""
+  digest = record_digest.RecordDigest()
+  for batch in example_records(file_patterns).batch(4096):
+    for record in batch.numpy():
+      digest.add(record)
+  return digest.text()
 
 
 def read_examples(file_patterns: Sequence[str], spec, decode, context):

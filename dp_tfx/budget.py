@@ -3,7 +3,10 @@
 The budget belongs to the data, not to a directory: by default every run on a data source (a
 name the user gives, or one derived from the pipeline) records its steps in one ledger history
 under the budget root, `BUDGET_ROOT/<data source>/budget-<n>/`, wherever the run writes its
-outputs. A new output directory, pipeline root or component id reaches the same history.
+outputs. A new output directory, pipeline root or component id reaches the same history. The
+data itself is claimed by its first data source (`claim_data`, by the records' order-independent
+digest): the same examples under another name, in memory or drawn again as Poisson batches, are
+refused rather than given a fresh budget.
 
 Starting a new budget for the same data is an explicit act (`start_new_budget`, the CLI's
 `dp-tfx new-budget`): it records who asked, why, and the budget it supersedes beside the new
@@ -22,12 +25,14 @@ import re
 import socket
 from typing import Optional
 
-from dp_tfx import files
+from dp_tfx import files, record_digest
 from dp_tfx.ledger import LedgerError, read_history
 
 BUDGET_ROOT_ENV = "DP_TFX_BUDGET_ROOT"
 _BUDGET = re.compile(r"budget-([1-9][0-9]*)")
 _SLUG_LENGTH = 40
+# Beside the data sources' folders: which data source claimed which training data (claim_data).
+_CLAIMS = "data-claims"
 
 
 def default_budget_root() -> str:
@@ -128,7 +133,7 @@ def refuse_data_budgeted_elsewhere(budget_root: str, data_source: str, fingerpri
     return
   for name in sorted(files.listdir(budget_root)):
     other = os.path.join(budget_root, name.rstrip("/"))
-    if other == own or not files.is_dir(other):
+    if other == own or name.rstrip("/") == _CLAIMS or not files.is_dir(other):
       continue
     for number in _generations(other):
       history = os.path.join(other, f"budget-{number}")
@@ -136,8 +141,41 @@ def refuse_data_budgeted_elsewhere(budget_root: str, data_source: str, fingerpri
         continue
       for segment in read_history(history):
         if segment.dataset_fingerprint == fingerprint:
-          raise LedgerError(
-              f"this training data was trained on before under the data source "
-              f"{segment.data_source!r} (ledger history {history}): its budget is that one. "
-              f"Give that data source to compose with it; a new name never starts a fresh "
-              f"budget for the same data")
+          raise _budgeted_elsewhere(segment.data_source, f"ledger history {history}")
+
+
+def claim_data(budget_root: str, data_source: str, data_digest: str) -> None:
+  """Records that `data_source` trains on the records whose digest (dp_tfx.record_digest) is
+  `data_digest`, or refuses if another data source of the budget root claimed them first.
+
+  The digest does not depend on the records' order or files, nor on a Poisson draw (unlike the
+  ledger's dataset fingerprint), so the same examples drawn again under a new name are found.
+  A claim is a file named by the digest and created exclusively: of two runs at once under two
+  names, one claims the data and the other is refused.
+
+  Raises:
+    LedgerError: naming the data source that claimed the data, or if its claim is unreadable.
+  """
+  digest = record_digest.parse(data_digest, "the training data's digest")
+  path = os.path.join(budget_root, _CLAIMS, f"{digest.count}-{digest.total:064x}.json")
+  claim = {"data_source": data_source, "data_digest": data_digest,
+           "claimed_at": datetime.datetime.now(datetime.timezone.utc).isoformat()}
+  try:
+    files.create_new(path, (json.dumps(claim, indent=2) + "\n").encode("utf-8"))
+    return
+  except FileExistsError:
+    pass
+  try:
+    owner = json.loads(files.read_text(path))["data_source"]
+  except (ValueError, KeyError, TypeError) as error:
+    raise LedgerError(f"the claim {path} on this training data is unreadable ({error}): which "
+                      "data source's budget the data belongs to is unknown") from error
+  if owner != data_source:
+    raise _budgeted_elsewhere(owner, f"claim {path}")
+
+
+def _budgeted_elsewhere(data_source: str, where: str) -> LedgerError:
+  return LedgerError(f"this training data was trained on before under the data source "
+                     f"{data_source!r} ({where}): its budget is that one. Give that data source "
+                     f"to compose with it; a new name never starts a fresh budget for the same "
+                     f"data")

@@ -27,13 +27,14 @@ from typing import Callable, Optional, Sequence, Tuple
 import numpy as np
 import tensorflow as tf
 
-from dp_tfx import files, sampling, signing
+from dp_tfx import files, record_digest, sampling, signing
 from dp_tfx.checks import is_finite_number, is_int, unknown_fields
 from dp_tfx.config import POISSON
 
 MANIFEST_FILE = "poisson_batches.json"
 SIGNATURE_FILE = "poisson_batches.json.sig"
-FORMAT_VERSION = 1
+# 2: the manifest records the digest of the data it was drawn from (data_digest).
+FORMAT_VERSION = 2
 # A step's record (a tf.Example): its number, its slots (the sampled examples as the Examples
 # artifact holds them, serialized, then copies of the padding example) and their mask (1 for a
 # sampled example, 0 for padding).
@@ -151,6 +152,8 @@ class BatchManifest:
     shards: the files, consecutive, covering [first_step, last_step) in order.
     source, split: the Examples artifact (its uri) and the split the samples were drawn from.
     draw: the draw's identity (`new_draw`), which every record names.
+    data_digest: the digest of the split's records (dp_tfx.record_digest): the same data drawn
+      again, under any name, has the same one (the draw is fresh each time).
   """
 
   dataset_size: int
@@ -164,6 +167,7 @@ class BatchManifest:
   source: str
   split: str
   draw: str
+  data_digest: str
 
   def __post_init__(self):
     for name in ("source", "split", "draw"):
@@ -192,6 +196,10 @@ class BatchManifest:
                        f"{self.last_step}")
     if draw_first_step(self.draw) > self.first_step:
       raise ValueError(f"BatchManifest: draw {self.draw} starts after step {self.first_step}")
+    if record_digest.parse(self.data_digest, "BatchManifest.data_digest").count != \
+        self.dataset_size:
+      raise ValueError(f"BatchManifest.data_digest {self.data_digest} counts other records than "
+                       f"the dataset_size {self.dataset_size!r}")
 
   def to_dict(self) -> dict:
     values = dataclasses.asdict(self)

@@ -21,9 +21,9 @@ from tfx.utils import path_utils
 
 from dp_tfx import budget, files, signing, workers
 from dp_tfx.components import artifacts, earlier_runs, specs
-from dp_tfx.components.model_io import (examples_dataset, export_serving_model, read_examples,
-                                        evaluate_metrics, record_eval_metrics,
-                                        split_file_patterns, splits)
+from dp_tfx.components.model_io import (evaluate_metrics, examples_dataset,
+                                        export_serving_model, read_examples, record_eval_metrics,
+                                        records_digest, split_file_patterns, splits)
 from dp_tfx.components.user_module import MODULE_FUNCTIONS, PRIVACY_UNIT_FUNCTION, trainer_context
 from dp_tfx.config import DPConfig
 from dp_tfx.keras import make_private
@@ -77,7 +77,7 @@ class Executor(base_executor.BaseExecutor):
 
     if chief:
       self._check_budget(history_dir, None if explicit_history else budget_root, data_source,
-                         training_data)
+                         training_data, split_file_patterns(examples, train_split))
 
     model_run = artifact_utils.get_single_instance(output_dict[specs.MODEL_RUN_KEY])
     model_artifact = artifact_utils.get_single_instance(output_dict[specs.MODEL_KEY])
@@ -170,15 +170,19 @@ class Executor(base_executor.BaseExecutor):
 
   @staticmethod
   def _check_budget(history_dir: str, budget_root: Optional[str], data_source: str,
-                    training_data: tuple) -> None:
+                    training_data: tuple, train_patterns: List[str]) -> None:
     """Before anything is spent: refuses data that another data source of the budget root
     already trained on (a new name never opens a fresh budget for the same data), and says in
     one line when this run is the first in its budget."""
     if budget_root is not None:
       stream, labels = training_data
-      fingerprint = (stream.fingerprint if isinstance(stream, PoissonBatchStream)
-                     else dataset_fingerprint(stream, labels))
+      if isinstance(stream, PoissonBatchStream):
+        fingerprint, data_digest = stream.fingerprint, stream.manifest.data_digest
+      else:
+        fingerprint = dataset_fingerprint(stream, labels)
+        data_digest = records_digest(train_patterns)
       budget.refuse_data_budgeted_elsewhere(budget_root, data_source, fingerprint)
+      budget.claim_data(budget_root, data_source, data_digest)
     if not (files.is_dir(history_dir) and read_history(history_dir)):
       started = budget.fresh_start(history_dir)
       logging.warning("DPTrainer: no earlier run in the privacy budget of %r (%s): this run is "

@@ -22,7 +22,7 @@ from tfx import types
 from tfx.dsl.components.base import base_beam_executor
 from tfx.types import artifact_utils
 
-from dp_tfx import poisson_batches, signing
+from dp_tfx import poisson_batches, record_digest, signing
 from dp_tfx.components import artifacts, specs
 from dp_tfx.components.model_io import TRAIN_SPLIT, split_file_patterns
 from dp_tfx.config import DPConfig
@@ -45,7 +45,7 @@ class Executor(base_beam_executor.BaseBeamExecutor):
     output = artifact_utils.get_single_instance(output_dict[specs.POISSON_BATCHES_KEY])
     patterns = split_file_patterns(examples, split)
 
-    dataset_size, padding_example = self._count(patterns, output.uri)
+    dataset_size, padding_example, data_digest = self._count(patterns, output.uri)
     sampling = SamplingPlan.from_config(config, dataset_size)
     first_step = exec_properties.get(specs.FIRST_STEP_KEY) or 0
     last_step = exec_properties.get(specs.LAST_STEP_KEY) or sampling.steps
@@ -73,7 +73,7 @@ class Executor(base_beam_executor.BaseBeamExecutor):
         sampling_rate=sampling.sampling_rate, steps=sampling.steps, first_step=first_step,
         last_step=last_step, physical_batch_size=sampling.physical_batch_size,
         shards=tuple(written[first] for first, _ in shard_ranges), source=examples.uri,
-        split=split, draw=draw)
+        split=split, draw=draw, data_digest=data_digest)
     manifest.save(output.uri, signing.configured_key())
     artifacts.record_batch_facts(output, manifest)
     logging.info("PoissonBatchGen: wrote %d steps (%d sampled examples) in %d shards, manifest %s",
@@ -87,21 +87,24 @@ class Executor(base_beam_executor.BaseBeamExecutor):
         for i, pattern in enumerate(patterns)]
     return reads | "Records" >> beam.Flatten()
 
-  def _count(self, patterns, directory) -> Tuple[int, bytes]:
-    """N, and the smallest serialized example (pads every step: any real example decodes)."""
+  def _count(self, patterns, directory) -> Tuple[int, bytes, str]:
+    """N, the smallest serialized example (pads every step: any real example decodes) and the
+    records' digest (dp_tfx.record_digest: the budget root knows the data by it)."""
     path = os.path.join(directory, _RESULT_FILE)
     with self._make_beam_pipeline() as pipeline:
       records = self._records(pipeline, patterns)
       count = records | "Count" >> beam.combiners.Count.Globally()
       smallest = records | "Smallest" >> beam.CombineGlobally(
           lambda values: min(values, default=b""))
-      _ = (count | "Write" >> beam.Map(_write_count, path, beam.pvalue.AsSingleton(smallest)))
+      digest = records | "Digest" >> beam.CombineGlobally(_RecordDigestFn())
+      _ = (count | "Write" >> beam.Map(_write_count, path, beam.pvalue.AsSingleton(smallest),
+                                       beam.pvalue.AsSingleton(digest)))
     with tf.io.gfile.GFile(path) as stream:
       facts = json.load(stream)
     tf.io.gfile.remove(path)
     if facts["count"] < 1:
       raise ValueError(f"the Examples' split holds no example ({list(patterns)})")
-    return facts["count"], bytes.fromhex(facts["padding_example"])
+    return facts["count"], bytes.fromhex(facts["padding_example"]), facts["data_digest"]
 
   def _draw_and_write(self, patterns, directory, sampling: SamplingPlan, shard_ranges,
                       padding_example, draw: str) -> dict:
@@ -152,8 +155,24 @@ def _write_shard(keyed, directory, last_step_of, physical_batch_size, padding_ex
       directory, first, last_step_of[first], samples, physical_batch_size, padding_example, draw))
 
 
-def _write_count(count, path, smallest) -> None:
-  _write_json({"count": count, "padding_example": smallest.hex()}, path)
+class _RecordDigestFn(beam.CombineFn):
+  """The records' dp_tfx.record_digest, summed on the workers and merged."""
+
+  def create_accumulator(self) -> record_digest.RecordDigest:
+    return record_digest.RecordDigest()
+
+  def add_input(self, digest, record: bytes) -> record_digest.RecordDigest:
+    return digest.add(record)
+
+  def merge_accumulators(self, digests) -> record_digest.RecordDigest:
+    return sum(digests, record_digest.RecordDigest())
+
+  def extract_output(self, digest) -> str:
+    return digest.text()
+
+
+def _write_count(count, path, smallest, digest) -> None:
+  _write_json({"count": count, "padding_example": smallest.hex(), "data_digest": digest}, path)
 
 
 def _write_json(value, path) -> None:

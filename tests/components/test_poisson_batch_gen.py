@@ -9,12 +9,15 @@ import pytest
 import tensorflow as tf
 from scipy import stats
 
-from dp_tfx import files
+from dp_tfx import budget, files, record_digest
 from dp_tfx import poisson_batches as pb
 from dp_tfx.components import artifacts, specs, testing
+from dp_tfx.components.dp_trainer import executor as trainer_executor
+from dp_tfx.components.model_io import split_file_patterns
 from dp_tfx.components.poisson_batch_gen import PoissonBatchGen
 from dp_tfx.components.poisson_batch_gen import executor as batch_gen_executor
 from dp_tfx.config import DPConfig
+from dp_tfx.ledger import LedgerError
 from dp_tfx.plan import SamplingPlan
 
 EXAMPLES = 300
@@ -84,6 +87,8 @@ def test_every_step_is_a_padded_poisson_sample_of_the_data(tmp_path, examples, b
   assert [(s.first_step, s.last_step) for s in manifest.shards] == [(0, 25), (25, 50), (50, 60)]
   assert output.get_string_custom_property("manifest_digest") == manifest.digest()
   assert output.get_int_custom_property("dataset_size") == EXAMPLES
+  # The data's digest, summed over the workers' records: what the budget root knows it by.
+  assert manifest.data_digest == record_digest.of_records(_example(i) for i in range(EXAMPLES))
 
   steps, padding_examples = _steps(tmp_path / "batches", manifest)
   assert list(steps) == list(range(60))  # every step once, in order
@@ -153,6 +158,11 @@ def test_the_trainer_takes_only_the_batches_recorded_for_its_examples(tmp_path, 
   manifest = json.loads(path.read_text())
   manifest.update(dataset_size=3000, sampling_rate=30 / 3000)
   path.write_text(json.dumps(manifest))
+  with pytest.raises(ValueError, match="counts other records than the dataset_size 3000"):
+    pb.PoissonBatchStream(output.uri, decode)
+  # Its data digest's count edited as well: the digest MLMD recorded still tells.
+  manifest.update(data_digest=manifest["data_digest"].replace(":300:", ":3000:"))
+  path.write_text(json.dumps(manifest))
   edited = pb.PoissonBatchStream(output.uri, decode)
   with pytest.raises(ValueError, match="not the ones PoissonBatchGen recorded in MLMD"):
     trainer_executor._check_batches_describe(edited, output, examples, "train")
@@ -178,3 +188,31 @@ def test_with_a_ledger_key_the_trainer_takes_only_batches_signed_with_it(tmp_pat
   # Refused when the stream opens (the signature beside the manifest), before MLMD is asked.
   with pytest.raises(ValueError, match="a wrong signature"):
     pb.PoissonBatchStream(signed_by_other.uri, lambda serialized: (serialized, serialized))
+
+
+def test_the_same_examples_drawn_again_under_another_name_are_refused(tmp_path, examples):
+  # Each draw is fresh, so the ledger's fingerprint (the draw's) differs; the data's digest does
+  # not: a second draw under a new name opens no fresh budget, in memory or streamed.
+  config = DPConfig(noise_multiplier=1.0, batch_size=30, steps=6)
+  root = str(tmp_path / "budgets")
+
+  def check_budget(source, training_data, patterns=split_file_patterns(examples, "train")):
+    trainer_executor.Executor._check_budget(budget.history_dir(root, source), root, source,
+                                            training_data, patterns)
+
+  def streamed(output):
+    return pb.PoissonBatchStream(output.uri, lambda serialized: (serialized, serialized)), None
+
+  check_budget("digits", streamed(_run(examples, tmp_path / "first", config)))
+  second = _run(examples, tmp_path / "second", config)
+  with pytest.raises(LedgerError, match="under the data source 'digits'"):
+    check_budget("digits, renamed", streamed(second))
+  check_budget("digits", streamed(second))  # under its own name it composes
+  # The same examples in memory, in another order and file, under a third name.
+  reordered = tmp_path / "reordered.tfrecord"
+  with tf.io.TFRecordWriter(str(reordered)) as writer:
+    for index in reversed(range(EXAMPLES)):
+      writer.write(_example(index))
+  arrays = np.arange(EXAMPLES, dtype=np.float32)[::-1], np.arange(EXAMPLES) % 2
+  with pytest.raises(LedgerError, match="under the data source 'digits'"):
+    check_budget("reordered digits", arrays, [str(reordered)])

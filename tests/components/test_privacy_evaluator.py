@@ -8,7 +8,7 @@ import shutil
 
 import pytest
 
-from dp_tfx import accounting, poisson_batches, signing
+from dp_tfx import accounting, poisson_batches, record_digest, signing
 from dp_tfx.components import artifacts, specs, testing
 from dp_tfx.components.privacy_evaluator import component, executor
 from dp_tfx.ledger import LEDGER_FILE_NAME, LedgerError, PrivacyLedger, _hash_body
@@ -759,7 +759,8 @@ def _streamed_ledger(runs_steps=(8,), dataset_size=200, batch_size=50):
       steps=plan.planned_steps, first_step=0, last_step=plan.planned_steps,
       physical_batch_size=plan.physical_batch_size,
       shards=(poisson_batches.Shard("steps-0.tfrecord", 0, plan.planned_steps, 400, "0" * 64),),
-      source="examples", split="train", draw=draw)
+      source="examples", split="train", draw=draw,
+      data_digest=record_digest.of_records(b"%d" % i for i in range(dataset_size)))
   return ledger, manifest
 
 

@@ -3,12 +3,13 @@ budget is an explicit, recorded act; the same data under another name is refused
 
 import json
 import os
+import threading
 
 import keras
 import pytest
 
 import dp_tfx
-from dp_tfx import budget
+from dp_tfx import budget, record_digest
 from dp_tfx.ledger import LedgerError, dataset_fingerprint, read_history
 from tests.dp_tfx import models
 
@@ -94,3 +95,48 @@ def test_a_budget_folder_made_by_hand_opens_no_fresh_budget(tmp_path):
   os.makedirs(os.path.join(source, "budget-3"))  # a gap
   with pytest.raises(LedgerError, match=r"numbered \[1, 3\], with a gap"):
     budget.history_dir(root, "digits")
+
+
+def test_data_claimed_by_one_source_is_refused_to_another_in_any_order(tmp_path):
+  # The record digest (not the ledger's fingerprint of one order, or of one Poisson draw):
+  # the same records reached again under another name, reordered, are refused.
+  root = str(tmp_path)
+  records = [b"example-%d" % i for i in range(30)]
+  budget.claim_data(root, "digits", record_digest.of_records(records))
+  budget.claim_data(root, "digits", record_digest.of_records(records[::-1]))  # its own: fine
+  with pytest.raises(LedgerError, match="under the data source 'digits' .*claim"):
+    budget.claim_data(root, "digits, renamed", record_digest.of_records(records[::-1]))
+  budget.claim_data(root, "other", record_digest.of_records(records[:-1]))  # other data
+  # A history beside the claims is still a data source's: the claims folder is not one.
+  budget.refuse_data_budgeted_elsewhere(root, "third", "sha256:" + "0" * 64)
+
+
+def test_of_two_sources_claiming_the_same_data_at_once_one_is_refused(tmp_path):
+  digest = record_digest.of_records([b"a", b"b"])
+  outcomes = []
+
+  def claim(source):
+    try:
+      budget.claim_data(str(tmp_path), source, digest)
+      outcomes.append("claimed")
+    except LedgerError:
+      outcomes.append("refused")
+
+  threads = [threading.Thread(target=claim, args=(f"source {i}",)) for i in range(8)]
+  for thread in threads:
+    thread.start()
+  for thread in threads:
+    thread.join()
+  assert sorted(outcomes) == ["claimed"] + ["refused"] * 7
+
+
+def test_an_unreadable_claim_refuses_the_data_to_everyone(tmp_path):
+  digest = record_digest.of_records([b"a"])
+  budget.claim_data(str(tmp_path), "digits", digest)
+  (claim,) = (tmp_path / "data-claims").iterdir()
+  claim.write_text("{not json")
+  for source in ("digits", "other"):
+    with pytest.raises(LedgerError, match="is unreadable"):
+      budget.claim_data(str(tmp_path), source, digest)
+  with pytest.raises(ValueError, match="must be a record digest"):
+    budget.claim_data(str(tmp_path), "digits", "sha256:" + "0" * 64)

@@ -9,11 +9,12 @@ import pytest
 import tensorflow as tf
 from scipy import stats
 
-from dp_tfx import files
+from dp_tfx import files, record_digest
 from dp_tfx import poisson_batches as pb
 
 SIGNIFICANCE = 1e-3  # each statistical test below fails an honest sampler this rarely
 DRAW = pb.new_draw(0, 3)
+DATA = record_digest.of_records(b"%d" % i for i in range(10))  # the 10 examples sampled
 
 
 def _draws(examples, rate, first, last, seed=0):
@@ -85,7 +86,7 @@ def _manifest(tmp_path):
             pb.write_shard(str(tmp_path), 2, 3, samples, 2, b"pad", DRAW))
   return pb.BatchManifest(dataset_size=10, batch_size=2, sampling_rate=0.2, steps=5,
                           first_step=0, last_step=3, physical_batch_size=2, shards=shards,
-                          source="/examples/1", split="train", draw=DRAW)
+                          source="/examples/1", split="train", draw=DRAW, data_digest=DATA)
 
 
 def test_shards_hold_their_steps_in_order_with_their_digests(tmp_path):
@@ -111,7 +112,10 @@ def test_shards_hold_their_steps_in_order_with_their_digests(tmp_path):
     (lambda d: d["shards"].pop(), "end at step 2, not at 3"),
     (lambda d: d["shards"][0].update(sampled=-1), "sampled must be"),
     (lambda d: d["shards"][0].update(file="../elsewhere.gz"), "a file name"),
-    (lambda d: d.update(format_version=2), "unsupported"),
+    (lambda d: d.update(format_version=1), "unsupported"),
+    (lambda d: d.update(format_version=3), "unsupported"),
+    (lambda d: d.update(data_digest="sha256:" + "0" * 64), "data_digest must be a record digest"),
+    (lambda d: d.update(dataset_size=20, sampling_rate=0.1), "counts other records"),
     (lambda d: d.update(seed=1), "unknown BatchManifest field"),
     (lambda d: d.pop("steps"), "steps"),
     (lambda d: d.update(source=""), "must name the examples sampled"),
@@ -139,4 +143,4 @@ def _manifest_without_files():
                    sha256="0" * 64)
   return pb.BatchManifest(dataset_size=10, batch_size=2, sampling_rate=0.2, steps=5,
                           first_step=0, last_step=3, physical_batch_size=1, shards=(shard,),
-                          source="/examples/1", split="train", draw=DRAW)
+                          source="/examples/1", split="train", draw=DRAW, data_digest=DATA)

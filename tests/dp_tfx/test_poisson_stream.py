@@ -10,7 +10,7 @@ import pytest
 import tensorflow as tf
 
 import dp_tfx
-from dp_tfx import clipping, files, signing
+from dp_tfx import clipping, files, record_digest, signing
 from dp_tfx import poisson_batches as pb
 from dp_tfx.keras import per_example_loss
 from dp_tfx.plan import SamplingPlan
@@ -57,7 +57,8 @@ def _write_batches(directory, config, seed=0):
   pb.BatchManifest(dataset_size=N, batch_size=plan.batch_size, sampling_rate=plan.sampling_rate,
                    steps=plan.steps, first_step=0, last_step=plan.steps,
                    physical_batch_size=plan.physical_batch_size, shards=(shard,),
-                   source="/examples/1", split="train", draw=draw).save(
+                   source="/examples/1", split="train", draw=draw,
+                   data_digest=record_digest.of_records(examples)).save(
                        directory, signing.configured_key())
   return (x, y), samples
 
@@ -436,8 +437,10 @@ def test_with_a_ledger_key_a_stream_opens_only_batches_signed_with_it(tmp_path, 
     pb.PoissonBatchStream(tmp_path / "batches", _decode)
   manifest.save(tmp_path / "batches", signing.configured_key())
   pb.PoissonBatchStream(tmp_path / "batches", _decode)
-  # The manifest edited to a larger N (q 8/80 instead of 8/40), keeping the signature: refused.
-  edited = dataclasses.replace(manifest, dataset_size=80, sampling_rate=8 / 80)
+  # The manifest edited to a larger N (q 8/80 instead of 8/40), its data digest's count too,
+  # keeping the signature: refused.
+  edited = dataclasses.replace(manifest, dataset_size=80, sampling_rate=8 / 80,
+                               data_digest=manifest.data_digest.replace(":40:", ":80:"))
   edited.save(tmp_path / "batches")
   with pytest.raises(ValueError, match="a wrong signature"):
     pb.PoissonBatchStream(tmp_path / "batches", _decode)
