@@ -26,8 +26,9 @@ def build_history(directory: str, runs: int, steps: int) -> PrivacyLedger:
   ledger = None
   for index in range(runs):
     size = 4000 + 37 * index
-    plan = TrainingPlan.from_config(DPConfig(noise_multiplier=1.0 + 0.01 * index, batch_size=64,
-                                             steps=steps, delta=1e-5), size)
+    plan = TrainingPlan.from_config(
+      DPConfig(noise_multiplier=1.0 + 0.01 * index, batch_size=64, steps=steps, delta=1e-5), size
+    )
     ledger = PrivacyLedger.open_history(directory, size, f"sha256:{size}")
     ledger.start_segment(plan)
     ledger.current_segment.noisy_steps = steps
@@ -51,12 +52,24 @@ def main() -> None:
     _plot(f"{directory}/{PLOT_FILE}", curve, None)
     plotted = time.perf_counter()
     rdp = ledger.epsilon_result(args.delta, accounting.RDP)
-  print(json.dumps({
-      "runs": args.runs, "steps_per_run": args.steps, "noisy_steps": ledger.noisy_steps,
-      "delta": args.delta, "epsilon_pld": decision.epsilon, "epsilon_rdp": rdp.epsilon,
-      "curve_last_epsilon": curve[-1][1], "curve_points": len(curve),
-      "decision_seconds": round(decided - started, 2), "curve_seconds": round(curved - decided, 2),
-      "plot_seconds": round(plotted - curved, 2), "total_seconds": round(plotted - started, 2)}))
+  print(
+    json.dumps(
+      {
+        "runs": args.runs,
+        "steps_per_run": args.steps,
+        "noisy_steps": ledger.noisy_steps,
+        "delta": args.delta,
+        "epsilon_pld": decision.epsilon,
+        "epsilon_rdp": rdp.epsilon,
+        "curve_last_epsilon": curve[-1][1],
+        "curve_points": len(curve),
+        "decision_seconds": round(decided - started, 2),
+        "curve_seconds": round(curved - decided, 2),
+        "plot_seconds": round(plotted - curved, 2),
+        "total_seconds": round(plotted - started, 2),
+      }
+    )
+  )
 
 
 if __name__ == "__main__":

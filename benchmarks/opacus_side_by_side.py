@@ -72,9 +72,17 @@ class TextClassifier(nn.Module):
 def tutorial_cnn(num_classes: int = 10) -> nn.Module:
   """dp_tfx.models.tutorial_cnn (26,010 parameters); padding 3 is Keras's "same" at stride 2."""
   return nn.Sequential(
-      nn.Conv2d(1, 16, 8, stride=2, padding=3), nn.ReLU(), nn.MaxPool2d(2, 1),
-      nn.Conv2d(16, 32, 4, stride=2), nn.ReLU(), nn.MaxPool2d(2, 1),
-      nn.Flatten(), nn.Linear(32 * 4 * 4, 32), nn.ReLU(), nn.Linear(32, num_classes))
+    nn.Conv2d(1, 16, 8, stride=2, padding=3),
+    nn.ReLU(),
+    nn.MaxPool2d(2, 1),
+    nn.Conv2d(16, 32, 4, stride=2),
+    nn.ReLU(),
+    nn.MaxPool2d(2, 1),
+    nn.Flatten(),
+    nn.Linear(32 * 4 * 4, 32),
+    nn.ReLU(),
+    nn.Linear(32, num_classes),
+  )
 
 
 MODELS = {"cnn": tutorial_cnn, "text": TextClassifier, "char_lstm": CharacterLSTM}
@@ -144,8 +152,14 @@ def _runs(model_name, batch_size, steps, dp_modes):
     model, optimizer, loader = fresh()
     try:
       runs[mode] = opacus.PrivacyEngine().make_private(
-          module=model, optimizer=optimizer, data_loader=loader, noise_multiplier=1.0,
-          max_grad_norm=1.0, poisson_sampling=True, grad_sample_mode=mode)
+        module=model,
+        optimizer=optimizer,
+        data_loader=loader,
+        noise_multiplier=1.0,
+        max_grad_norm=1.0,
+        poisson_sampling=True,
+        grad_sample_mode=mode,
+      )
     except Exception as error:  # a mode that does not support a layer: record it, go on
       errors[mode] = _error(error)
   return runs, errors
@@ -177,12 +191,18 @@ def main(argv=None):
   parser.add_argument("--models", nargs="+", choices=sorted(MODELS), default=["cnn"])
   parser.add_argument("--batch-sizes", nargs="+", type=int, default=[64, 256])
   parser.add_argument("--steps", type=int, default=20, help="steps per timed epoch (mean for DP)")
-  parser.add_argument("--rounds", type=int, default=3,
-                      help="rounds in which plain and DP epochs alternate")
+  parser.add_argument(
+    "--rounds", type=int, default=3, help="rounds in which plain and DP epochs alternate"
+  )
   parser.add_argument("--repeats", type=int, default=2, help="timed epochs per mode and round")
-  parser.add_argument("--grad-sample-mode", nargs="+", choices=("hooks", "ew"),
-                      default=["hooks"], help='Opacus per-sample gradients: "hooks" (its '
-                      'default) and/or "ew" (torch\'s expanded weights)')
+  parser.add_argument(
+    "--grad-sample-mode",
+    nargs="+",
+    choices=("hooks", "ew"),
+    default=["hooks"],
+    help='Opacus per-sample gradients: "hooks" (its '
+    'default) and/or "ew" (torch\'s expanded weights)',
+  )
   parser.add_argument("--threads", type=int, default=2, help="torch.set_num_threads")
   args = parser.parse_args(argv)
   torch.set_num_threads(args.threads)
@@ -190,23 +210,35 @@ def main(argv=None):
   warnings.filterwarnings("ignore", message="Full backward hook is firing")
   for model_name in args.models:
     for batch_size in args.batch_sizes:
-      seconds, errors = measure(model_name, batch_size, args.steps, args.rounds, args.repeats,
-                                args.grad_sample_mode)
+      seconds, errors = measure(
+        model_name, batch_size, args.steps, args.rounds, args.repeats, args.grad_sample_mode
+      )
       plain = seconds.get("plain")
       for mode in args.grad_sample_mode:
-        result = {"library": "opacus", "opacus": opacus.__version__, "torch": torch.__version__,
-                  "model": model_name, "batch_size": batch_size, "grad_sample_mode": mode,
-                  "steps": args.steps, "rounds": args.rounds, "repeats": args.repeats,
-                  "threads": args.threads}
+        result = {
+          "library": "opacus",
+          "opacus": opacus.__version__,
+          "torch": torch.__version__,
+          "model": model_name,
+          "batch_size": batch_size,
+          "grad_sample_mode": mode,
+          "steps": args.steps,
+          "rounds": args.rounds,
+          "repeats": args.repeats,
+          "threads": args.threads,
+        }
         if plain is not None:
           result["plain_step_ms"] = round(plain * 1e3, 2)
         if mode in seconds and plain is not None:
-          result.update(dp_step_ms=round(seconds[mode] * 1e3, 2),
-                        ratio=round(seconds[mode] / plain, 2))
+          result.update(
+            dp_step_ms=round(seconds[mode] * 1e3, 2), ratio=round(seconds[mode] / plain, 2)
+          )
         if "plain_dplstm" in seconds and mode in seconds:
           dplstm = seconds["plain_dplstm"]
-          result.update(plain_dplstm_step_ms=round(dplstm * 1e3, 2),
-                        ratio_to_plain_dplstm=round(seconds[mode] / dplstm, 2))
+          result.update(
+            plain_dplstm_step_ms=round(dplstm * 1e3, 2),
+            ratio_to_plain_dplstm=round(seconds[mode] / dplstm, 2),
+          )
         for failed in ("plain", "plain_dplstm", mode):
           if failed in errors:
             result.setdefault("errors", {})[failed] = errors[failed]

@@ -99,11 +99,18 @@ def _stage_functions(model, loss_fn):
 
   @tf.function
   def dp_noise(x, y):
-    return noise.add_gaussian_noise(dp_clipped_sum.python_function(x, y),
-                                    _NOISE_MULTIPLIER * _CLIP, key, tf.constant(0, tf.int64))
+    return noise.add_gaussian_noise(
+      dp_clipped_sum.python_function(x, y), _NOISE_MULTIPLIER * _CLIP, key, tf.constant(0, tf.int64)
+    )
 
-  return {"non_private": non_private, "dp_backward": dp_backward, "dp_prepare": dp_prepare,
-          "dp_norms": dp_norms, "dp_clipped_sum": dp_clipped_sum, "dp_noise": dp_noise}
+  return {
+    "non_private": non_private,
+    "dp_backward": dp_backward,
+    "dp_prepare": dp_prepare,
+    "dp_norms": dp_norms,
+    "dp_clipped_sum": dp_clipped_sum,
+    "dp_noise": dp_noise,
+  }
 
 
 def _train_steps(model_name, x, y):
@@ -112,8 +119,12 @@ def _train_steps(model_name, x, y):
   plain = MODELS[model_name]()
   _compile(plain, jit_compile=False)
   plain.fit(x, y, batch_size=batch_size, verbose=0)  # builds the optimizer and metrics
-  dp_model = dp_tfx.make_private(MODELS[model_name](), dp_tfx.DPConfig(
-      l2_norm_clip=_CLIP, noise_multiplier=_NOISE_MULTIPLIER, batch_size=batch_size, steps=10))
+  dp_model = dp_tfx.make_private(
+    MODELS[model_name](),
+    dp_tfx.DPConfig(
+      l2_norm_clip=_CLIP, noise_multiplier=_NOISE_MULTIPLIER, batch_size=batch_size, steps=10
+    ),
+  )
   _compile(dp_model, jit_compile=False)
   # Four copies of the batch: a sampling rate of 1/4; one epoch of training builds everything.
   dp_model.fit(tf.concat([x] * 4, 0), tf.concat([y] * 4, 0), epochs=1, verbose=0)
@@ -125,8 +136,9 @@ def _train_steps(model_name, x, y):
 
 def _host_noise_ms(model, repeats: int, iterations: int) -> float:
   """One step's noise drawn in a tf.data map, as the DP input pipeline draws it."""
-  host_noise = noise.host_gaussian_noise(model.trainable_variables, _NOISE_MULTIPLIER * _CLIP,
-                                         keys.run_key(seed=0))
+  host_noise = noise.host_gaussian_noise(
+    model.trainable_variables, _NOISE_MULTIPLIER * _CLIP, keys.run_key(seed=0)
+  )
   elements = iter(tf.data.Dataset.range(1 << 40).map(lambda step: tuple(host_noise(step))))
   return _timed(lambda: next(elements), (), repeats, iterations)
 
@@ -149,11 +161,14 @@ def profile(model_name: str, batch_size: int, repeats: int, iterations: int) -> 
     previous = stages[name]
   # dp_backward's difference is against the non-private pass (it skips the weight gradients);
   # step_ms is what the DP step adds to the noisy clipped sum (update, metrics, its loop).
-  return {"model": model_name, "batch_size": batch_size,
-          "stages_ms": {k: round(v, 3) for k, v in stages.items()},
-          "added_by_stage_ms": overhead,
-          "clipping_over_non_private": round(stages["dp_clipped_sum"] / stages["non_private"], 3),
-          "dp_step_over_plain_step": round(stages["dp_step"] / stages["plain_step"], 3)}
+  return {
+    "model": model_name,
+    "batch_size": batch_size,
+    "stages_ms": {k: round(v, 3) for k, v in stages.items()},
+    "added_by_stage_ms": overhead,
+    "clipping_over_non_private": round(stages["dp_clipped_sum"] / stages["non_private"], 3),
+    "dp_step_over_plain_step": round(stages["dp_step"] / stages["plain_step"], 3),
+  }
 
 
 def main(argv=None):

@@ -37,12 +37,15 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 FEATURES = 16
-SPEC = {"x": tf.io.FixedLenFeature([FEATURES], tf.float32),
-        "label": tf.io.FixedLenFeature([], tf.int64)}
+SPEC = {
+  "x": tf.io.FixedLenFeature([FEATURES], tf.float32),
+  "label": tf.io.FixedLenFeature([], tf.int64),
+}
 
 
 def _config(steps: int):
   import dp_tfx
+
   return dp_tfx.DPConfig(l2_norm_clip=1.0, noise_multiplier=1.0, batch_size=256, steps=steps)
 
 
@@ -54,10 +57,16 @@ def write_examples(path: str, size: int, seed: int = 0) -> None:
       x = rng.normal(size=(min(10_000, size - start), FEATURES)).astype(np.float32)
       labels = (x[:, 0] + rng.normal(scale=0.5, size=len(x)) > 0).astype(np.int64)
       for features, label in zip(x, labels):
-        writer.write(tf.train.Example(features=tf.train.Features(feature={
-            "x": tf.train.Feature(float_list=tf.train.FloatList(value=features)),
-            "label": tf.train.Feature(int64_list=tf.train.Int64List(value=[label])),
-        })).SerializeToString())
+        writer.write(
+          tf.train.Example(
+            features=tf.train.Features(
+              feature={
+                "x": tf.train.Feature(float_list=tf.train.FloatList(value=features)),
+                "label": tf.train.Feature(int64_list=tf.train.Int64List(value=[label])),
+              }
+            )
+          ).SerializeToString()
+        )
 
 
 def generate_batches(examples_dir: str, batches_dir: str, steps: int) -> float:
@@ -65,17 +74,21 @@ def generate_batches(examples_dir: str, batches_dir: str, steps: int) -> float:
   from dp_tfx.components import artifacts, specs, testing
   from dp_tfx.components.poisson_batch_gen import executor
 
-  examples = testing.examples_artifact(examples_dir + "_artifact",
-                                       {"train": os.path.join(examples_dir, "train.tfrecord.gz")})
+  examples = testing.examples_artifact(
+    examples_dir + "_artifact", {"train": os.path.join(examples_dir, "train.tfrecord.gz")}
+  )
   output = artifacts.PoissonBatches()
   output.uri = batches_dir
   os.makedirs(batches_dir)
-  context = executor.Executor.Context(beam_pipeline_args=[
-      "--direct_num_workers=2", "--direct_running_mode=multi_processing"])
+  context = executor.Executor.Context(
+    beam_pipeline_args=["--direct_num_workers=2", "--direct_running_mode=multi_processing"]
+  )
   started = time.perf_counter()
-  executor.Executor(context).Do({specs.EXAMPLES_KEY: [examples]},
-                                {specs.POISSON_BATCHES_KEY: [output]},
-                                {specs.DP_CONFIG_KEY: _config(steps).to_json()})
+  executor.Executor(context).Do(
+    {specs.EXAMPLES_KEY: [examples]},
+    {specs.POISSON_BATCHES_KEY: [output]},
+    {specs.DP_CONFIG_KEY: _config(steps).to_json()},
+  )
   return time.perf_counter() - started
 
 
@@ -119,25 +132,40 @@ def train(mode: str, examples_dir: str, batches_dir: str, steps: int) -> dict:
   else:
     pattern = os.path.join(examples_dir, "*.gz")
     data = read_examples([pattern], SPEC, lambda parsed, _: (parsed["x"], parsed["label"]), None)
-  model = keras.Sequential([keras.Input((FEATURES,)), keras.layers.Dense(32, activation="relu"),
-                            keras.layers.Dense(2)])
+  model = keras.Sequential(
+    [keras.Input((FEATURES,)), keras.layers.Dense(32, activation="relu"), keras.layers.Dense(2)]
+  )
   # A ledger that outlives the model, as streaming needs (samples drawn ahead are used once).
   ledger_path = os.path.join(batches_dir, f"ledger-{mode}.json")
   dp_model = dp_tfx.make_private(model, _config(steps), ledger_path=ledger_path)
-  dp_model.compile(optimizer=keras.optimizers.SGD(0.1),
-                   loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+  dp_model.compile(
+    optimizer=keras.optimizers.SGD(0.1),
+    loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+  )
   rate = _StepRate()
   dp_model.fit(*data, verbose=0, callbacks=[rate.callback])
   peak_kib = _status_kib("VmHWM")
-  return {"peak_rss_mb": round(peak_kib / 1024),
-          "added_rss_mb": round((peak_kib - baseline_kib) / 1024),
-          "steps_per_s": round(rate.steps_per_s, 1)}
-
+  return {
+    "peak_rss_mb": round(peak_kib / 1024),
+    "added_rss_mb": round((peak_kib - baseline_kib) / 1024),
+    "steps_per_s": round(rate.steps_per_s, 1),
+  }
 
 
 def _train_in_subprocess(mode, examples_dir, batches_dir, steps) -> dict:
-  command = [sys.executable, "-m", "benchmarks.scale", "--_train", mode, "--_examples",
-             examples_dir, "--_batches", batches_dir, "--steps", str(steps)]
+  command = [
+    sys.executable,
+    "-m",
+    "benchmarks.scale",
+    "--_train",
+    mode,
+    "--_examples",
+    examples_dir,
+    "--_batches",
+    batches_dir,
+    "--steps",
+    str(steps),
+  ]
   output = subprocess.run(command, capture_output=True, text=True, check=True).stdout
   return json.loads(output.strip().splitlines()[-1])
 
@@ -146,8 +174,12 @@ def main(argv=None):
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   parser.add_argument("--sizes", nargs="+", type=int, default=[100_000, 1_000_000, 10_000_000])
   parser.add_argument("--steps", type=int, default=200, help="noisy steps drawn and trained")
-  parser.add_argument("--in-memory-limit", type=int, default=1_000_000,
-                      help="also train in memory on datasets up to this size")
+  parser.add_argument(
+    "--in-memory-limit",
+    type=int,
+    default=1_000_000,
+    help="also train in memory on datasets up to this size",
+  )
   parser.add_argument("--quick", action="store_true", help="100k and 1M examples")
   parser.add_argument("--_train", choices=("streaming", "in_memory"), help=argparse.SUPPRESS)
   parser.add_argument("--_examples", help=argparse.SUPPRESS)
@@ -165,14 +197,17 @@ def main(argv=None):
       write_examples(os.path.join(examples_dir, "train.tfrecord.gz"), size)
       batches_dir = os.path.join(directory, "batches")
       seconds = generate_batches(examples_dir, batches_dir, args.steps)
-      result = {"examples": size, "steps": args.steps,
-                "batchgen_examples_per_s": round(size / seconds),
-                "batchgen_seconds": round(seconds, 1),
-                "streaming": _train_in_subprocess("streaming", examples_dir, batches_dir,
-                                                  args.steps)}
+      result = {
+        "examples": size,
+        "steps": args.steps,
+        "batchgen_examples_per_s": round(size / seconds),
+        "batchgen_seconds": round(seconds, 1),
+        "streaming": _train_in_subprocess("streaming", examples_dir, batches_dir, args.steps),
+      }
       if size <= args.in_memory_limit:
-        result["in_memory"] = _train_in_subprocess("in_memory", examples_dir, batches_dir,
-                                                   args.steps)
+        result["in_memory"] = _train_in_subprocess(
+          "in_memory", examples_dir, batches_dir, args.steps
+        )
       print(json.dumps(result), flush=True)
 
 

@@ -8,8 +8,10 @@ FEATURES = 16
 
 
 def feature_spec(context):
-  return {"x": tf.io.FixedLenFeature([FEATURES], tf.float32),
-          "label": tf.io.FixedLenFeature([], tf.int64, default_value=-1)}
+  return {
+    "x": tf.io.FixedLenFeature([FEATURES], tf.float32),
+    "label": tf.io.FixedLenFeature([], tf.int64, default_value=-1),
+  }
 
 
 def decode(parsed, context):
@@ -17,11 +19,14 @@ def decode(parsed, context):
 
 
 def build_model(context):
-  return keras.Sequential([keras.Input((FEATURES,)), keras.layers.Dense(32, activation="relu"),
-                           keras.layers.Dense(2)])
+  return keras.Sequential(
+    [keras.Input((FEATURES,)), keras.layers.Dense(32, activation="relu"), keras.layers.Dense(2)]
+  )
 
 
 def compile_kwargs(context):
-  return {"optimizer": keras.optimizers.SGD(0.1),
-          "loss": keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-          "metrics": ["accuracy"]}
+  return {
+    "optimizer": keras.optimizers.SGD(0.1),
+    "loss": keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+    "metrics": ["accuracy"],
+  }

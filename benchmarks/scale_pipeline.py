@@ -44,6 +44,7 @@ class _RssSampler:
 
   def _run(self, interval):
     from benchmarks.step_overhead import _status_kib
+
     while not self._stop.is_set():
       self.samples.append((time.time(), _status_kib("VmRSS") / 1024))
       time.sleep(interval)
@@ -70,13 +71,16 @@ def _component_times(metadata_path: str) -> dict:
   type_names = {t.id: t.name.rsplit(".", 1)[-1] for t in store.get_execution_types()}
   times = {}
   for execution in store.get_executions():
-    times[type_names[execution.type_id]] = (execution.create_time_since_epoch / 1000,
-                                            execution.last_update_time_since_epoch / 1000)
+    times[type_names[execution.type_id]] = (
+      execution.create_time_since_epoch / 1000,
+      execution.last_update_time_since_epoch / 1000,
+    )
   return times
 
 
 def _report(outcome: dict) -> dict:
   from dp_tfx.report import REPORT_FILE
+
   with open(os.path.join(outcome["report_dir"], REPORT_FILE)) as handle:
     return json.load(handle)
 
@@ -91,16 +95,24 @@ def run(size: int, root: str) -> dict:
   for split, count in (("train", size), ("eval", max(size // 100, 1000))):
     os.makedirs(os.path.join(data, split))
     write_examples(os.path.join(data, split, "data.tfrecord.gz"), count, seed=len(split))
-  config = dp_tfx.DPConfig(l2_norm_clip=1.0, noise_multiplier=1.0, batch_size=BATCH, steps=STEPS,
-                           delta=1e-6)
+  config = dp_tfx.DPConfig(
+    l2_norm_clip=1.0, noise_multiplier=1.0, batch_size=BATCH, steps=STEPS, delta=1e-6
+  )
   policy = dp_tfx.PrivacyPolicy(max_epsilon=10.0, delta=1e-6)
   metadata = os.path.join(root, "metadata.sqlite")
   pipeline = dp_pipeline.create_pipeline(
-      pipeline_name="dp-scale", pipeline_root=os.path.join(root, "pipeline_root"),
-      data_root=data, serving_model_dir=os.path.join(root, "serving_model"), dp_config=config,
-      privacy_policy=policy, module_path="benchmarks.scale_module", metadata_path=metadata,
-      beam_pipeline_args=["--direct_running_mode=multi_processing", "--direct_num_workers=2"],
-      ledger_history_dir=os.path.join(root, "privacy_ledgers"), poisson_batches=True)
+    pipeline_name="dp-scale",
+    pipeline_root=os.path.join(root, "pipeline_root"),
+    data_root=data,
+    serving_model_dir=os.path.join(root, "serving_model"),
+    dp_config=config,
+    privacy_policy=policy,
+    module_path="benchmarks.scale_module",
+    metadata_path=metadata,
+    beam_pipeline_args=["--direct_running_mode=multi_processing", "--direct_num_workers=2"],
+    ledger_history_dir=os.path.join(root, "privacy_ledgers"),
+    poisson_batches=True,
+  )
   sampler = _RssSampler()
   started = time.time()
   tfx.orchestration.LocalDagRunner().run(pipeline)
@@ -110,15 +122,21 @@ def run(size: int, root: str) -> dict:
   times = _component_times(metadata)
   trainer = times["DPTrainer"]
   plan = dp_tfx.TrainingPlan.from_config(config, size)
-  return {"examples": size, "wall_seconds": round(wall, 1),
-          "component_seconds": {name: round(end - start, 1) for name, (start, end) in
-                                sorted(times.items(), key=lambda item: item[1][0])},
-          "trainer_added_rss_mb": round(sampler.added_between(*trainer)),
-          "peak_rss_mb": round(max(mb for _, mb in sampler.samples)),
-          "epsilon": outcome["epsilon"],
-          "in_memory_epsilon": plan.epsilon(policy.accountant),
-          "delta": outcome["delta"], "pushed": outcome["pushed"],
-          "noisy_steps": _report(outcome)["ledger"]["noisy_steps"]}
+  return {
+    "examples": size,
+    "wall_seconds": round(wall, 1),
+    "component_seconds": {
+      name: round(end - start, 1)
+      for name, (start, end) in sorted(times.items(), key=lambda item: item[1][0])
+    },
+    "trainer_added_rss_mb": round(sampler.added_between(*trainer)),
+    "peak_rss_mb": round(max(mb for _, mb in sampler.samples)),
+    "epsilon": outcome["epsilon"],
+    "in_memory_epsilon": plan.epsilon(policy.accountant),
+    "delta": outcome["delta"],
+    "pushed": outcome["pushed"],
+    "noisy_steps": _report(outcome)["ledger"]["noisy_steps"],
+  }
 
 
 def main(argv=None):

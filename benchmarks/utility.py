@@ -25,8 +25,11 @@ from dp_tfx.pipelines import demo  # noqa: E402
 
 
 def _compile(model, optimizer):
-  model.compile(optimizer=optimizer, metrics=["accuracy"],
-                loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+  model.compile(
+    optimizer=optimizer,
+    metrics=["accuracy"],
+    loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+  )
 
 
 def _accuracies(epochs: int, seed: int) -> tuple:
@@ -51,23 +54,37 @@ def _accuracies(epochs: int, seed: int) -> tuple:
 def main(argv=None):
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   parser.add_argument("--epochs", type=int, default=demo.DEMO_EPOCHS)
-  parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4],
-                      help="one DP and one non-private run per seed (initial weights, noise, "
-                      "sampling); one run's gap moves by about a point")
+  parser.add_argument(
+    "--seeds",
+    type=int,
+    nargs="+",
+    default=[0, 1, 2, 3, 4],
+    help="one DP and one non-private run per seed (initial weights, noise, "
+    "sampling); one run's gap moves by about a point",
+  )
   args = parser.parse_args(argv)
   config = demo.demo_config(args.epochs)
   runs = [_accuracies(args.epochs, seed) for seed in args.seeds]
   gaps = [100 * (plain - private) for private, plain, _ in runs]
-  print(json.dumps({
-      "dataset": "embedded MNIST (4000 train / 1000 test)", "epochs": args.epochs,
-      "batch_size": config.batch_size, "noise_multiplier": config.noise_multiplier,
-      "l2_norm_clip": config.l2_norm_clip, "epsilon": round(runs[0][2], 4),
-      "delta": config.delta, "seeds": args.seeds,
-      "dp_accuracy": [round(private, 4) for private, _, _ in runs],
-      "non_private_accuracy": [round(plain, 4) for _, plain, _ in runs],
-      "gap_points": [round(gap, 2) for gap in gaps],
-      "mean_gap_points": round(statistics.mean(gaps), 2),
-      "gap_points_std": round(statistics.stdev(gaps), 2) if len(gaps) > 1 else None}))
+  print(
+    json.dumps(
+      {
+        "dataset": "embedded MNIST (4000 train / 1000 test)",
+        "epochs": args.epochs,
+        "batch_size": config.batch_size,
+        "noise_multiplier": config.noise_multiplier,
+        "l2_norm_clip": config.l2_norm_clip,
+        "epsilon": round(runs[0][2], 4),
+        "delta": config.delta,
+        "seeds": args.seeds,
+        "dp_accuracy": [round(private, 4) for private, _, _ in runs],
+        "non_private_accuracy": [round(plain, 4) for _, plain, _ in runs],
+        "gap_points": [round(gap, 2) for gap in gaps],
+        "mean_gap_points": round(statistics.mean(gaps), 2),
+        "gap_points_std": round(statistics.stdev(gaps), 2) if len(gaps) > 1 else None,
+      }
+    )
+  )
 
 
 if __name__ == "__main__":

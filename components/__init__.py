@@ -8,10 +8,10 @@ Names load on first use (as in dp_tfx), so importing one submodule does not buil
 import importlib
 
 _EXPORTS = {
-    "DPTrainer": "dp_tfx.components.dp_trainer.component",
-    "PoissonBatchGen": "dp_tfx.components.poisson_batch_gen.component",
-    "PrivacyAuditor": "dp_tfx.components.privacy_auditor.component",
-    "PrivacyEvaluator": "dp_tfx.components.privacy_evaluator.component",
+  "DPTrainer": "dp_tfx.components.dp_trainer.component",
+  "PoissonBatchGen": "dp_tfx.components.poisson_batch_gen.component",
+  "PrivacyAuditor": "dp_tfx.components.privacy_auditor.component",
+  "PrivacyEvaluator": "dp_tfx.components.privacy_evaluator.component",
 }
 
 __all__ = sorted(_EXPORTS)

@@ -32,8 +32,12 @@ LEDGER_RECORD_ORIGIN_PROPERTY = "ledger_record_origin"
 # With a ledger key (dp_tfx.signing), an HMAC of the four properties above: the MLMD store is a
 # file in the pipeline root, which whoever can delete a segment file can often edit as well.
 LEDGER_RECORD_SIGNATURE_PROPERTY = "ledger_record_signature"
-_SIGNED_PROPERTIES = (LEDGER_HASH_PROPERTY, LEDGER_HISTORY_DIR_PROPERTY, LEDGER_SEGMENTS_PROPERTY,
-                      LEDGER_RECORD_ORIGIN_PROPERTY)
+_SIGNED_PROPERTIES = (
+  LEDGER_HASH_PROPERTY,
+  LEDGER_HISTORY_DIR_PROPERTY,
+  LEDGER_SEGMENTS_PROPERTY,
+  LEDGER_RECORD_ORIGIN_PROPERTY,
+)
 # The privacy facts of a DPTrainer run, on its PrivacyLedger and Model artifacts, so that MLMD can
 # be queried for them without opening files (see record_privacy_facts).
 EPSILON_PROPERTY = "epsilon"
@@ -97,6 +101,7 @@ class PrivacyAudit(artifact.Artifact):
 
 # -- what the DPTrainer records in MLMD about its ledger ------------------------------------------
 
+
 @dataclasses.dataclass(frozen=True)
 class RecordedSegment:
   """A segment as MLMD records it: its id, its noisy steps then and a hash of its fixed facts."""
@@ -128,31 +133,40 @@ class RecordOrigin:
 
 def fixed_facts_hash(segment: Segment) -> str:
   """SHA-256 of the segment's fixed facts (`Segment.fixed_facts()`) as canonical JSON."""
-  canonical = json.dumps(segment.fixed_facts(), sort_keys=True, separators=(",", ":"),
-                         allow_nan=False)
+  canonical = json.dumps(
+    segment.fixed_facts(), sort_keys=True, separators=(",", ":"), allow_nan=False
+  )
   return "sha256:" + hashlib.sha256(canonical.encode()).hexdigest()
 
 
-def record_ledger(ledger_artifact: artifact.Artifact, ledger: ledger_lib.PrivacyLedger,
-                  origin: Optional[RecordOrigin] = None) -> None:
+def record_ledger(
+  ledger_artifact: artifact.Artifact,
+  ledger: ledger_lib.PrivacyLedger,
+  origin: Optional[RecordOrigin] = None,
+) -> None:
   """Records on the PrivacyLedger artifact (MLMD custom properties) the saved `ledger`'s content
   hash, its ledger history, its segments and the record's origin (default: the artifact's uri
   only); signed when a ledger key is configured, as the ledger's files are."""
   origin = origin or RecordOrigin(uri=ledger_artifact.uri)
   if _normal_uri(origin.uri) != _normal_uri(ledger_artifact.uri):
-    raise ValueError(f"the record's origin {origin.uri} is not the artifact's uri "
-                     f"{ledger_artifact.uri}")
+    raise ValueError(
+      f"the record's origin {origin.uri} is not the artifact's uri {ledger_artifact.uri}"
+    )
   ledger_artifact.set_string_custom_property(LEDGER_HASH_PROPERTY, ledger.content_hash())
-  ledger_artifact.set_string_custom_property(LEDGER_HISTORY_DIR_PROPERTY,
-                                             ledger.history_dir or "")
-  ledger_artifact.set_string_custom_property(LEDGER_SEGMENTS_PROPERTY, json.dumps(
+  ledger_artifact.set_string_custom_property(LEDGER_HISTORY_DIR_PROPERTY, ledger.history_dir or "")
+  ledger_artifact.set_string_custom_property(
+    LEDGER_SEGMENTS_PROPERTY,
+    json.dumps(
       [dataclasses.asdict(RecordedSegment.of(segment)) for segment in ledger.segments],
-      separators=(",", ":")))
+      separators=(",", ":"),
+    ),
+  )
   ledger_artifact.set_string_custom_property(LEDGER_RECORD_ORIGIN_PROPERTY, origin.to_json())
   key = signing.configured_key()
   if key is not None:
     ledger_artifact.set_string_custom_property(
-        LEDGER_RECORD_SIGNATURE_PROPERTY, signing.sign(_signed_record(ledger_artifact), key))
+      LEDGER_RECORD_SIGNATURE_PROPERTY, signing.sign(_signed_record(ledger_artifact), key)
+    )
 
 
 def verify_record(ledger_artifact: artifact.Artifact, key: bytes) -> None:
@@ -167,17 +181,23 @@ def verify_record(ledger_artifact: artifact.Artifact, key: bytes) -> None:
   where = f"the MLMD record of PrivacyLedger artifact id {ledger_artifact.id}"
   if not signing.is_valid(_signed_record(ledger_artifact), signature, key):
     if signature is None:
-      raise LedgerError(f"{where} is unsigned (written without a ledger key, or its signature "
-                        "was removed) and the policy requires signatures: keep the key set from "
-                        "a pipeline's first run on, or start the pipeline again in a new MLMD "
-                        "store")
+      raise LedgerError(
+        f"{where} is unsigned (written without a ledger key, or its signature "
+        "was removed) and the policy requires signatures: keep the key set from "
+        "a pipeline's first run on, or start the pipeline again in a new MLMD "
+        "store"
+      )
     if not ledger_artifact.has_custom_property(LEDGER_RECORD_ORIGIN_PROPERTY):
-      raise LedgerError(f"{where} does not match its signature: it names no artifact it was "
-                        "written for (signed by a dp_tfx before records did, or that part was "
-                        "removed in MLMD); records are bound to their artifact since: start the "
-                        "pipeline again in a new MLMD store, or evaluate without require_signature")
-    raise LedgerError(f"{where} does not match its signature: it was edited in MLMD after the "
-                      "DPTrainer wrote it, or signed with another ledger key")
+      raise LedgerError(
+        f"{where} does not match its signature: it names no artifact it was "
+        "written for (signed by a dp_tfx before records did, or that part was "
+        "removed in MLMD); records are bound to their artifact since: start the "
+        "pipeline again in a new MLMD store, or evaluate without require_signature"
+      )
+    raise LedgerError(
+      f"{where} does not match its signature: it was edited in MLMD after the "
+      "DPTrainer wrote it, or signed with another ledger key"
+    )
   check_origin(ledger_artifact)
 
 
@@ -194,13 +214,18 @@ def record_origin(ledger_artifact: artifact.Artifact) -> Optional[RecordOrigin]:
     fields = json.loads(text)
     origin = RecordOrigin(**fields)
   except (ValueError, TypeError, RecursionError):
-    raise LedgerError(f"the {LEDGER_RECORD_ORIGIN_PROPERTY} MLMD property of PrivacyLedger "
-                      f"artifact id {ledger_artifact.id} is malformed: {text[:200]}") from None
+    raise LedgerError(
+      f"the {LEDGER_RECORD_ORIGIN_PROPERTY} MLMD property of PrivacyLedger "
+      f"artifact id {ledger_artifact.id} is malformed: {text[:200]}"
+    ) from None
   if not isinstance(origin.uri, str) or not all(
-      value is None or isinstance(value, str)
-      for value in (origin.pipeline, origin.pipeline_run_id, origin.component)):
-    raise LedgerError(f"the {LEDGER_RECORD_ORIGIN_PROPERTY} MLMD property of PrivacyLedger "
-                      f"artifact id {ledger_artifact.id} is malformed: {text[:200]}")
+    value is None or isinstance(value, str)
+    for value in (origin.pipeline, origin.pipeline_run_id, origin.component)
+  ):
+    raise LedgerError(
+      f"the {LEDGER_RECORD_ORIGIN_PROPERTY} MLMD property of PrivacyLedger "
+      f"artifact id {ledger_artifact.id} is malformed: {text[:200]}"
+    )
   return origin
 
 
@@ -212,12 +237,16 @@ def check_origin(ledger_artifact: artifact.Artifact, pipeline: Optional[str] = N
     return
   where = f"the MLMD record of PrivacyLedger artifact id {ledger_artifact.id}"
   if _normal_uri(origin.uri) != _normal_uri(ledger_artifact.uri):
-    raise LedgerError(f"{where} was written for another artifact ({origin.uri}), not this one "
-                      f"({ledger_artifact.uri}): it was copied onto it in MLMD, hiding this "
-                      "artifact's own record")
+    raise LedgerError(
+      f"{where} was written for another artifact ({origin.uri}), not this one "
+      f"({ledger_artifact.uri}): it was copied onto it in MLMD, hiding this "
+      "artifact's own record"
+    )
   if pipeline and origin.pipeline and origin.pipeline != pipeline:
-    raise LedgerError(f"{where} was written by pipeline {origin.pipeline!r}, not this pipeline "
-                      f"({pipeline!r}): it was copied into this pipeline's MLMD records")
+    raise LedgerError(
+      f"{where} was written by pipeline {origin.pipeline!r}, not this pipeline "
+      f"({pipeline!r}): it was copied into this pipeline's MLMD records"
+    )
 
 
 def record_identity(ledger_artifact: artifact.Artifact) -> str:
@@ -244,8 +273,9 @@ def _string_property(ledger_artifact: artifact.Artifact, name: str) -> Optional[
   return ledger_artifact.get_string_custom_property(name)
 
 
-def record_privacy_facts(target: artifact.Artifact, ledger: ledger_lib.PrivacyLedger, plan,
-                         epsilon: float) -> None:
+def record_privacy_facts(
+  target: artifact.Artifact, ledger: ledger_lib.PrivacyLedger, plan, epsilon: float
+) -> None:
   """Records on `target` (the run's PrivacyLedger or Model artifact) the run's facts: sigma, its
   noisy steps and N, the privacy unit, and the ledger's total when training ended (noisy steps of
   every run in the history, epsilon at the plan's delta; no epsilon when it is infinite). The
@@ -276,8 +306,10 @@ def recorded_segments(ledger_artifact: artifact.Artifact) -> Optional[List[Recor
   text = _string_property(ledger_artifact, LEDGER_SEGMENTS_PROPERTY)
   if text is None:
     return None
-  where = (f"the {LEDGER_SEGMENTS_PROPERTY} MLMD property of PrivacyLedger artifact id "
-           f"{ledger_artifact.id}")
+  where = (
+    f"the {LEDGER_SEGMENTS_PROPERTY} MLMD property of PrivacyLedger artifact id "
+    f"{ledger_artifact.id}"
+  )
   try:
     entries = json.loads(text)
   except (ValueError, RecursionError) as error:
@@ -288,11 +320,15 @@ def recorded_segments(ledger_artifact: artifact.Artifact) -> Optional[List[Recor
   segments = []
   for index, entry in enumerate(entries):
     well_formed = (
-        isinstance(entry, dict) and set(entry) == names and
-        isinstance(entry["segment_id"], str) and entry["segment_id"] and
-        isinstance(entry["fixed_facts_sha256"], str) and
-        isinstance(entry["noisy_steps"], int) and not isinstance(entry["noisy_steps"], bool) and
-        entry["noisy_steps"] >= 0)
+      isinstance(entry, dict)
+      and set(entry) == names
+      and isinstance(entry["segment_id"], str)
+      and entry["segment_id"]
+      and isinstance(entry["fixed_facts_sha256"], str)
+      and isinstance(entry["noisy_steps"], int)
+      and not isinstance(entry["noisy_steps"], bool)
+      and entry["noisy_steps"] >= 0
+    )
     if not well_formed:
       raise LedgerError(f"{where}: entry {index} is malformed: {str(entry)[:200]}")
     segments.append(RecordedSegment(**entry))
@@ -310,11 +346,16 @@ def check_batches_recorded(batches: artifact.Artifact, manifest, key: Optional[b
   digest = manifest.digest()
   recorded = _string_property(batches, MANIFEST_DIGEST_PROPERTY)
   if recorded != digest:
-    raise ValueError(f"the Poisson batches in {batches.uri} are not the ones PoissonBatchGen "
-                     f"recorded in MLMD (manifest digest {digest}, recorded {recorded or 'none'})")
+    raise ValueError(
+      f"the Poisson batches in {batches.uri} are not the ones PoissonBatchGen "
+      f"recorded in MLMD (manifest digest {digest}, recorded {recorded or 'none'})"
+    )
   if key is not None:
-    manifest.check_signature(_string_property(batches, MANIFEST_SIGNATURE_PROPERTY), key,
-                             f"{batches.uri} (as MLMD records them)")
+    manifest.check_signature(
+      _string_property(batches, MANIFEST_SIGNATURE_PROPERTY),
+      key,
+      f"{batches.uri} (as MLMD records them)",
+    )
 
 
 def record_batch_facts(target: artifact.Artifact, manifest) -> None:

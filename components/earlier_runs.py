@@ -47,10 +47,11 @@ EARLIER_LEDGERS_RESOLVER_ID = "EarlierPrivacyLedgers"
 EARLIER_LEDGERS_OUTPUT = "ledgers"
 # What to do when an earlier run's segment is not in the history, said with each refusal.
 _MISSING_SEGMENT_ADVICE = (
-    "copy its segment file back into the history, or run with the history that holds it "
-    "(ledger_history_dir; dp-tfx pipeline --ledger-history); data that shares no individual with "
-    "this pipeline's earlier runs needs a pipeline of its own (another pipeline name or MLMD "
-    "store, e.g. another --output-dir)")
+  "copy its segment file back into the history, or run with the history that holds it "
+  "(ledger_history_dir; dp-tfx pipeline --ledger-history); data that shares no individual with "
+  "this pipeline's earlier runs needs a pipeline of its own (another pipeline name or MLMD "
+  "store, e.g. another --output-dir)"
+)
 _CHANGED_SEGMENT_ADVICE = "restore the segment file as that run wrote it (e.g. from a backup)"
 
 
@@ -77,9 +78,9 @@ class EveryArtifactStrategy(resolver.ResolverStrategy):
   def __init__(self, pipeline_name: Optional[str] = None):
     self._pipeline_name = pipeline_name
 
-  def resolve_artifacts(self, store: mlmd.MetadataStore,
-                        input_dict: Dict[str, List[types.Artifact]]
-                        ) -> Dict[str, List[types.Artifact]]:
+  def resolve_artifacts(
+    self, store: mlmd.MetadataStore, input_dict: Dict[str, List[types.Artifact]]
+  ) -> Dict[str, List[types.Artifact]]:
     resolved = {}
     for key, found in input_dict.items():
       every = {artifact.id: artifact for artifact in found}
@@ -87,8 +88,11 @@ class EveryArtifactStrategy(resolver.ResolverStrategy):
         pipelines = pipelines_of(store, found, self._pipeline_name)
         in_store = ledger_artifacts_in_store(store, pipelines)
       except Exception as error:  # pylint: disable=broad-except
-        logging.error("EarlierPrivacyLedgers: PrivacyLedger artifacts in states other than LIVE "
-                      "could not be read from MLMD (%r); only the LIVE ones are checked", error)
+        logging.error(
+          "EarlierPrivacyLedgers: PrivacyLedger artifacts in states other than LIVE "
+          "could not be read from MLMD (%r); only the LIVE ones are checked",
+          error,
+        )
         in_store = []
       for artifact in in_store:
         if artifact.id in every:
@@ -96,17 +100,21 @@ class EveryArtifactStrategy(resolver.ResolverStrategy):
         state = artifact.mlmd_artifact.state
         if state != metadata_store_pb2.Artifact.LIVE:
           logging.warning(
-              "PrivacyLedger artifact id %s (%s) was %s in MLMD: a run's privacy record stays in "
-              "force whatever its state, so it is LIVE again and counts", artifact.id,
-              artifact.uri, metadata_store_pb2.Artifact.State.Name(state))
+            "PrivacyLedger artifact id %s (%s) was %s in MLMD: a run's privacy record stays in "
+            "force whatever its state, so it is LIVE again and counts",
+            artifact.id,
+            artifact.uri,
+            metadata_store_pb2.Artifact.State.Name(state),
+          )
           artifact.mlmd_artifact.state = metadata_store_pb2.Artifact.LIVE
         every[artifact.id] = artifact
       resolved[key] = sorted(every.values(), key=lambda artifact: artifact.id)
     return resolved
 
 
-def pipelines_of(store: mlmd.MetadataStore, live: Sequence[types.Artifact],
-                 pipeline_name: Optional[str] = None) -> Optional[Set[str]]:
+def pipelines_of(
+  store: mlmd.MetadataStore, live: Sequence[types.Artifact], pipeline_name: Optional[str] = None
+) -> Optional[Set[str]]:
   """The pipelines whose PrivacyLedger artifacts the Resolver resolves: `pipeline_name` if given;
   else those of the LIVE ones TFX resolved (all of this pipeline); else, none being LIVE, every
   pipeline with this Resolver's node in MLMD (this one among them: its contexts are registered
@@ -117,20 +125,26 @@ def pipelines_of(store: mlmd.MetadataStore, live: Sequence[types.Artifact],
   try:
     pipeline_type = store.get_context_type(PIPELINE_CONTEXT_TYPE)
     for artifact in live:
-      names.update(context.name for context in store.get_contexts_by_artifact(artifact.id)
-                   if context.type_id == pipeline_type.id)
+      names.update(
+        context.name
+        for context in store.get_contexts_by_artifact(artifact.id)
+        if context.type_id == pipeline_type.id
+      )
     if not names:
       suffix = "." + EARLIER_LEDGERS_RESOLVER_ID
-      names.update(context.name[:-len(suffix)]
-                   for context in store.get_contexts_by_type(NODE_CONTEXT_TYPE)
-                   if context.name.endswith(suffix))
+      names.update(
+        context.name[: -len(suffix)]
+        for context in store.get_contexts_by_type(NODE_CONTEXT_TYPE)
+        if context.name.endswith(suffix)
+      )
   except mlmd_errors.NotFoundError:
     pass
   return names or None
 
 
-def ledger_artifacts_in_store(store: mlmd.MetadataStore,
-                              pipelines: Optional[Iterable[str]] = None) -> List[types.Artifact]:
+def ledger_artifacts_in_store(
+  store: mlmd.MetadataStore, pipelines: Optional[Iterable[str]] = None
+) -> List[types.Artifact]:
   """Every PrivacyLedger artifact MLMD holds, in every state, oldest first: of the named pipelines
   (attributed to the pipeline's context, or in an event of one of its executions), or of the
   whole store (None)."""
@@ -152,12 +166,16 @@ def ledger_artifacts_in_store(store: mlmd.MetadataStore,
       ids.update(artifact.id for artifact in store.get_artifacts_by_context(context.id))
       executions = store.get_executions_by_context(context.id)
       if executions:
-        ids.update(event.artifact_id for event in store.get_events_by_execution_ids(
-            [execution.id for execution in executions]))
+        ids.update(
+          event.artifact_id
+          for event in store.get_events_by_execution_ids([execution.id for execution in executions])
+        )
     found = store.get_artifacts_by_id(sorted(ids)) if ids else []
-  return [artifact_utils.deserialize_artifact(ledger_type, artifact)
-          for artifact in sorted(found, key=lambda artifact: artifact.id)
-          if artifact.type_id == ledger_type.id]
+  return [
+    artifact_utils.deserialize_artifact(ledger_type, artifact)
+    for artifact in sorted(found, key=lambda artifact: artifact.id)
+    if artifact.type_id == ledger_type.id
+  ]
 
 
 def earlier_privacy_ledgers(pipeline_name: Optional[str] = None) -> resolver.Resolver:
@@ -174,16 +192,20 @@ def earlier_privacy_ledgers(pipeline_name: Optional[str] = None) -> resolver.Res
   LatestBlessedModelStrategy, and refuses this one.
   """
   return resolver.Resolver(
-      strategy_class=EveryArtifactStrategy,
-      config={"pipeline_name": pipeline_name} if pipeline_name else None,
-      **{EARLIER_LEDGERS_OUTPUT: channel.Channel(type=artifacts.PrivacyLedger)},
+    strategy_class=EveryArtifactStrategy,
+    config={"pipeline_name": pipeline_name} if pipeline_name else None,
+    **{EARLIER_LEDGERS_OUTPUT: channel.Channel(type=artifacts.PrivacyLedger)},
   ).with_id(EARLIER_LEDGERS_RESOLVER_ID)
 
 
-def check_earlier_runs(earlier_ledgers: Sequence[types.Artifact], segments: Sequence[Segment],
-                       history_dir: Optional[str], key: Optional[bytes] = None,
-                       pipeline: Optional[str] = None,
-                       current: Optional[types.Artifact] = None) -> None:
+def check_earlier_runs(
+  earlier_ledgers: Sequence[types.Artifact],
+  segments: Sequence[Segment],
+  history_dir: Optional[str],
+  key: Optional[bytes] = None,
+  pipeline: Optional[str] = None,
+  current: Optional[types.Artifact] = None,
+) -> None:
   """Raises LedgerError unless every segment MLMD recorded for an earlier DPTrainer run is among
   `segments`, with the same fixed facts and at least as many noisy steps; and unless each record
   sits on the artifact it was written for, once (artifacts.check_origin, `check_distinct`).
@@ -205,30 +227,42 @@ def check_earlier_runs(earlier_ledgers: Sequence[types.Artifact], segments: Sequ
     artifacts.check_origin(earlier, pipeline)
   check_distinct([*earlier_ledgers, *([current] if current is not None else [])])
   present = {segment.segment_id: segment for segment in segments}
-  here = (f"the ledger history {history_dir}" if history_dir else
-          "this run's ledger (it names no ledger history)")
+  here = (
+    f"the ledger history {history_dir}"
+    if history_dir
+    else "this run's ledger (it names no ledger history)"
+  )
   for earlier in earlier_ledgers:
     run = f"DPTrainer run (artifact id {earlier.id})"
     recorded = artifacts.recorded_segments(earlier)  # malformed: LedgerError
     if recorded is None:
-      logging.warning("PrivacyLedger artifact id %s (%s) records no segments in MLMD (written "
-                      "before dp_tfx recorded them): not checked against the ledger history",
-                      earlier.id, earlier.uri)
+      logging.warning(
+        "PrivacyLedger artifact id %s (%s) records no segments in MLMD (written "
+        "before dp_tfx recorded them): not checked against the ledger history",
+        earlier.id,
+        earlier.uri,
+      )
       continue
     recorded_in = artifacts.recorded_history_dir(earlier) or "none"
     for segment in recorded:
       now = present.get(segment.segment_id)
       if now is None:
-        raise LedgerError(f"segment {segment.segment_id}, recorded in MLMD by {run} in the "
-                          f"ledger history {recorded_in}, is missing from {here}: that run's "
-                          f"spending would drop out of the total; {_MISSING_SEGMENT_ADVICE}")
+        raise LedgerError(
+          f"segment {segment.segment_id}, recorded in MLMD by {run} in the "
+          f"ledger history {recorded_in}, is missing from {here}: that run's "
+          f"spending would drop out of the total; {_MISSING_SEGMENT_ADVICE}"
+        )
       if artifacts.fixed_facts_hash(now) != segment.fixed_facts_sha256:
-        raise LedgerError(f"segment {segment.segment_id} in {here} differs from the facts {run} "
-                          f"recorded for it in MLMD: it was changed; {_CHANGED_SEGMENT_ADVICE}")
+        raise LedgerError(
+          f"segment {segment.segment_id} in {here} differs from the facts {run} "
+          f"recorded for it in MLMD: it was changed; {_CHANGED_SEGMENT_ADVICE}"
+        )
       if now.noisy_steps < segment.noisy_steps:
-        raise LedgerError(f"segment {segment.segment_id} in {here} records {now.noisy_steps} "
-                          f"noisy steps, fewer than the {segment.noisy_steps} {run} recorded in "
-                          f"MLMD: it was shortened; {_CHANGED_SEGMENT_ADVICE}")
+        raise LedgerError(
+          f"segment {segment.segment_id} in {here} records {now.noisy_steps} "
+          f"noisy steps, fewer than the {segment.noisy_steps} {run} recorded in "
+          f"MLMD: it was shortened; {_CHANGED_SEGMENT_ADVICE}"
+        )
 
 
 def check_distinct(ledger_artifacts: Sequence[types.Artifact]) -> None:
@@ -239,22 +273,30 @@ def check_distinct(ledger_artifacts: Sequence[types.Artifact]) -> None:
     identity = artifacts.record_identity(artifact)  # malformed: LedgerError
     other = seen.setdefault(identity, artifact)
     if other.id != artifact.id:
-      raise LedgerError(f"PrivacyLedger artifact ids {other.id} and {artifact.id} hold the same "
-                        f"record (written for {identity}): it was copied from one onto the other "
-                        "in MLMD, hiding the other's own record")
+      raise LedgerError(
+        f"PrivacyLedger artifact ids {other.id} and {artifact.id} hold the same "
+        f"record (written for {identity}): it was copied from one onto the other "
+        "in MLMD, hiding the other's own record"
+      )
 
 
-def check_history(earlier_ledgers: Sequence[types.Artifact], history_dir: str,
-                  key: Optional[bytes] = None, pipeline: Optional[str] = None) -> None:
+def check_history(
+  earlier_ledgers: Sequence[types.Artifact],
+  history_dir: str,
+  key: Optional[bytes] = None,
+  pipeline: Optional[str] = None,
+) -> None:
   """`check_earlier_runs` against the ledger history in `history_dir` as it is now (read with
   `key`, if given): the DPTrainer's check before it spends anything."""
   if earlier_ledgers:
-    check_earlier_runs(earlier_ledgers, LedgerHistory(history_dir, key).read(), history_dir, key,
-                       pipeline)
+    check_earlier_runs(
+      earlier_ledgers, LedgerHistory(history_dir, key).read(), history_dir, key, pipeline
+    )
 
 
-def check_store(metadata_path: str, ledger_file: str, snapshot, ledger,
-                key: Optional[bytes] = None) -> str:
+def check_store(
+  metadata_path: str, ledger_file: str, snapshot, ledger, key: Optional[bytes] = None
+) -> str:
   """`dp-tfx report --metadata`: the same cross-check as the DPTrainer's and the
   PrivacyEvaluator's, against the pipeline's MLMD store (an SQLite file, opened read-only).
 
@@ -276,8 +318,10 @@ def check_store(metadata_path: str, ledger_file: str, snapshot, ledger,
     LedgerError: if the check fails; ValueError if the store cannot be read.
   """
   if not os.path.isfile(metadata_path):
-    raise ValueError(f"--metadata {metadata_path} is not a file: give the pipeline's MLMD store "
-                     "(OUTPUT_DIR/metadata.sqlite for dp-tfx pipeline)")
+    raise ValueError(
+      f"--metadata {metadata_path} is not a file: give the pipeline's MLMD store "
+      "(OUTPUT_DIR/metadata.sqlite for dp-tfx pipeline)"
+    )
   config = metadata_store_pb2.ConnectionConfig()
   config.sqlite.filename_uri = metadata_path
   config.sqlite.connection_mode = metadata_store_pb2.SqliteMetadataSourceConfig.READONLY
@@ -285,37 +329,58 @@ def check_store(metadata_path: str, ledger_file: str, snapshot, ledger,
     store = mlmd.MetadataStore(config)
     everything = ledger_artifacts_in_store(store)
     directory = os.path.realpath(os.path.dirname(os.path.abspath(ledger_file)))
-    own = [artifact for artifact in everything
-           if "://" not in artifact.uri and os.path.realpath(artifact.uri) == directory]
+    own = [
+      artifact
+      for artifact in everything
+      if "://" not in artifact.uri and os.path.realpath(artifact.uri) == directory
+    ]
     pipelines = None
     if own:
       pipeline_type = store.get_context_type(PIPELINE_CONTEXT_TYPE)
-      pipelines = {context.name for artifact in own
-                   for context in store.get_contexts_by_artifact(artifact.id)
-                   if context.type_id == pipeline_type.id} or None
+      pipelines = {
+        context.name
+        for artifact in own
+        for context in store.get_contexts_by_artifact(artifact.id)
+        if context.type_id == pipeline_type.id
+      } or None
     records = ledger_artifacts_in_store(store, pipelines) if pipelines else everything
   except (mlmd_errors.StatusError, RuntimeError) as error:  # RuntimeError: not an MLMD store
-    raise ValueError(f"--metadata {metadata_path} cannot be read as an MLMD store: "
-                     f"{str(error)[:200]}") from None
+    raise ValueError(
+      f"--metadata {metadata_path} cannot be read as an MLMD store: {str(error)[:200]}"
+    ) from None
   for artifact in own:
     if key is not None:
       artifacts.verify_record(artifact, key)
     artifacts.check_origin(artifact)
     if not artifact.has_custom_property(artifacts.LEDGER_HASH_PROPERTY):
-      raise LedgerError(f"the DPTrainer recorded no content_hash for PrivacyLedger artifact id "
-                        f"{artifact.id} in MLMD: its file cannot be checked against what "
-                        "training wrote")
+      raise LedgerError(
+        f"the DPTrainer recorded no content_hash for PrivacyLedger artifact id "
+        f"{artifact.id} in MLMD: its file cannot be checked against what "
+        "training wrote"
+      )
     if artifact.get_string_custom_property(artifacts.LEDGER_HASH_PROPERTY) != (
-        snapshot.content_hash()):
-      raise LedgerError(f"the ledger file's content_hash differs from the one the DPTrainer "
-                        f"recorded in MLMD for PrivacyLedger artifact id {artifact.id}: the file "
-                        "was changed (and re-hashed) after training")
+      snapshot.content_hash()
+    ):
+      raise LedgerError(
+        f"the ledger file's content_hash differs from the one the DPTrainer "
+        f"recorded in MLMD for PrivacyLedger artifact id {artifact.id}: the file "
+        "was changed (and re-hashed) after training"
+      )
   check_earlier_runs(records, ledger.segments, ledger.history_dir, key)
-  not_live = sum(artifact.mlmd_artifact.state != metadata_store_pb2.Artifact.LIVE
-                 for artifact in records)
-  scope = (f"of pipeline {', '.join(sorted(pipelines))}" if pipelines else
-           "of every pipeline there (the ledger file is no PrivacyLedger artifact's)")
-  return (f"passed: {len(records)} DPTrainer runs recorded in {metadata_path} {scope}"
-          + (f", {not_live} of them not LIVE there" if not_live else "")
-          + ("; records signed with the ledger key" if key is not None else
-             "; signatures not checked (no ledger key set)"))
+  not_live = sum(
+    artifact.mlmd_artifact.state != metadata_store_pb2.Artifact.LIVE for artifact in records
+  )
+  scope = (
+    f"of pipeline {', '.join(sorted(pipelines))}"
+    if pipelines
+    else "of every pipeline there (the ledger file is no PrivacyLedger artifact's)"
+  )
+  return (
+    f"passed: {len(records)} DPTrainer runs recorded in {metadata_path} {scope}"
+    + (f", {not_live} of them not LIVE there" if not_live else "")
+    + (
+      "; records signed with the ledger key"
+      if key is not None
+      else "; signatures not checked (no ledger key set)"
+    )
+  )

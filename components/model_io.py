@@ -29,8 +29,10 @@ METRICS_FILE = "eval_metrics.json"
 
 def splits(exec_properties) -> tuple:
   """(train split, eval split) of a component's exec properties (default "train", "eval")."""
-  return (exec_properties.get(specs.TRAIN_SPLIT_KEY) or TRAIN_SPLIT,
-          exec_properties.get(specs.EVAL_SPLIT_KEY) or EVAL_SPLIT)
+  return (
+    exec_properties.get(specs.TRAIN_SPLIT_KEY) or TRAIN_SPLIT,
+    exec_properties.get(specs.EVAL_SPLIT_KEY) or EVAL_SPLIT,
+  )
 
 
 def split_file_patterns(examples: types.Artifact, split: str) -> List[str]:
@@ -68,8 +70,9 @@ def read_examples(file_patterns: Sequence[str], spec, decode, context):
   return inputs, np.concatenate([p[1] for p in parts])
 
 
-def examples_dataset(file_patterns: Sequence[str], spec, decode, context,
-                     batch_size: int = 1024) -> tf.data.Dataset:
+def examples_dataset(
+  file_patterns: Sequence[str], spec, decode, context, batch_size: int = 1024
+) -> tf.data.Dataset:
   """The examples in the files matching `file_patterns`, parsed and decoded in batches, read as
   they are used: evaluation holds a batch at a time, whatever the split's size.
 
@@ -78,9 +81,16 @@ def examples_dataset(file_patterns: Sequence[str], spec, decode, context,
   for it in a collective step)."""
   options = tf.data.Options()
   options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.OFF
-  return example_records(file_patterns).batch(batch_size).map(
+  return (
+    example_records(file_patterns)
+    .batch(batch_size)
+    .map(
       lambda serialized: decode(tf.io.parse_example(serialized, spec), context),
-      num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE).with_options(options)
+      num_parallel_calls=tf.data.AUTOTUNE,
+    )
+    .prefetch(tf.data.AUTOTUNE)
+    .with_options(options)
+  )
 
 
 @contextlib.contextmanager
@@ -95,12 +105,15 @@ def eval_dataset_read_whole():
 def evaluate_metrics(model: keras.Model, dataset: tf.data.Dataset) -> Dict[str, float]:
   """The compiled model's metrics on a dataset of (inputs, labels) batches."""
   with eval_dataset_read_whole():
-    return {name: float(value) for name, value in
-            model.evaluate(dataset, return_dict=True, verbose=0).items()}
+    return {
+      name: float(value)
+      for name, value in model.evaluate(dataset, return_dict=True, verbose=0).items()
+    }
 
 
-def record_eval_metrics(model: keras.Model, dataset: tf.data.Dataset,
-                        model_run_dir: str) -> Dict[str, float]:
+def record_eval_metrics(
+  model: keras.Model, dataset: tf.data.Dataset, model_run_dir: str
+) -> Dict[str, float]:
   """evaluate_metrics, also written as METRICS_FILE into model_run_dir."""
   metrics = evaluate_metrics(model, dataset)
   io_utils.write_string_file(os.path.join(model_run_dir, METRICS_FILE), json.dumps(metrics))
@@ -116,6 +129,9 @@ def export_serving_model(model: keras.Model, spec, decode, context, serving_dir:
     inputs, _ = decode(tf.io.parse_example(serialized, spec), context)
     return {"outputs": model(inputs, training=False)}
 
-  archive.add_endpoint("serving_default", serve_examples, input_signature=[
-      tf.TensorSpec([None], tf.string, name=SERVING_EXAMPLES_KEY)])
+  archive.add_endpoint(
+    "serving_default",
+    serve_examples,
+    input_signature=[tf.TensorSpec([None], tf.string, name=SERVING_EXAMPLES_KEY)],
+  )
   archive.write_out(serving_dir, verbose=False)

@@ -47,97 +47,97 @@ EVAL_SPLIT_KEY = "eval_split"
 
 # Optional inputs handed to a user module through its context (see dp_trainer.executor).
 _MODULE_CONTEXT_INPUTS = {
-    SCHEMA_KEY: ChannelParameter(type=standard_artifacts.Schema, optional=True),
-    TRANSFORM_GRAPH_KEY: ChannelParameter(type=standard_artifacts.TransformGraph, optional=True),
-    HYPERPARAMETERS_KEY: ChannelParameter(type=standard_artifacts.HyperParameters, optional=True),
+  SCHEMA_KEY: ChannelParameter(type=standard_artifacts.Schema, optional=True),
+  TRANSFORM_GRAPH_KEY: ChannelParameter(type=standard_artifacts.TransformGraph, optional=True),
+  HYPERPARAMETERS_KEY: ChannelParameter(type=standard_artifacts.HyperParameters, optional=True),
 }
 
 
 # Every earlier DPTrainer run's ledger artifact in MLMD (possibly none): what they recorded must
 # be in the ledger history the run counts (see earlier_runs.py).
 _EARLIER_RUNS_INPUTS = {
-    EARLIER_PRIVACY_LEDGERS_KEY: ChannelParameter(type=artifacts.PrivacyLedger, optional=True),
+  EARLIER_PRIVACY_LEDGERS_KEY: ChannelParameter(type=artifacts.PrivacyLedger, optional=True),
 }
 
 
 class DPTrainerSpec(ComponentSpec):
   PARAMETERS = {
-      MODULE_FILE_KEY: ExecutionParameter(type=str, optional=True),
-      MODULE_PATH_KEY: ExecutionParameter(type=str, optional=True),
-      DP_CONFIG_KEY: ExecutionParameter(type=str),
-      CUSTOM_CONFIG_KEY: ExecutionParameter(type=str, optional=True),
-      LEDGER_HISTORY_DIR_KEY: ExecutionParameter(type=str, optional=True),
-      DATA_SOURCE_KEY: ExecutionParameter(type=str, optional=True),
-      BUDGET_ROOT_KEY: ExecutionParameter(type=str, optional=True),
-      PRIVACY_POLICY_KEY: ExecutionParameter(type=str, optional=True),
-      TRAIN_SPLIT_KEY: ExecutionParameter(type=str, optional=True),
-      EVAL_SPLIT_KEY: ExecutionParameter(type=str, optional=True),
+    MODULE_FILE_KEY: ExecutionParameter(type=str, optional=True),
+    MODULE_PATH_KEY: ExecutionParameter(type=str, optional=True),
+    DP_CONFIG_KEY: ExecutionParameter(type=str),
+    CUSTOM_CONFIG_KEY: ExecutionParameter(type=str, optional=True),
+    LEDGER_HISTORY_DIR_KEY: ExecutionParameter(type=str, optional=True),
+    DATA_SOURCE_KEY: ExecutionParameter(type=str, optional=True),
+    BUDGET_ROOT_KEY: ExecutionParameter(type=str, optional=True),
+    PRIVACY_POLICY_KEY: ExecutionParameter(type=str, optional=True),
+    TRAIN_SPLIT_KEY: ExecutionParameter(type=str, optional=True),
+    EVAL_SPLIT_KEY: ExecutionParameter(type=str, optional=True),
   }
   INPUTS = {
-      EXAMPLES_KEY: ChannelParameter(type=standard_artifacts.Examples),
-      POISSON_BATCHES_KEY: ChannelParameter(type=artifacts.PoissonBatches, optional=True),
-      **_MODULE_CONTEXT_INPUTS,
-      **_EARLIER_RUNS_INPUTS,
+    EXAMPLES_KEY: ChannelParameter(type=standard_artifacts.Examples),
+    POISSON_BATCHES_KEY: ChannelParameter(type=artifacts.PoissonBatches, optional=True),
+    **_MODULE_CONTEXT_INPUTS,
+    **_EARLIER_RUNS_INPUTS,
   }
   OUTPUTS = {
-      MODEL_KEY: ChannelParameter(type=standard_artifacts.Model),
-      MODEL_RUN_KEY: ChannelParameter(type=standard_artifacts.ModelRun),
-      PRIVACY_LEDGER_KEY: ChannelParameter(type=artifacts.PrivacyLedger),
+    MODEL_KEY: ChannelParameter(type=standard_artifacts.Model),
+    MODEL_RUN_KEY: ChannelParameter(type=standard_artifacts.ModelRun),
+    PRIVACY_LEDGER_KEY: ChannelParameter(type=artifacts.PrivacyLedger),
   }
 
 
 class PoissonBatchGenSpec(ComponentSpec):
   PARAMETERS = {
-      DP_CONFIG_KEY: ExecutionParameter(type=str),
-      TRAIN_SPLIT_KEY: ExecutionParameter(type=str, optional=True),
-      FIRST_STEP_KEY: ExecutionParameter(type=int, optional=True),
-      LAST_STEP_KEY: ExecutionParameter(type=int, optional=True),
-      STEPS_PER_SHARD_KEY: ExecutionParameter(type=int, optional=True),
+    DP_CONFIG_KEY: ExecutionParameter(type=str),
+    TRAIN_SPLIT_KEY: ExecutionParameter(type=str, optional=True),
+    FIRST_STEP_KEY: ExecutionParameter(type=int, optional=True),
+    LAST_STEP_KEY: ExecutionParameter(type=int, optional=True),
+    STEPS_PER_SHARD_KEY: ExecutionParameter(type=int, optional=True),
   }
   INPUTS = {
-      EXAMPLES_KEY: ChannelParameter(type=standard_artifacts.Examples),
+    EXAMPLES_KEY: ChannelParameter(type=standard_artifacts.Examples),
   }
   OUTPUTS = {
-      POISSON_BATCHES_KEY: ChannelParameter(type=artifacts.PoissonBatches),
+    POISSON_BATCHES_KEY: ChannelParameter(type=artifacts.PoissonBatches),
   }
 
 
 class PrivacyAuditorSpec(ComponentSpec):
   PARAMETERS = {
-      MODULE_FILE_KEY: ExecutionParameter(type=str, optional=True),
-      MODULE_PATH_KEY: ExecutionParameter(type=str, optional=True),
-      CUSTOM_CONFIG_KEY: ExecutionParameter(type=str, optional=True),
-      CANARY_FILE_KEY: ExecutionParameter(type=str, optional=True),
-      MAX_EXAMPLES_KEY: ExecutionParameter(type=int, optional=True),
-      DELTA_KEY: ExecutionParameter(type=float, optional=True),
-      TRAIN_SPLIT_KEY: ExecutionParameter(type=str, optional=True),
-      EVAL_SPLIT_KEY: ExecutionParameter(type=str, optional=True),
+    MODULE_FILE_KEY: ExecutionParameter(type=str, optional=True),
+    MODULE_PATH_KEY: ExecutionParameter(type=str, optional=True),
+    CUSTOM_CONFIG_KEY: ExecutionParameter(type=str, optional=True),
+    CANARY_FILE_KEY: ExecutionParameter(type=str, optional=True),
+    MAX_EXAMPLES_KEY: ExecutionParameter(type=int, optional=True),
+    DELTA_KEY: ExecutionParameter(type=float, optional=True),
+    TRAIN_SPLIT_KEY: ExecutionParameter(type=str, optional=True),
+    EVAL_SPLIT_KEY: ExecutionParameter(type=str, optional=True),
   }
   INPUTS = {
-      EXAMPLES_KEY: ChannelParameter(type=standard_artifacts.Examples),
-      MODEL_KEY: ChannelParameter(type=standard_artifacts.Model),
-      CONTROL_MODEL_KEY: ChannelParameter(type=standard_artifacts.Model, optional=True),
-      # What the DPTrainer's module got, so that it decodes and scores exactly as it trained.
-      **_MODULE_CONTEXT_INPUTS,
+    EXAMPLES_KEY: ChannelParameter(type=standard_artifacts.Examples),
+    MODEL_KEY: ChannelParameter(type=standard_artifacts.Model),
+    CONTROL_MODEL_KEY: ChannelParameter(type=standard_artifacts.Model, optional=True),
+    # What the DPTrainer's module got, so that it decodes and scores exactly as it trained.
+    **_MODULE_CONTEXT_INPUTS,
   }
   OUTPUTS = {
-      PRIVACY_AUDIT_KEY: ChannelParameter(type=artifacts.PrivacyAudit),
+    PRIVACY_AUDIT_KEY: ChannelParameter(type=artifacts.PrivacyAudit),
   }
 
 
 class PrivacyEvaluatorSpec(ComponentSpec):
   PARAMETERS = {
-      PRIVACY_POLICY_KEY: ExecutionParameter(type=str),
+    PRIVACY_POLICY_KEY: ExecutionParameter(type=str),
   }
   INPUTS = {
-      MODEL_KEY: ChannelParameter(type=standard_artifacts.Model),
-      PRIVACY_LEDGER_KEY: ChannelParameter(type=artifacts.PrivacyLedger),
-      MODEL_BLESSING_KEY: ChannelParameter(type=standard_artifacts.ModelBlessing, optional=True),
-      PRIVACY_AUDIT_KEY: ChannelParameter(type=artifacts.PrivacyAudit, optional=True),
-      POISSON_BATCHES_KEY: ChannelParameter(type=artifacts.PoissonBatches, optional=True),
-      **_EARLIER_RUNS_INPUTS,
+    MODEL_KEY: ChannelParameter(type=standard_artifacts.Model),
+    PRIVACY_LEDGER_KEY: ChannelParameter(type=artifacts.PrivacyLedger),
+    MODEL_BLESSING_KEY: ChannelParameter(type=standard_artifacts.ModelBlessing, optional=True),
+    PRIVACY_AUDIT_KEY: ChannelParameter(type=artifacts.PrivacyAudit, optional=True),
+    POISSON_BATCHES_KEY: ChannelParameter(type=artifacts.PoissonBatches, optional=True),
+    **_EARLIER_RUNS_INPUTS,
   }
   OUTPUTS = {
-      BLESSING_KEY: ChannelParameter(type=standard_artifacts.ModelBlessing),
-      PRIVACY_REPORT_KEY: ChannelParameter(type=artifacts.PrivacyReport),
+    BLESSING_KEY: ChannelParameter(type=standard_artifacts.ModelBlessing),
+    PRIVACY_REPORT_KEY: ChannelParameter(type=artifacts.PrivacyReport),
   }

@@ -38,13 +38,29 @@ from dp_tfx.policy import PrivacyPolicy
 from dp_tfx.report import REPORT_FILE
 
 
-def make_ledger(*, dataset_size: int, batch_size: int, noise_multiplier: float, steps: int,
-                l2_norm_clip: float = 1.0, sampling: str = POISSON,
-                num_microbatches: Optional[int] = None, seeded: bool = False) -> PrivacyLedger:
+def make_ledger(
+  *,
+  dataset_size: int,
+  batch_size: int,
+  noise_multiplier: float,
+  steps: int,
+  l2_norm_clip: float = 1.0,
+  sampling: str = POISSON,
+  num_microbatches: Optional[int] = None,
+  seeded: bool = False,
+) -> PrivacyLedger:
   """A ledger recording `steps` noisy steps of a run with these facts, as the trainer would."""
-  plan = TrainingPlan.from_config(DPConfig(
-      l2_norm_clip=l2_norm_clip, noise_multiplier=noise_multiplier, batch_size=batch_size,
-      steps=steps, sampling=sampling, num_microbatches=num_microbatches), dataset_size)
+  plan = TrainingPlan.from_config(
+    DPConfig(
+      l2_norm_clip=l2_norm_clip,
+      noise_multiplier=noise_multiplier,
+      batch_size=batch_size,
+      steps=steps,
+      sampling=sampling,
+      num_microbatches=num_microbatches,
+    ),
+    dataset_size,
+  )
   ledger = PrivacyLedger(dataset_size=dataset_size, dataset_fingerprint="sha256:test-data")
   ledger.start_segment(plan, seeded=seeded)
   ledger.segments[-1].noisy_steps = steps
@@ -61,8 +77,10 @@ class EvaluationResult:
 
   @property
   def blessed(self) -> bool:
-    return self.blessing.get_int_custom_property(
-        evaluator_constants.ARTIFACT_PROPERTY_BLESSED_KEY) == evaluator_constants.BLESSED_VALUE
+    return (
+      self.blessing.get_int_custom_property(evaluator_constants.ARTIFACT_PROPERTY_BLESSED_KEY)
+      == evaluator_constants.BLESSED_VALUE
+    )
 
   @property
   def reasons(self) -> list:
@@ -77,8 +95,9 @@ def _artifact(kind, uri, artifact_id=1):
   return artifact
 
 
-def examples_artifact(directory,
-                      split_files: Dict[str, os.PathLike]) -> standard_artifacts.Examples:
+def examples_artifact(
+  directory, split_files: Dict[str, os.PathLike]
+) -> standard_artifacts.Examples:
   """An Examples artifact under `directory` whose splits hold copies of the given TFRecord files.
 
   Args:
@@ -95,14 +114,19 @@ def examples_artifact(directory,
   return examples
 
 
-def run_dp_trainer(examples: standard_artifacts.Examples, directory, config: DPConfig,
-                   module_file: str, custom_config: Optional[dict] = None,
-                   ledger_history_dir: Optional[str] = None,
-                   data_source: Optional[str] = None,
-                   splits: Optional[Dict[str, str]] = None,
-                   privacy_policy: Optional[PrivacyPolicy] = None,
-                   earlier_ledgers: Sequence[artifacts.PrivacyLedger] = (),
-                   budget_root: Optional[str] = None) -> Dict[str, list]:
+def run_dp_trainer(
+  examples: standard_artifacts.Examples,
+  directory,
+  config: DPConfig,
+  module_file: str,
+  custom_config: Optional[dict] = None,
+  ledger_history_dir: Optional[str] = None,
+  data_source: Optional[str] = None,
+  splits: Optional[Dict[str, str]] = None,
+  privacy_policy: Optional[PrivacyPolicy] = None,
+  earlier_ledgers: Sequence[artifacts.PrivacyLedger] = (),
+  budget_root: Optional[str] = None,
+) -> Dict[str, list]:
   """Runs the real DPTrainer executor on `examples`; returns its output dict (model, model_run,
   privacy_ledger artifacts under `directory`). The ledger history: `ledger_history_dir`; with
   `budget_root`, the DPTrainer's default (the data source's budget there); else
@@ -114,24 +138,34 @@ def run_dp_trainer(examples: standard_artifacts.Examples, directory, config: DPC
   root = pathlib.Path(directory)
   if ledger_history_dir is None and budget_root is None:
     ledger_history_dir = root / "history"
-  outputs = {specs.MODEL_KEY: [_artifact(standard_artifacts.Model, root / "model")],
-             specs.MODEL_RUN_KEY: [_artifact(standard_artifacts.ModelRun, root / "run")],
-             specs.PRIVACY_LEDGER_KEY: [_artifact(artifacts.PrivacyLedger, root / "ledger")]}
+  outputs = {
+    specs.MODEL_KEY: [_artifact(standard_artifacts.Model, root / "model")],
+    specs.MODEL_RUN_KEY: [_artifact(standard_artifacts.ModelRun, root / "run")],
+    specs.PRIVACY_LEDGER_KEY: [_artifact(artifacts.PrivacyLedger, root / "ledger")],
+  }
   inputs = {specs.EXAMPLES_KEY: [examples]}
   if earlier_ledgers:
     inputs[specs.EARLIER_PRIVACY_LEDGERS_KEY] = list(earlier_ledgers)
-  dp_trainer_executor.Executor().Do(inputs, outputs, {
-      specs.DP_CONFIG_KEY: config.to_json(), specs.MODULE_FILE_KEY: module_file,
+  dp_trainer_executor.Executor().Do(
+    inputs,
+    outputs,
+    {
+      specs.DP_CONFIG_KEY: config.to_json(),
+      specs.MODULE_FILE_KEY: module_file,
       specs.CUSTOM_CONFIG_KEY: json.dumps(custom_config or {}),
       specs.LEDGER_HISTORY_DIR_KEY: None if ledger_history_dir is None else str(ledger_history_dir),
-      specs.DATA_SOURCE_KEY: data_source, specs.BUDGET_ROOT_KEY: budget_root,
+      specs.DATA_SOURCE_KEY: data_source,
+      specs.BUDGET_ROOT_KEY: budget_root,
       specs.PRIVACY_POLICY_KEY: privacy_policy.to_json() if privacy_policy else None,
-      **(splits or {})})
+      **(splits or {}),
+    },
+  )
   return outputs
 
 
-def ledger_artifact(ledger: PrivacyLedger, directory,
-                    artifact_id: int = 1) -> artifacts.PrivacyLedger:
+def ledger_artifact(
+  ledger: PrivacyLedger, directory, artifact_id: int = 1
+) -> artifacts.PrivacyLedger:
   """A PrivacyLedger artifact under `directory` holding `ledger`'s file, with what the DPTrainer
   records in MLMD beside it (content hash, ledger history, segments, and their signature with a
   ledger key set: artifacts.record_ledger). As an earlier run's artifact, it is an
@@ -142,20 +176,27 @@ def ledger_artifact(ledger: PrivacyLedger, directory,
   return artifact
 
 
-def read_evaluation(blessing: standard_artifacts.ModelBlessing,
-                    report: artifacts.PrivacyReport) -> EvaluationResult:
+def read_evaluation(
+  blessing: standard_artifacts.ModelBlessing, report: artifacts.PrivacyReport
+) -> EvaluationResult:
   """The result of a PrivacyEvaluator run, from its output artifacts."""
-  return EvaluationResult(blessing=blessing, report_dir=report.uri,
-                          report=json.loads((pathlib.Path(report.uri) / REPORT_FILE).read_text()))
+  return EvaluationResult(
+    blessing=blessing,
+    report_dir=report.uri,
+    report=json.loads((pathlib.Path(report.uri) / REPORT_FILE).read_text()),
+  )
 
 
-def run_privacy_evaluator(ledger: PrivacyLedger, policy: PrivacyPolicy, directory,
-                          upstream_blessed: Optional[bool] = None,
-                          tamper: Optional[Callable[[pathlib.Path], None]] = None,
-                          audit: Optional[PrivacyAudit] = None,
-                          earlier_ledgers: Sequence[artifacts.PrivacyLedger] = (),
-                          poisson_batches: Optional[BatchManifest] = None,
-                          ) -> EvaluationResult:
+def run_privacy_evaluator(
+  ledger: PrivacyLedger,
+  policy: PrivacyPolicy,
+  directory,
+  upstream_blessed: Optional[bool] = None,
+  tamper: Optional[Callable[[pathlib.Path], None]] = None,
+  audit: Optional[PrivacyAudit] = None,
+  earlier_ledgers: Sequence[artifacts.PrivacyLedger] = (),
+  poisson_batches: Optional[BatchManifest] = None,
+) -> EvaluationResult:
   """Runs the real PrivacyEvaluator executor on `ledger`, paired with a stand-in model.
 
   Args:
@@ -186,8 +227,9 @@ def run_privacy_evaluator(ledger: PrivacyLedger, policy: PrivacyPolicy, director
     input_dict[specs.EARLIER_PRIVACY_LEDGERS_KEY] = list(earlier_ledgers)
   if upstream_blessed is not None:
     upstream = _artifact(standard_artifacts.ModelBlessing, root / "upstream")
-    upstream.set_int_custom_property(evaluator_constants.ARTIFACT_PROPERTY_BLESSED_KEY,
-                                     int(upstream_blessed))
+    upstream.set_int_custom_property(
+      evaluator_constants.ARTIFACT_PROPERTY_BLESSED_KEY, int(upstream_blessed)
+    )
     input_dict[specs.MODEL_BLESSING_KEY] = [upstream]
   if poisson_batches is not None:
     batches = _artifact(artifacts.PoissonBatches, root / "batches")
@@ -203,8 +245,10 @@ def run_privacy_evaluator(ledger: PrivacyLedger, policy: PrivacyPolicy, director
   blessing = _artifact(standard_artifacts.ModelBlessing, root / "blessing")
   report = _artifact(artifacts.PrivacyReport, root / "report")
   privacy_evaluator_executor.Executor().Do(
-      input_dict, {specs.BLESSING_KEY: [blessing], specs.PRIVACY_REPORT_KEY: [report]},
-      {specs.PRIVACY_POLICY_KEY: policy.to_json()})
+    input_dict,
+    {specs.BLESSING_KEY: [blessing], specs.PRIVACY_REPORT_KEY: [report]},
+    {specs.PRIVACY_POLICY_KEY: policy.to_json()},
+  )
   return read_evaluation(blessing, report)
 
 
@@ -216,7 +260,9 @@ def assert_blessed(result: EvaluationResult) -> None:
 def assert_not_blessed(result: EvaluationResult, reason: str = "") -> None:
   """Asserts NOT blessed, and that some reason contains `reason`."""
   assert not result.blessed, "expected NOT BLESSED, but the model was blessed"
-  assert os.path.exists(os.path.join(result.blessing.uri,
-                                     evaluator_constants.NOT_BLESSED_FILE_NAME))
+  assert os.path.exists(
+    os.path.join(result.blessing.uri, evaluator_constants.NOT_BLESSED_FILE_NAME)
+  )
   assert any(reason in r for r in result.reasons), (
-      f"no reason mentions {reason!r}: {result.reasons}")
+    f"no reason mentions {reason!r}: {result.reasons}"
+  )

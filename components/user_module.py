@@ -52,8 +52,11 @@ def trainer_context(input_dict, exec_properties) -> TrainerContext:
     path = io_utils.get_only_uri_in_dir(artifact_utils.get_single_uri(tuned))
     hyperparameters.update(json.loads(io_utils.read_string_file(path)).get("values", {}))
   uri = lambda key: artifact_utils.get_single_uri(input_dict[key]) if input_dict.get(key) else None
-  return TrainerContext(hyperparameters=hyperparameters, schema_uri=uri(specs.SCHEMA_KEY),
-                        transform_graph_uri=uri(specs.TRANSFORM_GRAPH_KEY))
+  return TrainerContext(
+    hyperparameters=hyperparameters,
+    schema_uri=uri(specs.SCHEMA_KEY),
+    transform_graph_uri=uri(specs.TRANSFORM_GRAPH_KEY),
+  )
 
 
 def _top_level_names(source: str) -> set:
@@ -96,6 +99,8 @@ def check_module_functions(module_file: Optional[str], module_path: Optional[str
       raise ValueError(f"the DPTrainer's module {path} does not parse: {error}") from None
   missing = [name for name in MODULE_FUNCTIONS if name not in defined]
   if missing:
-    raise ValueError(f"the DPTrainer's module {module_file or module_path} lacks "
-                     f"{', '.join(missing)}; required: {', '.join(MODULE_FUNCTIONS)} "
-                     "(see the README's 'Add DP training to your own TFX pipeline')")
+    raise ValueError(
+      f"the DPTrainer's module {module_file or module_path} lacks "
+      f"{', '.join(missing)}; required: {', '.join(MODULE_FUNCTIONS)} "
+      "(see the README's 'Add DP training to your own TFX pipeline')"
+    )

@@ -10,17 +10,17 @@ import importlib
 from dp_tfx.version import __version__
 
 _EXPORTS = {
-    "DPConfig": "dp_tfx.config",
-    "TrainingPlan": "dp_tfx.plan",
-    "PrivacyLedger": "dp_tfx.ledger",
-    "LedgerError": "dp_tfx.ledger",
-    "LedgerIntegrityError": "dp_tfx.ledger",
-    "DPModel": "dp_tfx.keras",
-    "PrivacyBudgetExhaustedError": "dp_tfx.keras",
-    "make_private": "dp_tfx.keras",
-    "PrivacyPolicy": "dp_tfx.policy",
-    "PolicyRefusal": "dp_tfx.policy",
-    "StepCheckpoint": "dp_tfx.resume",
+  "DPConfig": "dp_tfx.config",
+  "TrainingPlan": "dp_tfx.plan",
+  "PrivacyLedger": "dp_tfx.ledger",
+  "LedgerError": "dp_tfx.ledger",
+  "LedgerIntegrityError": "dp_tfx.ledger",
+  "DPModel": "dp_tfx.keras",
+  "PrivacyBudgetExhaustedError": "dp_tfx.keras",
+  "make_private": "dp_tfx.keras",
+  "PrivacyPolicy": "dp_tfx.policy",
+  "PolicyRefusal": "dp_tfx.policy",
+  "StepCheckpoint": "dp_tfx.resume",
 }
 
 __all__ = sorted(_EXPORTS) + ["__version__"]

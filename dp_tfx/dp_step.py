@@ -19,11 +19,19 @@ from dp_tfx.plan import TrainingPlan
 ChunkCallback = Callable[[object, tf.Tensor, tf.Tensor, tf.Tensor], None]
 
 
-def noisy_gradients(taps: clipping.GradientTaps, loss_fn: clipping.LossFn, plan: TrainingPlan,
-                    features, labels: tf.Tensor, mask: tf.Tensor, key: tf.Tensor,
-                    step: tf.Tensor, static_chunks: bool = False,
-                    on_chunk: Optional[ChunkCallback] = None,
-                    step_noise: Optional[list] = None) -> tuple:
+def noisy_gradients(
+  taps: clipping.GradientTaps,
+  loss_fn: clipping.LossFn,
+  plan: TrainingPlan,
+  features,
+  labels: tf.Tensor,
+  mask: tf.Tensor,
+  key: tf.Tensor,
+  step: tf.Tensor,
+  static_chunks: bool = False,
+  on_chunk: Optional[ChunkCallback] = None,
+  step_noise: Optional[list] = None,
+) -> tuple:
   """The noisy, averaged DP-SGD gradient of one logical batch (or of this replica's slice of it).
 
   Args:
@@ -48,30 +56,36 @@ def noisy_gradients(taps: clipping.GradientTaps, loss_fn: clipping.LossFn, plan:
   # A mask other than 0/1 would weigh an example more than once (its sensitivity above C): such
   # a batch stops the step (the batches' own checks should have refused it earlier), and under
   # XLA, which drops assertions, every slot still weighs 0 or 1.
-  checks = [tf.debugging.assert_equal(mask * (1.0 - mask), tf.zeros_like(mask),
-                                      message="the mask must be 0 or 1 in every slot")]
+  checks = [
+    tf.debugging.assert_equal(
+      mask * (1.0 - mask), tf.zeros_like(mask), message="the mask must be 0 or 1 in every slot"
+    )
+  ]
   with tf.control_dependencies(checks):
     mask = tf.cast(tf.equal(mask, 1.0), mask.dtype)
   if plan.num_microbatches is not None:
-    microbatch_ids = sampling.microbatch_assignment(key, step, tf.shape(mask)[0],
-                                                    plan.num_microbatches)
+    microbatch_ids = sampling.microbatch_assignment(
+      key, step, tf.shape(mask)[0], plan.num_microbatches
+    )
   physical = plan.physical_batch_size // tf.distribute.get_replica_context().num_replicas_in_sync
   chunks = (tf.shape(mask)[0] + physical - 1) // physical  # the last one may be partial
 
   if plan.num_microbatches is None:
     initial = [tf.zeros(v.shape, v.dtype) for v in variables]
   else:
-    initial = ([tf.zeros([plan.num_microbatches, *v.shape], v.dtype) for v in variables] +
-               [tf.zeros([plan.num_microbatches])])
+    initial = [tf.zeros([plan.num_microbatches, *v.shape], v.dtype) for v in variables] + [
+      tf.zeros([plan.num_microbatches])
+    ]
 
   def window_of(chunk):
     if static_chunks:
       # Under XLA batches are padded to whole chunks, so every chunk has exactly `physical`
       # rows: a slice of static size keeps every shape static (with the bounded dynamic shapes
       # of a plain slice, XLA computed wrong per-example gradients for some convolutions).
-      return lambda t: tf.slice(t, [chunk * physical] + [0] * (t.shape.rank - 1),
-                                [physical, *t.shape[1:]])
-    return lambda t: t[chunk * physical:(chunk + 1) * physical]
+      return lambda t: tf.slice(
+        t, [chunk * physical] + [0] * (t.shape.rank - 1), [physical, *t.shape[1:]]
+      )
+    return lambda t: t[chunk * physical : (chunk + 1) * physical]
 
   def accumulate(chunk, sums, loss_sum, units):
     window = window_of(chunk)
@@ -81,20 +95,24 @@ def noisy_gradients(taps: clipping.GradientTaps, loss_fn: clipping.LossFn, plan:
     if plan.num_microbatches is None:
       parts, kept = clipping.clipped_sum_and_kept(grads, chunk_mask, plan.l2_norm_clip)
     else:
-      part_sums, counts, kept = clipping.microbatch_sums(grads, chunk_mask, window(microbatch_ids),
-                                                         plan.num_microbatches)
+      part_sums, counts, kept = clipping.microbatch_sums(
+        grads, chunk_mask, window(microbatch_ids), plan.num_microbatches
+      )
       parts = part_sums + [counts]
     # Units whose gradient is NaN or infinite are left out of the loss and the metrics too.
     kept_rows = tf.equal(kept, 1.0)
     if on_chunk is not None:
-      on_chunk(x, clipping.zero_rows(kept_rows, y),
-               tf.nest.map_structure(lambda t: clipping.zero_rows(kept_rows, t),
-                                     grads.predictions), kept)
+      on_chunk(
+        x,
+        clipping.zero_rows(kept_rows, y),
+        tf.nest.map_structure(lambda t: clipping.zero_rows(kept_rows, t), grads.predictions),
+        kept,
+      )
     # (A unit's loss may be NaN where its gradient is not: a stop_gradient penalty.)
-    loss_sum += tf.reduce_sum(clipping.zero_rows(
-        tf.logical_and(kept_rows, tf.math.is_finite(grads.losses)), grads.losses))
-    return (chunk + 1, [s + p for s, p in zip(sums, parts)], loss_sum,
-            units + tf.reduce_sum(kept))
+    loss_sum += tf.reduce_sum(
+      clipping.zero_rows(tf.logical_and(kept_rows, tf.math.is_finite(grads.losses)), grads.losses)
+    )
+    return (chunk + 1, [s + p for s, p in zip(sums, parts)], loss_sum, units + tf.reduce_sum(kept))
 
   # The first chunk outside the loop: almost every Poisson sample fits one physical batch, and
   # a loop body is a scheduling boundary that cost ~20% of a CNN step (noise, updates and the

@@ -181,7 +181,7 @@ def files_under(directory) -> list:
   root = os.fspath(directory).rstrip("/")
   found = []
   for parent, _, names in _gfile().walk(root):
-    relative_parent = parent[len(root):].strip("/")
+    relative_parent = parent[len(root) :].strip("/")
     found.extend(f"{relative_parent}/{name}" if relative_parent else name for name in names)
   return sorted(found, key=lambda relative: relative.split("/"))
 

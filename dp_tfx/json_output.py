@@ -25,8 +25,10 @@ def json_safe(value):
         safe[key] = json_safe(item)
     return safe
   if isinstance(value, (list, tuple)):
-    return [None if isinstance(item, float) and not math.isfinite(item) else json_safe(item)
-            for item in value]
+    return [
+      None if isinstance(item, float) and not math.isfinite(item) else json_safe(item)
+      for item in value
+    ]
   return value
 
 

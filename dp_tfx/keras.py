@@ -56,8 +56,9 @@ def per_example_loss(loss: Any):
   Losses with more than one value per example (e.g. per token) are averaged per example.
   """
   if loss is None or isinstance(loss, (list, tuple, dict)):
-    raise ValueError("DP training needs one loss (a Keras loss name, function or Loss object); "
-                     f"got {loss!r}")
+    raise ValueError(
+      f"DP training needs one loss (a Keras loss name, function or Loss object); got {loss!r}"
+    )
   loss_object = keras.losses.get(loss) if isinstance(loss, str) else loss
   unreduced = loss_object.call if isinstance(loss_object, keras.losses.Loss) else loss_object
 
@@ -66,8 +67,10 @@ def per_example_loss(loss: Any):
     if values.shape.rank == 0:
       # A batch-reduced loss would make every "per-example" gradient the batch gradient, and
       # clipping would no longer bound one example's influence.
-      raise ValueError("the loss returned one value for the whole batch; DP training needs one "
-                       "value per example (a Keras loss, or a function without reduction)")
+      raise ValueError(
+        "the loss returned one value for the whole batch; DP training needs one "
+        "value per example (a Keras loss, or a function without reduction)"
+      )
     if values.shape.rank > 1:
       values = tf.reduce_mean(values, axis=list(range(1, values.shape.rank)))
     return tf.cast(values, tf.float32)
@@ -88,10 +91,19 @@ class _ExampleArrays:
   def example_batch(self, size: int = 2) -> tuple:
     return tf.nest.map_structure(lambda a: a[:size], self.features), self.labels[:size]
 
-  def logical_batches(self, plan, key, first_step, last_step, pad_multiple=None,
-                      step_noise=None) -> tf.data.Dataset:
-    return sampling.logical_batches(self.features, self.labels, plan, key, first_step, last_step,
-                                    pad_multiple=pad_multiple, step_noise=step_noise)
+  def logical_batches(
+    self, plan, key, first_step, last_step, pad_multiple=None, step_noise=None
+  ) -> tf.data.Dataset:
+    return sampling.logical_batches(
+      self.features,
+      self.labels,
+      plan,
+      key,
+      first_step,
+      last_step,
+      pad_multiple=pad_multiple,
+      step_noise=step_noise,
+    )
 
 
 def _training_data(x, y):
@@ -182,17 +194,27 @@ class DPModel(keras.Model):
       this run's planned steps, this policy could never bless.
   """
 
-  def __init__(self, model: keras.Model, config: DPConfig, ledger_path: Optional[str] = None,
-               accountant: str = accounting.PLD, privacy_unit: str = EXAMPLE,
-               ledger_history: Optional[str] = None, data_source: Optional[str] = None,
-               run_id: Optional[str] = None, policy: Optional[PrivacyPolicy] = None,
-               **kwargs):
+  def __init__(
+    self,
+    model: keras.Model,
+    config: DPConfig,
+    ledger_path: Optional[str] = None,
+    accountant: str = accounting.PLD,
+    privacy_unit: str = EXAMPLE,
+    ledger_history: Optional[str] = None,
+    data_source: Optional[str] = None,
+    run_id: Optional[str] = None,
+    policy: Optional[PrivacyPolicy] = None,
+    **kwargs,
+  ):
     super().__init__(name=kwargs.pop("name", f"dp_{model.name}"), **kwargs)
     if not isinstance(config, DPConfig):
       raise TypeError(f"config must be a dp_tfx.DPConfig; got {type(config).__name__}")
     if ledger_path is not None and ledger_history is not None:
-      raise ValueError("give ledger_path (one file, one process) or ledger_history (a directory "
-                       "shared by concurrent runs), not both")
+      raise ValueError(
+        "give ledger_path (one file, one process) or ledger_history (a directory "
+        "shared by concurrent runs), not both"
+      )
     if policy is not None and not isinstance(policy, PrivacyPolicy):
       raise TypeError(f"policy must be a dp_tfx.PrivacyPolicy; got {type(policy).__name__}")
     accounting.make_accountant(accountant)  # validates the name early
@@ -214,9 +236,14 @@ class DPModel(keras.Model):
     # tracking on purpose: a saved noise key would let anyone subtract the noise.
     self.__dict__["_key"] = tf.Variable(self._base_key, trainable=False, name="dp_noise_key")
     self._nonfinite_units = keras.metrics.Sum(name=NONFINITE_LOG_KEY)
-    self.noisy_steps = self.add_weight(name="noisy_steps", shape=(), dtype="int64",
-                                       initializer="zeros", trainable=False,
-                                       aggregation="only_first_replica")
+    self.noisy_steps = self.add_weight(
+      name="noisy_steps",
+      shape=(),
+      dtype="int64",
+      initializer="zeros",
+      trainable=False,
+      aggregation="only_first_replica",
+    )
 
   def call(self, inputs, training=None):
     return self.model(inputs, training=training)
@@ -230,8 +257,9 @@ class DPModel(keras.Model):
 
   def train_on_batch(self, *args, **kwargs):
     raise RuntimeError(
-        "train_on_batch would take a noisy step outside the plan and the ledger, on a batch that "
-        "was not Poisson-sampled; use fit")
+      "train_on_batch would take a noisy step outside the plan and the ledger, on a batch that "
+      "was not Poisson-sampled; use fit"
+    )
 
   # -- privacy facts -------------------------------------------------------------------------------
 
@@ -245,8 +273,18 @@ class DPModel(keras.Model):
 
   # -- training ------------------------------------------------------------------------------------
 
-  def fit(self, x=None, y=None, epochs: Optional[int] = None, verbose="auto", callbacks=None,
-          validation_data=None, validation_batch_size=None, validation_freq=1, **kwargs):
+  def fit(
+    self,
+    x=None,
+    y=None,
+    epochs: Optional[int] = None,
+    verbose="auto",
+    callbacks=None,
+    validation_data=None,
+    validation_batch_size=None,
+    validation_freq=1,
+    **kwargs,
+  ):
     """Runs DP-SGD for `epochs` epochs of ceil(N / B) logical steps (default: the whole plan).
 
     Raises:
@@ -271,10 +309,13 @@ class DPModel(keras.Model):
       self._prepare(data)
       replicas = self._replicas()
       if isinstance(data, PoissonBatchStream) and (
-          self._ledger_path is None and self._ledger_history is None):
-        raise ValueError("training on Poisson batches drawn ahead needs a ledger that outlives "
-                         "this model (ledger_path or ledger_history): it is what tells the "
-                         "steps whose samples were used from those still unused")
+        self._ledger_path is None and self._ledger_history is None
+      ):
+        raise ValueError(
+          "training on Poisson batches drawn ahead needs a ledger that outlives "
+          "this model (ledger_path or ledger_history): it is what tells the "
+          "steps whose samples were used from those still unused"
+        )
       requested_epochs = epochs
       done, key = 0, np.zeros([2], np.int64)
       if chief:
@@ -284,14 +325,17 @@ class DPModel(keras.Model):
       if chief:
         if self._policy is not None:  # refused here, a run leaves nothing in the ledger
           self.privacy_ledger.refresh()  # runs recorded or reserved since this model opened it
-          refuse_unless_blessable(self._policy, self.privacy_ledger.if_trained(
-              self.plan, steps, self.dp_config.seed is not None))
+          refuse_unless_blessable(
+            self._policy,
+            self.privacy_ledger.if_trained(self.plan, steps, self.dp_config.seed is not None),
+          )
         key = self._segment_key().numpy()
     except Exception:
       workers.start_together(strategy, None, "", 0, np.zeros([2], np.int64), failed=True)
       raise
-    done, key = workers.start_together(strategy, self.plan, data.fingerprint, done, key,
-                                       self._run_facts(requested_epochs, replicas))
+    done, key = workers.start_together(
+      strategy, self.plan, data.fingerprint, done, key, self._run_facts(requested_epochs, replicas)
+    )
     heartbeat, reserved = None, False
     try:
       try:
@@ -303,15 +347,19 @@ class DPModel(keras.Model):
         dataset = self._distributed_batches(data, done, done + steps, replicas)
         # Weights a killed run on the draw reached (resume.StepCheckpoint); every worker must
         # start from the same.
-        restored = ";".join(callback.restore(self) for callback in callbacks or []
-                            if isinstance(callback, StepCheckpoint))
+        restored = ";".join(
+          callback.restore(self)
+          for callback in callbacks or []
+          if isinstance(callback, StepCheckpoint)
+        )
         if chief:
           # This fit's reservation: until it ends, other runs' pre-checks count these steps as
           # spent. While it runs its segment is rewritten every HEARTBEAT_SECONDS, so the
           # reservation holds; a killed run's lapses RESERVATION_STALE_SECONDS after its last
           # write.
-          self.privacy_ledger.start_segment(self.plan, seeded=self.dp_config.seed is not None,
-                                            steps=steps)
+          self.privacy_ledger.start_segment(
+            self.plan, seeded=self.dp_config.seed is not None, steps=steps
+          )
           reserved = True
           heartbeat = self.privacy_ledger.start_heartbeat()
           self._check_reserved(data, done)
@@ -319,8 +367,16 @@ class DPModel(keras.Model):
         workers.all_ready(strategy, False)
         raise
       workers.all_ready(strategy, True, restored)
-      return self._fit_steps(dataset, steps, epochs, verbose, callbacks, validation_data,
-                             validation_batch_size, validation_freq)
+      return self._fit_steps(
+        dataset,
+        steps,
+        epochs,
+        verbose,
+        callbacks,
+        validation_data,
+        validation_batch_size,
+        validation_freq,
+      )
     finally:  # trained, refused or raised: from now on only the steps taken count
       if heartbeat is not None:
         heartbeat.stop()
@@ -329,12 +385,25 @@ class DPModel(keras.Model):
 
   @staticmethod
   def _check_fit_arguments(kwargs) -> None:
-    refused = sorted(k for k in kwargs if k in (
-        "batch_size", "steps_per_epoch", "shuffle", "sample_weight", "class_weight",
-        "validation_split", "initial_epoch"))
+    refused = sorted(
+      k
+      for k in kwargs
+      if k
+      in (
+        "batch_size",
+        "steps_per_epoch",
+        "shuffle",
+        "sample_weight",
+        "class_weight",
+        "validation_split",
+        "initial_epoch",
+      )
+    )
     if refused:
-      raise ValueError(f"DP fit does not take {refused}: batch size, sampling and steps come from "
-                       "the DPConfig (sample weights would change each example's sensitivity)")
+      raise ValueError(
+        f"DP fit does not take {refused}: batch size, sampling and steps come from "
+        "the DPConfig (sample weights would change each example's sensitivity)"
+      )
     if kwargs:
       raise TypeError(f"unexpected fit arguments {sorted(kwargs)}")
 
@@ -343,10 +412,13 @@ class DPModel(keras.Model):
     each logical batch is padded and cut into replica slices (a worker that padded otherwise
     would slice other rows: examples summed twice), the epochs asked for, the policy, and the
     versions that draw the samples and the noise."""
-    return {"pad_multiple": self._pad_multiple(replicas), "jit_compile": bool(self.jit_compile),
-            "epochs": -1 if epochs is None else epochs,
-            "policy": self._policy.to_json() if self._policy is not None else "",
-            "versions": f"dp_tfx {__version__}, tensorflow {tf.__version__}"}
+    return {
+      "pad_multiple": self._pad_multiple(replicas),
+      "jit_compile": bool(self.jit_compile),
+      "epochs": -1 if epochs is None else epochs,
+      "policy": self._policy.to_json() if self._policy is not None else "",
+      "versions": f"dp_tfx {__version__}, tensorflow {tf.__version__}",
+    }
 
   def _steps_to_take(self, data, epochs: Optional[int]) -> tuple:
     """(first step, steps, epochs) of this fit; on a PoissonBatchStream (on the chief) the first
@@ -361,12 +433,15 @@ class DPModel(keras.Model):
       self.noisy_steps.assign(data.next_step(self.privacy_ledger))
     done = int(self.noisy_steps.numpy())
     if not 0 <= done <= self.plan.steps:
-      raise RuntimeError(f"the model's step counter reads {done}, outside the plan's "
-                         f"0..{self.plan.steps}: make a new DP model")
+      raise RuntimeError(
+        f"the model's step counter reads {done}, outside the plan's "
+        f"0..{self.plan.steps}: make a new DP model"
+      )
     remaining = self.plan.steps - done
     if remaining <= 0:
       raise PrivacyBudgetExhaustedError(
-          f"out of privacy budget: all {self.plan.steps} planned noisy steps have run")
+        f"out of privacy budget: all {self.plan.steps} planned noisy steps have run"
+      )
     per_epoch = self.plan.steps_per_epoch
     epochs_left = math.ceil(remaining / per_epoch)
     epochs = epochs_left if epochs is None else epochs
@@ -374,9 +449,10 @@ class DPModel(keras.Model):
       raise ValueError(f"epochs must be an integer >= 1; got {epochs!r}")
     if epochs > epochs_left:
       raise PrivacyBudgetExhaustedError(
-          f"out of privacy budget: {epochs} epochs of {per_epoch} steps were asked for, but only "
-          f"{remaining} of the {self.plan.steps} planned noisy steps are left ({epochs_left} "
-          "epochs); plan more steps in the DPConfig to spend more privacy")
+        f"out of privacy budget: {epochs} epochs of {per_epoch} steps were asked for, but only "
+        f"{remaining} of the {self.plan.steps} planned noisy steps are left ({epochs_left} "
+        "epochs); plan more steps in the DPConfig to spend more privacy"
+      )
     return done, min(remaining, epochs * per_epoch), epochs
 
   def _check_reserved(self, data, done: int) -> None:
@@ -389,11 +465,21 @@ class DPModel(keras.Model):
     if self._policy is not None:
       refuse_unless_blessable(self._policy, self.privacy_ledger.with_reservations())
     if isinstance(data, PoissonBatchStream):
-      data.next_step(self.privacy_ledger, own_segment=self.privacy_ledger.current_segment,
-                     expected=done)
+      data.next_step(
+        self.privacy_ledger, own_segment=self.privacy_ledger.current_segment, expected=done
+      )
 
-  def _fit_steps(self, dataset, steps, epochs, verbose, callbacks, validation_data,
-                 validation_batch_size, validation_freq):
+  def _fit_steps(
+    self,
+    dataset,
+    steps,
+    epochs,
+    verbose,
+    callbacks,
+    validation_data,
+    validation_batch_size,
+    validation_freq,
+  ):
     """Keras's fit over the planned steps, each counted in the ledger (by the chief) first."""
     # First, so that epsilon is in the epoch logs every other callback (TensorBoard) sees.
     callbacks = [_LedgerCallback(self, steps)] + list(callbacks or [])
@@ -401,31 +487,44 @@ class DPModel(keras.Model):
       # The sample stream ends exactly where the plan does, inside the last epoch.
       warnings.filterwarnings("ignore", message=_RAN_OUT_OF_DATA)
       # A plan shorter than an epoch shows (and Keras counts) its own steps, not an epoch's.
-      return super().fit(dataset, epochs=epochs,
-                         steps_per_epoch=min(self.plan.steps_per_epoch, steps),
-                         verbose=verbose, callbacks=callbacks, validation_data=validation_data,
-                         validation_batch_size=(
-                             None if isinstance(validation_data, tf.data.Dataset)
-                             else validation_batch_size or self.plan.batch_size),
-                         validation_freq=validation_freq, shuffle=False)
+      return super().fit(
+        dataset,
+        epochs=epochs,
+        steps_per_epoch=min(self.plan.steps_per_epoch, steps),
+        verbose=verbose,
+        callbacks=callbacks,
+        validation_data=validation_data,
+        validation_batch_size=(
+          None
+          if isinstance(validation_data, tf.data.Dataset)
+          else validation_batch_size or self.plan.batch_size
+        ),
+        validation_freq=validation_freq,
+        shuffle=False,
+      )
 
   def _segment_key(self) -> tf.Tensor:
     """A key per ledger segment: a restart that continues a ledger never replays its noise or
     samples, even with a fixed seed, and neither does a concurrent run with the same seed,
     which sees the same segments (its run id differs)."""
-    return keys.stream_key(self._base_key, keys.text_word(self.privacy_ledger.run_id),
-                           len(self.privacy_ledger.segments))
+    return keys.stream_key(
+      self._base_key, keys.text_word(self.privacy_ledger.run_id), len(self.privacy_ledger.segments)
+    )
 
   def _replicas(self) -> int:
     """The replica count, after checking the plan can be split evenly across replicas."""
     replicas = self.distribute_strategy.num_replicas_in_sync
     if replicas > 1:
       if self.plan.num_microbatches is not None:
-        raise ValueError("microbatches cannot be split across replicas (a microbatch's mean "
-                         "must be clipped as a whole); use per-example clipping or one device")
+        raise ValueError(
+          "microbatches cannot be split across replicas (a microbatch's mean "
+          "must be clipped as a whole); use per-example clipping or one device"
+        )
       if self.plan.physical_batch_size % replicas:
-        raise ValueError(f"DPConfig.physical_batch_size ({self.plan.physical_batch_size}) must "
-                         f"be a multiple of the {replicas} replicas")
+        raise ValueError(
+          f"DPConfig.physical_batch_size ({self.plan.physical_batch_size}) must "
+          f"be a multiple of the {replicas} replicas"
+        )
     return replicas
 
   def _pad_multiple(self, replicas: int) -> int:
@@ -440,17 +539,29 @@ class DPModel(keras.Model):
     pad_multiple = self._pad_multiple(replicas)
     key = tf.constant(self._key.numpy())
     if replicas > 1:  # each replica draws its own noise in its step
-      batches = data.logical_batches(self.plan, key, first_step, last_step,
-                                     pad_multiple=pad_multiple)
+      batches = data.logical_batches(
+        self.plan, key, first_step, last_step, pad_multiple=pad_multiple
+      )
 
       def this_workers_slices(context: tf.distribute.InputContext):
         local = replicas // context.num_input_pipelines
-        return sampling.replica_slices(batches, last_step - first_step, replicas,
-                                       first=context.input_pipeline_id * local, count=local)
+        return sampling.replica_slices(
+          batches,
+          last_step - first_step,
+          replicas,
+          first=context.input_pipeline_id * local,
+          count=local,
+        )
 
       return self.distribute_strategy.distribute_datasets_from_function(this_workers_slices)
-    return data.logical_batches(self.plan, key, first_step, last_step, pad_multiple=pad_multiple,
-                                step_noise=self._pipeline_noise(key))
+    return data.logical_batches(
+      self.plan,
+      key,
+      first_step,
+      last_step,
+      pad_multiple=pad_multiple,
+      step_noise=self._pipeline_noise(key),
+    )
 
   def _pipeline_noise(self, key):
     """step -> that step's noise, drawn in the input pipeline while the previous step trains
@@ -460,8 +571,9 @@ class DPModel(keras.Model):
     variables = self._taps.variables
     if sum(v.shape.num_elements() for v in variables) > _PIPELINE_NOISE_MAX_VALUES:
       return None
-    return noise.host_gaussian_noise(variables,
-                                     self.plan.noise_multiplier * self.plan.l2_norm_clip, key)
+    return noise.host_gaussian_noise(
+      variables, self.plan.noise_multiplier * self.plan.l2_norm_clip, key
+    )
 
   def _prepare(self, data):
     """Fixes the plan and the ledger on the first fit; later fits must use the same data."""
@@ -471,18 +583,30 @@ class DPModel(keras.Model):
         # Under a policy that requires signatures, an unsigned record there is found now, not
         # by the evaluator after training.
         self.privacy_ledger = PrivacyLedger.open_history(
-            self._ledger_history, size, fingerprint, self._privacy_unit,
-            data_source=self._data_source, run_id=self._run_id,
-            key=verification_key(self._policy) if self._policy is not None else None)
+          self._ledger_history,
+          size,
+          fingerprint,
+          self._privacy_unit,
+          data_source=self._data_source,
+          run_id=self._run_id,
+          key=verification_key(self._policy) if self._policy is not None else None,
+        )
       else:
         self.privacy_ledger = PrivacyLedger.open_for(
-            self._ledger_path, size, fingerprint, self._privacy_unit,
-            data_source=self._data_source, run_id=self._run_id,
-            read_only=not workers.is_chief(self.distribute_strategy))
+          self._ledger_path,
+          size,
+          fingerprint,
+          self._privacy_unit,
+          data_source=self._data_source,
+          run_id=self._run_id,
+          read_only=not workers.is_chief(self.distribute_strategy),
+        )
       self.plan = self._plan_after(self.privacy_ledger, size)
     elif self.privacy_ledger.dataset_fingerprint != fingerprint:
-      raise ValueError("this DP model was trained on other data; its plan and ledger describe "
-                       "that data. Make a new DP model (and ledger) for new data")
+      raise ValueError(
+        "this DP model was trained on other data; its plan and ledger describe "
+        "that data. Make a new DP model (and ledger) for new data"
+      )
     if not self.model.built:
       self.model(data.example_batch(1)[0])
     self.built = True  # a wrapper around a built model (Keras saves only built models' weights)
@@ -520,15 +644,26 @@ class DPModel(keras.Model):
   def train_step(self, data):
     features, labels, mask, *step_noise = data
     record_metrics = lambda x, y, predictions, chunk_mask: self.compute_metrics(
-        x, y, predictions, sample_weight=chunk_mask)
+      x, y, predictions, sample_weight=chunk_mask
+    )
     gradients, loss_sum, examples = dp_step.noisy_gradients(
-        self._taps, self._loss_fn, self.plan, features, labels, mask, self._key, self.noisy_steps,
-        static_chunks=bool(self.jit_compile), on_chunk=record_metrics,
-        step_noise=step_noise[0] if step_noise else None)
+      self._taps,
+      self._loss_fn,
+      self.plan,
+      features,
+      labels,
+      mask,
+      self._key,
+      self.noisy_steps,
+      static_chunks=bool(self.jit_compile),
+      on_chunk=record_metrics,
+      step_noise=step_noise[0] if step_noise else None,
+    )
     self.optimizer.apply_gradients(zip(gradients, self._taps.variables))
     self.noisy_steps.assign_add(1)
-    self._loss_tracker.update_state(tf.math.divide_no_nan(loss_sum, examples),
-                                    sample_weight=examples)
+    self._loss_tracker.update_state(
+      tf.math.divide_no_nan(loss_sum, examples), sample_weight=examples
+    )
     self._nonfinite_units.update_state(tf.reduce_sum(mask) - examples)
     return self._reducible(self.get_metrics_result())
 
@@ -545,11 +680,18 @@ class DPModel(keras.Model):
     return {name: tf.reshape(value, [1]) for name, value in logs.items()}
 
 
-def make_private(model: keras.Model, config: DPConfig, *, ledger_path: Optional[str] = None,
-                 accountant: str = accounting.PLD, privacy_unit: str = EXAMPLE,
-                 ledger_history: Optional[str] = None, data_source: Optional[str] = None,
-                 run_id: Optional[str] = None,
-                 policy: Optional[PrivacyPolicy] = None) -> DPModel:
+def make_private(
+  model: keras.Model,
+  config: DPConfig,
+  *,
+  ledger_path: Optional[str] = None,
+  accountant: str = accounting.PLD,
+  privacy_unit: str = EXAMPLE,
+  ledger_history: Optional[str] = None,
+  data_source: Optional[str] = None,
+  run_id: Optional[str] = None,
+  policy: Optional[PrivacyPolicy] = None,
+) -> DPModel:
   """Returns a Keras model whose compile(optimizer, loss) + fit(x, y) run DP-SGD on `model`.
 
   Args:
@@ -566,6 +708,14 @@ def make_private(model: keras.Model, config: DPConfig, *, ledger_path: Optional[
     policy: a PrivacyPolicy: `fit` then refuses, before any step, a run that the policy could
       never bless (the ledger with the run's planned steps fails it).
   """
-  return DPModel(model, config, ledger_path=ledger_path, accountant=accountant,
-                 privacy_unit=privacy_unit, ledger_history=ledger_history,
-                 data_source=data_source, run_id=run_id, policy=policy)
+  return DPModel(
+    model,
+    config,
+    ledger_path=ledger_path,
+    accountant=accountant,
+    privacy_unit=privacy_unit,
+    ledger_history=ledger_history,
+    data_source=data_source,
+    run_id=run_id,
+    policy=policy,
+  )

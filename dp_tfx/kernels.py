@@ -22,6 +22,7 @@ def onednn_enabled() -> bool | None:
   """Whether TensorFlow's oneDNN CPU kernels are on in this process (None if it cannot tell)."""
   try:
     from tensorflow.python.util import _pywrap_util_port  # pylint: disable=g-import-not-at-top
+
     return bool(_pywrap_util_port.IsMklEnabled())
   except (ImportError, AttributeError):
     return None
@@ -34,7 +35,7 @@ def _reference_filter_grads(inputs, output_grads, kernel_size, strides):
   grads = np.zeros([batch, kernel_size, kernel_size, channels, units])
   for i in range(kernel_size):
     for j in range(kernel_size):
-      window = inputs[:, i:i + strides * out_h:strides, j:j + strides * out_w:strides, :]
+      window = inputs[:, i : i + strides * out_h : strides, j : j + strides * out_w : strides, :]
       grads[:, i, j] = np.einsum("bhwc,bhwu->bcu", window, output_grads)
   return grads
 
@@ -58,18 +59,32 @@ def grouped_filter_gradients_supported() -> bool:
   try:
     with tf.init_scope():  # eagerly, also when first asked inside a tf.function
       grads = tf.raw_ops.Conv2DBackpropFilter(
-          input=folded, filter_sizes=[kernel_size, kernel_size, channels, batch * units],
-          out_backprop=folded_grads, strides=[1, strides, strides, 1], padding="VALID").numpy()
-  except (tf.errors.InvalidArgumentError, tf.errors.UnimplementedError,
-          tf.errors.NotFoundError, tf.errors.InternalError) as error:
-    logging.info("grouped convolution filter gradients unavailable (%s); per-example "
-                 "convolution gradients use unfolded patches", str(error).splitlines()[0])
+        input=folded,
+        filter_sizes=[kernel_size, kernel_size, channels, batch * units],
+        out_backprop=folded_grads,
+        strides=[1, strides, strides, 1],
+        padding="VALID",
+      ).numpy()
+  except (
+    tf.errors.InvalidArgumentError,
+    tf.errors.UnimplementedError,
+    tf.errors.NotFoundError,
+    tf.errors.InternalError,
+  ) as error:
+    logging.info(
+      "grouped convolution filter gradients unavailable (%s); per-example "
+      "convolution gradients use unfolded patches",
+      str(error).splitlines()[0],
+    )
     return False
-  per_example = np.transpose(grads.reshape([kernel_size, kernel_size, channels, batch, units]),
-                             [3, 0, 1, 2, 4])
+  per_example = np.transpose(
+    grads.reshape([kernel_size, kernel_size, channels, batch, units]), [3, 0, 1, 2, 4]
+  )
   if not np.allclose(per_example, expected, rtol=1e-4, atol=1e-4):
-    logging.warning("grouped convolution filter gradients are wrong on this TensorFlow; "
-                    "per-example convolution gradients use unfolded patches")
+    logging.warning(
+      "grouped convolution filter gradients are wrong on this TensorFlow; "
+      "per-example convolution gradients use unfolded patches"
+    )
     return False
   return True
 
@@ -78,9 +93,9 @@ def describe() -> dict:
   """The kernel facts a benchmark or a bug report should carry."""
   gpus = tf.config.list_logical_devices("GPU")
   return {
-      "device": "GPU" if gpus else "CPU",
-      "gpus": len(gpus),
-      "onednn": onednn_enabled(),
-      "tf_enable_onednn_opts": os.environ.get("TF_ENABLE_ONEDNN_OPTS"),
-      "grouped_conv_filter_gradients": grouped_filter_gradients_supported(),
+    "device": "GPU" if gpus else "CPU",
+    "gpus": len(gpus),
+    "onednn": onednn_enabled(),
+    "tf_enable_onednn_opts": os.environ.get("TF_ENABLE_ONEDNN_OPTS"),
+    "grouped_conv_filter_gradients": grouped_filter_gradients_supported(),
   }

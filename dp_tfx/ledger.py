@@ -158,9 +158,12 @@ class Segment:
 
   def dp_event(self, steps: Optional[int] = None) -> dp_accounting.DpEvent:
     """The event of this segment's first `steps` noisy steps (default: all that ran)."""
-    return accounting.dp_sgd_event(self.sampling_rate, self.noise_multiplier,
-                                   self.noisy_steps if steps is None else steps,
-                                   self.num_microbatches)
+    return accounting.dp_sgd_event(
+      self.sampling_rate,
+      self.noise_multiplier,
+      self.noisy_steps if steps is None else steps,
+      self.num_microbatches,
+    )
 
   def fixed_facts(self) -> dict:
     """Every fact but the step count and the time stamps: what may never change once written."""
@@ -183,8 +186,7 @@ class Segment:
     hold for hours). Without a trustworthy modification time, the reservation holds until the
     segment is finished (fail closed; `release_reservation` finishes a killed run's).
     """
-    return (self.finished_at is None and bool(self.reserved_steps)
-            and _may_be_running(age_seconds))
+    return self.finished_at is None and bool(self.reserved_steps) and _may_be_running(age_seconds)
 
   def pre_check_steps(self, age_seconds: Optional[float]) -> int:
     """The noisy steps a policy pre-check counts for this segment: those it took, and while it
@@ -204,48 +206,90 @@ class Segment:
     """Raises LedgerError (naming `where`) unless the facts are possible and consistent:
     what every segment read from a file, and every one built from a plan, must pass."""
     size = self.dataset_size
-    _check(_whole_number(size) and 1 <= size <= _MAX_DATASET_SIZE,
-           f"{where}: dataset_size must be an integer in [1, 2**53]; got {str(size)[:40]}")
-    _check(self.sampling in SAMPLING_METHODS,
-           f"{where}: sampling must be one of {SAMPLING_METHODS}; got {self.sampling!r}")
-    _check(_finite_number(self.sampling_rate) and 0 < self.sampling_rate <= 1,
-           f"{where}: sampling_rate must be in (0, 1]; got {self.sampling_rate!r}")
-    _check(_whole_number(self.batch_size) and 1 <= self.batch_size <= size,
-           f"{where}: batch_size must be in [1, dataset_size]; got {self.batch_size!r}")
-    _check(math.isclose(self.sampling_rate, self.batch_size / size, rel_tol=1e-9),
-           f"{where}: sampling_rate {self.sampling_rate} is not batch_size/dataset_size "
-           f"= {self.batch_size}/{size}")
-    _check(_finite_number(self.noise_multiplier) and self.noise_multiplier >= 0,
-           f"{where}: noise_multiplier must be a finite number >= 0; got "
-           f"{self.noise_multiplier!r}")
-    _check(_finite_number(self.l2_norm_clip) and self.l2_norm_clip > 0,
-           f"{where}: l2_norm_clip must be > 0; got {self.l2_norm_clip!r}")
-    _check(self.num_microbatches is None or (
-        _whole_number(self.num_microbatches) and self.num_microbatches >= 1),
-           f"{where}: num_microbatches must be null or >= 1; got {self.num_microbatches!r}")
-    _check(_whole_number(self.physical_batch_size) and self.physical_batch_size >= 1,
-           f"{where}: physical_batch_size must be >= 1; got {self.physical_batch_size!r}")
-    _check(_whole_number(self.planned_steps) and self.planned_steps >= 1,
-           f"{where}: planned_steps must be >= 1; got {self.planned_steps!r}")
-    _check(isinstance(self.seeded, bool),
-           f"{where}: seeded must be true or false; got {self.seeded!r}")
-    _check(_whole_number(self.noisy_steps) and 0 <= self.noisy_steps <= self.planned_steps,
-           f"{where}: noisy_steps must be in [0, planned_steps={self.planned_steps}]; got "
-           f"{self.noisy_steps!r}")
-    _check(self.reserved_steps is None or (
-        _whole_number(self.reserved_steps) and
-        0 <= self.reserved_steps <= self.planned_steps),
-           f"{where}: reserved_steps must be null or in [0, planned_steps="
-           f"{self.planned_steps}]; got {self.reserved_steps!r}")
-    for name in ("started_at", "updated_at", "dataset_fingerprint", "data_source", "run_id",
-                 "segment_id", "finished_at"):
-      _check(_optional_text(getattr(self, name)),
-             f"{where}: {name} must be a string; got {getattr(self, name)!r}")
-    _check(self.predecessors is None or (isinstance(self.predecessors, list) and all(
-        isinstance(p, dict) and set(p) == {"segment_id", "noisy_steps"} and
-        isinstance(p["segment_id"], str) and _whole_number(p["noisy_steps"]) and
-        p["noisy_steps"] >= 0 for p in self.predecessors)),
-           f"{where}: predecessors must be null or a list of {{segment_id, noisy_steps}}")
+    _check(
+      _whole_number(size) and 1 <= size <= _MAX_DATASET_SIZE,
+      f"{where}: dataset_size must be an integer in [1, 2**53]; got {str(size)[:40]}",
+    )
+    _check(
+      self.sampling in SAMPLING_METHODS,
+      f"{where}: sampling must be one of {SAMPLING_METHODS}; got {self.sampling!r}",
+    )
+    _check(
+      _finite_number(self.sampling_rate) and 0 < self.sampling_rate <= 1,
+      f"{where}: sampling_rate must be in (0, 1]; got {self.sampling_rate!r}",
+    )
+    _check(
+      _whole_number(self.batch_size) and 1 <= self.batch_size <= size,
+      f"{where}: batch_size must be in [1, dataset_size]; got {self.batch_size!r}",
+    )
+    _check(
+      math.isclose(self.sampling_rate, self.batch_size / size, rel_tol=1e-9),
+      f"{where}: sampling_rate {self.sampling_rate} is not batch_size/dataset_size "
+      f"= {self.batch_size}/{size}",
+    )
+    _check(
+      _finite_number(self.noise_multiplier) and self.noise_multiplier >= 0,
+      f"{where}: noise_multiplier must be a finite number >= 0; got {self.noise_multiplier!r}",
+    )
+    _check(
+      _finite_number(self.l2_norm_clip) and self.l2_norm_clip > 0,
+      f"{where}: l2_norm_clip must be > 0; got {self.l2_norm_clip!r}",
+    )
+    _check(
+      self.num_microbatches is None
+      or (_whole_number(self.num_microbatches) and self.num_microbatches >= 1),
+      f"{where}: num_microbatches must be null or >= 1; got {self.num_microbatches!r}",
+    )
+    _check(
+      _whole_number(self.physical_batch_size) and self.physical_batch_size >= 1,
+      f"{where}: physical_batch_size must be >= 1; got {self.physical_batch_size!r}",
+    )
+    _check(
+      _whole_number(self.planned_steps) and self.planned_steps >= 1,
+      f"{where}: planned_steps must be >= 1; got {self.planned_steps!r}",
+    )
+    _check(
+      isinstance(self.seeded, bool), f"{where}: seeded must be true or false; got {self.seeded!r}"
+    )
+    _check(
+      _whole_number(self.noisy_steps) and 0 <= self.noisy_steps <= self.planned_steps,
+      f"{where}: noisy_steps must be in [0, planned_steps={self.planned_steps}]; got "
+      f"{self.noisy_steps!r}",
+    )
+    _check(
+      self.reserved_steps is None
+      or (_whole_number(self.reserved_steps) and 0 <= self.reserved_steps <= self.planned_steps),
+      f"{where}: reserved_steps must be null or in [0, planned_steps="
+      f"{self.planned_steps}]; got {self.reserved_steps!r}",
+    )
+    for name in (
+      "started_at",
+      "updated_at",
+      "dataset_fingerprint",
+      "data_source",
+      "run_id",
+      "segment_id",
+      "finished_at",
+    ):
+      _check(
+        _optional_text(getattr(self, name)),
+        f"{where}: {name} must be a string; got {getattr(self, name)!r}",
+      )
+    _check(
+      self.predecessors is None
+      or (
+        isinstance(self.predecessors, list)
+        and all(
+          isinstance(p, dict)
+          and set(p) == {"segment_id", "noisy_steps"}
+          and isinstance(p["segment_id"], str)
+          and _whole_number(p["noisy_steps"])
+          and p["noisy_steps"] >= 0
+          for p in self.predecessors
+        )
+      ),
+      f"{where}: predecessors must be null or a list of {{segment_id, noisy_steps}}",
+    )
 
 
 def _may_be_running(age_seconds: Optional[float]) -> bool:
@@ -267,32 +311,46 @@ def _age(modified: Optional[float], now: float) -> tuple:
   return now - modified, None
 
 
-def _reservation_note(segment: Segment, age: Optional[float], why: Optional[str],
-                      where: Optional[str]) -> str:
+def _reservation_note(
+  segment: Segment, age: Optional[float], why: Optional[str], where: Optional[str]
+) -> str:
   """How the reservation of `segment` (its file `age` old, or `why` not judged) ends, and how to
   release it by hand, for the messages that refuse a run because of it."""
   if why is None:
     lapses = format_time(time.time() + RESERVATION_STALE_SECONDS - age)
-    holds = (f"last written {age:.0f} s ago, its reservation lapses at {lapses} unless it "
-             f"writes again ({RESERVATION_STALE_SECONDS // 60} min after its last write)")
+    holds = (
+      f"last written {age:.0f} s ago, its reservation lapses at {lapses} unless it "
+      f"writes again ({RESERVATION_STALE_SECONDS // 60} min after its last write)"
+    )
   else:
     holds = f"{why}, so its reservation holds until it finishes"
-  return (f"{holds}; if that run was killed: dp-tfx release-reservation {where or 'LEDGER'} "
-          f"--segment {segment.segment_id} --force")
+  return (
+    f"{holds}; if that run was killed: dp-tfx release-reservation {where or 'LEDGER'} "
+    f"--segment {segment.segment_id} --force"
+  )
 
 
 def format_time(seconds: float) -> str:
   """A time (seconds since the epoch) as ISO 8601 UTC to the second, for messages."""
-  return datetime.datetime.fromtimestamp(seconds, datetime.timezone.utc).isoformat(
-      timespec="seconds").replace("+00:00", "Z")
+  return (
+    datetime.datetime.fromtimestamp(seconds, datetime.timezone.utc)
+    .isoformat(timespec="seconds")
+    .replace("+00:00", "Z")
+  )
 
 
-_FORMAT_2_SEGMENT_FIELDS = {"dataset_size", "dataset_fingerprint", "data_source", "run_id",
-                            "segment_id"}
+_FORMAT_2_SEGMENT_FIELDS = {
+  "dataset_size",
+  "dataset_fingerprint",
+  "data_source",
+  "run_id",
+  "segment_id",
+}
 _RESERVATION_FIELDS = {"reserved_steps", "finished_at"}
 _CHAIN_FIELDS = {"predecessors"}
 _REQUIRED_SEGMENT_FIELDS = {field.name for field in dataclasses.fields(Segment)} - (
-    _FORMAT_2_SEGMENT_FIELDS | _RESERVATION_FIELDS | _CHAIN_FIELDS)
+  _FORMAT_2_SEGMENT_FIELDS | _RESERVATION_FIELDS | _CHAIN_FIELDS
+)
 
 
 def _composed(counted) -> dp_accounting.DpEvent:
@@ -304,8 +362,12 @@ def _composed(counted) -> dp_accounting.DpEvent:
   for segment, steps in counted:
     key = (segment.sampling_rate, segment.noise_multiplier, segment.num_microbatches)
     steps_by_facts[key] = steps_by_facts.get(key, 0) + steps
-  return accounting.compose([accounting.dp_sgd_event(q, sigma, steps, microbatches)
-                             for (q, sigma, microbatches), steps in steps_by_facts.items()])
+  return accounting.compose(
+    [
+      accounting.dp_sgd_event(q, sigma, steps, microbatches)
+      for (q, sigma, microbatches), steps in steps_by_facts.items()
+    ]
+  )
 
 
 def _order(segment: Segment):
@@ -361,8 +423,10 @@ def _check_writable(path: str) -> None:
   if files.scheme(path) not in files.WHOLE_REPLACE_SCHEMES:
     # A crash between deleting the old file and renaming the new one would leave none, and the
     # next run would start counting from zero: refuse rather than risk under-counting.
-    raise LedgerError(f"a ledger cannot be written on {files.scheme(path)}:// (no whole-file "
-                      "replace there); use a local path, gs:// or s3://")
+    raise LedgerError(
+      f"a ledger cannot be written on {files.scheme(path)}:// (no whole-file "
+      "replace there); use a local path, gs:// or s3://"
+    )
 
 
 def _check_key_kept(signed: bool, where: str) -> None:
@@ -371,9 +435,10 @@ def _check_key_kept(signed: bool, where: str) -> None:
   signatures refuses, for good. (Reading, for a report, needs no key.)"""
   if signed and signing.configured_key() is None:
     raise LedgerError(
-        f"{where} holds signed records, but no ledger key is set ({signing.KEY_ENV} or "
-        f"{signing.KEY_FILE_ENV}): this run's records would be unsigned, and every run that "
-        "requires signatures would refuse them for good. Set the key it was signed with")
+      f"{where} holds signed records, but no ledger key is set ({signing.KEY_ENV} or "
+      f"{signing.KEY_FILE_ENV}): this run's records would be unsigned, and every run that "
+      "requires signatures would refuse them for good. Set the key it was signed with"
+    )
 
 
 def check_chain(segments: list, history_dir: Optional[str]) -> None:
@@ -385,13 +450,19 @@ def check_chain(segments: list, history_dir: Optional[str]) -> None:
   for segment in segments:
     for seen in segment.predecessors or ():
       now = steps_by_id.get(seen["segment_id"])
-      _check(now is not None, f"segment {seen['segment_id']}, which segment "
-             f"{segment.segment_id} saw when it started, is missing from the ledger history "
-             f"{history_dir}: it was deleted or renamed, and its steps would drop out of the "
-             "total")
-      _check(now >= seen["noisy_steps"], f"segment {seen['segment_id']} in the ledger history "
-             f"{history_dir} records {now} noisy steps, fewer than the {seen['noisy_steps']} "
-             f"segment {segment.segment_id} saw when it started: it was shortened")
+      _check(
+        now is not None,
+        f"segment {seen['segment_id']}, which segment "
+        f"{segment.segment_id} saw when it started, is missing from the ledger history "
+        f"{history_dir}: it was deleted or renamed, and its steps would drop out of the "
+        "total",
+      )
+      _check(
+        now >= seen["noisy_steps"],
+        f"segment {seen['segment_id']} in the ledger history "
+        f"{history_dir} records {now} noisy steps, fewer than the {seen['noisy_steps']} "
+        f"segment {segment.segment_id} saw when it started: it was shortened",
+      )
 
 
 def _check_still_recorded(recorded_segments, current: dict, history_dir: str) -> None:
@@ -400,16 +471,22 @@ def _check_still_recorded(recorded_segments, current: dict, history_dir: str) ->
   for recorded in recorded_segments:
     now = current.get(recorded.segment_id)
     if now is None:
-      raise LedgerError(f"segment {recorded.segment_id} is missing from the ledger history "
-                        f"{history_dir}: it was deleted or renamed")
+      raise LedgerError(
+        f"segment {recorded.segment_id} is missing from the ledger history "
+        f"{history_dir}: it was deleted or renamed"
+      )
     if now.fixed_facts() != recorded.fixed_facts():
       changed = sorted(k for k, v in recorded.fixed_facts().items() if now.fixed_facts()[k] != v)
-      raise LedgerError(f"segment {recorded.segment_id} in the ledger history {history_dir} "
-                        f"differs from the record of it ({', '.join(changed)})")
+      raise LedgerError(
+        f"segment {recorded.segment_id} in the ledger history {history_dir} "
+        f"differs from the record of it ({', '.join(changed)})"
+      )
     if now.noisy_steps < recorded.noisy_steps:
-      raise LedgerError(f"segment {recorded.segment_id} in the ledger history {history_dir} "
-                        f"records {now.noisy_steps} noisy steps, fewer than the "
-                        f"{recorded.noisy_steps} recorded before: it was shortened")
+      raise LedgerError(
+        f"segment {recorded.segment_id} in the ledger history {history_dir} "
+        f"records {now.noisy_steps} noisy steps, fewer than the "
+        f"{recorded.noisy_steps} recorded before: it was shortened"
+      )
 
 
 class LedgerHistory:
@@ -454,22 +531,28 @@ class LedgerHistory:
         # Renamed within milliseconds; one that stays is a crash's leftover or a record hidden
         # under a temporary's name, and must not silently drop out of the total.
         age = files.age_seconds(os.path.join(self.directory, name))  # None: renamed meanwhile
-        _check(age is None or age < _STALE_TEMPORARY_SECONDS,
-               f"ledger history {self.directory}: {name} has the name of a write in progress but "
-               f"is over {_STALE_TEMPORARY_SECONDS} s old: a record hidden under it, or a "
-               "crash's leftover (remove it only if its segment file is there too)")
+        _check(
+          age is None or age < _STALE_TEMPORARY_SECONDS,
+          f"ledger history {self.directory}: {name} has the name of a write in progress but "
+          f"is over {_STALE_TEMPORARY_SECONDS} s old: a record hidden under it, or a "
+          "crash's leftover (remove it only if its segment file is there too)",
+        )
         continue
       path = os.path.join(self.directory, name)
       if not name.endswith(".json") or files.is_dir(path):
-        raise LedgerError(f"ledger history {self.directory}: {name} is not a ledger record; "
-                          "nothing else belongs there (move it out if it is not one)")
+        raise LedgerError(
+          f"ledger history {self.directory}: {name} is not a ledger record; "
+          "nothing else belongs there (move it out if it is not one)"
+        )
       try:
         found, unit, signed_file = self._read_file(path, name, self.key)
       except LedgerError as error:
         raise type(error)(f"ledger history {self.directory}: {name}: {error}") from None
       if privacy_unit is not None and unit != privacy_unit:
-        raise LedgerError(f"ledger history {self.directory}: {name} counts {unit}s, this run "
-                          f"{privacy_unit}s; use another ledger history for other privacy units")
+        raise LedgerError(
+          f"ledger history {self.directory}: {name} counts {unit}s, this run "
+          f"{privacy_unit}s; use another ledger history for other privacy units"
+        )
       try:  # after reading: a write in between makes the record look younger, never staler
         modified = files.modified_time(path)
       except OSError:  # gone since: its reservation counts (fail closed)
@@ -480,8 +563,10 @@ class LedgerHistory:
       signed = signed or signed_file
     ids = [segment.segment_id for segment in segments]
     duplicated = sorted({i for i in ids if ids.count(i) > 1})
-    _check(not duplicated, f"ledger history {self.directory}: segment ids {duplicated} appear "
-                           "more than once")
+    _check(
+      not duplicated,
+      f"ledger history {self.directory}: segment ids {duplicated} appear more than once",
+    )
     self.modified, self.signed = modified_by_id, signed
     return sorted(segments, key=_order)
 
@@ -493,14 +578,18 @@ class LedgerHistory:
       raise LedgerError(f"cannot be read: {error}") from None
     body, signed = _verified_body(text, key)
     if body.get("kind") == SEGMENT_KIND:
-      _check(body.get("format_version") == FORMAT_VERSION,
-             f"unsupported segment format_version {body.get('format_version')!r}")
+      _check(
+        body.get("format_version") == FORMAT_VERSION,
+        f"unsupported segment format_version {body.get('format_version')!r}",
+      )
       unit = body.get("privacy_unit")
       _check(isinstance(unit, str) and unit, "privacy_unit is missing")
       segment = _segment_from_dict(body.get("segment"), "segment")
-      _check(isinstance(segment.segment_id, str) and segment.segment_id + ".json" == name,
-             f"the file's name does not match its segment_id {segment.segment_id!r}: it was "
-             "renamed or copied")
+      _check(
+        isinstance(segment.segment_id, str) and segment.segment_id + ".json" == name,
+        f"the file's name does not match its segment_id {segment.segment_id!r}: it was "
+        "renamed or copied",
+      )
       segment.validate("segment")
       return [segment], unit, signed
     if body.get("format_version") == 1:  # a whole ledger of the first format: read, never written
@@ -518,9 +607,15 @@ def read_history(directory: os.PathLike | str, privacy_unit: Optional[str] = Non
 
 
 def _segment_document(segment: Segment, privacy_unit: str) -> str:
-  return _document({"format_version": FORMAT_VERSION, "kind": SEGMENT_KIND,
-                    "library_version": __version__, "privacy_unit": privacy_unit,
-                    "segment": dataclasses.asdict(segment)})
+  return _document(
+    {
+      "format_version": FORMAT_VERSION,
+      "kind": SEGMENT_KIND,
+      "library_version": __version__,
+      "privacy_unit": privacy_unit,
+      "segment": dataclasses.asdict(segment),
+    }
+  )
 
 
 class PrivacyLedger:
@@ -553,11 +648,19 @@ class PrivacyLedger:
     history_dir: the ledger history the segments come from, if there is one.
   """
 
-  def __init__(self, dataset_size: int, dataset_fingerprint: str, privacy_unit: str = EXAMPLE,
-               segments: Optional[Sequence[Segment]] = None, model_digest: Optional[str] = None,
-               library_version: str = __version__, created_at: Optional[str] = None,
-               data_source: Optional[str] = None, run_id: Optional[str] = None,
-               history_dir: Optional[str] = None):
+  def __init__(
+    self,
+    dataset_size: int,
+    dataset_fingerprint: str,
+    privacy_unit: str = EXAMPLE,
+    segments: Optional[Sequence[Segment]] = None,
+    model_digest: Optional[str] = None,
+    library_version: str = __version__,
+    created_at: Optional[str] = None,
+    data_source: Optional[str] = None,
+    run_id: Optional[str] = None,
+    history_dir: Optional[str] = None,
+  ):
     self.dataset_size = dataset_size
     self.dataset_fingerprint = dataset_fingerprint
     self.privacy_unit = privacy_unit
@@ -602,8 +705,9 @@ class PrivacyLedger:
     segment.reserved_steps = plan.steps if steps is None else steps
     with self._lock:
       if self._history is not None:
-        segment.predecessors = [{"segment_id": seen.segment_id, "noisy_steps": seen.noisy_steps}
-                                for seen in self.segments]
+        segment.predecessors = [
+          {"segment_id": seen.segment_id, "noisy_steps": seen.noisy_steps} for seen in self.segments
+        ]
         # A fresh name: never another run's file. Written before any step runs.
         path = self._history.segment_path(segment.segment_id)
         files.create_new(path, _segment_document(segment, self.privacy_unit).encode("utf-8"))
@@ -620,15 +724,26 @@ class PrivacyLedger:
 
   def _segment_for(self, plan, seeded: bool) -> Segment:
     if plan.dataset_size != self.dataset_size:
-      raise LedgerError(f"this ledger records a run on {self.dataset_size} examples, the plan "
-                        f"{plan.dataset_size}: open the ledger for the run's data")
+      raise LedgerError(
+        f"this ledger records a run on {self.dataset_size} examples, the plan "
+        f"{plan.dataset_size}: open the ledger for the run's data"
+      )
     return Segment(
-        sampling=plan.sampling, sampling_rate=plan.sampling_rate, batch_size=plan.batch_size,
-        noise_multiplier=plan.noise_multiplier, l2_norm_clip=plan.l2_norm_clip,
-        num_microbatches=plan.num_microbatches, physical_batch_size=plan.physical_batch_size,
-        planned_steps=plan.steps, seeded=bool(seeded), dataset_size=self.dataset_size,
-        dataset_fingerprint=self.dataset_fingerprint, data_source=self.data_source,
-        run_id=self.run_id, segment_id=_new_segment_id())
+      sampling=plan.sampling,
+      sampling_rate=plan.sampling_rate,
+      batch_size=plan.batch_size,
+      noise_multiplier=plan.noise_multiplier,
+      l2_norm_clip=plan.l2_norm_clip,
+      num_microbatches=plan.num_microbatches,
+      physical_batch_size=plan.physical_batch_size,
+      planned_steps=plan.steps,
+      seeded=bool(seeded),
+      dataset_size=self.dataset_size,
+      dataset_fingerprint=self.dataset_fingerprint,
+      data_source=self.data_source,
+      run_id=self.run_id,
+      segment_id=_new_segment_id(),
+    )
 
   def if_trained(self, plan, steps: int, seeded: bool = False) -> "PrivacyLedger":
     """A copy of `with_reservations()` after `steps` more noisy steps of `plan`, never written
@@ -661,7 +776,8 @@ class PrivacyLedger:
         counted.reserved[segment.run_id] += steps - segment.noisy_steps
         segment.noisy_steps = steps
         counted.reserved_notes.setdefault(segment.run_id, []).append(
-            _reservation_note(segment, age, why, self.history_dir or self.path))
+          _reservation_note(segment, age, why, self.history_dir or self.path)
+        )
     return counted
 
   def _ages(self) -> dict:
@@ -670,8 +786,12 @@ class PrivacyLedger:
     own segments are 0 (it is running them)."""
     now = self._storage_now()
     own = {segment.segment_id for segment in self._own}
-    return {segment.segment_id: (0.0, None) if segment.segment_id in own else
-            _age(self._modified.get(segment.segment_id), now) for segment in self.segments}
+    return {
+      segment.segment_id: (0.0, None)
+      if segment.segment_id in own
+      else _age(self._modified.get(segment.segment_id), now)
+      for segment in self.segments
+    }
 
   def _storage_now(self) -> float:
     """Now on the storage's clock, as near as this process can tell: the modification time of
@@ -768,8 +888,10 @@ class PrivacyLedger:
   def largest_dataset_size(self) -> int:
     """The largest N among this run's data and every segment's that spent steps: delta "1/N"
     uses it, so that delta is at most one over the size of every dataset the total covers."""
-    return max([self.dataset_size] + [s.dataset_size for s in self.spent_segments
-                                      if _whole_number(s.dataset_size)])
+    return max(
+      [self.dataset_size]
+      + [s.dataset_size for s in self.spent_segments if _whole_number(s.dataset_size)]
+    )
 
   def dp_event(self) -> dp_accounting.DpEvent:
     """All segments composed: the privacy cost of everything recorded."""
@@ -778,8 +900,9 @@ class PrivacyLedger:
   def epsilon(self, delta: float, accountant: str = accounting.PLD) -> float:
     return self.epsilon_result(delta, accountant).epsilon
 
-  def epsilon_result(self, delta: float,
-                     accountant: str = accounting.PLD) -> accounting.EpsilonResult:
+  def epsilon_result(
+    self, delta: float, accountant: str = accounting.PLD
+  ) -> accounting.EpsilonResult:
     """epsilon(delta) of everything recorded, with the accountant's reason when it is inf."""
     return accounting.epsilon_result(self.dp_event(), delta, accountant)
 
@@ -792,12 +915,12 @@ class PrivacyLedger:
       left -= taken
     return _composed(counted)
 
-  def epsilon_curve(self, delta: float, accountant: str = accounting.PLD,
-                    points: int = 20) -> list:
+  def epsilon_curve(self, delta: float, accountant: str = accounting.PLD, points: int = 20) -> list:
     """[(step, epsilon)] at about `points` evenly spaced steps up to the last one recorded."""
     total = self.noisy_steps
-    steps = (sorted({max(1, round(total * i / points)) for i in range(1, points + 1)})
-             if total else [])
+    steps = (
+      sorted({max(1, round(total * i / points)) for i in range(1, points + 1)}) if total else []
+    )
     return accounting.epsilon_curve(self.dp_event_after, steps, delta, accountant)
 
   @property
@@ -811,13 +934,25 @@ class PrivacyLedger:
     size(s), segments and noisy steps (a run still training shows the steps recorded so far)."""
     runs: dict = {}
     for segment in self.segments:
-      run = runs.setdefault(segment.run_id, {
-          "run_id": segment.run_id, "data_source": segment.data_source, "dataset_sizes": [],
-          "dataset_fingerprints": [], "segments": 0, "noisy_steps": 0, "planned_steps": 0,
-          "started_at": segment.started_at, "updated_at": segment.updated_at,
-          "this_run": segment.run_id == self.run_id})
-      for key, value in (("dataset_sizes", segment.dataset_size),
-                         ("dataset_fingerprints", segment.dataset_fingerprint)):
+      run = runs.setdefault(
+        segment.run_id,
+        {
+          "run_id": segment.run_id,
+          "data_source": segment.data_source,
+          "dataset_sizes": [],
+          "dataset_fingerprints": [],
+          "segments": 0,
+          "noisy_steps": 0,
+          "planned_steps": 0,
+          "started_at": segment.started_at,
+          "updated_at": segment.updated_at,
+          "this_run": segment.run_id == self.run_id,
+        },
+      )
+      for key, value in (
+        ("dataset_sizes", segment.dataset_size),
+        ("dataset_fingerprints", segment.dataset_fingerprint),
+      ):
         if value not in run[key]:
           run[key].append(value)
       run["segments"] += 1
@@ -828,19 +963,26 @@ class PrivacyLedger:
 
   def validate(self) -> None:
     """Raises LedgerError unless every recorded fact is possible and consistent."""
-    _check(_whole_number(self.dataset_size) and self.dataset_size >= 1,
-           f"dataset_size must be an integer >= 1; got {self.dataset_size!r}")
-    _check(isinstance(self.dataset_fingerprint, str) and self.dataset_fingerprint,
-           "dataset_fingerprint is missing")
+    _check(
+      _whole_number(self.dataset_size) and self.dataset_size >= 1,
+      f"dataset_size must be an integer >= 1; got {self.dataset_size!r}",
+    )
+    _check(
+      isinstance(self.dataset_fingerprint, str) and self.dataset_fingerprint,
+      "dataset_fingerprint is missing",
+    )
     _check(isinstance(self.privacy_unit, str) and self.privacy_unit, "privacy_unit is missing")
     for name in ("data_source", "run_id", "history_dir", "model_digest"):
-      _check(_optional_text(getattr(self, name)),
-             f"{name} must be a string; got {getattr(self, name)!r}")
+      _check(
+        _optional_text(getattr(self, name)), f"{name} must be a string; got {getattr(self, name)!r}"
+      )
     seen = set()
     for index, segment in enumerate(self.segments):
       segment.validate(f"segment {index}")
-      _check(segment.segment_id is None or segment.segment_id not in seen,
-             f"segment {index}: segment_id {segment.segment_id!r} appears twice")
+      _check(
+        segment.segment_id is None or segment.segment_id not in seen,
+        f"segment {index}: segment_id {segment.segment_id!r} appears twice",
+      )
       seen.add(segment.segment_id)
 
   # -- the history as the evaluator judges it ------------------------------------------------------
@@ -868,8 +1010,10 @@ class PrivacyLedger:
       return self
     history = LedgerHistory(self.history_dir, key)
     if not files.is_dir(self.history_dir):
-      raise LedgerError(f"the ledger history {self.history_dir} that this ledger was recorded "
-                        "in is missing: the total spent on the data source cannot be checked")
+      raise LedgerError(
+        f"the ledger history {self.history_dir} that this ledger was recorded "
+        "in is missing: the total spent on the data source cannot be checked"
+      )
     current = {segment.segment_id: segment for segment in history.read(self.privacy_unit)}
     _check_still_recorded(self.segments, current, self.history_dir)
     total = PrivacyLedger._from_body(self.body())
@@ -881,17 +1025,17 @@ class PrivacyLedger:
 
   def body(self) -> dict:
     return {
-        "format_version": FORMAT_VERSION,
-        "library_version": self.library_version,
-        "created_at": self.created_at,
-        "privacy_unit": self.privacy_unit,
-        "dataset_size": self.dataset_size,
-        "dataset_fingerprint": self.dataset_fingerprint,
-        "data_source": self.data_source,
-        "run_id": self.run_id,
-        "history_dir": self.history_dir,
-        "model_digest": self.model_digest,
-        "segments": [dataclasses.asdict(segment) for segment in self.segments],
+      "format_version": FORMAT_VERSION,
+      "library_version": self.library_version,
+      "created_at": self.created_at,
+      "privacy_unit": self.privacy_unit,
+      "dataset_size": self.dataset_size,
+      "dataset_fingerprint": self.dataset_fingerprint,
+      "data_source": self.data_source,
+      "run_id": self.run_id,
+      "history_dir": self.history_dir,
+      "model_digest": self.model_digest,
+      "segments": [dataclasses.asdict(segment) for segment in self.segments],
     }
 
   def content_hash(self) -> str:
@@ -914,19 +1058,30 @@ class PrivacyLedger:
   def _from_body(cls, body: dict) -> "PrivacyLedger":
     version = body.get("format_version")
     _check(version in (1, FORMAT_VERSION), f"unsupported ledger format_version {version!r}")
-    _check(body.get("kind", "ledger") == "ledger" and isinstance(body.get("segments"), list),
-           "not a whole ledger (a segment file of a ledger history?)")
+    _check(
+      body.get("kind", "ledger") == "ledger" and isinstance(body.get("segments"), list),
+      "not a whole ledger (a segment file of a ledger history?)",
+    )
     try:
-      segments = [_segment_from_dict(fields, f"segment {index}")
-                  for index, fields in enumerate(body["segments"])]
-      extra = {} if version == 1 else {name: body[name] for name in (
-          "data_source", "run_id", "history_dir")}
-      ledger = cls(dataset_size=body["dataset_size"],
-                   dataset_fingerprint=body["dataset_fingerprint"],
-                   privacy_unit=body["privacy_unit"], segments=segments,
-                   model_digest=body.get("model_digest"),
-                   library_version=body["library_version"], created_at=body["created_at"],
-                   **extra)
+      segments = [
+        _segment_from_dict(fields, f"segment {index}")
+        for index, fields in enumerate(body["segments"])
+      ]
+      extra = (
+        {}
+        if version == 1
+        else {name: body[name] for name in ("data_source", "run_id", "history_dir")}
+      )
+      ledger = cls(
+        dataset_size=body["dataset_size"],
+        dataset_fingerprint=body["dataset_fingerprint"],
+        privacy_unit=body["privacy_unit"],
+        segments=segments,
+        model_digest=body.get("model_digest"),
+        library_version=body["library_version"],
+        created_at=body["created_at"],
+        **extra,
+      )
     except (KeyError, TypeError) as error:
       raise LedgerError(f"the ledger is missing or has malformed fields: {error}") from None
     if version == 1:  # one dataset for the whole ledger; each segment now says which it had
@@ -985,18 +1140,23 @@ class PrivacyLedger:
     if current == self._written:
       return
     if self._written is None:
-      what = ("is there already, and this run did not read it (another ledger, or one another "
-              "process started meanwhile)")
+      what = (
+        "is there already, and this run did not read it (another ledger, or one another "
+        "process started meanwhile)"
+      )
     elif current is None:
       what = "was deleted since this run wrote it"
     else:
-      what = ("was rewritten since this run last read or wrote it: another process is "
-              "continuing it at the same time (or it was edited)")
+      what = (
+        "was rewritten since this run last read or wrote it: another process is "
+        "continuing it at the same time (or it was edited)"
+      )
     raise LedgerError(
-        f"the ledger file {self.path} {what}. Writing it now could lose recorded steps, so "
-        "nothing was written. A ledger file takes one run at a time; for runs that may overlap, "
-        "use a ledger history (make_private(..., ledger_history=DIR), the DPTrainer's "
-        "ledger_history_dir), where each run writes only its own segment files")
+      f"the ledger file {self.path} {what}. Writing it now could lose recorded steps, so "
+      "nothing was written. A ledger file takes one run at a time; for runs that may overlap, "
+      "use a ledger history (make_private(..., ledger_history=DIR), the DPTrainer's "
+      "ledger_history_dir), where each run writes only its own segment files"
+    )
 
   @classmethod
   def load(cls, path: os.PathLike | str, key: Optional[bytes] = None) -> "PrivacyLedger":
@@ -1020,10 +1180,16 @@ class PrivacyLedger:
     return ledger
 
   @classmethod
-  def open_for(cls, path: Optional[os.PathLike | str], dataset_size: int,
-               fingerprint: str, privacy_unit: str = EXAMPLE,
-               data_source: Optional[str] = None, read_only: bool = False,
-               run_id: Optional[str] = None) -> "PrivacyLedger":
+  def open_for(
+    cls,
+    path: Optional[os.PathLike | str],
+    dataset_size: int,
+    fingerprint: str,
+    privacy_unit: str = EXAMPLE,
+    data_source: Optional[str] = None,
+    read_only: bool = False,
+    run_id: Optional[str] = None,
+  ) -> "PrivacyLedger":
     """Continues the one-file ledger at `path` or starts a new one there (one process at a time;
     see `open_history` for runs that may overlap), for the run `run_id` (default: a new id).
 
@@ -1039,34 +1205,48 @@ class PrivacyLedger:
     if path is not None and files.exists(path):
       ledger = cls.load(path)
       if ledger.privacy_unit != privacy_unit:
-        raise LedgerError(f"the ledger at {path} counts {ledger.privacy_unit}s, this run "
-                          f"{privacy_unit}s; use a new ledger path")
+        raise LedgerError(
+          f"the ledger at {path} counts {ledger.privacy_unit}s, this run "
+          f"{privacy_unit}s; use a new ledger path"
+        )
       _check_key_kept(ledger.signed, f"the ledger at {path}")
       ages = ledger._ages()
       for segment in ledger.segments:
         age, why = ages[segment.segment_id]
         if segment.reserving(age):
           raise LedgerError(
-              f"the ledger file {path} is in use: run {segment.run_id} reserved "
-              f"{segment.reserved_steps} noisy steps and is still training ("
-              f"{_reservation_note(segment, age, why, ledger.path)}). A ledger file takes one "
-              "run at a time; for runs that may overlap, use a ledger history "
-              "(make_private(..., ledger_history=DIR))")
+            f"the ledger file {path} is in use: run {segment.run_id} reserved "
+            f"{segment.reserved_steps} noisy steps and is still training ("
+            f"{_reservation_note(segment, age, why, ledger.path)}). A ledger file takes one "
+            "run at a time; for runs that may overlap, use a ledger history "
+            "(make_private(..., ledger_history=DIR))"
+          )
       ledger.dataset_size, ledger.dataset_fingerprint = dataset_size, fingerprint
       ledger.data_source, ledger.run_id = data_source, run_id or new_run_id()
       return ledger
-    ledger = cls(dataset_size=dataset_size, dataset_fingerprint=fingerprint,
-                 privacy_unit=privacy_unit, data_source=data_source, run_id=run_id)
+    ledger = cls(
+      dataset_size=dataset_size,
+      dataset_fingerprint=fingerprint,
+      privacy_unit=privacy_unit,
+      data_source=data_source,
+      run_id=run_id,
+    )
     if path is not None and not read_only:
       _check_writable(os.fspath(path))
       ledger.save(path)
     return ledger
 
   @classmethod
-  def open_history(cls, directory: os.PathLike | str, dataset_size: int, fingerprint: str,
-                   privacy_unit: str = EXAMPLE, data_source: Optional[str] = None,
-                   run_id: Optional[str] = None,
-                   key: Optional[bytes] = None) -> "PrivacyLedger":
+  def open_history(
+    cls,
+    directory: os.PathLike | str,
+    dataset_size: int,
+    fingerprint: str,
+    privacy_unit: str = EXAMPLE,
+    data_source: Optional[str] = None,
+    run_id: Optional[str] = None,
+    key: Optional[bytes] = None,
+  ) -> "PrivacyLedger":
     """A ledger for a new run recorded in the ledger history at `directory`.
 
     It starts with every segment the history holds (every earlier or concurrent run on the data
@@ -1083,9 +1263,15 @@ class PrivacyLedger:
     segments = history.read(privacy_unit)
     check_chain(segments, directory)
     _check_key_kept(history.signed, f"the ledger history {directory}")
-    ledger = cls(dataset_size=dataset_size, dataset_fingerprint=fingerprint,
-                 privacy_unit=privacy_unit, segments=segments,
-                 data_source=data_source, run_id=run_id, history_dir=directory)
+    ledger = cls(
+      dataset_size=dataset_size,
+      dataset_fingerprint=fingerprint,
+      privacy_unit=privacy_unit,
+      segments=segments,
+      data_source=data_source,
+      run_id=run_id,
+      history_dir=directory,
+    )
     ledger._history = history
     ledger._modified = dict(history.modified)
     return ledger
@@ -1105,8 +1291,9 @@ class Heartbeat:
   def __init__(self, ledger: "PrivacyLedger", interval: float):
     self._stopped = threading.Event()
     self.error: Optional[BaseException] = None
-    self._thread = threading.Thread(target=self._beat, args=(ledger, interval), daemon=True,
-                                    name="dp_tfx-ledger-heartbeat")
+    self._thread = threading.Thread(
+      target=self._beat, args=(ledger, interval), daemon=True, name="dp_tfx-ledger-heartbeat"
+    )
     self._thread.start()
 
   def _beat(self, ledger: "PrivacyLedger", interval: float) -> None:
@@ -1115,8 +1302,7 @@ class Heartbeat:
         ledger.heartbeat()
       except Exception as error:  # the storage's errors too: the run's next write raises it
         self.error = error
-        _LOG.warning("dp_tfx: a ledger heartbeat failed (tried again in %s s): %s", interval,
-                     error)
+        _LOG.warning("dp_tfx: a ledger heartbeat failed (tried again in %s s): %s", interval, error)
 
   def stop(self) -> None:
     """Stops the beats and waits for a write in progress to end."""
@@ -1124,8 +1310,7 @@ class Heartbeat:
     self._thread.join()
 
 
-def release_reservation(place: os.PathLike | str, segment_id: str,
-                        force: bool = False) -> Segment:
+def release_reservation(place: os.PathLike | str, segment_id: str, force: bool = False) -> Segment:
   """Marks the unfinished segment `segment_id` of the ledger history (a directory) or ledger
   file at `place` finished, as its fit would have at its end: for a run that was killed where
   its reservation cannot lapse (the storage gives no modification time, or a suspect one), or
@@ -1155,25 +1340,30 @@ def release_reservation(place: os.PathLike | str, segment_id: str,
   _check_key_kept(signed, place)
   segment = next((s for s in found if s.segment_id == segment_id), None)
   _check(segment is not None, f"{place} holds no segment {segment_id}")
-  _check(segment.finished_at is None and bool(segment.reserved_steps),
-         f"segment {segment_id} (run {segment.run_id}) holds no reservation: "
-         + (f"it finished at {segment.finished_at}" if segment.finished_at else
-            "it reserved no steps"))
+  _check(
+    segment.finished_at is None and bool(segment.reserved_steps),
+    f"segment {segment_id} (run {segment.run_id}) holds no reservation: "
+    + (f"it finished at {segment.finished_at}" if segment.finished_at else "it reserved no steps"),
+  )
   age, why = _age(modified.get(segment_id), time.time())
   if not force and _may_be_running(age):
     raise LedgerError(
-        f"segment {segment_id} of run {segment.run_id} may belong to a run still training (a "
-        f"running fit rewrites its segment every {HEARTBEAT_SECONDS} s; "
-        + (why or f"this one was last written {age:.0f} s ago") + "), so nothing was written. "
-        "If that run was killed, add --force")
+      f"segment {segment_id} of run {segment.run_id} may belong to a run still training (a "
+      f"running fit rewrites its segment every {HEARTBEAT_SECONDS} s; "
+      + (why or f"this one was last written {age:.0f} s ago")
+      + "), so nothing was written. "
+      "If that run was killed, add --force"
+    )
   if ledger is not None:
     segment.finished_at = _now()
     ledger._flush_whole()  # refused if the file changed since it was read
     return segment
   path = history.segment_path(segment_id)
   (segment,), unit, _ = LedgerHistory._read_file(path, segment_id + ".json", key)
-  _check(files.modified_time(path) == modified[segment_id],
-         f"segment {segment_id} was rewritten meanwhile: its run is alive; nothing was written")
+  _check(
+    files.modified_time(path) == modified[segment_id],
+    f"segment {segment_id} was rewritten meanwhile: its run is alive; nothing was written",
+  )
   segment.finished_at = _now()
   files.write_text(path, _segment_document(segment, unit))
   return segment
@@ -1196,18 +1386,26 @@ def _verified_body(text: str, key: Optional[bytes] = None) -> tuple:
     document = json.loads(text)
   except (ValueError, RecursionError) as error:  # JSONDecodeError, huge integers, deep nesting
     raise LedgerError(f"the ledger is not valid JSON: {str(error)[:200]}") from None
-  _check(isinstance(document, dict) and isinstance(document.get("body"), dict) and
-         isinstance(document.get("content_hash"), str),
-         "the ledger must be a JSON object with 'body' and 'content_hash'")
+  _check(
+    isinstance(document, dict)
+    and isinstance(document.get("body"), dict)
+    and isinstance(document.get("content_hash"), str),
+    "the ledger must be a JSON object with 'body' and 'content_hash'",
+  )
   body = document["body"]
   if _hash_body(body) != document["content_hash"]:
-    raise LedgerIntegrityError("the ledger's content does not match its content_hash: it was "
-                               "modified after it was written")
+    raise LedgerIntegrityError(
+      "the ledger's content does not match its content_hash: it was modified after it was written"
+    )
   if key is not None and not signing.is_valid(_canonical(body), document.get("signature"), key):
     raise LedgerIntegrityError(
-        "the record is unsigned or its signature does not match the ledger key: "
-        + ("it was written without a key" if "signature" not in document else
-           "it was changed, or signed with another key"))
+      "the record is unsigned or its signature does not match the ledger key: "
+      + (
+        "it was written without a key"
+        if "signature" not in document
+        else "it was changed, or signed with another key"
+      )
+    )
   return body, "signature" in document
 
 

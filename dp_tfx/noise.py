@@ -43,27 +43,39 @@ def _draw_groups(sizes: list) -> list:
   return groups + ([current] if current else [])
 
 
-def gaussian_noise(shapes: Sequence, dtypes: Sequence[tf.DType], stddev: float, key: tf.Tensor,
-                   step, replica_id=0, replicas: int = 1) -> list:
+def gaussian_noise(
+  shapes: Sequence,
+  dtypes: Sequence[tf.DType],
+  stddev: float,
+  key: tf.Tensor,
+  step,
+  replica_id=0,
+  replicas: int = 1,
+) -> list:
   """N(0, stddev^2 / replicas) tensors of the given shapes (static TensorShapes, or shape
   tensors) and dtypes, from streams unique to (key, step, replica, draw)."""
-  per_replica_stddev = stddev / (replicas ** 0.5)
-  sizes = [shape.num_elements() if isinstance(shape, tf.TensorShape) else tf.reduce_prod(shape)
-           for shape in shapes]
+  per_replica_stddev = stddev / (replicas**0.5)
+  sizes = [
+    shape.num_elements() if isinstance(shape, tf.TensorShape) else tf.reduce_prod(shape)
+    for shape in shapes
+  ]
   dtype = tf.float64 if tf.float64 in dtypes else tf.float32
   drawn = [None] * len(shapes)
   for group_index, group in enumerate(_draw_groups(sizes)):
     draw = tf.random.stateless_normal(
-        [sum(sizes[i] for i in group)], dtype=dtype,
-        seed=keys.stream_key(key, keys.NOISE_STREAM, step, replica_id, group_index))
+      [sum(sizes[i] for i in group)],
+      dtype=dtype,
+      seed=keys.stream_key(key, keys.NOISE_STREAM, step, replica_id, group_index),
+    )
     parts = tf.split(draw, [sizes[i] for i in group], num=len(group)) if len(group) > 1 else [draw]
     for index, part in zip(group, parts):
       drawn[index] = tf.cast(per_replica_stddev * tf.reshape(part, shapes[index]), dtypes[index])
   return drawn
 
 
-def add_gaussian_noise(tensors: Sequence[tf.Tensor], stddev: float, key: tf.Tensor,
-                       step: tf.Tensor) -> list:
+def add_gaussian_noise(
+  tensors: Sequence[tf.Tensor], stddev: float, key: tf.Tensor, step: tf.Tensor
+) -> list:
   """tensors[i] + N(0, stddev^2 / R), from streams unique to (key, step, replica, draw)."""
   replica_context = tf.distribute.get_replica_context()
   replicas, replica_id = 1, 0
@@ -72,8 +84,9 @@ def add_gaussian_noise(tensors: Sequence[tf.Tensor], stddev: float, key: tf.Tens
     replica_id = replica_context.replica_id_in_sync_group
   # Static shapes (variables have them) let the draws start before the gradients are done.
   shapes = [t.shape if t.shape.is_fully_defined() else tf.shape(t) for t in tensors]
-  drawn = gaussian_noise(shapes, [t.dtype for t in tensors], stddev, key, step, replica_id,
-                         replicas)
+  drawn = gaussian_noise(
+    shapes, [t.dtype for t in tensors], stddev, key, step, replica_id, replicas
+  )
   return [tensor + noise for tensor, noise in zip(tensors, drawn)]
 
 
@@ -94,8 +107,9 @@ def _box_muller(key: tf.Tensor, size: int, stddev: float, dtype: tf.DType) -> tf
   return tf.concat([radius * tf.cos(angle), radius * tf.sin(angle)], axis=0)[:size]
 
 
-def host_gaussian_noise(variables: Sequence, stddev: float,
-                        key: tf.Tensor) -> Callable[[tf.Tensor], list]:
+def host_gaussian_noise(
+  variables: Sequence, stddev: float, key: tf.Tensor
+) -> Callable[[tf.Tensor], list]:
   """step -> that step's N(0, stddev^2) tensors of the variables' (static) shapes and dtypes,
   from the stream of (key, step): for the input pipeline of one replica, which draws them on the
   host while the previous step trains."""
@@ -107,7 +121,9 @@ def host_gaussian_noise(variables: Sequence, stddev: float,
   def step_noise(step: tf.Tensor) -> list:
     drawn = _box_muller(keys.stream_key(key, keys.NOISE_STREAM, step), sum(sizes), stddev, dtype)
     parts = tf.split(drawn, sizes, num=len(sizes))
-    return [tf.cast(tf.reshape(part, shape), part_dtype)
-            for part, shape, part_dtype in zip(parts, shapes, dtypes)]
+    return [
+      tf.cast(tf.reshape(part, shape), part_dtype)
+      for part, shape, part_dtype in zip(parts, shapes, dtypes)
+    ]
 
   return step_noise

@@ -45,19 +45,28 @@ class SamplingPlan:
     if not isinstance(dataset_size, int) or dataset_size < 1:
       raise ValueError(f"the training data must hold at least one example; got {dataset_size!r}")
     if config.batch_size > dataset_size:
-      raise ValueError(f"DPConfig.batch_size ({config.batch_size}) is larger than the dataset "
-                       f"({dataset_size} examples)")
+      raise ValueError(
+        f"DPConfig.batch_size ({config.batch_size}) is larger than the dataset "
+        f"({dataset_size} examples)"
+      )
     sampling_rate = config.batch_size / dataset_size
-    steps = config.steps or accounting.steps_for_epochs(config.epochs, dataset_size,
-                                                        config.batch_size)
+    steps = config.steps or accounting.steps_for_epochs(
+      config.epochs, dataset_size, config.batch_size
+    )
     if steps > MAX_STEPS:
-      raise ValueError(f"DPConfig.epochs ({config.epochs:g}) gives {steps:.3g} noisy steps on "
-                       f"{dataset_size} examples at batch_size {config.batch_size}, more than the "
-                       f"{MAX_STEPS:,} the accountants handle")
-    return cls(dataset_size=dataset_size, batch_size=config.batch_size,
-               sampling_rate=sampling_rate, steps=steps,
-               physical_batch_size=config.physical_batch_size or default_physical_batch_size(
-                   config.batch_size, sampling_rate, config.sampling))
+      raise ValueError(
+        f"DPConfig.epochs ({config.epochs:g}) gives {steps:.3g} noisy steps on "
+        f"{dataset_size} examples at batch_size {config.batch_size}, more than the "
+        f"{MAX_STEPS:,} the accountants handle"
+      )
+    return cls(
+      dataset_size=dataset_size,
+      batch_size=config.batch_size,
+      sampling_rate=sampling_rate,
+      steps=steps,
+      physical_batch_size=config.physical_batch_size
+      or default_physical_batch_size(config.batch_size, sampling_rate, config.sampling),
+    )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -89,8 +98,13 @@ class TrainingPlan:
   delta: float
 
   @classmethod
-  def from_config(cls, config: DPConfig, dataset_size: int, accountant: str = accounting.PLD,
-                  spent: Optional[dp_accounting.DpEvent] = None) -> "TrainingPlan":
+  def from_config(
+    cls,
+    config: DPConfig,
+    dataset_size: int,
+    accountant: str = accounting.PLD,
+    spent: Optional[dp_accounting.DpEvent] = None,
+  ) -> "TrainingPlan":
     """Resolves a config against the data: q, steps, sigma and the physical batch size.
 
     `spent` is what the ledger already records for the data source: a target_epsilon is then
@@ -101,22 +115,29 @@ class TrainingPlan:
     """
     sampling = SamplingPlan.from_config(config, dataset_size)
     if config.num_microbatches is not None and config.num_microbatches > config.batch_size:
-      raise ValueError(f"DPConfig.num_microbatches ({config.num_microbatches}) exceeds "
-                       f"batch_size ({config.batch_size})")
+      raise ValueError(
+        f"DPConfig.num_microbatches ({config.num_microbatches}) exceeds "
+        f"batch_size ({config.batch_size})"
+      )
     delta = config.delta if config.delta is not None else 1.0 / dataset_size
     noise_multiplier = config.noise_multiplier
     if noise_multiplier is None:
       noise_multiplier = accounting.calibrate_noise_multiplier(
-          target_epsilon=config.target_epsilon, delta=delta,
-          sampling_rate=sampling.sampling_rate, steps=sampling.steps,
-          num_microbatches=config.num_microbatches, accountant=accountant, spent=spent)
-    return cls(
-        **dataclasses.asdict(sampling),
-        noise_multiplier=float(noise_multiplier),
-        l2_norm_clip=float(config.l2_norm_clip),
-        num_microbatches=None if config.per_example_clipping else config.num_microbatches,
-        sampling=config.sampling,
+        target_epsilon=config.target_epsilon,
         delta=delta,
+        sampling_rate=sampling.sampling_rate,
+        steps=sampling.steps,
+        num_microbatches=config.num_microbatches,
+        accountant=accountant,
+        spent=spent,
+      )
+    return cls(
+      **dataclasses.asdict(sampling),
+      noise_multiplier=float(noise_multiplier),
+      l2_norm_clip=float(config.l2_norm_clip),
+      num_microbatches=None if config.per_example_clipping else config.num_microbatches,
+      sampling=config.sampling,
+      delta=delta,
     )
 
   @property
@@ -131,8 +152,12 @@ class TrainingPlan:
 
   def dp_event(self, steps: Optional[int] = None) -> dp_accounting.DpEvent:
     """The DpEvent of this plan after `steps` noisy steps (default: all planned steps)."""
-    return accounting.dp_sgd_event(self.sampling_rate, self.noise_multiplier,
-                                   self.steps if steps is None else steps, self.num_microbatches)
+    return accounting.dp_sgd_event(
+      self.sampling_rate,
+      self.noise_multiplier,
+      self.steps if steps is None else steps,
+      self.num_microbatches,
+    )
 
   @property
   def sensitivity_multiplier(self) -> int:
@@ -143,8 +168,9 @@ class TrainingPlan:
     """epsilon(delta) after `steps` steps; inf where it cannot be bounded (never lower)."""
     return self.epsilon_result(accountant, steps).epsilon
 
-  def epsilon_result(self, accountant: str = accounting.PLD,
-                     steps: Optional[int] = None) -> accounting.EpsilonResult:
+  def epsilon_result(
+    self, accountant: str = accounting.PLD, steps: Optional[int] = None
+  ) -> accounting.EpsilonResult:
     """epsilon(delta) with the reason when it is infinite."""
     return accounting.epsilon_result(self.dp_event(steps), self.delta, accountant)
 

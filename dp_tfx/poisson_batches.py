@@ -44,14 +44,17 @@ MASK_FEATURE = "dp_tfx_mask"
 # Which draw the sample belongs to (see `new_draw`): the samples' identity, whatever files,
 # compression or manifest carry them later.
 DRAW_FEATURE = "dp_tfx_draw"
-RECORD_SPEC = {STEP_FEATURE: tf.io.FixedLenFeature([], tf.int64),
-               EXAMPLES_FEATURE: tf.io.RaggedFeature(tf.string),
-               MASK_FEATURE: tf.io.RaggedFeature(tf.int64),
-               DRAW_FEATURE: tf.io.FixedLenFeature([], tf.string)}
+RECORD_SPEC = {
+  STEP_FEATURE: tf.io.FixedLenFeature([], tf.int64),
+  EXAMPLES_FEATURE: tf.io.RaggedFeature(tf.string),
+  MASK_FEATURE: tf.io.RaggedFeature(tf.int64),
+  DRAW_FEATURE: tf.io.FixedLenFeature([], tf.string),
+}
 
 
-def inclusion_steps(rng: np.random.Generator, sampling_rate: float, first_step: int,
-                    last_step: int) -> np.ndarray:
+def inclusion_steps(
+  rng: np.random.Generator, sampling_rate: float, first_step: int, last_step: int
+) -> np.ndarray:
   """The steps in [first_step, last_step) whose Poisson sample includes one example.
 
   Each step includes it independently with probability `sampling_rate`: the gap from one
@@ -90,27 +93,38 @@ def draw_first_step(draw: str) -> int:
   return draw_steps(draw)[0]
 
 
-def step_record(step: int, sample: Sequence[bytes], physical_batch_size: int,
-                padding_example: bytes, draw: str) -> bytes:
+def step_record(
+  step: int, sample: Sequence[bytes], physical_batch_size: int, padding_example: bytes, draw: str
+) -> bytes:
   """A step's record: its sample, then masked padding up to whole physical batches (>= 1)."""
   slots = max(1, math.ceil(len(sample) / physical_batch_size)) * physical_batch_size
   padding = slots - len(sample)
   feature = tf.train.Feature
-  return tf.train.Example(features=tf.train.Features(feature={
-      STEP_FEATURE: feature(int64_list=tf.train.Int64List(value=[step])),
-      EXAMPLES_FEATURE: feature(bytes_list=tf.train.BytesList(
-          value=list(sample) + [padding_example] * padding)),
-      MASK_FEATURE: feature(int64_list=tf.train.Int64List(value=[1] * len(sample) +
-                                                          [0] * padding)),
-      DRAW_FEATURE: feature(bytes_list=tf.train.BytesList(value=[draw.encode()])),
-  })).SerializeToString()
+  return tf.train.Example(
+    features=tf.train.Features(
+      feature={
+        STEP_FEATURE: feature(int64_list=tf.train.Int64List(value=[step])),
+        EXAMPLES_FEATURE: feature(
+          bytes_list=tf.train.BytesList(value=list(sample) + [padding_example] * padding)
+        ),
+        MASK_FEATURE: feature(
+          int64_list=tf.train.Int64List(value=[1] * len(sample) + [0] * padding)
+        ),
+        DRAW_FEATURE: feature(bytes_list=tf.train.BytesList(value=[draw.encode()])),
+      }
+    )
+  ).SerializeToString()
 
 
 def parse_step_record(record: tf.Tensor) -> tuple:
   """(step, [L] serialized examples, [L] float32 mask, draw) of one step's record."""
   parsed = tf.io.parse_single_example(record, RECORD_SPEC)
-  return (parsed[STEP_FEATURE], parsed[EXAMPLES_FEATURE],
-          tf.cast(parsed[MASK_FEATURE], tf.float32), parsed[DRAW_FEATURE])
+  return (
+    parsed[STEP_FEATURE],
+    parsed[EXAMPLES_FEATURE],
+    tf.cast(parsed[MASK_FEATURE], tf.float32),
+    parsed[DRAW_FEATURE],
+  )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -126,12 +140,15 @@ class Shard:
 
   def __post_init__(self):
     if not (isinstance(self.file, str) and self.file and os.path.basename(self.file) == self.file):
-      raise ValueError(f"a shard's file must be a file name in the batches directory; got "
-                       f"{self.file!r}")
-    if not (is_int(self.first_step) and is_int(self.last_step) and
-            0 <= self.first_step < self.last_step):
-      raise ValueError(f"shard {self.file}: steps [{self.first_step!r}, {self.last_step!r}) are "
-                       f"not a range")
+      raise ValueError(
+        f"a shard's file must be a file name in the batches directory; got {self.file!r}"
+      )
+    if not (
+      is_int(self.first_step) and is_int(self.last_step) and 0 <= self.first_step < self.last_step
+    ):
+      raise ValueError(
+        f"shard {self.file}: steps [{self.first_step!r}, {self.last_step!r}) are not a range"
+      )
     if not (is_int(self.sampled) and self.sampled >= 0):
       raise ValueError(f"shard {self.file}: sampled must be an int >= 0; got {self.sampled!r}")
     if not (isinstance(self.sha256, str) and len(self.sha256) == 64):
@@ -172,34 +189,47 @@ class BatchManifest:
   def __post_init__(self):
     for name in ("source", "split", "draw"):
       if not (isinstance(getattr(self, name), str) and getattr(self, name)):
-        raise ValueError(f"BatchManifest.{name} must name the examples sampled; got "
-                         f"{getattr(self, name)!r}")
+        raise ValueError(
+          f"BatchManifest.{name} must name the examples sampled; got {getattr(self, name)!r}"
+        )
     for name in ("dataset_size", "batch_size", "steps", "physical_batch_size"):
       if not (is_int(getattr(self, name)) and getattr(self, name) >= 1):
         raise ValueError(f"BatchManifest.{name} must be an int >= 1; got {getattr(self, name)!r}")
-    if not (is_finite_number(self.sampling_rate) and
-            self.sampling_rate == self.batch_size / self.dataset_size):
-      raise ValueError(f"BatchManifest.sampling_rate {self.sampling_rate!r} is not batch_size / "
-                       f"dataset_size = {self.batch_size} / {self.dataset_size}")
-    if not (is_int(self.first_step) and is_int(self.last_step) and
-            0 <= self.first_step < self.last_step <= self.steps):
-      raise ValueError(f"BatchManifest steps [{self.first_step!r}, {self.last_step!r}) are not a "
-                       f"range within the plan's {self.steps} steps")
+    if not (
+      is_finite_number(self.sampling_rate)
+      and self.sampling_rate == self.batch_size / self.dataset_size
+    ):
+      raise ValueError(
+        f"BatchManifest.sampling_rate {self.sampling_rate!r} is not batch_size / "
+        f"dataset_size = {self.batch_size} / {self.dataset_size}"
+      )
+    if not (
+      is_int(self.first_step)
+      and is_int(self.last_step)
+      and 0 <= self.first_step < self.last_step <= self.steps
+    ):
+      raise ValueError(
+        f"BatchManifest steps [{self.first_step!r}, {self.last_step!r}) are not a "
+        f"range within the plan's {self.steps} steps"
+      )
     covered = self.first_step
     for shard in self.shards:
       if shard.first_step != covered:
-        raise ValueError(f"BatchManifest: shard {shard.file} starts at step {shard.first_step}, "
-                         f"not at {covered}")
+        raise ValueError(
+          f"BatchManifest: shard {shard.file} starts at step {shard.first_step}, not at {covered}"
+        )
       covered = shard.last_step
     if covered != self.last_step:
-      raise ValueError(f"BatchManifest: the shards end at step {covered}, not at "
-                       f"{self.last_step}")
+      raise ValueError(f"BatchManifest: the shards end at step {covered}, not at {self.last_step}")
     if draw_first_step(self.draw) > self.first_step:
       raise ValueError(f"BatchManifest: draw {self.draw} starts after step {self.first_step}")
-    if record_digest.parse(self.data_digest, "BatchManifest.data_digest").count != \
-        self.dataset_size:
-      raise ValueError(f"BatchManifest.data_digest {self.data_digest} counts other records than "
-                       f"the dataset_size {self.dataset_size!r}")
+    if (
+      record_digest.parse(self.data_digest, "BatchManifest.data_digest").count != self.dataset_size
+    ):
+      raise ValueError(
+        f"BatchManifest.data_digest {self.data_digest} counts other records than "
+        f"the dataset_size {self.dataset_size!r}"
+      )
 
   def to_dict(self) -> dict:
     values = dataclasses.asdict(self)
@@ -209,8 +239,9 @@ class BatchManifest:
   def from_dict(cls, values: dict) -> "BatchManifest":
     values = dict(values)
     if values.pop("format_version", None) != FORMAT_VERSION:
-      raise ValueError(f"unsupported Poisson batches format; this dp_tfx reads version "
-                       f"{FORMAT_VERSION}")
+      raise ValueError(
+        f"unsupported Poisson batches format; this dp_tfx reads version {FORMAT_VERSION}"
+      )
     error = unknown_fields(cls, values, "BatchManifest")
     if error is not None:
       raise error
@@ -244,29 +275,39 @@ class BatchManifest:
     if not mine:
       raise ValueError(f"the ledger records no run on the Poisson batches of draw {self.draw}")
     for segment in mine:
-      recorded = (segment.sampling, segment.dataset_size, segment.planned_steps,
-                  segment.physical_batch_size)
+      recorded = (
+        segment.sampling,
+        segment.dataset_size,
+        segment.planned_steps,
+        segment.physical_batch_size,
+      )
       expected = (POISSON, self.dataset_size, self.steps, self.physical_batch_size)
-      if recorded != expected or not math.isclose(segment.sampling_rate, self.sampling_rate,
-                                                   rel_tol=1e-12):
+      if recorded != expected or not math.isclose(
+        segment.sampling_rate, self.sampling_rate, rel_tol=1e-12
+      ):
         raise ValueError(
-            f"segment {segment.segment_id} of the ledger describes a run on the Poisson batches "
-            f"of draw {self.draw} with (sampling, N, planned steps, physical batch) {recorded} "
-            f"and q {segment.sampling_rate}; the batches' manifest says {expected} and q "
-            f"{self.sampling_rate}")
+          f"segment {segment.segment_id} of the ledger describes a run on the Poisson batches "
+          f"of draw {self.draw} with (sampling, N, planned steps, physical batch) {recorded} "
+          f"and q {segment.sampling_rate}; the batches' manifest says {expected} and q "
+          f"{self.sampling_rate}"
+        )
     taken = sum(segment.noisy_steps for segment in mine)
     first, last = draw_steps(self.draw)
     if taken > last - first:
-      raise ValueError(f"the ledger records {taken} steps on the Poisson batches of draw "
-                       f"{self.draw}, which hold {last - first}: a step was taken twice")
+      raise ValueError(
+        f"the ledger records {taken} steps on the Poisson batches of draw "
+        f"{self.draw}, which hold {last - first}: a step was taken twice"
+      )
 
   def save(self, directory, key: Optional[bytes] = None) -> str:
     """Writes the manifest; with a ledger key (dp_tfx.signing), its digest's signature beside it,
     which a PoissonBatchStream opened with the key set requires."""
     if key is not None:
       files.write_text(os.path.join(os.fspath(directory), SIGNATURE_FILE), self.signature(key))
-    return files.write_text(os.path.join(os.fspath(directory), MANIFEST_FILE),
-                            json.dumps(self.to_dict(), indent=2, sort_keys=True))
+    return files.write_text(
+      os.path.join(os.fspath(directory), MANIFEST_FILE),
+      json.dumps(self.to_dict(), indent=2, sort_keys=True),
+    )
 
   def signature(self, key: bytes) -> str:
     """The manifest's digest signed with the ledger key `key`."""
@@ -276,9 +317,11 @@ class BatchManifest:
     """Raises ValueError unless `signature` (beside the manifest, or in MLMD) is this manifest's
     digest signed with `key`: what a manifest edited to a larger N (a smaller q) cannot forge."""
     if not signing.is_valid(self.digest().encode(), signature, key):
-      raise ValueError(f"the Poisson batches in {where} are not signed with the ledger key "
-                       f"({'a wrong signature' if signature else 'no signature'}): with a key "
-                       "set, only batches a PoissonBatchGen holding it wrote are used")
+      raise ValueError(
+        f"the Poisson batches in {where} are not signed with the ledger key "
+        f"({'a wrong signature' if signature else 'no signature'}): with a key "
+        "set, only batches a PoissonBatchGen holding it wrote are used"
+      )
 
   @staticmethod
   def signature_beside(directory) -> Optional[str]:
@@ -301,19 +344,31 @@ def shard_name(first_step: int, last_step: int) -> str:
   return f"steps-{first_step:09d}-{last_step:09d}.tfrecord.gz"
 
 
-def write_shard(directory: str, first_step: int, last_step: int, samples: dict,
-                physical_batch_size: int, padding_example: bytes, draw: str) -> Shard:
+def write_shard(
+  directory: str,
+  first_step: int,
+  last_step: int,
+  samples: dict,
+  physical_batch_size: int,
+  padding_example: bytes,
+  draw: str,
+) -> Shard:
   """Writes steps [first_step, last_step) in order, a record each (`samples`: step -> its
   sampled examples; a step missing from it sampled none)."""
   name = shard_name(first_step, last_step)
   path = os.path.join(directory, name)
   with tf.io.TFRecordWriter(path, options="GZIP") as writer:
     for step in range(first_step, last_step):
-      writer.write(step_record(step, samples.get(step, ()), physical_batch_size,
-                               padding_example, draw))
-  return Shard(file=name, first_step=first_step, last_step=last_step,
-               sampled=sum(len(samples.get(step, ())) for step in range(first_step, last_step)),
-               sha256=files.sha256(path))
+      writer.write(
+        step_record(step, samples.get(step, ()), physical_batch_size, padding_example, draw)
+      )
+  return Shard(
+    file=name,
+    first_step=first_step,
+    last_step=last_step,
+    sampled=sum(len(samples.get(step, ())) for step in range(first_step, last_step)),
+    sha256=files.sha256(path),
+  )
 
 
 # serialized examples [L] -> (features, labels): e.g. a user module's feature_spec and decode.
@@ -352,12 +407,14 @@ class PoissonBatchStream:
     self.manifest = BatchManifest.load(self.directory)
     key = signing.configured_key()
     if key is not None:
-      self.manifest.check_signature(BatchManifest.signature_beside(self.directory), key,
-                                    self.directory)
+      self.manifest.check_signature(
+        BatchManifest.signature_beside(self.directory), key, self.directory
+      )
     self._decode = decode
     self._key = [secrets.randbits(63), secrets.randbits(63)]  # TensorFlow takes int64 keys
-    self._fingerprints = np.concatenate([self._checked_shard(shard)
-                                         for shard in self.manifest.shards])
+    self._fingerprints = np.concatenate(
+      [self._checked_shard(shard) for shard in self.manifest.shards]
+    )
 
   def _fingerprint(self, record: tf.Tensor) -> tf.Tensor:
     return tf.strings.to_hash_bucket_strong(record, _FINGERPRINT_BUCKETS, self._key)
@@ -365,12 +422,12 @@ class PoissonBatchStream:
   def _checked_shard(self, shard: Shard) -> np.ndarray:
     """The shard's step fingerprints, after checking its bytes and every record in it."""
     path = os.path.join(self.directory, shard.file)
-    refuse = lambda why: ValueError(f"Poisson batch shard {shard.file} in {self.directory}: "
-                                    f"{why}")
+    refuse = lambda why: ValueError(f"Poisson batch shard {shard.file} in {self.directory}: {why}")
     actual = files.sha256(path)
     if actual != shard.sha256:
-      raise refuse(f"is not the one the manifest records (sha256 {actual}, recorded "
-                   f"{shard.sha256})")
+      raise refuse(
+        f"is not the one the manifest records (sha256 {actual}, recorded {shard.sha256})"
+      )
     physical = self.manifest.physical_batch_size
 
     draw = self.manifest.draw
@@ -381,26 +438,32 @@ class PoissonBatchStream:
       of_this_draw = tf.equal(record_draw, draw)
       sampled = tf.reduce_sum(tf.cast(tf.equal(mask, 1.0), tf.int32))
       slots = tf.maximum(1, (sampled + physical - 1) // physical) * physical
-      well_formed = (tf.equal(tf.size(examples), length) & tf.equal(length, slots) &
-                     tf.reduce_all(tf.equal(mask, tf.cast(tf.range(length) < sampled,
-                                                          tf.float32))) &
-                     tf.equal(tf.size(tf.unique(examples[:sampled]).y), sampled) &
-                     of_this_draw)
+      well_formed = (
+        tf.equal(tf.size(examples), length)
+        & tf.equal(length, slots)
+        & tf.reduce_all(tf.equal(mask, tf.cast(tf.range(length) < sampled, tf.float32)))
+        & tf.equal(tf.size(tf.unique(examples[:sampled]).y), sampled)
+        & of_this_draw
+      )
       return step, sampled, well_formed, self._fingerprint(record)
 
     records = tf.data.TFRecordDataset(path, compression_type="GZIP").map(
-        inspect, num_parallel_calls=tf.data.AUTOTUNE)
+      inspect, num_parallel_calls=tf.data.AUTOTUNE
+    )
     parts = list(records.batch(4096).as_numpy_iterator())
     steps, sampled, well_formed, fingerprints = (
-        np.concatenate([part[i] for part in parts]) if parts else np.zeros([0], np.int64)
-        for i in range(4))
+      np.concatenate([part[i] for part in parts]) if parts else np.zeros([0], np.int64)
+      for i in range(4)
+    )
     if not np.array_equal(steps, np.arange(shard.first_step, shard.last_step)):
       raise refuse(f"holds steps other than [{shard.first_step}, {shard.last_step}) in order")
     if not np.all(well_formed):
       bad = int(steps[np.flatnonzero(~well_formed.astype(bool))[0]])
-      raise refuse(f"step {bad}'s record is not a padded sample of draw {draw} (its mask must "
-                   f"be 1 for each sampled example, then 0 to whole physical batches of "
-                   f"{physical}, and no example may be sampled twice)")
+      raise refuse(
+        f"step {bad}'s record is not a padded sample of draw {draw} (its mask must "
+        f"be 1 for each sampled example, then 0 to whole physical batches of "
+        f"{physical}, and no example may be sampled twice)"
+      )
     if int(np.sum(sampled)) != shard.sampled:
       raise refuse(f"samples {int(np.sum(sampled))} examples, the manifest says {shard.sampled}")
     return fingerprints.astype(np.int64)
@@ -423,27 +486,41 @@ class PoissonBatchStream:
     _, examples, _, _ = parse_step_record(record)
     return self._decode(tf.repeat(examples[-1:], size))
 
-  def logical_batches(self, plan, key, first_step: int, last_step: int,
-                      pad_multiple: Optional[int] = None,
-                      step_noise: Optional[Callable] = None) -> tf.data.Dataset:
+  def logical_batches(
+    self,
+    plan,
+    key,
+    first_step: int,
+    last_step: int,
+    pad_multiple: Optional[int] = None,
+    step_noise: Optional[Callable] = None,
+  ) -> tf.data.Dataset:
     """As sampling.logical_batches for data in memory: the steps' samples for `plan` (a
     TrainingPlan), which must be the plan the batches were drawn for. `key` is not used: the
     samples were drawn with the OS's randomness."""
     del key
     manifest = self.manifest
-    drawn_for = (manifest.dataset_size, manifest.sampling_rate, manifest.steps,
-                 manifest.physical_batch_size)
+    drawn_for = (
+      manifest.dataset_size,
+      manifest.sampling_rate,
+      manifest.steps,
+      manifest.physical_batch_size,
+    )
     planned = (plan.dataset_size, plan.sampling_rate, plan.steps, plan.physical_batch_size)
     if plan.sampling != POISSON or drawn_for != planned:
-      raise ValueError(f"the Poisson batches in {self.directory} were drawn for another plan: "
-                       f"(N, q, steps, physical batch) {drawn_for}, this run plans {planned} "
-                       f"with {plan.sampling} sampling")
+      raise ValueError(
+        f"the Poisson batches in {self.directory} were drawn for another plan: "
+        f"(N, q, steps, physical batch) {drawn_for}, this run plans {planned} "
+        f"with {plan.sampling} sampling"
+      )
     batches = self.steps(first_step, last_step, pad_multiple)
     return sampling.with_step_noise(batches, first_step, last_step, step_noise).prefetch(
-        tf.data.AUTOTUNE)
+      tf.data.AUTOTUNE
+    )
 
-  def steps(self, first_step: int, last_step: int,
-            pad_multiple: Optional[int] = None) -> tf.data.Dataset:
+  def steps(
+    self, first_step: int, last_step: int, pad_multiple: Optional[int] = None
+  ) -> tf.data.Dataset:
     """(features, labels, mask) for each step of [first_step, last_step), in order; with
     `pad_multiple` (a divisor of the physical batch) a step's padding is cut to a multiple of it.
 
@@ -453,20 +530,28 @@ class PoissonBatchStream:
     """
     manifest = self.manifest
     if not manifest.first_step <= first_step < last_step <= manifest.last_step:
-      raise ValueError(f"the Poisson batches in {self.directory} hold steps "
-                       f"[{manifest.first_step}, {manifest.last_step}); training needs "
-                       f"[{first_step}, {last_step})")
-    shards = [shard for shard in manifest.shards
-              if shard.first_step < last_step and shard.last_step > first_step]
-    records = tf.data.TFRecordDataset([os.path.join(self.directory, shard.file)
-                                       for shard in shards], compression_type="GZIP")
+      raise ValueError(
+        f"the Poisson batches in {self.directory} hold steps "
+        f"[{manifest.first_step}, {manifest.last_step}); training needs "
+        f"[{first_step}, {last_step})"
+      )
+    shards = [
+      shard
+      for shard in manifest.shards
+      if shard.first_step < last_step and shard.last_step > first_step
+    ]
+    records = tf.data.TFRecordDataset(
+      [os.path.join(self.directory, shard.file) for shard in shards], compression_type="GZIP"
+    )
     records = records.skip(first_step - shards[0].first_step).take(last_step - first_step)
     expected = tf.constant(self._fingerprints)
 
     def checked(record, step):
       unchanged = tf.debugging.assert_equal(
-          self._fingerprint(record), expected[step - manifest.first_step],
-          message="the Poisson batches changed since the stream opened (or skip a step)")
+        self._fingerprint(record),
+        expected[step - manifest.first_step],
+        message="the Poisson batches changed since the stream opened (or skip a step)",
+      )
       with tf.control_dependencies([unchanged]):
         _, examples, mask, _ = parse_step_record(tf.identity(record))
       if pad_multiple is not None:  # the sample comes first: only padding is cut
@@ -477,8 +562,7 @@ class PoissonBatchStream:
       return features, labels, mask
 
     steps = tf.data.Dataset.range(first_step, last_step)
-    return tf.data.Dataset.zip((records, steps)).map(checked,
-                                                     num_parallel_calls=tf.data.AUTOTUNE)
+    return tf.data.Dataset.zip((records, steps)).map(checked, num_parallel_calls=tf.data.AUTOTUNE)
 
   def next_step(self, ledger, own_segment=None, expected: Optional[int] = None) -> int:
     """The first step of the draw no run has taken: the draw's steps are trained on in order,
@@ -490,18 +574,24 @@ class PoissonBatchStream:
       ValueError: while a segment on the draw other than `own_segment` is unfinished (its run may
         be taking the next steps now), or if it is not `expected` (another run took steps since).
     """
-    mine = [segment for segment in ledger.segments
-            if segment.dataset_fingerprint == self.fingerprint]
-    live = [segment for segment in mine
-            if segment.finished_at is None and segment is not own_segment]
+    mine = [
+      segment for segment in ledger.segments if segment.dataset_fingerprint == self.fingerprint
+    ]
+    live = [
+      segment for segment in mine if segment.finished_at is None and segment is not own_segment
+    ]
     if live:
-      raise ValueError(f"run {live[0].run_id} is training on the Poisson batches in "
-                       f"{self.directory} (its segment {live[0].segment_id} is unfinished); "
-                       f"two runs must never use the same samples. If that run was killed, "
-                       f"finish its segment first: dp-tfx release-reservation "
-                       f"{ledger.history_dir or ledger.path} --segment {live[0].segment_id}")
+      raise ValueError(
+        f"run {live[0].run_id} is training on the Poisson batches in "
+        f"{self.directory} (its segment {live[0].segment_id} is unfinished); "
+        f"two runs must never use the same samples. If that run was killed, "
+        f"finish its segment first: dp-tfx release-reservation "
+        f"{ledger.history_dir or ledger.path} --segment {live[0].segment_id}"
+      )
     step = draw_first_step(self.manifest.draw) + sum(s.noisy_steps for s in mine)
     if expected is not None and step != expected:
-      raise ValueError(f"another run took steps {expected} to {step - 1} of the Poisson batches "
-                       f"in {self.directory} while this one prepared; start it again")
+      raise ValueError(
+        f"another run took steps {expected} to {step - 1} of the Poisson batches "
+        f"in {self.directory} while this one prepared; start it again"
+      )
     return step

@@ -57,21 +57,28 @@ class PrivacyPolicy:
   require_signature: bool = False
 
   def __post_init__(self):
-    if not (isinstance(self.max_epsilon, (int, float)) and not isinstance(self.max_epsilon, bool)
-            and 0 < self.max_epsilon < math.inf):
+    if not (
+      isinstance(self.max_epsilon, (int, float))
+      and not isinstance(self.max_epsilon, bool)
+      and 0 < self.max_epsilon < math.inf
+    ):
       raise _policy_error("max_epsilon", "a finite number > 0", self.max_epsilon)
     if self.delta != ONE_OVER_N and not (
-        isinstance(self.delta, (int, float)) and not isinstance(self.delta, bool)
-        and 0 < self.delta < 1):
+      isinstance(self.delta, (int, float))
+      and not isinstance(self.delta, bool)
+      and 0 < self.delta < 1
+    ):
       raise _policy_error("delta", f'a number in (0, 1) or "{ONE_OVER_N}"', self.delta)
     if self.delta_rule not in (ONE_OVER_N, None):
       raise _policy_error("delta_rule", f'"{ONE_OVER_N}" or null', self.delta_rule)
     if self.accountant not in accounting.ACCOUNTANTS:
       raise _policy_error("accountant", f"one of {accounting.ACCOUNTANTS}", self.accountant)
     if self.max_canary_exposure is not None and not (
-        is_finite_number(self.max_canary_exposure) and self.max_canary_exposure >= 0):
-      raise _policy_error("max_canary_exposure", "null or a finite number >= 0 (bits)",
-                          self.max_canary_exposure)
+      is_finite_number(self.max_canary_exposure) and self.max_canary_exposure >= 0
+    ):
+      raise _policy_error(
+        "max_canary_exposure", "null or a finite number >= 0 (bits)", self.max_canary_exposure
+      )
     for flag in ("require_poisson", "allow_seeded", "require_signature"):
       if not isinstance(getattr(self, flag), bool):
         raise _policy_error(flag, "true or false", getattr(self, flag))
@@ -113,18 +120,27 @@ class PrivacyDecision:
     return "NOT BLESSED: " + "; ".join(self.reasons or ["no decision was reached"])
 
   def to_dict(self) -> dict:
-    return {"blessed": self.blessed, "epsilon": self.epsilon, "delta": self.delta,
-            "empirical_epsilon_lower_bound": self.empirical_epsilon_lower_bound,
-            "reasons": list(self.reasons), "summary": self.summary}
+    return {
+      "blessed": self.blessed,
+      "epsilon": self.epsilon,
+      "delta": self.delta,
+      "empirical_epsilon_lower_bound": self.empirical_epsilon_lower_bound,
+      "reasons": list(self.reasons),
+      "summary": self.summary,
+    }
 
 
 class PolicyRefusal(ValueError):
   """A run that could never be blessed, refused before it trained (nothing was spent)."""
 
 
-def decide(policy: PrivacyPolicy, ledger: PrivacyLedger, model_digest: Optional[str] = None,
-           upstream_blessed: Optional[bool] = None,
-           audit: Optional["PrivacyAudit"] = None) -> PrivacyDecision:
+def decide(
+  policy: PrivacyPolicy,
+  ledger: PrivacyLedger,
+  model_digest: Optional[str] = None,
+  upstream_blessed: Optional[bool] = None,
+  audit: Optional["PrivacyAudit"] = None,
+) -> PrivacyDecision:
   """Checks a verified ledger (and, if given, an empirical audit) against the policy.
 
   Args:
@@ -143,8 +159,9 @@ def decide(policy: PrivacyPolicy, ledger: PrivacyLedger, model_digest: Optional[
   if upstream_blessed is False:
     reasons.append("the upstream model_blessing is NOT blessed")
   if model_digest is not None and ledger.model_digest != model_digest:
-    reasons.append(f"the ledger describes another model (ledger {ledger.model_digest}, model "
-                   f"{model_digest})")
+    reasons.append(
+      f"the ledger describes another model (ledger {ledger.model_digest}, model {model_digest})"
+    )
   if ledger.noisy_steps <= 0:
     reasons.append("the ledger records no noisy steps")
   _check_training(policy, ledger, decision)
@@ -183,21 +200,29 @@ def refuse_unless_blessable(policy: PrivacyPolicy, planned: PrivacyLedger) -> Pr
     this_run = others.pop(planned.run_id, 0)
     where = f" history {planned.history_dir}" if planned.history_dir else ""
     names = ", ".join(sorted(map(str, others)))
-    notes = "; ".join(f"run {run_id}: {note}" for run_id in sorted(others, key=str)
-                      for note in planned.reserved_notes.get(run_id, []))
-    reserving = (f", and the {others.total()} reserved by run(s) {names} still training (another "
-                 f"run reserved steps of the budget: retry when it finishes; {notes})"
-                 if others else "")
+    notes = "; ".join(
+      f"run {run_id}: {note}"
+      for run_id in sorted(others, key=str)
+      for note in planned.reserved_notes.get(run_id, [])
+    )
+    reserving = (
+      f", and the {others.total()} reserved by run(s) {names} still training (another "
+      f"run reserved steps of the budget: retry when it finishes; {notes})"
+      if others
+      else ""
+    )
     raise PolicyRefusal(
-        f"refused before training, nothing was spent: this run ({this_run} noisy steps, after "
-        f"the {planned.noisy_steps - this_run - others.total()} already recorded in the "
-        f"ledger{where}{reserving}) could never be blessed: " + "; ".join(decision.reasons))
+      f"refused before training, nothing was spent: this run ({this_run} noisy steps, after "
+      f"the {planned.noisy_steps - this_run - others.total()} already recorded in the "
+      f"ledger{where}{reserving}) could never be blessed: " + "; ".join(decision.reasons)
+    )
   decision.blessed = True
   return decision
 
 
-def _check_training(policy: PrivacyPolicy, ledger: PrivacyLedger,
-                    decision: PrivacyDecision) -> None:
+def _check_training(
+  policy: PrivacyPolicy, ledger: PrivacyLedger, decision: PrivacyDecision
+) -> None:
   """Adds a reason for each fact of training that the policy refuses; sets epsilon and delta.
 
   Only segments that spent steps are judged on their seed, sampling and N (a run refused or
@@ -207,11 +232,15 @@ def _check_training(policy: PrivacyPolicy, ledger: PrivacyLedger,
   reasons = decision.reasons
   spent = ledger.spent_segments
   if policy.require_poisson and not ledger.rigorous:
-    reasons.append("training used shuffled fixed-size batches, so epsilon is not a rigorous bound, "
-                   "and the policy requires Poisson sampling")
+    reasons.append(
+      "training used shuffled fixed-size batches, so epsilon is not a rigorous bound, "
+      "and the policy requires Poisson sampling"
+    )
   if not policy.allow_seeded and any(segment.seeded for segment in spent):
-    reasons.append("training used a fixed seed (DPConfig.seed), so its noise can be regenerated "
-                   "by whoever knows the seed; the policy does not allow seeded runs")
+    reasons.append(
+      "training used a fixed seed (DPConfig.seed), so its noise can be regenerated "
+      "by whoever knows the seed; the policy does not allow seeded runs"
+    )
   if any(segment.noise_multiplier == 0 for segment in spent):
     reasons.append("training ran without noise (noise_multiplier 0): epsilon is infinite")
   # The total may cover runs on datasets of different sizes: delta must be at most 1/N for each.
@@ -219,20 +248,31 @@ def _check_training(policy: PrivacyPolicy, ledger: PrivacyLedger,
   delta = policy.delta_for(largest)
   decision.delta = delta
   if policy.delta_rule == ONE_OVER_N and delta > 1.0 / largest:
-    reasons.append(f"delta {delta:.3g} exceeds 1/N = {1.0 / largest:.3g}" + (
+    reasons.append(
+      f"delta {delta:.3g} exceeds 1/N = {1.0 / largest:.3g}"
+      + (
         f" (N = {largest}, the largest dataset in the ledger)"
-        if largest != ledger.dataset_size else ""))
+        if largest != ledger.dataset_size
+        else ""
+      )
+    )
   if ledger.noisy_steps > 0:
     result = ledger.epsilon_result(delta, policy.accountant)
     decision.epsilon = result.epsilon
     if not result.epsilon <= policy.max_epsilon:
-      reasons.append(f"epsilon {result.epsilon:.4g} exceeds the policy's max_epsilon "
-                     f"{policy.max_epsilon:.4g} (delta {delta:.3g}, {policy.accountant})"
-                     + (f": {result.reason}" if result.reason else ""))
+      reasons.append(
+        f"epsilon {result.epsilon:.4g} exceeds the policy's max_epsilon "
+        f"{policy.max_epsilon:.4g} (delta {delta:.3g}, {policy.accountant})"
+        + (f": {result.reason}" if result.reason else "")
+      )
 
 
-def _check_audit(policy: PrivacyPolicy, ledger: PrivacyLedger, audit: Optional["PrivacyAudit"],
-                 decision: PrivacyDecision) -> None:
+def _check_audit(
+  policy: PrivacyPolicy,
+  ledger: PrivacyLedger,
+  audit: Optional["PrivacyAudit"],
+  decision: PrivacyDecision,
+) -> None:
   """Adds a reason when the audit contradicts the ledger or a canary is more exposed than
   allowed."""
   reasons = decision.reasons
@@ -241,24 +281,30 @@ def _check_audit(policy: PrivacyPolicy, ledger: PrivacyLedger, audit: Optional["
       reasons.append("the policy sets max_canary_exposure, but no canary audit was given")
     return
   if audit.model_digest != ledger.model_digest:
-    reasons.append(f"the privacy audit measured another model (audit {audit.model_digest}, "
-                   f"ledger {ledger.model_digest})")
+    reasons.append(
+      f"the privacy audit measured another model (audit {audit.model_digest}, "
+      f"ledger {ledger.model_digest})"
+    )
     return
   bound = audit.empirical_epsilon_lower_bound(decision.delta)
   decision.empirical_epsilon_lower_bound = bound
   if decision.epsilon is not None and not bound <= decision.epsilon:
     reasons.append(
-        f"the membership-inference audit shows epsilon >= {bound:.3g} "
-        f"({100 * audit.confidence:.0f}% confidence), above the {decision.epsilon:.3g} the "
-        "ledger accounts for: the training or the accounting is broken")
+      f"the membership-inference audit shows epsilon >= {bound:.3g} "
+      f"({100 * audit.confidence:.0f}% confidence), above the {decision.epsilon:.3g} the "
+      "ledger accounts for: the training or the accounting is broken"
+    )
   if policy.max_canary_exposure is not None:
     exposure = audit.model.max_inserted_exposure()
     if exposure is None:
-      reasons.append("the policy sets max_canary_exposure, but the audit measured no inserted "
-                     "canaries")
+      reasons.append(
+        "the policy sets max_canary_exposure, but the audit measured no inserted canaries"
+      )
     elif not exposure <= policy.max_canary_exposure:
-      reasons.append(f"a canary's exposure {exposure:.3g} bits exceeds the policy's "
-                     f"max_canary_exposure {policy.max_canary_exposure:g}")
+      reasons.append(
+        f"a canary's exposure {exposure:.3g} bits exceeds the policy's "
+        f"max_canary_exposure {policy.max_canary_exposure:g}"
+      )
 
 
 def verification_key(policy: PrivacyPolicy) -> Optional[bytes]:
@@ -271,6 +317,8 @@ def verification_key(policy: PrivacyPolicy) -> Optional[bytes]:
     return None
   key = signing.configured_key()
   if key is None:
-    raise ValueError(f"the policy requires signed ledgers, but no ledger key is set here "
-                     f"({signing.KEY_ENV} or {signing.KEY_FILE_ENV}): nothing can be verified")
+    raise ValueError(
+      f"the policy requires signed ledgers, but no ledger key is set here "
+      f"({signing.KEY_ENV} or {signing.KEY_FILE_ENV}): nothing can be verified"
+    )
   return key

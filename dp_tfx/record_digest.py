@@ -59,6 +59,7 @@ def parse(text: object, where: str) -> RecordDigest:
   """
   match = _TEXT.fullmatch(text) if isinstance(text, str) else None
   if match is None:
-    raise ValueError(f"{where} must be a record digest ({PREFIX}:<count>:<64 hex digits>); got "
-                     f"{text!r}")
+    raise ValueError(
+      f"{where} must be a record digest ({PREFIX}:<count>:<64 hex digits>); got {text!r}"
+    )
   return RecordDigest(int(match.group(1)), int(match.group(2), 16))

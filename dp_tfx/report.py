@@ -31,29 +31,42 @@ def _json_number(value):
   return None if value is None or not math.isfinite(value) else value
 
 
-def build_report(decision: PrivacyDecision, policy: Optional[PrivacyPolicy],
-                 ledger: Optional[PrivacyLedger], curve: list,
-                 audit: Optional["PrivacyAudit"] = None,
-                 mlmd_cross_check: Optional[str] = None) -> dict:
+def build_report(
+  decision: PrivacyDecision,
+  policy: Optional[PrivacyPolicy],
+  ledger: Optional[PrivacyLedger],
+  curve: list,
+  audit: Optional["PrivacyAudit"] = None,
+  mlmd_cross_check: Optional[str] = None,
+) -> dict:
   """The report as a dict: the decision, the policy, the ledger's facts, the epsilon curve, the
   empirical audit (if one ran) and what the history was checked against in MLMD."""
-  report = {"decision": decision.to_dict(),
-            "epsilon": _json_number(decision.epsilon),
-            "epsilon_is_infinite": decision.epsilon is not None and math.isinf(decision.epsilon),
-            "delta": decision.delta,
-            "policy": json.loads(policy.to_json()) if policy else None,
-            "epsilon_curve": [{"step": s, "epsilon": _json_number(e)} for s, e in curve],
-            "mlmd_cross_check": mlmd_cross_check}
+  report = {
+    "decision": decision.to_dict(),
+    "epsilon": _json_number(decision.epsilon),
+    "epsilon_is_infinite": decision.epsilon is not None and math.isinf(decision.epsilon),
+    "delta": decision.delta,
+    "policy": json.loads(policy.to_json()) if policy else None,
+    "epsilon_curve": [{"step": s, "epsilon": _json_number(e)} for s, e in curve],
+    "mlmd_cross_check": mlmd_cross_check,
+  }
   if ledger is not None:
-    report["ledger"] = {"facts": ledger.body(), "content_hash": ledger.content_hash(),
-                        "noisy_steps": ledger.noisy_steps, "privacy_unit": ledger.privacy_unit,
-                        "rigorous": ledger.rigorous, "history_dir": ledger.history_dir,
-                        "runs": ledger.runs(), "first_run_in_budget": len(ledger.runs()) == 1,
-                        "budget_started": (budget.fresh_start(ledger.history_dir)
-                                           if ledger.history_dir else None)}
+    report["ledger"] = {
+      "facts": ledger.body(),
+      "content_hash": ledger.content_hash(),
+      "noisy_steps": ledger.noisy_steps,
+      "privacy_unit": ledger.privacy_unit,
+      "rigorous": ledger.rigorous,
+      "history_dir": ledger.history_dir,
+      "runs": ledger.runs(),
+      "first_run_in_budget": len(ledger.runs()) == 1,
+      "budget_started": (budget.fresh_start(ledger.history_dir) if ledger.history_dir else None),
+    }
     if not ledger.rigorous:
-      report["note"] = ("training used shuffled fixed-size batches; the epsilon is computed as if "
-                        "batches were Poisson-sampled and is not a rigorous bound")
+      report["note"] = (
+        "training used shuffled fixed-size batches; the epsilon is computed as if "
+        "batches were Poisson-sampled and is not a rigorous bound"
+      )
   if audit is not None and ledger is not None and audit.model_digest != ledger.model_digest:
     report["audit_rejected"] = "the privacy audit measured another model; its numbers are not shown"
   elif audit is not None:
@@ -73,30 +86,45 @@ def _audit_section(model_audit: "ModelAudit", delta: float, confidence: float) -
   counts = membership.counts
   # The most these sample sizes can ever show (every member and no non-member called a member):
   # a ledger epsilon above it cannot be contradicted by this audit.
-  largest = epsilon_lower_bound(dataclasses.replace(
-      counts, true_positives=counts.positives, false_positives=0), delta, confidence).epsilon
+  largest = epsilon_lower_bound(
+    dataclasses.replace(counts, true_positives=counts.positives, false_positives=0),
+    delta,
+    confidence,
+  ).epsilon
   section = model_audit.to_dict()  # canaries, canary_exposure, held_out_metrics
   del section["membership"]
-  section.update(attack=membership.attack, threshold=membership.threshold,
-                 counts=counts.to_dict(),
-                 threshold_selection_counts=membership.selection_counts.to_dict(),
-                 empirical_epsilon_lower_bound=bound.epsilon, lower_bound=bound.to_dict(),
-                 largest_provable_epsilon=largest)
+  section.update(
+    attack=membership.attack,
+    threshold=membership.threshold,
+    counts=counts.to_dict(),
+    threshold_selection_counts=membership.selection_counts.to_dict(),
+    empirical_epsilon_lower_bound=bound.epsilon,
+    lower_bound=bound.to_dict(),
+    largest_provable_epsilon=largest,
+  )
   return section
 
 
-def write_report(directory, decision: PrivacyDecision, policy: Optional[PrivacyPolicy],
-                 ledger: Optional[PrivacyLedger], curve: list,
-                 audit: Optional["PrivacyAudit"] = None,
-                 mlmd_cross_check: Optional[str] = None) -> str:
+def write_report(
+  directory,
+  decision: PrivacyDecision,
+  policy: Optional[PrivacyPolicy],
+  ledger: Optional[PrivacyLedger],
+  curve: list,
+  audit: Optional["PrivacyAudit"] = None,
+  mlmd_cross_check: Optional[str] = None,
+) -> str:
   """Writes report.json, summary.txt, epsilon.png (when there is a curve) and exposure.png (when
   the audit measured canaries) under `directory` (local or a URL such as gs://)."""
   directory = os.fspath(directory)
   report = build_report(decision, policy, ledger, curve, audit, mlmd_cross_check)
-  files.write_text(os.path.join(directory, REPORT_FILE),
-                   json_output.dumps(report, indent=2, sort_keys=True))
-  files.write_text(os.path.join(directory, SUMMARY_FILE),
-                   _summary(decision, policy, ledger, report.get("audit")) + "\n")
+  files.write_text(
+    os.path.join(directory, REPORT_FILE), json_output.dumps(report, indent=2, sort_keys=True)
+  )
+  files.write_text(
+    os.path.join(directory, SUMMARY_FILE),
+    _summary(decision, policy, ledger, report.get("audit")) + "\n",
+  )
   if curve:
     _plot(os.path.join(directory, PLOT_FILE), curve, policy)
   if audit is not None and audit.model.canaries:
@@ -107,37 +135,53 @@ def write_report(directory, decision: PrivacyDecision, policy: Optional[PrivacyP
 def _summary(decision, policy, ledger, audit_section: Optional[dict]) -> str:
   lines = [decision.summary]
   if decision.epsilon is not None:
-    lines.append(f"epsilon = {decision.epsilon:.4g} at delta = {decision.delta:.3g}"
-                 + (f" ({policy.accountant} accountant; policy max_epsilon {policy.max_epsilon:g})"
-                    if policy else ""))
+    lines.append(
+      f"epsilon = {decision.epsilon:.4g} at delta = {decision.delta:.3g}"
+      + (
+        f" ({policy.accountant} accountant; policy max_epsilon {policy.max_epsilon:g})"
+        if policy
+        else ""
+      )
+    )
   if ledger is not None:
     mine = [s for s in ledger.segments if s.run_id == ledger.run_id] or ledger.segments
     segment = mine[-1] if mine else None
-    lines.append(f"{ledger.noisy_steps} noisy steps on {ledger.dataset_size} "
-                 f"{ledger.privacy_unit}s" + (
-                     f"; sampling {segment.sampling} q={segment.sampling_rate:.4g}, "
-                     f"sigma={segment.noise_multiplier:g}, C={segment.l2_norm_clip:g}"
-                     if segment else ""))
+    lines.append(
+      f"{ledger.noisy_steps} noisy steps on {ledger.dataset_size} "
+      f"{ledger.privacy_unit}s"
+      + (
+        f"; sampling {segment.sampling} q={segment.sampling_rate:.4g}, "
+        f"sigma={segment.noise_multiplier:g}, C={segment.l2_norm_clip:g}"
+        if segment
+        else ""
+      )
+    )
     runs = ledger.runs()
     if len(runs) > 1 or ledger.history_dir:
-      lines.append(f"the total composes {len(runs)} run(s)" + (
-          f" recorded in {ledger.history_dir}" if ledger.history_dir else "") + ":")
+      lines.append(
+        f"the total composes {len(runs)} run(s)"
+        + (f" recorded in {ledger.history_dir}" if ledger.history_dir else "")
+        + ":"
+      )
       lines.extend(
-          f"  run {run['run_id']}{' (this run)' if run['this_run'] else ''}: "
-          f"{run['noisy_steps']} of {run['planned_steps']} planned steps on "
-          f"{'/'.join(str(n) for n in run['dataset_sizes'])} {ledger.privacy_unit}s of "
-          f"{run['data_source'] or 'an unnamed data source'}, started {run['started_at']}"
-          for run in runs)
+        f"  run {run['run_id']}{' (this run)' if run['this_run'] else ''}: "
+        f"{run['noisy_steps']} of {run['planned_steps']} planned steps on "
+        f"{'/'.join(str(n) for n in run['dataset_sizes'])} {ledger.privacy_unit}s of "
+        f"{run['data_source'] or 'an unnamed data source'}, started {run['started_at']}"
+        for run in runs
+      )
   if audit_section is not None:
     lines.append(_audit_line("audit", audit_section))
     if audit_section.get("control"):
       lines.append(_audit_line("non-private control", audit_section["control"]))
     disagreements = audit_section.get("disagreements") or []
     if disagreements:
-      lines.append(f"training examples the control finds likelier than the DP model, by the most "
-                   f"(loss DP vs control; {min(_SUMMARY_DISAGREEMENTS, len(disagreements))} of "
-                   f"{len(disagreements)} in "
-                   f"report.json):")
+      lines.append(
+        f"training examples the control finds likelier than the DP model, by the most "
+        f"(loss DP vs control; {min(_SUMMARY_DISAGREEMENTS, len(disagreements))} of "
+        f"{len(disagreements)} in "
+        f"report.json):"
+      )
       lines.extend(_disagreement_line(d) for d in disagreements[:_SUMMARY_DISAGREEMENTS])
   return "\n".join(lines)
 
@@ -148,26 +192,32 @@ _SUMMARY_TEXT_CHARACTERS = 70
 
 def _disagreement_line(disagreement: dict) -> str:
   text = disagreement["text"]
-  shown = (repr(text if len(text) <= _SUMMARY_TEXT_CHARACTERS
-                else text[:_SUMMARY_TEXT_CHARACTERS] + "...")
-           if text is not None else f"training record {disagreement['record']}")
-  return (f"  {disagreement['model_loss']:.3g} vs {disagreement['control_loss']:.3g}: {shown}")
+  shown = (
+    repr(text if len(text) <= _SUMMARY_TEXT_CHARACTERS else text[:_SUMMARY_TEXT_CHARACTERS] + "...")
+    if text is not None
+    else f"training record {disagreement['record']}"
+  )
+  return f"  {disagreement['model_loss']:.3g} vs {disagreement['control_loss']:.3g}: {shown}"
 
 
 def _audit_line(name: str, section: dict) -> str:
   counts = section["counts"]
-  line = (f"{name}: {section['attack']} attack on {counts['positives']} members / "
-          f"{counts['negatives']} non-members: empirical epsilon >= "
-          f"{section['empirical_epsilon_lower_bound']:.3g} "
-          f"({100 * section['lower_bound']['confidence']:.0f}% confidence; these sample sizes "
-          f"can show at most {section['largest_provable_epsilon']:.3g})")
+  line = (
+    f"{name}: {section['attack']} attack on {counts['positives']} members / "
+    f"{counts['negatives']} non-members: empirical epsilon >= "
+    f"{section['empirical_epsilon_lower_bound']:.3g} "
+    f"({100 * section['lower_bound']['confidence']:.0f}% confidence; these sample sizes "
+    f"can show at most {section['largest_provable_epsilon']:.3g})"
+  )
   if section["canary_exposure"]:
     line += "; canary exposure (bits) by repetitions: " + ", ".join(
-        f"{r}x {e:.2f}" if r != "0" else f"never {e:.2f}"
-        for r, e in section["canary_exposure"].items())
+      f"{r}x {e:.2f}" if r != "0" else f"never {e:.2f}"
+      for r, e in section["canary_exposure"].items()
+    )
   if section["held_out_metrics"]:
     line += "; held out: " + ", ".join(
-        f"{k} {v:.4g}" for k, v in sorted(section["held_out_metrics"].items()))
+      f"{k} {v:.4g}" for k, v in sorted(section["held_out_metrics"].items())
+    )
   return line
 
 
@@ -181,8 +231,12 @@ def _plot(path, curve, policy) -> None:
   steps = [s for s, _ in curve]
   axes.plot(steps, [e for _, e in curve], marker="o", label="epsilon (from the ledger)")
   if policy is not None:
-    axes.axhline(policy.max_epsilon, color="red", linestyle="--",
-                 label=f"policy max_epsilon = {policy.max_epsilon:g}")
+    axes.axhline(
+      policy.max_epsilon,
+      color="red",
+      linestyle="--",
+      label=f"policy max_epsilon = {policy.max_epsilon:g}",
+    )
   top = max([e for _, e in curve] + ([policy.max_epsilon] if policy else []))
   axes.set_ylim(0, 1.1 * top)  # keep the policy line inside the plot
   axes.set_xlabel("noisy steps")
@@ -200,18 +254,27 @@ def _plot_exposure(path, audit: "PrivacyAudit") -> None:
   matplotlib.use("Agg")
   from matplotlib import pyplot
 
-  models = [("DP model", audit.model)] + ([("non-private control", audit.control)]
-                                          if audit.control is not None else [])
+  models = [("DP model", audit.model)] + (
+    [("non-private control", audit.control)] if audit.control is not None else []
+  )
   repetitions = sorted({r for _, m in models for r in m.exposure_by_repetitions()})
   width = 0.8 / len(models)
   figure, axes = pyplot.subplots(figsize=(6, 4))
   for index, (name, model_audit) in enumerate(models):
     by_repetitions = model_audit.exposure_by_repetitions()
-    axes.bar([i + index * width for i in range(len(repetitions))],
-             [by_repetitions.get(r, 0.0) for r in repetitions], width=width, label=name)
+    axes.bar(
+      [i + index * width for i in range(len(repetitions))],
+      [by_repetitions.get(r, 0.0) for r in repetitions],
+      width=width,
+      label=name,
+    )
   if audit.canary_format:
-    axes.axhline(audit.canary_format["digits"] * math.log2(10), color="gray", linestyle="--",
-                 label="maximum (memorised)")
+    axes.axhline(
+      audit.canary_format["digits"] * math.log2(10),
+      color="gray",
+      linestyle="--",
+      label="maximum (memorised)",
+    )
   axes.set_xticks([i + width * (len(models) - 1) / 2 for i in range(len(repetitions))])
   axes.set_xticklabels([f"{r}x" if r else "never" for r in repetitions])
   axes.set_xlabel("times the canary was inserted into the training data")

@@ -73,18 +73,27 @@ class StepCheckpoint(keras.callbacks.Callback):
     state = json.loads(files.read_text(state_path))
     weights = os.path.join(directory, _WEIGHTS_FILE)
     first_step = int(dp_model.noisy_steps.numpy())
-    problem = _problem(state, dp_model.privacy_ledger, first_step,
-                       files.sha256(weights) if files.exists(weights) else None)
+    problem = _problem(
+      state,
+      dp_model.privacy_ledger,
+      first_step,
+      files.sha256(weights) if files.exists(weights) else None,
+    )
     if problem:
-      raise ValueError(f"the checkpoint in {directory} cannot be restored: {problem}. Delete "
-                       "the directory to train on from a fresh model")
+      raise ValueError(
+        f"the checkpoint in {directory} cannot be restored: {problem}. Delete "
+        "the directory to train on from a fresh model"
+      )
     if not dp_model.optimizer.built:  # its state is in the checkpoint too
       dp_model.optimizer.build(dp_model.trainable_variables)
     dp_model.load_weights(weights)
     dp_model.noisy_steps.assign(first_step)  # loaded with the weights; the ledger decides
     self.restored_step = state["step"]
-    logging.info("StepCheckpoint: restored the weights of step %d; training goes on at step %d",
-                 state["step"], first_step)
+    logging.info(
+      "StepCheckpoint: restored the weights of step %d; training goes on at step %d",
+      state["step"],
+      first_step,
+    )
     return f"{state['step']}:{state['weights_sha256']}"
 
   def on_train_batch_end(self, batch, logs=None):
@@ -111,9 +120,12 @@ class StepCheckpoint(keras.callbacks.Callback):
     self.model.save_weights(written)
     weights = os.path.join(directory, _WEIGHTS_FILE)
     tf.io.gfile.rename(written, weights, overwrite=True)
-    state = {"step": step, "fingerprint": ledger.dataset_fingerprint,
-             "segment_id": ledger.current_segment.segment_id,
-             "weights_sha256": files.sha256(weights)}
+    state = {
+      "step": step,
+      "fingerprint": ledger.dataset_fingerprint,
+      "segment_id": ledger.current_segment.segment_id,
+      "weights_sha256": files.sha256(weights),
+    }
     key = signing.configured_key()
     if key is not None:
       state["signature"] = signing.sign(_canonical(state), key)
@@ -125,11 +137,11 @@ def _problem(state: dict, ledger, first_step: int, weights_sha256: Optional[str]
   fingerprint = ledger.dataset_fingerprint
   if state.get("fingerprint") != fingerprint:
     return f"it is not of this training data ({fingerprint})"
-  writer = next((segment for segment in ledger.segments
-                 if segment.segment_id == state.get("segment_id")), None)
+  writer = next(
+    (segment for segment in ledger.segments if segment.segment_id == state.get("segment_id")), None
+  )
   if writer is None or writer.dataset_fingerprint != fingerprint or writer.noisy_steps < 1:
-    return (f"it names no run the ledger recorded on this data (segment "
-            f"{state.get('segment_id')!r})")
+    return f"it names no run the ledger recorded on this data (segment {state.get('segment_id')!r})"
   step = state.get("step")
   if not (isinstance(step, int) and 0 < step <= first_step):
     return f"its step {step!r} is not one the ledger counted before step {first_step}"

@@ -21,25 +21,28 @@ from dp_tfx import keys
 from dp_tfx.config import POISSON
 
 
-
-def poisson_indices(key: tf.Tensor, step: tf.Tensor, dataset_size: int,
-                    sampling_rate: float) -> tf.Tensor:
+def poisson_indices(
+  key: tf.Tensor, step: tf.Tensor, dataset_size: int, sampling_rate: float
+) -> tf.Tensor:
   """Indices of the examples in step `step`: each included independently with probability q."""
-  uniform = tf.random.stateless_uniform([dataset_size], seed=keys.stream_key(
-      key, keys.SAMPLING_STREAM, step), dtype=tf.float64)
+  uniform = tf.random.stateless_uniform(
+    [dataset_size], seed=keys.stream_key(key, keys.SAMPLING_STREAM, step), dtype=tf.float64
+  )
   return tf.cast(tf.where(uniform < sampling_rate)[:, 0], tf.int32)
 
 
-def shuffled_indices(key: tf.Tensor, step: tf.Tensor, dataset_size: int,
-                     batch_size: int) -> tf.Tensor:
+def shuffled_indices(
+  key: tf.Tensor, step: tf.Tensor, dataset_size: int, batch_size: int
+) -> tf.Tensor:
   """Fixed-size batches of a fresh random permutation per epoch (not what the accountant
   assumes)."""
   steps_per_epoch = dataset_size // batch_size
   epoch = step // steps_per_epoch
   position = step % steps_per_epoch
   permutation = tf.random.experimental.stateless_shuffle(
-      tf.range(dataset_size), seed=keys.stream_key(key, keys.SAMPLING_STREAM, epoch))
-  return permutation[position * batch_size:(position + 1) * batch_size]
+    tf.range(dataset_size), seed=keys.stream_key(key, keys.SAMPLING_STREAM, epoch)
+  )
+  return permutation[position * batch_size : (position + 1) * batch_size]
 
 
 def pad_indices(indices: tf.Tensor, multiple: int):
@@ -52,8 +55,9 @@ def pad_indices(indices: tf.Tensor, multiple: int):
   return padded, mask
 
 
-def microbatch_assignment(key: tf.Tensor, step, slots: tf.Tensor,
-                          num_microbatches: int) -> tf.Tensor:
+def microbatch_assignment(
+  key: tf.Tensor, step, slots: tf.Tensor, num_microbatches: int
+) -> tf.Tensor:
   """Microbatch ids for the `slots` slots of step `step`'s logical batch: one independent uniform
   draw in [0, num_microbatches) per slot, from a stream of their own (MICROBATCH_STREAM).
 
@@ -77,13 +81,23 @@ def microbatch_assignment(key: tf.Tensor, step, slots: tf.Tensor,
   deterministic, so one added example regroups every example after it.
   """
   return tf.random.stateless_uniform(
-      [slots], seed=keys.stream_key(key, keys.MICROBATCH_STREAM, step), maxval=num_microbatches,
-      dtype=tf.int32)
+    [slots],
+    seed=keys.stream_key(key, keys.MICROBATCH_STREAM, step),
+    maxval=num_microbatches,
+    dtype=tf.int32,
+  )
 
 
-def logical_batches(features, labels, plan, key: tf.Tensor, first_step: int,
-                    last_step: int, pad_multiple: Optional[int] = None,
-                    step_noise: Optional[Callable[[tf.Tensor], list]] = None) -> tf.data.Dataset:
+def logical_batches(
+  features,
+  labels,
+  plan,
+  key: tf.Tensor,
+  first_step: int,
+  last_step: int,
+  pad_multiple: Optional[int] = None,
+  step_noise: Optional[Callable[[tf.Tensor], list]] = None,
+) -> tf.data.Dataset:
   """The dataset of logical steps [first_step, last_step) for `plan` (a TrainingPlan).
 
   Elements are (features, labels, mask [L]) with L a multiple of
@@ -105,24 +119,32 @@ def logical_batches(features, labels, plan, key: tf.Tensor, first_step: int,
     return tf.nest.map_structure(gather, features), gather(labels), mask
 
   batches = tf.data.Dataset.range(first_step, last_step).map(
-      select, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    select, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True
+  )
   return with_step_noise(batches, first_step, last_step, step_noise).prefetch(tf.data.AUTOTUNE)
 
 
-def with_step_noise(batches: tf.data.Dataset, first_step: int, last_step: int,
-                    step_noise: Optional[Callable[[tf.Tensor], list]]) -> tf.data.Dataset:
+def with_step_noise(
+  batches: tf.data.Dataset,
+  first_step: int,
+  last_step: int,
+  step_noise: Optional[Callable[[tf.Tensor], list]],
+) -> tf.data.Dataset:
   """The steps' elements (features, labels, mask), each with its step's noise tensors appended
   when `step_noise` is given: drawn by the input pipeline while the previous step trains."""
   if step_noise is None:
     return batches
   # A tuple: tf.data would stack a list into one tensor.
   return tf.data.Dataset.zip((batches, tf.data.Dataset.range(first_step, last_step))).map(
-      lambda batch, step: (*batch, tuple(step_noise(step))),
-      num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    lambda batch, step: (*batch, tuple(step_noise(step))),
+    num_parallel_calls=tf.data.AUTOTUNE,
+    deterministic=True,
+  )
 
 
-def replica_slices(batches: tf.data.Dataset, steps: int, replicas: int, first: int = 0,
-                   count: Optional[int] = None) -> tf.data.Dataset:
+def replica_slices(
+  batches: tf.data.Dataset, steps: int, replicas: int, first: int = 0, count: Optional[int] = None
+) -> tf.data.Dataset:
   """Each logical batch cut into `replicas` equal slices, and of those the `count` (default: all)
   from slice `first` on, in turn: a worker's share for its own replicas (Keras's
   distribute_datasets_from_function hands each worker's consecutive elements to its replicas
@@ -135,8 +157,7 @@ def replica_slices(batches: tf.data.Dataset, steps: int, replicas: int, first: i
   count = replicas - first if count is None else count
 
   def per_replica(*element):
-    split = lambda t: tf.reshape(t, [replicas, -1, *t.shape[1:]])[first:first + count]
+    split = lambda t: tf.reshape(t, [replicas, -1, *t.shape[1:]])[first : first + count]
     return tf.data.Dataset.from_tensor_slices(tf.nest.map_structure(split, element))
 
-  return batches.flat_map(per_replica).apply(
-      tf.data.experimental.assert_cardinality(steps * count))
+  return batches.flat_map(per_replica).apply(tf.data.experimental.assert_cardinality(steps * count))

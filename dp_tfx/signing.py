@@ -48,16 +48,19 @@ def _key(value: Optional[str], path: Optional[str]) -> Optional[bytes]:
     try:
       key = files.read_bytes(path).strip()
     except OSError as error:
-      raise SigningKeyError(f"the ledger key file {path} ({KEY_FILE_ENV}) cannot be read: "
-                            f"{error}") from None
+      raise SigningKeyError(
+        f"the ledger key file {path} ({KEY_FILE_ENV}) cannot be read: {error}"
+      ) from None
     where = f"the key file {path}"
   elif value:
     key, where = value.encode("utf-8"), KEY_ENV
   else:
     return None
   if len(key) < MIN_KEY_BYTES:
-    raise SigningKeyError(f"{where} holds a ledger key of {len(key)} bytes; use at least "
-                          f"{MIN_KEY_BYTES} random bytes (e.g. `openssl rand -hex 32`)")
+    raise SigningKeyError(
+      f"{where} holds a ledger key of {len(key)} bytes; use at least "
+      f"{MIN_KEY_BYTES} random bytes (e.g. `openssl rand -hex 32`)"
+    )
   return key
 
 

@@ -41,9 +41,15 @@ def is_chief(strategy: tf.distribute.Strategy) -> bool:
   return not several(strategy) or strategy.extended.should_checkpoint
 
 
-def start_together(strategy: tf.distribute.Strategy, plan: Optional[TrainingPlan],
-                   fingerprint: str, first_step: int, key: np.ndarray,
-                   run_facts: Optional[dict] = None, failed: bool = False) -> tuple:
+def start_together(
+  strategy: tf.distribute.Strategy,
+  plan: Optional[TrainingPlan],
+  fingerprint: str,
+  first_step: int,
+  key: np.ndarray,
+  run_facts: Optional[dict] = None,
+  failed: bool = False,
+) -> tuple:
   """(first step, key) as the chief has them, on every worker, once every worker's plan,
   training data fingerprint and `run_facts` (a dict of ints and strings: how batches are cut,
   the epochs asked for...) are the chief's. A collective: every worker must call it, and one
@@ -57,8 +63,12 @@ def start_together(strategy: tf.distribute.Strategy, plan: Optional[TrainingPlan
     return first_step, key
   facts = 0
   if plan is not None:  # JSON writes floats exactly (shortest round-trip form): equal iff equal
-    facts = _hash63(json.dumps({"plan": dataclasses.asdict(plan), "data": fingerprint,
-                                "run": run_facts or {}}, sort_keys=True))
+    facts = _hash63(
+      json.dumps(
+        {"plan": dataclasses.asdict(plan), "data": fingerprint, "run": run_facts or {}},
+        sort_keys=True,
+      )
+    )
   mine = np.array([first_step, *np.asarray(key, np.int64), facts], np.int64)
   chiefs = _from_chief(strategy, mine)
   failures = _count(strategy, failed)
@@ -66,14 +76,16 @@ def start_together(strategy: tf.distribute.Strategy, plan: Optional[TrainingPlan
   if failed:
     return first_step, key  # the caller raises its own error
   if failures:
-    raise WorkersDisagreeError(f"{failures} replica(s) stopped before the first step (see the "
-                               "chief's and the workers' logs)")
+    raise WorkersDisagreeError(
+      f"{failures} replica(s) stopped before the first step (see the chief's and the workers' logs)"
+    )
   if disagreeing:
     raise WorkersDisagreeError(
-        f"{disagreeing} replica(s) have another plan, other training data or other run facts "
-        f"than the chief (this worker's plan: {plan}; {run_facts}). Every worker must get the "
-        "same config, data, fit arguments, compile settings, policy and versions, and the same "
-        "ledger storage (read by the chief and the workers alike)")
+      f"{disagreeing} replica(s) have another plan, other training data or other run facts "
+      f"than the chief (this worker's plan: {plan}; {run_facts}). Every worker must get the "
+      "same config, data, fit arguments, compile settings, policy and versions, and the same "
+      "ledger storage (read by the chief and the workers alike)"
+    )
   return int(chiefs[0]), chiefs[1:3]
 
 
@@ -84,13 +96,16 @@ def all_ready(strategy: tf.distribute.Strategy, ready: bool, facts: str = "") ->
   if not several(strategy):
     return
   if _count(strategy, not ready):
-    raise WorkersDisagreeError("a worker stopped before the first step (see the chief's and the "
-                               "workers' logs)")
+    raise WorkersDisagreeError(
+      "a worker stopped before the first step (see the chief's and the workers' logs)"
+    )
   chiefs = _from_chief(strategy, np.array([_hash63(facts)], np.int64))
   if _count(strategy, int(chiefs[0]) != _hash63(facts)):
-    raise WorkersDisagreeError(f"a worker starts from other weights than the chief (this one: "
-                               f"{facts or 'fresh'}): checkpoints must be on storage every "
-                               "worker reads")
+    raise WorkersDisagreeError(
+      f"a worker starts from other weights than the chief (this one: "
+      f"{facts or 'fresh'}): checkpoints must be on storage every "
+      "worker reads"
+    )
 
 
 def _hash63(text: str) -> int:
@@ -100,7 +115,8 @@ def _hash63(text: str) -> int:
 def _summed(strategy: tf.distribute.Strategy, contribution) -> np.ndarray:
   """sum over every replica of every worker of contribution(global replica id)."""
   per_replica = strategy.run(
-      lambda: contribution(tf.distribute.get_replica_context().replica_id_in_sync_group))
+    lambda: contribution(tf.distribute.get_replica_context().replica_id_in_sync_group)
+  )
   return strategy.reduce(tf.distribute.ReduceOp.SUM, per_replica, axis=None).numpy()
 
 

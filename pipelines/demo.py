@@ -34,16 +34,21 @@ def demo_compile_kwargs() -> dict:
   return mnist_model.compile_kwargs(TrainerContext(hyperparameters=dict(MNIST.hyperparameters)))
 
 
-def run(epochs: Optional[int] = None, output_dir: pathlib.Path = OUTPUT_DIR, verbose=2,
-        seed: Optional[int] = None) -> dict:
+def run(
+  epochs: Optional[int] = None,
+  output_dir: pathlib.Path = OUTPUT_DIR,
+  verbose=2,
+  seed: Optional[int] = None,
+) -> dict:
   """Trains, evaluates and returns the figures: accuracy, epsilon, delta, steps, paths."""
   (x_train, y_train), (x_test, y_test) = datasets.load_mnist(datasets.EMBEDDED)
   output_dir = pathlib.Path(output_dir)
   ledger_path = output_dir / "privacy_ledger.json"
   if ledger_path.exists():
     ledger_path.unlink()  # a fresh demo run; a real job keeps its ledger (every step counts)
-  dp_model = make_private(models.tutorial_cnn(), demo_config(epochs or DEMO_EPOCHS, seed),
-                          ledger_path=ledger_path)
+  dp_model = make_private(
+    models.tutorial_cnn(), demo_config(epochs or DEMO_EPOCHS, seed), ledger_path=ledger_path
+  )
   dp_model.compile(**demo_compile_kwargs())  # jit_compile "auto": XLA on accelerators only
   started = time.time()
   dp_model.fit(x_train, y_train, validation_data=(x_test, y_test), verbose=verbose)
@@ -52,8 +57,15 @@ def run(epochs: Optional[int] = None, output_dir: pathlib.Path = OUTPUT_DIR, ver
   export_dir = output_dir / "model"
   dp_model.model.export(str(export_dir), verbose=False)
   ledger = dp_model.privacy_ledger
-  return {"accuracy": float(accuracy), "epsilon": dp_model.epsilon(), "delta": DEMO_DELTA,
-          "noise_multiplier": dp_model.plan.noise_multiplier, "noisy_steps": ledger.noisy_steps,
-          "train_examples": len(y_train), "test_examples": len(y_test),
-          "train_seconds": round(seconds, 1), "ledger": str(ledger_path),
-          "exported_model": str(export_dir)}
+  return {
+    "accuracy": float(accuracy),
+    "epsilon": dp_model.epsilon(),
+    "delta": DEMO_DELTA,
+    "noise_multiplier": dp_model.plan.noise_multiplier,
+    "noisy_steps": ledger.noisy_steps,
+    "train_examples": len(y_train),
+    "test_examples": len(y_test),
+    "train_seconds": round(seconds, 1),
+    "ledger": str(ledger_path),
+    "exported_model": str(export_dir),
+  }

@@ -24,19 +24,30 @@ from dp_tfx.pipelines import mnist_data
 from dp_tfx.policy import PrivacyPolicy
 
 
-def create_pipeline(*, pipeline_name: str, pipeline_root: str, data_root: str,
-                    serving_model_dir: str, dp_config: DPConfig, privacy_policy: PrivacyPolicy,
-                    module_file: Optional[str] = None, module_path: Optional[str] = None,
-                    hyperparameters: Optional[dict] = None,
-                    metadata_path: Optional[str] = None,
-                    beam_pipeline_args: Optional[List[str]] = None,
-                    min_accuracy: Optional[float] = None, label_key: Optional[str] = None,
-                    ledger_history_dir: Optional[str] = None, data_source: Optional[str] = None,
-                    budget_root: Optional[str] = None, audit: bool = True,
-                    canary_file: Optional[str] = None,
-                    control_config: Optional[dict] = None,
-                    check_earlier_ledgers: Optional[bool] = None,
-                    poisson_batches: bool = False) -> tfx.dsl.Pipeline:
+def create_pipeline(
+  *,
+  pipeline_name: str,
+  pipeline_root: str,
+  data_root: str,
+  serving_model_dir: str,
+  dp_config: DPConfig,
+  privacy_policy: PrivacyPolicy,
+  module_file: Optional[str] = None,
+  module_path: Optional[str] = None,
+  hyperparameters: Optional[dict] = None,
+  metadata_path: Optional[str] = None,
+  beam_pipeline_args: Optional[List[str]] = None,
+  min_accuracy: Optional[float] = None,
+  label_key: Optional[str] = None,
+  ledger_history_dir: Optional[str] = None,
+  data_source: Optional[str] = None,
+  budget_root: Optional[str] = None,
+  audit: bool = True,
+  canary_file: Optional[str] = None,
+  control_config: Optional[dict] = None,
+  check_earlier_ledgers: Optional[bool] = None,
+  poisson_batches: bool = False,
+) -> tfx.dsl.Pipeline:
   """Builds the pipeline.
 
   Args:
@@ -80,11 +91,14 @@ def create_pipeline(*, pipeline_name: str, pipeline_root: str, data_root: str,
   if min_accuracy is not None and not label_key:
     raise ValueError("the accuracy gate (min_accuracy) needs the label_key")
   example_gen = tfx.components.ImportExampleGen(
-      input_base=data_root,
-      input_config=tfx.proto.Input(splits=[
-          tfx.proto.Input.Split(name="train", pattern=f"{mnist_data.TRAIN_DIR}/*"),
-          tfx.proto.Input.Split(name="eval", pattern=f"{mnist_data.EVAL_DIR}/*"),
-      ]))
+    input_base=data_root,
+    input_config=tfx.proto.Input(
+      splits=[
+        tfx.proto.Input.Split(name="train", pattern=f"{mnist_data.TRAIN_DIR}/*"),
+        tfx.proto.Input.Split(name="eval", pattern=f"{mnist_data.EVAL_DIR}/*"),
+      ]
+    ),
+  )
   if check_earlier_ledgers is None:
     check_earlier_ledgers = metadata_path is not None
   components = [example_gen]
@@ -98,18 +112,27 @@ def create_pipeline(*, pipeline_name: str, pipeline_root: str, data_root: str,
     batch_gen = PoissonBatchGen(examples=example_gen.outputs["examples"], dp_config=dp_config)
     components.append(batch_gen)
     batches = batch_gen.outputs["poisson_batches"]
-  trainer = DPTrainer(examples=example_gen.outputs["examples"], module_file=module_file,
-                      module_path=module_path, dp_config=dp_config, custom_config=hyperparameters,
-                      ledger_history_dir=ledger_history_dir,
-                      data_source=data_source, budget_root=budget_root,
-                      privacy_policy=privacy_policy, earlier_privacy_ledgers=earlier_ledgers,
-                      poisson_batches=batches)
+  trainer = DPTrainer(
+    examples=example_gen.outputs["examples"],
+    module_file=module_file,
+    module_path=module_path,
+    dp_config=dp_config,
+    custom_config=hyperparameters,
+    ledger_history_dir=ledger_history_dir,
+    data_source=data_source,
+    budget_root=budget_root,
+    privacy_policy=privacy_policy,
+    earlier_privacy_ledgers=earlier_ledgers,
+    poisson_batches=batches,
+  )
   components.append(trainer)
   upstream_blessing = privacy_audit = None
   if min_accuracy is not None:
     accuracy_gate = tfx.components.Evaluator(
-        examples=example_gen.outputs["examples"], model=trainer.outputs["model"],
-        eval_config=_accuracy_eval_config(min_accuracy, label_key))
+      examples=example_gen.outputs["examples"],
+      model=trainer.outputs["model"],
+      eval_config=_accuracy_eval_config(min_accuracy, label_key),
+    )
     components.append(accuracy_gate)
     upstream_blessing = accuracy_gate.outputs["blessing"]
   if audit:
@@ -117,34 +140,50 @@ def create_pipeline(*, pipeline_name: str, pipeline_root: str, data_root: str,
     if control_config is not None:
       # The standard Trainer takes a module file, or run_fn as an import path.
       control = tfx.components.Trainer(
-          module_file=module_file, run_fn=f"{module_path}.run_fn" if module_path else None,
-          examples=example_gen.outputs["examples"],
-          custom_config=control_config).with_id("NonPrivateControl")
+        module_file=module_file,
+        run_fn=f"{module_path}.run_fn" if module_path else None,
+        examples=example_gen.outputs["examples"],
+        custom_config=control_config,
+      ).with_id("NonPrivateControl")
       components.append(control)
     auditor = PrivacyAuditor(
-        examples=example_gen.outputs["examples"], model=trainer.outputs["model"],
-        control_model=control.outputs["model"] if control else None, module_file=module_file,
-        module_path=module_path, custom_config=hyperparameters, canary_file=canary_file)
+      examples=example_gen.outputs["examples"],
+      model=trainer.outputs["model"],
+      control_model=control.outputs["model"] if control else None,
+      module_file=module_file,
+      module_path=module_path,
+      custom_config=hyperparameters,
+      canary_file=canary_file,
+    )
     components.append(auditor)
     privacy_audit = auditor.outputs["privacy_audit"]
-  privacy_evaluator = PrivacyEvaluator(model=trainer.outputs["model"],
-                                       privacy_ledger=trainer.outputs["privacy_ledger"],
-                                       privacy_policy=privacy_policy,
-                                       model_blessing=upstream_blessing,
-                                       privacy_audit=privacy_audit,
-                                       earlier_privacy_ledgers=earlier_ledgers,
-                                       poisson_batches=batches)
+  privacy_evaluator = PrivacyEvaluator(
+    model=trainer.outputs["model"],
+    privacy_ledger=trainer.outputs["privacy_ledger"],
+    privacy_policy=privacy_policy,
+    model_blessing=upstream_blessing,
+    privacy_audit=privacy_audit,
+    earlier_privacy_ledgers=earlier_ledgers,
+    poisson_batches=batches,
+  )
   pusher = tfx.components.Pusher(
-      model=trainer.outputs["model"], model_blessing=privacy_evaluator.outputs["blessing"],
-      push_destination=tfx.proto.PushDestination(
-          filesystem=tfx.proto.PushDestination.Filesystem(base_directory=serving_model_dir)))
+    model=trainer.outputs["model"],
+    model_blessing=privacy_evaluator.outputs["blessing"],
+    push_destination=tfx.proto.PushDestination(
+      filesystem=tfx.proto.PushDestination.Filesystem(base_directory=serving_model_dir)
+    ),
+  )
   return tfx.dsl.Pipeline(
-      pipeline_name=pipeline_name, pipeline_root=pipeline_root,
-      components=components + [privacy_evaluator, pusher],
-      metadata_connection_config=(
-          tfx.orchestration.metadata.sqlite_metadata_connection_config(metadata_path)
-          if metadata_path else None),
-      beam_pipeline_args=beam_pipeline_args)
+    pipeline_name=pipeline_name,
+    pipeline_root=pipeline_root,
+    components=components + [privacy_evaluator, pusher],
+    metadata_connection_config=(
+      tfx.orchestration.metadata.sqlite_metadata_connection_config(metadata_path)
+      if metadata_path
+      else None
+    ),
+    beam_pipeline_args=beam_pipeline_args,
+  )
 
 
 def _accuracy_eval_config(min_accuracy: float, label_key: str):
@@ -152,10 +191,22 @@ def _accuracy_eval_config(min_accuracy: float, label_key: str):
   import tensorflow_model_analysis as tfma
 
   return tfma.EvalConfig(
-      model_specs=[tfma.ModelSpec(label_key=label_key,
-                                  signature_name="serving_default", prediction_key="outputs")],
-      slicing_specs=[tfma.SlicingSpec()],
-      metrics_specs=[tfma.MetricsSpec(metrics=[tfma.MetricConfig(
-          class_name="SparseCategoricalAccuracy",
-          threshold=tfma.MetricThreshold(value_threshold=tfma.GenericValueThreshold(
-              lower_bound={"value": min_accuracy})))])])
+    model_specs=[
+      tfma.ModelSpec(
+        label_key=label_key, signature_name="serving_default", prediction_key="outputs"
+      )
+    ],
+    slicing_specs=[tfma.SlicingSpec()],
+    metrics_specs=[
+      tfma.MetricsSpec(
+        metrics=[
+          tfma.MetricConfig(
+            class_name="SparseCategoricalAccuracy",
+            threshold=tfma.MetricThreshold(
+              value_threshold=tfma.GenericValueThreshold(lower_bound={"value": min_accuracy})
+            ),
+          )
+        ]
+      )
+    ],
+  )

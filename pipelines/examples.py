@@ -57,24 +57,38 @@ def _write_lm(data_root: str, source: str, limit: Optional[int]) -> str:
 
 
 MNIST = Example(
-    name="mnist", pipeline_name="dp-mnist", module_path="dp_tfx.pipelines.mnist_model",
-    write_data=_write_mnist,
-    dp_defaults={"l2_norm_clip": 1.0, "noise_multiplier": 1.1, "batch_size": 200, "epochs": 15},
-    hyperparameters={"learning_rate": 0.5, "momentum": 0.5},
-    hyperparameter_names=("learning_rate", "momentum", "jit_compile"), label_key="label")
+  name="mnist",
+  pipeline_name="dp-mnist",
+  module_path="dp_tfx.pipelines.mnist_model",
+  write_data=_write_mnist,
+  dp_defaults={"l2_norm_clip": 1.0, "noise_multiplier": 1.1, "batch_size": 200, "epochs": 15},
+  hyperparameters={"learning_rate": 0.5, "momentum": 0.5},
+  hyperparameter_names=("learning_rate", "momentum", "jit_compile"),
+  label_key="label",
+)
 
 # The models the lm example's module builds (hyperparameter "architecture"; the first is the
 # default).
 LM_ARCHITECTURES = ("transformer", "lstm")
 
 LM = Example(
-    name="lm", pipeline_name="dp-char-lm", module_path="dp_tfx.pipelines.lm_model",
-    write_data=_write_lm,
-    # 32,000 sequences of 64 characters, 500 noisy steps (the README has what they cost).
-    dp_defaults={"l2_norm_clip": 1.0, "noise_multiplier": 1.0, "batch_size": 512, "epochs": 8},
-    hyperparameters={},
-    hyperparameter_names=("architecture", "learning_rate", "model_dim", "num_heads", "num_blocks",
-                          "jit_compile"),
-    default_output_dir="output/pipeline-lm", has_canaries=True)
+  name="lm",
+  pipeline_name="dp-char-lm",
+  module_path="dp_tfx.pipelines.lm_model",
+  write_data=_write_lm,
+  # 32,000 sequences of 64 characters, 500 noisy steps (the README has what they cost).
+  dp_defaults={"l2_norm_clip": 1.0, "noise_multiplier": 1.0, "batch_size": 512, "epochs": 8},
+  hyperparameters={},
+  hyperparameter_names=(
+    "architecture",
+    "learning_rate",
+    "model_dim",
+    "num_heads",
+    "num_blocks",
+    "jit_compile",
+  ),
+  default_output_dir="output/pipeline-lm",
+  has_canaries=True,
+)
 
 EXAMPLES = {example.name: example for example in (MNIST, LM)}

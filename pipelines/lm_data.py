@@ -43,7 +43,7 @@ _COMPLETE_FILE = "_COMPLETE.json"
 def _split_sequences(ids: np.ndarray, rng: np.random.Generator):
   """(train, eval) records [N, SEQUENCE_LENGTH + 1], both in one random order (module doc)."""
   width = lm_model.SEQUENCE_LENGTH + 1
-  records = rng.permutation(ids[:len(ids) // width * width].reshape(-1, width))
+  records = rng.permutation(ids[: len(ids) // width * width].reshape(-1, width))
   held_out_count = round(len(records) * EVAL_FRACTION)
   return records[held_out_count:], records[:held_out_count]
 
@@ -55,10 +55,14 @@ def _write_records(path: str, records: np.ndarray) -> None:
       writer.write(lm_model.serialize(record))
 
 
-def write_lm_tfrecords(data_root, source: str = datasets.EMBEDDED,
-                       limit: Optional[int] = DEFAULT_LIMIT,
-                       canary_format: CanaryFormat = CanaryFormat(),
-                       repetitions: Sequence[int] = (1, 4, 16), seed: int = 0) -> dict:
+def write_lm_tfrecords(
+  data_root,
+  source: str = datasets.EMBEDDED,
+  limit: Optional[int] = DEFAULT_LIMIT,
+  canary_format: CanaryFormat = CanaryFormat(),
+  repetitions: Sequence[int] = (1, 4, 16),
+  seed: int = 0,
+) -> dict:
   """Writes train/, eval/ and canaries.json under `data_root` (skipped if already written alike).
 
   Args:
@@ -81,9 +85,15 @@ def write_lm_tfrecords(data_root, source: str = datasets.EMBEDDED,
   if limit is not None and not (isinstance(limit, int) and limit >= 1):
     raise ValueError(f"limit must be an int >= 1 or None; got {limit!r}")
   root = os.fspath(data_root)
-  settings = {"source": source, "limit": limit, "prefix": canary_format.prefix,
-              "digits": canary_format.digits, "repetitions": list(repetitions), "seed": seed,
-              "sequence_length": lm_model.SEQUENCE_LENGTH}
+  settings = {
+    "source": source,
+    "limit": limit,
+    "prefix": canary_format.prefix,
+    "digits": canary_format.digits,
+    "repetitions": list(repetitions),
+    "seed": seed,
+    "sequence_length": lm_model.SEQUENCE_LENGTH,
+  }
   complete = os.path.join(root, _COMPLETE_FILE)
   if tf.io.gfile.exists(complete):
     written = json.loads(files.read_text(complete))
@@ -95,18 +105,28 @@ def write_lm_tfrecords(data_root, source: str = datasets.EMBEDDED,
   rng = np.random.default_rng(seed)
   train, held_out = _split_sequences(lm_model.encode(text), rng)
   if limit is not None:
-    train, held_out = train[:limit], held_out[:-(-limit // 9)]
+    train, held_out = train[:limit], held_out[: -(-limit // 9)]
   canaries = make_canaries(canary_format, repetitions, seed=seed)
-  copies = np.array([lm_model.padded_record(canary_format.text(canary.secret))
-                     for canary in canaries for _ in range(canary.repetitions)],
-                    dtype=train.dtype).reshape(-1, train.shape[1])
+  copies = np.array(
+    [
+      lm_model.padded_record(canary_format.text(canary.secret))
+      for canary in canaries
+      for _ in range(canary.repetitions)
+    ],
+    dtype=train.dtype,
+  ).reshape(-1, train.shape[1])
   train_with_canaries = rng.permutation(np.concatenate([train, copies]))
 
-  summary = {"train_file": os.path.join(root, TRAIN_DIR, RECORD_FILE),
-             "eval_file": os.path.join(root, EVAL_DIR, RECORD_FILE),
-             "canary_file": os.path.join(root, CANARY_FILE),
-             "train_sequences": len(train), "canary_sequences": len(copies),
-             "eval_sequences": len(held_out), "characters": len(text), **settings}
+  summary = {
+    "train_file": os.path.join(root, TRAIN_DIR, RECORD_FILE),
+    "eval_file": os.path.join(root, EVAL_DIR, RECORD_FILE),
+    "canary_file": os.path.join(root, CANARY_FILE),
+    "train_sequences": len(train),
+    "canary_sequences": len(copies),
+    "eval_sequences": len(held_out),
+    "characters": len(text),
+    **settings,
+  }
   _write_records(summary["train_file"], train_with_canaries)
   _write_records(summary["eval_file"], held_out)
   save_canaries(summary["canary_file"], canary_format, canaries)

@@ -62,16 +62,19 @@ def padded_record(text: str) -> np.ndarray:
   """
   ids = encode(text)
   if len(ids) > SEQUENCE_LENGTH + 1:
-    raise ValueError(f"{text!r} has {len(ids)} characters; a record holds "
-                     f"{SEQUENCE_LENGTH + 1}")
+    raise ValueError(f"{text!r} has {len(ids)} characters; a record holds {SEQUENCE_LENGTH + 1}")
   return np.pad(ids, (0, SEQUENCE_LENGTH + 1 - len(ids)), constant_values=PAD_ID)
 
 
 def serialize(record: np.ndarray) -> bytes:
   """A serialized tf.Example of one record of SEQUENCE_LENGTH + 1 ids: the training format."""
-  return tf.train.Example(features=tf.train.Features(feature={
-      CHARS_KEY: tf.train.Feature(int64_list=tf.train.Int64List(value=record)),
-  })).SerializeToString()
+  return tf.train.Example(
+    features=tf.train.Features(
+      feature={
+        CHARS_KEY: tf.train.Feature(int64_list=tf.train.Int64List(value=record)),
+      }
+    )
+  ).SerializeToString()
 
 
 def canary_examples(texts: Sequence[str], context) -> list:
@@ -126,8 +129,9 @@ def build_model(context):
     logits = _lstm(tokens, hyperparameters.get("model_dim", 64))
   else:
     logits = _transformer(tokens, positions, hyperparameters)
-  return keras.Model({TOKENS_KEY: tokens, POSITIONS_KEY: positions}, logits,
-                     name=f"char_{architecture}")
+  return keras.Model(
+    {TOKENS_KEY: tokens, POSITIONS_KEY: positions}, logits, name=f"char_{architecture}"
+  )
 
 
 def _lstm(tokens, units: int):
@@ -140,15 +144,18 @@ def _transformer(tokens, positions, hyperparameters):
   """Pre-norm causal transformer."""
   model_dim = hyperparameters.get("model_dim", 32)
   num_heads = hyperparameters.get("num_heads", 4)
-  x = (keras.layers.Embedding(VOCABULARY_SIZE, model_dim)(tokens) +
-       keras.layers.Embedding(SEQUENCE_LENGTH, model_dim)(positions))
+  x = keras.layers.Embedding(VOCABULARY_SIZE, model_dim)(tokens) + keras.layers.Embedding(
+    SEQUENCE_LENGTH, model_dim
+  )(positions)
   for _ in range(hyperparameters.get("num_blocks", 2)):
     normalized = keras.layers.LayerNormalization()(x)
     x = x + keras.layers.MultiHeadAttention(num_heads, model_dim // num_heads)(
-        normalized, normalized, use_causal_mask=True)
+      normalized, normalized, use_causal_mask=True
+    )
     normalized = keras.layers.LayerNormalization()(x)
     x = x + keras.layers.Dense(model_dim)(
-        keras.layers.Dense(4 * model_dim, activation="gelu")(normalized))
+      keras.layers.Dense(4 * model_dim, activation="gelu")(normalized)
+    )
   return keras.layers.Dense(VOCABULARY_SIZE)(keras.layers.LayerNormalization()(x))
 
 
@@ -167,11 +174,12 @@ class CharacterAccuracy(keras.metrics.SparseCategoricalAccuracy):
 
 def compile_kwargs(context):
   hyperparameters = context.hyperparameters
-  return {"optimizer": keras.optimizers.Adam(hyperparameters.get("learning_rate", 0.01)),
-          "loss": keras.losses.SparseCategoricalCrossentropy(from_logits=True,
-                                                             ignore_class=PAD_ID),
-          "metrics": [CharacterAccuracy()],
-          "jit_compile": hyperparameters.get("jit_compile", "auto")}
+  return {
+    "optimizer": keras.optimizers.Adam(hyperparameters.get("learning_rate", 0.01)),
+    "loss": keras.losses.SparseCategoricalCrossentropy(from_logits=True, ignore_class=PAD_ID),
+    "metrics": [CharacterAccuracy()],
+    "jit_compile": hyperparameters.get("jit_compile", "auto"),
+  }
 
 
 def privacy_unit(context):
@@ -189,7 +197,8 @@ def bits_per_character(labels, logits) -> float:
   """
   labels = np.asarray(labels)
   nats = tf.nn.sparse_softmax_cross_entropy_with_logits(
-      labels=labels, logits=tf.cast(logits, tf.float32)).numpy()
+    labels=labels, logits=tf.cast(logits, tf.float32)
+  ).numpy()
   real = labels != PAD_ID
   return float(nats[real].sum() / real.sum() / math.log(2))
 

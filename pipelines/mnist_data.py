@@ -14,14 +14,19 @@ TRAIN_DIR, EVAL_DIR = "train", "eval"
 
 
 def _example(image: np.ndarray, label: int) -> bytes:
-  return tf.train.Example(features=tf.train.Features(feature={
-      IMAGE_KEY: tf.train.Feature(float_list=tf.train.FloatList(value=image.ravel())),
-      LABEL_KEY: tf.train.Feature(int64_list=tf.train.Int64List(value=[int(label)])),
-  })).SerializeToString()
+  return tf.train.Example(
+    features=tf.train.Features(
+      feature={
+        IMAGE_KEY: tf.train.Feature(float_list=tf.train.FloatList(value=image.ravel())),
+        LABEL_KEY: tf.train.Feature(int64_list=tf.train.Int64List(value=[int(label)])),
+      }
+    )
+  ).SerializeToString()
 
 
-def write_mnist_tfrecords(data_root, source: str = datasets.EMBEDDED,
-                          limit: int | None = None) -> str:
+def write_mnist_tfrecords(
+  data_root, source: str = datasets.EMBEDDED, limit: int | None = None
+) -> str:
   """Writes train/ and eval/ TFRecord files under `data_root` (skipped if already there); returns
   `data_root` as a string.
 

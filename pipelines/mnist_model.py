@@ -23,9 +23,11 @@ IMAGE_SHAPE = (28, 28, 1)
 
 def feature_spec(context):
   del context
-  return {IMAGE_KEY: tf.io.FixedLenFeature([784], tf.float32),
-          # A default lets the serving signature take examples without labels.
-          LABEL_KEY: tf.io.FixedLenFeature([], tf.int64, default_value=-1)}
+  return {
+    IMAGE_KEY: tf.io.FixedLenFeature([784], tf.float32),
+    # A default lets the serving signature take examples without labels.
+    LABEL_KEY: tf.io.FixedLenFeature([], tf.int64, default_value=-1),
+  }
 
 
 def decode(parsed, context):
@@ -41,10 +43,14 @@ def build_model(context):
 def compile_kwargs(context):
   # The example's hyperparameters (examples.MNIST), unless custom_config says otherwise.
   hyperparameters = {**MNIST.hyperparameters, **context.hyperparameters}
-  return {"optimizer": keras.optimizers.SGD(learning_rate=hyperparameters["learning_rate"],
-                                            momentum=hyperparameters["momentum"]),
-          "loss": keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-          "metrics": ["accuracy"], "jit_compile": hyperparameters.get("jit_compile", "auto")}
+  return {
+    "optimizer": keras.optimizers.SGD(
+      learning_rate=hyperparameters["learning_rate"], momentum=hyperparameters["momentum"]
+    ),
+    "loss": keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+    "metrics": ["accuracy"],
+    "jit_compile": hyperparameters.get("jit_compile", "auto"),
+  }
 
 
 def held_out_metrics(labels, logits, context):

@@ -94,8 +94,9 @@ class PipelineOptions:
 
   @property
   def ledger_history(self) -> str:
-    return (_location(self.ledger_history_dir) or
-            budget.history_dir(self.budget_root_uri, self.data_source_name))
+    return _location(self.ledger_history_dir) or budget.history_dir(
+      self.budget_root_uri, self.data_source_name
+    )
 
 
 def _location(path: Optional[str]) -> Optional[str]:
@@ -123,45 +124,70 @@ def run(options: PipelineOptions) -> dict:
   hyperparameters = {**example.hyperparameters, **(options.hyperparameters or {})}
   control_config = None
   if options.control:  # the control trains like the DP model: same epochs, batch, hyperparameters
-    control_config = control.control_custom_config(hyperparameters, options.dp_config.epochs,
-                                                   options.dp_config.batch_size)
+    control_config = control.control_custom_config(
+      hyperparameters, options.dp_config.epochs, options.dp_config.batch_size
+    )
   data_root = options.data_root_uri
   canary_file = example.write_data(data_root, options.data_source, options.data_limit)
   pipeline = dp_pipeline.create_pipeline(
-      pipeline_name=example.pipeline_name, pipeline_root=options.pipeline_root_uri,
-      data_root=data_root, serving_model_dir=options.serving_dir, dp_config=options.dp_config,
-      privacy_policy=options.privacy_policy, module_path=example.module_path,
-      hyperparameters=hyperparameters,
-      metadata_path=None if options.runner == KUBEFLOW else options.path("metadata.sqlite"),
-      beam_pipeline_args=options.beam_pipeline_args, min_accuracy=options.min_accuracy,
-      label_key=example.label_key, ledger_history_dir=_location(options.ledger_history_dir),
-      data_source=options.data_source_name, budget_root=options.budget_root_uri,
-      audit=options.audit, canary_file=canary_file,
-      control_config=control_config,
-      # Kubeflow V2 compiles no Resolver of more than one artifact (see create_pipeline).
-      check_earlier_ledgers=options.runner != KUBEFLOW,
-      poisson_batches=options.poisson_batches)
-  summary = {"example": example.name, "runner": options.runner,
-             "pipeline_root": options.pipeline_root_uri, "data_root": data_root,
-             "data_source": options.data_source_name, "ledger_history": options.ledger_history,
-             "max_epsilon": options.privacy_policy.max_epsilon,
-             "policy": json.loads(options.privacy_policy.to_json())}
+    pipeline_name=example.pipeline_name,
+    pipeline_root=options.pipeline_root_uri,
+    data_root=data_root,
+    serving_model_dir=options.serving_dir,
+    dp_config=options.dp_config,
+    privacy_policy=options.privacy_policy,
+    module_path=example.module_path,
+    hyperparameters=hyperparameters,
+    metadata_path=None if options.runner == KUBEFLOW else options.path("metadata.sqlite"),
+    beam_pipeline_args=options.beam_pipeline_args,
+    min_accuracy=options.min_accuracy,
+    label_key=example.label_key,
+    ledger_history_dir=_location(options.ledger_history_dir),
+    data_source=options.data_source_name,
+    budget_root=options.budget_root_uri,
+    audit=options.audit,
+    canary_file=canary_file,
+    control_config=control_config,
+    # Kubeflow V2 compiles no Resolver of more than one artifact (see create_pipeline).
+    check_earlier_ledgers=options.runner != KUBEFLOW,
+    poisson_batches=options.poisson_batches,
+  )
+  summary = {
+    "example": example.name,
+    "runner": options.runner,
+    "pipeline_root": options.pipeline_root_uri,
+    "data_root": data_root,
+    "data_source": options.data_source_name,
+    "ledger_history": options.ledger_history,
+    "max_epsilon": options.privacy_policy.max_epsilon,
+    "policy": json.loads(options.privacy_policy.to_json()),
+  }
   started = time.time()
   if options.runner == KUBEFLOW:
     pipeline_file = options.path(f"kubeflow/{example.pipeline_name}-pipeline.json")
     os.makedirs(os.path.dirname(pipeline_file), exist_ok=True)
     runner = tfx.orchestration.experimental.KubeflowV2DagRunner(
-        config=tfx.orchestration.experimental.KubeflowV2DagRunnerConfig(
-            default_image=options.container_image),
-        output_filename=pipeline_file)
+      config=tfx.orchestration.experimental.KubeflowV2DagRunnerConfig(
+        default_image=options.container_image
+      ),
+      output_filename=pipeline_file,
+    )
     runner.run(pipeline)
-    summary.update(pipeline_file=pipeline_file, epsilon=None, delta=None, accuracy=None,
-                   pushed=False, pushed_model_dir=None, report_dir=None)
+    summary.update(
+      pipeline_file=pipeline_file,
+      epsilon=None,
+      delta=None,
+      accuracy=None,
+      pushed=False,
+      pushed_model_dir=None,
+      report_dir=None,
+    )
   else:
     if options.runner == LOCAL:
       tfx.orchestration.LocalDagRunner().run(pipeline)
     else:
       from tfx.orchestration.beam.beam_dag_runner import BeamDagRunner
+
       BeamDagRunner().run(pipeline)
     summary.update(read_outcome(options.path("metadata.sqlite"), since_ms=int(started * 1000)))
   summary["wall_seconds"] = round(time.time() - started, 1)
@@ -176,9 +202,12 @@ def _check_before_training(options: PipelineOptions, example) -> None:
   if options.control and not options.audit:
     raise ValueError("the non-private control is only trained to be audited; drop --no-audit")
   if options.privacy_policy.max_canary_exposure is not None and not (
-      options.audit and example.has_canaries):
-    raise ValueError(f"max_canary_exposure needs the audit of an example with canaries (lm); "
-                     f"{example.name} with audit={options.audit} would never be blessed")
+    options.audit and example.has_canaries
+  ):
+    raise ValueError(
+      f"max_canary_exposure needs the audit of an example with canaries (lm); "
+      f"{example.name} with audit={options.audit} would never be blessed"
+    )
   if options.privacy_policy.require_signature and options.runner != KUBEFLOW:
     from dp_tfx.policy import verification_key
 
@@ -187,8 +216,10 @@ def _check_before_training(options: PipelineOptions, example) -> None:
     verification_key(options.privacy_policy)
   unknown = sorted(set(options.hyperparameters or {}) - set(example.hyperparameter_names))
   if unknown:
-    raise ValueError(f"the {example.name} example's module does not use {unknown}; it takes "
-                     f"{sorted(example.hyperparameter_names)}")
+    raise ValueError(
+      f"the {example.name} example's module does not use {unknown}; it takes "
+      f"{sorted(example.hyperparameter_names)}"
+    )
 
 
 def _check_output_dir(options: PipelineOptions) -> None:
@@ -203,14 +234,22 @@ def _check_output_dir(options: PipelineOptions) -> None:
   import tensorflow as tf
 
   if options.ledger_history.startswith("ram://"):
-    raise ValueError(f"the ledger history {options.ledger_history} is in TensorFlow's in-memory "
-                     "filesystem, which forgets it when the process ends; give a directory that "
-                     "outlives runs as --ledger-history")
-  checks = [("the output directory", str(pathlib.Path(options.output_dir).resolve()),
-             "--output-dir")]
+    raise ValueError(
+      f"the ledger history {options.ledger_history} is in TensorFlow's in-memory "
+      "filesystem, which forgets it when the process ends; give a directory that "
+      "outlives runs as --ledger-history"
+    )
+  checks = [
+    ("the output directory", str(pathlib.Path(options.output_dir).resolve()), "--output-dir")
+  ]
   if options.runner != KUBEFLOW:
-    checks.append(("the ledger history", options.ledger_history,
-                   "--ledger-history" if options.ledger_history_dir else "--budget-root"))
+    checks.append(
+      (
+        "the ledger history",
+        options.ledger_history,
+        "--ledger-history" if options.ledger_history_dir else "--budget-root",
+      )
+    )
   for what, directory, option in checks:
     probe = os.path.join(directory, f".write-probe.json-{uuid.uuid4().hex}")
     try:
@@ -220,21 +259,27 @@ def _check_output_dir(options: PipelineOptions) -> None:
       tf.io.gfile.remove(probe)
     except (OSError, tf.errors.OpError) as error:
       reason = getattr(error, "message", None) or str(error)  # TF's: "PATH; No such file ..."
-      raise ValueError(f"{what} {directory} cannot be created or written "
-                       f"({reason.split('; ')[-1]}); choose another {option}") from None
+      raise ValueError(
+        f"{what} {directory} cannot be created or written "
+        f"({reason.split('; ')[-1]}); choose another {option}"
+      ) from None
   shared = options.ledger_history_dir or options.budget_root
   if options.runner == KUBEFLOW and not (shared and "://" in shared):
-    raise ValueError("a Kubeflow pipeline's containers cannot see this machine's disk, nor its "
-                     "budgets: give --budget-root (or --ledger-history) on storage every run "
-                     "shares, e.g. gs://BUCKET/dp_tfx/budgets")
+    raise ValueError(
+      "a Kubeflow pipeline's containers cannot see this machine's disk, nor its "
+      "budgets: give --budget-root (or --ledger-history) on storage every run "
+      "shares, e.g. gs://BUCKET/dp_tfx/budgets"
+    )
 
 
 def _verdict(summary: dict) -> str:
   if summary["runner"] == KUBEFLOW:
     return f"compiled for Kubeflow: {summary['pipeline_file']}"
   if summary["pushed"]:
-    return (f"PUSHED to {summary['pushed_model_dir']}: epsilon {summary['epsilon']:.4g} <= "
-            f"max_epsilon {summary['max_epsilon']:g} at delta {summary['delta']:.3g}")
+    return (
+      f"PUSHED to {summary['pushed_model_dir']}: epsilon {summary['epsilon']:.4g} <= "
+      f"max_epsilon {summary['max_epsilon']:g} at delta {summary['delta']:.3g}"
+    )
   return "NOT PUSHED: " + "; ".join(summary.get("reasons") or ["the model was not blessed"])
 
 
@@ -254,29 +299,43 @@ def read_outcome(metadata_path: str, since_ms: int = 0) -> dict:
   store = metadata_store.MetadataStore(config)
 
   def latest(type_name):
-    found = [artifact for artifact in store.get_artifacts_by_type(type_name)
-             if artifact.create_time_since_epoch >= since_ms]
+    found = [
+      artifact
+      for artifact in store.get_artifacts_by_type(type_name)
+      if artifact.create_time_since_epoch >= since_ms
+    ]
     return max(found, key=lambda a: a.id) if found else None
 
   report_artifact = latest(artifacts.PrivacyReport.TYPE_NAME)
   if report_artifact is None:
-    return {"audit": None, "epsilon": None, "delta": None, "blessed": False,
-            "reasons": ["this run wrote no privacy report: it ended before the PrivacyEvaluator"],
-            "accuracy": None, "pushed": False, "pushed_model_dir": None, "report_dir": None}
+    return {
+      "audit": None,
+      "epsilon": None,
+      "delta": None,
+      "blessed": False,
+      "reasons": ["this run wrote no privacy report: it ended before the PrivacyEvaluator"],
+      "accuracy": None,
+      "pushed": False,
+      "pushed_model_dir": None,
+      "report_dir": None,
+    }
   model = _evaluated_model(store, report_artifact)
   pushed = latest(standard_artifacts.PushedModel.TYPE_NAME)
   report = json.loads((pathlib.Path(report_artifact.uri) / REPORT_FILE).read_text())
   accuracy = model.custom_properties.get(EVAL_METRIC_PREFIX + "accuracy") if model else None
   was_pushed = bool(pushed and pushed.custom_properties[_PUSHED_PROPERTY].int_value == 1)
   return {
-      "audit": _audit_summary(report.get("audit")),
-      "epsilon": report["epsilon"], "delta": report["delta"],
-      "blessed": report["decision"]["blessed"], "reasons": report["decision"]["reasons"],
-      "accuracy": accuracy.double_value if accuracy else None,
-      "pushed": was_pushed,
-      "pushed_model_dir": (pushed.custom_properties[_PUSHED_DESTINATION_PROPERTY].string_value
-                           if was_pushed else None),
-      "report_dir": report_artifact.uri,
+    "audit": _audit_summary(report.get("audit")),
+    "epsilon": report["epsilon"],
+    "delta": report["delta"],
+    "blessed": report["decision"]["blessed"],
+    "reasons": report["decision"]["reasons"],
+    "accuracy": accuracy.double_value if accuracy else None,
+    "pushed": was_pushed,
+    "pushed_model_dir": (
+      pushed.custom_properties[_PUSHED_DESTINATION_PROPERTY].string_value if was_pushed else None
+    ),
+    "report_dir": report_artifact.uri,
   }
 
 
@@ -286,10 +345,16 @@ def _evaluated_model(store, report_artifact):
   from ml_metadata.proto import metadata_store_pb2
   from tfx.types import standard_artifacts
 
-  (written,) = [event for event in store.get_events_by_artifact_ids([report_artifact.id])
-                if event.type == metadata_store_pb2.Event.OUTPUT]
-  inputs = [event.artifact_id for event in store.get_events_by_execution_ids([written.execution_id])
-            if event.type == metadata_store_pb2.Event.INPUT]
+  (written,) = [
+    event
+    for event in store.get_events_by_artifact_ids([report_artifact.id])
+    if event.type == metadata_store_pb2.Event.OUTPUT
+  ]
+  inputs = [
+    event.artifact_id
+    for event in store.get_events_by_execution_ids([written.execution_id])
+    if event.type == metadata_store_pb2.Event.INPUT
+  ]
   model_type = store.get_artifact_type(standard_artifacts.Model.TYPE_NAME)
   (model,) = [a for a in store.get_artifacts_by_id(inputs) if a.type_id == model_type.id]
   return model
@@ -302,9 +367,11 @@ def _audit_summary(section: Optional[dict]) -> Optional[dict]:
     return None
 
   def one(part: dict) -> dict:
-    return {"empirical_epsilon_lower_bound": part["empirical_epsilon_lower_bound"],
-            "canary_exposure": part["canary_exposure"],
-            "held_out_metrics": part["held_out_metrics"]}
+    return {
+      "empirical_epsilon_lower_bound": part["empirical_epsilon_lower_bound"],
+      "canary_exposure": part["canary_exposure"],
+      "held_out_metrics": part["held_out_metrics"],
+    }
 
   summary = one(section)
   if section.get("control"):

@@ -25,12 +25,18 @@ def membership_bound(counts: dict, delta: float, confidence: float = 0.95) -> di
     candidates.append(math.log((tpr_low - delta) / fpr_high))
   if 1 - fpr_high - delta > 0:  # TNR <= e^eps FNR + delta
     candidates.append(math.log((1 - fpr_high - delta) / (1 - tpr_low)))
-  return {"epsilon": max(candidates), "tpr": tp / positives, "fpr": fp / negatives,
-          "tpr_low": tpr_low, "fpr_high": fpr_high}
+  return {
+    "epsilon": max(candidates),
+    "tpr": tp / positives,
+    "fpr": fp / negatives,
+    "tpr_low": tpr_low,
+    "fpr_high": fpr_high,
+  }
 
 
-def assert_membership_section_follows_from_its_counts(section: dict, delta: float,
-                                                      confidence: float = 0.95) -> None:
+def assert_membership_section_follows_from_its_counts(
+  section: dict, delta: float, confidence: float = 0.95
+) -> None:
   """A report's audit section (dp_tfx.report): rates, interval ends and bound from its counts."""
   expected = membership_bound(section["counts"], delta, confidence)
   bound = section["lower_bound"]
@@ -51,7 +57,10 @@ def assert_exposures_follow_from_their_ranks(section: dict, canaries, digits: in
     assert canary["method"] == "exact" and canary["candidates_scored"] == 10**digits
     assert 1 <= canary["rank"] <= 10**digits
     assert canary["exposure"] == pytest.approx(
-        digits * math.log2(10) - math.log2(canary["rank"]), abs=1e-9)
-  means = {str(r): float(np.mean([c["exposure"] for c in measured if c["repetitions"] == r]))
-           for r in {c["repetitions"] for c in measured}}
+      digits * math.log2(10) - math.log2(canary["rank"]), abs=1e-9
+    )
+  means = {
+    str(r): float(np.mean([c["exposure"] for c in measured if c["repetitions"] == r]))
+    for r in {c["repetitions"] for c in measured}
+  }
   assert section["canary_exposure"] == pytest.approx(means, abs=1e-9)

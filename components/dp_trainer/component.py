@@ -73,17 +73,25 @@ class DPTrainer(base_component.BaseComponent):
   SPEC_CLASS = DPTrainerSpec
   EXECUTOR_SPEC = executor_spec.ExecutorClassSpec(executor.Executor)
 
-  def __init__(self, examples: types.BaseChannel, dp_config: DPConfig,
-               module_file: Optional[str] = None, module_path: Optional[str] = None,
-               schema: Optional[types.BaseChannel] = None,
-               transform_graph: Optional[types.BaseChannel] = None,
-               hyperparameters: Optional[types.BaseChannel] = None,
-               custom_config: Optional[Dict[str, Any]] = None,
-               ledger_history_dir: Optional[str] = None, data_source: Optional[str] = None,
-               budget_root: Optional[str] = None, privacy_policy: Optional[PrivacyPolicy] = None,
-               train_split: str = TRAIN_SPLIT, eval_split: str = EVAL_SPLIT,
-               earlier_privacy_ledgers: Optional[types.BaseChannel] = None,
-               poisson_batches: Optional[types.BaseChannel] = None):
+  def __init__(
+    self,
+    examples: types.BaseChannel,
+    dp_config: DPConfig,
+    module_file: Optional[str] = None,
+    module_path: Optional[str] = None,
+    schema: Optional[types.BaseChannel] = None,
+    transform_graph: Optional[types.BaseChannel] = None,
+    hyperparameters: Optional[types.BaseChannel] = None,
+    custom_config: Optional[Dict[str, Any]] = None,
+    ledger_history_dir: Optional[str] = None,
+    data_source: Optional[str] = None,
+    budget_root: Optional[str] = None,
+    privacy_policy: Optional[PrivacyPolicy] = None,
+    train_split: str = TRAIN_SPLIT,
+    eval_split: str = EVAL_SPLIT,
+    earlier_privacy_ledgers: Optional[types.BaseChannel] = None,
+    poisson_batches: Optional[types.BaseChannel] = None,
+  ):
     if bool(module_file) == bool(module_path):
       raise ValueError("DPTrainer needs exactly one of module_file or module_path")
     if not isinstance(dp_config, DPConfig):
@@ -92,17 +100,26 @@ class DPTrainer(base_component.BaseComponent):
       check_config_within_policy(dp_config, privacy_policy)
     check_module_functions(module_file, module_path)
     spec = DPTrainerSpec(
-        examples=examples, schema=schema, transform_graph=transform_graph,
-        hyperparameters=hyperparameters, earlier_privacy_ledgers=earlier_privacy_ledgers,
-        poisson_batches=poisson_batches,
-        module_file=module_file, module_path=module_path,
-        dp_config=dp_config.to_json(), custom_config=json_utils.dumps(custom_config or {}),
-        ledger_history_dir=ledger_history_dir, data_source=data_source, budget_root=budget_root,
-        privacy_policy=privacy_policy.to_json() if privacy_policy is not None else None,
-        train_split=train_split, eval_split=eval_split,
-        model=types.Channel(type=standard_artifacts.Model),
-        model_run=types.Channel(type=standard_artifacts.ModelRun),
-        privacy_ledger=types.Channel(type=artifacts.PrivacyLedger))
+      examples=examples,
+      schema=schema,
+      transform_graph=transform_graph,
+      hyperparameters=hyperparameters,
+      earlier_privacy_ledgers=earlier_privacy_ledgers,
+      poisson_batches=poisson_batches,
+      module_file=module_file,
+      module_path=module_path,
+      dp_config=dp_config.to_json(),
+      custom_config=json_utils.dumps(custom_config or {}),
+      ledger_history_dir=ledger_history_dir,
+      data_source=data_source,
+      budget_root=budget_root,
+      privacy_policy=privacy_policy.to_json() if privacy_policy is not None else None,
+      train_split=train_split,
+      eval_split=eval_split,
+      model=types.Channel(type=standard_artifacts.Model),
+      model_run=types.Channel(type=standard_artifacts.ModelRun),
+      privacy_ledger=types.Channel(type=artifacts.PrivacyLedger),
+    )
     super().__init__(spec=spec)
 
 
@@ -113,6 +130,8 @@ def check_config_within_policy(dp_config: DPConfig, policy: PrivacyPolicy) -> No
     ValueError: for a target_epsilon above the policy's max_epsilon.
   """
   if dp_config.target_epsilon is not None and dp_config.target_epsilon > policy.max_epsilon:
-    raise ValueError(f"DPConfig.target_epsilon ({dp_config.target_epsilon:g}) is above the "
-                     f"privacy policy's max_epsilon ({policy.max_epsilon:g}): such a model "
-                     "would never be blessed")
+    raise ValueError(
+      f"DPConfig.target_epsilon ({dp_config.target_epsilon:g}) is above the "
+      f"privacy policy's max_epsilon ({policy.max_epsilon:g}): such a model "
+      "would never be blessed"
+    )

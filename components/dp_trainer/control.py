@@ -26,8 +26,13 @@ from types import ModuleType
 import keras
 from tfx.components.trainer.fn_args_utils import FnArgs
 
-from dp_tfx.components.model_io import (eval_dataset_read_whole, examples_dataset,
-                                        export_serving_model, read_examples, record_eval_metrics)
+from dp_tfx.components.model_io import (
+  eval_dataset_read_whole,
+  examples_dataset,
+  export_serving_model,
+  read_examples,
+  record_eval_metrics,
+)
 from dp_tfx.components.user_module import TrainerContext
 
 EPOCHS_KEY = "epochs"
@@ -36,11 +41,17 @@ BATCH_SIZE_KEY = "batch_size"
 
 def _whole_number(config: dict, key: str) -> int:
   value = config.get(key)
-  whole = (isinstance(value, (int, float)) and not isinstance(value, bool)
-           and float(value).is_integer() and value >= 1)
+  whole = (
+    isinstance(value, (int, float))
+    and not isinstance(value, bool)
+    and float(value).is_integer()
+    and value >= 1
+  )
   if not whole:
-    raise ValueError(f"the non-private control needs custom_config[{key!r}], a whole number >= 1 "
-                     f"(the DP run's {key}, so that both train equally long); got {value!r}")
+    raise ValueError(
+      f"the non-private control needs custom_config[{key!r}], a whole number >= 1 "
+      f"(the DP run's {key}, so that both train equally long); got {value!r}"
+    )
   return int(value)
 
 
@@ -63,8 +74,11 @@ def _trainer_context(fn_args: FnArgs) -> TrainerContext:
   hyperparameters.update((fn_args.hyperparameters or {}).get("values", {}))
   # FnArgs names the schema file; the DPTrainer's context names the artifact's directory.
   schema_uri = os.path.dirname(fn_args.schema_path) if fn_args.schema_path else None
-  return TrainerContext(hyperparameters=hyperparameters, schema_uri=schema_uri,
-                        transform_graph_uri=fn_args.transform_graph_path)
+  return TrainerContext(
+    hyperparameters=hyperparameters,
+    schema_uri=schema_uri,
+    transform_graph_uri=fn_args.transform_graph_path,
+  )
 
 
 def train_non_private_control(fn_args: FnArgs, module: ModuleType) -> keras.callbacks.History:
@@ -90,9 +104,15 @@ def train_non_private_control(fn_args: FnArgs, module: ModuleType) -> keras.call
   model = module.build_model(context)
   model.compile(**module.compile_kwargs(context))
   with eval_dataset_read_whole():
-    history = model.fit(x_train, y_train, batch_size=batch_size, epochs=epochs,
-                        validation_data=eval_data, verbose=2,
-                        callbacks=[keras.callbacks.TensorBoard(log_dir=fn_args.model_run_dir)])
+    history = model.fit(
+      x_train,
+      y_train,
+      batch_size=batch_size,
+      epochs=epochs,
+      validation_data=eval_data,
+      verbose=2,
+      callbacks=[keras.callbacks.TensorBoard(log_dir=fn_args.model_run_dir)],
+    )
   record_eval_metrics(model, eval_data, fn_args.model_run_dir)
   export_serving_model(model, spec, module.decode, context, fn_args.serving_model_dir)
   return history

@@ -21,14 +21,28 @@ from tfx.utils import path_utils
 
 from dp_tfx import budget, files, signing, workers
 from dp_tfx.components import artifacts, earlier_runs, specs
-from dp_tfx.components.model_io import (evaluate_metrics, examples_dataset,
-                                        export_serving_model, read_examples, record_eval_metrics,
-                                        records_digest, split_file_patterns, splits)
+from dp_tfx.components.model_io import (
+  evaluate_metrics,
+  examples_dataset,
+  export_serving_model,
+  read_examples,
+  record_eval_metrics,
+  records_digest,
+  split_file_patterns,
+  splits,
+)
 from dp_tfx.components.user_module import MODULE_FUNCTIONS, PRIVACY_UNIT_FUNCTION, trainer_context
 from dp_tfx.config import DPConfig
 from dp_tfx.keras import make_private
-from dp_tfx.ledger import (EXAMPLE, LEDGER_FILE_NAME, LedgerError, dataset_fingerprint,
-                           directory_digest, new_run_id, read_history)
+from dp_tfx.ledger import (
+  EXAMPLE,
+  LEDGER_FILE_NAME,
+  LedgerError,
+  dataset_fingerprint,
+  directory_digest,
+  new_run_id,
+  read_history,
+)
 from dp_tfx.poisson_batches import PoissonBatchStream
 from dp_tfx.policy import PrivacyPolicy, verification_key
 from dp_tfx.resume import StepCheckpoint
@@ -42,8 +56,12 @@ COLLECTIVE_TIMEOUT_SECONDS = 600
 class Executor(base_executor.BaseExecutor):
   """Trains with DP-SGD; writes model, model_run and privacy_ledger."""
 
-  def Do(self, input_dict: Dict[str, List[types.Artifact]],
-         output_dict: Dict[str, List[types.Artifact]], exec_properties: Dict[str, Any]) -> None:
+  def Do(
+    self,
+    input_dict: Dict[str, List[types.Artifact]],
+    output_dict: Dict[str, List[types.Artifact]],
+    exec_properties: Dict[str, Any],
+  ) -> None:
     # First: several workers' collective ops must be set up before TensorFlow runs anything.
     strategy = self._strategy()
     chief = workers.is_chief(strategy)
@@ -61,23 +79,33 @@ class Executor(base_executor.BaseExecutor):
     history_dir = explicit_history or budget.history_dir(budget_root, data_source)
     # Before anything is read or spent: the PrivacyEvaluator refuses a history that lacks what
     # MLMD recorded of an earlier run, so a run on it would spend for nothing (earlier_runs.py).
-    earlier_runs.check_history(input_dict.get(specs.EARLIER_PRIVACY_LEDGERS_KEY) or [],
-                               history_dir, verification_key(policy) if policy else None,
-                               self._pipeline_name())
+    earlier_runs.check_history(
+      input_dict.get(specs.EARLIER_PRIVACY_LEDGERS_KEY) or [],
+      history_dir,
+      verification_key(policy) if policy else None,
+      self._pipeline_name(),
+    )
     context = trainer_context(input_dict, exec_properties)
     module = {name: udf_utils.get_fn(exec_properties, name) for name in MODULE_FUNCTIONS}
     privacy_unit_fn = udf_utils.try_get_fn(exec_properties, PRIVACY_UNIT_FUNCTION)
     examples = artifact_utils.get_single_instance(input_dict[specs.EXAMPLES_KEY])
     spec = module["feature_spec"](context)
     train_split, eval_split = splits(exec_properties)
-    training_data = self._training_data(input_dict, examples, train_split, spec, module["decode"],
-                                        context)
-    eval_data = examples_dataset(split_file_patterns(examples, eval_split), spec,
-                                 module["decode"], context)
+    training_data = self._training_data(
+      input_dict, examples, train_split, spec, module["decode"], context
+    )
+    eval_data = examples_dataset(
+      split_file_patterns(examples, eval_split), spec, module["decode"], context
+    )
 
     if chief:
-      self._check_budget(history_dir, None if explicit_history else budget_root, data_source,
-                         training_data, split_file_patterns(examples, train_split))
+      self._check_budget(
+        history_dir,
+        None if explicit_history else budget_root,
+        data_source,
+        training_data,
+        split_file_patterns(examples, train_split),
+      )
 
     model_run = artifact_utils.get_single_instance(output_dict[specs.MODEL_RUN_KEY])
     model_artifact = artifact_utils.get_single_instance(output_dict[specs.MODEL_KEY])
@@ -85,23 +113,33 @@ class Executor(base_executor.BaseExecutor):
     with strategy.scope():
       keras_model = module["build_model"](context)
       dp_model = make_private(
-          keras_model, config, ledger_history=history_dir,
-          data_source=data_source,
-          run_id=self._run_id(),
-          privacy_unit=privacy_unit_fn(context) if privacy_unit_fn else EXAMPLE,
-          policy=policy)  # a run the policy could never bless is refused before its first step
+        keras_model,
+        config,
+        ledger_history=history_dir,
+        data_source=data_source,
+        run_id=self._run_id(),
+        privacy_unit=privacy_unit_fn(context) if privacy_unit_fn else EXAMPLE,
+        policy=policy,
+      )  # a run the policy could never bless is refused before its first step
       dp_model.compile(**module["compile_kwargs"](context))
     callbacks = [keras.callbacks.TensorBoard(log_dir=model_run.uri)] if chief else []
     if isinstance(training_data[0], PoissonBatchStream):
       # A killed run's restart goes on at the draw's next unused step: with these weights.
-      callbacks.append(StepCheckpoint(os.path.join(
-          os.path.dirname(os.path.dirname(model_artifact.uri.rstrip("/"))), CHECKPOINTS_DIR)))
+      callbacks.append(
+        StepCheckpoint(
+          os.path.join(
+            os.path.dirname(os.path.dirname(model_artifact.uri.rstrip("/"))), CHECKPOINTS_DIR
+          )
+        )
+      )
     dp_model.fit(*training_data, validation_data=eval_data, verbose=2, callbacks=callbacks)
     if not chief:
       # Every worker evaluates (a collective step); only the chief writes.
       evaluate_metrics(dp_model, eval_data)
-      logging.info("DPTrainer: this worker's part is done; the chief writes the model, the "
-                   "metrics and the ledger")
+      logging.info(
+        "DPTrainer: this worker's part is done; the chief writes the model, the "
+        "metrics and the ledger"
+      )
       return
     metrics = record_eval_metrics(dp_model, eval_data, model_run.uri)
     for name, value in metrics.items():
@@ -125,8 +163,13 @@ class Executor(base_executor.BaseExecutor):
     epsilon = dp_model.epsilon()
     for target in (ledger_artifact, model_artifact):
       artifacts.record_privacy_facts(target, ledger, dp_model.plan, epsilon)
-    logging.info("DPTrainer: %d noisy steps, epsilon %.4f at delta %.3g; ledger %s",
-                 ledger.noisy_steps, epsilon, dp_model.plan.delta, ledger.path)
+    logging.info(
+      "DPTrainer: %d noisy steps, epsilon %.4f at delta %.3g; ledger %s",
+      ledger.noisy_steps,
+      epsilon,
+      dp_model.plan.delta,
+      ledger.path,
+    )
 
   @staticmethod
   def _training_data(input_dict, examples, train_split, spec, decode, context) -> tuple:
@@ -136,13 +179,18 @@ class Executor(base_executor.BaseExecutor):
     if batches:
       artifact = artifact_utils.get_single_instance(batches)
       stream = PoissonBatchStream(
-          artifact.uri, lambda serialized: decode(tf.io.parse_example(serialized, spec), context))
+        artifact.uri, lambda serialized: decode(tf.io.parse_example(serialized, spec), context)
+      )
       _check_batches_describe(stream, artifact, examples, train_split)
-      logging.info("DPTrainer: streaming the Poisson batches of %d training examples from %s",
-                   stream.dataset_size, artifact.uri)
+      logging.info(
+        "DPTrainer: streaming the Poisson batches of %d training examples from %s",
+        stream.dataset_size,
+        artifact.uri,
+      )
       return stream, None
-    x_train, y_train = read_examples(split_file_patterns(examples, train_split), spec, decode,
-                                     context)
+    x_train, y_train = read_examples(
+      split_file_patterns(examples, train_split), spec, decode, context
+    )
     logging.info("DPTrainer: %d training examples, in memory", len(y_train))
     return x_train, y_train
 
@@ -156,11 +204,15 @@ class Executor(base_executor.BaseExecutor):
       # A worker that stops taking part without exiting (its peers would wait for it in a
       # collective forever) ends the run after this long.
       strategy = tf.distribute.MultiWorkerMirroredStrategy(
-          communication_options=tf.distribute.experimental.CommunicationOptions(
-              timeout_seconds=COLLECTIVE_TIMEOUT_SECONDS))
-      logging.info("DPTrainer: training on %d replicas of several workers (this one: %s)",
-                   strategy.num_replicas_in_sync,
-                   "the chief" if workers.is_chief(strategy) else "not the chief")
+        communication_options=tf.distribute.experimental.CommunicationOptions(
+          timeout_seconds=COLLECTIVE_TIMEOUT_SECONDS
+        )
+      )
+      logging.info(
+        "DPTrainer: training on %d replicas of several workers (this one: %s)",
+        strategy.num_replicas_in_sync,
+        "the chief" if workers.is_chief(strategy) else "not the chief",
+      )
       return strategy
     gpus = tf.config.list_logical_devices("GPU")
     if len(gpus) > 1:
@@ -169,8 +221,13 @@ class Executor(base_executor.BaseExecutor):
     return tf.distribute.get_strategy()
 
   @staticmethod
-  def _check_budget(history_dir: str, budget_root: Optional[str], data_source: str,
-                    training_data: tuple, train_patterns: List[str]) -> None:
+  def _check_budget(
+    history_dir: str,
+    budget_root: Optional[str],
+    data_source: str,
+    training_data: tuple,
+    train_patterns: List[str],
+  ) -> None:
     """Before anything is spent: refuses data that another data source of the budget root
     already trained on (a new name never opens a fresh budget for the same data), and says in
     one line when this run is the first in its budget."""
@@ -185,10 +242,14 @@ class Executor(base_executor.BaseExecutor):
       budget.claim_data(budget_root, data_source, data_digest)
     if not (files.is_dir(history_dir) and read_history(history_dir)):
       started = budget.fresh_start(history_dir)
-      logging.warning("DPTrainer: no earlier run in the privacy budget of %r (%s): this run is "
-                      "its first%s", data_source, history_dir,
-                      f" (a new budget, started by {started['requested_by']}: "
-                      f"{started['reason']})" if started else "")
+      logging.warning(
+        "DPTrainer: no earlier run in the privacy budget of %r (%s): this run is its first%s",
+        data_source,
+        history_dir,
+        f" (a new budget, started by {started['requested_by']}: {started['reason']})"
+        if started
+        else "",
+      )
 
   def _default_data_source(self) -> str:
     """The pipeline's name: its runs share one budget, wherever their pipeline root is."""
@@ -203,9 +264,11 @@ class Executor(base_executor.BaseExecutor):
     """The artifact the MLMD record is written for, and who wrote it (signed with the record)."""
     node = self._context.pipeline_node if self._context is not None else None
     return artifacts.RecordOrigin(
-        uri=ledger_artifact.uri, pipeline=self._pipeline_name(),
-        pipeline_run_id=(self._context.pipeline_run_id or None) if self._context else None,
-        component=(node.node_info.id or None) if node is not None else None)
+      uri=ledger_artifact.uri,
+      pipeline=self._pipeline_name(),
+      pipeline_run_id=(self._context.pipeline_run_id or None) if self._context else None,
+      component=(node.node_info.id or None) if node is not None else None,
+    )
 
   def _run_id(self) -> str:
     """The pipeline run's id with a random suffix (two runs may start in the same instant)."""
@@ -213,16 +276,17 @@ class Executor(base_executor.BaseExecutor):
     return f"{run}-{new_run_id()[:6]}" if run else new_run_id()
 
 
-
-
-def _check_batches_describe(stream: PoissonBatchStream, artifact: types.Artifact,
-                            examples: types.Artifact, train_split: str) -> None:
+def _check_batches_describe(
+  stream: PoissonBatchStream, artifact: types.Artifact, examples: types.Artifact, train_split: str
+) -> None:
   """The batches are what PoissonBatchGen recorded in MLMD (artifacts.check_batches_recorded,
   with the ledger key when one is set), drawn from this run's examples and split: batches drawn
   from other examples would train on samples the ledger does not describe."""
   artifacts.check_batches_recorded(artifact, stream.manifest, signing.configured_key())
   manifest = stream.manifest
   if (manifest.source, manifest.split) != (examples.uri, train_split):
-    raise ValueError(f"the Poisson batches in {artifact.uri} were drawn from split "
-                     f"{manifest.split!r} of {manifest.source}; this DPTrainer trains on split "
-                     f"{train_split!r} of {examples.uri}")
+    raise ValueError(
+      f"the Poisson batches in {artifact.uri} were drawn from split "
+      f"{manifest.split!r} of {manifest.source}; this DPTrainer trains on split "
+      f"{train_split!r} of {examples.uri}"
+    )

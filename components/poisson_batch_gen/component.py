@@ -48,22 +48,37 @@ class PoissonBatchGen(base_beam_component.BaseBeamComponent):
   SPEC_CLASS = PoissonBatchGenSpec
   EXECUTOR_SPEC = executor_spec.BeamExecutorSpec(executor.Executor)
 
-  def __init__(self, examples: types.BaseChannel, dp_config: DPConfig,
-               train_split: str = TRAIN_SPLIT, first_step: Optional[int] = None,
-               last_step: Optional[int] = None, steps_per_shard: Optional[int] = None):
+  def __init__(
+    self,
+    examples: types.BaseChannel,
+    dp_config: DPConfig,
+    train_split: str = TRAIN_SPLIT,
+    first_step: Optional[int] = None,
+    last_step: Optional[int] = None,
+    steps_per_shard: Optional[int] = None,
+  ):
     if not isinstance(dp_config, DPConfig):
       raise TypeError(f"dp_config must be a dp_tfx.DPConfig; got {type(dp_config).__name__}")
     if dp_config.sampling != POISSON:
-      raise ValueError(f"PoissonBatchGen draws Poisson samples; dp_config.sampling is "
-                       f"{dp_config.sampling!r}")
-    for name, value, least in (("first_step", first_step, 0), ("last_step", last_step, 1),
-                               ("steps_per_shard", steps_per_shard, 1)):
+      raise ValueError(
+        f"PoissonBatchGen draws Poisson samples; dp_config.sampling is {dp_config.sampling!r}"
+      )
+    for name, value, least in (
+      ("first_step", first_step, 0),
+      ("last_step", last_step, 1),
+      ("steps_per_shard", steps_per_shard, 1),
+    ):
       if value is not None and not (is_int(value) and value >= least):
         raise ValueError(f"{name} must be None or an int >= {least}; got {value!r}")
     if first_step is not None and last_step is not None and last_step <= first_step:
       raise ValueError(f"last_step ({last_step}) must be above first_step ({first_step})")
     spec = PoissonBatchGenSpec(
-        examples=examples, dp_config=dp_config.to_json(), train_split=train_split,
-        first_step=first_step, last_step=last_step, steps_per_shard=steps_per_shard,
-        poisson_batches=types.Channel(type=artifacts.PoissonBatches))
+      examples=examples,
+      dp_config=dp_config.to_json(),
+      train_split=train_split,
+      first_step=first_step,
+      last_step=last_step,
+      steps_per_shard=steps_per_shard,
+      poisson_batches=types.Channel(type=artifacts.PoissonBatches),
+    )
     super().__init__(spec=spec)

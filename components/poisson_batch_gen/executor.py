@@ -37,8 +37,12 @@ _RESULT_FILE = "_beam_result.json"
 class Executor(base_beam_executor.BaseBeamExecutor):
   """Writes a PoissonBatches artifact: the steps' padded Poisson samples and their manifest."""
 
-  def Do(self, input_dict: Dict[str, List[types.Artifact]],
-         output_dict: Dict[str, List[types.Artifact]], exec_properties: Dict[str, Any]) -> None:
+  def Do(
+    self,
+    input_dict: Dict[str, List[types.Artifact]],
+    output_dict: Dict[str, List[types.Artifact]],
+    exec_properties: Dict[str, Any],
+  ) -> None:
     config = DPConfig.from_json(exec_properties[specs.DP_CONFIG_KEY])
     examples = artifact_utils.get_single_instance(input_dict[specs.EXAMPLES_KEY])
     split = exec_properties.get(specs.TRAIN_SPLIT_KEY) or TRAIN_SPLIT
@@ -50,41 +54,71 @@ class Executor(base_beam_executor.BaseBeamExecutor):
     first_step = exec_properties.get(specs.FIRST_STEP_KEY) or 0
     last_step = exec_properties.get(specs.LAST_STEP_KEY) or sampling.steps
     if not 0 <= first_step < last_step <= sampling.steps:
-      raise ValueError(f"steps [{first_step}, {last_step}) are not a range within the plan's "
-                       f"{sampling.steps} steps")
+      raise ValueError(
+        f"steps [{first_step}, {last_step}) are not a range within the plan's "
+        f"{sampling.steps} steps"
+      )
     steps_per_shard = exec_properties.get(specs.STEPS_PER_SHARD_KEY) or max(
-        1, _EXAMPLES_PER_SHARD // sampling.physical_batch_size)
-    logging.info("PoissonBatchGen: %d examples, q = %.4g, steps [%d, %d) of %d, %d steps per "
-                 "shard", dataset_size, sampling.sampling_rate, first_step, last_step,
-                 sampling.steps, steps_per_shard)
+      1, _EXAMPLES_PER_SHARD // sampling.physical_batch_size
+    )
+    logging.info(
+      "PoissonBatchGen: %d examples, q = %.4g, steps [%d, %d) of %d, %d steps per shard",
+      dataset_size,
+      sampling.sampling_rate,
+      first_step,
+      last_step,
+      sampling.steps,
+      steps_per_shard,
+    )
 
-    shard_ranges = [(start, min(start + steps_per_shard, last_step))
-                    for start in range(first_step, last_step, steps_per_shard)]
+    shard_ranges = [
+      (start, min(start + steps_per_shard, last_step))
+      for start in range(first_step, last_step, steps_per_shard)
+    ]
     draw = poisson_batches.new_draw(first_step, last_step)
-    written = self._draw_and_write(patterns, output.uri, sampling, shard_ranges, padding_example,
-                                   draw)
+    written = self._draw_and_write(
+      patterns, output.uri, sampling, shard_ranges, padding_example, draw
+    )
     for first, last in shard_ranges:
       if first not in written:  # no step of it sampled anything
-        written[first] = poisson_batches.write_shard(output.uri, first, last, {},
-                                                     sampling.physical_batch_size,
-                                                     padding_example, draw)
+        written[first] = poisson_batches.write_shard(
+          output.uri, first, last, {}, sampling.physical_batch_size, padding_example, draw
+        )
     manifest = poisson_batches.BatchManifest(
-        dataset_size=dataset_size, batch_size=sampling.batch_size,
-        sampling_rate=sampling.sampling_rate, steps=sampling.steps, first_step=first_step,
-        last_step=last_step, physical_batch_size=sampling.physical_batch_size,
-        shards=tuple(written[first] for first, _ in shard_ranges), source=examples.uri,
-        split=split, draw=draw, data_digest=data_digest)
+      dataset_size=dataset_size,
+      batch_size=sampling.batch_size,
+      sampling_rate=sampling.sampling_rate,
+      steps=sampling.steps,
+      first_step=first_step,
+      last_step=last_step,
+      physical_batch_size=sampling.physical_batch_size,
+      shards=tuple(written[first] for first, _ in shard_ranges),
+      source=examples.uri,
+      split=split,
+      draw=draw,
+      data_digest=data_digest,
+    )
     manifest.save(output.uri, signing.configured_key())
     artifacts.record_batch_facts(output, manifest)
-    logging.info("PoissonBatchGen: wrote %d steps (%d sampled examples) in %d shards, manifest %s",
-                 last_step - first_step, sum(s.sampled for s in manifest.shards),
-                 len(manifest.shards), manifest.digest())
+    logging.info(
+      "PoissonBatchGen: wrote %d steps (%d sampled examples) in %d shards, manifest %s",
+      last_step - first_step,
+      sum(s.sampled for s in manifest.shards),
+      len(manifest.shards),
+      manifest.digest(),
+    )
 
   def _records(self, pipeline, patterns) -> beam.PCollection:
-    reads = [pipeline | f"Read{i}" >> beam.io.ReadFromTFRecord(
-        pattern, coder=beam.coders.BytesCoder(),
-        compression_type=beam.io.filesystem.CompressionTypes.AUTO)
-        for i, pattern in enumerate(patterns)]
+    reads = [
+      pipeline
+      | f"Read{i}"
+      >> beam.io.ReadFromTFRecord(
+        pattern,
+        coder=beam.coders.BytesCoder(),
+        compression_type=beam.io.filesystem.CompressionTypes.AUTO,
+      )
+      for i, pattern in enumerate(patterns)
+    ]
     return reads | "Records" >> beam.Flatten()
 
   def _count(self, patterns, directory) -> Tuple[int, bytes, str]:
@@ -95,10 +129,12 @@ class Executor(base_beam_executor.BaseBeamExecutor):
       records = self._records(pipeline, patterns)
       count = records | "Count" >> beam.combiners.Count.Globally()
       smallest = records | "Smallest" >> beam.CombineGlobally(
-          lambda values: min(values, default=b""))
+        lambda values: min(values, default=b"")
+      )
       digest = records | "Digest" >> beam.CombineGlobally(_RecordDigestFn())
-      _ = (count | "Write" >> beam.Map(_write_count, path, beam.pvalue.AsSingleton(smallest),
-                                       beam.pvalue.AsSingleton(digest)))
+      _ = count | "Write" >> beam.Map(
+        _write_count, path, beam.pvalue.AsSingleton(smallest), beam.pvalue.AsSingleton(digest)
+      )
     with tf.io.gfile.GFile(path) as stream:
       facts = json.load(stream)
     tf.io.gfile.remove(path)
@@ -106,20 +142,32 @@ class Executor(base_beam_executor.BaseBeamExecutor):
       raise ValueError(f"the Examples' split holds no example ({list(patterns)})")
     return facts["count"], bytes.fromhex(facts["padding_example"]), facts["data_digest"]
 
-  def _draw_and_write(self, patterns, directory, sampling: SamplingPlan, shard_ranges,
-                      padding_example, draw: str) -> dict:
+  def _draw_and_write(
+    self, patterns, directory, sampling: SamplingPlan, shard_ranges, padding_example, draw: str
+  ) -> dict:
     """Shard first step -> Shard, for every shard some step of which sampled an example."""
     starts = [first for first, _ in shard_ranges]
     path = os.path.join(directory, _RESULT_FILE)
     with self._make_beam_pipeline() as pipeline:
-      _ = (self._records(pipeline, patterns)
-           | "Draw" >> beam.ParDo(_DrawInclusions(sampling.sampling_rate, shard_ranges[0][0],
-                                                  shard_ranges[-1][1], starts))
-           | "ByShard" >> beam.GroupByKey()
-           | "WriteShard" >> beam.Map(_write_shard, directory, dict(shard_ranges),
-                                      sampling.physical_batch_size, padding_example, draw)
-           | "All" >> beam.combiners.ToList()
-           | "List" >> beam.Map(_write_json, path))
+      _ = (
+        self._records(pipeline, patterns)
+        | "Draw"
+        >> beam.ParDo(
+          _DrawInclusions(sampling.sampling_rate, shard_ranges[0][0], shard_ranges[-1][1], starts)
+        )
+        | "ByShard" >> beam.GroupByKey()
+        | "WriteShard"
+        >> beam.Map(
+          _write_shard,
+          directory,
+          dict(shard_ranges),
+          sampling.physical_batch_size,
+          padding_example,
+          draw,
+        )
+        | "All" >> beam.combiners.ToList()
+        | "List" >> beam.Map(_write_json, path)
+      )
     with tf.io.gfile.GFile(path) as stream:
       shards = [poisson_batches.Shard(**shard) for shard in json.load(stream)]
     tf.io.gfile.remove(path)
@@ -145,14 +193,18 @@ class _DrawInclusions(beam.DoFn):
       yield shard, (step, example)
 
 
-def _write_shard(keyed, directory, last_step_of, physical_batch_size, padding_example,
-                 draw) -> dict:
+def _write_shard(
+  keyed, directory, last_step_of, physical_batch_size, padding_example, draw
+) -> dict:
   first, draws = keyed
   samples = {}
   for step, example in draws:
     samples.setdefault(step, []).append(example)
-  return dataclasses.asdict(poisson_batches.write_shard(
-      directory, first, last_step_of[first], samples, physical_batch_size, padding_example, draw))
+  return dataclasses.asdict(
+    poisson_batches.write_shard(
+      directory, first, last_step_of[first], samples, physical_batch_size, padding_example, draw
+    )
+  )
 
 
 class _RecordDigestFn(beam.CombineFn):

@@ -54,16 +54,23 @@ class PrivacyAuditor(base_component.BaseComponent):
   SPEC_CLASS = PrivacyAuditorSpec
   EXECUTOR_SPEC = executor_spec.ExecutorClassSpec(executor.Executor)
 
-  def __init__(self, examples: types.BaseChannel, model: types.BaseChannel,
-               module_file: Optional[str] = None, module_path: Optional[str] = None,
-               control_model: Optional[types.BaseChannel] = None,
-               schema: Optional[types.BaseChannel] = None,
-               transform_graph: Optional[types.BaseChannel] = None,
-               hyperparameters: Optional[types.BaseChannel] = None,
-               custom_config: Optional[Dict[str, Any]] = None,
-               canary_file: Optional[str] = None, max_examples: Optional[int] = None,
-               delta: Optional[float] = None, train_split: str = TRAIN_SPLIT,
-               eval_split: str = EVAL_SPLIT):
+  def __init__(
+    self,
+    examples: types.BaseChannel,
+    model: types.BaseChannel,
+    module_file: Optional[str] = None,
+    module_path: Optional[str] = None,
+    control_model: Optional[types.BaseChannel] = None,
+    schema: Optional[types.BaseChannel] = None,
+    transform_graph: Optional[types.BaseChannel] = None,
+    hyperparameters: Optional[types.BaseChannel] = None,
+    custom_config: Optional[Dict[str, Any]] = None,
+    canary_file: Optional[str] = None,
+    max_examples: Optional[int] = None,
+    delta: Optional[float] = None,
+    train_split: str = TRAIN_SPLIT,
+    eval_split: str = EVAL_SPLIT,
+  ):
     if bool(module_file) == bool(module_path):
       raise ValueError("PrivacyAuditor needs exactly one of module_file or module_path")
     if max_examples is not None and max_examples < 4:
@@ -71,10 +78,20 @@ class PrivacyAuditor(base_component.BaseComponent):
     if delta is not None and not 0 < delta < 1:
       raise ValueError(f"delta must be in (0, 1); got {delta}")
     spec = PrivacyAuditorSpec(
-        examples=examples, model=model, control_model=control_model, schema=schema,
-        transform_graph=transform_graph, hyperparameters=hyperparameters,
-        module_file=module_file, module_path=module_path,
-        custom_config=json_utils.dumps(custom_config or {}), canary_file=canary_file,
-        max_examples=max_examples, delta=delta, train_split=train_split, eval_split=eval_split,
-        privacy_audit=types.Channel(type=artifacts.PrivacyAudit))
+      examples=examples,
+      model=model,
+      control_model=control_model,
+      schema=schema,
+      transform_graph=transform_graph,
+      hyperparameters=hyperparameters,
+      module_file=module_file,
+      module_path=module_path,
+      custom_config=json_utils.dumps(custom_config or {}),
+      canary_file=canary_file,
+      max_examples=max_examples,
+      delta=delta,
+      train_split=train_split,
+      eval_split=eval_split,
+      privacy_audit=types.Channel(type=artifacts.PrivacyAudit),
+    )
     super().__init__(spec=spec)

@@ -51,20 +51,29 @@ class PrivacyEvaluator(base_component.BaseComponent):
   SPEC_CLASS = PrivacyEvaluatorSpec
   EXECUTOR_SPEC = executor_spec.ExecutorClassSpec(executor.Executor)
 
-  def __init__(self, model: types.BaseChannel, privacy_ledger: types.BaseChannel,
-               privacy_policy: PrivacyPolicy,
-               model_blessing: Optional[types.BaseChannel] = None,
-               privacy_audit: Optional[types.BaseChannel] = None,
-               earlier_privacy_ledgers: Optional[types.BaseChannel] = None,
-               poisson_batches: Optional[types.BaseChannel] = None):
+  def __init__(
+    self,
+    model: types.BaseChannel,
+    privacy_ledger: types.BaseChannel,
+    privacy_policy: PrivacyPolicy,
+    model_blessing: Optional[types.BaseChannel] = None,
+    privacy_audit: Optional[types.BaseChannel] = None,
+    earlier_privacy_ledgers: Optional[types.BaseChannel] = None,
+    poisson_batches: Optional[types.BaseChannel] = None,
+  ):
     if not isinstance(privacy_policy, PrivacyPolicy):
-      raise TypeError("privacy_policy must be a dp_tfx.policy.PrivacyPolicy; got "
-                      f"{type(privacy_policy).__name__}")
+      raise TypeError(
+        f"privacy_policy must be a dp_tfx.policy.PrivacyPolicy; got {type(privacy_policy).__name__}"
+      )
     spec = PrivacyEvaluatorSpec(
-        model=model, privacy_ledger=privacy_ledger, model_blessing=model_blessing,
-        privacy_audit=privacy_audit, earlier_privacy_ledgers=earlier_privacy_ledgers,
-        poisson_batches=poisson_batches,
-        privacy_policy=privacy_policy.to_json(),
-        blessing=types.Channel(type=standard_artifacts.ModelBlessing),
-        privacy_report=types.Channel(type=artifacts.PrivacyReport))
+      model=model,
+      privacy_ledger=privacy_ledger,
+      model_blessing=model_blessing,
+      privacy_audit=privacy_audit,
+      earlier_privacy_ledgers=earlier_privacy_ledgers,
+      poisson_batches=poisson_batches,
+      privacy_policy=privacy_policy.to_json(),
+      blessing=types.Channel(type=standard_artifacts.ModelBlessing),
+      privacy_report=types.Channel(type=artifacts.PrivacyReport),
+    )
     super().__init__(spec=spec)

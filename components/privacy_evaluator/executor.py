@@ -33,8 +33,13 @@ from tfx.utils import io_utils, path_utils
 
 from dp_tfx.audit.result import PrivacyAudit
 from dp_tfx.components import artifacts, earlier_runs, specs
-from dp_tfx.ledger import (LEDGER_FILE_NAME, LedgerError, PrivacyLedger, check_chain,
-                           directory_digest)
+from dp_tfx.ledger import (
+  LEDGER_FILE_NAME,
+  LedgerError,
+  PrivacyLedger,
+  check_chain,
+  directory_digest,
+)
 from dp_tfx.poisson_batches import BatchManifest
 from dp_tfx.policy import PrivacyDecision, PrivacyPolicy, decide, verification_key
 from dp_tfx.report import write_report
@@ -47,8 +52,12 @@ REASON_PROPERTY = "reason"
 class Executor(base_executor.BaseExecutor):
   """Decides the blessing from the verified ledger only; never blesses by default."""
 
-  def Do(self, input_dict: Dict[str, List[types.Artifact]],
-         output_dict: Dict[str, List[types.Artifact]], exec_properties: Dict[str, Any]) -> None:
+  def Do(
+    self,
+    input_dict: Dict[str, List[types.Artifact]],
+    output_dict: Dict[str, List[types.Artifact]],
+    exec_properties: Dict[str, Any],
+  ) -> None:
     blessing = artifact_utils.get_single_instance(output_dict[specs.BLESSING_KEY])
     report = artifact_utils.get_single_instance(output_dict[specs.PRIVACY_REPORT_KEY])
     model = artifact_utils.get_single_instance(input_dict[specs.MODEL_KEY])
@@ -61,8 +70,13 @@ class Executor(base_executor.BaseExecutor):
       ledger = self._ledger(input_dict, key, self._pipeline_name())
       self._check_batches(input_dict, ledger, key)
       audit = self._audit(input_dict)
-      decision = decide(policy, ledger, model_digest=self._model_digest(model),
-                        upstream_blessed=self._upstream_blessed(input_dict), audit=audit)
+      decision = decide(
+        policy,
+        ledger,
+        model_digest=self._model_digest(model),
+        upstream_blessed=self._upstream_blessed(input_dict),
+        audit=audit,
+      )
       if ledger.noisy_steps and decision.epsilon is not None and math.isfinite(decision.epsilon):
         curve = ledger.epsilon_curve(decision.delta, policy.accountant)
     except (LedgerError, ValueError, ArithmeticError, RecursionError) as error:
@@ -74,8 +88,9 @@ class Executor(base_executor.BaseExecutor):
       raise
     finally:
       self._write_blessing(blessing, model, decision)
-    write_report(report.uri, decision, policy, ledger, curve, audit,
-                 self._mlmd_cross_check(input_dict))
+    write_report(
+      report.uri, decision, policy, ledger, curve, audit, self._mlmd_cross_check(input_dict)
+    )
     # One verdict line either way, on stdout: absl logs INFO (a blessing) out of sight by default.
     print(f"PrivacyEvaluator: {decision.summary} (report: {report.uri})", flush=True)
 
@@ -96,16 +111,25 @@ class Executor(base_executor.BaseExecutor):
     artifacts.check_origin(artifact, pipeline)
     ledger = PrivacyLedger.load(os.path.join(artifact.uri, LEDGER_FILE_NAME), key)
     if not artifact.has_custom_property(artifacts.LEDGER_HASH_PROPERTY):
-      raise LedgerError("the DPTrainer recorded no content_hash for this ledger artifact in "
-                        "MLMD: its file cannot be checked against what training wrote")
+      raise LedgerError(
+        "the DPTrainer recorded no content_hash for this ledger artifact in "
+        "MLMD: its file cannot be checked against what training wrote"
+      )
     recorded = artifact.get_string_custom_property(artifacts.LEDGER_HASH_PROPERTY)
     if recorded != ledger.content_hash():
-      raise LedgerError("the ledger file's content_hash differs from the one the DPTrainer "
-                        "recorded in MLMD: the file was changed (and re-hashed) after training")
+      raise LedgerError(
+        "the ledger file's content_hash differs from the one the DPTrainer "
+        "recorded in MLMD: the file was changed (and re-hashed) after training"
+      )
     history = ledger.with_history(key)
-    earlier_runs.check_earlier_runs(input_dict.get(specs.EARLIER_PRIVACY_LEDGERS_KEY) or [],
-                                    history.segments, history.history_dir, key, pipeline,
-                                    current=artifact)
+    earlier_runs.check_earlier_runs(
+      input_dict.get(specs.EARLIER_PRIVACY_LEDGERS_KEY) or [],
+      history.segments,
+      history.history_dir,
+      key,
+      pipeline,
+      current=artifact,
+    )
     check_chain(history.segments, history.history_dir)
     return history
 
@@ -114,12 +138,16 @@ class Executor(base_executor.BaseExecutor):
     """What the history was checked against in MLMD, for the report: said also where it could
     not be (no Resolver handed the earlier runs' ledgers over, as on Kubeflow V2)."""
     if specs.EARLIER_PRIVACY_LEDGERS_KEY not in input_dict:
-      return ("not possible here: no earlier runs' PrivacyLedger artifacts reached the "
-              "PrivacyEvaluator (on Kubeflow V2 the pipeline has no Resolver of several "
-              "artifacts), so a segment deleted before any later run saw it would go unseen")
+      return (
+        "not possible here: no earlier runs' PrivacyLedger artifacts reached the "
+        "PrivacyEvaluator (on Kubeflow V2 the pipeline has no Resolver of several "
+        "artifacts), so a segment deleted before any later run saw it would go unseen"
+      )
     earlier = input_dict[specs.EARLIER_PRIVACY_LEDGERS_KEY] or []
-    return (f"the history holds every segment of the {len(earlier)} DPTrainer run(s) of this "
-            "pipeline that MLMD recorded")
+    return (
+      f"the history holds every segment of the {len(earlier)} DPTrainer run(s) of this "
+      "pipeline that MLMD recorded"
+    )
 
   @staticmethod
   def _check_batches(input_dict, ledger: PrivacyLedger, key: Optional[bytes]) -> None:
@@ -155,21 +183,28 @@ class Executor(base_executor.BaseExecutor):
   def _write_blessing(blessing, model, decision: PrivacyDecision) -> None:
     """The standard ModelBlessing Pusher reads, with epsilon, delta and reasons alongside."""
     blessed = bool(decision.blessed)
-    name = (evaluator_constants.BLESSED_FILE_NAME if blessed
-            else evaluator_constants.NOT_BLESSED_FILE_NAME)
+    name = (
+      evaluator_constants.BLESSED_FILE_NAME
+      if blessed
+      else evaluator_constants.NOT_BLESSED_FILE_NAME
+    )
     io_utils.write_string_file(os.path.join(blessing.uri, name), "")
     blessing.set_int_custom_property(
-        evaluator_constants.ARTIFACT_PROPERTY_BLESSED_KEY,
-        evaluator_constants.BLESSED_VALUE if blessed else evaluator_constants.NOT_BLESSED_VALUE)
+      evaluator_constants.ARTIFACT_PROPERTY_BLESSED_KEY,
+      evaluator_constants.BLESSED_VALUE if blessed else evaluator_constants.NOT_BLESSED_VALUE,
+    )
     blessing.set_string_custom_property(
-        evaluator_constants.ARTIFACT_PROPERTY_CURRENT_MODEL_URI_KEY, model.uri)
+      evaluator_constants.ARTIFACT_PROPERTY_CURRENT_MODEL_URI_KEY, model.uri
+    )
     blessing.set_int_custom_property(
-        evaluator_constants.ARTIFACT_PROPERTY_CURRENT_MODEL_ID_KEY, model.id)
+      evaluator_constants.ARTIFACT_PROPERTY_CURRENT_MODEL_ID_KEY, model.id
+    )
     if decision.epsilon is not None and math.isfinite(decision.epsilon):
       blessing.set_float_custom_property(EPSILON_PROPERTY, decision.epsilon)
     if decision.delta is not None:
       blessing.set_float_custom_property(DELTA_PROPERTY, decision.delta)
     if decision.empirical_epsilon_lower_bound is not None:
-      blessing.set_float_custom_property(artifacts.LOWER_BOUND_PROPERTY,
-                                         decision.empirical_epsilon_lower_bound)
+      blessing.set_float_custom_property(
+        artifacts.LOWER_BOUND_PROPERTY, decision.empirical_epsilon_lower_bound
+      )
     blessing.set_string_custom_property(REASON_PROPERTY, decision.summary)

@@ -18,7 +18,16 @@ from dp_tfx.audit.membership import epsilon_lower_bound
 from dp_tfx.audit.membership import loss_threshold_attack
 
 __all__ = [
-    "EXACT", "EXTRAPOLATED", "LOSS_THRESHOLD", "AttackCounts", "EpsilonLowerBound", "Exposure",
-    "MembershipAudit", "candidate_secrets", "clopper_pearson", "epsilon_lower_bound", "exposures",
-    "loss_threshold_attack",
+  "EXACT",
+  "EXTRAPOLATED",
+  "LOSS_THRESHOLD",
+  "AttackCounts",
+  "EpsilonLowerBound",
+  "Exposure",
+  "MembershipAudit",
+  "candidate_secrets",
+  "clopper_pearson",
+  "epsilon_lower_bound",
+  "exposures",
+  "loss_threshold_attack",
 ]

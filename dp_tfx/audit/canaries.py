@@ -43,8 +43,9 @@ class CanaryFormat:
     if not isinstance(self.prefix, str):
       raise ValueError(f"CanaryFormat.prefix must be a string; got {self.prefix!r}")
     if not (is_int(self.digits) and 1 <= self.digits <= MAX_DIGITS):
-      raise ValueError(f"CanaryFormat.digits must be an int in [1, {MAX_DIGITS}]; "
-                       f"got {self.digits!r}")
+      raise ValueError(
+        f"CanaryFormat.digits must be an int in [1, {MAX_DIGITS}]; got {self.digits!r}"
+      )
 
   @property
   def space_size(self) -> int:
@@ -57,8 +58,11 @@ class CanaryFormat:
     Raises:
       ValueError: if `secret` is not exactly `digits` decimal digits.
     """
-    if not (isinstance(secret, str) and len(secret) == self.digits
-            and all(c in "0123456789" for c in secret)):
+    if not (
+      isinstance(secret, str)
+      and len(secret) == self.digits
+      and all(c in "0123456789" for c in secret)
+    ):
       raise ValueError(f"a secret must be {self.digits} decimal digits; got {secret!r}")
     return self.prefix + secret
 
@@ -77,8 +81,13 @@ class Canary:
   repetitions: int
 
 
-def make_canaries(fmt: CanaryFormat, repetitions: Sequence[int] = (1, 4, 16),
-                  per_repetition: int = 2, references: int = 10, seed: int = 0) -> list[Canary]:
+def make_canaries(
+  fmt: CanaryFormat,
+  repetitions: Sequence[int] = (1, 4, 16),
+  per_repetition: int = 2,
+  references: int = 10,
+  seed: int = 0,
+) -> list[Canary]:
   """`per_repetition` canaries for each count in `repetitions`, then `references` never inserted.
 
   All secrets are distinct and drawn uniformly from the format's space (seeded), so that no
@@ -95,25 +104,34 @@ def make_canaries(fmt: CanaryFormat, repetitions: Sequence[int] = (1, 4, 16),
     ValueError: for bad counts, or more canaries than the space has secrets.
   """
   if not all(is_int(r) and r >= 1 for r in repetitions):
-    raise ValueError(f"repetitions must be ints >= 1 (references are the ones inserted 0 times); "
-                     f"got {list(repetitions)!r}")
+    raise ValueError(
+      f"repetitions must be ints >= 1 (references are the ones inserted 0 times); "
+      f"got {list(repetitions)!r}"
+    )
   for name, value in (("per_repetition", per_repetition), ("references", references)):
     if not (is_int(value) and value >= 0):
       raise ValueError(f"{name} must be an int >= 0; got {value!r}")
   counts = [r for r in repetitions for _ in range(per_repetition)] + [0] * references
   if len(counts) > fmt.space_size:
-    raise ValueError(f"{len(counts)} distinct canaries do not fit in a space of "
-                     f"{fmt.space_size} secrets; use more digits")
+    raise ValueError(
+      f"{len(counts)} distinct canaries do not fit in a space of "
+      f"{fmt.space_size} secrets; use more digits"
+    )
   numbers = np.random.default_rng(seed).choice(fmt.space_size, size=len(counts), replace=False)
-  return [Canary(secret=f"{int(number):0{fmt.digits}d}", repetitions=count)
-          for number, count in zip(numbers, counts)]
+  return [
+    Canary(secret=f"{int(number):0{fmt.digits}d}", repetitions=count)
+    for number, count in zip(numbers, counts)
+  ]
 
 
-def save_canaries(path: os.PathLike | str, fmt: CanaryFormat,
-                  canaries: Sequence[Canary]) -> str:
+def save_canaries(path: os.PathLike | str, fmt: CanaryFormat, canaries: Sequence[Canary]) -> str:
   """Writes the format and the canaries as JSON (validated first, so a saved file always loads)."""
-  body = {"format_version": FORMAT_VERSION, "prefix": fmt.prefix, "digits": fmt.digits,
-          "canaries": [dataclasses.asdict(canary) for canary in canaries]}
+  body = {
+    "format_version": FORMAT_VERSION,
+    "prefix": fmt.prefix,
+    "digits": fmt.digits,
+    "canaries": [dataclasses.asdict(canary) for canary in canaries],
+  }
   _parse(body, path)
   return files.write_text(path, json.dumps(body, indent=1) + "\n")
 
@@ -139,8 +157,10 @@ def _parse(body: Any, path) -> tuple[CanaryFormat, list[Canary]]:
       raise ValueError(f"canaries file {path}: {message}")
 
   check(isinstance(body, dict), "the top level must be a JSON object")
-  check(body.get("format_version") == FORMAT_VERSION,
-        f"format_version must be {FORMAT_VERSION}; got {body.get('format_version')!r}")
+  check(
+    body.get("format_version") == FORMAT_VERSION,
+    f"format_version must be {FORMAT_VERSION}; got {body.get('format_version')!r}",
+  )
   try:
     fmt = CanaryFormat(prefix=body.get("prefix"), digits=body.get("digits"))
   except ValueError as error:
@@ -149,14 +169,18 @@ def _parse(body: Any, path) -> tuple[CanaryFormat, list[Canary]]:
   check(isinstance(entries, list), "'canaries' must be a list")
   canaries = []
   for index, entry in enumerate(entries):
-    check(isinstance(entry, dict) and set(entry) == {"secret", "repetitions"},
-          f"canary {index} must be an object with 'secret' and 'repetitions'; got {entry!r}")
+    check(
+      isinstance(entry, dict) and set(entry) == {"secret", "repetitions"},
+      f"canary {index} must be an object with 'secret' and 'repetitions'; got {entry!r}",
+    )
     try:
       fmt.text(entry["secret"])
     except ValueError as error:
       raise ValueError(f"canaries file {path}: canary {index}: {error}") from None
-    check(is_int(entry["repetitions"]) and entry["repetitions"] >= 0,
-          f"canary {index}: repetitions must be an int >= 0; got {entry['repetitions']!r}")
+    check(
+      is_int(entry["repetitions"]) and entry["repetitions"] >= 0,
+      f"canary {index}: repetitions must be an int >= 0; got {entry['repetitions']!r}",
+    )
     canaries.append(Canary(secret=entry["secret"], repetitions=entry["repetitions"]))
   secrets = [canary.secret for canary in canaries]
   check(len(set(secrets)) == len(secrets), "the secrets must be distinct")

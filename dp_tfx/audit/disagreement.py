@@ -40,8 +40,9 @@ class Disagreement:
       raise ValueError(f"Disagreement.record must be an int >= 0; got {self.record!r}")
     for name in ("model_loss", "control_loss"):
       if not is_finite_number(getattr(self, name)):
-        raise ValueError(f"Disagreement.{name} must be a finite number; got "
-                         f"{getattr(self, name)!r}")
+        raise ValueError(
+          f"Disagreement.{name} must be a finite number; got {getattr(self, name)!r}"
+        )
     if self.text is not None and not isinstance(self.text, str):
       raise ValueError(f"Disagreement.text must be a string or None; got {self.text!r}")
 
@@ -60,9 +61,13 @@ class Disagreement:
     return cls(**values)
 
 
-def most_disagreeing(records: Sequence[int], model_losses, control_losses,
-                     texts: Optional[Sequence[str]] = None,
-                     count: int = DEFAULT_COUNT) -> List[Disagreement]:
+def most_disagreeing(
+  records: Sequence[int],
+  model_losses,
+  control_losses,
+  texts: Optional[Sequence[str]] = None,
+  count: int = DEFAULT_COUNT,
+) -> List[Disagreement]:
   """The `count` examples with the largest model_loss - control_loss, largest first.
 
   Ties keep the order of `records`, so the list is the same on every run of the same audit;
@@ -71,12 +76,20 @@ def most_disagreeing(records: Sequence[int], model_losses, control_losses,
   model_losses = np.asarray(model_losses, np.float64)
   control_losses = np.asarray(control_losses, np.float64)
   if not len(records) == len(model_losses) == len(control_losses):
-    raise ValueError(f"one loss per record from each model: {len(records)} records, "
-                     f"{len(model_losses)} and {len(control_losses)} losses")
+    raise ValueError(
+      f"one loss per record from each model: {len(records)} records, "
+      f"{len(model_losses)} and {len(control_losses)} losses"
+    )
   gaps = model_losses - control_losses
   # An example either model scores as impossible (an infinite or NaN loss) has no gap to rank.
   ranked = np.flatnonzero(np.isfinite(gaps))
   order = ranked[np.argsort(-gaps[ranked], kind="stable")][:count]
-  return [Disagreement(record=int(records[i]), model_loss=float(model_losses[i]),
-                       control_loss=float(control_losses[i]),
-                       text=None if texts is None else texts[i]) for i in order]
+  return [
+    Disagreement(
+      record=int(records[i]),
+      model_loss=float(model_losses[i]),
+      control_loss=float(control_losses[i]),
+      text=None if texts is None else texts[i],
+    )
+    for i in order
+  ]

@@ -62,16 +62,19 @@ class Exposure:
       raise ValueError(f"Exposure.secret must be decimal digits; got {self.secret!r}")
     maximum = len(self.secret) * math.log2(10)
     if not (is_finite_number(self.exposure) and 0 <= self.exposure <= maximum + 1e-9):
-      raise ValueError(f"Exposure.exposure must be a number in [0, {maximum:.4g}] bits; "
-                       f"got {self.exposure!r}")
+      raise ValueError(
+        f"Exposure.exposure must be a number in [0, {maximum:.4g}] bits; got {self.exposure!r}"
+      )
     if self.method not in (EXACT, EXTRAPOLATED):
-      raise ValueError(f"Exposure.method must be {EXACT!r} or {EXTRAPOLATED!r}; got "
-                       f"{self.method!r}")
+      raise ValueError(
+        f"Exposure.method must be {EXACT!r} or {EXTRAPOLATED!r}; got {self.method!r}"
+      )
     if self.rank is not None and not (is_finite_number(self.rank) and self.rank >= 1):
       raise ValueError(f"Exposure.rank must be None or a number >= 1; got {self.rank!r}")
     if not (is_int(self.candidates_scored) and self.candidates_scored >= 1):
-      raise ValueError(f"Exposure.candidates_scored must be an int >= 1; "
-                       f"got {self.candidates_scored!r}")
+      raise ValueError(
+        f"Exposure.candidates_scored must be an int >= 1; got {self.candidates_scored!r}"
+      )
 
   def to_dict(self) -> dict:
     return dataclasses.asdict(self)
@@ -104,16 +107,22 @@ def candidate_secrets(digits: int, start: int, stop: int) -> list[str]:
   return [f"{number:0{digits}d}" for number in range(start, stop)]
 
 
-def _score(score_fn: ScoreFn, texts_between: Callable[[int, int], list], total: int,
-           batch_size: int, progress: Optional[Progress]) -> np.ndarray:
+def _score(
+  score_fn: ScoreFn,
+  texts_between: Callable[[int, int], list],
+  total: int,
+  batch_size: int,
+  progress: Optional[Progress],
+) -> np.ndarray:
   """Scores `total` texts, built a batch at a time, and checks what the model returned."""
   scores = np.empty(total)
   for start in range(0, total, batch_size):
     stop = min(start + batch_size, total)
     batch = np.asarray(score_fn(texts_between(start, stop)), dtype=float)
     if batch.shape != (stop - start,) or not np.all(np.isfinite(batch)):
-      raise ValueError(f"score_fn must return {stop - start} finite log-perplexities; "
-                       f"got shape {batch.shape}")
+      raise ValueError(
+        f"score_fn must return {stop - start} finite log-perplexities; got shape {batch.shape}"
+      )
     scores[start:stop] = batch
     if progress is not None:
       progress(stop, total)
@@ -122,9 +131,13 @@ def _score(score_fn: ScoreFn, texts_between: Callable[[int, int], list], total: 
 
 def _exact(score_fn, prefix, digits, secrets, batch_size, progress) -> list[Exposure]:
   space = 10**digits
-  scores = _score(score_fn,
-                  lambda start, stop: [prefix + c for c in candidate_secrets(digits, start, stop)],
-                  space, batch_size, progress)
+  scores = _score(
+    score_fn,
+    lambda start, stop: [prefix + c for c in candidate_secrets(digits, start, stop)],
+    space,
+    batch_size,
+    progress,
+  )
   ordered = np.sort(scores)
   secret_scores = scores[[int(secret) for secret in secrets]]
   below = np.searchsorted(ordered, secret_scores, side="left")
@@ -133,13 +146,21 @@ def _exact(score_fn, prefix, digits, secrets, batch_size, progress) -> list[Expo
   # must not be credited with rank 1.
   ranks = 1 + below + tied_others / 2
   bits = math.log2(space) - np.log2(ranks)
-  return [Exposure(secret=secret, exposure=float(exposure), method=EXACT, rank=float(rank),
-                   candidates_scored=space)
-          for secret, exposure, rank in zip(secrets, bits, ranks)]
+  return [
+    Exposure(
+      secret=secret,
+      exposure=float(exposure),
+      method=EXACT,
+      rank=float(rank),
+      candidates_scored=space,
+    )
+    for secret, exposure, rank in zip(secrets, bits, ranks)
+  ]
 
 
-def _extrapolated(score_fn, prefix, digits, secrets, samples, batch_size, seed,
-                  progress) -> list[Exposure]:
+def _extrapolated(
+  score_fn, prefix, digits, secrets, samples, batch_size, seed, progress
+) -> list[Exposure]:
   # Digit by digit, so that any number of digits works without integers past 64 bits.
   rng = np.random.default_rng(seed)
   sampled = ["".join(row) for row in rng.integers(0, 10, size=(samples, digits)).astype(str)]
@@ -148,14 +169,30 @@ def _extrapolated(score_fn, prefix, digits, secrets, samples, batch_size, seed,
   shape, loc, scale = stats.skewnorm.fit(scores[:samples])
   bits = -stats.skewnorm.logcdf(scores[samples:], shape, loc, scale) / math.log(2)
   bits = np.clip(bits, 0.0, digits * math.log2(10))
-  return [Exposure(secret=secret, exposure=float(exposure), method=EXTRAPOLATED, rank=None,
-                   candidates_scored=samples)
-          for secret, exposure in zip(secrets, bits)]
+  return [
+    Exposure(
+      secret=secret,
+      exposure=float(exposure),
+      method=EXTRAPOLATED,
+      rank=None,
+      candidates_scored=samples,
+    )
+    for secret, exposure in zip(secrets, bits)
+  ]
 
 
-def exposures(score_fn: ScoreFn, prefix: str, digits: int, secrets: Sequence[str], *,
-              exact_limit: int = 100_000, samples: int = 5_000, batch_size: int = 4096,
-              seed: int = 0, progress: Optional[Progress] = None) -> list[Exposure]:
+def exposures(
+  score_fn: ScoreFn,
+  prefix: str,
+  digits: int,
+  secrets: Sequence[str],
+  *,
+  exact_limit: int = 100_000,
+  samples: int = 5_000,
+  batch_size: int = 4096,
+  seed: int = 0,
+  progress: Optional[Progress] = None,
+) -> list[Exposure]:
   """The exposure of each secret, all ranked against one scoring of the candidates.
 
   Args:
@@ -187,14 +224,16 @@ def exposures(score_fn: ScoreFn, prefix: str, digits: int, secrets: Sequence[str
   if not secrets:
     raise ValueError("no secrets to measure")
   for secret in secrets:
-    if not (isinstance(secret, str) and len(secret) == digits
-            and all(c in "0123456789" for c in secret)):
+    if not (
+      isinstance(secret, str) and len(secret) == digits and all(c in "0123456789" for c in secret)
+    ):
       raise ValueError(f"a secret must be {digits} decimal digits; got {secret!r}")
   if not (is_int(exact_limit) and exact_limit >= 0):
     raise ValueError(f"exact_limit must be an int >= 0; got {exact_limit!r}")
   if not (is_int(samples) and samples >= 3):
-    raise ValueError(f"samples must be an int >= 3 (a skew-normal has 3 parameters); "
-                     f"got {samples!r}")
+    raise ValueError(
+      f"samples must be an int >= 3 (a skew-normal has 3 parameters); got {samples!r}"
+    )
   if not (is_int(batch_size) and batch_size >= 1):
     raise ValueError(f"batch_size must be an int >= 1; got {batch_size!r}")
   if not is_int(seed):

@@ -86,12 +86,14 @@ class AttackCounts:
   def __post_init__(self):
     for field in dataclasses.fields(self):
       if not is_int(getattr(self, field.name)):
-        raise ValueError(f"AttackCounts.{field.name} must be an int; "
-                         f"got {getattr(self, field.name)!r}")
+        raise ValueError(
+          f"AttackCounts.{field.name} must be an int; got {getattr(self, field.name)!r}"
+        )
     if self.positives <= 0 or self.negatives <= 0:
       raise ValueError(f"an attack needs members and non-members; got {self}")
-    if not (0 <= self.true_positives <= self.positives
-            and 0 <= self.false_positives <= self.negatives):
+    if not (
+      0 <= self.true_positives <= self.positives and 0 <= self.false_positives <= self.negatives
+    ):
       raise ValueError(f"attack counts out of range: {self}")
 
   def to_dict(self) -> dict:
@@ -126,8 +128,11 @@ class EpsilonLowerBound:
   fpr_interval: tuple[float, float]
 
   def to_dict(self) -> dict:
-    return {**dataclasses.asdict(self), "tpr_interval": list(self.tpr_interval),
-            "fpr_interval": list(self.fpr_interval)}
+    return {
+      **dataclasses.asdict(self),
+      "tpr_interval": list(self.tpr_interval),
+      "fpr_interval": list(self.fpr_interval),
+    }
 
 
 def _clopper_pearson_limits(successes, trials, confidence: float) -> tuple[np.ndarray, np.ndarray]:
@@ -136,8 +141,9 @@ def _clopper_pearson_limits(successes, trials, confidence: float) -> tuple[np.nd
   trials = np.asarray(trials, dtype=float)
   tail = (1 - confidence) / 2
   lower = np.where(successes == 0, 0.0, stats.beta.ppf(tail, successes, trials - successes + 1))
-  upper = np.where(successes == trials, 1.0,
-                   stats.beta.ppf(1 - tail, successes + 1, trials - successes))
+  upper = np.where(
+    successes == trials, 1.0, stats.beta.ppf(1 - tail, successes + 1, trials - successes)
+  )
   return lower, upper
 
 
@@ -159,8 +165,9 @@ def clopper_pearson(successes: int, trials: int, confidence: float = 0.95) -> tu
     ValueError: for counts out of range or a confidence outside (0, 1).
   """
   if not (is_int(successes) and is_int(trials) and 0 <= successes <= trials and trials > 0):
-    raise ValueError(f"need integers 0 <= successes <= trials, trials > 0; "
-                     f"got {successes!r} of {trials!r}")
+    raise ValueError(
+      f"need integers 0 <= successes <= trials, trials > 0; got {successes!r} of {trials!r}"
+    )
   _check_confidence(confidence)
   lower, upper = _clopper_pearson_limits(successes, trials, confidence)
   return float(lower), float(upper)
@@ -182,8 +189,9 @@ def _epsilon(tpr_lower, fpr_upper, delta: float) -> np.ndarray:
   return np.maximum(0.0, np.maximum(forward, backward))
 
 
-def epsilon_lower_bound(counts: AttackCounts, delta: float,
-                        confidence: float = 0.95) -> EpsilonLowerBound:
+def epsilon_lower_bound(
+  counts: AttackCounts, delta: float, confidence: float = 0.95
+) -> EpsilonLowerBound:
   """The epsilon that an attack's counts prove at `delta`, with probability >= `confidence`.
 
   Args:
@@ -201,11 +209,14 @@ def epsilon_lower_bound(counts: AttackCounts, delta: float,
   tpr_interval = clopper_pearson(counts.true_positives, counts.positives, confidence)
   fpr_interval = clopper_pearson(counts.false_positives, counts.negatives, confidence)
   return EpsilonLowerBound(
-      epsilon=float(_epsilon(tpr_interval[0], fpr_interval[1], delta)),
-      delta=float(delta), confidence=float(confidence),
-      tpr=counts.true_positives / counts.positives,
-      fpr=counts.false_positives / counts.negatives,
-      tpr_interval=tpr_interval, fpr_interval=fpr_interval)
+    epsilon=float(_epsilon(tpr_interval[0], fpr_interval[1], delta)),
+    delta=float(delta),
+    confidence=float(confidence),
+    tpr=counts.true_positives / counts.positives,
+    fpr=counts.false_positives / counts.negatives,
+    tpr_interval=tpr_interval,
+    fpr_interval=fpr_interval,
+  )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -238,15 +249,22 @@ class MembershipAudit:
     return epsilon_lower_bound(self.counts, delta, confidence)
 
   def to_dict(self) -> dict:
-    return {"attack": self.attack, "threshold": self.threshold,
-            "counts": self.counts.to_dict(), "selection_counts": self.selection_counts.to_dict()}
+    return {
+      "attack": self.attack,
+      "threshold": self.threshold,
+      "counts": self.counts.to_dict(),
+      "selection_counts": self.selection_counts.to_dict(),
+    }
 
   @classmethod
   def from_dict(cls, values: Mapping[str, Any]) -> MembershipAudit:
     fields = _fields_of(cls, values)
-    return cls(attack=fields["attack"], threshold=fields["threshold"],
-               counts=AttackCounts.from_dict(fields["counts"]),
-               selection_counts=AttackCounts.from_dict(fields["selection_counts"]))
+    return cls(
+      attack=fields["attack"],
+      threshold=fields["threshold"],
+      counts=AttackCounts.from_dict(fields["counts"]),
+      selection_counts=AttackCounts.from_dict(fields["selection_counts"]),
+    )
 
 
 def _losses(name: str, losses: Sequence[float]) -> np.ndarray:
@@ -255,8 +273,9 @@ def _losses(name: str, losses: Sequence[float]) -> np.ndarray:
   except (TypeError, ValueError):
     raise ValueError(f"{name} must be numbers") from None
   if values.ndim != 1 or values.size < 2:
-    raise ValueError(f"{name} must be a flat sequence of at least 2 losses; "
-                     f"got shape {values.shape}")
+    raise ValueError(
+      f"{name} must be a flat sequence of at least 2 losses; got shape {values.shape}"
+    )
   if not np.all(np.isfinite(values)):
     raise ValueError(f"{name} contains NaN or infinite losses")
   return values
@@ -265,7 +284,7 @@ def _losses(name: str, losses: Sequence[float]) -> np.ndarray:
 def _halves(losses: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
   """A random split into a selection half (the smaller, if odd) and a held-out half."""
   order = rng.permutation(losses.size)
-  return losses[order[:losses.size // 2]], losses[order[losses.size // 2:]]
+  return losses[order[: losses.size // 2]], losses[order[losses.size // 2 :]]
 
 
 def _called_members(losses: np.ndarray, thresholds: np.ndarray) -> np.ndarray:
@@ -275,14 +294,20 @@ def _called_members(losses: np.ndarray, thresholds: np.ndarray) -> np.ndarray:
 
 def _counts_at(threshold: float, members: np.ndarray, non_members: np.ndarray) -> AttackCounts:
   return AttackCounts(
-      true_positives=int(_called_members(members, np.array([threshold]))[0]),
-      positives=int(members.size),
-      false_positives=int(_called_members(non_members, np.array([threshold]))[0]),
-      negatives=int(non_members.size))
+    true_positives=int(_called_members(members, np.array([threshold]))[0]),
+    positives=int(members.size),
+    false_positives=int(_called_members(non_members, np.array([threshold]))[0]),
+    negatives=int(non_members.size),
+  )
 
 
-def loss_threshold_attack(member_losses: Sequence[float], non_member_losses: Sequence[float],
-                          delta: float, confidence: float = 0.95, seed: int = 0) -> MembershipAudit:
+def loss_threshold_attack(
+  member_losses: Sequence[float],
+  non_member_losses: Sequence[float],
+  delta: float,
+  confidence: float = 0.95,
+  seed: int = 0,
+) -> MembershipAudit:
   """Calls an example a member when the model's loss on it is at most a threshold.
 
   Training lowers the loss of the examples it saw, more so the less private it is (Yeom et al.
@@ -322,6 +347,8 @@ def loss_threshold_attack(member_losses: Sequence[float], non_member_losses: Seq
   # upwards (the maximum of noisy estimates) and would overstate epsilon; only counts on examples
   # that played no part in the choice give a valid confidence statement.
   return MembershipAudit(
-      attack=LOSS_THRESHOLD, threshold=threshold,
-      counts=_counts_at(threshold, held_out_members, held_out_non_members),
-      selection_counts=_counts_at(threshold, selection_members, selection_non_members))
+    attack=LOSS_THRESHOLD,
+    threshold=threshold,
+    counts=_counts_at(threshold, held_out_members, held_out_non_members),
+    selection_counts=_counts_at(threshold, selection_members, selection_non_members),
+  )

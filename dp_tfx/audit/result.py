@@ -74,19 +74,23 @@ class ModelAudit:
     return max(inserted) if inserted else None
 
   def to_dict(self) -> dict:
-    return {"membership": self.membership.to_dict(),
-            "canaries": [canary.to_dict() for canary in self.canaries],
-            "canary_exposure": {str(r): e for r, e in self.exposure_by_repetitions().items()},
-            "held_out_metrics": dict(self.held_out_metrics)}
+    return {
+      "membership": self.membership.to_dict(),
+      "canaries": [canary.to_dict() for canary in self.canaries],
+      "canary_exposure": {str(r): e for r, e in self.exposure_by_repetitions().items()},
+      "held_out_metrics": dict(self.held_out_metrics),
+    }
 
   @classmethod
   def from_dict(cls, values: dict) -> "ModelAudit":
     metrics = values.get("held_out_metrics", {})
     if not all(isinstance(k, str) and is_finite_number(v) for k, v in metrics.items()):
       raise ValueError(f"held_out_metrics must map names to finite numbers; got {metrics!r}")
-    return cls(membership=MembershipAudit.from_dict(values["membership"]),
-               canaries=[CanaryResult.from_dict(c) for c in values.get("canaries", [])],
-               held_out_metrics=dict(metrics))
+    return cls(
+      membership=MembershipAudit.from_dict(values["membership"]),
+      canaries=[CanaryResult.from_dict(c) for c in values.get("canaries", [])],
+      held_out_metrics=dict(metrics),
+    )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -127,31 +131,40 @@ class PrivacyAudit:
   def empirical_epsilon_lower_bound(self, delta: Optional[float] = None) -> float:
     """The DP model's empirical epsilon lower bound at `delta` (default: the audit's)."""
     return self.model.membership.lower_bound(
-        self.delta if delta is None else delta, self.confidence).epsilon
+      self.delta if delta is None else delta, self.confidence
+    ).epsilon
 
   def to_dict(self) -> dict:
-    return {"format_version": FORMAT_VERSION, "model_digest": self.model_digest,
-            "delta": self.delta, "confidence": self.confidence,
-            "model": self.model.to_dict(),
-            "control": self.control.to_dict() if self.control else None,
-            "canary_format": self.canary_format,
-            "disagreements": [d.to_dict() for d in self.disagreements]}
+    return {
+      "format_version": FORMAT_VERSION,
+      "model_digest": self.model_digest,
+      "delta": self.delta,
+      "confidence": self.confidence,
+      "model": self.model.to_dict(),
+      "control": self.control.to_dict() if self.control else None,
+      "canary_format": self.canary_format,
+      "disagreements": [d.to_dict() for d in self.disagreements],
+    }
 
   @classmethod
   def from_dict(cls, values: dict) -> "PrivacyAudit":
     if values.get("format_version") != FORMAT_VERSION:
       raise ValueError(f"unsupported audit format {values.get('format_version')!r}")
-    return cls(model_digest=values["model_digest"], delta=values["delta"],
-               confidence=values["confidence"],
-               model=ModelAudit.from_dict(values["model"]),
-               control=ModelAudit.from_dict(values["control"]) if values.get("control") else None,
-               canary_format=values.get("canary_format"),
-               disagreements=[Disagreement.from_dict(d)
-                              for d in values.get("disagreements", [])])
+    return cls(
+      model_digest=values["model_digest"],
+      delta=values["delta"],
+      confidence=values["confidence"],
+      model=ModelAudit.from_dict(values["model"]),
+      control=ModelAudit.from_dict(values["control"]) if values.get("control") else None,
+      canary_format=values.get("canary_format"),
+      disagreements=[Disagreement.from_dict(d) for d in values.get("disagreements", [])],
+    )
 
   def save(self, directory) -> str:
-    return files.write_text(os.path.join(os.fspath(directory), AUDIT_FILE),
-                            json.dumps(self.to_dict(), indent=2, sort_keys=True))
+    return files.write_text(
+      os.path.join(os.fspath(directory), AUDIT_FILE),
+      json.dumps(self.to_dict(), indent=2, sort_keys=True),
+    )
 
   @classmethod
   def load(cls, directory) -> "PrivacyAudit":

@@ -23,15 +23,36 @@ The package: `base` (the tap and the registry: `register_tap`), one module per l
 """
 
 # The built-in taps register themselves for their layer classes on import.
-from dp_tfx.clipping import (einsum_dense, embedding, layer_normalization, linear,  # noqa: F401
-                             recurrent)
-from dp_tfx.clipping.aggregation import (clip_factors, clipped_microbatch_sum, clipped_sum_and_kept,
-                                         microbatch_sums, per_example_clipped_sum)
+from dp_tfx.clipping import (  # noqa: F401
+  einsum_dense,
+  embedding,
+  layer_normalization,
+  linear,
+  recurrent,
+)
+from dp_tfx.clipping.aggregation import (
+  clip_factors,
+  clipped_microbatch_sum,
+  clipped_sum_and_kept,
+  microbatch_sums,
+  per_example_clipped_sum,
+)
 from dp_tfx.clipping.base import LayerTap, TapOptions, register_tap
 from dp_tfx.clipping.gradients import GradientTaps, LossFn, PerExampleGradients, zero_rows
 from dp_tfx.clipping.reference import reference_clipped_sum
 
-__all__ = ["GradientTaps", "LayerTap", "LossFn", "PerExampleGradients", "TapOptions",
-           "clip_factors", "clipped_microbatch_sum", "clipped_sum_and_kept", "microbatch_sums",
-           "per_example_clipped_sum",
-           "reference_clipped_sum", "register_tap", "zero_rows"]
+__all__ = [
+  "GradientTaps",
+  "LayerTap",
+  "LossFn",
+  "PerExampleGradients",
+  "TapOptions",
+  "clip_factors",
+  "clipped_microbatch_sum",
+  "clipped_sum_and_kept",
+  "microbatch_sums",
+  "per_example_clipped_sum",
+  "reference_clipped_sum",
+  "register_tap",
+  "zero_rows",
+]

@@ -140,15 +140,19 @@ def sum_per_example(prepared, fn) -> list:
 
 
 def squared_norms_of(per_example: list) -> tf.Tensor:
-  return tf.add_n([tf.reduce_sum(tf.reshape(tf.square(p), [tf.shape(p)[0], -1]), axis=1)
-                   for p in per_example])
+  return tf.add_n(
+    [tf.reduce_sum(tf.reshape(tf.square(p), [tf.shape(p)[0], -1]), axis=1) for p in per_example]
+  )
 
 
 def bias_reduction(output_rank: int, bias_shape, output_shape):
   """Axes of a [B, ...] output gradient to sum (keepdims) so it takes the broadcast bias's shape."""
   leading = output_rank - 1 - len(bias_shape)
-  aligned = [a for a, (b, o) in enumerate(zip(bias_shape, output_shape[1 + leading:]),
-                                         start=1 + leading) if b == 1 and o != 1]
+  aligned = [
+    a
+    for a, (b, o) in enumerate(zip(bias_shape, output_shape[1 + leading :]), start=1 + leading)
+    if b == 1 and o != 1
+  ]
   return list(range(1, 1 + leading)), aligned
 
 

@@ -5,8 +5,13 @@ from __future__ import annotations
 import keras
 import tensorflow as tf
 
-from dp_tfx.clipping.base import (LayerTap, bias_reduction, register_tap, squared_norms_of,
-                                  sum_per_example)
+from dp_tfx.clipping.base import (
+  LayerTap,
+  bias_reduction,
+  register_tap,
+  squared_norms_of,
+  sum_per_example,
+)
 
 
 class EinsumDenseTap(LayerTap):
@@ -32,9 +37,12 @@ class EinsumDenseTap(LayerTap):
     inputs, outputs = equation.split("->")
     input_spec, kernel_spec = inputs.split(",")
     batch = input_spec[0]
-    return (outputs[:1] == batch and batch not in kernel_spec
-            and len(set(kernel_spec)) == len(kernel_spec)
-            and set(kernel_spec) <= set(input_spec + outputs))
+    return (
+      outputs[:1] == batch
+      and batch not in kernel_spec
+      and len(set(kernel_spec)) == len(kernel_spec)
+      and set(kernel_spec) <= set(input_spec + outputs)
+    )
 
   def kernel(self):
     return self.layer.kernel
@@ -44,7 +52,8 @@ class EinsumDenseTap(LayerTap):
 
   def forward(self, inputs, *args, **kwargs):
     return self._record_and_activate(
-        inputs, keras.ops.einsum(self.layer.equation, inputs, self.layer.kernel), self.layer.bias)
+      inputs, keras.ops.einsum(self.layer.equation, inputs, self.layer.kernel), self.layer.bias
+    )
 
   def prepare(self, output_grads):
     return [(record[0], g) for record, g in zip(self.records, output_grads)]
@@ -61,9 +70,10 @@ class EinsumDenseTap(LayerTap):
   def per_example(self, prepared):
     def parts(inputs, grads):
       kernel = tf.einsum(
-          f"{self._input_spec},{self._output_spec}->{self._batch}{self._kernel_spec}",
-          inputs, grads)
+        f"{self._input_spec},{self._output_spec}->{self._batch}{self._kernel_spec}", inputs, grads
+      )
       return [kernel] + ([self._bias_part(grads, True)] if self.layer.bias is not None else [])
+
     return sum_per_example(prepared, parts)
 
   def squared_norms(self, prepared):
@@ -72,9 +82,11 @@ class EinsumDenseTap(LayerTap):
   def weighted_sum(self, prepared, weights):
     def parts(inputs, grads):
       weighted = grads * tf.reshape(weights, [-1] + [1] * (grads.shape.rank - 1))
-      kernel = tf.einsum(f"{self._input_spec},{self._output_spec}->{self._kernel_spec}", inputs,
-                         weighted)
+      kernel = tf.einsum(
+        f"{self._input_spec},{self._output_spec}->{self._kernel_spec}", inputs, weighted
+      )
       return [kernel] + ([self._bias_part(weighted, False)] if self.layer.bias is not None else [])
+
     return sum_per_example(prepared, parts)
 
 

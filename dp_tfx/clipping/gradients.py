@@ -41,13 +41,24 @@ class PerExampleGradients:
     predictions: the model's outputs for the batch.
   """
 
-  def __init__(self, taps, tap_grads, fallback_jacobians, variables, losses, predictions,
-               records=None, separate_fallback: Optional[Callable[[], list]] = None):
+  def __init__(
+    self,
+    taps,
+    tap_grads,
+    fallback_jacobians,
+    variables,
+    losses,
+    predictions,
+    records=None,
+    separate_fallback: Optional[Callable[[], list]] = None,
+  ):
     self._taps = taps
     self._tap_grads = tap_grads
     self._records = [tap.records for tap in taps] if records is None else records
-    self._prepared = [self._prepare(tap, tap_records, grads)
-                      for tap, tap_records, grads in zip(taps, self._records, tap_grads)]
+    self._prepared = [
+      self._prepare(tap, tap_records, grads)
+      for tap, tap_records, grads in zip(taps, self._records, tap_grads)
+    ]
     self._fallback = fallback_jacobians
     self._separate_fallback = separate_fallback
     self._variables = variables
@@ -78,19 +89,27 @@ class PerExampleGradients:
     squared_norms = self._tap_squared_norms() + squared_row_norms(fallback, self.losses)
     keep = tf.math.is_finite(squared_norms)
     zero = lambda tensor: zero_rows(keep, tensor)
-    records = [[tuple(zero(t) for t in record) for record in tap_records]
-               for tap_records in self._records]
+    records = [
+      [tuple(zero(t) for t in record) for record in tap_records] for tap_records in self._records
+    ]
     zeroed = PerExampleGradients(
-        self._taps, [[zero(g) for g in grads] for grads in self._tap_grads],
-        [zero(j) for j in fallback], self._variables, zero(self.losses),
-        tf.nest.map_structure(zero, self.predictions), records=records)
+      self._taps,
+      [[zero(g) for g in grads] for grads in self._tap_grads],
+      [zero(j) for j in fallback],
+      self._variables,
+      zero(self.losses),
+      tf.nest.map_structure(zero, self.predictions),
+      records=records,
+    )
     return zeroed, squared_norms
 
   def norm_methods(self) -> list:
     """[(layer name, "ghost" or "per_example")]: how each tap computes its norms for this batch
     (the choice depends on the layer's shapes; for tests and profiling)."""
-    return [(tap.layer.name, tap.norm_method(prepared))
-            for tap, prepared in zip(self._taps, self._prepared)]
+    return [
+      (tap.layer.name, tap.norm_method(prepared))
+      for tap, prepared in zip(self._taps, self._prepared)
+    ]
 
   def prepared_tensors(self) -> list:
     """Every tensor the taps prepared from the backward pass (for profiling that stage)."""
@@ -118,8 +137,9 @@ class PerExampleGradients:
 
   def weighted_sum(self, weights: tf.Tensor) -> list:
     """sum_b weights[b] * g_b for every trainable variable (the clipped sum for clip factors)."""
-    tap_parts = [tap.weighted_sum(prepared, weights)
-                 for tap, prepared in zip(self._taps, self._prepared)]
+    tap_parts = [
+      tap.weighted_sum(prepared, weights) for tap, prepared in zip(self._taps, self._prepared)
+    ]
     fallback_parts = [tf.tensordot(weights, j, axes=1) for j in self._fallback]
     return self._assemble(tap_parts, fallback_parts)
 
@@ -146,15 +166,21 @@ class GradientTaps:
     ValueError: for models with layers that mix examples (BatchNormalization).
   """
 
-  def __init__(self, model: keras.Model, static_shapes: bool = False,
-               grouped_convolutions: Optional[bool] = None):
+  def __init__(
+    self,
+    model: keras.Model,
+    static_shapes: bool = False,
+    grouped_convolutions: Optional[bool] = None,
+  ):
     layers = model_checks.checked_layers(model)
     supported = kernels.grouped_filter_gradients_supported()
     if grouped_convolutions and static_shapes:
       raise ValueError("grouped convolutions need a static batch size; static_shapes excludes them")
     if grouped_convolutions and not supported:
-      raise ValueError("this TensorFlow's kernels do not compute grouped-convolution filter "
-                       "gradients (Eigen's CPU kernels, with oneDNN off)")
+      raise ValueError(
+        "this TensorFlow's kernels do not compute grouped-convolution filter "
+        "gradients (Eigen's CPU kernels, with oneDNN off)"
+      )
     if grouped_convolutions is None:
       grouped_convolutions = supported and not static_shapes
     self.model = model
@@ -178,8 +204,9 @@ class GradientTaps:
       for tap in self.taps:
         tap.uninstall()
 
-  def backward(self, x, y, loss_fn: LossFn, mask: tf.Tensor,
-               training: bool = True) -> PerExampleGradients:
+  def backward(
+    self, x, y, loss_fn: LossFn, mask: tf.Tensor, training: bool = True
+  ) -> PerExampleGradients:
     """One forward and one backward pass over a physical batch.
 
     Args:
@@ -196,31 +223,40 @@ class GradientTaps:
       total = tf.reduce_sum(masked)
     outputs = [tap.outputs() for tap in self.taps]
     flat_outputs = [z for group in outputs for z in group]
-    flat_grads = tape.gradient(total, flat_outputs,
-                               unconnected_gradients=tf.UnconnectedGradients.ZERO)
+    flat_grads = tape.gradient(
+      total, flat_outputs, unconnected_gradients=tf.UnconnectedGradients.ZERO
+    )
     tap_grads, start = [], 0
     for group in outputs:
-      tap_grads.append(flat_grads[start:start + len(group)])
+      tap_grads.append(flat_grads[start : start + len(group)])
       start += len(group)
     fallback = []
     if self.fallback_variables:
-      fallback = tape.jacobian(masked, self.fallback_variables,
-                               unconnected_gradients=tf.UnconnectedGradients.ZERO)
+      fallback = tape.jacobian(
+        masked, self.fallback_variables, unconnected_gradients=tf.UnconnectedGradients.ZERO
+      )
       del tape
     return PerExampleGradients(
-        self.taps, tap_grads, fallback, self.variables, losses, predictions,
-        separate_fallback=lambda: self._fallback_one_at_a_time(x, y, loss_fn, mask, training))
+      self.taps,
+      tap_grads,
+      fallback,
+      self.variables,
+      losses,
+      predictions,
+      separate_fallback=lambda: self._fallback_one_at_a_time(x, y, loss_fn, mask, training),
+    )
 
-  def _fallback_one_at_a_time(self, x, y, loss_fn: LossFn, mask: tf.Tensor,
-                              training: bool) -> list:
+  def _fallback_one_at_a_time(self, x, y, loss_fn: LossFn, mask: tf.Tensor, training: bool) -> list:
     """[B, *variable.shape] per-example gradients of the fallback variables, each from the
     example's own forward and backward pass (vectorised over the batch): slower than the
     batch's Jacobian, and no example's NaN reaches another's row."""
+
     def one_example(example):
       x_b, y_b, mask_b = tf.nest.map_structure(lambda t: t[None], example)
       with tf.GradientTape() as tape:
         loss = tf.reduce_sum(loss_fn(y_b, self.model(x_b, training=training)) * mask_b)
-      return tape.gradient(loss, self.fallback_variables,
-                           unconnected_gradients=tf.UnconnectedGradients.ZERO)
+      return tape.gradient(
+        loss, self.fallback_variables, unconnected_gradients=tf.UnconnectedGradients.ZERO
+      )
 
     return tf.vectorized_map(one_example, (x, y, mask))

@@ -5,8 +5,13 @@ from __future__ import annotations
 import keras
 import tensorflow as tf
 
-from dp_tfx.clipping.base import (LayerTap, flatten_positions, register_tap, squared_norms_of,
-                                  sum_per_example)
+from dp_tfx.clipping.base import (
+  LayerTap,
+  flatten_positions,
+  register_tap,
+  squared_norms_of,
+  sum_per_example,
+)
 
 
 class LayerNormalizationTap(LayerTap):
@@ -41,8 +46,10 @@ class LayerNormalizationTap(LayerTap):
 
   def prepare(self, output_grads):
     features = self.records[0][0].shape[-1]
-    return [(flatten_positions(record[0], features), flatten_positions(g, features))
-            for record, g in zip(self.records, output_grads)]
+    return [
+      (flatten_positions(record[0], features), flatten_positions(g, features))
+      for record, g in zip(self.records, output_grads)
+    ]
 
   def _parts(self, normalized, grads, reduce_axes):
     parts = []
@@ -60,7 +67,8 @@ class LayerNormalizationTap(LayerTap):
 
   def weighted_sum(self, prepared, weights):
     return sum_per_example(
-        prepared, lambda n, g: self._parts(n, g * weights[:, None, None], [0, 1]))
+      prepared, lambda n, g: self._parts(n, g * weights[:, None, None], [0, 1])
+    )
 
 
 register_tap(keras.layers.LayerNormalization, LayerNormalizationTap)

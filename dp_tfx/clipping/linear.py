@@ -41,11 +41,14 @@ class OuterProducts(NamedTuple):
     if not self.ghost:
       return tf.reduce_sum(tf.square(self.products), axis=[1, 2])
     if self.a.shape[1] == 1:  # one position: ||a g^T||^2 = ||a||^2 ||g||^2
-      return (tf.reduce_sum(tf.square(self.a), axis=[1, 2]) *
-              tf.reduce_sum(tf.square(self.g), axis=[1, 2]))
+      return tf.reduce_sum(tf.square(self.a), axis=[1, 2]) * tf.reduce_sum(
+        tf.square(self.g), axis=[1, 2]
+      )
     # Ghost norm: ||sum_t a_t g_t^T||^2 = sum_{t,s} (a_t . a_s)(g_t . g_s).
-    return tf.reduce_sum(tf.matmul(self.a, self.a, transpose_b=True) *
-                         tf.matmul(self.g, self.g, transpose_b=True), axis=[1, 2])
+    return tf.reduce_sum(
+      tf.matmul(self.a, self.a, transpose_b=True) * tf.matmul(self.g, self.g, transpose_b=True),
+      axis=[1, 2],
+    )
 
   def weighted_sum(self, weights) -> tf.Tensor:
     """[k, j] sum_b weights[b] * product b."""
@@ -89,8 +92,7 @@ def outer_products(a: tf.Tensor, g: tf.Tensor) -> OuterProducts:
   67 ms); the recurrent kernel alone (k 64) would get products.
   """
   positions, k, j = a.shape[1], a.shape[-1], g.shape[-1]
-  fewer_operations = (positions is None or
-                      positions**2 * (k + j) > positions * k * j / 2 + 2 * k * j)
+  fewer_operations = positions is None or positions**2 * (k + j) > positions * k * j / 2 + 2 * k * j
   less_memory = positions is None or positions * (k + j) > k * j
   if less_memory or (fewer_operations and k * j <= _SMALL_PRODUCT):
     return OuterProducts(a, g, per_example_products(a, g))
@@ -142,18 +144,19 @@ class LinearTap(LayerTap):
 
   def per_example(self, prepared) -> list:
     batch = tf.shape(prepared.g)[0]
-    kernel = tf.reshape(prepared.per_example(),
-                        tf.concat([[batch], self.layer.kernel.shape], axis=0))
+    kernel = tf.reshape(
+      prepared.per_example(), tf.concat([[batch], self.layer.kernel.shape], axis=0)
+    )
     if self.bias() is None:
       return [kernel]
     return [kernel, tf.reduce_sum(prepared.g, axis=1)]
 
 
 class DenseTap(LinearTap):
-
   def forward(self, inputs, *args, **kwargs):
-    return self._record_and_activate(inputs, keras.ops.matmul(inputs, self.layer.kernel),
-                                     self.layer.bias)
+    return self._record_and_activate(
+      inputs, keras.ops.matmul(inputs, self.layer.kernel), self.layer.bias
+    )
 
   def _unfold(self, inputs):
     return flatten_positions(inputs, self.layer.kernel.shape[0])
@@ -168,8 +171,9 @@ class ConvTap(LinearTap):
     self._grouped = grouped and int(np.prod(layer.kernel.shape[:-1])) <= _SMALL_PATCH
 
   def forward(self, inputs, *args, **kwargs):
-    return self._record_and_activate(inputs, self.layer.convolution_op(inputs, self.layer.kernel),
-                                     self.bias())
+    return self._record_and_activate(
+      inputs, self.layer.convolution_op(inputs, self.layer.kernel), self.bias()
+    )
 
   @classmethod
   def for_layer(cls, layer, options):
@@ -184,8 +188,12 @@ class ConvTap(LinearTap):
     # layer: 64x), so build the per-example kernel gradients directly instead; norms and sums
     # reuse them, and no unfolded inputs are needed.
     units = self.layer.kernel.shape[-1]
-    kernel_grads = tf.add_n([self._per_example_kernel_grads(record[0], grad)
-                             for record, grad in zip(self.records, output_grads)])
+    kernel_grads = tf.add_n(
+      [
+        self._per_example_kernel_grads(record[0], grad)
+        for record, grad in zip(self.records, output_grads)
+      ]
+    )
     grads = [flatten_positions(g, units) for g in output_grads]
     g = grads[0] if len(grads) == 1 else tf.concat(grads, axis=1)
     batch = tf.shape(g)[0]
@@ -208,13 +216,18 @@ class ConvTap(LinearTap):
     height, width, channels = inputs.shape[1:]
     out_height, out_width, units = output_grads.shape[1:]
     folded = tf.reshape(tf.transpose(inputs, [1, 2, 0, 3]), [1, height, width, -1])
-    folded_grads = tf.reshape(tf.transpose(output_grads, [1, 2, 0, 3]),
-                              [1, out_height, out_width, -1])
+    folded_grads = tf.reshape(
+      tf.transpose(output_grads, [1, 2, 0, 3]), [1, out_height, out_width, -1]
+    )
     # The filter gradient of a convolution with B groups of `units` output channels.
     filter_grads = tf.raw_ops.Conv2DBackpropFilter(
-        input=folded, filter_sizes=tf.stack([*kernel_shape[:-1], batch * units]),
-        out_backprop=folded_grads, strides=[1, *strides, 1], padding=layer.padding.upper(),
-        dilations=[1, *dilation, 1])
+      input=folded,
+      filter_sizes=tf.stack([*kernel_shape[:-1], batch * units]),
+      out_backprop=folded_grads,
+      strides=[1, *strides, 1],
+      padding=layer.padding.upper(),
+      dilations=[1, *dilation, 1],
+    )
     filter_grads = tf.reshape(filter_grads, [*kernel_shape[:-1], batch, units])
     per_example = tf.transpose(filter_grads, [3, 0, 1, 2, 4])
     return tf.reshape(per_example, tf.concat([[batch], layer.kernel.shape], axis=0))
@@ -226,8 +239,12 @@ class ConvTap(LinearTap):
       inputs = inputs[:, None]
       kernel_size, strides, dilation = (1, *kernel_size), (1, *strides), (1, *dilation)
     patches = tf.image.extract_patches(
-        inputs, sizes=[1, *kernel_size, 1], strides=[1, *strides, 1], rates=[1, *dilation, 1],
-        padding=layer.padding.upper())
+      inputs,
+      sizes=[1, *kernel_size, 1],
+      strides=[1, *strides, 1],
+      rates=[1, *dilation, 1],
+      padding=layer.padding.upper(),
+    )
     return flatten_positions(patches, int(np.prod(layer.kernel.shape[:-1])))
 
 

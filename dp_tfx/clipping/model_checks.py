@@ -15,10 +15,15 @@ def checked_layers(model: keras.Model) -> list:
   if not model.built:
     raise ValueError("build the model (call it on a batch) before making it private")
   layers = list(model._flatten_layers(include_self=False, recursive=True))  # pylint: disable=protected-access
-  mixing = [layer.name for layer in layers if isinstance(
-      layer, keras.layers.BatchNormalization) and layer.trainable]
+  mixing = [
+    layer.name
+    for layer in layers
+    if isinstance(layer, keras.layers.BatchNormalization) and layer.trainable
+  ]
   if mixing:
-    raise ValueError(f"BatchNormalization layers {mixing} mix examples within a batch, so "
-                     "per-example gradients (and DP-SGD) are undefined; use LayerNormalization "
-                     "or GroupNormalization instead")
+    raise ValueError(
+      f"BatchNormalization layers {mixing} mix examples within a batch, so "
+      "per-example gradients (and DP-SGD) are undefined; use LayerNormalization "
+      "or GroupNormalization instead"
+    )
   return layers

@@ -42,8 +42,9 @@ class RecurrentTap(LayerTap):
 
   @property
   def variables(self) -> list:
-    return [v for v in (self.kernel(), self.layer.cell.recurrent_kernel, self.bias())
-            if v is not None]
+    return [
+      v for v in (self.kernel(), self.layer.cell.recurrent_kernel, self.bias()) if v is not None
+    ]
 
   def kernel(self):
     return self.layer.cell.kernel
@@ -85,15 +86,21 @@ class RecurrentTap(LayerTap):
     # Keras's own loop (no public API exposes it), so that masking, go_backwards and unroll
     # behave exactly as in the layer.
     last, outputs, states = keras_backend.rnn(
-        step, self._input_projection(sequences, probe), list(initial_state),
-        go_backwards=self.layer.go_backwards, mask=mask, unroll=self.layer.unroll,
-        input_length=steps, zero_output_for_mask=self.layer.zero_output_for_mask,
-        return_all_outputs=True)
-    previous = outputs[..., cell.units:]  # in the order of processing
+      step,
+      self._input_projection(sequences, probe),
+      list(initial_state),
+      go_backwards=self.layer.go_backwards,
+      mask=mask,
+      unroll=self.layer.unroll,
+      input_length=steps,
+      zero_output_for_mask=self.layer.zero_output_for_mask,
+      return_all_outputs=True,
+    )
+    previous = outputs[..., cell.units :]  # in the order of processing
     if self.layer.go_backwards:
       previous = tf.reverse(previous, axis=[1])
     self.records.append((sequences, previous, probe))
-    return last[..., :cell.units], outputs[..., :cell.units], states
+    return last[..., : cell.units], outputs[..., : cell.units], states
 
   def _blocks(self, grads) -> list:
     """[(inputs, their probe's gradients)] per probe: the inputs whose outer products with the
@@ -130,8 +137,8 @@ class RecurrentTap(LayerTap):
     kernels, biases = [], []
     for block_rows, widths in zip(rows, self._block_widths()):
       pieces = tf.split(block_rows, [*widths, 1] if self.bias() is not None else widths, axis=-2)
-      kernels += pieces[:len(widths)]
-      biases += [piece[..., 0, :] for piece in pieces[len(widths):]]
+      kernels += pieces[: len(widths)]
+      biases += [piece[..., 0, :] for piece in pieces[len(widths) :]]
     if not biases:
       return kernels
     bias = biases[0] if len(biases) == 1 else tf.stack(biases, axis=-2)
@@ -145,7 +152,6 @@ class RecurrentTap(LayerTap):
 
 
 class SimpleRNNTap(RecurrentTap):
-
   def _step(self, projected, states):
     cell = self.layer.cell
     z = projected + keras.ops.matmul(states[0], cell.recurrent_kernel)

@@ -11,8 +11,16 @@ from dp_tfx.clipping.aggregation import NORM_EPSILON
 from dp_tfx.clipping.gradients import LossFn
 
 
-def reference_clipped_sum(model: keras.Model, loss_fn: LossFn, x, y, l2_norm_clip: float,
-                          mask=None, microbatch_ids=None, num_microbatches=None) -> list:
+def reference_clipped_sum(
+  model: keras.Model,
+  loss_fn: LossFn,
+  x,
+  y,
+  l2_norm_clip: float,
+  mask=None,
+  microbatch_ids=None,
+  num_microbatches=None,
+) -> list:
   """The slow, obvious clipped gradient sum: one example (or microbatch) at a time, eagerly.
 
   Use it to check that a model's DP gradients are right. Examples with mask 0 are skipped, and
@@ -26,8 +34,10 @@ def reference_clipped_sum(model: keras.Model, loss_fn: LossFn, x, y, l2_norm_cli
   def gradient(rows):
     with tf.GradientTape() as tape:
       loss = tf.reduce_mean(loss_fn(take(y, rows), model(take(x, rows), training=True)))
-    grads = [np.asarray(tf.convert_to_tensor(g), np.float64)
-             for g in tape.gradient(loss, model.trainable_variables)]
+    grads = [
+      np.asarray(tf.convert_to_tensor(g), np.float64)
+      for g in tape.gradient(loss, model.trainable_variables)
+    ]
     return grads, np.sqrt(sum(np.sum(g * g) for g in grads))
 
   finite = [b for b in range(batch) if mask[b] and np.isfinite(gradient([b])[1])]

@@ -15,8 +15,10 @@ CLASSES = 10
 
 def feature_spec(context):
   del context
-  return {FEATURES_KEY: tf.io.FixedLenFeature([DIMENSION], tf.float32),
-          LABEL_KEY: tf.io.FixedLenFeature([], tf.int64, default_value=-1)}
+  return {
+    FEATURES_KEY: tf.io.FixedLenFeature([DIMENSION], tf.float32),
+    LABEL_KEY: tf.io.FixedLenFeature([], tf.int64, default_value=-1),
+  }
 
 
 def decode(parsed, context):
@@ -26,12 +28,19 @@ def decode(parsed, context):
 
 def build_model(context):
   del context
-  return keras.Sequential([keras.Input((DIMENSION,)), keras.layers.Dense(256, activation="relu"),
-                           keras.layers.Dense(CLASSES)])
+  return keras.Sequential(
+    [
+      keras.Input((DIMENSION,)),
+      keras.layers.Dense(256, activation="relu"),
+      keras.layers.Dense(CLASSES),
+    ]
+  )
 
 
 def compile_kwargs(context):
   del context
-  return {"optimizer": keras.optimizers.Adam(0.01),
-          "loss": keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-          "jit_compile": False}
+  return {
+    "optimizer": keras.optimizers.Adam(0.01),
+    "loss": keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+    "jit_compile": False,
+  }

@@ -45,10 +45,16 @@ def test_two_workers_train_one_model_and_only_the_chief_writes(tmp_path):
   history = tmp_path / "history"
   ports = ",".join(map(str, _free_ports(2)))
   env = dict(os.environ, PYTHONPATH=os.getcwd(), TF_CPP_MIN_LOG_LEVEL="2")
-  processes = [subprocess.Popen([sys.executable, "-c", _WORKER, str(index), ports, str(data),
-                                 str(tmp_path), str(history)],
-                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
-               for index in range(2)]
+  processes = [
+    subprocess.Popen(
+      [sys.executable, "-c", _WORKER, str(index), ports, str(data), str(tmp_path), str(history)],
+      stdout=subprocess.PIPE,
+      stderr=subprocess.PIPE,
+      text=True,
+      env=env,
+    )
+    for index in range(2)
+  ]
   results = []
   for process in processes:
     stdout, stderr = process.communicate(timeout=600)

@@ -20,29 +20,39 @@ def _two_pipelines(store):
   """Pipelines p1 and p2, each with the Resolver's node context, and ledger artifacts: p1's "a"
   DELETED and "c" LIVE, p2's "b" DELETED. Returns their ids by name."""
   ledger_type = store.put_artifact_type(
-      metadata_store_pb2.ArtifactType(name=artifacts.PrivacyLedger.TYPE_NAME))
+    metadata_store_pb2.ArtifactType(name=artifacts.PrivacyLedger.TYPE_NAME)
+  )
   pipeline_type = store.put_context_type(metadata_store_pb2.ContextType(name="pipeline"))
   node_type = store.put_context_type(metadata_store_pb2.ContextType(name="node"))
   contexts = {}
   for name in ("p1", "p2"):
-    contexts[name], _ = store.put_contexts([
+    contexts[name], _ = store.put_contexts(
+      [
         metadata_store_pb2.Context(type_id=pipeline_type, name=name),
-        metadata_store_pb2.Context(type_id=node_type,
-                                   name=f"{name}.{earlier_runs.EARLIER_LEDGERS_RESOLVER_ID}")])
+        metadata_store_pb2.Context(
+          type_id=node_type, name=f"{name}.{earlier_runs.EARLIER_LEDGERS_RESOLVER_ID}"
+        ),
+      ]
+    )
   ids = {}
   for name, pipeline, state in (("a", "p1", DELETED), ("b", "p2", DELETED), ("c", "p1", LIVE)):
-    (ids[name],) = store.put_artifacts([metadata_store_pb2.Artifact(
-        type_id=ledger_type, uri=f"/root/{name}", state=state)])
+    (ids[name],) = store.put_artifacts(
+      [metadata_store_pb2.Artifact(type_id=ledger_type, uri=f"/root/{name}", state=state)]
+    )
     store.put_attributions_and_associations(
-        [metadata_store_pb2.Attribution(context_id=contexts[pipeline], artifact_id=ids[name])], [])
+      [metadata_store_pb2.Attribution(context_id=contexts[pipeline], artifact_id=ids[name])], []
+    )
   return ids
 
 
 def _live_ledgers(store, *ids):
-  (ledger_type,) = [t for t in store.get_artifact_types()
-                    if t.name == artifacts.PrivacyLedger.TYPE_NAME]
-  return [artifact_utils.deserialize_artifact(ledger_type, artifact)
-          for artifact in store.get_artifacts_by_id(ids)]
+  (ledger_type,) = [
+    t for t in store.get_artifact_types() if t.name == artifacts.PrivacyLedger.TYPE_NAME
+  ]
+  return [
+    artifact_utils.deserialize_artifact(ledger_type, artifact)
+    for artifact in store.get_artifacts_by_id(ids)
+  ]
 
 
 def _resolve(store, live, **config):

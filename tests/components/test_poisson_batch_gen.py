@@ -27,10 +27,14 @@ SIGNIFICANCE = 1e-6
 
 
 def _example(index: int) -> bytes:
-  return tf.train.Example(features=tf.train.Features(feature={
-      "x": tf.train.Feature(float_list=tf.train.FloatList(value=[float(index)])),
-      "label": tf.train.Feature(int64_list=tf.train.Int64List(value=[index % 2])),
-  })).SerializeToString()
+  return tf.train.Example(
+    features=tf.train.Features(
+      feature={
+        "x": tf.train.Feature(float_list=tf.train.FloatList(value=[float(index)])),
+        "label": tf.train.Feature(int64_list=tf.train.Int64List(value=[index % 2])),
+      }
+    )
+  ).SerializeToString()
 
 
 @pytest.fixture
@@ -48,8 +52,8 @@ def _run(examples, directory, config, beam_args=(), **properties):
   directory.mkdir()
   exec_properties = {specs.DP_CONFIG_KEY: config.to_json(), **properties}
   batch_gen_executor.Executor(
-      batch_gen_executor.Executor.Context(beam_pipeline_args=list(beam_args))).Do(
-      {specs.EXAMPLES_KEY: [examples]}, {specs.POISSON_BATCHES_KEY: [output]}, exec_properties)
+    batch_gen_executor.Executor.Context(beam_pipeline_args=list(beam_args))
+  ).Do({specs.EXAMPLES_KEY: [examples]}, {specs.POISSON_BATCHES_KEY: [output]}, exec_properties)
   return output
 
 
@@ -73,16 +77,22 @@ def _steps(directory, manifest):
   return steps, padding_examples
 
 
-@pytest.mark.parametrize("beam_args", [
-    (), ("--direct_num_workers=2", "--direct_running_mode=multi_processing")],
-    ids=["in_process", "two_workers"])
+@pytest.mark.parametrize(
+  "beam_args",
+  [(), ("--direct_num_workers=2", "--direct_running_mode=multi_processing")],
+  ids=["in_process", "two_workers"],
+)
 def test_every_step_is_a_padded_poisson_sample_of_the_data(tmp_path, examples, beam_args):
   config = DPConfig(noise_multiplier=1.0, batch_size=30, steps=60, physical_batch_size=24)
   output = _run(examples, tmp_path / "batches", config, beam_args, steps_per_shard=25)
   manifest = pb.BatchManifest.load(output.uri)
   plan = SamplingPlan.from_config(config, EXAMPLES)
-  assert (manifest.dataset_size, manifest.sampling_rate, manifest.steps,
-          manifest.physical_batch_size) == (EXAMPLES, 0.1, 60, 24)
+  assert (
+    manifest.dataset_size,
+    manifest.sampling_rate,
+    manifest.steps,
+    manifest.physical_batch_size,
+  ) == (EXAMPLES, 0.1, 60, 24)
   assert (plan.sampling_rate, plan.steps, plan.physical_batch_size) == (0.1, 60, 24)
   assert [(s.first_step, s.last_step) for s in manifest.shards] == [(0, 25), (25, 50), (50, 60)]
   assert output.get_string_custom_property("manifest_digest") == manifest.digest()
@@ -133,8 +143,10 @@ def test_steps_outside_the_plan_are_refused(tmp_path, examples):
 def test_the_component_checks_its_arguments():
   config = DPConfig(noise_multiplier=1.0, batch_size=30, steps=60)
   with pytest.raises(ValueError, match="draws Poisson samples"):
-    PoissonBatchGen(examples=None, dp_config=DPConfig(noise_multiplier=1.0, batch_size=30,
-                                                      steps=60, sampling="shuffle"))
+    PoissonBatchGen(
+      examples=None,
+      dp_config=DPConfig(noise_multiplier=1.0, batch_size=30, steps=60, sampling="shuffle"),
+    )
   with pytest.raises(ValueError, match="last_step .* must be above first_step"):
     PoissonBatchGen(examples=None, dp_config=config, first_step=5, last_step=5)
   with pytest.raises(ValueError, match="steps_per_shard must be"):
@@ -168,8 +180,9 @@ def test_the_trainer_takes_only_the_batches_recorded_for_its_examples(tmp_path, 
     trainer_executor._check_batches_describe(edited, output, examples, "train")
 
 
-def test_with_a_ledger_key_the_trainer_takes_only_batches_signed_with_it(tmp_path, examples,
-                                                                         monkeypatch):
+def test_with_a_ledger_key_the_trainer_takes_only_batches_signed_with_it(
+  tmp_path, examples, monkeypatch
+):
   from dp_tfx import signing
   from dp_tfx.components.dp_trainer import executor as trainer_executor
 
@@ -197,8 +210,9 @@ def test_the_same_examples_drawn_again_under_another_name_are_refused(tmp_path, 
   root = str(tmp_path / "budgets")
 
   def check_budget(source, training_data, patterns=split_file_patterns(examples, "train")):
-    trainer_executor.Executor._check_budget(budget.history_dir(root, source), root, source,
-                                            training_data, patterns)
+    trainer_executor.Executor._check_budget(
+      budget.history_dir(root, source), root, source, training_data, patterns
+    )
 
   def streamed(output):
     return pb.PoissonBatchStream(output.uri, lambda serialized: (serialized, serialized)), None

@@ -47,20 +47,30 @@ def _random_label_examples(root: pathlib.Path):
     files[split] = root / f"{split}.tfrecord"
     with tf.io.TFRecordWriter(str(files[split])) as writer:
       for _ in range(EXAMPLES_PER_SPLIT):
-        writer.write(tf.train.Example(features=tf.train.Features(feature={
-            memorizing_model.FEATURES_KEY: tf.train.Feature(float_list=tf.train.FloatList(
-                value=rng.normal(size=memorizing_model.DIMENSION))),
-            memorizing_model.LABEL_KEY: tf.train.Feature(int64_list=tf.train.Int64List(
-                value=[int(rng.integers(memorizing_model.CLASSES))])),
-        })).SerializeToString())
+        writer.write(
+          tf.train.Example(
+            features=tf.train.Features(
+              feature={
+                memorizing_model.FEATURES_KEY: tf.train.Feature(
+                  float_list=tf.train.FloatList(value=rng.normal(size=memorizing_model.DIMENSION))
+                ),
+                memorizing_model.LABEL_KEY: tf.train.Feature(
+                  int64_list=tf.train.Int64List(value=[int(rng.integers(memorizing_model.CLASSES))])
+                ),
+              }
+            )
+          ).SerializeToString()
+        )
   return testing.examples_artifact(root / "examples", files)
 
 
 def _audit(root: pathlib.Path, examples, model):
   audit = _artifact(artifacts.PrivacyAudit, root / "audit")
-  executor.Executor().Do({specs.EXAMPLES_KEY: [examples], specs.MODEL_KEY: [model]},
-                         {specs.PRIVACY_AUDIT_KEY: [audit]},
-                         {specs.MODULE_FILE_KEY: memorizing_model.__file__})
+  executor.Executor().Do(
+    {specs.EXAMPLES_KEY: [examples], specs.MODEL_KEY: [model]},
+    {specs.PRIVACY_AUDIT_KEY: [audit]},
+    {specs.MODULE_FILE_KEY: memorizing_model.__file__},
+  )
   return audit
 
 
@@ -69,11 +79,16 @@ def _evaluate(root: pathlib.Path, trained, audit):
   blessing = _artifact(standard_artifacts.ModelBlessing, root / "blessing")
   report = _artifact(artifacts.PrivacyReport, root / "report")
   from dp_tfx.components.privacy_evaluator import executor as evaluator_executor
+
   evaluator_executor.Executor().Do(
-      {specs.MODEL_KEY: trained[specs.MODEL_KEY], specs.PRIVACY_AUDIT_KEY: [audit],
-       specs.PRIVACY_LEDGER_KEY: trained[specs.PRIVACY_LEDGER_KEY]},
-      {specs.BLESSING_KEY: [blessing], specs.PRIVACY_REPORT_KEY: [report]},
-      {specs.PRIVACY_POLICY_KEY: POLICY.to_json()})
+    {
+      specs.MODEL_KEY: trained[specs.MODEL_KEY],
+      specs.PRIVACY_AUDIT_KEY: [audit],
+      specs.PRIVACY_LEDGER_KEY: trained[specs.PRIVACY_LEDGER_KEY],
+    },
+    {specs.BLESSING_KEY: [blessing], specs.PRIVACY_REPORT_KEY: [report]},
+    {specs.PRIVACY_POLICY_KEY: POLICY.to_json()},
+  )
   return testing.read_evaluation(blessing, report)
 
 
@@ -82,7 +97,8 @@ def _run(root: pathlib.Path):
   trained = testing.run_dp_trainer(examples, root, CONFIG, memorizing_model.__file__)
   audit = _audit(root, examples, trained[specs.MODEL_KEY][0])
   ledger = PrivacyLedger.load(
-      os.path.join(trained[specs.PRIVACY_LEDGER_KEY][0].uri, LEDGER_FILE_NAME))
+    os.path.join(trained[specs.PRIVACY_LEDGER_KEY][0].uri, LEDGER_FILE_NAME)
+  )
   return audit, ledger, _evaluate(root, trained, audit)
 
 
@@ -90,10 +106,18 @@ def _run(root: pathlib.Path):
 def broken(tmp_path_factory):
   """The trainer with its noise switched off; the ledger still records sigma = 8."""
   with pytest.MonkeyPatch.context() as patch:
-    patch.setattr(noise, "gaussian_noise", lambda shapes, dtypes, *args, **kwargs: [
-        tf.zeros(shape, dtype) for shape, dtype in zip(shapes, dtypes)])
-    patch.setattr(noise, "host_gaussian_noise", lambda variables, *args, **kwargs: lambda step: [
-        tf.zeros_like(v) for v in variables])
+    patch.setattr(
+      noise,
+      "gaussian_noise",
+      lambda shapes, dtypes, *args, **kwargs: [
+        tf.zeros(shape, dtype) for shape, dtype in zip(shapes, dtypes)
+      ],
+    )
+    patch.setattr(
+      noise,
+      "host_gaussian_noise",
+      lambda variables, *args, **kwargs: lambda step: [tf.zeros_like(v) for v in variables],
+    )
     return _run(tmp_path_factory.mktemp("broken"))
 
 
@@ -110,8 +134,10 @@ def test_a_trainer_without_noise_is_caught_by_the_audit_and_refused(broken):
   bound = result.report["audit"]["empirical_epsilon_lower_bound"]
   assert bound > epsilon + 1.0
   # The bound follows from the attack's stored counts (recomputed without dp_tfx).
-  assert result.report["audit"]["counts"] == PrivacyAudit.load(
-      audit_artifact.uri).model.membership.counts.to_dict()
+  assert (
+    result.report["audit"]["counts"]
+    == PrivacyAudit.load(audit_artifact.uri).model.membership.counts.to_dict()
+  )
   recomputed.assert_membership_section_follows_from_its_counts(result.report["audit"], DELTA)
   testing.assert_not_blessed(result, reason="membership-inference audit")
   assert result.blessing.get_float_custom_property(artifacts.LOWER_BOUND_PROPERTY) == bound
@@ -144,6 +170,7 @@ def test_the_audit_records_attack_sizes_and_rates(honest):
 
 def test_component_validates_its_arguments():
   from tfx import types
+
   examples = types.Channel(type=standard_artifacts.Examples)
   model = types.Channel(type=standard_artifacts.Model)
   with pytest.raises(ValueError, match="exactly one of module_file or module_path"):
@@ -168,8 +195,7 @@ def test_a_canary_file_that_does_not_describe_the_training_data_is_refused(tmp_p
   examples = _examples(tmp_path, [b"a", b"canary-1", b"b", b"canary-1", b"canary-2"])
   canaries = [Canary("11111", 2), Canary("22222", 1), Canary("33333", 0)]
   copies = [b"canary-1", b"canary-2", b"canary-3"]
-  sample = executor._SplitSample.draw(examples, "train", 10, np.random.default_rng(0),
-                                      skip=copies)
+  sample = executor._SplitSample.draw(examples, "train", 10, np.random.default_rng(0), skip=copies)
   assert sample.records.tolist() == [b"a", b"b"] and sample.positions.tolist() == [0, 1]
   assert sample.count == 2
   executor._check_canary_copies(sample.skipped, copies, canaries)

@@ -32,15 +32,22 @@ def main(history: str, workdir: str, name: str, max_epsilon: str) -> None:
   work = pathlib.Path(workdir)
   keras.utils.set_random_seed(1)
   x, y = models.batch_for("dense", 40, seed=1)
-  config = dp_tfx.DPConfig(l2_norm_clip=0.3, noise_multiplier=1.0, batch_size=8, steps=10,
-                           delta=1e-5)
+  config = dp_tfx.DPConfig(
+    l2_norm_clip=0.3, noise_multiplier=1.0, batch_size=8, steps=10, delta=1e-5
+  )
   policy = PrivacyPolicy(max_epsilon=float(max_epsilon), delta=1e-5, accountant="rdp")
-  ledger = (dict(ledger_path=history) if history.endswith(".json")
-            else dict(ledger_history=history, run_id=name))
-  dp_model = dp_tfx.make_private(models.dense_model(), config, policy=policy, accountant="rdp",
-                                 **ledger)
-  dp_model.compile(optimizer=keras.optimizers.SGD(0.1),
-                   loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+  ledger = (
+    dict(ledger_path=history)
+    if history.endswith(".json")
+    else dict(ledger_history=history, run_id=name)
+  )
+  dp_model = dp_tfx.make_private(
+    models.dense_model(), config, policy=policy, accountant="rdp", **ledger
+  )
+  dp_model.compile(
+    optimizer=keras.optimizers.SGD(0.1),
+    loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+  )
   (work / f"{name}.ready").write_text("")
   while not (work / "go").exists():
     time.sleep(0.01)
@@ -51,8 +58,9 @@ def main(history: str, workdir: str, name: str, max_epsilon: str) -> None:
     refusal = str(refused)
   except LedgerError as failed:
     error = str(failed)
-  (work / f"{name}.json").write_text(json.dumps(
-      {"trained": int(dp_model.noisy_steps.numpy()), "refusal": refusal, "error": error}))
+  (work / f"{name}.json").write_text(
+    json.dumps({"trained": int(dp_model.noisy_steps.numpy()), "refusal": refusal, "error": error})
+  )
 
 
 if __name__ == "__main__":

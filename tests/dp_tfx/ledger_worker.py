@@ -20,9 +20,11 @@ from dp_tfx.plan import TrainingPlan
 def main(history: str, dataset_size: str, steps: str, workdir: str, name: str) -> None:
   size, steps, work = int(dataset_size), int(steps), pathlib.Path(workdir)
   plan = TrainingPlan.from_config(
-      DPConfig(noise_multiplier=1.1, batch_size=100, steps=steps, delta=1e-5), size)
-  ledger = PrivacyLedger.open_history(history, size, f"sha256:{name}", data_source=name,
-                                      run_id=name)
+    DPConfig(noise_multiplier=1.1, batch_size=100, steps=steps, delta=1e-5), size
+  )
+  ledger = PrivacyLedger.open_history(
+    history, size, f"sha256:{name}", data_source=name, run_id=name
+  )
   (work / f"{name}.ready").write_text(str(len(ledger.segments)))
   while not (work / "go").exists():
     time.sleep(0.01)

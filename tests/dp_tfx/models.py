@@ -7,40 +7,63 @@ VOCAB = 20
 
 
 def dense_model():
-  return keras.Sequential([keras.Input((6,)), keras.layers.Dense(5, activation="tanh"),
-                           keras.layers.Dense(3)])
+  return keras.Sequential(
+    [keras.Input((6,)), keras.layers.Dense(5, activation="tanh"), keras.layers.Dense(3)]
+  )
 
 
 def conv2d_model():
   """Small patches (grouped-convolution per-example gradients, strided and dilated) and a patch
   of 6 * 6 * 4 = 144 values (unfolded)."""
-  return keras.Sequential([
+  return keras.Sequential(
+    [
       keras.Input((9, 9, 2)),
       keras.layers.Conv2D(4, 3, strides=2, padding="same", activation="relu"),
       keras.layers.Conv2D(3, 6, padding="same", activation="relu"),
       keras.layers.Conv2D(3, 2, padding="valid", dilation_rate=2),
-      keras.layers.Flatten(), keras.layers.Dense(3)])
+      keras.layers.Flatten(),
+      keras.layers.Dense(3),
+    ]
+  )
 
 
 def conv1d_model():
   """A small patch and one of 33 * 4 = 132 values."""
-  return keras.Sequential([keras.Input((7, 3)),
-                           keras.layers.Conv1D(4, 3, strides=2, padding="same"),
-                           keras.layers.Conv1D(2, 33, padding="same"),
-                           keras.layers.GlobalAveragePooling1D(), keras.layers.Dense(3)])
+  return keras.Sequential(
+    [
+      keras.Input((7, 3)),
+      keras.layers.Conv1D(4, 3, strides=2, padding="same"),
+      keras.layers.Conv1D(2, 33, padding="same"),
+      keras.layers.GlobalAveragePooling1D(),
+      keras.layers.Dense(3),
+    ]
+  )
 
 
 def embedding_model():
-  return keras.Sequential([keras.Input((5,), dtype="int32"), keras.layers.Embedding(VOCAB, 4),
-                           keras.layers.Dense(4, activation="relu"),
-                           keras.layers.GlobalAveragePooling1D(), keras.layers.Dense(3)])
+  return keras.Sequential(
+    [
+      keras.Input((5,), dtype="int32"),
+      keras.layers.Embedding(VOCAB, 4),
+      keras.layers.Dense(4, activation="relu"),
+      keras.layers.GlobalAveragePooling1D(),
+      keras.layers.Dense(3),
+    ]
+  )
 
 
 def fallback_model():
   """GroupNormalization has no fast tap: its variables take the vectorised fallback."""
-  return keras.Sequential([keras.Input((6,)), keras.layers.Dense(4),
-                           keras.layers.Reshape((2, 2)), keras.layers.GroupNormalization(2),
-                           keras.layers.Flatten(), keras.layers.Dense(3)])
+  return keras.Sequential(
+    [
+      keras.Input((6,)),
+      keras.layers.Dense(4),
+      keras.layers.Reshape((2, 2)),
+      keras.layers.GroupNormalization(2),
+      keras.layers.Flatten(),
+      keras.layers.Dense(3),
+    ]
+  )
 
 
 def attention_model():
@@ -54,16 +77,27 @@ def attention_model():
 
 def recurrent_model():
   """LSTM (both directions), GRU and SimpleRNN over masked sequences (id 0 is padding)."""
-  return keras.Sequential([
-      keras.Input((5,), dtype="int32"), keras.layers.Embedding(VOCAB, 4, mask_zero=True),
+  return keras.Sequential(
+    [
+      keras.Input((5,), dtype="int32"),
+      keras.layers.Embedding(VOCAB, 4, mask_zero=True),
       keras.layers.Bidirectional(keras.layers.LSTM(3, return_sequences=True)),
-      keras.layers.GRU(3, return_sequences=True), keras.layers.SimpleRNN(2),
-      keras.layers.Dense(3)])
+      keras.layers.GRU(3, return_sequences=True),
+      keras.layers.SimpleRNN(2),
+      keras.layers.Dense(3),
+    ]
+  )
 
 
-MODELS = {"dense": dense_model, "conv2d": conv2d_model, "conv1d": conv1d_model,
-          "embedding": embedding_model, "fallback": fallback_model, "attention": attention_model,
-          "recurrent": recurrent_model}
+MODELS = {
+  "dense": dense_model,
+  "conv2d": conv2d_model,
+  "conv1d": conv1d_model,
+  "embedding": embedding_model,
+  "fallback": fallback_model,
+  "attention": attention_model,
+  "recurrent": recurrent_model,
+}
 
 
 def batch_for(kind, size, seed=0):

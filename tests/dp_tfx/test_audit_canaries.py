@@ -4,8 +4,7 @@ import json
 
 import pytest
 
-from dp_tfx.audit.canaries import (Canary, CanaryFormat, load_canaries, make_canaries,
-                                   save_canaries)
+from dp_tfx.audit.canaries import Canary, CanaryFormat, load_canaries, make_canaries, save_canaries
 
 
 def test_canaries_have_the_asked_repetitions_and_distinct_secrets():
@@ -21,7 +20,8 @@ def test_canaries_have_the_asked_repetitions_and_distinct_secrets():
 def test_a_space_can_be_used_up_but_not_overfilled():
   fmt = CanaryFormat(digits=1)
   assert {c.secret for c in make_canaries(fmt, (1,), per_repetition=5, references=5)} == set(
-      "0123456789")
+    "0123456789"
+  )
   with pytest.raises(ValueError, match="do not fit in a space of 10"):
     make_canaries(fmt, (1,), per_repetition=5, references=6)
 
@@ -54,7 +54,9 @@ def _duplicate_a_secret(body):
   body["canaries"][1]["secret"] = body["canaries"][0]["secret"]
 
 
-@pytest.mark.parametrize("edit, message", [
+@pytest.mark.parametrize(
+  "edit, message",
+  [
     (lambda body: body.update(format_version=2), "format_version must be 1"),
     (lambda body: body.update(digits="5"), "digits must be an int"),
     (lambda body: body.update(canaries={}), "'canaries' must be a list"),
@@ -62,7 +64,8 @@ def _duplicate_a_secret(body):
     (lambda body: body["canaries"][0].update(secret="1234"), "canary 0: a secret must be 5"),
     (lambda body: body["canaries"][2].update(repetitions=-1), "canary 2: repetitions must be"),
     (_duplicate_a_secret, "the secrets must be distinct"),
-])
+  ],
+)
 def test_malformed_files_are_refused_with_the_reason(tmp_path, edit, message):
   path = tmp_path / "canaries.json"
   save_canaries(path, CanaryFormat(), make_canaries(CanaryFormat()))
@@ -82,6 +85,7 @@ def test_a_file_that_is_not_json_is_refused(tmp_path):
 
 def test_invalid_canaries_are_not_saved(tmp_path):
   with pytest.raises(ValueError, match="distinct"):
-    save_canaries(tmp_path / "canaries.json", CanaryFormat(),
-                  [Canary("12345", 1), Canary("12345", 0)])
+    save_canaries(
+      tmp_path / "canaries.json", CanaryFormat(), [Canary("12345", 1), Canary("12345", 0)]
+    )
   assert not (tmp_path / "canaries.json").exists()

@@ -14,10 +14,18 @@ def test_the_largest_gaps_come_first_with_their_records_losses_and_texts():
   texts = ["a", "b", "c", "d", "e"]
   found = most_disagreeing(records, model, control, texts=texts, count=3)
   assert [(d.record, d.model_loss, d.control_loss, d.text) for d in found] == [
-      (41, 5.0, 1.0, "b"), (43, 4.0, 1.0, "d"), (44, 3.0, 1.0, "e")]
+    (41, 5.0, 1.0, "b"),
+    (43, 4.0, 1.0, "d"),
+    (44, 3.0, 1.0, "e"),
+  ]
   assert [d.gap for d in found] == [4.0, 3.0, 2.0]
-  assert found[0].to_dict() == {"record": 41, "model_loss": 5.0, "control_loss": 1.0,
-                                "text": "b", "gap": 4.0}
+  assert found[0].to_dict() == {
+    "record": 41,
+    "model_loss": 5.0,
+    "control_loss": 1.0,
+    "text": "b",
+    "gap": 4.0,
+  }
   assert Disagreement.from_dict(found[0].to_dict()) == found[0]
 
 

@@ -23,7 +23,7 @@ class TableScores:
 
   def __call__(self, texts):
     self.batch_sizes.append(len(texts))
-    return self.scores[[int(text[len(self.prefix):]) for text in texts]]
+    return self.scores[[int(text[len(self.prefix) :]) for text in texts]]
 
 
 def random_scores(space, seed=0):
@@ -63,8 +63,14 @@ def test_ties_share_their_mean_rank():
 def test_all_candidates_are_scored_once_in_batches_with_progress():
   score_fn = TableScores(random_scores(10_000))
   reports = []
-  results = exposure.exposures(score_fn, PREFIX, 4, ["0001", "9999", "0001"], batch_size=4096,
-                               progress=lambda done, total: reports.append((done, total)))
+  results = exposure.exposures(
+    score_fn,
+    PREFIX,
+    4,
+    ["0001", "9999", "0001"],
+    batch_size=4096,
+    progress=lambda done, total: reports.append((done, total)),
+  )
   assert score_fn.batch_sizes == [4096, 4096, 1808]
   assert reports == [(4096, 10_000), (8192, 10_000), (10_000, 10_000)]
   assert [r.secret for r in results] == ["0001", "9999", "0001"]
@@ -84,13 +90,15 @@ def test_never_inserted_secrets_average_about_log2_e_bits():
 
 
 def test_extrapolation_agrees_with_the_exact_rank():
-  scores = stats.skewnorm.rvs(4.0, loc=10.0, scale=2.0, size=10_000,
-                              random_state=np.random.default_rng(3))
+  scores = stats.skewnorm.rvs(
+    4.0, loc=10.0, scale=2.0, size=10_000, random_state=np.random.default_rng(3)
+  )
   order = np.argsort(scores)
   secrets = [f"{int(order[rank - 1]):04d}" for rank in (10, 30, 100, 300, 1000, 3000)]
   exact = exposure.exposures(TableScores(scores), PREFIX, 4, secrets)
-  estimated = exposure.exposures(TableScores(scores), PREFIX, 4, secrets, exact_limit=0,
-                                 samples=5000, seed=4)
+  estimated = exposure.exposures(
+    TableScores(scores), PREFIX, 4, secrets, exact_limit=0, samples=5000, seed=4
+  )
   for by_rank, by_fit in zip(exact, estimated):
     assert (by_fit.method, by_fit.rank, by_fit.candidates_scored) == (EXTRAPOLATED, None, 5000)
     assert by_fit.exposure == pytest.approx(by_rank.exposure, abs=1.0)
@@ -99,12 +107,15 @@ def test_extrapolation_agrees_with_the_exact_rank():
 def test_extrapolated_exposure_is_clipped_to_the_space():
   scores = random_scores(10_000, seed=5)
   scores[42] = -1e6  # far below anything the fit has seen: its CDF underflows to 0
-  (result,) = exposure.exposures(TableScores(scores), PREFIX, 4, ["0042"], exact_limit=0,
-                                 samples=500)
+  (result,) = exposure.exposures(
+    TableScores(scores), PREFIX, 4, ["0042"], exact_limit=0, samples=500
+  )
   assert result.exposure == math.log2(10_000)
 
 
-@pytest.mark.parametrize("arguments", [
+@pytest.mark.parametrize(
+  "arguments",
+  [
     dict(digits=0, secrets=["1"]),
     dict(digits=2, secrets=[]),
     dict(digits=2, secrets=["123"]),
@@ -114,16 +125,20 @@ def test_extrapolated_exposure_is_clipped_to_the_space():
     dict(digits=2, secrets=["12"], batch_size=0),
     dict(digits=2, secrets=["12"], samples=2),
     dict(digits=2, secrets=["12"], exact_limit=-1),
-])
+  ],
+)
 def test_bad_arguments_are_refused(arguments):
   with pytest.raises(ValueError):
     exposure.exposures(TableScores(random_scores(100)), PREFIX, **arguments)
 
 
-@pytest.mark.parametrize("bad_scores", [
+@pytest.mark.parametrize(
+  "bad_scores",
+  [
     lambda texts: np.zeros(len(texts) - 1),
     lambda texts: np.full(len(texts), np.nan),
-])
+  ],
+)
 def test_a_score_fn_that_misbehaves_is_refused(bad_scores):
   with pytest.raises(ValueError):
     exposure.exposures(bad_scores, PREFIX, 2, ["12"])
@@ -151,13 +166,18 @@ def encode(texts):
 def train_memorising_model(random_secrets, canary_repetitions=100):
   texts = [PREFIX + s for s in random_secrets] + [PREFIX + CANARY_SECRET] * canary_repetitions
   inputs, targets = encode(texts)
-  model = keras.Sequential([
+  model = keras.Sequential(
+    [
       keras.Input((len(PREFIX) + 3,), dtype="int32"),
       keras.layers.Embedding(START + 1, 16),
       keras.layers.GRU(64, return_sequences=True),
-      keras.layers.Dense(len(ALPHABET))])
-  model.compile(optimizer=keras.optimizers.Adam(0.01),
-                loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+      keras.layers.Dense(len(ALPHABET)),
+    ]
+  )
+  model.compile(
+    optimizer=keras.optimizers.Adam(0.01),
+    loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+  )
   model.fit(inputs, targets, batch_size=64, epochs=20, shuffle=True, verbose=0)
   return model
 
@@ -167,6 +187,7 @@ def log_perplexity(model):
     inputs, targets = encode(texts)
     log_probs = keras.ops.convert_to_numpy(keras.ops.log_softmax(model(inputs), axis=-1))
     return -np.take_along_axis(log_probs, targets[..., None], axis=-1).sum(axis=(1, 2))
+
   return score
 
 
@@ -174,8 +195,9 @@ def test_a_memorised_canary_is_exposed_and_unseen_secrets_are_not():
   rng = np.random.default_rng(0)
   random_secrets = [f"{n:03d}" for n in rng.integers(0, 1000, size=1000)]
   model = train_memorising_model(random_secrets)
-  unseen = sorted(set(exposure.candidate_secrets(3, 0, 1000)) - set(random_secrets)
-                  - {CANARY_SECRET})
+  unseen = sorted(
+    set(exposure.candidate_secrets(3, 0, 1000)) - set(random_secrets) - {CANARY_SECRET}
+  )
   never_inserted = [str(s) for s in rng.choice(unseen, size=10, replace=False)]
   results = exposure.exposures(log_perplexity(model), PREFIX, 3, [CANARY_SECRET] + never_inserted)
   assert results[0].exposure > 8  # of at most log2(1000) = 9.97

@@ -21,15 +21,18 @@ def perfect_separation_epsilon(n, delta):
 @pytest.mark.parametrize("trials", [1, 10, 1000])
 def test_clopper_pearson_closed_forms_at_the_edges(trials):
   assert membership.clopper_pearson(0, trials) == pytest.approx(
-      (0.0, 1 - (ALPHA / 2) ** (1 / trials)), rel=1e-12)
+    (0.0, 1 - (ALPHA / 2) ** (1 / trials)), rel=1e-12
+  )
   assert membership.clopper_pearson(trials, trials) == pytest.approx(
-      ((ALPHA / 2) ** (1 / trials), 1.0), rel=1e-12)
+    ((ALPHA / 2) ** (1 / trials), 1.0), rel=1e-12
+  )
 
 
 def test_clopper_pearson_matches_scipy_binomtest():
   reference = stats.binomtest(7, 20).proportion_ci(confidence_level=0.9, method="exact")
   assert membership.clopper_pearson(7, 20, confidence=0.9) == pytest.approx(
-      (reference.low, reference.high), rel=1e-12)
+    (reference.low, reference.high), rel=1e-12
+  )
 
 
 @pytest.mark.parametrize("delta, expected", [(0.0, 3.24202), (1e-5, 3.24200)])
@@ -55,8 +58,10 @@ def test_perfect_separation_closed_form(n, delta):
 
 
 def test_more_evidence_never_lowers_the_bound_on_perfect_separation():
-  bounds = [membership.epsilon_lower_bound(AttackCounts(n, n, 0, n), delta=1e-5).epsilon
-            for n in (3, 30, 300, 3000, 30000)]
+  bounds = [
+    membership.epsilon_lower_bound(AttackCounts(n, n, 0, n), delta=1e-5).epsilon
+    for n in (3, 30, 300, 3000, 30000)
+  ]
   assert bounds == sorted(bounds)
   assert bounds[0] < bounds[-1]
 
@@ -65,8 +70,12 @@ def test_the_bound_never_exceeds_what_the_counts_support():
   rng = np.random.default_rng(7)
   for _ in range(500):
     positives, negatives = rng.integers(1, 2000, size=2)
-    counts = AttackCounts(int(rng.integers(0, positives + 1)), int(positives),
-                          int(rng.integers(0, negatives + 1)), int(negatives))
+    counts = AttackCounts(
+      int(rng.integers(0, positives + 1)),
+      int(positives),
+      int(rng.integers(0, negatives + 1)),
+      int(negatives),
+    )
     delta = float(rng.choice([0.0, 1e-5, 1e-2]))
     bound = membership.epsilon_lower_bound(counts, delta=delta)
     tpr, fpr = bound.tpr, bound.fpr
@@ -117,7 +126,8 @@ def test_the_halves_partition_the_examples_at_the_chosen_threshold():
   assert (selection.negatives, held_out.negatives) == (49, 50)
   assert held_out.true_positives + selection.true_positives == np.sum(members <= audit.threshold)
   assert held_out.false_positives + selection.false_positives == np.sum(
-      non_members <= audit.threshold)
+    non_members <= audit.threshold
+  )
 
 
 def test_round_trips_through_dicts():
@@ -129,7 +139,9 @@ def test_round_trips_through_dicts():
   assert isinstance(bound["tpr_interval"], list) and len(bound["fpr_interval"]) == 2
 
 
-@pytest.mark.parametrize("values", [
+@pytest.mark.parametrize(
+  "values",
+  [
     {"true_positives": 5, "positives": 4, "false_positives": 0, "negatives": 4},
     {"true_positives": 0, "positives": 4, "false_positives": -1, "negatives": 4},
     {"true_positives": 0, "positives": 0, "false_positives": 0, "negatives": 4},
@@ -138,7 +150,8 @@ def test_round_trips_through_dicts():
     {"true_positives": 1, "positives": 4, "false_positives": 0},
     {"true_positives": 1, "positives": 4, "false_positives": 0, "negatives": 4, "extra": 1},
     [1, 4, 0, 4],
-])
+  ],
+)
 def test_bad_counts_are_refused(values):
   with pytest.raises(ValueError):
     AttackCounts.from_dict(values)
@@ -146,14 +159,18 @@ def test_bad_counts_are_refused(values):
 
 def test_bad_audit_dicts_are_refused():
   good = membership.loss_threshold_attack([0.1, 0.2], [0.9, 1.0], delta=0.0).to_dict()
-  for change in ({"attack": "shadow_models"}, {"threshold": float("nan")},
-                 {"counts": {"true_positives": 2, "positives": 1, "false_positives": 0,
-                             "negatives": 1}}):
+  for change in (
+    {"attack": "shadow_models"},
+    {"threshold": float("nan")},
+    {"counts": {"true_positives": 2, "positives": 1, "false_positives": 0, "negatives": 1}},
+  ):
     with pytest.raises(ValueError):
       membership.MembershipAudit.from_dict({**good, **change})
 
 
-@pytest.mark.parametrize("members, non_members, delta", [
+@pytest.mark.parametrize(
+  "members, non_members, delta",
+  [
     ([0.1], [0.5, 0.6], 0.0),
     ([0.1, 0.2], [0.5], 0.0),
     ([0.1, float("nan")], [0.5, 0.6], 0.0),
@@ -162,14 +179,17 @@ def test_bad_audit_dicts_are_refused():
     ([0.1, 0.2], [0.5, 0.6], -1e-5),
     ([[0.1, 0.2]], [0.5, 0.6], 0.0),
     (["a", "b"], [0.5, 0.6], 0.0),
-])
+  ],
+)
 def test_bad_attack_inputs_are_refused(members, non_members, delta):
   with pytest.raises(ValueError):
     membership.loss_threshold_attack(members, non_members, delta=delta)
 
 
-@pytest.mark.parametrize("successes, trials, confidence", [
-    (3, 2, 0.95), (-1, 2, 0.95), (0, 0, 0.95), (1, 2, 1.0), (1, 2, 0.0), (1.0, 2, 0.95)])
+@pytest.mark.parametrize(
+  "successes, trials, confidence",
+  [(3, 2, 0.95), (-1, 2, 0.95), (0, 0, 0.95), (1, 2, 1.0), (1, 2, 0.0), (1.0, 2, 0.95)],
+)
 def test_bad_interval_inputs_are_refused(successes, trials, confidence):
   with pytest.raises(ValueError):
     membership.clopper_pearson(successes, trials, confidence)

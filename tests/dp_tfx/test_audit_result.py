@@ -13,16 +13,33 @@ from dp_tfx.audit.result import AUDIT_FILE, CanaryResult, ModelAudit, PrivacyAud
 
 def _audit():
   counts = AttackCounts(true_positives=260, positives=500, false_positives=240, negatives=500)
-  canaries = [CanaryResult(repetitions=r, exposure=Exposure(
-      secret=secret, exposure=bits, method="exact", rank=2 ** (5 * math.log2(10) - bits),
-      candidates_scored=10**5)) for r, secret, bits in ((16, "12345", 9.5), (16, "54321", 7.5),
-                                                         (0, "00042", 1.0))]
-  model = ModelAudit(MembershipAudit("loss_threshold", 1.5, counts, counts), canaries=canaries,
-                     held_out_metrics={"accuracy": 0.9})
-  return PrivacyAudit(model_digest="sha256:m", delta=1e-5, confidence=0.95, model=model,
-                      control=model, canary_format={"prefix": "my pin is ", "digits": 5},
-                      disagreements=[Disagreement(7, 3.25, 0.5, "my pin is 12345"),
-                                     Disagreement(2, 2.0, 1.0)])
+  canaries = [
+    CanaryResult(
+      repetitions=r,
+      exposure=Exposure(
+        secret=secret,
+        exposure=bits,
+        method="exact",
+        rank=2 ** (5 * math.log2(10) - bits),
+        candidates_scored=10**5,
+      ),
+    )
+    for r, secret, bits in ((16, "12345", 9.5), (16, "54321", 7.5), (0, "00042", 1.0))
+  ]
+  model = ModelAudit(
+    MembershipAudit("loss_threshold", 1.5, counts, counts),
+    canaries=canaries,
+    held_out_metrics={"accuracy": 0.9},
+  )
+  return PrivacyAudit(
+    model_digest="sha256:m",
+    delta=1e-5,
+    confidence=0.95,
+    model=model,
+    control=model,
+    canary_format={"prefix": "my pin is ", "digits": 5},
+    disagreements=[Disagreement(7, 3.25, 0.5, "my pin is 12345"), Disagreement(2, 2.0, 1.0)],
+  )
 
 
 def test_round_trip_and_summaries(tmp_path):
@@ -43,7 +60,9 @@ def _edited(tmp_path, edit):
   path.write_text(json.dumps(document))
 
 
-@pytest.mark.parametrize("edit", [
+@pytest.mark.parametrize(
+  "edit",
+  [
     lambda d: d["model"]["canaries"][0].update(exposure=float("nan")),
     lambda d: d["model"]["canaries"][0].update(exposure=-1.0),
     lambda d: d["model"]["canaries"][0].update(exposure=40.0),  # above log2(10**5)
@@ -61,9 +80,27 @@ def _edited(tmp_path, edit):
     lambda d: d["disagreements"][0].update(record=-1),
     lambda d: d["disagreements"][0].update(text=12345),
     lambda d: d["disagreements"][0].update(secret="x"),
-], ids=["nan", "negative", "above-maximum", "string", "repetitions", "method", "confidence",
-        "delta", "digest", "format", "metric", "counts", "missing", "disagreement-loss",
-        "disagreement-record", "disagreement-text", "disagreement-field"])
+  ],
+  ids=[
+    "nan",
+    "negative",
+    "above-maximum",
+    "string",
+    "repetitions",
+    "method",
+    "confidence",
+    "delta",
+    "digest",
+    "format",
+    "metric",
+    "counts",
+    "missing",
+    "disagreement-loss",
+    "disagreement-record",
+    "disagreement-text",
+    "disagreement-field",
+  ],
+)
 def test_malformed_audits_are_refused_readably(tmp_path, edit):
   _edited(tmp_path, edit)
   with pytest.raises(ValueError, match="cannot read the privacy audit"):
@@ -81,15 +118,17 @@ def test_the_report_lists_the_disagreements_beside_the_control(tmp_path):
   from dp_tfx.policy import PrivacyDecision
 
   long_text = "To be, or not to be, that is the question: Whether 'tis nobler in the mind"
-  audit = dataclasses.replace(_audit(), disagreements=[
-      Disagreement(7, 3.25, 0.5, long_text), Disagreement(2, 2.0, 1.0)])
+  audit = dataclasses.replace(
+    _audit(), disagreements=[Disagreement(7, 3.25, 0.5, long_text), Disagreement(2, 2.0, 1.0)]
+  )
   report.write_report(tmp_path, PrivacyDecision(reasons=["test"]), None, None, [], audit)
   document = json.loads((tmp_path / report.REPORT_FILE).read_text())
   assert [d["record"] for d in document["audit"]["disagreements"]] == [7, 2]
   assert document["audit"]["disagreements"][0]["gap"] == 2.75
   summary = (tmp_path / report.SUMMARY_FILE).read_text().splitlines()
   assert summary[-3:] == [
-      "training examples the control finds likelier than the DP model, by the most (loss DP vs "
-      "control; 2 of 2 in report.json):",
-      f"  3.25 vs 0.5: {long_text[:70] + '...'!r}",
-      "  2 vs 1: training record 2"]
+    "training examples the control finds likelier than the DP model, by the most (loss DP vs "
+    "control; 2 of 2 in report.json):",
+    f"  3.25 vs 0.5: {long_text[:70] + '...'!r}",
+    "  2 vs 1: training record 2",
+  ]

@@ -15,11 +15,15 @@ from tests.dp_tfx import models
 
 
 def _train(history, x, y, data_source="digits"):
-  dp_model = dp_tfx.make_private(models.dense_model(), dp_tfx.DPConfig(
-      noise_multiplier=1.0, batch_size=8, steps=3, delta=1e-5), ledger_history=history,
-                                 data_source=data_source)
-  dp_model.compile(optimizer="sgd",
-                   loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+  dp_model = dp_tfx.make_private(
+    models.dense_model(),
+    dp_tfx.DPConfig(noise_multiplier=1.0, batch_size=8, steps=3, delta=1e-5),
+    ledger_history=history,
+    data_source=data_source,
+  )
+  dp_model.compile(
+    optimizer="sgd", loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+  )
   dp_model.fit(x, y, verbose=0)
   return dp_model
 
@@ -38,7 +42,8 @@ def test_a_data_source_has_one_history_whatever_else_changes(tmp_path):
   assert os.path.basename(first) == "budget-1"
   # Names that one slug would spell alike still get budgets of their own.
   assert budget.source_directory(str(tmp_path), "a/b") != budget.source_directory(
-      str(tmp_path), "a:b")
+    str(tmp_path), "a:b"
+  )
   with pytest.raises(ValueError, match="non-empty name"):
     budget.history_dir(str(tmp_path), " ")
 
@@ -53,8 +58,9 @@ def test_a_new_budget_is_explicit_recorded_and_exclusive(tmp_path):
   with pytest.raises(ValueError, match="say why"):
     budget.start_new_budget(root, "digits", "  ")
   assert budget.history_dir(root, "digits") == first  # refused: nothing changed
-  new = budget.start_new_budget(root, "digits", "the old models were all deleted",
-                                requested_by="alice")
+  new = budget.start_new_budget(
+    root, "digits", "the old models were all deleted", requested_by="alice"
+  )
   assert budget.history_dir(root, "digits") == new != first
   record = budget.fresh_start(new)
   assert record["requested_by"] == "alice"

@@ -17,8 +17,9 @@ def _assert_close(actual, expected):
   for a, e in zip(actual, expected, strict=True):
     # float32 sums: entries far below the tensor's largest one are only as exact as that one
     # (the fallback model's GroupNormalization gradients cancel to ~1e-2 next to ~1e1).
-    np.testing.assert_allclose(np.asarray(a, np.float64), e, rtol=1e-5,
-                               atol=1e-6 + 1e-6 * np.max(np.abs(e)))
+    np.testing.assert_allclose(
+      np.asarray(a, np.float64), e, rtol=1e-5, atol=1e-6 + 1e-6 * np.max(np.abs(e))
+    )
 
 
 @pytest.mark.parametrize("kind", sorted(models.MODELS))
@@ -49,21 +50,32 @@ def test_clipped_sum_with_an_unknown_batch_size_matches_loop(kind):
   mask[4] = 0.0
   taps = clipping.GradientTaps(model)
   clipped_sum = _dynamic_batch_function(
-      lambda x, y, mask: clipping.per_example_clipped_sum(taps.backward(x, y, LOSS, mask), mask,
-                                                          0.05), x, y)
+    lambda x, y, mask: clipping.per_example_clipped_sum(
+      taps.backward(x, y, LOSS, mask), mask, 0.05
+    ),
+    x,
+    y,
+  )
   expected = clipping.reference_clipped_sum(model, LOSS, x, y, 0.05, mask=mask)
   _assert_close(clipped_sum(x, y, mask), expected)
 
 
 # Ids repeat within examples (runs of up to 6) and across them; an id (3) is used by one
 # example only, and the largest (7) by none.
-_REPEATED_IDS = np.array([[1, 1, 1, 1, 1, 1], [0, 6, 0, 6, 0, 6], [5, 4, 3, 2, 1, 0],
-                          [2, 2, 5, 2, 5, 2]], np.int32)
+_REPEATED_IDS = np.array(
+  [[1, 1, 1, 1, 1, 1], [0, 6, 0, 6, 0, 6], [5, 4, 3, 2, 1, 0], [2, 2, 5, 2, 5, 2]], np.int32
+)
 
 
 def _repeated_ids_model():
-  return keras.Sequential([keras.Input((6,), dtype="int32"), keras.layers.Embedding(8, 3),
-                           keras.layers.Flatten(), keras.layers.Dense(2)])
+  return keras.Sequential(
+    [
+      keras.Input((6,), dtype="int32"),
+      keras.layers.Embedding(8, 3),
+      keras.layers.Flatten(),
+      keras.layers.Dense(2),
+    ]
+  )
 
 
 @pytest.mark.parametrize("static_shapes", [False, True])
@@ -72,8 +84,9 @@ def test_embedding_norms_by_sorted_runs_match_materialised_gradients(static_shap
   # sorted one.
   x, y = _REPEATED_IDS, np.array([0, 1, 1, 0], np.int32)
   taps = clipping.GradientTaps(_repeated_ids_model(), static_shapes=static_shapes)
-  norms = tf.function(lambda x, y: taps.backward(x, y, LOSS, tf.ones([4])).squared_norms(),
-                      jit_compile=static_shapes)
+  norms = tf.function(
+    lambda x, y: taps.backward(x, y, LOSS, tf.ones([4])).squared_norms(), jit_compile=static_shapes
+  )
   grads = taps.backward(tf.constant(x), tf.constant(y), LOSS, tf.ones([4])).materialize()
   expected = sum(np.sum(np.reshape(np.asarray(g), (4, -1)) ** 2, axis=1) for g in grads)
   np.testing.assert_allclose(norms(tf.constant(x), tf.constant(y)), expected, rtol=1e-5)
@@ -88,10 +101,15 @@ def test_embedding_clipped_sum_of_repeated_ids_matches_loop(static_shapes):
   mask = np.array([1, 1, 0, 1], np.float32)
   taps = clipping.GradientTaps(model, static_shapes=static_shapes)
   clipped_sum = tf.function(
-      lambda x, y, mask: clipping.per_example_clipped_sum(taps.backward(x, y, LOSS, mask), mask,
-                                                          0.05), jit_compile=static_shapes)
-  _assert_close(clipped_sum(tf.constant(x), tf.constant(y), tf.constant(mask)),
-                clipping.reference_clipped_sum(model, LOSS, x, y, 0.05, mask=mask))
+    lambda x, y, mask: clipping.per_example_clipped_sum(
+      taps.backward(x, y, LOSS, mask), mask, 0.05
+    ),
+    jit_compile=static_shapes,
+  )
+  _assert_close(
+    clipped_sum(tf.constant(x), tf.constant(y), tf.constant(mask)),
+    clipping.reference_clipped_sum(model, LOSS, x, y, 0.05, mask=mask),
+  )
 
 
 def test_embedding_ids_counted_from_the_end_match_loop():
@@ -100,8 +118,10 @@ def test_embedding_ids_counted_from_the_end_match_loop():
   x = np.array([[-1, 7, -1, 2, -8, 0], [3, -2, 6, 6, -8, 1]], np.int32)
   y = np.array([0, 1], np.int32)
   grads = clipping.GradientTaps(model).backward(tf.constant(x), tf.constant(y), LOSS, tf.ones([2]))
-  _assert_close(clipping.per_example_clipped_sum(grads, tf.ones([2]), 0.05),
-                clipping.reference_clipped_sum(model, LOSS, x, y, 0.05))
+  _assert_close(
+    clipping.per_example_clipped_sum(grads, tf.ones([2]), 0.05),
+    clipping.reference_clipped_sum(model, LOSS, x, y, 0.05),
+  )
 
 
 @pytest.mark.parametrize("microbatches", [False, True])
@@ -124,12 +144,22 @@ def test_embedding_ids_outside_the_table_under_xla_are_the_rows_xla_looked_up(mi
     sums, counts, _ = clipping.microbatch_sums(grads, mask, tf.constant(microbatch_ids), 2)
     return clipping.clipped_microbatch_sum(sums, counts, 1e-3)
 
-  actual = tf.function(clipped_sum, jit_compile=True)(tf.constant(x), tf.constant(y),
-                                                      tf.constant(mask))
+  actual = tf.function(clipped_sum, jit_compile=True)(
+    tf.constant(x), tf.constant(y), tf.constant(mask)
+  )
   clamped = np.clip(np.where(x < 0, x + 8, x), 0, 7)
-  _assert_close(actual, clipping.reference_clipped_sum(
-      model, LOSS, clamped, y, 1e-3, mask=mask,
-      **({"microbatch_ids": microbatch_ids, "num_microbatches": 2} if microbatches else {})))
+  _assert_close(
+    actual,
+    clipping.reference_clipped_sum(
+      model,
+      LOSS,
+      clamped,
+      y,
+      1e-3,
+      mask=mask,
+      **({"microbatch_ids": microbatch_ids, "num_microbatches": 2} if microbatches else {}),
+    ),
+  )
 
 
 def test_embedding_norms_of_an_empty_batch_are_empty():
@@ -140,8 +170,14 @@ def test_embedding_norms_of_an_empty_batch_are_empty():
 
 @pytest.mark.parametrize("static_shapes", [False, True])
 def test_an_embedding_of_no_positions_has_zero_norms_and_sum(static_shapes):
-  model = keras.Sequential([keras.Input((0,), dtype="int32"), keras.layers.Embedding(7, 3),
-                            keras.layers.GlobalAveragePooling1D(), keras.layers.Dense(2)])
+  model = keras.Sequential(
+    [
+      keras.Input((0,), dtype="int32"),
+      keras.layers.Embedding(7, 3),
+      keras.layers.GlobalAveragePooling1D(),
+      keras.layers.Dense(2),
+    ]
+  )
   taps = clipping.GradientTaps(model, static_shapes=static_shapes)
   embedding_tap = taps.taps[0]
   ids, g = tf.zeros([3, 0], tf.int32), tf.zeros([3, 0, 3])
@@ -149,8 +185,7 @@ def test_an_embedding_of_no_positions_has_zero_norms_and_sum(static_shapes):
   def norms_and_sum(ids, g):
     embedding_tap.records = [(ids, None)]
     prepared = embedding_tap.prepare([g])
-    return embedding_tap.squared_norms(prepared), embedding_tap.weighted_sum(prepared,
-                                                                             tf.ones([3]))
+    return embedding_tap.squared_norms(prepared), embedding_tap.weighted_sum(prepared, tf.ones([3]))
 
   norms, (summed,) = tf.function(norms_and_sum, jit_compile=static_shapes)(ids, g)
   np.testing.assert_array_equal(norms, np.zeros(3))
@@ -187,13 +222,15 @@ def test_microbatch_clipped_sum_matches_loop(kind):
   grads = taps.backward(tf.constant(x), tf.constant(y), LOSS, tf.constant(mask))
   sums, counts, _ = clipping.microbatch_sums(grads, tf.constant(mask), tf.constant(ids), 5)
   actual = clipping.clipped_microbatch_sum(sums, counts, 0.1)
-  expected = clipping.reference_clipped_sum(model, LOSS, x, y, 0.1, mask=mask,
-                                            microbatch_ids=ids, num_microbatches=5)
+  expected = clipping.reference_clipped_sum(
+    model, LOSS, x, y, 0.1, mask=mask, microbatch_ids=ids, num_microbatches=5
+  )
   _assert_close(actual, expected)
 
 
-@pytest.mark.parametrize("kind", ["dense", "conv2d", "conv1d", "embedding", "attention",
-                                  "recurrent"])
+@pytest.mark.parametrize(
+  "kind", ["dense", "conv2d", "conv1d", "embedding", "attention", "recurrent"]
+)
 def test_fast_taps_cover_every_variable_of_supported_layers(kind):
   taps = clipping.GradientTaps(models.MODELS[kind]())
   assert not taps.fallback_variables
@@ -202,8 +239,9 @@ def test_fast_taps_cover_every_variable_of_supported_layers(kind):
 def test_per_example_norms_match_materialised_gradients():
   model = models.conv2d_model()
   x, y = models.batch_for("conv2d", BATCH)
-  grads = clipping.GradientTaps(model).backward(tf.constant(x), tf.constant(y), LOSS,
-                                                tf.ones([BATCH]))
+  grads = clipping.GradientTaps(model).backward(
+    tf.constant(x), tf.constant(y), LOSS, tf.ones([BATCH])
+  )
   materialised = grads.materialize()
   expected = sum(np.sum(np.reshape(np.asarray(g), (BATCH, -1)) ** 2, axis=1) for g in materialised)
   np.testing.assert_allclose(grads.squared_norms(), expected, rtol=1e-5)
@@ -214,8 +252,14 @@ def test_fallback_model_really_uses_the_fallback():
 
 
 def test_batch_normalization_is_refused():
-  model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(3),
-                            keras.layers.BatchNormalization(), keras.layers.Dense(2)])
+  model = keras.Sequential(
+    [
+      keras.Input((4,)),
+      keras.layers.Dense(3),
+      keras.layers.BatchNormalization(),
+      keras.layers.Dense(2),
+    ]
+  )
   with pytest.raises(ValueError, match="BatchNormalization"):
     clipping.GradientTaps(model)
 
@@ -229,6 +273,7 @@ def test_model_call_is_restored_after_recording():
 
 def test_scalar_losses_are_refused():
   from dp_tfx.keras import per_example_loss
+
   with pytest.raises(ValueError, match="one value per example"):
     per_example_loss(lambda y, p: tf.reduce_mean(p))(tf.zeros([2]), tf.zeros([2, 3]))
 
@@ -273,8 +318,9 @@ class _ScaleTap(clipping.LayerTap):
 def test_a_registered_tap_gives_a_users_layer_the_fast_path():
   clipping.register_tap(_Scale, _ScaleTap)
   scale = _Scale()
-  model = keras.Sequential([keras.Input((6,)), keras.layers.Dense(5), scale, scale,
-                            keras.layers.Dense(3)])  # shared: two calls of one layer
+  model = keras.Sequential(
+    [keras.Input((6,)), keras.layers.Dense(5), scale, scale, keras.layers.Dense(3)]
+  )  # shared: two calls of one layer
   x, y = models.batch_for("dense", BATCH, seed=3)
   taps = clipping.GradientTaps(model)
   assert not taps.fallback_variables
@@ -305,21 +351,30 @@ def test_register_tap_takes_only_layer_taps():
     clipping.register_tap(_Scale, object)
 
 
-@pytest.mark.parametrize("layer, tapped", [
+@pytest.mark.parametrize(
+  "layer, tapped",
+  [
     (lambda: keras.layers.LSTM(3, go_backwards=True), True),
     (lambda: keras.layers.LSTM(3, unroll=True, use_bias=False), True),
     (lambda: keras.layers.GRU(3, go_backwards=True, return_sequences=True), True),
     (lambda: keras.layers.SimpleRNN(3, activation=None, return_sequences=True), True),
     (lambda: keras.layers.GRU(3, reset_after=False), False),  # the state is scaled before U
     (lambda: keras.layers.LSTM(3, dropout=0.5), False),  # a dropout mask the tap cannot redraw
-])
+  ],
+)
 @pytest.mark.parametrize("mask_zero", [False, True])
 @pytest.mark.filterwarnings("ignore:.*does not support masking")  # Flatten drops the mask
 def test_recurrent_variants_match_loop_or_take_the_fallback(layer, tapped, mask_zero):
   recurrent = layer()
-  model = keras.Sequential([keras.Input((6,), dtype="int32"),
-                            keras.layers.Embedding(models.VOCAB, 4, mask_zero=mask_zero),
-                            recurrent, keras.layers.Flatten(), keras.layers.Dense(3)])
+  model = keras.Sequential(
+    [
+      keras.Input((6,), dtype="int32"),
+      keras.layers.Embedding(models.VOCAB, 4, mask_zero=mask_zero),
+      recurrent,
+      keras.layers.Flatten(),
+      keras.layers.Dense(3),
+    ]
+  )
   x, y = models.batch_for("recurrent", BATCH, seed=6)
   x = np.concatenate([x, np.zeros([BATCH, 1], np.int32)], axis=1)  # a padded last step
   taps = clipping.GradientTaps(model)
@@ -335,8 +390,9 @@ def test_recurrent_variants_match_loop_or_take_the_fallback(layer, tapped, mask_
 
 
 @pytest.mark.parametrize("build_products", [False, True], ids=["ghost", "products"])
-def test_recurrent_taps_match_loop_by_ghost_norms_and_by_built_products(monkeypatch,
-                                                                       build_products):
+def test_recurrent_taps_match_loop_by_ghost_norms_and_by_built_products(
+  monkeypatch, build_products
+):
   # Which way a shape goes depends on its sizes (linear.outer_products): both must be exact.
   from dp_tfx.clipping import linear, recurrent
 
@@ -348,13 +404,19 @@ def test_recurrent_taps_match_loop_by_ghost_norms_and_by_built_products(monkeypa
   x, y = models.batch_for("recurrent", BATCH, seed=8)
   mask = np.ones(BATCH, np.float32)
   mask[3] = 0.0
-  grads = clipping.GradientTaps(model).backward(tf.constant(x), tf.constant(y), LOSS,
-                                                tf.constant(mask))
-  recurrent_methods = {method for name, method in grads.norm_methods()
-                       if "dense" not in name and "embedding" not in name}
+  grads = clipping.GradientTaps(model).backward(
+    tf.constant(x), tf.constant(y), LOSS, tf.constant(mask)
+  )
+  recurrent_methods = {
+    method
+    for name, method in grads.norm_methods()
+    if "dense" not in name and "embedding" not in name
+  }
   assert recurrent_methods == {"per_example" if build_products else "ghost"}
-  _assert_close(clipping.per_example_clipped_sum(grads, tf.constant(mask), 0.05),
-                clipping.reference_clipped_sum(model, LOSS, x, y, 0.05, mask=mask))
+  _assert_close(
+    clipping.per_example_clipped_sum(grads, tf.constant(mask), 0.05),
+    clipping.reference_clipped_sum(model, LOSS, x, y, 0.05, mask=mask),
+  )
   materialised = grads.materialize()
   expected = sum(np.sum(np.reshape(np.asarray(g), (BATCH, -1)) ** 2, axis=1) for g in materialised)
   np.testing.assert_allclose(grads.squared_norms(), expected, rtol=1e-5)
@@ -370,5 +432,7 @@ def test_a_recurrent_layer_called_twice_sums_both_calls():
   taps = clipping.GradientTaps(model)
   assert not taps.fallback_variables
   grads = taps.backward(tf.constant(x), tf.constant(y), LOSS, tf.ones([BATCH]))
-  _assert_close(clipping.per_example_clipped_sum(grads, tf.ones([BATCH]), 0.05),
-                clipping.reference_clipped_sum(model, LOSS, x, y, 0.05))
+  _assert_close(
+    clipping.per_example_clipped_sum(grads, tf.ones([BATCH]), 0.05),
+    clipping.reference_clipped_sum(model, LOSS, x, y, 0.05),
+  )

@@ -8,12 +8,24 @@ from dp_tfx.config import MAX_NOISE_MULTIPLIER, MAX_STEPS, MIN_NOISE_MULTIPLIER,
 from dp_tfx.plan import TrainingPlan, default_physical_batch_size
 
 
-@pytest.mark.parametrize("field, value", [
-    ("l2_norm_clip", 0.0), ("l2_norm_clip", float("nan")), ("noise_multiplier", -0.1),
-    ("target_epsilon", 0.0), ("delta", 1.0), ("delta", 0.0), ("batch_size", 0),
-    ("batch_size", 2.5), ("epochs", -1.0), ("num_microbatches", 0), ("sampling", "uniform"),
-    ("physical_batch_size", 0), ("seed", -1),
-])
+@pytest.mark.parametrize(
+  "field, value",
+  [
+    ("l2_norm_clip", 0.0),
+    ("l2_norm_clip", float("nan")),
+    ("noise_multiplier", -0.1),
+    ("target_epsilon", 0.0),
+    ("delta", 1.0),
+    ("delta", 0.0),
+    ("batch_size", 0),
+    ("batch_size", 2.5),
+    ("epochs", -1.0),
+    ("num_microbatches", 0),
+    ("sampling", "uniform"),
+    ("physical_batch_size", 0),
+    ("seed", -1),
+  ],
+)
 def test_invalid_values_name_the_field(field, value):
   values = {"noise_multiplier": 1.0, "epochs": 1}
   values[field] = value
@@ -45,8 +57,7 @@ def test_json_round_trip_and_unknown_fields():
 
 
 def test_plan_resolves_rate_steps_and_delta():
-  plan = TrainingPlan.from_config(DPConfig(noise_multiplier=1.1, batch_size=256, epochs=60),
-                                  60000)
+  plan = TrainingPlan.from_config(DPConfig(noise_multiplier=1.1, batch_size=256, epochs=60), 60000)
   assert plan.sampling_rate == pytest.approx(256 / 60000)
   assert plan.steps == 14062
   assert plan.delta == pytest.approx(1 / 60000)
@@ -55,7 +66,8 @@ def test_plan_resolves_rate_steps_and_delta():
 
 def test_plan_calibrates_sigma_for_target_epsilon():
   plan = TrainingPlan.from_config(
-      DPConfig(target_epsilon=2.0, delta=1e-5, batch_size=100, epochs=5), 10000)
+    DPConfig(target_epsilon=2.0, delta=1e-5, batch_size=100, epochs=5), 10000
+  )
   epsilon = plan.epsilon()
   assert 0.99 * 2.0 <= epsilon <= 2.0
 
@@ -70,12 +82,20 @@ def test_default_physical_batch_holds_four_standard_deviations():
   assert default_physical_batch_size(256, 0.5, "shuffle") == 256
 
 
-@pytest.mark.parametrize("field, value", [
-    ("noise_multiplier", 1e-300), ("noise_multiplier", 0.01), ("noise_multiplier", 1000.5),
-    ("noise_multiplier", 1e308), ("noise_multiplier", float("inf")),
-    ("steps", 10_000_001), ("steps", 99999999999999999999), ("epochs", 1e300),
+@pytest.mark.parametrize(
+  "field, value",
+  [
+    ("noise_multiplier", 1e-300),
+    ("noise_multiplier", 0.01),
+    ("noise_multiplier", 1000.5),
+    ("noise_multiplier", 1e308),
+    ("noise_multiplier", float("inf")),
+    ("steps", 10_000_001),
+    ("steps", 99999999999999999999),
+    ("epochs", 1e300),
     ("epochs", float("inf")),
-])
+  ],
+)
 def test_numbers_the_accountants_cannot_handle_are_refused(field, value):
   values = {"noise_multiplier": 1.0, "steps": 10}
   if field == "epochs":
@@ -96,23 +116,30 @@ def test_plan_refuses_epochs_that_give_too_many_steps():
 
 
 def test_plan_epsilon_is_inf_with_a_reason_where_it_cannot_be_bounded():
-  plan = TrainingPlan.from_config(DPConfig(noise_multiplier=0.0, batch_size=200, epochs=2,
-                                           delta=1e-5), 4000)
+  plan = TrainingPlan.from_config(
+    DPConfig(noise_multiplier=0.0, batch_size=200, epochs=2, delta=1e-5), 4000
+  )
   result = plan.epsilon_result()
   assert plan.epsilon() == result.epsilon == math.inf and "not private" in result.reason
-  plan = TrainingPlan.from_config(DPConfig(noise_multiplier=1.1, batch_size=200, epochs=2,
-                                           delta=1e-5), 4000)
+  plan = TrainingPlan.from_config(
+    DPConfig(noise_multiplier=1.1, batch_size=200, epochs=2, delta=1e-5), 4000
+  )
   assert plan.epsilon_result().finite and plan.epsilon_result().reason is None
 
 
 @pytest.mark.parametrize("num_microbatches, multiplier", [(None, 1), (1, 1), (2, 2), (200, 2)])
 def test_plan_sensitivity_is_2c_for_any_microbatching(num_microbatches, multiplier):
-  plan = TrainingPlan.from_config(DPConfig(noise_multiplier=1.1, batch_size=200, epochs=2,
-                                           num_microbatches=num_microbatches, delta=1e-5), 4000)
+  plan = TrainingPlan.from_config(
+    DPConfig(
+      noise_multiplier=1.1, batch_size=200, epochs=2, num_microbatches=num_microbatches, delta=1e-5
+    ),
+    4000,
+  )
   assert plan.sensitivity_multiplier == multiplier
 
 
 def test_plan_calibration_outside_the_achievable_range_is_a_clear_value_error():
   with pytest.raises(ValueError, match="achievable"):
-    TrainingPlan.from_config(DPConfig(target_epsilon=1e308, batch_size=200, epochs=2,
-                                      delta=1e-5), 4000)
+    TrainingPlan.from_config(
+      DPConfig(target_epsilon=1e308, batch_size=200, epochs=2, delta=1e-5), 4000
+    )

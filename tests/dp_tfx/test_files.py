@@ -85,8 +85,13 @@ def test_model_digest_is_the_same_as_before_for_local_directories(tmp_path):
 def test_model_digest_of_a_remote_copy_equals_the_local_one(tmp_path, remote_dir):
   # (No file here shares a prefix with a directory: the ram:// filesystem would list "a.txt"
   # inside "a/" as ".txt"; gs:// does not.)
-  tree = {"fingerprint.pb": b"1", "saved_model.pb": b"3", "variables/variables.index": b"4",
-          "variables/variables.data-00000-of-00001": b"5", "assets/vocab": b"6"}
+  tree = {
+    "fingerprint.pb": b"1",
+    "saved_model.pb": b"3",
+    "variables/variables.index": b"4",
+    "variables/variables.data-00000-of-00001": b"5",
+    "assets/vocab": b"6",
+  }
   for relative, data in tree.items():
     (tmp_path / relative).parent.mkdir(parents=True, exist_ok=True)
     (tmp_path / relative).write_bytes(data)

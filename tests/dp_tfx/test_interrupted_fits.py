@@ -30,9 +30,11 @@ class _InterruptAtStep(keras.callbacks.Callback):
 
 
 def _dp_model(history):
-  dp_model = dp_tfx.make_private(models.dense_model(), dp_tfx.DPConfig(
-      l2_norm_clip=0.3, noise_multiplier=1.0, batch_size=8, steps=6, delta=1e-5),
-                                 ledger_history=history)
+  dp_model = dp_tfx.make_private(
+    models.dense_model(),
+    dp_tfx.DPConfig(l2_norm_clip=0.3, noise_multiplier=1.0, batch_size=8, steps=6, delta=1e-5),
+    ledger_history=history,
+  )
   dp_model.compile(optimizer=keras.optimizers.SGD(0.1), loss=LOSS)
   return dp_model
 

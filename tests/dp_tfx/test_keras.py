@@ -25,30 +25,36 @@ def _data(kind="dense"):
 
 
 def _dp_model(kind="dense", jit_compile=False, learning_rate=1.0, ledger_path=None, **config):
-  values = dict(l2_norm_clip=0.3, noise_multiplier=0.0, batch_size=8, steps=1, seed=21,
-                delta=1e-5)
+  values = dict(l2_norm_clip=0.3, noise_multiplier=0.0, batch_size=8, steps=1, seed=21, delta=1e-5)
   values.update(config)
   # One run id: two models of one seed then draw the same samples and noise (runs of other run
   # ids draw others: test_concurrent_runs_with_the_same_seed_draw_different_noise).
-  dp_model = dp_tfx.make_private(models.MODELS[kind](), dp_tfx.DPConfig(**values),
-                                 ledger_path=ledger_path, run_id="test-run")
-  dp_model.compile(optimizer=keras.optimizers.SGD(learning_rate), loss=LOSS, metrics=["accuracy"],
-                   jit_compile=jit_compile)
+  dp_model = dp_tfx.make_private(
+    models.MODELS[kind](), dp_tfx.DPConfig(**values), ledger_path=ledger_path, run_id="test-run"
+  )
+  dp_model.compile(
+    optimizer=keras.optimizers.SGD(learning_rate),
+    loss=LOSS,
+    metrics=["accuracy"],
+    jit_compile=jit_compile,
+  )
   return dp_model
 
 
 def _sampled_batch(dp_model, x, y, step=0):
   """The examples the model's own sampler chose for `step` (same run key)."""
   key = dp_model._segment_key()  # the key the next fit will use
-  (bx, by, mask), = sampling.logical_batches(x, y, dp_model.plan, key, step, step + 1)
+  ((bx, by, mask),) = sampling.logical_batches(x, y, dp_model.plan, key, step, step + 1)
   real = mask.numpy() == 1
-  microbatches = sampling.microbatch_assignment(key, step, len(real),
-                                                dp_model.plan.num_microbatches or 1)
+  microbatches = sampling.microbatch_assignment(
+    key, step, len(real), dp_model.plan.num_microbatches or 1
+  )
   return bx.numpy()[real], by.numpy()[real], microbatches.numpy()[real]
 
 
-@pytest.mark.parametrize("kind", ["dense", "conv2d", "embedding",
-                                  pytest.param("recurrent", marks=pytest.mark.slow)])
+@pytest.mark.parametrize(
+  "kind", ["dense", "conv2d", "embedding", pytest.param("recurrent", marks=pytest.mark.slow)]
+)
 @pytest.mark.parametrize("jit_compile", [False, pytest.param(True, marks=pytest.mark.slow)])
 @pytest.mark.parametrize("physical_batch_size", [None, 3])  # 3 forces several physical batches
 def test_one_step_is_the_clipped_mean_gradient(kind, jit_compile, physical_batch_size):
@@ -70,8 +76,9 @@ def test_one_microbatched_step_is_the_mean_of_clipped_microbatch_means():
   dp_model._prepare(dp_keras._training_data(x, y))
   before = [v.numpy().copy() for v in dp_model.trainable_variables]
   bx, by, ids = _sampled_batch(dp_model, x, y)
-  expected_sum = clipping.reference_clipped_sum(dp_model.model, PER_EXAMPLE_LOSS, bx, by, 0.3,
-                                                microbatch_ids=ids, num_microbatches=4)
+  expected_sum = clipping.reference_clipped_sum(
+    dp_model.model, PER_EXAMPLE_LOSS, bx, by, 0.3, microbatch_ids=ids, num_microbatches=4
+  )
   dp_model.fit(x, y, verbose=0)
   for b, a, s in zip(before, dp_model.trainable_variables, expected_sum, strict=True):
     np.testing.assert_allclose(b - a.numpy(), s / 4, rtol=1e-4, atol=1e-6)
@@ -87,8 +94,9 @@ def test_noise_added_to_the_step_has_std_sigma_c_over_b(monkeypatch, in_pipeline
     dp_model = _dp_model(noise_multiplier=sigma)
     start = [v.numpy().copy() for v in dp_model.model.trainable_variables]
     dp_model.fit(x, y, verbose=0)
-    updates[sigma] = np.concatenate([(s - v.numpy()).ravel() for s, v in
-                                     zip(start, dp_model.model.trainable_variables)])
+    updates[sigma] = np.concatenate(
+      [(s - v.numpy()).ravel() for s, v in zip(start, dp_model.model.trainable_variables)]
+    )
   noise = updates[2.0] - updates[0.0]  # same seed: same sample, same clipped sum
   # 53 parameters: the sample std's relative standard error is ~10%; allow 35%.
   assert noise.size == 53
@@ -121,13 +129,15 @@ def test_each_pipeline_element_carries_its_own_steps_noise():
   dp_model = _dp_model(noise_multiplier=1.0, steps=6)
   data = dp_keras._training_data(x, y)
   dp_model._prepare(data)
-  host_noise = dp_tfx.noise.host_gaussian_noise(dp_model.model.trainable_variables, 0.3,
-                                                dp_model._key)
+  host_noise = dp_tfx.noise.host_gaussian_noise(
+    dp_model.model.trainable_variables, 0.3, dp_model._key
+  )
   elements = list(dp_model._distributed_batches(data, 2, 5, replicas=1))
   assert len(elements) == 3
   for step, (*_, carried) in zip(range(2, 5), elements):
-    for carried_part, drawn_part in zip(carried, host_noise(tf.constant(step, tf.int64)),
-                                        strict=True):
+    for carried_part, drawn_part in zip(
+      carried, host_noise(tf.constant(step, tf.int64)), strict=True
+    ):
       np.testing.assert_array_equal(carried_part, drawn_part)
   first_values = [np.ravel(element[-1][0]) for element in elements]
   assert len({tuple(values) for values in first_values}) == 3  # fresh noise every step
@@ -216,21 +226,30 @@ def test_a_dataset_of_examples_trains_like_arrays():
   assert dp_model.privacy_ledger.dataset_size == N
 
 
-@pytest.mark.parametrize("loss", ["sparse_categorical_crossentropy",
-                                  keras.losses.sparse_categorical_crossentropy,
-                                  keras.losses.SparseCategoricalCrossentropy()])
+@pytest.mark.parametrize(
+  "loss",
+  [
+    "sparse_categorical_crossentropy",
+    keras.losses.sparse_categorical_crossentropy,
+    keras.losses.SparseCategoricalCrossentropy(),
+  ],
+)
 def test_per_example_losses_from_any_keras_loss(loss):
   y = tf.constant([0, 1])
   probabilities = tf.constant([[0.9, 0.1], [0.2, 0.8]])
-  np.testing.assert_allclose(per_example_loss(loss)(y, probabilities), -np.log([0.9, 0.8]),
-                             rtol=1e-5)
+  np.testing.assert_allclose(
+    per_example_loss(loss)(y, probabilities), -np.log([0.9, 0.8]), rtol=1e-5
+  )
 
 
 def test_sequence_losses_are_averaged_per_example():
   y = tf.constant([[0, 1], [1, 1]])
   probabilities = tf.constant([[[0.9, 0.1], [0.5, 0.5]], [[0.2, 0.8], [0.2, 0.8]]])
-  np.testing.assert_allclose(per_example_loss("sparse_categorical_crossentropy")(y, probabilities),
-                             [-(np.log(0.9) + np.log(0.5)) / 2, -np.log(0.8)], rtol=1e-5)
+  np.testing.assert_allclose(
+    per_example_loss("sparse_categorical_crossentropy")(y, probabilities),
+    [-(np.log(0.9) + np.log(0.5)) / 2, -np.log(0.8)],
+    rtol=1e-5,
+  )
 
 
 def test_trained_model_exports_for_serving(tmp_path):
@@ -239,8 +258,9 @@ def test_trained_model_exports_for_serving(tmp_path):
   dp_model.fit(x, y, verbose=0)
   dp_model.model.export(str(tmp_path / "serving"), verbose=False)
   reloaded = tf.saved_model.load(str(tmp_path / "serving"))
-  np.testing.assert_allclose(reloaded.serve(tf.constant(x)), dp_model.model.predict(x, verbose=0),
-                             rtol=1e-5, atol=1e-6)
+  np.testing.assert_allclose(
+    reloaded.serve(tf.constant(x)), dp_model.model.predict(x, verbose=0), rtol=1e-5, atol=1e-6
+  )
 
 
 def test_ledger_file_names_the_facts_of_the_run(tmp_path):
@@ -254,12 +274,15 @@ def test_ledger_file_names_the_facts_of_the_run(tmp_path):
   assert segment["noisy_steps"] == 3
 
 
-@pytest.mark.parametrize("make_optimizer", [lambda: keras.optimizers.Adam(0.01),
-                                            lambda: keras.optimizers.RMSprop(0.01)])
+@pytest.mark.parametrize(
+  "make_optimizer", [lambda: keras.optimizers.Adam(0.01), lambda: keras.optimizers.RMSprop(0.01)]
+)
 def test_any_keras_optimizer_receives_the_clipped_mean_gradient(make_optimizer):
   x, y = _data()
-  dp_model = dp_tfx.make_private(models.dense_model(), dp_tfx.DPConfig(
-      l2_norm_clip=0.3, noise_multiplier=0.0, batch_size=8, steps=1, seed=21))
+  dp_model = dp_tfx.make_private(
+    models.dense_model(),
+    dp_tfx.DPConfig(l2_norm_clip=0.3, noise_multiplier=0.0, batch_size=8, steps=1, seed=21),
+  )
   dp_model.compile(optimizer=make_optimizer(), loss=LOSS)
   dp_model._prepare(dp_keras._training_data(x, y))
   shadow = models.dense_model()
@@ -267,8 +290,12 @@ def test_any_keras_optimizer_receives_the_clipped_mean_gradient(make_optimizer):
   bx, by, _ = _sampled_batch(dp_model, x, y)
   expected = clipping.reference_clipped_sum(shadow, PER_EXAMPLE_LOSS, bx, by, 0.3)
   optimizer = make_optimizer()
-  optimizer.apply_gradients([(tf.constant(g / 8, tf.float32), v)
-                             for g, v in zip(expected, shadow.trainable_variables, strict=True)])
+  optimizer.apply_gradients(
+    [
+      (tf.constant(g / 8, tf.float32), v)
+      for g, v in zip(expected, shadow.trainable_variables, strict=True)
+    ]
+  )
   dp_model.fit(x, y, verbose=0)
   for actual, wanted in zip(dp_model.model.get_weights(), shadow.get_weights(), strict=True):
     np.testing.assert_allclose(actual, wanted, rtol=1e-4, atol=1e-6)
@@ -311,8 +338,14 @@ print(json.dumps({"max_difference": float(np.abs(clean_one - clean_two).max()),
 def test_two_replicas_take_the_same_step_and_add_one_draw_of_noise():
   import subprocess
   import sys
-  completed = subprocess.run([sys.executable, "-c", _MULTI_REPLICA_SCRIPT], capture_output=True,
-                             text=True, check=False, timeout=300)
+
+  completed = subprocess.run(
+    [sys.executable, "-c", _MULTI_REPLICA_SCRIPT],
+    capture_output=True,
+    text=True,
+    check=False,
+    timeout=300,
+  )
   assert completed.returncode == 0, completed.stderr[-3000:]
   result = json.loads(completed.stdout.strip().splitlines()[-1])
   # With sigma = 0, two replicas compute exactly the single-device step.
@@ -324,8 +357,9 @@ def test_two_replicas_take_the_same_step_and_add_one_draw_of_noise():
 
 
 def test_several_steps_per_execution_are_refused():
-  dp_model = dp_tfx.make_private(models.dense_model(), dp_tfx.DPConfig(noise_multiplier=1.0,
-                                                                       batch_size=8, steps=2))
+  dp_model = dp_tfx.make_private(
+    models.dense_model(), dp_tfx.DPConfig(noise_multiplier=1.0, batch_size=8, steps=2)
+  )
   with pytest.raises(ValueError, match="steps_per_execution=1"):
     dp_model.compile(optimizer="sgd", loss=LOSS, steps_per_execution=4)
 
@@ -353,8 +387,9 @@ def test_a_restart_with_the_same_seed_draws_fresh_noise(tmp_path):
 
 def test_fit_before_compile_is_refused_readably():
   x, y = _data()
-  dp_model = dp_tfx.make_private(models.dense_model(), dp_tfx.DPConfig(noise_multiplier=1.0,
-                                                                       batch_size=8, steps=2))
+  dp_model = dp_tfx.make_private(
+    models.dense_model(), dp_tfx.DPConfig(noise_multiplier=1.0, batch_size=8, steps=2)
+  )
   with pytest.raises(RuntimeError, match="compile the DP model .optimizer, loss. before fit"):
     dp_model.fit(x, y, verbose=0)
 
@@ -365,9 +400,12 @@ def test_concurrent_runs_with_the_same_seed_draw_different_noise(tmp_path):
   x, y = _data()
   keys_by_run = {}
   for run_id in ("first", "second", "first"):
-    dp_model = dp_tfx.make_private(models.dense_model(), dp_tfx.DPConfig(
-        noise_multiplier=1.0, batch_size=8, steps=1, seed=21, delta=1e-5),
-                                   ledger_history=tmp_path / run_id, run_id=run_id)
+    dp_model = dp_tfx.make_private(
+      models.dense_model(),
+      dp_tfx.DPConfig(noise_multiplier=1.0, batch_size=8, steps=1, seed=21, delta=1e-5),
+      ledger_history=tmp_path / run_id,
+      run_id=run_id,
+    )
     dp_model.compile(optimizer="sgd", loss=LOSS)
     dp_model._prepare(dp_keras._training_data(x, y))
     keys_by_run.setdefault(run_id, []).append(tuple(dp_model._segment_key().numpy()))

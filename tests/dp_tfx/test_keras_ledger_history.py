@@ -14,8 +14,9 @@ LOSS = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
 
 
 def _dp_model(history, steps, **options):
-  config = dp_tfx.DPConfig(l2_norm_clip=0.3, noise_multiplier=1.0, batch_size=8, steps=steps,
-                           delta=1e-5)
+  config = dp_tfx.DPConfig(
+    l2_norm_clip=0.3, noise_multiplier=1.0, batch_size=8, steps=steps, delta=1e-5
+  )
   dp_model = dp_tfx.make_private(models.dense_model(), config, ledger_history=history, **options)
   dp_model.compile(optimizer=keras.optimizers.SGD(0.1), loss=LOSS)
   return dp_model
@@ -48,10 +49,16 @@ def test_a_crashed_run_keeps_its_steps_and_the_next_run_adds_to_them(tmp_path):
   files = sorted(tmp_path.glob("segment-*.json"))
   assert len(files) == 2
   assert {json.loads(f.read_text())["body"]["segment"]["run_id"] for f in files} == {
-      "crashed", again.privacy_ledger.run_id}
+    "crashed",
+    again.privacy_ledger.run_id,
+  }
 
 
 def test_ledger_path_and_ledger_history_are_exclusive(tmp_path):
   with pytest.raises(ValueError, match="not both"):
-    dp_tfx.make_private(models.dense_model(), dp_tfx.DPConfig(noise_multiplier=1.0, epochs=1),
-                        ledger_path=tmp_path / "l.json", ledger_history=tmp_path / "h")
+    dp_tfx.make_private(
+      models.dense_model(),
+      dp_tfx.DPConfig(noise_multiplier=1.0, epochs=1),
+      ledger_path=tmp_path / "l.json",
+      ledger_history=tmp_path / "h",
+    )

@@ -23,19 +23,32 @@ LOSS = keras.losses.SparseCategoricalCrossentropy(from_logits=True, reduction=No
 BATCH = 10
 
 CONV_PATHS = [
-    pytest.param(False, id="unfolded"),
-    pytest.param(True, id="grouped", marks=pytest.mark.skipif(
-        not kernels.grouped_filter_gradients_supported(),
-        reason="this process's kernels (oneDNN off) have no grouped filter gradients")),
+  pytest.param(False, id="unfolded"),
+  pytest.param(
+    True,
+    id="grouped",
+    marks=pytest.mark.skipif(
+      not kernels.grouped_filter_gradients_supported(),
+      reason="this process's kernels (oneDNN off) have no grouped filter gradients",
+    ),
+  ),
 ]
 
 
 def _describe_with_onednn(setting: str) -> dict:
   env = dict(os.environ, TF_ENABLE_ONEDNN_OPTS=setting, TF_CPP_MIN_LOG_LEVEL="3")
   output = subprocess.run(
-      [sys.executable, "-c", "import json; from dp_tfx import kernels; "
-       "print(json.dumps(kernels.describe()))"],
-      env=env, capture_output=True, text=True, check=True, timeout=300).stdout
+    [
+      sys.executable,
+      "-c",
+      "import json; from dp_tfx import kernels; print(json.dumps(kernels.describe()))",
+    ],
+    env=env,
+    capture_output=True,
+    text=True,
+    check=True,
+    timeout=300,
+  ).stdout
   return json.loads(output.strip().splitlines()[-1])
 
 
@@ -46,8 +59,10 @@ def test_probe_finds_no_grouped_filter_gradients_with_onednn_off():
   assert described["device"] == "CPU"
 
 
-@pytest.mark.skipif(platform.machine() not in ("x86_64", "AMD64"),
-                    reason="oneDNN's grouped convolution kernels are checked on x86-64")
+@pytest.mark.skipif(
+  platform.machine() not in ("x86_64", "AMD64"),
+  reason="oneDNN's grouped convolution kernels are checked on x86-64",
+)
 def test_probe_finds_grouped_filter_gradients_with_onednn_on():
   described = _describe_with_onednn("1")
   assert described["onednn"] is True
@@ -56,8 +71,10 @@ def test_probe_finds_grouped_filter_gradients_with_onednn_on():
 
 def test_taps_use_grouped_convolutions_only_where_supported(monkeypatch):
   model = models.conv2d_model()
-  assert (clipping.GradientTaps(model).grouped_convolutions
-          == kernels.grouped_filter_gradients_supported())
+  assert (
+    clipping.GradientTaps(model).grouped_convolutions
+    == kernels.grouped_filter_gradients_supported()
+  )
   assert not clipping.GradientTaps(model, static_shapes=True).grouped_convolutions
   monkeypatch.setattr(kernels, "grouped_filter_gradients_supported", lambda: False)
   assert not clipping.GradientTaps(model).grouped_convolutions
@@ -73,10 +90,12 @@ def test_grouped_convolutions_are_refused_with_static_shapes():
 def _clipped_sum(taps, x, y, mask, l2_norm_clip, dynamic_batch):
   def clipped_sum(x, y, mask):
     return clipping.per_example_clipped_sum(taps.backward(x, y, LOSS, mask), mask, l2_norm_clip)
+
   if dynamic_batch:  # as Keras traces a DP step on Poisson batches
     spec = lambda a: tf.TensorSpec([None, *a.shape[1:]], tf.as_dtype(a.dtype))
-    clipped_sum = tf.function(clipped_sum,
-                              input_signature=[spec(x), spec(y), tf.TensorSpec([None])])
+    clipped_sum = tf.function(
+      clipped_sum, input_signature=[spec(x), spec(y), tf.TensorSpec([None])]
+    )
   return clipped_sum(tf.constant(x), tf.constant(y), tf.constant(mask))
 
 

@@ -15,9 +15,16 @@ from dp_accounting.rdp import rdp_privacy_accountant
 
 from dp_tfx import accounting, files
 from dp_tfx.config import DPConfig
-from dp_tfx.ledger import (RESERVATION_STALE_SECONDS, LedgerError, LedgerIntegrityError,
-                           PrivacyLedger, _hash_body, check_chain, dataset_fingerprint,
-                           read_history)
+from dp_tfx.ledger import (
+  RESERVATION_STALE_SECONDS,
+  LedgerError,
+  LedgerIntegrityError,
+  PrivacyLedger,
+  _hash_body,
+  check_chain,
+  dataset_fingerprint,
+  read_history,
+)
 from dp_tfx.plan import TrainingPlan
 from dp_tfx.policy import PrivacyPolicy, decide
 
@@ -26,8 +33,9 @@ REPOSITORY = pathlib.Path(__file__).resolve().parents[2]
 
 
 def _plan(dataset_size, noise_multiplier=1.1, batch_size=200, **steps):
-  return TrainingPlan.from_config(DPConfig(noise_multiplier=noise_multiplier,
-                                           batch_size=batch_size, **steps), dataset_size)
+  return TrainingPlan.from_config(
+    DPConfig(noise_multiplier=noise_multiplier, batch_size=batch_size, **steps), dataset_size
+  )
 
 
 def _rdp_epsilon(runs, delta):
@@ -35,8 +43,9 @@ def _rdp_epsilon(runs, delta):
   exactly, so the order and grouping of the steps do not matter)."""
   accountant = rdp_privacy_accountant.RdpAccountant()
   for q, sigma, steps in runs:
-    accountant.compose(dp_accounting.PoissonSampledDpEvent(q, dp_accounting.GaussianDpEvent(sigma)),
-                       steps)
+    accountant.compose(
+      dp_accounting.PoissonSampledDpEvent(q, dp_accounting.GaussianDpEvent(sigma)), steps
+    )
   return accountant.get_epsilon(delta)
 
 
@@ -72,10 +81,19 @@ def test_edited_ledger_is_rejected(tmp_path):
     PrivacyLedger.load(path)
 
 
-@pytest.mark.parametrize("field, value", [("noise_multiplier", -1.0), ("sampling_rate", 1.5),
-                                          ("planned_steps", 0), ("sampling", "magic"),
-                                          ("noisy_steps", 10**9), ("dataset_size", 10**309),
-                                          ("reserved_steps", -1), ("finished_at", 1)])
+@pytest.mark.parametrize(
+  "field, value",
+  [
+    ("noise_multiplier", -1.0),
+    ("sampling_rate", 1.5),
+    ("planned_steps", 0),
+    ("sampling", "magic"),
+    ("noisy_steps", 10**9),
+    ("dataset_size", 10**309),
+    ("reserved_steps", -1),
+    ("finished_at", 1),
+  ],
+)
 def test_impossible_facts_are_rejected_even_with_a_valid_hash(tmp_path, field, value):
   ledger = _ledger(steps=3)
   setattr(ledger.segments[0], field, value)
@@ -85,11 +103,16 @@ def test_impossible_facts_are_rejected_even_with_a_valid_hash(tmp_path, field, v
     PrivacyLedger.load(path)
 
 
-@pytest.mark.parametrize("edit, reason", [
-    (lambda facts: facts.update(noise_multiplierr=5.0),
-     r"unknown segment field\(s\) \['noise_multiplierr'\]"),
+@pytest.mark.parametrize(
+  "edit, reason",
+  [
+    (
+      lambda facts: facts.update(noise_multiplierr=5.0),
+      r"unknown segment field\(s\) \['noise_multiplierr'\]",
+    ),
     (lambda facts: facts.pop("noisy_steps"), "missing segment fields"),
-])
+  ],
+)
 def test_unknown_or_missing_segment_fields_are_ledger_errors(tmp_path, edit, reason):
   from dp_tfx.ledger import _hash_body
 
@@ -130,8 +153,9 @@ def test_runs_on_the_same_data_compose(tmp_path):
   for _ in range(100):
     second.record_step()
   assert second.noisy_steps == 200
-  expected = accounting.compute_epsilon(sampling_rate=PLAN.sampling_rate,
-                                        noise_multiplier=1.3, steps=200, delta=1e-5)
+  expected = accounting.compute_epsilon(
+    sampling_rate=PLAN.sampling_rate, noise_multiplier=1.3, steps=200, delta=1e-5
+  )
   assert second.epsilon(1e-5) == pytest.approx(expected, rel=1e-3)
 
 
@@ -151,7 +175,8 @@ def test_a_run_on_other_data_continues_the_ledger_and_composes(tmp_path):
   assert [s.dataset_size for s in loaded.segments] == [4000, 3999]
   assert loaded.noisy_steps == 79 and loaded.dataset_size == 3999
   assert loaded.epsilon(1e-5, "rdp") == pytest.approx(
-      _rdp_epsilon([(200 / 4000, 1.1, 40), (200 / 3999, 1.1, 39)], 1e-5), rel=1e-9)
+    _rdp_epsilon([(200 / 4000, 1.1, 40), (200 / 3999, 1.1, 39)], 1e-5), rel=1e-9
+  )
   assert loaded.largest_dataset_size == 4000
 
 
@@ -165,8 +190,11 @@ def test_a_ledger_file_written_by_another_process_meanwhile_fails_closed(tmp_pat
   a.start_segment(_plan(4000, steps=10))
   a.record_step()
   held = path.read_bytes()
-  with pytest.raises(LedgerError, match=r"was rewritten since this run last read or wrote it: "
-                     r"another process is continuing it.*nothing was written.*ledger_history=DIR"):
+  with pytest.raises(
+    LedgerError,
+    match=r"was rewritten since this run last read or wrote it: "
+    r"another process is continuing it.*nothing was written.*ledger_history=DIR",
+  ):
     b.start_segment(_plan(4000, steps=10))
   assert path.read_bytes() == held and b.current_segment is None and b.segments == []
   c = PrivacyLedger.load(path)  # another process that got past open_for: it writes first
@@ -190,7 +218,8 @@ def test_a_ledger_file_deleted_or_found_in_place_is_never_written_over(tmp_path)
 
 
 def test_a_ledger_saved_again_under_another_spelling_of_its_path_is_the_same_file(
-    tmp_path, monkeypatch):
+  tmp_path, monkeypatch
+):
   monkeypatch.chdir(tmp_path)
   ledger = _ledger(steps=3)
   ledger.save(tmp_path / "ledger.json")
@@ -209,11 +238,14 @@ def test_a_ledger_file_a_run_is_training_on_is_not_opened(tmp_path):
   training = PrivacyLedger.open_for(path, 4000, "sha256:abc")
   training.start_segment(_plan(4000, steps=10))
   training.record_step()
-  with pytest.raises(LedgerError, match=r"is in use: run \w+ reserved 10 noisy steps and is still "
-                     r"training \(last written \d+ s ago, its reservation lapses at \S+Z unless "
-                     r"it writes again \(5 min after its last write\); if that run was killed: "
-                     r"dp-tfx release-reservation \S+ --segment segment-\S+ --force\)"
-                     r".*ledger_history=DIR"):
+  with pytest.raises(
+    LedgerError,
+    match=r"is in use: run \w+ reserved 10 noisy steps and is still "
+    r"training \(last written \d+ s ago, its reservation lapses at \S+Z unless "
+    r"it writes again \(5 min after its last write\); if that run was killed: "
+    r"dp-tfx release-reservation \S+ --segment segment-\S+ --force\)"
+    r".*ledger_history=DIR",
+  ):
     PrivacyLedger.open_for(path, 4000, "sha256:abc")
   training.finish_segment()
   assert PrivacyLedger.open_for(path, 4000, "sha256:abc").noisy_steps == 1
@@ -242,7 +274,8 @@ def test_a_ledger_counting_another_privacy_unit_is_refused(tmp_path):
 
 def test_shuffled_runs_are_not_rigorous():
   plan = TrainingPlan.from_config(
-      DPConfig(noise_multiplier=1.1, batch_size=256, epochs=1, sampling="shuffle"), 60000)
+    DPConfig(noise_multiplier=1.1, batch_size=256, epochs=1, sampling="shuffle"), 60000
+  )
   ledger = PrivacyLedger(dataset_size=60000, dataset_fingerprint="sha256:abc")
   ledger.start_segment(plan)
   assert ledger.rigorous  # a shuffled segment that took no step spent nothing
@@ -253,6 +286,7 @@ def test_shuffled_runs_are_not_rigorous():
 
 def test_fingerprint_depends_on_content_and_shape():
   import numpy as np
+
   a = np.arange(6, dtype=np.float32)
   assert dataset_fingerprint(a) == dataset_fingerprint(a.copy())
   assert dataset_fingerprint(a) != dataset_fingerprint(a.reshape(2, 3))
@@ -271,8 +305,9 @@ def _concurrent_runs(history, runs):
 
   def run(index, size, steps):
     try:
-      ledger = PrivacyLedger.open_history(history, size, f"sha256:data-{index}",
-                                          data_source="digits", run_id=f"run-{index}")
+      ledger = PrivacyLedger.open_history(
+        history, size, f"sha256:data-{index}", data_source="digits", run_id=f"run-{index}"
+      )
       assert ledger.noisy_steps == 0  # nobody has recorded anything yet
       barrier.wait()
       ledger.start_segment(_plan(size, steps=steps))
@@ -285,8 +320,9 @@ def _concurrent_runs(history, runs):
       errors.append(error)
       barrier.abort()
 
-  threads = [threading.Thread(target=run, args=(i, size, steps))
-             for i, (size, steps) in enumerate(runs)]
+  threads = [
+    threading.Thread(target=run, args=(i, size, steps)) for i, (size, steps) in enumerate(runs)
+  ]
   for thread in threads:
     thread.start()
   for thread in threads:
@@ -295,9 +331,11 @@ def _concurrent_runs(history, runs):
   return ledgers
 
 
-@pytest.mark.parametrize("runs", [[(4000, 40), (4000, 40)],
-                                  [(4000, 40), (3999, 25), (5000, 33)]],
-                         ids=["two-runs", "three-runs-on-changed-data"])
+@pytest.mark.parametrize(
+  "runs",
+  [[(4000, 40), (4000, 40)], [(4000, 40), (3999, 25), (5000, 33)]],
+  ids=["two-runs", "three-runs-on-changed-data"],
+)
 def test_concurrent_runs_on_one_history_count_every_step(tmp_path, runs):
   history = tmp_path / "history"
   ledgers = _concurrent_runs(history, runs)
@@ -315,8 +353,9 @@ def test_concurrent_runs_on_one_history_count_every_step(tmp_path, runs):
   # PLD agrees with the composition of each run's own event (q, sigma, steps).
   pld = dp_accounting.pld.PLDAccountant(value_discretization_interval=1e-4)
   for size, steps in runs:
-    pld.compose(dp_accounting.PoissonSampledDpEvent(200 / size, dp_accounting.GaussianDpEvent(1.1)),
-                steps)
+    pld.compose(
+      dp_accounting.PoissonSampledDpEvent(200 / size, dp_accounting.GaussianDpEvent(1.1)), steps
+    )
   assert later.epsilon(1e-5) == pytest.approx(pld.get_epsilon(1e-5), rel=1e-3)
 
 
@@ -327,20 +366,35 @@ def test_concurrent_processes_count_every_step_and_a_killed_one_keeps_its_steps(
   environment = {**os.environ, "PYTHONPATH": str(REPOSITORY)}
 
   def start(name, steps):
-    return subprocess.Popen([sys.executable, "-m", "tests.dp_tfx.ledger_worker", str(history),
-                             "4000", str(steps), str(work), name], cwd=REPOSITORY,
-                            env=environment, stderr=subprocess.PIPE)
+    return subprocess.Popen(
+      [
+        sys.executable,
+        "-m",
+        "tests.dp_tfx.ledger_worker",
+        str(history),
+        "4000",
+        str(steps),
+        str(work),
+        name,
+      ],
+      cwd=REPOSITORY,
+      env=environment,
+      stderr=subprocess.PIPE,
+    )
 
   workers = {"a": start("a", 40), "b": start("b", 40), "killed": start("killed", 2000)}
   deadline = time.time() + 240
   while not all((work / f"{name}.ready").exists() for name in workers):
-    assert time.time() < deadline and all(p.poll() is None for p in workers.values()), (
-        [p.stderr.read() for p in workers.values() if p.poll() is not None])
+    assert time.time() < deadline and all(p.poll() is None for p in workers.values()), [
+      p.stderr.read() for p in workers.values() if p.poll() is not None
+    ]
     time.sleep(0.05)
   assert {(work / f"{name}.ready").read_text() for name in workers} == {"0"}  # all saw nothing
   (work / "go").write_text("")
-  while len((work / "killed.ran").read_text().splitlines()
-            if (work / "killed.ran").exists() else []) < 30:
+  while (
+    len((work / "killed.ran").read_text().splitlines() if (work / "killed.ran").exists() else [])
+    < 30
+  ):
     assert time.time() < deadline
     time.sleep(0.01)
   workers["killed"].send_signal(signal.SIGKILL)
@@ -348,8 +402,10 @@ def test_concurrent_processes_count_every_step_and_a_killed_one_keeps_its_steps(
     assert workers[name].wait(timeout=120) == 0, workers[name].stderr.read()
   workers["killed"].wait(timeout=60)
   ran = len((work / "killed.ran").read_text().splitlines())
-  by_run = {run["run_id"]: run["noisy_steps"]
-            for run in PrivacyLedger.open_history(history, 4000, "sha256:next").runs()}
+  by_run = {
+    run["run_id"]: run["noisy_steps"]
+    for run in PrivacyLedger.open_history(history, 4000, "sha256:next").runs()
+  }
   assert by_run["a"] == by_run["b"] == 40
   assert ran <= by_run["killed"] <= ran + 1  # every step that ran, at worst one more
 
@@ -381,19 +437,23 @@ def test_a_data_change_between_runs_composes_and_delta_covers_the_largest_datase
     second.record_step()
   assert second.noisy_steps == 40 + plan.steps
   assert second.epsilon(1e-5, "rdp") == pytest.approx(
-      _rdp_epsilon([(200 / 4000, 1.1, 40), (200 / 3999, 1.1, plan.steps)], 1e-5), rel=1e-9)
+    _rdp_epsilon([(200 / 4000, 1.1, 40), (200 / 3999, 1.1, plan.steps)], 1e-5), rel=1e-9
+  )
   # The second run alone (a fresh history keyed by the data's content, as before) was pushed at
   # epsilon 4.83 under max_epsilon 5; the two compose to 5.14.
-  alone = accounting.compute_epsilon(sampling_rate=200 / 3999, noise_multiplier=1.1,
-                                     steps=plan.steps, delta=1e-5)
+  alone = accounting.compute_epsilon(
+    sampling_rate=200 / 3999, noise_multiplier=1.1, steps=plan.steps, delta=1e-5
+  )
   decision = decide(PrivacyPolicy(max_epsilon=5.0, delta=1e-5), second)
   assert alone == pytest.approx(4.83, abs=0.01)
   assert decision.epsilon == pytest.approx(5.14, abs=0.01)
   assert not decision.blessed and "exceeds the policy's max_epsilon" in decision.reasons[0]
   # delta "1/N" is one over the largest dataset the total covers.
   assert decide(PrivacyPolicy(max_epsilon=100.0), second).delta == 1 / 4000
-  assert "N = 4000, the largest dataset" in decide(
-      PrivacyPolicy(max_epsilon=100.0, delta=1 / 3999), second).reasons[0]
+  assert (
+    "N = 4000, the largest dataset"
+    in decide(PrivacyPolicy(max_epsilon=100.0, delta=1 / 3999), second).reasons[0]
+  )
 
 
 def _history_with_two_runs(directory):
@@ -409,13 +469,19 @@ def _segment_files(directory):
   return sorted(pathlib.Path(directory).glob("segment-*.json"))
 
 
-@pytest.mark.parametrize("damage, message", [
-    (lambda p: p.write_text(p.read_text().replace('"noisy_steps": 10', '"noisy_steps": 1')),
-     "content_hash"),
-    (lambda p: p.write_text(p.read_text()[:len(p.read_text()) // 2]), "not valid JSON"),
+@pytest.mark.parametrize(
+  "damage, message",
+  [
+    (
+      lambda p: p.write_text(p.read_text().replace('"noisy_steps": 10', '"noisy_steps": 1')),
+      "content_hash",
+    ),
+    (lambda p: p.write_text(p.read_text()[: len(p.read_text()) // 2]), "not valid JSON"),
     (lambda p: p.write_text(""), "not valid JSON"),
     (lambda p: p.rename(p.with_name("segment-renamed.json")), "does not match its segment_id"),
-], ids=["edited", "truncated", "emptied", "renamed"])
+  ],
+  ids=["edited", "truncated", "emptied", "renamed"],
+)
 def test_a_damaged_segment_file_is_refused_with_its_name(tmp_path, damage, message):
   _history_with_two_runs(tmp_path)
   damaged = _segment_files(tmp_path)[0]
@@ -466,7 +532,8 @@ def test_a_format_1_ledger_in_the_history_keeps_counting(tmp_path):
   for name in ("dataset_size", "dataset_fingerprint", "data_source", "run_id", "segment_id"):
     del body["segments"][0][name]
   (tmp_path / ("ab" * 16 + ".json")).write_text(
-      json.dumps({"body": body, "content_hash": _hash_body(body)}))
+    json.dumps({"body": body, "content_hash": _hash_body(body)})
+  )
   ledger = PrivacyLedger.open_history(tmp_path, 3999, "sha256:new")
   assert ledger.noisy_steps == 40 and ledger.segments[0].dataset_size == 4000
   ledger.start_segment(_plan(3999, epochs=1))
@@ -490,14 +557,16 @@ def test_temporaries_of_writes_in_flight_are_not_segments(tmp_path):
   assert sum(s.noisy_steps for s in read_history(tmp_path)) == 20
 
 
-def test_a_temporary_renamed_into_place_while_the_history_is_read_is_skipped(tmp_path,
-                                                                             monkeypatch):
+def test_a_temporary_renamed_into_place_while_the_history_is_read_is_skipped(tmp_path, monkeypatch):
   # A concurrent write's temporary, listed, then renamed before its age is read: the reader
   # (another run's pre-check) once crashed with NotFoundError.
   _history_with_two_runs(tmp_path)
   listdir = files.listdir
-  monkeypatch.setattr(files, "listdir", lambda directory: listdir(directory) + [
-      ".segment-x.json-" + "0123456789abcdef" * 2])  # gone by the time it is looked at
+  monkeypatch.setattr(
+    files,
+    "listdir",
+    lambda directory: listdir(directory) + [".segment-x.json-" + "0123456789abcdef" * 2],
+  )  # gone by the time it is looked at
   assert sum(s.noisy_steps for s in read_history(tmp_path)) == 20
 
 
@@ -520,13 +589,17 @@ def _archive(path):
   path.rename(path.parent / "archive" / path.name)
 
 
-@pytest.mark.parametrize("hide", [
+@pytest.mark.parametrize(
+  "hide",
+  [
     lambda p: p.rename(p.with_name(p.name + ".bak")),
     lambda p: p.rename(p.with_name("." + p.name)),
     lambda p: p.rename(p.with_suffix(".JSON")),
     _archive,
     lambda p: (p.parent / "README").write_text("notes"),
-], ids=["bak", "hidden", "upper-case", "subdirectory", "other-file"])
+  ],
+  ids=["bak", "hidden", "upper-case", "subdirectory", "other-file"],
+)
 def test_anything_but_a_record_in_the_history_is_refused_so_none_drops_out(tmp_path, hide):
   # Renaming a run's record so the reader skips it would lower the total without a trace.
   _history_with_two_runs(tmp_path)
@@ -588,7 +661,8 @@ def test_a_segment_deleted_or_shortened_after_a_later_run_opened_the_history_is_
   later = PrivacyLedger.open_history(tmp_path, 4000, "sha256:abc")
   later.start_segment(_plan(4000, epochs=2))
   assert later.current_segment.predecessors == [
-      {"segment_id": first.segments[0].segment_id, "noisy_steps": 10}]
+    {"segment_id": first.segments[0].segment_id, "noisy_steps": 10}
+  ]
   assert [s.noisy_steps for s in read_history(tmp_path)] == [10, 0]
   first_file = tmp_path / (first.segments[0].segment_id + ".json")
   written = first_file.read_text()
@@ -602,8 +676,11 @@ def test_a_segment_deleted_or_shortened_after_a_later_run_opened_the_history_is_
   with pytest.raises(LedgerError, match="shortened"):  # no later run starts on it
     PrivacyLedger.open_history(tmp_path, 4000, "sha256:abc")
   first_file.unlink()
-  with pytest.raises(LedgerError, match=f"{first.segments[0].segment_id}, which segment .* saw "
-                                        "when it started, is missing from the ledger history"):
+  with pytest.raises(
+    LedgerError,
+    match=f"{first.segments[0].segment_id}, which segment .* saw "
+    "when it started, is missing from the ledger history",
+  ):
     judged()
   with pytest.raises(LedgerError, match="is missing"):
     PrivacyLedger.open_history(tmp_path, 4000, "sha256:abc")

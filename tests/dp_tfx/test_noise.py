@@ -35,8 +35,10 @@ def test_a_fixed_key_reproduces_the_noise():
 
 def test_tensors_of_unknown_shape_get_reproducible_noise_of_their_shape():
   key = keys.run_key(seed=5)
-  traced = tf.function(lambda a, b: noise.add_gaussian_noise([a, b], 1.0, key, tf.constant(2)),
-                       input_signature=[tf.TensorSpec([None, 4]), tf.TensorSpec([None])])
+  traced = tf.function(
+    lambda a, b: noise.add_gaussian_noise([a, b], 1.0, key, tf.constant(2)),
+    input_signature=[tf.TensorSpec([None, 4]), tf.TensorSpec([None])],
+  )
   first = traced(tf.zeros([3, 4]), tf.zeros([7]))
   again = traced(tf.zeros([3, 4]), tf.zeros([7]))
   assert [t.shape for t in first] == [(3, 4), (7,)]
@@ -49,8 +51,14 @@ def test_large_variables_get_draws_of_their_own_and_all_draws_differ(monkeypatch
   # Shrink the shared-draw size so a small test crosses it: [30] and [50] exceed 40 values.
   monkeypatch.setattr(noise, "_DRAW_VALUES", 40)
   assert noise._draw_groups([10, 20, 30, 50, 5, 5]) == [[0, 1], [2], [3], [4, 5]]
-  zeros = [tf.zeros([10]), tf.zeros([20]), tf.zeros([30]), tf.zeros([50]), tf.zeros([5]),
-           tf.zeros([5])]
+  zeros = [
+    tf.zeros([10]),
+    tf.zeros([20]),
+    tf.zeros([30]),
+    tf.zeros([50]),
+    tf.zeros([5]),
+    tf.zeros([5]),
+  ]
   noisy = noise.add_gaussian_noise(zeros, 1.0, keys.run_key(seed=6), tf.constant(0))
   values = np.concatenate([t.numpy() for t in noisy])
   # Separate draws must come from separate streams: no value repeats across the 120.
@@ -59,8 +67,9 @@ def test_large_variables_get_draws_of_their_own_and_all_draws_differ(monkeypatch
 
 
 def test_float64_tensors_get_float64_noise():
-  noisy = noise.add_gaussian_noise([tf.zeros([1000], tf.float64)], 1.0, keys.run_key(seed=7),
-                                   tf.constant(0))
+  noisy = noise.add_gaussian_noise(
+    [tf.zeros([1000], tf.float64)], 1.0, keys.run_key(seed=7), tf.constant(0)
+  )
   values = noisy[0].numpy()
   assert values.dtype == np.float64
   assert np.any(values != values.astype(np.float32).astype(np.float64))  # not float32 precision
@@ -72,8 +81,9 @@ def _host_draw(sizes, stddev, key, step, dtype=tf.float32):
 
 
 def test_host_noise_is_normal_with_std_sigma_times_clip():
-  values = np.concatenate([t.numpy().ravel()
-                           for t in _host_draw([[300, 200], [1001]], 0.7, keys.run_key(4), 0)])
+  values = np.concatenate(
+    [t.numpy().ravel() for t in _host_draw([[300, 200], [1001]], 0.7, keys.run_key(4), 0)]
+  )
   assert values.size == 61001 and values.dtype == np.float32
   # 61,001 draws at a fixed seed: the mean's standard error is 0.7 / 247, the std's 0.29%,
   # skewness's 0.0099, excess kurtosis's 0.0198; allow about 4 standard errors each.
@@ -86,8 +96,10 @@ def test_host_noise_is_normal_with_std_sigma_times_clip():
   assert stats.normaltest(values).pvalue > 0.01
   # Box-Muller's two halves (cosines, sines of shared radii) are independent normals too.
   half = values.size // 2
-  assert abs(np.corrcoef(values[:half], values[half:2 * half])[0, 1]) < 4 / np.sqrt(half)
-  assert abs(np.corrcoef(values[:half] ** 2, values[half:2 * half] ** 2)[0, 1]) < 4 / np.sqrt(half)
+  assert abs(np.corrcoef(values[:half], values[half : 2 * half])[0, 1]) < 4 / np.sqrt(half)
+  assert abs(np.corrcoef(values[:half] ** 2, values[half : 2 * half] ** 2)[0, 1]) < 4 / np.sqrt(
+    half
+  )
 
 
 def test_host_noise_tails_follow_the_normal():
@@ -108,8 +120,9 @@ def test_host_noise_is_fresh_every_step_and_reproducible_for_a_key():
 
 
 def test_host_noise_takes_each_tensors_shape_and_dtype():
-  drawn = noise.host_gaussian_noise([tf.zeros([2, 3]), tf.zeros([5], tf.float64)], 1.0,
-                                    keys.run_key(3))(tf.constant(0, tf.int64))
+  drawn = noise.host_gaussian_noise(
+    [tf.zeros([2, 3]), tf.zeros([5], tf.float64)], 1.0, keys.run_key(3)
+  )(tf.constant(0, tf.int64))
   assert [(t.shape, t.dtype) for t in drawn] == [((2, 3), tf.float32), ((5,), tf.float64)]
   float64 = _host_draw([[1000]], 1.0, keys.run_key(7), 0, tf.float64)[0].numpy()
   assert float64.dtype == np.float64

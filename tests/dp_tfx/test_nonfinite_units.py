@@ -29,9 +29,14 @@ def overflowing_loss(y_true, y_pred):
 
 def all_padding_model():
   """The issue's case: an all-padding sequence under mask_zero + GlobalAveragePooling1D is 0/0."""
-  return keras.Sequential([keras.Input((5,), dtype="int32"),
-                           keras.layers.Embedding(models.VOCAB, 4, mask_zero=True),
-                           keras.layers.GlobalAveragePooling1D(), keras.layers.Dense(3)])
+  return keras.Sequential(
+    [
+      keras.Input((5,), dtype="int32"),
+      keras.layers.Embedding(models.VOCAB, 4, mask_zero=True),
+      keras.layers.GlobalAveragePooling1D(),
+      keras.layers.Dense(3),
+    ]
+  )
 
 
 def _neighbours(kind, how):
@@ -53,15 +58,24 @@ def _neighbours(kind, how):
 
 
 def _noisy_step(model, batch, num_microbatches=None, physical_batch_size=None, jit=False):
-  plan = TrainingPlan.from_config(DPConfig(
-      l2_norm_clip=CLIP, noise_multiplier=SIGMA, batch_size=9, steps=5,
-      physical_batch_size=physical_batch_size, num_microbatches=num_microbatches), 90)
+  plan = TrainingPlan.from_config(
+    DPConfig(
+      l2_norm_clip=CLIP,
+      noise_multiplier=SIGMA,
+      batch_size=9,
+      steps=5,
+      physical_batch_size=physical_batch_size,
+      num_microbatches=num_microbatches,
+    ),
+    90,
+  )
   taps = clipping.GradientTaps(model, static_shapes=jit)
   key, step = keys.run_key(seed=7), tf.constant(2, tf.int64)
 
   def step_fn(x, y, mask):
-    return dp_step.noisy_gradients(taps, overflowing_loss, plan, x, y, mask, key, step,
-                                   static_chunks=jit)
+    return dp_step.noisy_gradients(
+      taps, overflowing_loss, plan, x, y, mask, key, step, static_chunks=jit
+    )
 
   if jit:
     step_fn = tf.function(step_fn, jit_compile=True)
@@ -70,36 +84,43 @@ def _noisy_step(model, batch, num_microbatches=None, physical_batch_size=None, j
 
 
 _PATHS = [
-    ("dense", "nan_input", {}),
-    ("dense", "inf_input", {}),
-    ("dense", "overflowing_loss", {}),
-    ("conv2d", "nan_input", {}),
-    ("conv1d", "inf_input", {}),
-    ("embedding", "overflowing_loss", {}),
-    ("all_padding", "all_padding", {}),
-    ("fallback", "nan_input", {}),  # the materialised (vectorised) fallback
-    ("fallback", "overflowing_loss", dict(num_microbatches=3)),
-    ("attention", "overflowing_loss", {}),
-    ("recurrent", "overflowing_loss", {}),  # (an all-padding sequence gives RNNs zeros)
-    ("dense", "nan_input", dict(num_microbatches=3)),
-    ("embedding", "overflowing_loss", dict(num_microbatches=3)),
-    ("dense", "nan_input", dict(physical_batch_size=3)),  # accumulation over physical batches
-    ("all_padding", "all_padding", dict(physical_batch_size=4)),
-    ("dense", "nan_input", dict(physical_batch_size=5, jit=True)),
-    ("all_padding", "all_padding", dict(physical_batch_size=5, jit=True)),
-    ("conv2d", "overflowing_loss", dict(physical_batch_size=5, jit=True)),
+  ("dense", "nan_input", {}),
+  ("dense", "inf_input", {}),
+  ("dense", "overflowing_loss", {}),
+  ("conv2d", "nan_input", {}),
+  ("conv1d", "inf_input", {}),
+  ("embedding", "overflowing_loss", {}),
+  ("all_padding", "all_padding", {}),
+  ("fallback", "nan_input", {}),  # the materialised (vectorised) fallback
+  ("fallback", "overflowing_loss", dict(num_microbatches=3)),
+  ("attention", "overflowing_loss", {}),
+  ("recurrent", "overflowing_loss", {}),  # (an all-padding sequence gives RNNs zeros)
+  ("dense", "nan_input", dict(num_microbatches=3)),
+  ("embedding", "overflowing_loss", dict(num_microbatches=3)),
+  ("dense", "nan_input", dict(physical_batch_size=3)),  # accumulation over physical batches
+  ("all_padding", "all_padding", dict(physical_batch_size=4)),
+  ("dense", "nan_input", dict(physical_batch_size=5, jit=True)),
+  ("all_padding", "all_padding", dict(physical_batch_size=5, jit=True)),
+  ("conv2d", "overflowing_loss", dict(physical_batch_size=5, jit=True)),
 ]
 
 
-@pytest.mark.parametrize("kind, how, options", _PATHS,
-                         ids=["-".join([kind, how, *map(str, options)])
-                              for kind, how, options in _PATHS])
+@pytest.mark.parametrize(
+  "kind, how, options",
+  _PATHS,
+  ids=["-".join([kind, how, *map(str, options)]) for kind, how, options in _PATHS],
+)
 def test_one_nonfinite_unit_changes_no_bit_of_the_noisy_sum(kind, how, options):
   model = all_padding_model() if kind == "all_padding" else models.MODELS[kind]()
   without, with_extra = _neighbours(kind, how)
-  squared_norms = clipping.GradientTaps(model).backward(
-      *(tf.constant(t) for t in with_extra[:2]), overflowing_loss,
-      tf.constant(with_extra[2])).squared_norms().numpy()
+  squared_norms = (
+    clipping.GradientTaps(model)
+    .backward(
+      *(tf.constant(t) for t in with_extra[:2]), overflowing_loss, tf.constant(with_extra[2])
+    )
+    .squared_norms()
+    .numpy()
+  )
   assert not np.isfinite(squared_norms[EXTRA])  # D' does hold a non-finite unit
   gradients, loss_sum, units = _noisy_step(model, without, **options)
   gradients_extra, loss_sum_extra, units_extra = _noisy_step(model, with_extra, **options)
@@ -118,11 +139,13 @@ def test_one_nonfinite_unit_changes_no_bit_of_the_noisy_sum(kind, how, options):
 def test_the_reference_leaves_a_nonfinite_unit_out_too():
   model = models.dense_model()
   without, with_extra = _neighbours("dense", "nan_input")
-  for plain, extra in zip(clipping.reference_clipped_sum(model, overflowing_loss, *without[:2],
-                                                         CLIP, mask=without[2]),
-                          clipping.reference_clipped_sum(model, overflowing_loss,
-                                                         *with_extra[:2], CLIP,
-                                                         mask=with_extra[2]), strict=True):
+  for plain, extra in zip(
+    clipping.reference_clipped_sum(model, overflowing_loss, *without[:2], CLIP, mask=without[2]),
+    clipping.reference_clipped_sum(
+      model, overflowing_loss, *with_extra[:2], CLIP, mask=with_extra[2]
+    ),
+    strict=True,
+  ):
     np.testing.assert_array_equal(plain, extra)
 
 
@@ -139,8 +162,12 @@ def test_a_unit_whose_norm_overflows_contributes_zero_not_nan():
 
 
 def _fit(model, x, y, loss):
-  dp_model = dp_tfx.make_private(model, dp_tfx.DPConfig(
-      l2_norm_clip=1.0, noise_multiplier=1.0, batch_size=8, steps=10, delta=1e-5, seed=4))
+  dp_model = dp_tfx.make_private(
+    model,
+    dp_tfx.DPConfig(
+      l2_norm_clip=1.0, noise_multiplier=1.0, batch_size=8, steps=10, delta=1e-5, seed=4
+    ),
+  )
   dp_model.compile(optimizer=keras.optimizers.SGD(0.5), loss=loss, metrics=["accuracy"])
   return dp_model, dp_model.fit(x, y, verbose=0)
 
@@ -213,8 +240,13 @@ print(json.dumps({"identical": all(np.array_equal(a, b) for a, b in zip(plain, e
 
 
 def test_two_replicas_leave_a_nonfinite_unit_out_bit_for_bit():
-  completed = subprocess.run([sys.executable, "-c", _TWO_REPLICA_SCRIPT], capture_output=True,
-                             text=True, check=False, timeout=300)
+  completed = subprocess.run(
+    [sys.executable, "-c", _TWO_REPLICA_SCRIPT],
+    capture_output=True,
+    text=True,
+    check=False,
+    timeout=300,
+  )
   assert completed.returncode == 0, completed.stderr[-3000:]
   result = json.loads(completed.stdout.strip().splitlines()[-1])
   assert result == {"identical": True, "finite": True, "units": [9.0, 9.0]}

@@ -75,18 +75,34 @@ def _parse(record):
 
 def test_a_step_is_its_sample_then_masked_padding_to_whole_physical_batches():
   assert _parse(pb.step_record(3, [b"a", b"b", b"c"], 2, b"pad", DRAW)) == (
-      3, [b"a", b"b", b"c", b"pad"], [1, 1, 1, 0])
+    3,
+    [b"a", b"b", b"c", b"pad"],
+    [1, 1, 1, 0],
+  )
   assert _parse(pb.step_record(4, [], 2, b"pad", DRAW)) == (4, [b"pad", b"pad"], [0, 0])
   assert _parse(pb.step_record(5, [b"a", b"b"], 2, b"pad", DRAW)) == (5, [b"a", b"b"], [1, 1])
 
 
 def _manifest(tmp_path):
   samples = {0: [b"x", b"y", b"z"], 2: [b"w"]}
-  shards = (pb.write_shard(str(tmp_path), 0, 2, samples, 2, b"pad", DRAW),
-            pb.write_shard(str(tmp_path), 2, 3, samples, 2, b"pad", DRAW))
-  return pb.BatchManifest(dataset_size=10, batch_size=2, sampling_rate=0.2, steps=5,
-                          first_step=0, last_step=3, physical_batch_size=2, shards=shards,
-                          source="/examples/1", split="train", draw=DRAW, data_digest=DATA)
+  shards = (
+    pb.write_shard(str(tmp_path), 0, 2, samples, 2, b"pad", DRAW),
+    pb.write_shard(str(tmp_path), 2, 3, samples, 2, b"pad", DRAW),
+  )
+  return pb.BatchManifest(
+    dataset_size=10,
+    batch_size=2,
+    sampling_rate=0.2,
+    steps=5,
+    first_step=0,
+    last_step=3,
+    physical_batch_size=2,
+    shards=shards,
+    source="/examples/1",
+    split="train",
+    draw=DRAW,
+    data_digest=DATA,
+  )
 
 
 def test_shards_hold_their_steps_in_order_with_their_digests(tmp_path):
@@ -101,11 +117,15 @@ def test_shards_hold_their_steps_in_order_with_their_digests(tmp_path):
     assert files.sha256(path) == shard.sha256
     records += [r.numpy() for r in tf.data.TFRecordDataset(path, compression_type="GZIP")]
   assert [_parse(record) for record in records] == [
-      (0, [b"x", b"y", b"z", b"pad"], [1, 1, 1, 0]), (1, [b"pad", b"pad"], [0, 0]),
-      (2, [b"w", b"pad"], [1, 0])]
+    (0, [b"x", b"y", b"z", b"pad"], [1, 1, 1, 0]),
+    (1, [b"pad", b"pad"], [0, 0]),
+    (2, [b"w", b"pad"], [1, 0]),
+  ]
 
 
-@pytest.mark.parametrize("edit, message", [
+@pytest.mark.parametrize(
+  "edit, message",
+  [
     (lambda d: d.update(sampling_rate=0.1), "is not batch_size / dataset_size"),
     (lambda d: d.update(last_step=6), "not a range within the plan"),
     (lambda d: d["shards"].pop(0), "starts at step 2, not at 0"),
@@ -121,7 +141,8 @@ def test_shards_hold_their_steps_in_order_with_their_digests(tmp_path):
     (lambda d: d.update(source=""), "must name the examples sampled"),
     (lambda d: d.update(draw="1234/2-3"), "starts after step 0"),
     (lambda d: d.update(draw="no-range"), "is not a draw's identity"),
-])
+  ],
+)
 def test_malformed_manifests_are_refused_readably(tmp_path, edit, message):
   document = _manifest(tmp_path).to_dict()
   edit(document)
@@ -139,8 +160,18 @@ def test_the_digest_names_every_fact():
 
 
 def _manifest_without_files():
-  shard = pb.Shard(file=pb.shard_name(0, 3), first_step=0, last_step=3, sampled=3,
-                   sha256="0" * 64)
-  return pb.BatchManifest(dataset_size=10, batch_size=2, sampling_rate=0.2, steps=5,
-                          first_step=0, last_step=3, physical_batch_size=1, shards=(shard,),
-                          source="/examples/1", split="train", draw=DRAW, data_digest=DATA)
+  shard = pb.Shard(file=pb.shard_name(0, 3), first_step=0, last_step=3, sampled=3, sha256="0" * 64)
+  return pb.BatchManifest(
+    dataset_size=10,
+    batch_size=2,
+    sampling_rate=0.2,
+    steps=5,
+    first_step=0,
+    last_step=3,
+    physical_batch_size=1,
+    shards=(shard,),
+    source="/examples/1",
+    split="train",
+    draw=DRAW,
+    data_digest=DATA,
+  )

@@ -39,9 +39,18 @@ def test_the_text_is_the_count_and_a_256_bit_sum_and_parses_back():
   assert record_digest.of_records([]) == "records-sha256-sum:0:" + "0" * 64
 
 
-@pytest.mark.parametrize("text", [None, 3, "", "records-sha256-sum:1:abc",
-                                  "sha256:" + "0" * 64, "records-sha256-sum:-1:" + "0" * 64,
-                                  "records-sha256-sum:1:" + "G" * 64])
+@pytest.mark.parametrize(
+  "text",
+  [
+    None,
+    3,
+    "",
+    "records-sha256-sum:1:abc",
+    "sha256:" + "0" * 64,
+    "records-sha256-sum:-1:" + "0" * 64,
+    "records-sha256-sum:1:" + "G" * 64,
+  ],
+)
 def test_anything_else_is_refused_naming_where_it_came_from(text):
   with pytest.raises(ValueError, match="the manifest's digest must be a record digest"):
     record_digest.parse(text, "the manifest's digest")

@@ -19,8 +19,15 @@ import dp_tfx
 from dp_tfx import accounting, files, signing
 from dp_tfx import ledger as ledger_module
 from dp_tfx.config import DPConfig
-from dp_tfx.ledger import (HEARTBEAT_SECONDS, RESERVATION_STALE_SECONDS, LedgerHistory,
-                           LedgerIntegrityError, PrivacyLedger, _hash_body, read_history)
+from dp_tfx.ledger import (
+  HEARTBEAT_SECONDS,
+  RESERVATION_STALE_SECONDS,
+  LedgerHistory,
+  LedgerIntegrityError,
+  PrivacyLedger,
+  _hash_body,
+  read_history,
+)
 from dp_tfx.plan import TrainingPlan
 from dp_tfx.policy import PolicyRefusal, PrivacyPolicy, refuse_unless_blessable
 from tests.dp_tfx import models
@@ -29,9 +36,13 @@ from tests.dp_tfx.callbacks import MeanwhileAndStop
 REPOSITORY = pathlib.Path(__file__).resolve().parents[2]
 PLAN = TrainingPlan.from_config(DPConfig(noise_multiplier=1.1, batch_size=200, steps=100), 4000)
 # 60 steps of PLAN: one run of 40 passes, 40 and 10 pass, two runs of 40 do not.
-POLICY = PrivacyPolicy(max_epsilon=accounting.compute_epsilon(
-    sampling_rate=0.05, noise_multiplier=1.1, steps=60, delta=1e-5, accountant="rdp"),
-                       delta=1e-5, accountant="rdp")
+POLICY = PrivacyPolicy(
+  max_epsilon=accounting.compute_epsilon(
+    sampling_rate=0.05, noise_multiplier=1.1, steps=60, delta=1e-5, accountant="rdp"
+  ),
+  delta=1e-5,
+  accountant="rdp",
+)
 
 
 @pytest.fixture(autouse=True)
@@ -60,16 +71,19 @@ def test_a_reservation_refuses_other_pre_checks_until_its_run_finishes(tmp_path)
   assert a.with_reservations().noisy_steps == 40  # its own reservation counts too
   with pytest.raises(PolicyRefusal, match="exceeds the policy's max_epsilon") as refusal:
     _pre_check(tmp_path, "run-b")
-  assert (f"this run (40 noisy steps, after the 5 already recorded in the ledger history "
-          f"{tmp_path}, and the 35 reserved by run(s) run-a still training (another run "
-          "reserved steps of the budget: retry when it finishes; run run-a: last written ") in str(
-              refusal.value)
+  assert (
+    f"this run (40 noisy steps, after the 5 already recorded in the ledger history "
+    f"{tmp_path}, and the 35 reserved by run(s) run-a still training (another run "
+    "reserved steps of the budget: retry when it finishes; run run-a: last written "
+  ) in str(refusal.value)
   # Until when: the storage's modification time of run-a's segment plus the stale window.
   (path,) = tmp_path.glob("segment-*.json")
-  until = re.search(r"its reservation lapses at (\S+) unless it writes again \(5 min after its "
-                    r"last write\); if that run was killed: dp-tfx release-reservation "
-                    f"{re.escape(str(tmp_path))} --segment {path.stem} --force\\)\\)",
-                    str(refusal.value)).group(1)
+  until = re.search(
+    r"its reservation lapses at (\S+) unless it writes again \(5 min after its "
+    r"last write\); if that run was killed: dp-tfx release-reservation "
+    f"{re.escape(str(tmp_path))} --segment {path.stem} --force\\)\\)",
+    str(refusal.value),
+  ).group(1)
   lapses = datetime.datetime.fromisoformat(until.replace("Z", "+00:00")).timestamp()
   assert abs(lapses - (path.stat().st_mtime + RESERVATION_STALE_SECONDS)) <= 2
   # Epsilon counts what ran only: the reservation gates pre-checks, nothing else.
@@ -116,15 +130,19 @@ def test_a_killed_run_blocks_for_minutes_not_an_hour():
   assert HEARTBEAT_SECONDS * 5 <= RESERVATION_STALE_SECONDS <= 600
 
 
-@pytest.mark.parametrize("age, counted", [(RESERVATION_STALE_SECONDS - 60, 40),
-                                          (RESERVATION_STALE_SECONDS + 60, 5)],
-                         ids=["still-training", "killed"])
+@pytest.mark.parametrize(
+  "age, counted",
+  [(RESERVATION_STALE_SECONDS - 60, 40), (RESERVATION_STALE_SECONDS + 60, 5)],
+  ids=["still-training", "killed"],
+)
 def test_an_unfinished_reservation_lapses_once_its_segment_file_is_stale(tmp_path, age, counted):
   # A run killed mid-fit never finishes its segment; every step it took was recorded first.
   _reserving(tmp_path, "killed", reserved=40, taken=5)
   _last_written(tmp_path, age)
-  assert PrivacyLedger.open_history(tmp_path, 4000, "sha256:x").with_reservations(
-  ).noisy_steps == counted
+  assert (
+    PrivacyLedger.open_history(tmp_path, 4000, "sha256:x").with_reservations().noisy_steps
+    == counted
+  )
 
 
 @pytest.mark.parametrize("skew", [-7200, 7200], ids=["writer-2h-behind", "writer-2h-ahead"])
@@ -145,9 +163,12 @@ def test_a_reservation_counts_where_the_storage_gives_no_modification_time(tmp_p
   monkeypatch.setattr(files, "modified_time", lambda path: None)  # as on ram://
   planned = PrivacyLedger.open_history(tmp_path, 4000, "sha256:x").if_trained(PLAN, 40)
   assert planned.noisy_steps == 80  # fail closed: the reservation holds
-  with pytest.raises(PolicyRefusal, match="the storage gives no modification time, so its "
-                     "reservation holds until it finishes; if that run was killed: dp-tfx "
-                     "release-reservation "):
+  with pytest.raises(
+    PolicyRefusal,
+    match="the storage gives no modification time, so its "
+    "reservation holds until it finishes; if that run was killed: dp-tfx "
+    "release-reservation ",
+  ):
     refuse_unless_blessable(POLICY, planned)
 
 
@@ -155,16 +176,19 @@ def _release(capsys, place, segment_id, *flags):
   """`dp-tfx release-reservation PLACE --segment SEGMENT_ID FLAGS --json`: (status, output)."""
   from dp_tfx.pipelines import cli
 
-  status = cli.main(["release-reservation", str(place), "--segment", segment_id, *flags,
-                     "--json"])
+  status = cli.main(["release-reservation", str(place), "--segment", segment_id, *flags, "--json"])
   captured = capsys.readouterr()
   return status, json.loads(captured.out) if status == 0 else captured.err
 
 
-@pytest.mark.parametrize("ahead, suspect", [
-    (None, "not after 1970"), (3600, r"\d+ s in the future")], ids=["zero", "future"])
+@pytest.mark.parametrize(
+  "ahead, suspect",
+  [(None, "not after 1970"), (3600, r"\d+ s in the future")],
+  ids=["zero", "future"],
+)
 def test_a_suspect_modification_time_is_named_and_the_reservation_can_be_released(
-    tmp_path, capsys, ahead, suspect):
+  tmp_path, capsys, ahead, suspect
+):
   # Read as "unknown", a time of 0 held a killed run's reservation for ever; one an hour ahead
   # was accepted as fresh. It still holds (it cannot be judged), but the refusal says why and
   # how to end it, and releasing it is safe: epsilon counts the 5 recorded steps either way.
@@ -172,10 +196,14 @@ def test_a_suspect_modification_time_is_named_and_the_reservation_can_be_release
   (path,) = tmp_path.glob("segment-*.json")
   moment = 0 if ahead is None else time.time() + ahead
   os.utime(path, (moment, moment))
-  with pytest.raises(PolicyRefusal, match=(
+  with pytest.raises(
+    PolicyRefusal,
+    match=(
       f"run killed: its segment file's modification time is suspect \\({suspect}\\), so its "
       "reservation holds until it finishes; if that run was killed: dp-tfx release-reservation "
-      f"{re.escape(str(tmp_path))} --segment {path.stem} --force")):
+      f"{re.escape(str(tmp_path))} --segment {path.stem} --force"
+    ),
+  ):
     _pre_check(tmp_path, "next")
   status, error = _release(capsys, tmp_path, path.stem)
   assert status == 2 and "may belong to a run still training" in error and "--force" in error
@@ -215,17 +243,20 @@ def test_a_ledger_file_of_a_killed_run_can_be_released(tmp_path, capsys, monkeyp
   segment_id = killed.current_segment.segment_id
   del killed
   monkeypatch.setattr(files, "modified_time", lambda path: None)  # as on ram://
-  with pytest.raises(ledger_module.LedgerError, match=(
+  with pytest.raises(
+    ledger_module.LedgerError,
+    match=(
       f"if that run was killed: dp-tfx release-reservation {re.escape(str(path))} --segment "
-      f"{segment_id} --force")):
+      f"{segment_id} --force"
+    ),
+  ):
     PrivacyLedger.open_for(path, 4000, "sha256:data")
   status, released = _release(capsys, path, segment_id, "--force")
   assert status == 0 and (released["recorded_steps"], released["reserved_steps"]) == (1, 40)
   assert PrivacyLedger.open_for(path, 4000, "sha256:data").noisy_steps == 1
 
 
-def test_a_released_signed_segment_stays_signed_and_needs_the_key(tmp_path, capsys,
-                                                                   monkeypatch):
+def test_a_released_signed_segment_stays_signed_and_needs_the_key(tmp_path, capsys, monkeypatch):
   monkeypatch.setenv(signing.KEY_ENV, "k" * 32)
   _reserving(tmp_path, "killed", taken=2)
   (path,) = tmp_path.glob("segment-*.json")
@@ -250,8 +281,11 @@ def test_the_pre_check_reads_the_storages_clock_not_this_hosts(tmp_path, monkeyp
 
 
 def _segment_file(history, run_id):
-  (path,) = [path for path in pathlib.Path(history).glob("segment-*.json")
-             if json.loads(path.read_text())["body"]["segment"]["run_id"] == run_id]
+  (path,) = [
+    path
+    for path in pathlib.Path(history).glob("segment-*.json")
+    if json.loads(path.read_text())["body"]["segment"]["run_id"] == run_id
+  ]
   return path
 
 
@@ -270,8 +304,9 @@ def test_a_heartbeat_keeps_a_reservation_alive_and_stops_when_told(tmp_path):
   assert not any(thread.name == "dp_tfx-ledger-heartbeat" for thread in threading.enumerate())
   (segment,) = read_history(tmp_path)
   assert (segment.noisy_steps, segment.finished_at) == (5, None)  # only the time stamp changed
-  assert PrivacyLedger.open_history(tmp_path, 4000, "sha256:x").with_reservations(
-  ).noisy_steps == 40
+  assert (
+    PrivacyLedger.open_history(tmp_path, 4000, "sha256:x").with_reservations().noisy_steps == 40
+  )
   written = _segment_file(tmp_path, "alive").read_bytes()
   time.sleep(0.1)
   assert _segment_file(tmp_path, "alive").read_bytes() == written  # stopped: no more writes
@@ -283,8 +318,9 @@ def test_a_heartbeat_keeps_a_reservation_alive_and_stops_when_told(tmp_path):
   assert _segment_file(tmp_path, "alive").read_bytes() == finished  # a finished one: no beats
 
 
-def test_a_failed_heartbeat_is_logged_and_tried_again_at_the_next_beat(tmp_path, monkeypatch,
-                                                                       caplog):
+def test_a_failed_heartbeat_is_logged_and_tried_again_at_the_next_beat(
+  tmp_path, monkeypatch, caplog
+):
   # A beat that failed once used to stop the thread: a long fit's reservation then went stale.
   run = _reserving(tmp_path, "flaky", reserved=40, taken=5)
   stamp = read_history(tmp_path)[0].updated_at
@@ -331,23 +367,24 @@ def test_records_older_than_reservations_load_and_reserve_nothing(tmp_path):
   path.write_text(json.dumps(document))
   (old,) = read_history(tmp_path)
   assert (old.reserved_steps, old.finished_at, old.noisy_steps) == (None, None, 3)
-  assert PrivacyLedger.open_history(tmp_path, 4000, "sha256:x").with_reservations(
-  ).noisy_steps == 3
+  assert PrivacyLedger.open_history(tmp_path, 4000, "sha256:x").with_reservations().noisy_steps == 3
   # Its fixed facts (hashed into MLMD by the DPTrainer) are what they were before.
-  assert set(old.fixed_facts()) == set(document["body"]["segment"]) - {"noisy_steps",
-                                                                        "updated_at"}
+  assert set(old.fixed_facts()) == set(document["body"]["segment"]) - {"noisy_steps", "updated_at"}
   snapshot = run.body()  # a whole ledger of format 2 without the new fields loads too
   for name in ("reserved_steps", "finished_at"):
     del snapshot["segments"][0][name]
-  (tmp_path / "snapshot.json").write_text(json.dumps({"body": snapshot,
-                                                      "content_hash": _hash_body(snapshot)}))
+  (tmp_path / "snapshot.json").write_text(
+    json.dumps({"body": snapshot, "content_hash": _hash_body(snapshot)})
+  )
   assert PrivacyLedger.load(tmp_path / "snapshot.json").segments[0].reserved_steps is None
 
 
-@pytest.mark.parametrize("edit", [{"finished_at": None}, {"reserved_steps": 0}],
-                         ids=["unfinished", "reserved-nothing"])
-def test_a_signed_reservation_verifies_and_an_edit_of_it_breaks_the_signature(tmp_path,
-                                                                              monkeypatch, edit):
+@pytest.mark.parametrize(
+  "edit", [{"finished_at": None}, {"reserved_steps": 0}], ids=["unfinished", "reserved-nothing"]
+)
+def test_a_signed_reservation_verifies_and_an_edit_of_it_breaks_the_signature(
+  tmp_path, monkeypatch, edit
+):
   monkeypatch.setenv(signing.KEY_ENV, "k" * 32)
   run = _reserving(tmp_path, "signed", taken=2)
   run.finish_segment()
@@ -366,18 +403,31 @@ def test_a_signed_reservation_verifies_and_an_edit_of_it_breaks_the_signature(tm
 
 N = 40
 # 15 steps of the DP models below: one run of 10 passes, 3 and 10 pass, two runs of 10 do not.
-FIT_POLICY = PrivacyPolicy(max_epsilon=accounting.compute_epsilon(
-    sampling_rate=8 / N, noise_multiplier=1.0, steps=15, delta=1e-5, accountant="rdp"),
-                           delta=1e-5, accountant="rdp")
+FIT_POLICY = PrivacyPolicy(
+  max_epsilon=accounting.compute_epsilon(
+    sampling_rate=8 / N, noise_multiplier=1.0, steps=15, delta=1e-5, accountant="rdp"
+  ),
+  delta=1e-5,
+  accountant="rdp",
+)
 
 
 def _dp_model(history, run_id):
-  config = dp_tfx.DPConfig(l2_norm_clip=0.3, noise_multiplier=1.0, batch_size=8, steps=10,
-                           delta=1e-5)
-  dp_model = dp_tfx.make_private(models.dense_model(), config, ledger_history=history,
-                                 run_id=run_id, policy=FIT_POLICY, accountant="rdp")
-  dp_model.compile(optimizer=keras.optimizers.SGD(0.1),
-                   loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+  config = dp_tfx.DPConfig(
+    l2_norm_clip=0.3, noise_multiplier=1.0, batch_size=8, steps=10, delta=1e-5
+  )
+  dp_model = dp_tfx.make_private(
+    models.dense_model(),
+    config,
+    ledger_history=history,
+    run_id=run_id,
+    policy=FIT_POLICY,
+    accountant="rdp",
+  )
+  dp_model.compile(
+    optimizer=keras.optimizers.SGD(0.1),
+    loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+  )
   return dp_model
 
 
@@ -403,8 +453,9 @@ def test_a_fit_started_while_another_trains_is_refused_until_that_one_ends(tmp_p
   assert all(s.finished_at for s in read_history(tmp_path))
 
 
-def test_a_fit_refused_by_its_second_check_leaves_a_finished_segment_of_no_steps(tmp_path,
-                                                                                monkeypatch):
+def test_a_fit_refused_by_its_second_check_leaves_a_finished_segment_of_no_steps(
+  tmp_path, monkeypatch
+):
   x, y = models.batch_for("dense", N, seed=1)
   b = _dp_model(tmp_path, "run-b")
   a = PrivacyLedger.open_history(tmp_path, N, "sha256:a", run_id="run-a")
@@ -455,14 +506,28 @@ def _run_workers(ledger_place, work, names):
   """Starts a fit_worker per name (ledger history or file `ledger_place`), lets them fit at once
   and returns their results by name."""
   environment = {**os.environ, "PYTHONPATH": str(REPOSITORY)}
-  workers = {name: subprocess.Popen(
-      [sys.executable, "-m", "tests.dp_tfx.fit_worker", str(ledger_place), str(work), name,
-       repr(FIT_POLICY.max_epsilon)], cwd=REPOSITORY, env=environment, stderr=subprocess.PIPE)
-             for name in names}
+  workers = {
+    name: subprocess.Popen(
+      [
+        sys.executable,
+        "-m",
+        "tests.dp_tfx.fit_worker",
+        str(ledger_place),
+        str(work),
+        name,
+        repr(FIT_POLICY.max_epsilon),
+      ],
+      cwd=REPOSITORY,
+      env=environment,
+      stderr=subprocess.PIPE,
+    )
+    for name in names
+  }
   deadline = time.time() + 240
   while not all((work / f"{name}.ready").exists() for name in workers):
-    assert time.time() < deadline and all(p.poll() is None for p in workers.values()), (
-        [p.stderr.read() for p in workers.values() if p.poll() is not None])
+    assert time.time() < deadline and all(p.poll() is None for p in workers.values()), [
+      p.stderr.read() for p in workers.values() if p.poll() is not None
+    ]
     time.sleep(0.05)
   (work / "go").write_text("")
   for process in workers.values():

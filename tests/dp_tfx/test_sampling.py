@@ -53,8 +53,9 @@ def test_logical_batches_gather_exactly_the_sampled_examples():
   features = np.arange(100, dtype=np.float32)[:, None]
   labels = np.arange(100, dtype=np.int32)
   plan, key = _plan(), keys.run_key(seed=5)
-  for step, (x, y, mask) in enumerate(sampling.logical_batches(features, labels, plan, key, 0,
-                                                                plan.steps)):
+  for step, (x, y, mask) in enumerate(
+    sampling.logical_batches(features, labels, plan, key, 0, plan.steps)
+  ):
     chosen = sampling.poisson_indices(key, step, 100, plan.sampling_rate).numpy()
     real = mask.numpy() == 1
     assert len(real) % 4 == 0 and real.sum() == len(chosen)  # never truncated
@@ -79,15 +80,19 @@ def test_fresh_keys_differ():
 def test_shuffled_batches_cover_each_epoch_once():
   labels = np.arange(100, dtype=np.int32)
   plan = _plan(sampling="shuffle", steps=10, physical_batch_size=None)
-  batches = [y.numpy() for _, y, _ in sampling.logical_batches(labels, labels, plan,
-                                                               keys.run_key(seed=1), 0, 10)]
+  batches = [
+    y.numpy()
+    for _, y, _ in sampling.logical_batches(labels, labels, plan, keys.run_key(seed=1), 0, 10)
+  ]
   assert sorted(np.concatenate(batches)) == list(range(100))
 
 
 def test_microbatch_assignment_is_uniform_and_fresh_per_step():
   key = keys.run_key(seed=2)
-  ids = np.concatenate([sampling.microbatch_assignment(key, step, 50, 3).numpy()
-                        for step in range(200)])
+  ids = np.concatenate(
+    [sampling.microbatch_assignment(key, step, 50, 3).numpy() for step in range(200)]
+  )
   assert scipy.stats.chisquare(np.bincount(ids, minlength=3)).pvalue > 1e-3
-  assert not np.array_equal(sampling.microbatch_assignment(key, 0, 50, 3),
-                            sampling.microbatch_assignment(key, 1, 50, 3))
+  assert not np.array_equal(
+    sampling.microbatch_assignment(key, 0, 50, 3), sampling.microbatch_assignment(key, 1, 50, 3)
+  )

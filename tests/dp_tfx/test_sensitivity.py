@@ -35,19 +35,22 @@ RELATIVE = 1e-4  # float32 sums of a few gradients
 
 # name: (model, data kind, the only trainable layer types (None: all), GradientTaps(static_shapes))
 CASES = {
-    "Dense": (models.dense_model, "dense", (keras.layers.Dense,), False),
-    "Conv1D": (models.conv1d_model, "conv1d", (keras.layers.Conv1D,), False),
-    "Conv1D-static-shapes": (models.conv1d_model, "conv1d", (keras.layers.Conv1D,), True),
-    "Conv2D": (models.conv2d_model, "conv2d", (keras.layers.Conv2D,), False),
-    "Conv2D-static-shapes": (models.conv2d_model, "conv2d", (keras.layers.Conv2D,), True),
-    "Embedding": (models.embedding_model, "embedding", (keras.layers.Embedding,), False),
-    "Embedding-static-shapes": (models.embedding_model, "embedding", (keras.layers.Embedding,),
-                                True),
-    "EinsumDense": (models.attention_model, "attention", (keras.layers.EinsumDense,), False),
-    "LayerNormalization": (models.attention_model, "attention",
-                           (keras.layers.LayerNormalization,), False),
-    "fallback": (models.fallback_model, "fallback", (keras.layers.GroupNormalization,), False),
-    "every-layer": (models.attention_model, "attention", None, False),
+  "Dense": (models.dense_model, "dense", (keras.layers.Dense,), False),
+  "Conv1D": (models.conv1d_model, "conv1d", (keras.layers.Conv1D,), False),
+  "Conv1D-static-shapes": (models.conv1d_model, "conv1d", (keras.layers.Conv1D,), True),
+  "Conv2D": (models.conv2d_model, "conv2d", (keras.layers.Conv2D,), False),
+  "Conv2D-static-shapes": (models.conv2d_model, "conv2d", (keras.layers.Conv2D,), True),
+  "Embedding": (models.embedding_model, "embedding", (keras.layers.Embedding,), False),
+  "Embedding-static-shapes": (models.embedding_model, "embedding", (keras.layers.Embedding,), True),
+  "EinsumDense": (models.attention_model, "attention", (keras.layers.EinsumDense,), False),
+  "LayerNormalization": (
+    models.attention_model,
+    "attention",
+    (keras.layers.LayerNormalization,),
+    False,
+  ),
+  "fallback": (models.fallback_model, "fallback", (keras.layers.GroupNormalization,), False),
+  "every-layer": (models.attention_model, "attention", None, False),
 }
 
 
@@ -60,8 +63,7 @@ def _keep_trainable_only(model, layer_types):
 
 
 def _flat(tensors) -> np.ndarray:
-  return np.concatenate([np.asarray(tf.convert_to_tensor(t), np.float64).ravel()
-                         for t in tensors])
+  return np.concatenate([np.asarray(tf.convert_to_tensor(t), np.float64).ravel() for t in tensors])
 
 
 class _Case:
@@ -92,7 +94,7 @@ class _Case:
   def _tape_gradient(self, row):
     variables = self.model.trainable_variables
     with tf.GradientTape() as tape:
-      loss = LOSS(self.y[row:row + 1], self.model(self.x[row:row + 1], training=True))[0]
+      loss = LOSS(self.y[row : row + 1], self.model(self.x[row : row + 1], training=True))[0]
     gradients = tape.gradient(loss, variables)
     assert len(gradients) == len(variables) and all(g is not None for g in gradients)
     return _flat(gradients)
@@ -122,8 +124,9 @@ class _Case:
     """The library's sum of clipped microbatch means over `rows`, flattened."""
     mask = np.ones(len(rows)) if mask is None else mask
     grads, mask = self._backward(rows, mask)
-    sums, counts, _ = clipping.microbatch_sums(grads, mask, tf.constant(ids, tf.int32),
-                                               num_microbatches)
+    sums, counts, _ = clipping.microbatch_sums(
+      grads, mask, tf.constant(ids, tf.int32), num_microbatches
+    )
     total = clipping.clipped_microbatch_sum(sums, counts, self.clip)
     assert len(total) == len(self.model.trainable_variables)
     return _flat(total)
@@ -154,8 +157,11 @@ def test_every_case_exercises_the_tap_it_names(name):
   # changed examples' norms, so the changed examples are clipped hard).
   rows = list(range(BATCH + 2))
   grads, _ = case._backward(rows, np.ones(len(rows)))
-  np.testing.assert_allclose(np.sqrt(np.asarray(grads.squared_norms(), np.float64)),
-                             np.linalg.norm(case.gradients, axis=1), rtol=1e-5)
+  np.testing.assert_allclose(
+    np.sqrt(np.asarray(grads.squared_norms(), np.float64)),
+    np.linalg.norm(case.gradients, axis=1),
+    rtol=1e-5,
+  )
 
 
 @pytest.mark.parametrize("name", sorted(CASES))
@@ -180,8 +186,11 @@ def test_replacing_one_example_moves_the_clipped_sum_by_at_most_2c(name):
   case = _case(name)
   difference = case.clipped_sum(case.rows()) - case.clipped_sum(case.rows(BATCH + 1))
   assert np.linalg.norm(difference) <= 2 * case.clip * (1 + RELATIVE)
-  _assert_matches(difference, case.clipped(case.gradients[BATCH]) -
-                  case.clipped(case.gradients[BATCH + 1]), case.clip)
+  _assert_matches(
+    difference,
+    case.clipped(case.gradients[BATCH]) - case.clipped(case.gradients[BATCH + 1]),
+    case.clip,
+  )
 
 
 NUM_MICROBATCHES = 5  # microbatch 4 stays empty
@@ -212,8 +221,9 @@ def test_with_microbatches_one_example_moves_the_sum_by_at_most_2c(name, microba
   # Only z's microbatch changes: the difference is that microbatch's clipped mean before and
   # after, from the independent per-example gradients.
   others = [b for b, k in zip(range(BATCH), BASE_IDS, strict=True) if k == microbatch]
-  clipped_mean = lambda rows: (case.clipped(case.gradients[rows].mean(axis=0)) if rows
-                               else np.zeros(case.gradients.shape[1]))
+  clipped_mean = lambda rows: (
+    case.clipped(case.gradients[rows].mean(axis=0)) if rows else np.zeros(case.gradients.shape[1])
+  )
   replacement = [BATCH + 1] if how == "replace" else []
   expected = clipped_mean(others + [BATCH]) - clipped_mean(others + replacement)
   _assert_matches(difference, expected, case.clip)

@@ -52,8 +52,9 @@ def test_with_a_key_every_record_is_signed_and_verifies(tmp_path, monkeypatch):
   assert loaded.with_history(key).noisy_steps == 3
 
 
-def test_an_edited_and_rehashed_segment_passes_the_hash_but_not_the_signature(tmp_path,
-                                                                              monkeypatch):
+def test_an_edited_and_rehashed_segment_passes_the_hash_but_not_the_signature(
+  tmp_path, monkeypatch
+):
   monkeypatch.setenv(signing.KEY_ENV, KEY)
   _record_run(tmp_path)
   (segment_file,) = tmp_path.glob("segment-*.json")
@@ -74,18 +75,23 @@ def test_an_unsigned_record_or_one_signed_with_another_key_is_refused(tmp_path, 
 
 
 def test_a_run_without_the_key_is_refused_where_records_are_signed_but_may_read_them(
-    tmp_path, monkeypatch):
+  tmp_path, monkeypatch
+):
   # Forgetting the key once used to train and leave an unsigned segment, which every later run
   # requiring signatures refused for good. Now it is refused before it writes anything.
   monkeypatch.setenv(signing.KEY_ENV, KEY)
   _record_run(tmp_path / "history").save(tmp_path / "ledger.json")
   written = sorted(p.read_bytes() for p in (tmp_path / "history").iterdir())
   monkeypatch.delenv(signing.KEY_ENV)
-  for where, open_ in (("ledger history", lambda: PrivacyLedger.open_history(
-      tmp_path / "history", 40, "sha256:data")), ("ledger at", lambda: PrivacyLedger.open_for(
-          tmp_path / "ledger.json", 40, "sha256:data"))):
-    with pytest.raises(LedgerError, match=f"the {where} .* holds signed records, but no ledger "
-                       "key is set \\(DP_TFX_LEDGER_KEY or DP_TFX_LEDGER_KEY_FILE\\)"):
+  for where, open_ in (
+    ("ledger history", lambda: PrivacyLedger.open_history(tmp_path / "history", 40, "sha256:data")),
+    ("ledger at", lambda: PrivacyLedger.open_for(tmp_path / "ledger.json", 40, "sha256:data")),
+  ):
+    with pytest.raises(
+      LedgerError,
+      match=f"the {where} .* holds signed records, but no ledger "
+      "key is set \\(DP_TFX_LEDGER_KEY or DP_TFX_LEDGER_KEY_FILE\\)",
+    ):
       open_()
   assert sorted(p.read_bytes() for p in (tmp_path / "history").iterdir()) == written
   # Reading, for a report, needs no key.
@@ -101,11 +107,14 @@ def test_the_key_can_come_from_a_file_such_as_a_mounted_secret(tmp_path, monkeyp
   assert signing.configured_key() == KEY.encode()
 
 
-@pytest.mark.parametrize("environment, message", [
+@pytest.mark.parametrize(
+  "environment, message",
+  [
     ({signing.KEY_ENV: "short"}, "5 bytes; use at least 16"),
     ({signing.KEY_ENV: KEY, signing.KEY_FILE_ENV: "/x"}, "not both"),
     ({signing.KEY_FILE_ENV: "/nonexistent/ledger-key"}, "cannot be read"),
-])
+  ],
+)
 def test_a_wrongly_configured_key_is_a_clear_error(monkeypatch, environment, message):
   for name, value in environment.items():
     monkeypatch.setenv(name, value)
@@ -115,8 +124,9 @@ def test_a_wrongly_configured_key_is_a_clear_error(monkeypatch, environment, mes
 
 def test_a_policy_requiring_signatures_refuses_a_run_without_a_key_before_it_trains(tmp_path):
   policy = PrivacyPolicy(max_epsilon=100.0, delta=1e-5, require_signature=True)
-  plan = TrainingPlan.from_config(DPConfig(noise_multiplier=1.0, batch_size=8, steps=5,
-                                           delta=1e-5), 40)
+  plan = TrainingPlan.from_config(
+    DPConfig(noise_multiplier=1.0, batch_size=8, steps=5, delta=1e-5), 40
+  )
   planned = PrivacyLedger.open_history(tmp_path, 40, "sha256:data").if_trained(plan, 5)
   with pytest.raises(PolicyRefusal, match="requires signed ledgers"):
     refuse_unless_blessable(policy, planned)
@@ -130,8 +140,7 @@ def test_dp_tfx_report_verifies_signatures_when_a_key_is_set(tmp_path, monkeypat
 
   monkeypatch.setenv(signing.KEY_ENV, KEY)
   _record_run(tmp_path / "history").save(tmp_path / "ledger.json")
-  assert cli.main(["report", str(tmp_path / "ledger.json"), "--json",
-                   "--require-signature"]) == 0
+  assert cli.main(["report", str(tmp_path / "ledger.json"), "--json", "--require-signature"]) == 0
   assert json.loads(capsys.readouterr().out)["signatures_verified"] is True
   (segment_file,) = (tmp_path / "history").glob("segment-*.json")
   _rehash(segment_file, lambda body: body["segment"].update(noise_multiplier=5.0))

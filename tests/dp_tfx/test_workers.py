@@ -49,28 +49,44 @@ print(json.dumps({"noisy_steps": int(dp_model.noisy_steps.numpy())}), flush=True
 
 def data(examples: int):
   rng = np.random.default_rng(3)
-  return (rng.normal(size=(examples, 6)).astype("float32"),
-          rng.integers(0, 3, examples).astype("int32"))
+  return (
+    rng.normal(size=(examples, 6)).astype("float32"),
+    rng.integers(0, 3, examples).astype("int32"),
+  )
 
 
 def one_step_update(x, y, sigma: float, steps: int, ledger_path, jit_compile=False):
   """(update, dp_model): update() fits `steps` steps and sets update.result to start - end
   weights; the model and its start weights are the same in every process (seeded)."""
   keras.utils.set_random_seed(1)
-  model = keras.Sequential([keras.Input((6,)), keras.layers.Dense(60, activation="tanh"),
-                            keras.layers.Dense(3)])
+  model = keras.Sequential(
+    [keras.Input((6,)), keras.layers.Dense(60, activation="tanh"), keras.layers.Dense(3)]
+  )
   start = [w.copy() for w in model.get_weights()]
-  dp_model = dp_tfx.make_private(model, dp_tfx.DPConfig(
-      l2_norm_clip=0.3, noise_multiplier=sigma, batch_size=16, steps=steps, seed=21,
-      physical_batch_size=16), ledger_path=ledger_path, run_id="one-step")  # same samples
-  dp_model.compile(optimizer=keras.optimizers.SGD(1.0),
-                   loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-                   jit_compile=jit_compile)
+  dp_model = dp_tfx.make_private(
+    model,
+    dp_tfx.DPConfig(
+      l2_norm_clip=0.3,
+      noise_multiplier=sigma,
+      batch_size=16,
+      steps=steps,
+      seed=21,
+      physical_batch_size=16,
+    ),
+    ledger_path=ledger_path,
+    run_id="one-step",
+  )  # same samples
+  dp_model.compile(
+    optimizer=keras.optimizers.SGD(1.0),
+    loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+    jit_compile=jit_compile,
+  )
 
   def update():
     dp_model.fit(x, y, verbose=0)
-    update.result = np.concatenate([(s - w).ravel()
-                                    for s, w in zip(start, model.get_weights(), strict=True)])
+    update.result = np.concatenate(
+      [(s - w).ravel() for s, w in zip(start, model.get_weights(), strict=True)]
+    )
 
   return update, dp_model
 
@@ -89,11 +105,27 @@ def _start_workers(out, sigma, steps, examples=64, worker_steps=None, jit_compil
   ports = ",".join(map(str, _free_ports(2)))
   env = dict(os.environ, PYTHONPATH=os.getcwd(), TF_CPP_MIN_LOG_LEVEL="2")
   env.pop("TF_CONFIG", None)
-  return [subprocess.Popen([sys.executable, "-c", _WORKER, str(index), ports, str(out),
-                            str(sigma), f"{steps},{worker_steps or steps}", str(examples),
-                            ",".join(map(str, jit_compile))],
-                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
-          for index in range(2)]
+  return [
+    subprocess.Popen(
+      [
+        sys.executable,
+        "-c",
+        _WORKER,
+        str(index),
+        ports,
+        str(out),
+        str(sigma),
+        f"{steps},{worker_steps or steps}",
+        str(examples),
+        ",".join(map(str, jit_compile)),
+      ],
+      stdout=subprocess.PIPE,
+      stderr=subprocess.PIPE,
+      text=True,
+      env=env,
+    )
+    for index in range(2)
+  ]
 
 
 def _finish(process, timeout=300):
@@ -136,12 +168,15 @@ def test_two_workers_take_the_single_process_step_and_one_draw_of_noise(tmp_path
     assert abs(noise.std() / (sigma * 0.3 / 16) - 1) < 0.12
 
 
-@pytest.mark.parametrize("difference", [
+@pytest.mark.parametrize(
+  "difference",
+  [
     {"worker_steps": 2},  # another plan
     # Padded to the physical batch (XLA) on one, to a multiple of 8 on the other: their slices
     # of a step would overlap (examples summed twice under noise sized for one).
     {"jit_compile": (True, False)},
-])
+  ],
+)
 def test_workers_unlike_the_chief_stop_before_the_first_step(tmp_path, difference):
   workers = _start_workers(tmp_path, 1.0, steps=1, **difference)
   for worker in workers:

@@ -36,8 +36,9 @@ def _records(path) -> list:
 @pytest.fixture(scope="module")
 def lm_data_root(tmp_path_factory):
   root = tmp_path_factory.mktemp("lm") / "data"
-  summary = lm_data.write_lm_tfrecords(root, limit=90, canary_format=FORMAT,
-                                       repetitions=REPETITIONS, seed=7)
+  summary = lm_data.write_lm_tfrecords(
+    root, limit=90, canary_format=FORMAT, repetitions=REPETITIONS, seed=7
+  )
   return root, summary
 
 
@@ -88,16 +89,22 @@ def test_writing_again_with_the_same_settings_is_skipped(lm_data_root):
   root, summary = lm_data_root
   train_file = pathlib.Path(summary["train_file"])
   written = train_file.stat().st_mtime_ns
-  assert lm_data.write_lm_tfrecords(root, limit=90, canary_format=FORMAT,
-                                    repetitions=REPETITIONS, seed=7) == summary
+  assert (
+    lm_data.write_lm_tfrecords(
+      root, limit=90, canary_format=FORMAT, repetitions=REPETITIONS, seed=7
+    )
+    == summary
+  )
   assert train_file.stat().st_mtime_ns == written
 
 
 def test_writing_with_other_settings_writes_again(tmp_path):
-  first = lm_data.write_lm_tfrecords(tmp_path, limit=20, canary_format=FORMAT, repetitions=(1,),
-                                     seed=1)
-  second = lm_data.write_lm_tfrecords(tmp_path, limit=30, canary_format=FORMAT,
-                                      repetitions=(1,), seed=2)
+  first = lm_data.write_lm_tfrecords(
+    tmp_path, limit=20, canary_format=FORMAT, repetitions=(1,), seed=1
+  )
+  second = lm_data.write_lm_tfrecords(
+    tmp_path, limit=30, canary_format=FORMAT, repetitions=(1,), seed=2
+  )
   assert (first["train_sequences"], second["train_sequences"]) == (20, 30)
   assert len(_records(second["train_file"])) == 30 + 2
   assert load_canaries(second["canary_file"])[1] == make_canaries(FORMAT, (1,), seed=2)
@@ -108,13 +115,15 @@ def test_canary_example_decodes_to_the_canary_then_pads():
   text = FORMAT.text("0042")
   serialized = lm_model.canary_examples([text], context)
   inputs, labels = lm_model.decode(
-      tf.io.parse_example(tf.constant(serialized), lm_model.feature_spec(context)), context)
+    tf.io.parse_example(tf.constant(serialized), lm_model.feature_spec(context)), context
+  )
   ids = lm_model.encode(text)
   record = np.concatenate([ids, np.zeros(lm_model.SEQUENCE_LENGTH + 1 - len(ids), np.int64)])
   np.testing.assert_array_equal(inputs[lm_model.TOKENS_KEY][0], record[:-1])
   np.testing.assert_array_equal(labels[0], record[1:])
-  np.testing.assert_array_equal(inputs[lm_model.POSITIONS_KEY][0],
-                                np.arange(lm_model.SEQUENCE_LENGTH))
+  np.testing.assert_array_equal(
+    inputs[lm_model.POSITIONS_KEY][0], np.arange(lm_model.SEQUENCE_LENGTH)
+  )
   assert lm_model.PAD_ID not in ids and lm_model.UNKNOWN_ID not in ids
 
 
@@ -144,17 +153,20 @@ def test_bits_per_character_counts_real_characters_only():
   logits = np.zeros((1, 4, lm_model.VOCABULARY_SIZE))  # uniform over the vocabulary
   logits[0, 2:, :] = np.linspace(-50, 50, lm_model.VOCABULARY_SIZE)  # anything at PAD positions
   assert lm_model.bits_per_character(labels, logits) == pytest.approx(
-      np.log2(lm_model.VOCABULARY_SIZE))
+    np.log2(lm_model.VOCABULARY_SIZE)
+  )
   assert lm_model.held_out_metrics(labels, logits, _context()) == {
-      "bits_per_character": pytest.approx(np.log2(lm_model.VOCABULARY_SIZE))}
+    "bits_per_character": pytest.approx(np.log2(lm_model.VOCABULARY_SIZE))
+  }
 
 
 @pytest.mark.parametrize("architecture", lm_model.LM_ARCHITECTURES)
 def test_every_weight_of_the_model_has_a_fast_clipping_tap(architecture):
   context = _context({"architecture": architecture})  # the example's default size
   model = lm_model.build_model(context)
-  inputs, _ = lm_model.decode({lm_model.CHARS_KEY: tf.zeros(
-      [2, lm_model.SEQUENCE_LENGTH + 1], tf.int64)}, context)
+  inputs, _ = lm_model.decode(
+    {lm_model.CHARS_KEY: tf.zeros([2, lm_model.SEQUENCE_LENGTH + 1], tf.int64)}, context
+  )
   assert model(inputs).shape == (2, lm_model.SEQUENCE_LENGTH, lm_model.VOCABULARY_SIZE)
   assert clipping.GradientTaps(model).fallback_variables == []
 
@@ -163,8 +175,11 @@ def test_every_weight_of_the_model_has_a_fast_clipping_tap(architecture):
 def test_the_model_is_causal(architecture):
   context = _context({**SMALL_MODEL, "architecture": architecture})
   model = lm_model.build_model(context)
-  chars = np.random.default_rng(0).integers(2, lm_model.VOCABULARY_SIZE,
-                                            (1, lm_model.SEQUENCE_LENGTH + 1)).repeat(2, axis=0)
+  chars = (
+    np.random.default_rng(0)
+    .integers(2, lm_model.VOCABULARY_SIZE, (1, lm_model.SEQUENCE_LENGTH + 1))
+    .repeat(2, axis=0)
+  )
   chars[1, 40:] = lm_model.PAD_ID  # the two sequences differ from position 40 on
   inputs, _ = lm_model.decode({lm_model.CHARS_KEY: tf.constant(chars)}, context)
   logits = model(inputs).numpy()
@@ -176,8 +191,11 @@ def _assert_serves_character_logits(serving_dir, serialized):
   """The serving signature every LM model shares: serialized examples -> logits [B, T, V]."""
   signature = tf.saved_model.load(str(serving_dir)).signatures["serving_default"]
   ((name, spec),) = signature.structured_input_signature[1].items()
-  assert (name, spec.dtype, spec.shape.as_list()) == (model_io.SERVING_EXAMPLES_KEY, tf.string,
-                                                      [None])
+  assert (name, spec.dtype, spec.shape.as_list()) == (
+    model_io.SERVING_EXAMPLES_KEY,
+    tf.string,
+    [None],
+  )
   logits = signature(**{name: tf.constant(serialized)})["outputs"].numpy()
   assert logits.shape == (len(serialized), lm_model.SEQUENCE_LENGTH, lm_model.VOCABULARY_SIZE)
   assert np.all(np.isfinite(logits))
@@ -185,30 +203,38 @@ def _assert_serves_character_logits(serving_dir, serialized):
 
 
 @pytest.mark.parametrize("architecture", lm_model.LM_ARCHITECTURES)
-def test_dp_trainer_records_sequences_and_exports_character_logits(lm_data_root, tmp_path,
-                                                                   architecture):
+def test_dp_trainer_records_sequences_and_exports_character_logits(
+  lm_data_root, tmp_path, architecture
+):
   root, summary = lm_data_root
-  examples = testing.examples_artifact(tmp_path / "examples", {
-      "train": summary["train_file"], "eval": summary["eval_file"]})
+  examples = testing.examples_artifact(
+    tmp_path / "examples", {"train": summary["train_file"], "eval": summary["eval_file"]}
+  )
   config = DPConfig(noise_multiplier=1.0, batch_size=16, steps=2, delta=1e-4, seed=1)
-  outputs = testing.run_dp_trainer(examples, tmp_path, config, lm_model.__file__,
-                                   {**SMALL_MODEL, "architecture": architecture})
+  outputs = testing.run_dp_trainer(
+    examples, tmp_path, config, lm_model.__file__, {**SMALL_MODEL, "architecture": architecture}
+  )
 
-  ledger = PrivacyLedger.load(os.path.join(outputs[specs.PRIVACY_LEDGER_KEY][0].uri,
-                                           LEDGER_FILE_NAME))
+  ledger = PrivacyLedger.load(
+    os.path.join(outputs[specs.PRIVACY_LEDGER_KEY][0].uri, LEDGER_FILE_NAME)
+  )
   assert ledger.privacy_unit == SEQUENCE
   assert ledger.noisy_steps == 2 and ledger.dataset_size == 90 + 8
-  _assert_serves_character_logits(path_utils.serving_model_dir(outputs[specs.MODEL_KEY][0].uri),
-                                  _records(summary["eval_file"])[:3])
+  _assert_serves_character_logits(
+    path_utils.serving_model_dir(outputs[specs.MODEL_KEY][0].uri),
+    _records(summary["eval_file"])[:3],
+  )
 
 
 def test_control_run_fn_learns_and_serves_like_the_dp_trainer(lm_data_root, tmp_path):
   root, summary = lm_data_root
-  fn_args = FnArgs(train_files=[str(root / lm_data.TRAIN_DIR / "*")],
-                   eval_files=[str(root / lm_data.EVAL_DIR / "*")],
-                   serving_model_dir=str(tmp_path / "serving"),
-                   model_run_dir=str(tmp_path / "run"),
-                   custom_config={**SMALL_MODEL, "epochs": 4, "batch_size": 16})
+  fn_args = FnArgs(
+    train_files=[str(root / lm_data.TRAIN_DIR / "*")],
+    eval_files=[str(root / lm_data.EVAL_DIR / "*")],
+    serving_model_dir=str(tmp_path / "serving"),
+    model_run_dir=str(tmp_path / "run"),
+    custom_config={**SMALL_MODEL, "epochs": 4, "batch_size": 16},
+  )
   history = lm_model.run_fn(fn_args)
   losses = history.history["loss"]
   assert losses[-1] < losses[0] - 0.5, losses
@@ -216,16 +242,20 @@ def test_control_run_fn_learns_and_serves_like_the_dp_trainer(lm_data_root, tmp_
   assert set(metrics) == {"loss", "accuracy"}
   eval_records = _records(summary["eval_file"])
   logits = _assert_serves_character_logits(tmp_path / "serving", eval_records)
-  _, labels = lm_model.decode(tf.io.parse_example(
-      tf.constant(eval_records), lm_model.feature_spec(_context())), _context())
+  _, labels = lm_model.decode(
+    tf.io.parse_example(tf.constant(eval_records), lm_model.feature_spec(_context())), _context()
+  )
   assert lm_model.bits_per_character(labels, logits) < np.log2(lm_model.VOCABULARY_SIZE)
 
 
 def test_control_needs_the_dp_runs_epochs_and_batch_size(lm_data_root, tmp_path):
   root, _ = lm_data_root
-  fn_args = FnArgs(train_files=[str(root / lm_data.TRAIN_DIR / "*")],
-                   eval_files=[str(root / lm_data.EVAL_DIR / "*")],
-                   serving_model_dir=str(tmp_path / "serving"),
-                   model_run_dir=str(tmp_path / "run"), custom_config={"epochs": 2.5})
+  fn_args = FnArgs(
+    train_files=[str(root / lm_data.TRAIN_DIR / "*")],
+    eval_files=[str(root / lm_data.EVAL_DIR / "*")],
+    serving_model_dir=str(tmp_path / "serving"),
+    model_run_dir=str(tmp_path / "run"),
+    custom_config={"epochs": 2.5},
+  )
   with pytest.raises(ValueError, match="custom_config\\['epochs'\\], a whole number"):
     lm_model.run_fn(fn_args)

@@ -20,8 +20,9 @@ def _records(path):
 
 
 @pytest.mark.slow
-def test_lm_pipeline_reports_the_audit_for_the_dp_model_and_the_control(tmp_path, capsys,
-                                                                         monkeypatch):
+def test_lm_pipeline_reports_the_audit_for_the_dp_model_and_the_control(
+  tmp_path, capsys, monkeypatch
+):
   # What each model's audit scores, first the attacked members, then the attacked non-members.
   scored = collections.defaultdict(list)
   member_losses = {}  # the attacked members' losses under each model
@@ -40,9 +41,28 @@ def test_lm_pipeline_reports_the_audit_for_the_dp_model_and_the_control(tmp_path
   monkeypatch.setattr(auditor_executor._ModelScorer, "losses", recording_losses)
 
   # 600 training sequences + 42 canary copies, batch 100, 1 epoch: 6 noisy steps.
-  assert cli.main(["pipeline", "--example", "lm", "--output-dir", str(tmp_path),
-                   "--data-limit", "600", "--batch-size", "100", "--epochs", "1",
-                   "--max-epsilon", "8", "--control", "--json"]) == 0
+  assert (
+    cli.main(
+      [
+        "pipeline",
+        "--example",
+        "lm",
+        "--output-dir",
+        str(tmp_path),
+        "--data-limit",
+        "600",
+        "--batch-size",
+        "100",
+        "--epochs",
+        "1",
+        "--max-epsilon",
+        "8",
+        "--control",
+        "--json",
+      ]
+    )
+    == 0
+  )
   result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
   assert result["example"] == "lm" and result["pushed"], result["verdict"]
   report = json.loads((pathlib.Path(result["report_dir"]) / "report.json").read_text())
@@ -70,12 +90,15 @@ def test_lm_pipeline_reports_the_audit_for_the_dp_model_and_the_control(tmp_path
     # The membership bound follows from the counts; the exposures from the ranks.
     recomputed.assert_membership_section_follows_from_its_counts(section, report["delta"])
     recomputed.assert_exposures_follow_from_their_ranks(
-        section, [(c.secret, c.repetitions) for c in canaries], canary_format.digits)
+      section, [(c.secret, c.repetitions) for c in canaries], canary_format.digits
+    )
     # Exposure of canaries inserted 1, 4 and 16 times, and of never-inserted references (0).
     assert set(section["canary_exposure"]) == {"0", "1", "4", "16"}, name
     assert 1 < section["held_out_metrics"]["bits_per_character"] < 8, name
-  for summary, section in ((result["audit"], audit),
-                           (result["audit"]["control"], audit["control"])):
+  for summary, section in (
+    (result["audit"], audit),
+    (result["audit"]["control"], audit["control"]),
+  ):
     assert summary["empirical_epsilon_lower_bound"] == section["empirical_epsilon_lower_bound"]
     assert summary["canary_exposure"] == section["canary_exposure"]
 
@@ -104,8 +127,10 @@ def test_lm_pipeline_reports_the_audit_for_the_dp_model_and_the_control(tmp_path
   assert [d["gap"] for d in disagreements] == pytest.approx([gaps[i] for i in largest])
   assert all(len(d["text"]) == lm_model.SEQUENCE_LENGTH + 1 for d in disagreements)
   assert result["audit"]["disagreements"] == disagreements
-  assert "training examples the control finds likelier" in (
-      pathlib.Path(result["report_dir"]) / "summary.txt").read_text()
+  assert (
+    "training examples the control finds likelier"
+    in (pathlib.Path(result["report_dir"]) / "summary.txt").read_text()
+  )
 
   # Six noisy steps with sigma 1: the attack proves nothing beyond the ledger's epsilon.
   assert audit["empirical_epsilon_lower_bound"] <= result["epsilon"]

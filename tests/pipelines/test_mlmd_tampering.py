@@ -25,10 +25,25 @@ from dp_tfx.policy import PrivacyPolicy
 KEY = "a-ledger-key-of-32-bytes-or-more"
 # 200 digits, batch 50, 2 epochs: 8 noisy steps a run; no audit (it plays no part here).
 CONFIG = DPConfig(noise_multiplier=1.1, batch_size=50, epochs=2, delta=1e-5)
-SMALL = dict(data_limit=200, audit=False,
-             hyperparameters={"learning_rate": 0.5, "jit_compile": False})
-CLI_SMALL = ["pipeline", "--no-audit", "--data-limit", "200", "--batch-size", "50", "--epochs",
-             "2", "--noise-multiplier", "1.1", "--learning-rate", "0.5", "--delta", "1e-5"]
+SMALL = dict(
+  data_limit=200, audit=False, hyperparameters={"learning_rate": 0.5, "jit_compile": False}
+)
+CLI_SMALL = [
+  "pipeline",
+  "--no-audit",
+  "--data-limit",
+  "200",
+  "--batch-size",
+  "50",
+  "--epochs",
+  "2",
+  "--noise-multiplier",
+  "1.1",
+  "--learning-rate",
+  "0.5",
+  "--delta",
+  "1e-5",
+]
 SIGNED_POLICY = PrivacyPolicy(max_epsilon=100.0, delta=1e-5, require_signature=True)
 
 
@@ -38,9 +53,15 @@ def _history(output_dir) -> str:
 
 
 def _run(output_dir, policy=SIGNED_POLICY):
-  return runner.run(runner.PipelineOptions(output_dir=str(output_dir), dp_config=CONFIG,
-                                           privacy_policy=policy,
-                                           ledger_history_dir=_history(output_dir), **SMALL))
+  return runner.run(
+    runner.PipelineOptions(
+      output_dir=str(output_dir),
+      dp_config=CONFIG,
+      privacy_policy=policy,
+      ledger_history_dir=_history(output_dir),
+      **SMALL,
+    )
+  )
 
 
 def _store(output_dir):
@@ -50,8 +71,9 @@ def _store(output_dir):
 
 
 def _ledger_artifacts(store):
-  return sorted(store.get_artifacts_by_type(artifacts.PrivacyLedger.TYPE_NAME),
-                key=lambda artifact: artifact.id)
+  return sorted(
+    store.get_artifacts_by_type(artifacts.PrivacyLedger.TYPE_NAME), key=lambda artifact: artifact.id
+  )
 
 
 def _recorded_segment_ids(artifact):
@@ -124,8 +146,9 @@ def test_the_same_record_on_two_artifacts_is_refused(copy_of_two_runs, key_set):
   second.uri = first.uri
   store.put_artifacts([second])
   (copy_of_two_runs / "privacy_ledgers" / f"{deleted}.json").unlink()
-  with pytest.raises(LedgerError, match=f"artifact ids {first.id} and {second.id}.* the same "
-                     "record"):
+  with pytest.raises(
+    LedgerError, match=f"artifact ids {first.id} and {second.id}.* the same record"
+  ):
     _run(copy_of_two_runs)
 
 
@@ -140,8 +163,11 @@ def test_ledger_artifacts_marked_deleted_still_count(copy_of_two_runs, key_set):
   store.put_artifacts(ledgers)
   for segment in (copy_of_two_runs / "privacy_ledgers").glob("segment-*.json"):
     segment.unlink()
-  with pytest.raises(LedgerError, match=r"segment segment-.*, recorded in MLMD by DPTrainer run "
-                     rf"\(artifact id {ledgers[0].id}\).* is missing from the ledger history"):
+  with pytest.raises(
+    LedgerError,
+    match=r"segment segment-.*, recorded in MLMD by DPTrainer run "
+    rf"\(artifact id {ledgers[0].id}\).* is missing from the ledger history",
+  ):
     _run(copy_of_two_runs)
   assert len(store.get_artifacts_by_type("Model")) == 2  # nothing trained
   # The resolver put them back in force (a PrivacyLedger's record is never retired).
@@ -149,8 +175,9 @@ def test_ledger_artifacts_marked_deleted_still_count(copy_of_two_runs, key_set):
 
 
 @pytest.mark.slow
-def test_dp_tfx_pipeline_verifies_signed_records_whenever_a_ledger_key_is_set(copy_of_two_runs,
-                                                                             key_set, capsys):
+def test_dp_tfx_pipeline_verifies_signed_records_whenever_a_ledger_key_is_set(
+  copy_of_two_runs, key_set, capsys
+):
   # The second run's record emptied in MLMD and its segment deleted; `dp-tfx pipeline` with the
   # key set and no flag: the signature is verified, the run refused before training.
   store = _store(copy_of_two_runs)
@@ -159,8 +186,18 @@ def test_dp_tfx_pipeline_verifies_signed_records_whenever_a_ledger_key_is_set(co
   second.custom_properties[artifacts.LEDGER_SEGMENTS_PROPERTY].string_value = "[]"
   store.put_artifacts([second])
   (copy_of_two_runs / "privacy_ledgers" / f"{deleted}.json").unlink()
-  status = cli.main([*CLI_SMALL, "--output-dir", str(copy_of_two_runs), "--ledger-history",
-                     _history(copy_of_two_runs), "--max-epsilon", "100", "--json"])
+  status = cli.main(
+    [
+      *CLI_SMALL,
+      "--output-dir",
+      str(copy_of_two_runs),
+      "--ledger-history",
+      _history(copy_of_two_runs),
+      "--max-epsilon",
+      "100",
+      "--json",
+    ]
+  )
   captured = capsys.readouterr()
   lines = captured.err.strip().splitlines()
   assert status == 2 and lines, captured.out[-2000:]
@@ -170,8 +207,9 @@ def test_dp_tfx_pipeline_verifies_signed_records_whenever_a_ledger_key_is_set(co
 
 
 @pytest.mark.slow
-def test_dp_tfx_report_runs_the_mlmd_cross_check_when_given_the_store(copy_of_two_runs, key_set,
-                                                                      capsys):
+def test_dp_tfx_report_runs_the_mlmd_cross_check_when_given_the_store(
+  copy_of_two_runs, key_set, capsys
+):
   store = _store(copy_of_two_runs)
   first, second = _ledger_artifacts(store)
   deleted = _own_segment_id(second, _recorded_segment_ids(first))
@@ -199,7 +237,9 @@ def test_dp_tfx_report_runs_the_mlmd_cross_check_when_given_the_store(copy_of_tw
     status = cli.main([*report, "--metadata", str(copy_of_two_runs / "metadata.sqlite")])
     lines = capsys.readouterr().err.strip().splitlines()
     assert status == 2 and len(lines) == 1  # ... MLMD can
-    assert f"segment {deleted}, recorded in MLMD by DPTrainer run (artifact id {second.id})" in (
-        lines[0])
+    assert (
+      f"segment {deleted}, recorded in MLMD by DPTrainer run (artifact id {second.id})"
+      in (lines[0])
+    )
   finally:
     moved.rename(history / f"{deleted}.json")

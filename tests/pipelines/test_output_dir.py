@@ -15,7 +15,8 @@ from dp_tfx.pipelines import runner
 ARGS = ["--epochs", "1", "--data-limit", "200", "--no-audit"]
 IS_ROOT = hasattr(os, "geteuid") and os.geteuid() == 0
 ROOT_WRITES_ANYWHERE = pytest.mark.skipif(
-    IS_ROOT, reason="root writes into a chmod 555 directory; the /proc variants cover it as root")
+  IS_ROOT, reason="root writes into a chmod 555 directory; the /proc variants cover it as root"
+)
 NEEDS_PROC = pytest.mark.skipif(not os.path.isdir("/proc/self"), reason="needs Linux's /proc")
 
 
@@ -33,8 +34,10 @@ def _nothing_runs(monkeypatch):
 
 def _refused(capsys, output_dir, named, runner_name="local", extra=()):
   """Runs the command; asserts exit 2, one stderr line naming `named`, nothing on stdout."""
-  assert cli.main(["pipeline", "--output-dir", str(output_dir), "--runner", runner_name,
-                   *ARGS, *extra]) == 2
+  assert (
+    cli.main(["pipeline", "--output-dir", str(output_dir), "--runner", runner_name, *ARGS, *extra])
+    == 2
+  )
   out, err = capsys.readouterr()
   assert out == ""
   lines = err.splitlines()
@@ -140,9 +143,15 @@ def test_a_kubeflow_pipeline_without_a_shared_budget_root_is_refused(tmp_path, c
 def test_a_writable_dir_passes_and_keeps_no_probe(tmp_path, runner_name, made):
   output_dir = tmp_path / "new" / "out"
   budget_root = str(tmp_path / "budgets") if runner_name == "local" else "gs://team/budgets"
-  runner._check_output_dir(runner.PipelineOptions(
-      output_dir=str(output_dir), dp_config=None, privacy_policy=None, runner=runner_name,
-      budget_root=budget_root))
+  runner._check_output_dir(
+    runner.PipelineOptions(
+      output_dir=str(output_dir),
+      dp_config=None,
+      privacy_policy=None,
+      runner=runner_name,
+      budget_root=budget_root,
+    )
+  )
   assert os.listdir(output_dir) == []
   assert sorted(os.listdir(tmp_path)) == sorted(["new", *made])
   if made:
@@ -154,15 +163,23 @@ def test_a_writable_dir_passes_and_keeps_no_probe(tmp_path, runner_name, made):
 def test_an_unwritable_ledger_history_is_refused_naming_its_option(tmp_path, capsys):
   history = tmp_path / "budget"
   history.write_text("a file, not a directory")
-  assert cli.main(["pipeline", "--output-dir", str(tmp_path / "out"), "--ledger-history",
-                   str(history), *ARGS]) == 2
+  assert (
+    cli.main(
+      ["pipeline", "--output-dir", str(tmp_path / "out"), "--ledger-history", str(history), *ARGS]
+    )
+    == 2
+  )
   _, err = capsys.readouterr()
   (line,) = err.splitlines()
   assert str(history) in line and line.endswith("choose another --ledger-history")
 
 
 def test_an_in_memory_ledger_history_is_refused(tmp_path, capsys):
-  assert cli.main(["pipeline", "--output-dir", str(tmp_path / "out"), "--ledger-history",
-                   "ram://budget", *ARGS]) == 2
+  assert (
+    cli.main(
+      ["pipeline", "--output-dir", str(tmp_path / "out"), "--ledger-history", "ram://budget", *ARGS]
+    )
+    == 2
+  )
   (line,) = capsys.readouterr().err.splitlines()
   assert "ram://budget is in TensorFlow's in-memory filesystem" in line

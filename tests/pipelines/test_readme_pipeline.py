@@ -16,8 +16,8 @@ SECTION = "## Add DP training to your own TFX pipeline"
 def _readme_blocks():
   """The section's Python blocks: the user module, then the pipeline."""
   text = README.read_text()
-  section = text[text.index(SECTION):]
-  section = section[:section.index("\n## ", len(SECTION))]
+  section = text[text.index(SECTION) :]
+  section = section[: section.index("\n## ", len(SECTION))]
   return re.findall(r"```python\n(.*?)```", section, flags=re.S)
 
 
@@ -28,8 +28,9 @@ def _write_csv(directory: pathlib.Path, rows: int = 2000) -> None:
   features = rng.normal(size=(rows, 4)).round(4)
   labels = (features[:, 0] + features[:, 1] > 0).astype(int)
   directory.mkdir(parents=True)
-  lines = ["f0,f1,f2,f3,label"] + [",".join(map(str, [*row, label]))
-                                   for row, label in zip(features, labels)]
+  lines = ["f0,f1,f2,f3,label"] + [
+    ",".join(map(str, [*row, label])) for row, label in zip(features, labels)
+  ]
   (directory / "data.csv").write_text("\n".join(lines) + "\n")
 
 
@@ -45,9 +46,13 @@ def test_the_readme_pipeline_runs_as_written_and_pushes_within_policy(tmp_path, 
   _write_csv(tmp_path / "csv")
   (tmp_path / "my_module.py").write_text(module)
   monkeypatch.chdir(tmp_path)  # module_file="my_module.py", as the README has it
-  names = dict(DATA_ROOT=str(tmp_path / "csv"), LEDGER_HISTORY=str(tmp_path / "budget"),
-               SERVING_DIR=str(tmp_path / "serving"), PIPELINE_ROOT=str(tmp_path / "root"),
-               METADATA_PATH=str(tmp_path / "metadata.sqlite"))
+  names = dict(
+    DATA_ROOT=str(tmp_path / "csv"),
+    LEDGER_HISTORY=str(tmp_path / "budget"),
+    SERVING_DIR=str(tmp_path / "serving"),
+    PIPELINE_ROOT=str(tmp_path / "root"),
+    METADATA_PATH=str(tmp_path / "metadata.sqlite"),
+  )
   exec(compile(pipeline, "README.md", "exec"), dict(names))  # pylint: disable=exec-used
 
   config = metadata_store_pb2.ConnectionConfig()

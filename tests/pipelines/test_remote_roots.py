@@ -13,10 +13,30 @@ from dp_tfx.pipelines import cli
 @pytest.mark.parametrize("example, extra", [("mnist", ["--poisson-batches"]), ("lm", [])])
 def test_kubeflow_pipeline_on_remote_roots_names_no_local_path(tmp_path, capsys, example, extra):
   root, data = f"ram://dp-{example}/pipeline_root", f"ram://dp-{example}/data"
-  assert cli.main(["pipeline", "--runner", "kubeflow", "--example", example,
-                   "--output-dir", str(tmp_path), "--pipeline-root", root, "--data-root", data,
-                   "--ledger-history", "gs://dp-tfx-test/privacy_ledgers", "--data-limit", "40",
-                   "--json", *extra]) == 0
+  assert (
+    cli.main(
+      [
+        "pipeline",
+        "--runner",
+        "kubeflow",
+        "--example",
+        example,
+        "--output-dir",
+        str(tmp_path),
+        "--pipeline-root",
+        root,
+        "--data-root",
+        data,
+        "--ledger-history",
+        "gs://dp-tfx-test/privacy_ledgers",
+        "--data-limit",
+        "40",
+        "--json",
+        *extra,
+      ]
+    )
+    == 0
+  )
   result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
   assert (result["pipeline_root"], result["data_root"]) == (root, data)
   # The data went to the remote root, through tf.io.gfile.

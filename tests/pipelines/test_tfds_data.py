@@ -27,8 +27,11 @@ MNIST_HOST = "storage.googleapis.com"
 SHAKESPEARE_HOST = "raw.githubusercontent.com"
 # One fake tiny_shakespeare text (its single "train" example holds the whole text): 100 records'
 # worth of characters of the example's vocabulary, enough for a train/eval split.
-FAKE_PLAY = "".join(np.random.default_rng(5).choice(list(lm_model.VOCABULARY),
-                                                     size=100 * (lm_model.SEQUENCE_LENGTH + 1)))
+FAKE_PLAY = "".join(
+  np.random.default_rng(5).choice(
+    list(lm_model.VOCABULARY), size=100 * (lm_model.SEQUENCE_LENGTH + 1)
+  )
+)
 
 
 @pytest.fixture
@@ -63,11 +66,13 @@ def refused_url():
 @pytest.fixture
 def no_download(monkeypatch):
   """Fails the test if TFDS starts a download."""
+
   def download_and_prepare(self, *args, **kwargs):
     pytest.fail(f"TFDS started downloading {self.name}")
 
-  monkeypatch.setattr(tfds.core.dataset_builder.DatasetBuilder, "download_and_prepare",
-                      download_and_prepare)
+  monkeypatch.setattr(
+    tfds.core.dataset_builder.DatasetBuilder, "download_and_prepare", download_and_prepare
+  )
 
 
 def _fake_play(self, split, decoders=None, read_config=None, **kwargs):
@@ -76,23 +81,24 @@ def _fake_play(self, split, decoders=None, read_config=None, **kwargs):
 
 
 def _mock_mnist(num_examples):
-  return tfds.testing.mock_data(num_examples=num_examples,
-                                policy=tfds.testing.MockPolicy.USE_CODE)
+  return tfds.testing.mock_data(num_examples=num_examples, policy=tfds.testing.MockPolicy.USE_CODE)
 
 
 def _mock_shakespeare():
-  return tfds.testing.mock_data(policy=tfds.testing.MockPolicy.USE_CODE,
-                                as_dataset_fn=_fake_play)
+  return tfds.testing.mock_data(policy=tfds.testing.MockPolicy.USE_CODE, as_dataset_fn=_fake_play)
 
 
 def _parsed(path, module):
   """The records of a TFRecord file, parsed and decoded as the trainer's module does."""
   spec = module.feature_spec(None)
-  return [module.decode(tf.io.parse_example(batch, spec), None)
-          for batch in tf.data.TFRecordDataset(str(path)).batch(1000)]
+  return [
+    module.decode(tf.io.parse_example(batch, spec), None)
+    for batch in tf.data.TFRecordDataset(str(path)).batch(1000)
+  ]
 
 
 # (a) The loaders.
+
 
 def test_tfds_mnist_is_images_in_0_1_and_int_labels(probed, monkeypatch):
   with _mock_mnist(30):
@@ -121,14 +127,18 @@ def test_tfds_shakespeare_is_the_text_of_the_one_train_example(probed):
 
 # (b) The example data writers.
 
+
 def test_mnist_writer_with_tfds_writes_what_the_trainer_reads(tmp_path, probed):
   with _mock_mnist(30):
     (x_train, y_train), (x_test, y_test) = datasets.load_mnist(datasets.TFDS)
-    root = pathlib.Path(mnist_data.write_mnist_tfrecords(tmp_path / "data", datasets.TFDS,
-                                                             limit=20))
+    root = pathlib.Path(
+      mnist_data.write_mnist_tfrecords(tmp_path / "data", datasets.TFDS, limit=20)
+    )
   assert (root / "_COMPLETE_tfds_20").exists()
-  for name, images, labels in ((mnist_data.TRAIN_DIR, x_train, y_train),
-                               (mnist_data.EVAL_DIR, x_test, y_test)):
+  for name, images, labels in (
+    (mnist_data.TRAIN_DIR, x_train, y_train),
+    (mnist_data.EVAL_DIR, x_test, y_test),
+  ):
     ((read_images, read_labels),) = _parsed(root / name / "data.tfrecord", mnist_model)
     np.testing.assert_array_equal(read_images.numpy(), images[:20])
     np.testing.assert_array_equal(read_labels.numpy(), labels[:20])
@@ -136,8 +146,9 @@ def test_mnist_writer_with_tfds_writes_what_the_trainer_reads(tmp_path, probed):
 
 def test_lm_writer_with_tfds_cuts_the_tiny_shakespeare_text_into_records(tmp_path, probed):
   with _mock_shakespeare():
-    summary = lm_data.write_lm_tfrecords(tmp_path / "data", datasets.TFDS, limit=20,
-                                         repetitions=(1, 2))
+    summary = lm_data.write_lm_tfrecords(
+      tmp_path / "data", datasets.TFDS, limit=20, repetitions=(1, 2)
+    )
   assert summary["source"] == datasets.TFDS and summary["characters"] == len(FAKE_PLAY)
   assert (summary["train_sequences"], summary["eval_sequences"]) == (20, 3)
   width = lm_model.SEQUENCE_LENGTH + 1
@@ -145,8 +156,7 @@ def test_lm_writer_with_tfds_cuts_the_tiny_shakespeare_text_into_records(tmp_pat
 
   def records(path):
     ((features, targets),) = _parsed(path, lm_model)
-    chars = np.concatenate([features[lm_model.TOKENS_KEY].numpy(),
-                            targets.numpy()[:, -1:]], axis=1)
+    chars = np.concatenate([features[lm_model.TOKENS_KEY].numpy(), targets.numpy()[:, -1:]], axis=1)
     return [tuple(record) for record in chars]
 
   train, held_out = records(summary["train_file"]), records(summary["eval_file"])
@@ -158,12 +168,31 @@ def test_lm_writer_with_tfds_cuts_the_tiny_shakespeare_text_into_records(tmp_pat
 
 # (c) The whole pipeline.
 
+
 @pytest.mark.slow
 def test_cli_pipeline_with_tfds_data_runs_end_to_end(tmp_path, capsys, probed):
   with _mock_mnist(200):  # train and test are the same 200 fake digits
-    assert cli.main(["pipeline", "--data", "tfds", "--output-dir", str(tmp_path),
-                     "--data-limit", "200", "--batch-size", "50", "--epochs", "1",
-                     "--max-epsilon", "8", "--json"]) == 0
+    assert (
+      cli.main(
+        [
+          "pipeline",
+          "--data",
+          "tfds",
+          "--output-dir",
+          str(tmp_path),
+          "--data-limit",
+          "200",
+          "--batch-size",
+          "50",
+          "--epochs",
+          "1",
+          "--max-epsilon",
+          "8",
+          "--json",
+        ]
+      )
+      == 0
+    )
   result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
   assert result["pushed"] and result["verdict"].startswith("PUSHED"), result["verdict"]
   assert (tmp_path / "data" / "_COMPLETE_tfds_200").exists()
@@ -177,9 +206,30 @@ def test_cli_pipeline_with_tfds_data_runs_end_to_end(tmp_path, capsys, probed):
 @pytest.mark.slow
 def test_cli_lm_pipeline_with_tfds_data_runs_end_to_end(tmp_path, capsys, probed):
   with _mock_shakespeare():  # 60 of the fake text's 90 training records, batch 30: 2 steps
-    assert cli.main(["pipeline", "--example", "lm", "--data", "tfds", "--no-audit",
-                     "--output-dir", str(tmp_path), "--data-limit", "60", "--batch-size", "30",
-                     "--epochs", "1", "--max-epsilon", "50", "--json"]) == 0
+    assert (
+      cli.main(
+        [
+          "pipeline",
+          "--example",
+          "lm",
+          "--data",
+          "tfds",
+          "--no-audit",
+          "--output-dir",
+          str(tmp_path),
+          "--data-limit",
+          "60",
+          "--batch-size",
+          "30",
+          "--epochs",
+          "1",
+          "--max-epsilon",
+          "50",
+          "--json",
+        ]
+      )
+      == 0
+    )
   result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
   assert result["example"] == "lm" and result["pushed"], result["verdict"]
   written = json.loads((tmp_path / "data" / "_COMPLETE.json").read_text())["summary"]
@@ -191,22 +241,39 @@ def test_cli_lm_pipeline_with_tfds_data_runs_end_to_end(tmp_path, capsys, probed
 
 # (d) Offline: one line, exit 2, nothing trained or written.
 
+
 @pytest.mark.parametrize("example, dataset", [("mnist", "mnist"), ("lm", "tiny_shakespeare")])
-def test_cli_offline_says_so_in_one_line_before_anything_runs(tmp_path, capsys, monkeypatch,
-                                                              empty_tfds_cache, refused_url,
-                                                              no_download, example, dataset):
+def test_cli_offline_says_so_in_one_line_before_anything_runs(
+  tmp_path, capsys, monkeypatch, empty_tfds_cache, refused_url, no_download, example, dataset
+):
   monkeypatch.setattr(datasets, "_download_urls", lambda builder: [refused_url])
   output = tmp_path / "output"
-  assert cli.main(["pipeline", "--example", example, "--data", "tfds", "--epochs", "1",
-                   "--output-dir", str(output)]) == cli.USAGE_ERROR
+  assert (
+    cli.main(
+      [
+        "pipeline",
+        "--example",
+        example,
+        "--data",
+        "tfds",
+        "--epochs",
+        "1",
+        "--output-dir",
+        str(output),
+      ]
+    )
+    == cli.USAGE_ERROR
+  )
   captured = capsys.readouterr()
   host = refused_url.split("/")[2]
   cache = empty_tfds_cache / dataset
   assert captured.out == ""
   (line,) = captured.err.splitlines()
-  assert line.startswith(f"dp-tfx pipeline: error: could not download the TFDS dataset "
-                         f"{dataset!r} ({host} is unreachable: no network?); once downloaded, "
-                         f"TFDS keeps it in {cache}/")
+  assert line.startswith(
+    f"dp-tfx pipeline: error: could not download the TFDS dataset "
+    f"{dataset!r} ({host} is unreachable: no network?); once downloaded, "
+    f"TFDS keeps it in {cache}/"
+  )
   assert line.endswith("; --data embedded works offline")
   _assert_nothing_written(output)
   assert not empty_tfds_cache.exists()
@@ -219,24 +286,36 @@ def _assert_nothing_written(output):
   assert written == []
 
 
-@pytest.mark.parametrize("raised, reason", [
-    (requests.exceptions.ConnectionError(
-        f"HTTPSConnectionPool(host='{MNIST_HOST}', port=443): Max retries exceeded"),
-     "the connection failed: no network?"),
-    (tfds.download.DownloadError("Failed to get url https://example.org/x. HTTP code: 404."),
-     "HTTP code: 404"),
-], ids=["connection", "http-status"])
-def test_a_download_that_fails_after_the_probe_is_the_same_one_line(tmp_path, capsys, monkeypatch,
-                                                                     empty_tfds_cache, probed,
-                                                                     raised, reason):
+@pytest.mark.parametrize(
+  "raised, reason",
+  [
+    (
+      requests.exceptions.ConnectionError(
+        f"HTTPSConnectionPool(host='{MNIST_HOST}', port=443): Max retries exceeded"
+      ),
+      "the connection failed: no network?",
+    ),
+    (
+      tfds.download.DownloadError("Failed to get url https://example.org/x. HTTP code: 404."),
+      "HTTP code: 404",
+    ),
+  ],
+  ids=["connection", "http-status"],
+)
+def test_a_download_that_fails_after_the_probe_is_the_same_one_line(
+  tmp_path, capsys, monkeypatch, empty_tfds_cache, probed, raised, reason
+):
   def download_and_prepare(self, *args, **kwargs):
     raise raised
 
-  monkeypatch.setattr(tfds.core.dataset_builder.DatasetBuilder, "download_and_prepare",
-                      download_and_prepare)
+  monkeypatch.setattr(
+    tfds.core.dataset_builder.DatasetBuilder, "download_and_prepare", download_and_prepare
+  )
   output = tmp_path / "output"
-  assert cli.main(["pipeline", "--data", "tfds", "--epochs", "1",
-                   "--output-dir", str(output)]) == cli.USAGE_ERROR
+  assert (
+    cli.main(["pipeline", "--data", "tfds", "--epochs", "1", "--output-dir", str(output)])
+    == cli.USAGE_ERROR
+  )
   (line,) = capsys.readouterr().err.splitlines()
   assert line.startswith("dp-tfx pipeline: error: could not download the TFDS dataset 'mnist' (")
   assert reason in line and line.endswith("; --data embedded works offline")
@@ -247,8 +326,9 @@ def test_other_failures_of_the_download_still_raise(monkeypatch, empty_tfds_cach
   def download_and_prepare(self, *args, **kwargs):
     raise OSError(28, "No space left on device")
 
-  monkeypatch.setattr(tfds.core.dataset_builder.DatasetBuilder, "download_and_prepare",
-                      download_and_prepare)
+  monkeypatch.setattr(
+    tfds.core.dataset_builder.DatasetBuilder, "download_and_prepare", download_and_prepare
+  )
   with pytest.raises(OSError, match="No space left") as raised:
     datasets.load_mnist(datasets.TFDS)
   assert not isinstance(raised.value, datasets.DatasetDownloadError)
@@ -264,8 +344,9 @@ def test_a_cached_dataset_is_neither_probed_nor_downloaded(monkeypatch, tmp_path
 
   builder = CachedBuilder()
   monkeypatch.setattr(tfds, "builder", lambda name: builder)
-  monkeypatch.setattr(datasets, "_unreachable_host",
-                      lambda urls, timeout=None: pytest.fail("probed a cached dataset"))
+  monkeypatch.setattr(
+    datasets, "_unreachable_host", lambda urls, timeout=None: pytest.fail("probed a cached dataset")
+  )
   assert datasets._prepared_tfds_builder("mnist") is builder
 
 
@@ -288,8 +369,10 @@ def test_the_probe_counts_any_answer_as_reachable_and_asks_each_host_once(refuse
     answering = f"http://127.0.0.1:{server.server_port}"
     assert datasets._unreachable_host([f"{answering}/a.gz", f"{answering}/b.gz"]) is None
     assert heads == ["/a.gz"]
-    assert datasets._unreachable_host([f"{answering}/a.gz", refused_url],
-                                      timeout=5) == refused_url.split("/")[2]
+    assert (
+      datasets._unreachable_host([f"{answering}/a.gz", refused_url], timeout=5)
+      == refused_url.split("/")[2]
+    )
   finally:
     server.shutdown()
     server.server_close()
