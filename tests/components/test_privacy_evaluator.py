@@ -901,7 +901,12 @@ def test_a_ledger_of_the_streamed_batches_as_they_are_is_blessed(tmp_path):
 def test_a_ledger_with_another_n_than_the_batches_is_refused(tmp_path):
   ledger, manifest = _streamed_ledger(dataset_size=200)
   # PoissonBatchGen drew from 400 examples (q 0.125); the ledger claims the run's q was 0.25.
-  larger = dataclasses.replace(manifest, dataset_size=400, sampling_rate=50 / 400)
+  larger = dataclasses.replace(
+    manifest,
+    dataset_size=400,
+    sampling_rate=50 / 400,
+    data_digest=record_digest.of_records(b"%d" % i for i in range(400)),
+  )
   testing.assert_not_blessed(
     testing.run_privacy_evaluator(ledger, LENIENT, tmp_path, poisson_batches=larger),
     "the batches' manifest says",
