@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import shlex
 from typing import TYPE_CHECKING, Any, Optional, Union
 
 from dp_tfx import accounting, signing
@@ -211,13 +212,34 @@ def refuse_unless_blessable(policy: PrivacyPolicy, planned: PrivacyLedger) -> Pr
       if others
       else ""
     )
+    earlier = planned.noisy_steps - this_run - others.total()
     raise PolicyRefusal(
       f"refused before training, nothing was spent: this run ({this_run} noisy steps, after "
-      f"the {planned.noisy_steps - this_run - others.total()} already recorded in the "
-      f"ledger{where}{reserving}) could never be blessed: " + "; ".join(decision.reasons)
+      f"the {earlier} already recorded in the ledger{where}{reserving}) could never be "
+      "blessed: "
+      + "; ".join(decision.reasons)
+      + _what_you_can_do(policy, planned, decision, earlier)
     )
   decision.blessed = True
   return decision
+
+
+def _what_you_can_do(
+  policy: PrivacyPolicy, planned: PrivacyLedger, decision: PrivacyDecision, earlier_steps: int
+) -> str:
+  """The next step for a run refused for its epsilon: the refusal's last sentence."""
+  if decision.epsilon is None or not decision.epsilon > policy.max_epsilon:
+    return ""
+  advice = (
+    ". What you can do: train fewer steps or with more noise (DPConfig's epochs or steps, "
+    "noise_multiplier), or raise max_epsilon if your privacy policy allows it"
+  )
+  if earlier_steps > 0 and planned.data_source:
+    advice += (
+      "; only if no model trained on the earlier runs is ever released: a new budget for the "
+      f"data (dp-tfx new-budget --data-source {shlex.quote(planned.data_source)} --reason ...)"
+    )
+  return advice
 
 
 def _check_training(

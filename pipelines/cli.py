@@ -33,6 +33,7 @@ from dp_tfx.config import (
 )
 from dp_tfx.ledger import RESERVATION_STALE_SECONDS, PrivacyLedger, check_chain, release_reservation
 from dp_tfx.plan import TrainingPlan
+from dp_tfx.pipelines import quiet_output
 from dp_tfx.pipelines.examples import EXAMPLES, LM_ARCHITECTURES
 
 USAGE_ERROR = 2
@@ -324,6 +325,12 @@ def _print(result: dict, as_json: bool) -> None:
     print(result["verdict"])
 
 
+_VERBOSE_HELP = (
+  "show TensorFlow's and MLMD's own log lines too (by default the known-harmless ones are left "
+  "out: see dp_tfx.pipelines.quiet_output)"
+)
+
+
 def build_parser() -> argparse.ArgumentParser:
   parser = _ArgumentParser(prog="dp-tfx", description=__doc__.split("\n")[0])
   commands = parser.add_subparsers(dest="command", required=True, parser_class=_ArgumentParser)
@@ -424,6 +431,7 @@ def build_parser() -> argparse.ArgumentParser:
   demo = commands.add_parser("demo", help="train the tutorial CNN with DP-SGD on embedded MNIST")
   demo.add_argument("--epochs", type=_positive_int, default=None)
   demo.add_argument("--json", action="store_true")
+  demo.add_argument("--verbose", action="store_true", help=_VERBOSE_HELP)
   demo.set_defaults(handler=_demo)
 
   pipeline = commands.add_parser(
@@ -602,8 +610,9 @@ def build_parser() -> argparse.ArgumentParser:
   pipeline.add_argument(
     "--json",
     action="store_true",
-    help="end with one JSON line: epsilon, delta, accuracy, pushed, ...",
+    help="end with one JSON line: epsilon, delta, accuracy, pushed, ...; also when refused",
   )
+  pipeline.add_argument("--verbose", action="store_true", help=_VERBOSE_HELP)
   pipeline.set_defaults(handler=_pipeline)
   return parser
 
@@ -642,12 +651,20 @@ def _one_line(error: BaseException) -> str:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-  os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # keep TensorFlow's start-up chatter out
   parser = build_parser()
   args = parser.parse_args(argv)
+  verbose = getattr(args, "verbose", False)
+  # TensorFlow's start-up chatter stays out, unless asked for (it is read when TF loads).
+  os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "0" if verbose else "2")
   if args.command in ("epsilon", "calibrate", "report"):  # not the pipeline's TFX logs
     logging.getLogger("absl").setLevel(logging.ERROR)  # dp_accounting's per-order RDP warnings
-  prefix = f"dp-tfx {args.command}: error:"
+  with contextlib.nullcontext() if verbose else quiet_output.harmless_lines_filtered():
+    return _run(args)
+
+
+def _run(args) -> int:
+  """Runs the command; a reason to stop is one line on stderr (and, with --json, the one JSON
+  object on stdout says so too), exit status 2."""
   # With --json stdout carries the one JSON object: what a run prints there (Keras's progress
   # lines) goes to stderr instead.
   printed_by_the_run = (
@@ -657,18 +674,25 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     with printed_by_the_run:
       result = args.handler(args)
   except (ValueError, ArithmeticError) as error:  # LedgerError, CalibrationError: a reason
-    print(f"{prefix} {_one_line(error)}", file=sys.stderr)
-    return USAGE_ERROR
+    return _stopped(args, _one_line(error))
   except datasets.DatasetDownloadError as error:  # --data tfds offline: nothing trained yet
-    print(f"{prefix} {_one_line(error)}; --data embedded works offline", file=sys.stderr)
-    return USAGE_ERROR
+    return _stopped(args, f"{_one_line(error)}; --data embedded works offline")
   except Exception as error:  # pylint: disable=broad-except
     if not _is_filesystem_error(error):
       raise
-    print(f"{prefix} {type(error).__name__}: {_one_line(error)}", file=sys.stderr)
-    return USAGE_ERROR
+    return _stopped(args, f"{type(error).__name__}: {_one_line(error)}")
   _print(result, args.json)
   return 0
+
+
+def _stopped(args, reason: str) -> int:
+  print(f"dp-tfx {args.command}: error: {reason}", file=sys.stderr)
+  if args.json:
+    result = {"error": reason}
+    if args.command == "pipeline":  # the verdict's fields, as on every other outcome
+      result.update(blessed=False, pushed=False, epsilon=None, reasons=[reason])
+    _print(result, True)
+  return USAGE_ERROR
 
 
 if __name__ == "__main__":
