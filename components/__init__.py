@@ -3,9 +3,14 @@
     from dp_tfx.components import DPTrainer, PoissonBatchGen, PrivacyAuditor, PrivacyEvaluator
 
 Names load on first use (as in dp_tfx), so importing one submodule does not build every component.
+A privacy refusal that ends the user's script prints as one line (see `refusals`).
 """
 
 import importlib
+
+from dp_tfx.components import refusals
+
+refusals.install()
 
 _EXPORTS = {
   "DPTrainer": "dp_tfx.components.dp_trainer.component",
