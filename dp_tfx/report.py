@@ -1,4 +1,5 @@
-"""The privacy report: report.json, a plot of epsilon over training steps, and a short summary.
+"""The privacy report: report.json, a plot of epsilon over training steps, and a short summary;
+and what `dp-tfx report` says of a ledger (`ledger_summary`).
 
 Every number in it comes from `policy.decide`, the verified ledger and the PrivacyAuditor's
 measurements (whose lower bound is recomputed at the decision's delta from the attack counts).
@@ -13,9 +14,9 @@ import math
 import os
 from typing import TYPE_CHECKING, Optional
 
-from dp_tfx import budget, files, json_output
+from dp_tfx import accounting, budget, files, json_output
 from dp_tfx.audit.membership import epsilon_lower_bound
-from dp_tfx.ledger import PrivacyLedger
+from dp_tfx.ledger import PrivacyLedger, check_chain
 from dp_tfx.policy import PrivacyDecision, PrivacyPolicy
 
 if TYPE_CHECKING:
@@ -25,6 +26,47 @@ REPORT_FILE = "report.json"
 PLOT_FILE = "epsilon.png"
 EXPOSURE_PLOT_FILE = "exposure.png"
 SUMMARY_FILE = "summary.txt"
+
+
+def ledger_with_history(path, key: Optional[bytes]) -> tuple:
+  """(the snapshot at `path`, the ledger of its history now): the snapshot checked against its
+  ledger history, with every run recorded there since, as the PrivacyEvaluator reads them.
+
+  Raises:
+    LedgerError: for a snapshot or history that fails its checks (hashes, signatures with `key`).
+  """
+  snapshot = PrivacyLedger.load(path, key)
+  return snapshot, snapshot.with_history(key)
+
+
+def ledger_summary(ledger: PrivacyLedger, delta: Optional[float], accountant: str) -> dict:
+  """What `dp-tfx report` says of a ledger: its facts and epsilon at `delta` (default 1/N over
+  the largest dataset the total covers), with the accountant's reason where epsilon is infinite.
+
+  Raises:
+    LedgerError: where the history's chain names a segment that is missing or shortened.
+  """
+  check_chain(ledger.segments, ledger.history_dir)
+  delta = delta if delta is not None else 1.0 / ledger.largest_dataset_size
+  epsilon = ledger.epsilon(delta, accountant)
+  reason = None
+  if not math.isfinite(epsilon):
+    reason = accounting.epsilon_result(ledger.dp_event(), delta, accountant).reason
+  return {
+    "dataset_size": ledger.dataset_size,
+    "privacy_unit": ledger.privacy_unit,
+    "noisy_steps": ledger.noisy_steps,
+    "segments": len(ledger.segments),
+    "runs": len(ledger.runs()),
+    "history": ledger.history_dir,
+    "rigorous": ledger.rigorous,
+    "delta": delta,
+    "accountant": accountant,
+    "epsilon": epsilon,
+    "epsilon_infinite": not math.isfinite(epsilon),
+    "epsilon_reason": reason,
+    "content_hash": ledger.content_hash(),
+  }
 
 
 def _json_number(value):

@@ -31,8 +31,9 @@ from dp_tfx.config import (
   SAMPLING_METHODS,
   DPConfig,
 )
-from dp_tfx.ledger import RESERVATION_STALE_SECONDS, PrivacyLedger, check_chain, release_reservation
+from dp_tfx.ledger import RESERVATION_STALE_SECONDS, release_reservation
 from dp_tfx.plan import TrainingPlan
+from dp_tfx.report import ledger_summary, ledger_with_history
 from dp_tfx.pipelines import quiet_output
 from dp_tfx.pipelines.examples import EXAMPLES, LM_ARCHITECTURES
 
@@ -179,43 +180,22 @@ _UNCHECKED = (
 
 
 def _report(args) -> dict:
-  # The ledger's snapshot checked against its ledger history and with every run there now, as
-  # the PrivacyEvaluator judges it; delta "1/N" over the largest dataset the total covers.
   # With a ledger key set here, every record must carry its signature (see dp_tfx.signing).
   key = signing.configured_key()
   if args.require_signature and key is None:
     raise ValueError(
       f"--require-signature needs the ledger key ({signing.KEY_ENV} or {signing.KEY_FILE_ENV})"
     )
-  snapshot = PrivacyLedger.load(args.ledger, key)
-  ledger = snapshot.with_history(key)
+  snapshot, ledger = ledger_with_history(args.ledger, key)
   # The files alone cannot tell a segment deleted before any later run saw it: MLMD can.
   cross_check = f"not run (give --metadata PATH, the pipeline's metadata.sqlite): {_UNCHECKED}"
   if args.metadata:
     from dp_tfx.components import earlier_runs  # TFX loads only for this option
 
     cross_check = earlier_runs.check_store(args.metadata, args.ledger, snapshot, ledger, key)
-  check_chain(ledger.segments, ledger.history_dir)
-  delta = args.delta if args.delta is not None else 1.0 / ledger.largest_dataset_size
-  epsilon = ledger.epsilon(delta, args.accountant)
-  reason = None
-  if not math.isfinite(epsilon):
-    reason = accounting.epsilon_result(ledger.dp_event(), delta, args.accountant).reason
   return {
     "ledger": str(args.ledger),
-    "dataset_size": ledger.dataset_size,
-    "privacy_unit": ledger.privacy_unit,
-    "noisy_steps": ledger.noisy_steps,
-    "segments": len(ledger.segments),
-    "runs": len(ledger.runs()),
-    "history": ledger.history_dir,
-    "rigorous": ledger.rigorous,
-    "delta": delta,
-    "accountant": args.accountant,
-    "epsilon": epsilon,
-    "epsilon_infinite": not math.isfinite(epsilon),
-    "epsilon_reason": reason,
-    "content_hash": ledger.content_hash(),
+    **ledger_summary(ledger, args.delta, args.accountant),
     "signatures_verified": key is not None,
     "mlmd_cross_check": cross_check,
   }
