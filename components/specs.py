@@ -6,6 +6,7 @@ Executors and tests index input_dict / output_dict / exec_properties only throug
 from tfx.types import standard_artifacts
 from tfx.types import standard_component_specs as std
 from tfx.types.component_spec import ChannelParameter, ComponentSpec, ExecutionParameter
+from tfx.types.system_executions import Evaluate, Process, Train
 
 from dp_tfx.components import artifacts
 
@@ -61,6 +62,9 @@ _EARLIER_RUNS_INPUTS = {
 
 
 class DPTrainerSpec(ComponentSpec):
+  """DPTrainer: trains a user module's Keras model with DP-SGD on the Examples (or on
+  PoissonBatchGen's batches); outputs the model, its TensorBoard run and the privacy ledger."""
+
   PARAMETERS = {
     MODULE_FILE_KEY: ExecutionParameter(type=str, optional=True),
     MODULE_PATH_KEY: ExecutionParameter(type=str, optional=True),
@@ -84,9 +88,13 @@ class DPTrainerSpec(ComponentSpec):
     MODEL_RUN_KEY: ChannelParameter(type=standard_artifacts.ModelRun),
     PRIVACY_LEDGER_KEY: ChannelParameter(type=artifacts.PrivacyLedger),
   }
+  TYPE_ANNOTATION = Train
 
 
 class PoissonBatchGenSpec(ComponentSpec):
+  """PoissonBatchGen: draws every step's Poisson sample of the Examples on Beam, for training
+  on data larger than memory."""
+
   PARAMETERS = {
     DP_CONFIG_KEY: ExecutionParameter(type=str),
     TRAIN_SPLIT_KEY: ExecutionParameter(type=str, optional=True),
@@ -100,9 +108,13 @@ class PoissonBatchGenSpec(ComponentSpec):
   OUTPUTS = {
     POISSON_BATCHES_KEY: ChannelParameter(type=artifacts.PoissonBatches),
   }
+  TYPE_ANNOTATION = Process
 
 
 class PrivacyAuditorSpec(ComponentSpec):
+  """PrivacyAuditor: measures what the exported model gives away (membership inference,
+  canary exposure), for the DP model and an optional non-private control."""
+
   PARAMETERS = {
     MODULE_FILE_KEY: ExecutionParameter(type=str, optional=True),
     MODULE_PATH_KEY: ExecutionParameter(type=str, optional=True),
@@ -123,9 +135,13 @@ class PrivacyAuditorSpec(ComponentSpec):
   OUTPUTS = {
     PRIVACY_AUDIT_KEY: ChannelParameter(type=artifacts.PrivacyAudit),
   }
+  TYPE_ANNOTATION = Evaluate
 
 
 class PrivacyEvaluatorSpec(ComponentSpec):
+  """PrivacyEvaluator: computes epsilon from the verified ledger history and blesses the model
+  only if it meets the privacy policy; writes the blessing and the privacy report."""
+
   PARAMETERS = {
     PRIVACY_POLICY_KEY: ExecutionParameter(type=str),
   }
@@ -141,3 +157,4 @@ class PrivacyEvaluatorSpec(ComponentSpec):
     BLESSING_KEY: ChannelParameter(type=standard_artifacts.ModelBlessing),
     PRIVACY_REPORT_KEY: ChannelParameter(type=artifacts.PrivacyReport),
   }
+  TYPE_ANNOTATION = Evaluate
