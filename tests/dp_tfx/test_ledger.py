@@ -639,7 +639,7 @@ def test_duplicate_segment_ids_and_json_a_parser_chokes_on_are_ledger_errors(tmp
 
 
 def test_a_segment_file_is_never_replaced_by_another_run(tmp_path, monkeypatch):
-  from dp_tfx import ledger as ledger_module
+  from dp_tfx.ledger import privacy_ledger as ledger_module
 
   ledger = PrivacyLedger.open_history(tmp_path, 4000, "sha256:abc")
   ledger.start_segment(_plan(4000, epochs=2))

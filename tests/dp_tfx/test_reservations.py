@@ -19,6 +19,7 @@ import dp_tfx
 from dp_tfx import accounting, files, signing
 from dp_tfx import ledger as ledger_module
 from dp_tfx.config import DPConfig
+from dp_tfx.ledger import privacy_ledger
 from dp_tfx.ledger import (
   HEARTBEAT_SECONDS,
   RESERVATION_STALE_SECONDS,
@@ -492,7 +493,7 @@ class _SlowFirstStep(keras.callbacks.Callback):
 
 
 def test_a_fit_beats_while_it_trains_and_stops_when_it_ends(tmp_path, monkeypatch):
-  monkeypatch.setattr(ledger_module, "HEARTBEAT_SECONDS", 0.02)
+  monkeypatch.setattr(privacy_ledger, "HEARTBEAT_SECONDS", 0.02)  # read there
   x, y = models.batch_for("dense", N, seed=1)
   slow = _SlowFirstStep(tmp_path)
   _dp_model(tmp_path, "run-a").fit(x, y, verbose=0, callbacks=[slow])
