@@ -15,6 +15,7 @@ noise added once, the sum divided by the expected batch size, and the user's opt
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
 import os
@@ -25,12 +26,12 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from dp_tfx import accounting, clipping, dp_step, keys, noise, sampling, workers
+from dp_tfx import accounting, clipping, dp_step, keys, noise, run_budget, sampling, workers
 from dp_tfx.config import DPConfig
 from dp_tfx.ledger import EXAMPLE, PrivacyLedger, dataset_fingerprint
 from dp_tfx.plan import TrainingPlan
 from dp_tfx.poisson_batches import PoissonBatchStream
-from dp_tfx.policy import PrivacyPolicy, refuse_unless_blessable, verification_key
+from dp_tfx.policy import PrivacyPolicy, verification_key
 from dp_tfx.resume import StepCheckpoint
 from dp_tfx.version import __version__
 
@@ -323,12 +324,9 @@ class DPModel(keras.Model):
       # Everything that could make this run worthless is checked before its first counted step.
       self._rehearse_step(data)
       if chief:
-        if self._policy is not None:  # refused here, a run leaves nothing in the ledger
-          self.privacy_ledger.refresh()  # runs recorded or reserved since this model opened it
-          refuse_unless_blessable(
-            self._policy,
-            self.privacy_ledger.if_trained(self.plan, steps, self.dp_config.seed is not None),
-          )
+        run_budget.refuse_before_training(
+          self.privacy_ledger, self._policy, self.plan, steps, self.dp_config.seed is not None
+        )
         key = self._segment_key().numpy()
     except Exception:
       workers.start_together(strategy, None, "", 0, np.zeros([2], np.int64), failed=True)
@@ -336,8 +334,8 @@ class DPModel(keras.Model):
     done, key = workers.start_together(
       strategy, self.plan, data.fingerprint, done, key, self._run_facts(requested_epochs, replicas)
     )
-    heartbeat, reserved = None, False
-    try:
+    # Trained, refused or raised: once the reservation ends only the steps taken count.
+    with contextlib.ExitStack() as budget:
       try:
         if not chief:
           self.noisy_steps.assign(done)
@@ -353,16 +351,17 @@ class DPModel(keras.Model):
           if isinstance(callback, StepCheckpoint)
         )
         if chief:
-          # This fit's reservation: until it ends, other runs' pre-checks count these steps as
-          # spent. While it runs its segment is rewritten every HEARTBEAT_SECONDS, so the
-          # reservation holds; a killed run's lapses RESERVATION_STALE_SECONDS after its last
-          # write.
-          self.privacy_ledger.start_segment(
-            self.plan, seeded=self.dp_config.seed is not None, steps=steps
+          budget.enter_context(
+            run_budget.reservation(
+              self.privacy_ledger, self.plan, steps, self.dp_config.seed is not None
+            )
           )
-          reserved = True
-          heartbeat = self.privacy_ledger.start_heartbeat()
-          self._check_reserved(data, done)
+          run_budget.check_with_reservation(
+            self.privacy_ledger,
+            self._policy,
+            data if isinstance(data, PoissonBatchStream) else None,
+            done,
+          )
       except Exception:
         workers.all_ready(strategy, False)
         raise
@@ -377,11 +376,6 @@ class DPModel(keras.Model):
         validation_batch_size,
         validation_freq,
       )
-    finally:  # trained, refused or raised: from now on only the steps taken count
-      if heartbeat is not None:
-        heartbeat.stop()
-      if reserved:
-        self.privacy_ledger.finish_segment()
 
   @staticmethod
   def _check_fit_arguments(kwargs) -> None:
@@ -454,20 +448,6 @@ class DPModel(keras.Model):
         "epochs); plan more steps in the DPConfig to spend more privacy"
       )
     return done, min(remaining, epochs * per_epoch), epochs
-
-  def _check_reserved(self, data, done: int) -> None:
-    """The checks again with this fit's reservation written (see PrivacyLedger.with_reservations):
-    of two runs checking at once, the later counts the earlier's reservation; of two runs
-    starting on the same batches at once, at least one sees the other's segment and stops
-    before a step."""
-    if self._policy is not None or isinstance(data, PoissonBatchStream):
-      self.privacy_ledger.refresh()
-    if self._policy is not None:
-      refuse_unless_blessable(self._policy, self.privacy_ledger.with_reservations())
-    if isinstance(data, PoissonBatchStream):
-      data.next_step(
-        self.privacy_ledger, own_segment=self.privacy_ledger.current_segment, expected=done
-      )
 
   def _fit_steps(
     self,
