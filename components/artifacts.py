@@ -7,7 +7,6 @@ how later runs read it back (`recorded_segments`, `verify_record`): defined here
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import math
 from typing import List, Optional
@@ -16,6 +15,7 @@ from tfx.types import artifact
 
 from dp_tfx import ledger as ledger_lib
 from dp_tfx import signing
+from dp_tfx.canonical import canonical_digest, canonical_json
 from dp_tfx.ledger import LedgerError, Segment
 
 LEDGER_HASH_PROPERTY = "content_hash"
@@ -128,15 +128,12 @@ class RecordOrigin:
   component: Optional[str] = None
 
   def to_json(self) -> str:
-    return json.dumps(dataclasses.asdict(self), sort_keys=True, separators=(",", ":"))
+    return canonical_json(dataclasses.asdict(self)).decode()
 
 
 def fixed_facts_hash(segment: Segment) -> str:
   """SHA-256 of the segment's fixed facts (`Segment.fixed_facts()`) as canonical JSON."""
-  canonical = json.dumps(
-    segment.fixed_facts(), sort_keys=True, separators=(",", ":"), allow_nan=False
-  )
-  return "sha256:" + hashlib.sha256(canonical.encode()).hexdigest()
+  return canonical_digest(segment.fixed_facts(), allow_nan=False)
 
 
 def record_ledger(
@@ -264,7 +261,7 @@ def _normal_uri(uri: str) -> str:
 def _signed_record(ledger_artifact: artifact.Artifact) -> bytes:
   """What the record's signature covers: its properties as canonical JSON (absent ones null)."""
   record = {name: _string_property(ledger_artifact, name) for name in _SIGNED_PROPERTIES}
-  return json.dumps(record, sort_keys=True, separators=(",", ":")).encode()
+  return canonical_json(record)
 
 
 def _string_property(ledger_artifact: artifact.Artifact, name: str) -> Optional[str]:

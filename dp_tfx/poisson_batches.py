@@ -17,7 +17,6 @@ The sampling randomness comes from the OS and is written nowhere.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import math
 import os
@@ -28,6 +27,7 @@ import numpy as np
 import tensorflow as tf
 
 from dp_tfx import files, record_digest, sampling, signing
+from dp_tfx.canonical import canonical_digest
 from dp_tfx.checks import is_finite_number, is_int, unknown_fields
 from dp_tfx.config import POISSON
 
@@ -253,8 +253,7 @@ class BatchManifest:
   def digest(self) -> str:
     """sha256 of the manifest's canonical JSON: names these batches (and, through the shards'
     digests, their every byte) in a ledger."""
-    canonical = json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"))
-    return "sha256:" + hashlib.sha256(canonical.encode()).hexdigest()
+    return canonical_digest(self.to_dict())
 
   @property
   def fingerprint(self) -> str:

@@ -26,6 +26,7 @@ import tensorflow as tf
 from absl import logging
 
 from dp_tfx import files, signing, workers
+from dp_tfx.canonical import canonical_json
 
 _WEIGHTS_FILE = "model.weights.h5"
 _STATE_FILE = "checkpoint.json"
@@ -128,7 +129,7 @@ class StepCheckpoint(keras.callbacks.Callback):
     }
     key = signing.configured_key()
     if key is not None:
-      state["signature"] = signing.sign(_canonical(state), key)
+      state["signature"] = signing.sign(canonical_json(state), key)
     files.write_text(os.path.join(directory, _STATE_FILE), json.dumps(state))
 
 
@@ -149,10 +150,8 @@ def _problem(state: dict, ledger, first_step: int, weights_sha256: Optional[str]
     return "its weights are not the ones it recorded"
   key = signing.configured_key()
   unsigned = {name: value for name, value in state.items() if name != "signature"}
-  if key is not None and not signing.is_valid(_canonical(unsigned), state.get("signature"), key):
+  if key is not None and not signing.is_valid(
+    canonical_json(unsigned), state.get("signature"), key
+  ):
     return "it is not signed with the ledger key"
   return ""
-
-
-def _canonical(state: dict) -> bytes:
-  return json.dumps(state, sort_keys=True, separators=(",", ":")).encode()

@@ -11,11 +11,11 @@ indentation of a file or the order of its keys never matters.
 
 from __future__ import annotations
 
-import hashlib
 import json
 from typing import Optional
 
 from dp_tfx import signing
+from dp_tfx.canonical import canonical_json, sha256_digest
 from dp_tfx.ledger.errors import LedgerError, LedgerIntegrityError, _check
 
 
@@ -61,17 +61,13 @@ def _verified_body(text: str, key: Optional[bytes] = None) -> tuple:
 
 def _canonical(body: dict) -> bytes:
   try:
-    return json.dumps(body, sort_keys=True, separators=(",", ":"), allow_nan=False).encode()
+    return canonical_json(body, allow_nan=False)
   except ValueError as error:  # NaN or infinity smuggled into the facts
     raise LedgerError(f"the ledger holds a value JSON cannot represent: {error}") from None
 
 
 def _hash_body(body: dict) -> str:
-  return "sha256:" + hashlib.sha256(_canonical(body)).hexdigest()
-
-
-def _digest(data: bytes) -> str:
-  return "sha256:" + hashlib.sha256(data).hexdigest()
+  return sha256_digest(_canonical(body))
 
 
 def _check_key_kept(signed: bool, where: str) -> None:

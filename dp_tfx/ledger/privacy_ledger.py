@@ -15,7 +15,8 @@ import time
 from typing import Optional
 
 from dp_tfx import files
-from dp_tfx.ledger.envelope import _check_key_kept, _digest, _verified_body
+from dp_tfx.canonical import sha256_digest
+from dp_tfx.ledger.envelope import _check_key_kept, _verified_body
 from dp_tfx.ledger.errors import LedgerError
 from dp_tfx.ledger.facts import EXAMPLE, LedgerFacts
 from dp_tfx.ledger.heartbeat import Heartbeat
@@ -335,7 +336,7 @@ class PrivacyLedger(LedgerFacts):
       self._check_unchanged()
       data = self.to_json().encode("utf-8")
       files.write_bytes(self.path, data)  # never half-written, even on a crash
-      self._written = _digest(data)
+      self._written = sha256_digest(data)
       if self._history is None:  # a one-file ledger: its file is where the storage's clock is read
         self._last_write = (self.path, time.monotonic())
 
@@ -344,7 +345,7 @@ class PrivacyLedger(LedgerFacts):
     there (or, before its first write, that no file is there): a one-file ledger written by two
     processes at once would lose one's steps; the second to write fails closed instead."""
     try:
-      current = _digest(files.read_bytes(self.path))
+      current = sha256_digest(files.read_bytes(self.path))
     except FileNotFoundError:
       current = None
     if current == self._written:
@@ -385,7 +386,8 @@ class PrivacyLedger(LedgerFacts):
       modified = files.modified_time(path)
     except OSError:  # gone since: its reservations count (fail closed)
       modified = None
-    ledger.path, ledger._written, ledger.signed = files.normalised(path), _digest(data), signed
+    ledger.path, ledger.signed = files.normalised(path), signed
+    ledger._written = sha256_digest(data)
     ledger._modified = {segment.segment_id: modified for segment in ledger.segments}
     return ledger
 
