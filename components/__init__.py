@@ -1,6 +1,6 @@
 """TFX components for DP training (installed as dp_tfx.components), imported the TFX way:
 
-    from dp_tfx.components import DPTrainer, PoissonBatchGen, PrivacyAuditor, PrivacyEvaluator
+    from dp_tfx.components import DPTrainer, PrivacyEvaluator, Pusher
 
 Names load on first use (as in dp_tfx), so importing one submodule does not build every component.
 A privacy refusal that ends the user's script prints as one line (see `refusals`).
@@ -17,6 +17,7 @@ _EXPORTS = {
   "PoissonBatchGen": "dp_tfx.components.poisson_batch_gen.component",
   "PrivacyAuditor": "dp_tfx.components.privacy_auditor.component",
   "PrivacyEvaluator": "dp_tfx.components.privacy_evaluator.component",
+  "Pusher": "dp_tfx.components.pusher.component",
 }
 
 __all__ = sorted(_EXPORTS)

@@ -19,6 +19,7 @@ from dp_tfx.components.earlier_runs import EARLIER_LEDGERS_OUTPUT, earlier_priva
 from dp_tfx.components.poisson_batch_gen.component import PoissonBatchGen
 from dp_tfx.components.privacy_auditor.component import PrivacyAuditor
 from dp_tfx.components.privacy_evaluator.component import PrivacyEvaluator
+from dp_tfx.components.pusher.component import Pusher
 from dp_tfx.config import DPConfig
 from dp_tfx.pipelines import mnist_data
 from dp_tfx.policy import PrivacyPolicy
@@ -166,7 +167,7 @@ def create_pipeline(
     earlier_privacy_ledgers=earlier_ledgers,
     poisson_batches=batches,
   )
-  pusher = tfx.components.Pusher(
+  pusher = Pusher(
     model=trainer.outputs["model"],
     model_blessing=privacy_evaluator.outputs["blessing"],
     push_destination=tfx.proto.PushDestination(
