@@ -44,6 +44,8 @@ setuptools.setup(
     "tensorboard==2.21.*",  # ModelRun logs (tf.summary needs it installed)
     "keras>=3.10,<4",
     "dp-accounting==0.6.0",
+    # DP statistics for preprocessing (vocabularies, means, quantiles) on Beam.
+    "pipeline-dp==0.3.1",
     "tensorflow-datasets>=4.9.10",
     # TFDS 4.9.10's dataset builder imports importlib_resources on every Python but declares
     # it only for Python < 3.9: without it `--data tfds` fails before it reaches the network.
