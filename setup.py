@@ -21,8 +21,9 @@ setuptools.setup(
   # TFX 1.21 and its stack (tfx-bsl, TFDV, TFT, ml-metadata, TFMA 0.52) publish wheels for
   # CPython 3.11, 3.12 and 3.13.
   python_requires=">=3.11,<3.14",
-  # components/ and pipelines/ sit at the top level of the repository (see DESIGN.md) and are
-  # installed as dp_tfx.components and dp_tfx.pipelines, so a Kubeflow container imports them.
+  # components/ and pipelines/ sit at the top level of the repository (see docs/architecture.md)
+  # and are installed as dp_tfx.components and dp_tfx.pipelines, so a Kubeflow container imports
+  # them.
   packages=(
     setuptools.find_packages(include=["dp_tfx", "dp_tfx.*"])
     + [

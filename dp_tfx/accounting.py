@@ -56,8 +56,9 @@ PLD = "pld"
 RDP = "rdp"
 ACCOUNTANTS = (PLD, RDP)
 
-# Discretisation of the PLD accountant: 1e-4 in privacy-loss space keeps the reference values of
-# DESIGN.md to 0.1% and takes well under a second for 10^4 steps.
+# Discretisation of the PLD accountant: 1e-4 in privacy-loss space keeps the reference values
+# (docs/architecture.md, "Accounting reference values") to 0.1% and takes well under a second for
+# 10^4 steps.
 _PLD_VALUE_DISCRETIZATION = 1e-4
 # Where the PLD accountant is run at all. Its memory and time grow with 1/sigma^2 and with epsilon
 # (the width of the privacy-loss distribution): measured here, sigma 0.1 with q = 0.05 and 1000

@@ -1,9 +1,9 @@
 """Privacy policy and its decision: bless a model only if what training did is within policy.
 
-The decision computes epsilon from the verified ledger only (invariant 1) and fails closed
-(invariant 6): it starts from "not blessed" and blesses only when every check has run and passed.
-An empirical audit, if given, can only add reasons to refuse. Each failed check adds a readable
-reason.
+The decision computes epsilon from the verified ledger only (invariant 1 of docs/architecture.md)
+and fails closed (invariant 6): it starts from "not blessed" and blesses only when every check has
+run and passed. An empirical audit, if given, can only add reasons to refuse. Each failed check
+adds a readable reason.
 """
 
 from __future__ import annotations

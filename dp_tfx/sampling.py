@@ -67,15 +67,15 @@ def microbatch_assignment(
   later example into the next or previous slot, and usually into another microbatch: on fixed
   randomness, many microbatches can change, not one.
 
-  What holds, and what invariant 3 and the accountant's sensitivity 2C need, is a statement about
-  distributions. The draws are i.i.d. and independent of the data, of which examples were
-  sampled (another stream) and of the noise; the sample fixes which example sits in which slot,
-  a one-to-one map, and i.i.d. draws mapped one-to-one onto the sampled examples are again
-  i.i.d. So, whatever the sample, the sampled examples' microbatches are distributed exactly as
-  if each example drew its own, and the training step has the same output distribution as that
-  mechanism. There, coupling the draws of the examples common to two neighbouring datasets,
-  adding or removing one example changes exactly one microbatch: its clipped mean moves from
-  one vector of norm <= C to another (or appears or vanishes, <= C), sensitivity 2C
+  What holds, and what invariant 3 (docs/architecture.md) and the accountant's sensitivity 2C need,
+  is a statement about distributions. The draws are i.i.d. and independent of the data, of which
+  examples were sampled (another stream) and of the noise; the sample fixes which example sits in
+  which slot, a one-to-one map, and i.i.d. draws mapped one-to-one onto the sampled examples are
+  again i.i.d. So, whatever the sample, the sampled examples' microbatches are distributed exactly
+  as if each example drew its own, and the training step has the same output distribution as that
+  mechanism. There, coupling the draws of the examples common to two neighbouring datasets, adding
+  or removing one example changes exactly one microbatch: its clipped mean moves from one vector of
+  norm <= C to another (or appears or vanishes, <= C), sensitivity 2C
   (accounting.sensitivity_multiplier); replacing one example also changes one microbatch, <= 2C.
   Assignment by position (slot i to microbatch i mod K) would lack this: given the sample it is
   deterministic, so one added example regroups every example after it.

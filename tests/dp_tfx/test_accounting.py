@@ -1,4 +1,5 @@
-"""Accounting against DESIGN.md's reference values, the microbatch rule and calibration."""
+"""Accounting against the reference values of docs/architecture.md, the microbatch rule and
+calibration."""
 
 import math
 
@@ -7,7 +8,8 @@ import pytest
 
 from dp_tfx import accounting
 
-# DESIGN.md, "Accounting": delta 1e-5, Poisson sampling, N = 60000, batch 256, per-example.
+# docs/architecture.md, "Accounting reference values": delta 1e-5, Poisson sampling, N = 60000,
+# batch 256, per-example clipping.
 REFERENCE = [  # (sigma, steps, epsilon RDP, epsilon PLD)
   (1.1, 14062, 2.597, 2.382),
   (1.3, 3515, 0.954, 0.864),

@@ -70,7 +70,7 @@ def test_round_trip_keeps_facts_and_epsilon(tmp_path):
   loaded = PrivacyLedger.load(path)
   assert loaded.body() == ledger.body()
   assert loaded.noisy_steps == 3515
-  assert loaded.epsilon(1e-5) == pytest.approx(0.864, rel=0.01)  # DESIGN.md reference
+  assert loaded.epsilon(1e-5) == pytest.approx(0.864, rel=0.01)  # docs/architecture.md reference
 
 
 def test_edited_ledger_is_rejected(tmp_path):
