@@ -37,11 +37,11 @@ def _write_csv(directory: pathlib.Path, rows: int = 2000) -> None:
 def test_the_readme_snippet_is_two_blocks_importing_the_public_names():
   module, pipeline = _readme_blocks()
   assert module.startswith("# my_module.py")
-  assert "from dp_tfx.components import DPTrainer, PrivacyEvaluator" in pipeline
+  assert "from dp_tfx.components import DPTrainer, PrivacyEvaluator, Pusher" in pipeline
 
 
 @pytest.mark.slow
-def test_the_readme_pipeline_runs_as_written_and_pushes_within_policy(tmp_path, monkeypatch):
+def test_the_readme_pipeline_runs_as_written_and_pushes_within_policy(tmp_path, monkeypatch, capfd):
   module, pipeline = _readme_blocks()
   _write_csv(tmp_path / "csv")
   (tmp_path / "my_module.py").write_text(module)
@@ -65,3 +65,6 @@ def test_the_readme_pipeline_runs_as_written_and_pushes_within_policy(tmp_path, 
   assert pushed.custom_properties["pushed"].int_value == 1
   assert list(pathlib.Path(names["SERVING_DIR"]).glob("*/saved_model.pb"))
   assert list(pathlib.Path(names["LEDGER_HISTORY"]).glob("segment-*.json"))
+  # The Pusher's one line, as the main command's verdict.
+  (line,) = [line for line in capfd.readouterr().out.splitlines() if line.startswith("Pusher:")]
+  assert line.startswith(f"Pusher: PUSHED to {names['SERVING_DIR']}/") and "within policy" in line
