@@ -1,7 +1,7 @@
 """The ledger history checked against what MLMD recorded of every earlier DPTrainer run.
 
 A ledger history is files anyone who can write there can delete. Each DPTrainer run records in
-MLMD the segments its snapshot held (artifacts.record_ledger); a later run's snapshot and the
+MLMD the segments its snapshot held (ledger_records.record_ledger); a later run's snapshot and the
 history hold only the files still there. So every segment recorded for any earlier run of the
 pipeline must be in the history the current run counts, whatever directory it was recorded
 under: a segment deleted, or left behind in another directory (a new `ledger_history_dir` for
@@ -15,16 +15,16 @@ ledger artifact marked DELETED (or any state but LIVE) would drop out of the che
 Resolver's strategy reads MLMD itself for the pipeline's PrivacyLedger artifacts in every state
 and puts those not LIVE back in force (LIVE again, with a warning): a run's privacy record is
 never retired. Each record also names the artifact it was written for (its uri, pipeline, run and
-component: artifacts.RecordOrigin); a record on another artifact, or one record on two artifacts,
-is refused: copied in MLMD, it would stand in for the record it replaced.
+component: ledger_records.RecordOrigin); a record on another artifact, or one record on two
+artifacts, is refused: copied in MLMD, it would stand in for the record it replaced.
 
 Under a policy that requires signatures, each earlier record must carry a valid signature
-(artifacts.verify_record), which covers its origin too: the MLMD store is a file in the pipeline
-root, and an edited record could otherwise hide a deleted segment. Out of reach: whoever can
-delete an earlier run's PrivacyLedger artifact from MLMD (its row, or its type, its events and
-its attribution to the pipeline) together with its segment files (MLMD then knows no such run),
-or holds the ledger key; and runs under another pipeline name or MLMD store (e.g. another output
-dir), which see no earlier run of this one.
+(ledger_records.verify_record), which covers its origin too: the MLMD store is a file in the
+pipeline root, and an edited record could otherwise hide a deleted segment. Out of reach: whoever
+can delete an earlier run's PrivacyLedger artifact from MLMD (its row, or its type, its events
+and its attribution to the pipeline) together with its segment files (MLMD then knows no such
+run), or holds the ledger key; and runs under another pipeline name or MLMD store (e.g. another
+output dir), which see no earlier run of this one.
 """
 
 from __future__ import annotations
@@ -40,7 +40,7 @@ from tfx import types
 from tfx.dsl.components.common import resolver
 from tfx.types import artifact_utils, channel
 
-from dp_tfx.components import artifacts
+from dp_tfx.components import artifacts, ledger_records
 from dp_tfx.ledger import LedgerError, LedgerHistory, Segment
 
 EARLIER_LEDGERS_RESOLVER_ID = "EarlierPrivacyLedgers"
@@ -208,7 +208,7 @@ def check_earlier_runs(
 ) -> None:
   """Raises LedgerError unless every segment MLMD recorded for an earlier DPTrainer run is among
   `segments`, with the same fixed facts and at least as many noisy steps; and unless each record
-  sits on the artifact it was written for, once (artifacts.check_origin, `check_distinct`).
+  sits on the artifact it was written for, once (ledger_records.check_origin, `check_distinct`).
 
   Args:
     earlier_ledgers: PrivacyLedger artifacts of earlier runs (this run's may be among them).
@@ -223,8 +223,8 @@ def check_earlier_runs(
   earlier_ledgers = sorted(earlier_ledgers, key=lambda artifact: artifact.id)
   for earlier in earlier_ledgers:
     if key is not None:
-      artifacts.verify_record(earlier, key)
-    artifacts.check_origin(earlier, pipeline)
+      ledger_records.verify_record(earlier, key)
+    ledger_records.check_origin(earlier, pipeline)
   check_distinct([*earlier_ledgers, *([current] if current is not None else [])])
   present = {segment.segment_id: segment for segment in segments}
   here = (
@@ -234,7 +234,7 @@ def check_earlier_runs(
   )
   for earlier in earlier_ledgers:
     run = f"DPTrainer run (artifact id {earlier.id})"
-    recorded = artifacts.recorded_segments(earlier)  # malformed: LedgerError
+    recorded = ledger_records.recorded_segments(earlier)  # malformed: LedgerError
     if recorded is None:
       logging.warning(
         "PrivacyLedger artifact id %s (%s) records no segments in MLMD (written "
@@ -243,7 +243,7 @@ def check_earlier_runs(
         earlier.uri,
       )
       continue
-    recorded_in = artifacts.recorded_history_dir(earlier) or "none"
+    recorded_in = ledger_records.recorded_history_dir(earlier) or "none"
     for segment in recorded:
       now = present.get(segment.segment_id)
       if now is None:
@@ -252,7 +252,7 @@ def check_earlier_runs(
           f"ledger history {recorded_in}, is missing from {here}: that run's "
           f"spending would drop out of the total; {_MISSING_SEGMENT_ADVICE}"
         )
-      if artifacts.fixed_facts_hash(now) != segment.fixed_facts_sha256:
+      if ledger_records.fixed_facts_hash(now) != segment.fixed_facts_sha256:
         raise LedgerError(
           f"segment {segment.segment_id} in {here} differs from the facts {run} "
           f"recorded for it in MLMD: it was changed; {_CHANGED_SEGMENT_ADVICE}"
@@ -270,7 +270,7 @@ def check_distinct(ledger_artifacts: Sequence[types.Artifact]) -> None:
   it was copied from one onto the other in MLMD, hiding the other's own record."""
   seen: Dict[str, types.Artifact] = {}
   for artifact in sorted(ledger_artifacts, key=lambda artifact: artifact.id):
-    identity = artifacts.record_identity(artifact)  # malformed: LedgerError
+    identity = ledger_records.record_identity(artifact)  # malformed: LedgerError
     other = seen.setdefault(identity, artifact)
     if other.id != artifact.id:
       raise LedgerError(
@@ -350,15 +350,15 @@ def check_store(
     ) from None
   for artifact in own:
     if key is not None:
-      artifacts.verify_record(artifact, key)
-    artifacts.check_origin(artifact)
-    if not artifact.has_custom_property(artifacts.LEDGER_HASH_PROPERTY):
+      ledger_records.verify_record(artifact, key)
+    ledger_records.check_origin(artifact)
+    if not artifact.has_custom_property(ledger_records.LEDGER_HASH_PROPERTY):
       raise LedgerError(
         f"the DPTrainer recorded no content_hash for PrivacyLedger artifact id "
         f"{artifact.id} in MLMD: its file cannot be checked against what "
         "training wrote"
       )
-    if artifact.get_string_custom_property(artifacts.LEDGER_HASH_PROPERTY) != (
+    if artifact.get_string_custom_property(ledger_records.LEDGER_HASH_PROPERTY) != (
       snapshot.content_hash()
     ):
       raise LedgerError(

@@ -28,7 +28,7 @@ from tfx.types import standard_artifacts
 from tfx.utils import path_utils
 
 from dp_tfx.audit.result import PrivacyAudit
-from dp_tfx.components import artifacts, specs
+from dp_tfx.components import artifacts, ledger_records, specs
 from dp_tfx.components.privacy_evaluator import executor as privacy_evaluator_executor
 from dp_tfx.config import POISSON, DPConfig
 from dp_tfx.ledger import LEDGER_FILE_NAME, PrivacyLedger, directory_digest
@@ -168,11 +168,11 @@ def ledger_artifact(
 ) -> artifacts.PrivacyLedger:
   """A PrivacyLedger artifact under `directory` holding `ledger`'s file, with what the DPTrainer
   records in MLMD beside it (content hash, ledger history, segments, and their signature with a
-  ledger key set: artifacts.record_ledger). As an earlier run's artifact, it is an
+  ledger key set: ledger_records.record_ledger). As an earlier run's artifact, it is an
   `earlier_ledgers` of run_privacy_evaluator and run_dp_trainer."""
   artifact = _artifact(artifacts.PrivacyLedger, directory, artifact_id=artifact_id)
   ledger.save(pathlib.Path(artifact.uri) / LEDGER_FILE_NAME)
-  artifacts.record_ledger(artifact, ledger)
+  ledger_records.record_ledger(artifact, ledger)
   return artifact
 
 

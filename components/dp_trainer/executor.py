@@ -20,7 +20,7 @@ from tfx.types import artifact_utils
 from tfx.utils import path_utils
 
 from dp_tfx import budget, files, signing, workers
-from dp_tfx.components import artifacts, earlier_runs, specs
+from dp_tfx.components import artifacts, earlier_runs, ledger_records, specs
 from dp_tfx.components.model_io import (
   evaluate_metrics,
   examples_dataset,
@@ -158,8 +158,8 @@ class Executor(base_executor.BaseExecutor):
     # PrivacyEvaluator checks it against the history and judges the history's total then.
     ledger.save(artifact_ledger_path)
     # In MLMD beside the file: its content hash, the history and the snapshot's segments (what a
-    # later PrivacyEvaluator checks that history against; see artifacts.record_ledger).
-    artifacts.record_ledger(ledger_artifact, ledger, self._record_origin(ledger_artifact))
+    # later PrivacyEvaluator checks that history against; see ledger_records.record_ledger).
+    ledger_records.record_ledger(ledger_artifact, ledger, self._record_origin(ledger_artifact))
     epsilon = dp_model.epsilon()
     for target in (ledger_artifact, model_artifact):
       artifacts.record_privacy_facts(target, ledger, dp_model.plan, epsilon)
@@ -260,10 +260,10 @@ class Executor(base_executor.BaseExecutor):
     info = self._context.pipeline_info if self._context is not None else None
     return info.id if info is not None and info.id else None
 
-  def _record_origin(self, ledger_artifact: types.Artifact) -> artifacts.RecordOrigin:
+  def _record_origin(self, ledger_artifact: types.Artifact) -> ledger_records.RecordOrigin:
     """The artifact the MLMD record is written for, and who wrote it (signed with the record)."""
     node = self._context.pipeline_node if self._context is not None else None
-    return artifacts.RecordOrigin(
+    return ledger_records.RecordOrigin(
       uri=ledger_artifact.uri,
       pipeline=self._pipeline_name(),
       pipeline_run_id=(self._context.pipeline_run_id or None) if self._context else None,

@@ -32,7 +32,7 @@ from tfx.types import artifact_utils
 from tfx.utils import io_utils, path_utils
 
 from dp_tfx.audit.result import PrivacyAudit
-from dp_tfx.components import artifacts, earlier_runs, specs
+from dp_tfx.components import artifacts, earlier_runs, ledger_records, specs
 from dp_tfx.ledger import (
   LEDGER_FILE_NAME,
   LedgerError,
@@ -107,15 +107,15 @@ class Executor(base_executor.BaseExecutor):
     that requires signatures), every record must be signed with it, this run's included."""
     artifact = artifact_utils.get_single_instance(input_dict[specs.PRIVACY_LEDGER_KEY])
     if key is not None:
-      artifacts.verify_record(artifact, key)
-    artifacts.check_origin(artifact, pipeline)
+      ledger_records.verify_record(artifact, key)
+    ledger_records.check_origin(artifact, pipeline)
     ledger = PrivacyLedger.load(os.path.join(artifact.uri, LEDGER_FILE_NAME), key)
-    if not artifact.has_custom_property(artifacts.LEDGER_HASH_PROPERTY):
+    if not artifact.has_custom_property(ledger_records.LEDGER_HASH_PROPERTY):
       raise LedgerError(
         "the DPTrainer recorded no content_hash for this ledger artifact in "
         "MLMD: its file cannot be checked against what training wrote"
       )
-    recorded = artifact.get_string_custom_property(artifacts.LEDGER_HASH_PROPERTY)
+    recorded = artifact.get_string_custom_property(ledger_records.LEDGER_HASH_PROPERTY)
     if recorded != ledger.content_hash():
       raise LedgerError(
         "the ledger file's content_hash differs from the one the DPTrainer "

@@ -11,7 +11,7 @@ from tfx.types import standard_artifacts
 from tfx.utils import path_utils
 
 from dp_tfx import accounting, budget
-from dp_tfx.components import artifacts, model_io, specs, testing
+from dp_tfx.components import artifacts, ledger_records, model_io, specs, testing
 from dp_tfx.components.dp_trainer import component
 from dp_tfx.config import DPConfig
 from dp_tfx.ledger import (
@@ -51,7 +51,7 @@ def test_ledger_counts_the_steps_and_names_the_exported_model(trained):
   serving_dir = path_utils.serving_model_dir(outputs[specs.MODEL_KEY][0].uri)
   assert ledger.model_digest == directory_digest(serving_dir)
   assert (
-    ledger_artifact.get_string_custom_property(artifacts.LEDGER_HASH_PROPERTY)
+    ledger_artifact.get_string_custom_property(ledger_records.LEDGER_HASH_PROPERTY)
     == ledger.content_hash()
   )
 

@@ -6,7 +6,7 @@ import shutil
 
 import pytest
 
-from dp_tfx.components import artifacts, testing
+from dp_tfx.components import ledger_records, testing
 from dp_tfx.ledger import _hash_body
 from tests.components.privacy_evaluator_cases import (
   HISTORY_POLICY,
@@ -127,7 +127,7 @@ def test_the_same_history_reached_through_a_symlink_is_blessed(tmp_path):
   link.symlink_to(history, target_is_directory=True)
   _, through_the_link = earlier_run(tmp_path, link)  # recorded under the link's path
   this_run = run_into_history(history, run_id="this")  # the resolved path
-  assert artifacts.recorded_history_dir(through_the_link) == str(link)
+  assert ledger_records.recorded_history_dir(through_the_link) == str(link)
   result = testing.run_privacy_evaluator(
     this_run, HISTORY_POLICY, tmp_path / "eval", earlier_ledgers=[through_the_link]
   )
@@ -138,7 +138,7 @@ def test_the_same_history_reached_through_a_symlink_is_blessed(tmp_path):
 def test_an_earlier_ledger_without_a_segment_record_is_passed_over(tmp_path):
   history = tmp_path / "history"
   earlier, before_the_record = earlier_run(tmp_path, history)
-  for name in (artifacts.LEDGER_SEGMENTS_PROPERTY, artifacts.LEDGER_HISTORY_DIR_PROPERTY):
+  for name in (ledger_records.LEDGER_SEGMENTS_PROPERTY, ledger_records.LEDGER_HISTORY_DIR_PROPERTY):
     before_the_record.mlmd_artifact.custom_properties.pop(name)  # written by an older dp_tfx
   segment_file(history, earlier).unlink()
   this_run = run_into_history(history, run_id="this")
@@ -165,7 +165,7 @@ def test_an_earlier_ledger_without_a_segment_record_is_passed_over(tmp_path):
 def test_a_malformed_mlmd_record_of_an_earlier_run_is_not_blessed(tmp_path, value, reason):
   history = tmp_path / "history"
   _, earlier_artifact = earlier_run(tmp_path, history)
-  earlier_artifact.set_string_custom_property(artifacts.LEDGER_SEGMENTS_PROPERTY, value)
+  earlier_artifact.set_string_custom_property(ledger_records.LEDGER_SEGMENTS_PROPERTY, value)
   this_run = run_into_history(history, run_id="this")
   result = testing.run_privacy_evaluator(
     this_run, HISTORY_POLICY, tmp_path / "eval", earlier_ledgers=[earlier_artifact]
@@ -179,16 +179,17 @@ def test_what_the_dptrainer_records_in_mlmd_reads_back(tmp_path):
   run_into_history(history, run_id="first")
   ledger = run_into_history(history, run_id="second")
   artifact = testing.ledger_artifact(ledger, tmp_path / "artifact")
-  assert artifacts.recorded_history_dir(artifact) == str(history)
-  recorded = artifacts.recorded_segments(artifact)
+  assert ledger_records.recorded_history_dir(artifact) == str(history)
+  recorded = ledger_records.recorded_segments(artifact)
   assert [(r.segment_id, r.noisy_steps) for r in recorded] == [
     (s.segment_id, 40) for s in ledger.segments
   ]
   assert all(
-    r.fixed_facts_sha256 == artifacts.fixed_facts_hash(s) for r, s in zip(recorded, ledger.segments)
+    r.fixed_facts_sha256 == ledger_records.fixed_facts_hash(s)
+    for r, s in zip(recorded, ledger.segments)
   )
-  assert artifact.get_string_custom_property(artifacts.LEDGER_HASH_PROPERTY) == (
+  assert artifact.get_string_custom_property(ledger_records.LEDGER_HASH_PROPERTY) == (
     ledger.content_hash()
   )
   # Without a ledger key, nothing to sign the record with.
-  assert not artifact.has_custom_property(artifacts.LEDGER_RECORD_SIGNATURE_PROPERTY)
+  assert not artifact.has_custom_property(ledger_records.LEDGER_RECORD_SIGNATURE_PROPERTY)

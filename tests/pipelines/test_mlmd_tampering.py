@@ -16,7 +16,7 @@ from ml_metadata import metadata_store
 from ml_metadata.proto import metadata_store_pb2
 
 from dp_tfx import signing
-from dp_tfx.components import artifacts
+from dp_tfx.components import artifacts, ledger_records
 from dp_tfx.config import DPConfig
 from dp_tfx.ledger import LEDGER_FILE_NAME, LedgerError
 from dp_tfx.pipelines import cli, runner
@@ -77,7 +77,7 @@ def _ledger_artifacts(store):
 
 
 def _recorded_segment_ids(artifact):
-  text = artifact.custom_properties[artifacts.LEDGER_SEGMENTS_PROPERTY].string_value
+  text = artifact.custom_properties[ledger_records.LEDGER_SEGMENTS_PROPERTY].string_value
   return [entry["segment_id"] for entry in json.loads(text)]
 
 
@@ -119,7 +119,7 @@ def _first_record_copied_onto_the_second(store):
   first, second = _ledger_artifacts(store)
   deleted = _own_segment_id(second, _recorded_segment_ids(first))
   for name, value in first.custom_properties.items():
-    if name.startswith("ledger_") or name == artifacts.LEDGER_HASH_PROPERTY:
+    if name.startswith("ledger_") or name == ledger_records.LEDGER_HASH_PROPERTY:
       second.custom_properties[name].CopyFrom(value)
   return first, second, deleted
 
@@ -183,7 +183,7 @@ def test_dp_tfx_pipeline_verifies_signed_records_whenever_a_ledger_key_is_set(
   store = _store(copy_of_two_runs)
   first, second = _ledger_artifacts(store)
   deleted = _own_segment_id(second, _recorded_segment_ids(first))
-  second.custom_properties[artifacts.LEDGER_SEGMENTS_PROPERTY].string_value = "[]"
+  second.custom_properties[ledger_records.LEDGER_SEGMENTS_PROPERTY].string_value = "[]"
   store.put_artifacts([second])
   (copy_of_two_runs / "privacy_ledgers" / f"{deleted}.json").unlink()
   status = cli.main(
