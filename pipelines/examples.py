@@ -76,7 +76,7 @@ LM = Example(
   pipeline_name="dp-char-lm",
   module_path="dp_tfx.pipelines.lm_model",
   write_data=_write_lm,
-  # 32,000 sequences of 64 characters, 500 noisy steps (the README has what they cost).
+  # 32,000 sequences of 64 characters, 500 noisy steps (docs/lm-example.md has what they cost).
   dp_defaults={"l2_norm_clip": 1.0, "noise_multiplier": 1.0, "batch_size": 512, "epochs": 8},
   hyperparameters={},
   hyperparameter_names=(
