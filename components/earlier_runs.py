@@ -41,18 +41,17 @@ from tfx.dsl.components.common import resolver
 from tfx.types import artifact_utils, channel
 
 from dp_tfx.components import artifacts, ledger_records
-from dp_tfx.ledger import LedgerError, LedgerHistory, Segment
+from dp_tfx.ledger import LedgerError, LedgerHistory, Segment, check_still_there
 
 EARLIER_LEDGERS_RESOLVER_ID = "EarlierPrivacyLedgers"
 EARLIER_LEDGERS_OUTPUT = "ledgers"
-# What to do when an earlier run's segment is not in the history, said with each refusal.
+# What else to do when an earlier run's segment is not in the history (besides copying its file
+# back, which check_still_there says), said with each refusal.
 _MISSING_SEGMENT_ADVICE = (
-  "copy its segment file back into the history, or run with the history that holds it "
-  "(ledger_history_dir; dp-tfx pipeline --ledger-history); data that shares no individual with "
-  "this pipeline's earlier runs needs a pipeline of its own (another pipeline name or MLMD "
-  "store, e.g. another --output-dir)"
+  ", or run with the history that holds it (ledger_history_dir; dp-tfx pipeline "
+  "--ledger-history); data that shares no individual with this pipeline's earlier runs needs a "
+  "pipeline of its own (another pipeline name or MLMD store, e.g. another --output-dir)"
 )
-_CHANGED_SEGMENT_ADVICE = "restore the segment file as that run wrote it (e.g. from a backup)"
 
 
 # MLMD's context types for a pipeline and for one of its nodes (tfx.dsl.compiler.constants).
@@ -245,24 +244,15 @@ def check_earlier_runs(
       continue
     recorded_in = ledger_records.recorded_history_dir(earlier) or "none"
     for segment in recorded:
-      now = present.get(segment.segment_id)
-      if now is None:
-        raise LedgerError(
-          f"segment {segment.segment_id}, recorded in MLMD by {run} in the "
-          f"ledger history {recorded_in}, is missing from {here}: that run's "
-          f"spending would drop out of the total; {_MISSING_SEGMENT_ADVICE}"
-        )
-      if ledger_records.fixed_facts_hash(now) != segment.fixed_facts_sha256:
-        raise LedgerError(
-          f"segment {segment.segment_id} in {here} differs from the facts {run} "
-          f"recorded for it in MLMD: it was changed; {_CHANGED_SEGMENT_ADVICE}"
-        )
-      if now.noisy_steps < segment.noisy_steps:
-        raise LedgerError(
-          f"segment {segment.segment_id} in {here} records {now.noisy_steps} "
-          f"noisy steps, fewer than the {segment.noisy_steps} {run} recorded in "
-          f"MLMD: it was shortened; {_CHANGED_SEGMENT_ADVICE}"
-        )
+      check_still_there(
+        segment.segment_id,
+        segment.noisy_steps,
+        present.get(segment.segment_id),
+        here,
+        f"{run} recorded in MLMD in the ledger history {recorded_in}",
+        segment.fixed_facts_sha256,
+        _MISSING_SEGMENT_ADVICE,
+      )
 
 
 def check_distinct(ledger_artifacts: Sequence[types.Artifact]) -> None:

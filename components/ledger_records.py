@@ -12,7 +12,7 @@ from tfx.types import artifact
 
 from dp_tfx import ledger as ledger_lib
 from dp_tfx import signing
-from dp_tfx.canonical import canonical_digest, canonical_json
+from dp_tfx.canonical import canonical_json
 from dp_tfx.components.artifacts import string_property
 from dp_tfx.ledger import LedgerError, Segment
 
@@ -48,7 +48,7 @@ class RecordedSegment:
 
   @classmethod
   def of(cls, segment: Segment) -> "RecordedSegment":
-    return cls(segment.segment_id, segment.noisy_steps, fixed_facts_hash(segment))
+    return cls(segment.segment_id, segment.noisy_steps, segment.fixed_facts_hash())
 
 
 @dataclasses.dataclass(frozen=True)
@@ -65,11 +65,6 @@ class RecordOrigin:
 
   def to_json(self) -> str:
     return canonical_json(dataclasses.asdict(self)).decode()
-
-
-def fixed_facts_hash(segment: Segment) -> str:
-  """SHA-256 of the segment's fixed facts (`Segment.fixed_facts()`) as canonical JSON."""
-  return canonical_digest(segment.fixed_facts(), allow_nan=False)
 
 
 def record_ledger(

@@ -47,7 +47,13 @@ from dp_tfx.ledger.envelope import _hash_body as _hash_body  # tests recompute c
 from dp_tfx.ledger.errors import LedgerError, LedgerIntegrityError
 from dp_tfx.ledger.facts import EXAMPLE, FORMAT_VERSION, SEQUENCE, LedgerFacts
 from dp_tfx.ledger.heartbeat import Heartbeat
-from dp_tfx.ledger.history import SEGMENT_KIND, LedgerHistory, check_chain, read_history
+from dp_tfx.ledger.history import (
+  SEGMENT_KIND,
+  LedgerHistory,
+  check_chain,
+  check_still_there,
+  read_history,
+)
 from dp_tfx.ledger.privacy_ledger import LEDGER_FILE_NAME, PrivacyLedger
 from dp_tfx.ledger.release import release_reservation
 from dp_tfx.ledger.reservations import (
@@ -76,6 +82,7 @@ __all__ = [
   "PrivacyLedger",
   "Segment",
   "check_chain",
+  "check_still_there",
   "dataset_fingerprint",
   "directory_digest",
   "format_time",

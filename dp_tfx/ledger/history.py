@@ -4,7 +4,9 @@ Runs record into a history so that concurrent runs never lose each other's steps
 is a file of its own, written only by the run that created it, and the history's total is the
 composition of every segment file in it. Whoever reads a history (a new run, the
 PrivacyEvaluator, `dp-tfx report`) also checks that nothing recorded in it dropped out: a segment
-deleted, renamed or shortened after another run saw it (`check_chain`, `_check_still_recorded`).
+deleted, renamed, changed or shortened after another run saw it (`check_still_there`, for a
+later segment's chain in `check_chain`, a snapshot in `_check_still_recorded`, and MLMD's record
+in dp_tfx.components.earlier_runs).
 
 A format-1 ledger found in a history (the old one-file layout) is read as LedgerFacts (facts.py),
 not as a PrivacyLedger: PrivacyLedger writes into the history, so this module must not import it.
@@ -15,7 +17,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import re
-from typing import Optional
+from typing import Optional, Union
 
 from dp_tfx import files
 from dp_tfx.ledger.envelope import _document, _verified_body
@@ -30,27 +32,66 @@ _WRITE_IN_FLIGHT = re.compile(r"\.(.+\.json)-[0-9a-f]{32}")
 _STALE_TEMPORARY_SECONDS = 300
 
 
+def check_still_there(
+  segment_id: str,
+  noisy_steps: int,
+  now: Optional[Segment],
+  where: str,
+  seen_by: str,
+  fixed_facts: Union[dict, str, None] = None,
+  missing_advice: str = "",
+) -> None:
+  """Raises LedgerError unless segment `segment_id`, as `seen_by` saw it, is still in `where`
+  (`now`: the segment there by that id, None where there is none) with the same fixed facts and
+  at least its `noisy_steps`: a record deleted, changed or shortened would drop steps out of the
+  total, whoever saw it (a later segment, a snapshot, MLMD).
+
+  Args:
+    seen_by: who saw it, as the messages say it: "segment S saw when it started".
+    fixed_facts: its fixed facts as seen (`Segment.fixed_facts()`; the message names those that
+      changed), or only their hash (`Segment.fixed_facts_hash()`, as MLMD records them), or None
+      where they were not kept (a segment's predecessors).
+    missing_advice: what else brings it back where it is missing, besides copying its file back.
+  """
+  if now is None:
+    raise LedgerError(
+      f"segment {segment_id}, which {seen_by}, is missing from {where}: its steps "
+      f"would drop out of the total; copy its segment file back into the history{missing_advice}"
+    )
+  restore = "restore the segment file as that run wrote it (e.g. from a backup)"
+  if isinstance(fixed_facts, dict):
+    facts = now.fixed_facts()
+    changed = sorted(k for k in {*fixed_facts, *facts} if fixed_facts.get(k) != facts.get(k))
+    which = f" ({', '.join(changed)})"
+  else:
+    changed = fixed_facts is not None and now.fixed_facts_hash() != fixed_facts
+    which = ""
+  _check(
+    not changed,
+    f"segment {segment_id} in {where} differs from the facts {seen_by}{which}: it was changed; "
+    f"{restore}",
+  )
+  _check(
+    now.noisy_steps >= noisy_steps,
+    f"segment {segment_id} in {where} records {now.noisy_steps} noisy steps, fewer than the "
+    f"{noisy_steps} {seen_by}: it was shortened; {restore}",
+  )
+
+
 def check_chain(segments: list, history_dir: Optional[str]) -> None:
   """Raises LedgerError unless every segment that a segment of the history saw when it started
   (its `predecessors`) is still there, with at least the steps it had then: a segment deleted or
   shortened after a later run opened the history is found without any other record of it.
   (Checked after the snapshot's and MLMD's checks, whose messages say more where they apply.)"""
-  steps_by_id = {segment.segment_id: segment.noisy_steps for segment in segments}
+  by_id = {segment.segment_id: segment for segment in segments}
   for segment in segments:
     for seen in segment.predecessors or ():
-      now = steps_by_id.get(seen["segment_id"])
-      _check(
-        now is not None,
-        f"segment {seen['segment_id']}, which segment "
-        f"{segment.segment_id} saw when it started, is missing from the ledger history "
-        f"{history_dir}: it was deleted or renamed, and its steps would drop out of the "
-        "total",
-      )
-      _check(
-        now >= seen["noisy_steps"],
-        f"segment {seen['segment_id']} in the ledger history "
-        f"{history_dir} records {now} noisy steps, fewer than the {seen['noisy_steps']} "
-        f"segment {segment.segment_id} saw when it started: it was shortened",
+      check_still_there(
+        seen["segment_id"],
+        seen["noisy_steps"],
+        by_id.get(seen["segment_id"]),
+        f"the ledger history {history_dir}",
+        f"segment {segment.segment_id} saw when it started",
       )
 
 
@@ -58,24 +99,14 @@ def _check_still_recorded(recorded_segments, current: dict, history_dir: str) ->
   """Raises LedgerError unless every recorded segment is still in the history (`current`, by
   segment id) with the same facts and at least as many steps."""
   for recorded in recorded_segments:
-    now = current.get(recorded.segment_id)
-    if now is None:
-      raise LedgerError(
-        f"segment {recorded.segment_id} is missing from the ledger history "
-        f"{history_dir}: it was deleted or renamed"
-      )
-    if now.fixed_facts() != recorded.fixed_facts():
-      changed = sorted(k for k, v in recorded.fixed_facts().items() if now.fixed_facts()[k] != v)
-      raise LedgerError(
-        f"segment {recorded.segment_id} in the ledger history {history_dir} "
-        f"differs from the record of it ({', '.join(changed)})"
-      )
-    if now.noisy_steps < recorded.noisy_steps:
-      raise LedgerError(
-        f"segment {recorded.segment_id} in the ledger history {history_dir} "
-        f"records {now.noisy_steps} noisy steps, fewer than the "
-        f"{recorded.noisy_steps} recorded before: it was shortened"
-      )
+    check_still_there(
+      recorded.segment_id,
+      recorded.noisy_steps,
+      current.get(recorded.segment_id),
+      f"the ledger history {history_dir}",
+      "this ledger recorded before",
+      recorded.fixed_facts(),
+    )
 
 
 class LedgerHistory:

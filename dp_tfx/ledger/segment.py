@@ -19,6 +19,7 @@ from typing import Any, Optional
 import dp_accounting
 
 from dp_tfx import accounting
+from dp_tfx.canonical import canonical_digest
 from dp_tfx.checks import unknown_fields
 from dp_tfx.config import SAMPLING_METHODS
 from dp_tfx.ledger.errors import LedgerError, _check
@@ -84,6 +85,11 @@ class Segment:
       if facts[name] is None:  # a record older than these fields keeps its MLMD hash
         del facts[name]
     return facts
+
+  def fixed_facts_hash(self) -> str:
+    """SHA-256 of `fixed_facts()` as canonical JSON: what a record of the segment that keeps no
+    copy of its facts (MLMD's) compares it by."""
+    return canonical_digest(self.fixed_facts(), allow_nan=False)
 
   def reserving(self, age_seconds: Optional[float]) -> bool:
     """Whether this segment holds a reservation: its fit has not finished and, by `age_seconds`

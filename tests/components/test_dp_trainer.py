@@ -283,8 +283,7 @@ def test_a_history_lacking_an_earlier_runs_segment_is_refused_before_training(tr
   config = DPConfig(noise_multiplier=1.0, batch_size=30, steps=6, delta=1e-4)
   with pytest.raises(
     LedgerError,
-    match=f"is missing from the ledger history {history}: that "
-    "run's spending would drop out of the total",
+    match=f"is missing from the ledger history {history}: its steps would drop out of the total",
   ):
     testing.run_dp_trainer(
       examples,

@@ -34,9 +34,9 @@ def test_a_segment_deleted_before_the_next_run_opened_the_history_is_caught_by_m
   segment_id = earlier.segments[0].segment_id
   testing.assert_not_blessed(
     result,
-    f"segment {segment_id}, recorded in MLMD by DPTrainer run (artifact id 101) in the "
-    f"ledger history {history}, is missing from the ledger history {history}: that "
-    "run's spending would drop out of the total; copy its segment file back",
+    f"segment {segment_id}, which DPTrainer run (artifact id 101) recorded in MLMD in the "
+    f"ledger history {history}, is missing from the ledger history {history}: its "
+    "steps would drop out of the total; copy its segment file back",
   )
 
 
@@ -73,7 +73,7 @@ def test_a_segment_shortened_before_the_next_run_opened_the_history_is_caught(tm
   testing.assert_not_blessed(
     result,
     "records 4 noisy steps, fewer than the 40 DPTrainer run "
-    "(artifact id 101) recorded in MLMD: it was shortened; "
+    f"(artifact id 101) recorded in MLMD in the ledger history {history}: it was shortened; "
     "restore the segment file",
   )
 
@@ -91,7 +91,7 @@ def test_a_segment_whose_facts_changed_before_the_next_run_is_caught(tmp_path):
     this_run, HISTORY_POLICY, tmp_path / "eval", earlier_ledgers=[earlier_artifact]
   )
   testing.assert_not_blessed(
-    result, "differs from the facts DPTrainer run (artifact id 101) recorded for it in MLMD"
+    result, "differs from the facts DPTrainer run (artifact id 101) recorded in MLMD"
   )
 
 
@@ -106,9 +106,8 @@ def test_an_earlier_run_recorded_in_another_history_directory_is_not_blessed(tmp
   )
   testing.assert_not_blessed(
     result,
-    f"segment {earlier.segments[0].segment_id}, recorded in MLMD by DPTrainer run "
-    f"(artifact id 101) in the ledger history {old}, is missing from the ledger "
-    f"history {new}",
+    f"segment {earlier.segments[0].segment_id}, which DPTrainer run (artifact id 101) "
+    f"recorded in MLMD in the ledger history {old}, is missing from the ledger history {new}",
   )
   assert "run with the history that holds it" in result.reasons[0]
   # Moved along, the earlier run counts in the new history: blessed, with both runs' steps.
@@ -185,8 +184,7 @@ def test_what_the_dptrainer_records_in_mlmd_reads_back(tmp_path):
     (s.segment_id, 40) for s in ledger.segments
   ]
   assert all(
-    r.fixed_facts_sha256 == ledger_records.fixed_facts_hash(s)
-    for r, s in zip(recorded, ledger.segments)
+    r.fixed_facts_sha256 == s.fixed_facts_hash() for r, s in zip(recorded, ledger.segments)
   )
   assert artifact.get_string_custom_property(ledger_records.LEDGER_HASH_PROPERTY) == (
     ledger.content_hash()

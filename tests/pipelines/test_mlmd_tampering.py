@@ -165,8 +165,8 @@ def test_ledger_artifacts_marked_deleted_still_count(copy_of_two_runs, key_set):
     segment.unlink()
   with pytest.raises(
     LedgerError,
-    match=r"segment segment-.*, recorded in MLMD by DPTrainer run "
-    rf"\(artifact id {ledgers[0].id}\).* is missing from the ledger history",
+    match=r"segment segment-.*, which DPTrainer run "
+    rf"\(artifact id {ledgers[0].id}\) recorded in MLMD.* is missing from the ledger history",
   ):
     _run(copy_of_two_runs)
   assert len(store.get_artifacts_by_type("Model")) == 2  # nothing trained
@@ -238,7 +238,7 @@ def test_dp_tfx_report_runs_the_mlmd_cross_check_when_given_the_store(
     lines = capsys.readouterr().err.strip().splitlines()
     assert status == 2 and len(lines) == 1  # ... MLMD can
     assert (
-      f"segment {deleted}, recorded in MLMD by DPTrainer run (artifact id {second.id})"
+      f"segment {deleted}, which DPTrainer run (artifact id {second.id}) recorded in MLMD"
       in (lines[0])
     )
   finally:

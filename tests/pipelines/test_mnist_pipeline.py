@@ -314,9 +314,8 @@ def test_a_history_lacking_an_earlier_runs_segment_is_refused_before_training(tm
   (segment,) = history.glob("segment-*.json")
   (first_ledger,) = _store(tmp_path).get_artifacts_by_type("dp_tfx.PrivacyLedger")
   recorded = (
-    f"segment {segment.stem}, recorded in MLMD by DPTrainer run (artifact id "
-    f"{first_ledger.id}) in the ledger history {history}, is "
-    "missing from the ledger history "
+    f"segment {segment.stem}, which DPTrainer run (artifact id {first_ledger.id}) recorded "
+    f"in MLMD in the ledger history {history}, is missing from the ledger history "
   )
   new_history = tmp_path / "new-history"
   with pytest.raises(LedgerError, match=re.escape(recorded + str(new_history))):
