@@ -17,7 +17,8 @@ from dp_tfx import ledger as ledger_lib
 from dp_tfx import signing
 
 # The privacy facts of a DPTrainer run, on its PrivacyLedger and Model artifacts, so that MLMD can
-# be queried for them without opening files (see record_privacy_facts).
+# be queried for them without opening files (see record_privacy_facts); epsilon and delta are
+# also the PrivacyEvaluator's ModelBlessing's, at the policy's delta.
 EPSILON_PROPERTY = "epsilon"
 DELTA_PROPERTY = "delta"
 NOISE_MULTIPLIER_PROPERTY = "noise_multiplier"
@@ -33,6 +34,9 @@ MANIFEST_SIGNATURE_PROPERTY = "manifest_signature"
 # ModelBlessing at the policy's delta (the blessing's "delta").
 LOWER_BOUND_PROPERTY = "empirical_epsilon_lower_bound"
 AUDIT_DELTA_PROPERTY = "audit_delta"
+# On the PrivacyEvaluator's ModelBlessing (beside EPSILON_PROPERTY and DELTA_PROPERTY): the
+# decision in one line, which dp_tfx's Pusher prints.
+REASON_PROPERTY = "reason"
 
 
 class PrivacyLedger(artifact.Artifact):

@@ -44,10 +44,6 @@ from dp_tfx.poisson_batches import BatchManifest
 from dp_tfx.policy import PrivacyDecision, PrivacyPolicy, decide, verification_key
 from dp_tfx.report import write_report
 
-EPSILON_PROPERTY = "epsilon"
-DELTA_PROPERTY = "delta"
-REASON_PROPERTY = "reason"
-
 
 class Executor(base_executor.BaseExecutor):
   """Decides the blessing from the verified ledger only; never blesses by default."""
@@ -200,11 +196,11 @@ class Executor(base_executor.BaseExecutor):
       evaluator_constants.ARTIFACT_PROPERTY_CURRENT_MODEL_ID_KEY, model.id
     )
     if decision.epsilon is not None and math.isfinite(decision.epsilon):
-      blessing.set_float_custom_property(EPSILON_PROPERTY, decision.epsilon)
+      blessing.set_float_custom_property(artifacts.EPSILON_PROPERTY, decision.epsilon)
     if decision.delta is not None:
-      blessing.set_float_custom_property(DELTA_PROPERTY, decision.delta)
+      blessing.set_float_custom_property(artifacts.DELTA_PROPERTY, decision.delta)
     if decision.empirical_epsilon_lower_bound is not None:
       blessing.set_float_custom_property(
         artifacts.LOWER_BOUND_PROPERTY, decision.empirical_epsilon_lower_bound
       )
-    blessing.set_string_custom_property(REASON_PROPERTY, decision.summary)
+    blessing.set_string_custom_property(artifacts.REASON_PROPERTY, decision.summary)

@@ -6,7 +6,7 @@ from tfx import types
 from tfx.components.pusher import executor as tfx_pusher_executor
 from tfx.types import artifact_utils, standard_component_specs
 
-from dp_tfx.components.privacy_evaluator.executor import REASON_PROPERTY
+from dp_tfx.components.artifacts import REASON_PROPERTY
 
 # The Pusher's and the blessings' own property names (private in TFX's executors).
 _PUSHED_PROPERTY = "pushed"
