@@ -2,6 +2,7 @@
 
 import dataclasses
 import math
+import numbers
 from typing import Any
 
 
@@ -13,6 +14,15 @@ def is_int(value: Any) -> bool:
 def is_finite_number(value: Any) -> bool:
   """An int or float that is neither a bool, NaN nor infinite."""
   return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def is_whole_number(value: Any) -> bool:
+  """An integral number (an int, or a finite float such as 3.0), but not a bool."""
+  if isinstance(value, bool):
+    return False
+  if isinstance(value, numbers.Integral):
+    return True
+  return isinstance(value, numbers.Real) and math.isfinite(value) and float(value).is_integer()
 
 
 def unknown_fields(cls: type, values: dict, what: str):

@@ -12,7 +12,7 @@ from typing import Optional
 
 import dp_accounting
 
-from dp_tfx import accounting
+from dp_tfx import accounting, calibration
 from dp_tfx.config import MAX_STEPS, POISSON, DPConfig
 
 
@@ -122,7 +122,7 @@ class TrainingPlan:
     delta = config.delta if config.delta is not None else 1.0 / dataset_size
     noise_multiplier = config.noise_multiplier
     if noise_multiplier is None:
-      noise_multiplier = accounting.calibrate_noise_multiplier(
+      noise_multiplier = calibration.calibrate_noise_multiplier(
         target_epsilon=config.target_epsilon,
         delta=delta,
         sampling_rate=sampling.sampling_rate,

@@ -1,5 +1,4 @@
-"""Accounting against the reference values of docs/architecture.md, the microbatch rule and
-calibration."""
+"""Accounting against the reference values of docs/architecture.md and the microbatch rule."""
 
 import math
 
@@ -50,18 +49,6 @@ def test_microbatches_double_the_sensitivity(accountant):
   )
   assert microbatched == pytest.approx(per_example_half_noise, rel=1e-9)
   assert microbatched > per_example
-
-
-@pytest.mark.parametrize("accountant", accounting.ACCOUNTANTS)
-@pytest.mark.parametrize("target", [0.5, 3.0])
-def test_calibration_round_trips_within_one_percent_never_above(accountant, target):
-  sigma = accounting.calibrate_noise_multiplier(
-    target_epsilon=target, delta=1e-5, sampling_rate=0.01, steps=1000, accountant=accountant
-  )
-  epsilon = accounting.compute_epsilon(
-    sampling_rate=0.01, noise_multiplier=sigma, steps=1000, delta=1e-5, accountant=accountant
-  )
-  assert 0.99 * target <= epsilon <= target
 
 
 def test_zero_noise_is_infinitely_private_nothing():
@@ -280,71 +267,6 @@ def test_steps_for_epochs_refuses_uncountable_epochs():
   for epochs in (1e308, math.inf, math.nan, 0, -1):
     with pytest.raises(ValueError, match="epochs"):
       accounting.steps_for_epochs(epochs, 4000, 200)
-
-
-# --- Calibration: one clear error for targets no accepted sigma reaches. ---
-
-
-@pytest.mark.parametrize("accountant", accounting.ACCOUNTANTS)
-@pytest.mark.parametrize(
-  "target, words",
-  [(1e308, "too large"), (1e6, "too large"), (1e-9, "not reachable"), (1e-300, "not reachable")],
-)
-def test_calibration_outside_the_achievable_range_says_so(accountant, target, words):
-  with pytest.raises(accounting.CalibrationError, match=words) as raised:
-    accounting.calibrate_noise_multiplier(
-      target_epsilon=target, delta=1e-5, sampling_rate=0.05, steps=40, accountant=accountant
-    )
-  message = str(raised.value)
-  assert "achievable" in message and "\n" not in message
-  assert isinstance(raised.value, ValueError)
-
-
-@pytest.mark.parametrize("target", [math.inf, math.nan, 0.0, -1.0])
-def test_calibration_refuses_targets_that_are_not_positive_numbers(target):
-  with pytest.raises(ValueError, match="target_epsilon"):
-    accounting.calibrate_noise_multiplier(
-      target_epsilon=target, delta=1e-5, sampling_rate=0.05, steps=40
-    )
-
-
-def test_calibration_with_microbatches_uses_2c():
-  sigma = accounting.calibrate_noise_multiplier(
-    target_epsilon=2.0,
-    delta=1e-5,
-    sampling_rate=0.05,
-    steps=40,
-    num_microbatches=2,
-    accountant=accounting.RDP,
-  )
-  per_example = accounting.calibrate_noise_multiplier(
-    target_epsilon=2.0, delta=1e-5, sampling_rate=0.05, steps=40, accountant=accounting.RDP
-  )
-  assert sigma == pytest.approx(2 * per_example, rel=1e-3)
-  assert (
-    accounting.compute_epsilon(
-      sampling_rate=0.05,
-      noise_multiplier=sigma,
-      steps=40,
-      delta=1e-5,
-      num_microbatches=2,
-      accountant=accounting.RDP,
-    )
-    <= 2.0
-  )
-
-
-def test_calibrated_sigma_is_within_the_accepted_range():
-  from dp_tfx.config import MAX_NOISE_MULTIPLIER, MIN_NOISE_MULTIPLIER
-
-  sigma = accounting.calibrate_noise_multiplier(
-    target_epsilon=1e-3, delta=1e-5, sampling_rate=0.05, steps=40
-  )
-  assert MIN_NOISE_MULTIPLIER <= sigma <= MAX_NOISE_MULTIPLIER
-  assert (
-    accounting.compute_epsilon(sampling_rate=0.05, noise_multiplier=sigma, steps=40, delta=1e-5)
-    <= 1e-3
-  )
 
 
 def test_rdp_orders_that_do_not_converge_are_dropped_silently_and_only_loosen_the_bound(caplog):
