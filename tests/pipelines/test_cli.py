@@ -371,7 +371,7 @@ def test_os_errors_exit_2_with_one_line(monkeypatch, capsys, error):
   def fail(args):
     raise error
 
-  monkeypatch.setattr(cli, "_report", fail)
+  monkeypatch.setitem(cli._HANDLERS, "report", fail)
   line = _exit_2_one_line(capsys, ["report", "ledger.json"])
   assert type(error).__name__ in line and error.strerror in line
 
@@ -382,7 +382,7 @@ def test_tensorflow_filesystem_errors_exit_2_with_one_line(monkeypatch, capsys):
   def fail(args):
     raise tf.errors.FailedPreconditionError(None, None, "/tmp/file is not a directory\nmore")
 
-  monkeypatch.setattr(cli, "_report", fail)
+  monkeypatch.setitem(cli._HANDLERS, "report", fail)
   line = _exit_2_one_line(
     capsys, ["report", "ledger.json"], "FailedPreconditionError", "not a directory"
   )
@@ -390,7 +390,7 @@ def test_tensorflow_filesystem_errors_exit_2_with_one_line(monkeypatch, capsys):
   def bug(args):
     raise tf.errors.InvalidArgumentError(None, None, "shapes do not match")
 
-  monkeypatch.setattr(cli, "_report", bug)
+  monkeypatch.setitem(cli._HANDLERS, "report", bug)
   with pytest.raises(tf.errors.InvalidArgumentError):  # not a file error: keeps its traceback
     cli.main(["report", "ledger.json"])
   assert line
